@@ -1,0 +1,26 @@
+//! `banger`, the command line. Parses arguments, sets up tracing and hands
+//! over to `banger_cli`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = banger_cli::Cli::parse();
+    // Quiet by default: the CLI's own diagnostics show with BANGER_CLI_LOG=debug.
+    let filter =
+        EnvFilter::try_from_env("BANGER_CLI_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    banger_cli::run(
+        cli,
+        banger_cli::BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            build_id: env!("BANGER_BUILD_ID"),
+        },
+    )
+}

@@ -1,0 +1,55 @@
+//! `bangerd`, the daemon. Parses arguments, sets up JSON logging to the
+//! log file and runs `banger_daemon` until a signal or `daemon.shutdown`.
+//! Usually started by `banger` itself; running it by hand works too.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use banger_daemon::{DaemonConfig, logging};
+use banger_paths::Layout;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version, about = "The banger daemon")]
+struct Args {
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, env = "BANGER_LOG", default_value = logging::DEFAULT_LEVEL)]
+    log_level: String,
+    /// Seconds a started request line may take to arrive in full.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    read_timeout: f64,
+    /// Seconds a connection may stay idle before it is closed.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    idle_timeout: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "daemon failed");
+            eprintln!("bangerd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let layout = Layout::from_env()?;
+    let filter = logging::filter(&args.log_level)?;
+    logging::init(&layout.log_file(), filter)?;
+    let mut config = DaemonConfig::new(layout, env!("CARGO_PKG_VERSION"), env!("BANGER_BUILD_ID"));
+    config.read_timeout = seconds(args.read_timeout, "--read-timeout")?;
+    config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
+    banger_daemon::run_until_signalled(config)?;
+    Ok(())
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds, got {value}"))
+}

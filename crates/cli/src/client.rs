@@ -1,0 +1,79 @@
+//! A blocking client for bangerd's line protocol.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use banger_proto::{Request, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::CliError;
+
+/// One connection to the daemon; requests on it are answered in turn.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects without starting anything. `NotFound`/`ConnectionRefused`
+    /// mean "no daemon"; permission errors get their own variant.
+    pub fn connect(socket: &Path) -> Result<Self, CliError> {
+        let stream = UnixStream::connect(socket).map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                CliError::SocketPermission {
+                    socket: socket.to_owned(),
+                    source,
+                }
+            } else {
+                CliError::Connect {
+                    socket: socket.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let writer = stream.try_clone().map_err(CliError::Io)?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            writer,
+            socket: socket.to_owned(),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `method` with `params` and decodes the result as `T`.
+    pub fn call<P: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: P,
+    ) -> Result<T, CliError> {
+        let params = serde_json::to_value(params)
+            .map_err(|e| CliError::BadParams(format!("encode params: {e}")))?;
+        let result = self.call_raw(Request::new(method, params))?;
+        serde_json::from_value(result)
+            .map_err(|e| CliError::BadResponse(format!("{method} result: {e}")))
+    }
+
+    /// Sends a prepared request and returns the raw result value.
+    pub fn call_raw(&mut self, request: Request) -> Result<Value, CliError> {
+        let mut line = serde_json::to_vec(&request)
+            .map_err(|e| CliError::BadParams(format!("encode request: {e}")))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(CliError::Io)?;
+        let mut answer = String::new();
+        let n = self.reader.read_line(&mut answer).map_err(CliError::Io)?;
+        if n == 0 {
+            return Err(CliError::Closed);
+        }
+        let response: Response =
+            serde_json::from_str(&answer).map_err(|e| CliError::BadResponse(e.to_string()))?;
+        response.into_result().map_err(CliError::Daemon)
+    }
+}

@@ -1,0 +1,37 @@
+//! One function per command; each connects, calls and prints.
+
+mod daemon;
+mod rpc;
+
+use banger_paths::Layout;
+
+use crate::args::{Command, DaemonCommand};
+use crate::daemon_ctl::{DaemonTarget, find_bangerd};
+use crate::{BuildInfo, Cli, CliError};
+
+pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
+    let layout = Layout::from_env()?;
+    // Resolved lazily: `daemon logs` and `daemon stop` never start bangerd.
+    let target = || -> Result<DaemonTarget, CliError> {
+        Ok(DaemonTarget {
+            layout: layout.clone(),
+            bangerd: find_bangerd(cli.bangerd.clone())?,
+            build,
+        })
+    };
+    match &cli.command {
+        Command::Ping(a) => daemon::ping(&target()?, a.json),
+        Command::Daemon(DaemonCommand::Status(a)) => daemon::status(&target()?, a.json),
+        Command::Daemon(DaemonCommand::Stop(a)) => daemon::stop(&layout, a.json),
+        Command::Daemon(DaemonCommand::Logs(a)) => daemon::logs(&layout, a),
+        Command::Rpc(a) => rpc::run(&target()?, a),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::BadResponse(format!("encode output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}

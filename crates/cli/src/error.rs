@@ -1,0 +1,95 @@
+use std::io;
+use std::path::PathBuf;
+
+use banger_proto::ErrorBody;
+
+use crate::Exit;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon answered with an error; its text ends with the op id.
+    #[error("{0}")]
+    Daemon(ErrorBody),
+    #[error(transparent)]
+    Paths(#[from] banger_paths::PathsError),
+    #[error("permission denied connecting to {socket}: it belongs to another user")]
+    SocketPermission {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connect to {socket}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connection to bangerd lost")]
+    Io(#[source] io::Error),
+    #[error("bangerd closed the connection without answering")]
+    Closed,
+    #[error("unreadable answer from bangerd: {0}")]
+    BadResponse(String),
+    #[error("cannot find the bangerd binary (looked next to {beside} and on PATH)")]
+    DaemonBinaryMissing { beside: PathBuf },
+    #[error("start {binary}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bangerd did not start within {waited_s} s; see {log_file}{tail}")]
+    StartTimeout {
+        waited_s: u64,
+        log_file: PathBuf,
+        tail: String,
+    },
+    #[error("bangerd exited during start ({status}); see {log_file}{tail}")]
+    StartExited {
+        status: String,
+        log_file: PathBuf,
+        tail: String,
+    },
+    #[error("bangerd (pid {pid}) did not stop")]
+    StopTimeout { pid: u32 },
+    #[error("read {path}")]
+    ReadLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid params: {0}")]
+    BadParams(String),
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Daemon(body) => Exit::for_code(body.code),
+            Self::SocketPermission { .. } => Exit::PermissionDenied,
+            Self::Connect { .. }
+            | Self::Closed
+            | Self::Io(_)
+            | Self::DaemonBinaryMissing { .. }
+            | Self::Spawn { .. }
+            | Self::StartTimeout { .. }
+            | Self::StartExited { .. }
+            | Self::StopTimeout { .. } => Exit::DaemonUnavailable,
+            Self::BadParams(_) => Exit::BadInput,
+            Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
+        }
+    }
+
+    /// The error and its sources, printed once: `outer: inner`.
+    pub fn display_chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}

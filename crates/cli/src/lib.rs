@@ -1,0 +1,41 @@
+//! The `banger` command line as a library: argument types ([`Cli`]), the
+//! daemon client ([`client`]), starting and replacing the daemon
+//! ([`daemon_ctl`]) and one module per command group.
+//!
+//! The CLI is synchronous on purpose: it sends a request and prints the
+//! answer, and a blocking `UnixStream` keeps `banger ping` to a few
+//! milliseconds of process time. Ctrl-C ends the process with the default
+//! signal disposition, which closes the connection, and the daemon cancels
+//! the request it was serving.
+
+mod args;
+pub mod client;
+mod commands;
+pub mod daemon_ctl;
+mod error;
+mod exit;
+
+use std::process::ExitCode;
+
+pub use args::Cli;
+pub use error::CliError;
+pub use exit::Exit;
+
+/// Identity of this build, compiled into both binaries.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub build_id: &'static str,
+}
+
+/// Runs one parsed command line and prints errors as
+/// `error: MESSAGE (op-XXXXXX)`, returning the documented exit code.
+pub fn run(cli: Cli, build: BuildInfo) -> ExitCode {
+    match commands::run(cli, build) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.display_chain());
+            ExitCode::from(e.exit().code())
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Request dispatch: parse one request line, give it an op id, find its
+//! handler in [`METHODS`] and turn the outcome into a response line.
+//!
+//! [`METHODS`] is the single source of truth for what the daemon answers;
+//! a test pins it to the method list in `docs/rpc.md`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use banger_proto::{ErrorBody, ErrorCode, OpId, PROTOCOL_VERSION, Response, methods};
+use futures::future::BoxFuture;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::DaemonState;
+use crate::handlers;
+
+/// A handler's failure: a wire error code and a short lowercase message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_params(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadParams, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::OperationFailed, message)
+    }
+}
+
+impl From<banger_store::StoreError> for RpcError {
+    fn from(e: banger_store::StoreError) -> Self {
+        use banger_store::StoreError as E;
+        let code = match &e {
+            E::NotFound { .. } => ErrorCode::NotFound,
+            E::AlreadyExists { .. } | E::InUse { .. } => ErrorCode::Conflict,
+            E::MissingReference { .. } => ErrorCode::NotFound,
+            _ => ErrorCode::OperationFailed,
+        };
+        Self::new(code, error_chain(&e))
+    }
+}
+
+/// `outer: inner: innermost`, the way the chain is printed once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What a handler gets besides its params.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub op_id: OpId,
+    pub state: Arc<DaemonState>,
+}
+
+pub type HandlerResult = Result<Value, RpcError>;
+pub type Handler = fn(RequestCtx, Value) -> BoxFuture<'static, HandlerResult>;
+
+/// One entry of the method table.
+#[derive(Debug, Clone, Copy)]
+pub struct Method {
+    pub name: &'static str,
+    pub handler: Handler,
+}
+
+/// Every method the daemon answers, in the order `docs/rpc.md` lists them.
+pub static METHODS: &[Method] = &[
+    Method {
+        name: methods::PING,
+        handler: |ctx, p| Box::pin(handlers::ping(ctx, p)),
+    },
+    Method {
+        name: methods::DAEMON_STATUS,
+        handler: |ctx, p| Box::pin(handlers::daemon_status(ctx, p)),
+    },
+    Method {
+        name: methods::DAEMON_SHUTDOWN,
+        handler: |ctx, p| Box::pin(handlers::daemon_shutdown(ctx, p)),
+    },
+];
+
+fn lookup(name: &str) -> Option<&'static Method> {
+    let found = METHODS.iter().find(|m| m.name == name);
+    #[cfg(test)]
+    let found = found.or_else(|| {
+        handlers::test_methods::METHODS
+            .iter()
+            .find(|m| m.name == name)
+    });
+    found
+}
+
+/// Mints a fresh op id: `op-` and 8 random alphanumerics.
+pub fn mint_op_id() -> OpId {
+    let tail = Alphanumeric.sample_string(&mut rand::rng(), 8);
+    // 8 alphanumerics always satisfy OpId's rules.
+    OpId::from_tail(&tail).unwrap_or_else(|| unreachable!("minted op id {tail:?} is invalid"))
+}
+
+/// Decodes a method's params. `null` stands for "no params" and is read as
+/// an empty object, so methods with all-optional params accept both.
+pub fn params<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, RpcError> {
+    let params = if params.is_null() {
+        Value::Object(Default::default())
+    } else {
+        params
+    };
+    serde_json::from_value(params)
+        .map_err(|e| RpcError::bad_params(format!("bad params for {method}: {e}")))
+}
+
+/// Handles one request line and returns the response to send.
+pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
+    let started = Instant::now();
+    let parsed = match parse_envelope(line) {
+        Ok(parsed) => parsed,
+        Err((op_id, err)) => {
+            let span = tracing::warn_span!("rpc", op_id = %op_id);
+            span.in_scope(|| tracing::warn!(code = %err.code, error = %err.message, "rpc refused"));
+            return error_response(&op_id, err);
+        }
+    };
+    let Envelope {
+        op_id,
+        method,
+        params,
+    } = parsed;
+    let span = tracing::info_span!("rpc", op_id = %op_id, method = %method.name);
+    let ctx = RequestCtx {
+        op_id: op_id.clone(),
+        state: Arc::clone(state),
+    };
+    let outcome = async {
+        tracing::debug!("rpc started");
+        let outcome = (method.handler)(ctx, params).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &outcome {
+            Ok(_) => tracing::debug!(duration_ms, "rpc completed"),
+            Err(e) if e.code == ErrorCode::OperationFailed => {
+                tracing::error!(duration_ms, code = %e.code, error = %e.message, "rpc failed")
+            }
+            Err(e) => {
+                tracing::warn!(duration_ms, code = %e.code, error = %e.message, "rpc failed")
+            }
+        }
+        outcome
+    }
+    .instrument(span)
+    .await;
+    match outcome {
+        Ok(result) => Response::Ok { result },
+        Err(err) => error_response(&op_id, err),
+    }
+}
+
+fn error_response(op_id: &OpId, err: RpcError) -> Response {
+    Response::Err {
+        error: ErrorBody::new(err.code, err.message).with_op_id(op_id.as_str()),
+    }
+}
+
+struct Envelope {
+    op_id: OpId,
+    method: &'static Method,
+    params: Value,
+}
+
+/// Validates the envelope field by field, so that every refusal can carry
+/// the caller's op id whenever the envelope got far enough to name one.
+fn parse_envelope(line: &[u8]) -> Result<Envelope, (OpId, RpcError)> {
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err((
+                mint_op_id(),
+                RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("request is not valid json: {e}"),
+                ),
+            ));
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        return Err((
+            mint_op_id(),
+            RpcError::new(ErrorCode::BadRequest, "request must be a json object"),
+        ));
+    };
+    let op_id = match obj.remove("op_id") {
+        None | Some(Value::Null) => mint_op_id(),
+        Some(Value::String(s)) => match OpId::parse(&s) {
+            Some(id) => id,
+            None => {
+                return Err((
+                    mint_op_id(),
+                    bad_request("op_id must match op-[A-Za-z0-9_-]{6,64}"),
+                ));
+            }
+        },
+        Some(_) => return Err((mint_op_id(), bad_request("op_id must be a string"))),
+    };
+    let version = match obj.get("version") {
+        Some(Value::Number(n)) => n.as_u64(),
+        None => return Err((op_id, bad_request("request has no version"))),
+        Some(_) => None,
+    };
+    match version {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        _ => {
+            let shown = obj.get("version").map(Value::to_string).unwrap_or_default();
+            return Err((
+                op_id,
+                RpcError::new(
+                    ErrorCode::BadVersion,
+                    format!(
+                        "unsupported protocol version {shown} (this daemon speaks {PROTOCOL_VERSION})"
+                    ),
+                ),
+            ));
+        }
+    }
+    let name = match obj.get("method") {
+        Some(Value::String(m)) => m.as_str(),
+        None => return Err((op_id, bad_request("request has no method"))),
+        Some(_) => return Err((op_id, bad_request("method must be a string"))),
+    };
+    let Some(method) = lookup(name) else {
+        let shown: String = name.chars().take(64).collect();
+        return Err((
+            op_id,
+            RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!("unknown method {shown:?}"),
+            ),
+        ));
+    };
+    let params = obj.remove("params").unwrap_or(Value::Null);
+    Ok(Envelope {
+        op_id,
+        method,
+        params,
+    })
+}
+
+fn bad_request(message: &str) -> RpcError {
+    RpcError::new(ErrorCode::BadRequest, message)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+use crate::DaemonConfig;
+use banger_paths::Layout;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) fn test_state(root: &std::path::Path) -> Arc<DaemonState> {
+    let layout = Layout {
+        config_dir: root.join("config"),
+        data_dir: root.join("data"),
+        state_dir: root.join("state"),
+        cache_dir: root.join("cache"),
+        runtime_dir: root.join("run"),
+    };
+    layout.ensure_dirs().unwrap();
+    let store = banger_store::Store::open(&layout.database_path()).unwrap();
+    let config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
+    Arc::new(DaemonState::new(config, store, CancellationToken::new()))
+}
+
+async fn call(state: &Arc<DaemonState>, line: &str) -> Response {
+    dispatch(state, line.as_bytes()).await
+}
+
+fn error_of(r: Response) -> ErrorBody {
+    match r {
+        Response::Err { error } => error,
+        Response::Ok { result } => panic!("expected an error, got {result}"),
+    }
+}
+
+#[tokio::test]
+async fn ping_answers_with_build_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let r = call(&state, r#"{"version":1,"method":"ping"}"#).await;
+    let result = r.into_result().unwrap();
+    assert_eq!(result["build_id"], "test-build");
+    assert_eq!(result["pid"], std::process::id());
+}
+
+#[tokio::test]
+async fn malformed_json_is_bad_request_with_a_minted_op_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    for line in ["{not json", "[1,2]", "\"ping\"", "\u{1}\u{2}"] {
+        let e = error_of(call(&state, line).await);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{line:?}");
+        let id = e.op_id.expect("op id on bad_request");
+        assert!(OpId::parse(&id).is_some(), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn envelope_errors_keep_the_callers_op_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let cases = [
+        (
+            r#"{"version":2,"method":"ping","op_id":"op-caller1"}"#,
+            ErrorCode::BadVersion,
+        ),
+        (
+            r#"{"version":"1","method":"ping","op_id":"op-caller1"}"#,
+            ErrorCode::BadVersion,
+        ),
+        (
+            r#"{"method":"ping","op_id":"op-caller1"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"version":1,"op_id":"op-caller1"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"version":1,"method":"vm.fly","op_id":"op-caller1"}"#,
+            ErrorCode::UnknownMethod,
+        ),
+        (
+            r#"{"version":1,"method":"ping","params":"abc","op_id":"op-caller1"}"#,
+            ErrorCode::BadParams,
+        ),
+        (
+            r#"{"version":1,"method":"daemon.status","params":{"x":1},"op_id":"op-caller1"}"#,
+            ErrorCode::BadParams,
+        ),
+    ];
+    for (line, code) in cases {
+        let e = error_of(call(&state, line).await);
+        assert_eq!(e.code, code, "{line}");
+        assert_eq!(e.op_id.as_deref(), Some("op-caller1"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn an_unsafe_op_id_is_refused_not_adopted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let e = error_of(
+        call(
+            &state,
+            r#"{"version":1,"method":"ping","op_id":"op-a\nb c"}"#,
+        )
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_ne!(e.op_id.as_deref(), Some("op-a\nb c"));
+}
+
+#[tokio::test]
+async fn unknown_method_names_are_truncated_in_the_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let long = "x".repeat(10_000);
+    let e = error_of(call(&state, &format!(r#"{{"version":1,"method":"{long}"}}"#)).await);
+    assert_eq!(e.code, ErrorCode::UnknownMethod);
+    assert!(e.message.len() < 120, "{}", e.message);
+}
+
+#[tokio::test]
+async fn status_reports_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let r = call(
+        &state,
+        r#"{"version":1,"method":"daemon.status","params":{}}"#,
+    )
+    .await;
+    let s: banger_proto::methods::DaemonStatus =
+        serde_json::from_value(r.into_result().unwrap()).unwrap();
+    assert_eq!(s.store.schema_version, 1);
+    assert_eq!((s.store.vms, s.store.images, s.store.kernels), (0, 0, 0));
+    assert!(s.socket.ends_with("bangerd.sock"));
+}
+
+#[tokio::test]
+async fn shutdown_fires_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    assert!(!state.shutdown.is_cancelled());
+    let r = call(&state, r#"{"version":1,"method":"daemon.shutdown"}"#).await;
+    assert!(r.into_result().is_ok());
+    assert!(state.shutdown.is_cancelled());
+}
+
+#[test]
+fn params_decode_null_as_empty() {
+    #[derive(serde::Deserialize, Debug)]
+    struct P {
+        #[serde(default)]
+        n: u32,
+    }
+    let p: P = params("m", Value::Null).unwrap();
+    assert_eq!(p.n, 0);
+    let e = params::<P>("m", json!({"n": "x"})).unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadParams);
+    assert!(e.message.starts_with("bad params for m"), "{}", e.message);
+}
+
+#[test]
+fn minted_op_ids_are_valid_and_distinct() {
+    let a = mint_op_id();
+    let b = mint_op_id();
+    assert_ne!(a, b);
+    assert!(a.as_str().starts_with("op-") && a.as_str().len() == 11);
+}
+
+/// The method table is the single source of truth: `docs/rpc.md` must list
+/// exactly its methods, in the same order.
+#[test]
+fn method_table_matches_docs_rpc_md() {
+    let doc = include_str!("../../../../docs/rpc.md");
+    let section = doc
+        .split("\n## Methods")
+        .nth(1)
+        .expect("docs/rpc.md has a '## Methods' section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let documented: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let table: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+    assert_eq!(documented, table);
+}

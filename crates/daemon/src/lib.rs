@@ -1,0 +1,65 @@
+//! `bangerd`, the unprivileged daemon that owns banger's state.
+//!
+//! Shape (after mini-redis's `server.rs`): [`start`] does the synchronous
+//! set-up that can fail with a clear message (directories, the single-
+//! instance lock, the socket, the database, logging), then [`server::run`]
+//! accepts connections until a shutdown future fires. Each connection is a
+//! task; each request on it is dispatched through the one method table in
+//! [`dispatch`] under a tracing span that carries its op id.
+
+pub mod config;
+pub mod dispatch;
+mod error;
+mod handlers;
+mod instance;
+pub mod logging;
+pub mod server;
+mod state;
+
+pub use config::DaemonConfig;
+pub use error::DaemonError;
+pub use instance::Instance;
+pub use state::DaemonState;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs the daemon until SIGTERM, SIGINT or `daemon.shutdown`.
+///
+/// Logging must already be initialised (see [`logging::init`]).
+pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
+    let (instance, std_listener) = Instance::acquire(&config.layout)?;
+    let store = banger_store::Store::open(&config.layout.database_path())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bangerd")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
+            DaemonError::Bind {
+                path: config.layout.socket_path(),
+                source,
+            }
+        })?;
+        let shutdown = CancellationToken::new();
+        let state = Arc::new(DaemonState::new(config, store, shutdown.clone()));
+        tracing::info!(
+            pid = std::process::id(),
+            socket = %state.config.layout.socket_path().display(),
+            version = %state.config.version,
+            build_id = %state.config.build_id,
+            "daemon started"
+        );
+        let signals = server::signals(shutdown.clone())?;
+        server::run(listener, state, shutdown).await;
+        signals.abort();
+        // Remove the socket while still holding the lock, so a daemon that
+        // starts next never sees our socket as its own.
+        instance.release();
+        tracing::info!(pid = std::process::id(), "daemon stopped");
+        Ok(())
+    })
+}

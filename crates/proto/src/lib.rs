@@ -1,0 +1,21 @@
+//! Wire types shared by `banger`, `bangerd` and (later) `banger-helper`.
+//!
+//! This crate holds data only: no sockets, no files. The transport is one
+//! JSON object per line over a Unix socket; a connection carries any number
+//! of requests, each answered in turn. See `docs/rpc.md` for the method list
+//! and the error codes, and `tests/envelope.rs` for the pinned JSON shape.
+
+mod envelope;
+mod error;
+pub mod methods;
+
+pub use envelope::{OpId, Request, Response};
+pub use error::{ErrorBody, ErrorCode};
+
+/// Protocol version carried in every request. A daemon answers any other
+/// value with [`ErrorCode::BadVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request line the daemon reads, newline excluded. A longer one
+/// is refused with [`ErrorCode::BadRequest`] and the connection is closed.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;

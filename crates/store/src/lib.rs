@@ -1,0 +1,432 @@
+//! banger's durable state in SQLite: what the user asked for (VMs, images,
+//! kernels), never what is only momentarily true about a running VM. Pids,
+//! TAP names, sockets and forwarded ports live in the daemon's memory and a
+//! per-VM `handles.json` (SPEC C2), so a crash never leaves a stale pid in
+//! the database to be trusted.
+//!
+//! The database runs in WAL mode with a busy timeout and foreign keys on.
+//! Migrations are embedded and numbered (`migrations.rs`); a database whose
+//! schema is newer than this binary is refused instead of being touched.
+
+mod migrations;
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+pub use records::{ImageRecord, KernelRecord, VmRecord, VmState};
+
+/// How long a writer waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this banger supports ({supported}); upgrade banger or move the database aside"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("migrate database {path}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} is in use by {users}")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        users: String,
+    },
+    #[error("{kind} {name:?} refers to a missing {missing}")]
+    MissingReference {
+        kind: &'static str,
+        name: String,
+        missing: &'static str,
+    },
+    #[error("bad {field} stored for {kind} {name:?}: {value:?}")]
+    Corrupt {
+        kind: &'static str,
+        name: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("database query failed")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One connection to the state database.
+///
+/// `Connection` is `Send` but not `Sync`: the daemon keeps a `Store` behind
+/// a mutex and calls it from blocking tasks.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let supported = migrations::latest_version();
+        if found > supported {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_owned(),
+                found,
+                supported,
+            });
+        }
+        migrations::MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version the database is at (after migration: the latest).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Row counts of the three durable tables: (vms, images, kernels).
+    pub fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT count(*) FROM vms), (SELECT count(*) FROM images),
+                    (SELECT count(*) FROM kernels)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    // ---- kernels -------------------------------------------------------
+
+    pub fn insert_kernel(&self, k: &KernelRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO kernels (id, name, source, kernel_path, initrd_path, modules_dir,
+                                      version, sha256, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    k.id,
+                    k.name,
+                    k.source,
+                    path_str(&k.kernel_path),
+                    k.initrd_path.as_deref().map(path_str),
+                    k.modules_dir.as_deref().map(path_str),
+                    k.version,
+                    k.sha256,
+                    k.created_at_ms,
+                ],
+            )
+            .map_err(|e| classify(e, "kernel", &k.name))?;
+        Ok(())
+    }
+
+    /// Looks a kernel up by name or id.
+    pub fn kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{KERNEL_SELECT} WHERE name = ?1 OR id = ?1"),
+                [name_or_id],
+                KernelRecord::from_row,
+            )
+            .optional()?
+            .ok_or_else(|| not_found("kernel", name_or_id))
+    }
+
+    pub fn kernels(&self) -> Result<Vec<KernelRecord>, StoreError> {
+        self.list(
+            &format!("{KERNEL_SELECT} ORDER BY name"),
+            KernelRecord::from_row,
+        )
+    }
+
+    pub fn delete_kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
+        let k = self.kernel(name_or_id)?;
+        self.delete_row("kernels", "kernel", &k.id, &k.name)?;
+        Ok(k)
+    }
+
+    // ---- images --------------------------------------------------------
+
+    pub fn insert_image(&self, i: &ImageRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
+                                     size_bytes, managed, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    i.id,
+                    i.name,
+                    i.source,
+                    path_str(&i.rootfs_path),
+                    i.work_seed_path.as_deref().map(path_str),
+                    i.fingerprint,
+                    i.size_bytes,
+                    i.managed,
+                    i.created_at_ms,
+                ],
+            )
+            .map_err(|e| classify(e, "image", &i.name))?;
+        Ok(())
+    }
+
+    pub fn image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{IMAGE_SELECT} WHERE name = ?1 OR id = ?1"),
+                [name_or_id],
+                ImageRecord::from_row,
+            )
+            .optional()?
+            .ok_or_else(|| not_found("image", name_or_id))
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.list(
+            &format!("{IMAGE_SELECT} ORDER BY name"),
+            ImageRecord::from_row,
+        )
+    }
+
+    pub fn delete_image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
+        let i = self.image(name_or_id)?;
+        self.delete_row("images", "image", &i.id, &i.name)?;
+        Ok(i)
+    }
+
+    // ---- vms -----------------------------------------------------------
+
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib,
+                                  disk_size_bytes, network_mode, backend, disk_strategy,
+                                  published_ports, state, last_error, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                params![
+                    vm.id,
+                    vm.name,
+                    vm.image_id,
+                    vm.kernel_id,
+                    vm.vcpus,
+                    vm.memory_mib,
+                    vm.disk_size_bytes,
+                    vm.network_mode,
+                    vm.backend,
+                    vm.disk_strategy,
+                    vm.published_ports.join(","),
+                    vm.state.as_str(),
+                    vm.last_error,
+                    vm.created_at_ms,
+                    vm.updated_at_ms,
+                ],
+            )
+            .map_err(|e| classify(e, "vm", &vm.name))?;
+        Ok(())
+    }
+
+    /// Rewrites every mutable column of an existing VM (matched by id).
+    pub fn update_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE vms SET name = ?2, image_id = ?3, kernel_id = ?4, vcpus = ?5,
+                        memory_mib = ?6, disk_size_bytes = ?7, network_mode = ?8, backend = ?9,
+                        disk_strategy = ?10, published_ports = ?11, state = ?12, last_error = ?13,
+                        updated_at_ms = ?14
+                 WHERE id = ?1",
+                params![
+                    vm.id,
+                    vm.name,
+                    vm.image_id,
+                    vm.kernel_id,
+                    vm.vcpus,
+                    vm.memory_mib,
+                    vm.disk_size_bytes,
+                    vm.network_mode,
+                    vm.backend,
+                    vm.disk_strategy,
+                    vm.published_ports.join(","),
+                    vm.state.as_str(),
+                    vm.last_error,
+                    vm.updated_at_ms,
+                ],
+            )
+            .map_err(|e| classify(e, "vm", &vm.name))?;
+        if changed == 0 {
+            return Err(not_found("vm", &vm.name));
+        }
+        Ok(())
+    }
+
+    pub fn vm(&self, name_or_id: &str) -> Result<VmRecord, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{VM_SELECT} WHERE name = ?1 OR id = ?1"),
+                [name_or_id],
+                VmRecord::from_row,
+            )
+            .optional()?
+            .ok_or_else(|| not_found("vm", name_or_id))?
+    }
+
+    pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        self.list(&format!("{VM_SELECT} ORDER BY name"), VmRecord::from_row)?
+            .into_iter()
+            .collect()
+    }
+
+    pub fn delete_vm(&self, name_or_id: &str) -> Result<VmRecord, StoreError> {
+        let vm = self.vm(name_or_id)?;
+        self.delete_row("vms", "vm", &vm.id, &vm.name)?;
+        Ok(vm)
+    }
+
+    // ---- helpers -------------------------------------------------------
+
+    fn list<T>(
+        &self,
+        sql: &str,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], map)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn delete_row(
+        &self,
+        table: &str,
+        kind: &'static str,
+        id: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])
+            .map_err(|e| match classify(e, kind, name) {
+                StoreError::MissingReference { .. } => StoreError::InUse {
+                    kind,
+                    name: name.to_owned(),
+                    users: self.users_of(kind, id),
+                },
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    /// Names of the VMs that refer to an image or kernel, for error text.
+    fn users_of(&self, kind: &str, id: &str) -> String {
+        let column = if kind == "image" {
+            "image_id"
+        } else {
+            "kernel_id"
+        };
+        let names: Vec<String> = self
+            .conn
+            .prepare(&format!(
+                "SELECT name FROM vms WHERE {column} = ?1 ORDER BY name"
+            ))
+            .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            "other records".to_owned()
+        } else {
+            format!("vm {}", names.join(", "))
+        }
+    }
+}
+
+const KERNEL_SELECT: &str = "SELECT id, name, source, kernel_path, initrd_path, modules_dir,
+    version, sha256, created_at_ms FROM kernels";
+const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path, fingerprint,
+    size_bytes, managed, created_at_ms FROM images";
+const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
+    disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
+    created_at_ms, updated_at_ms FROM vms";
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn not_found(kind: &'static str, name: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        name: name.to_owned(),
+    }
+}
+
+/// Turns constraint violations into typed errors; anything else stays a
+/// plain SQLite error.
+fn classify(e: rusqlite::Error, kind: &'static str, name: &str) -> StoreError {
+    use rusqlite::ErrorCode::ConstraintViolation;
+    use rusqlite::ffi;
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        // ON DELETE RESTRICT reports SQLITE_CONSTRAINT_TRIGGER, not _FOREIGNKEY.
+        let foreign_key = f.extended_code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+            || msg.as_deref().is_some_and(|m| m.contains("FOREIGN KEY"));
+        if f.code == ConstraintViolation && foreign_key {
+            return StoreError::MissingReference {
+                kind,
+                name: name.to_owned(),
+                missing: "image or kernel",
+            };
+        }
+        let unique = matches!(
+            f.extended_code,
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        );
+        if f.code == ConstraintViolation && unique {
+            return StoreError::AlreadyExists {
+                kind,
+                name: name.to_owned(),
+            };
+        }
+    }
+    StoreError::Sqlite(e)
+}
+
+#[cfg(test)]
+mod tests;

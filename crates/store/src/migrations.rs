@@ -1,0 +1,68 @@
+//! Embedded, numbered schema migrations. Append only: a released migration
+//! is never edited, a change is a new entry. `PRAGMA user_version` holds the
+//! number applied (rusqlite_migration's convention).
+
+use rusqlite_migration::{M, Migrations};
+
+const STEPS: &[M<'static>] = &[
+    // 1: durable intent of kernels, images and VMs.
+    M::up(
+        "CREATE TABLE kernels (
+            id            TEXT PRIMARY KEY,
+            name          TEXT NOT NULL UNIQUE,
+            source        TEXT NOT NULL,
+            kernel_path   TEXT NOT NULL,
+            initrd_path   TEXT,
+            modules_dir   TEXT,
+            version       TEXT,
+            sha256        TEXT,
+            created_at_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE images (
+            id             TEXT PRIMARY KEY,
+            name           TEXT NOT NULL UNIQUE,
+            source         TEXT NOT NULL,
+            rootfs_path    TEXT NOT NULL,
+            work_seed_path TEXT,
+            fingerprint    TEXT,
+            size_bytes     INTEGER NOT NULL CHECK (size_bytes >= 0),
+            managed        INTEGER NOT NULL DEFAULT 1,
+            created_at_ms  INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE vms (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL UNIQUE,
+            image_id        TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+            kernel_id       TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
+            vcpus           INTEGER NOT NULL CHECK (vcpus > 0),
+            memory_mib      INTEGER NOT NULL CHECK (memory_mib > 0),
+            disk_size_bytes INTEGER NOT NULL CHECK (disk_size_bytes > 0),
+            network_mode    TEXT NOT NULL,
+            backend         TEXT,
+            disk_strategy   TEXT,
+            published_ports TEXT NOT NULL DEFAULT '',
+            state           TEXT NOT NULL,
+            last_error      TEXT,
+            created_at_ms   INTEGER NOT NULL,
+            updated_at_ms   INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX vms_image ON vms(image_id);
+        CREATE INDEX vms_kernel ON vms(kernel_id);",
+    ),
+];
+
+pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);
+
+/// The schema version this binary migrates to.
+pub(crate) fn latest_version() -> u32 {
+    // STEPS is a short const slice; its length always fits in u32.
+    STEPS.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        super::MIGRATIONS.validate().unwrap();
+    }
+}

@@ -1,0 +1,242 @@
+use super::*;
+use tempfile::TempDir;
+
+fn open() -> (TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("banger.db")).unwrap();
+    (dir, store)
+}
+
+fn kernel(name: &str) -> KernelRecord {
+    KernelRecord {
+        id: format!("k-{name}"),
+        name: name.into(),
+        source: "catalog:debian-cloud".into(),
+        kernel_path: format!("/data/kernels/{name}/vmlinuz").into(),
+        initrd_path: Some(format!("/data/kernels/{name}/initrd").into()),
+        modules_dir: None,
+        version: Some("6.1.0-40-cloud-amd64".into()),
+        sha256: None,
+        created_at_ms: 1,
+    }
+}
+
+fn image(name: &str) -> ImageRecord {
+    ImageRecord {
+        id: format!("i-{name}"),
+        name: name.into(),
+        source: "debian:bookworm".into(),
+        rootfs_path: format!("/data/images/{name}/rootfs.ext4").into(),
+        work_seed_path: Some(format!("/data/images/{name}/work.ext4").into()),
+        fingerprint: Some("sha256:abc".into()),
+        size_bytes: 1 << 30,
+        managed: true,
+        created_at_ms: 2,
+    }
+}
+
+fn vm(name: &str, image: &str, kernel: &str) -> VmRecord {
+    VmRecord {
+        id: format!("v-{name}"),
+        name: name.into(),
+        image_id: format!("i-{image}"),
+        kernel_id: format!("k-{kernel}"),
+        vcpus: 1,
+        memory_mib: 1024,
+        disk_size_bytes: 8 << 30,
+        network_mode: "user".into(),
+        backend: Some("qemu".into()),
+        disk_strategy: Some("qcow2".into()),
+        published_ports: vec!["8080:80".into(), "2222:22".into()],
+        state: VmState::Stopped,
+        last_error: None,
+        created_at_ms: 3,
+        updated_at_ms: 3,
+    }
+}
+
+#[test]
+fn fresh_database_is_migrated_to_latest_in_wal_mode() {
+    let (_dir, store) = open();
+    assert_eq!(
+        store.schema_version().unwrap(),
+        migrations::latest_version()
+    );
+    let mode: String = store
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: bool = store
+        .conn
+        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+        .unwrap();
+    assert!(fk);
+    assert_eq!(store.counts().unwrap(), (0, 0, 0));
+}
+
+#[test]
+fn reopening_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    Store::open(&path)
+        .unwrap()
+        .insert_kernel(&kernel("k1"))
+        .unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.kernel("k1").unwrap(), kernel("k1"));
+}
+
+#[test]
+fn newer_schema_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+            .unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    match &err {
+        StoreError::SchemaTooNew {
+            found, supported, ..
+        } => {
+            assert_eq!(*found, 99);
+            assert_eq!(*supported, migrations::latest_version());
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("newer than this banger supports"));
+    let conn = Connection::open(&path).unwrap();
+    let v: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99);
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'vms'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0, "a refused database must not be migrated");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    std::fs::write(&path, b"this is not sqlite, not even close........").unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+}
+
+#[test]
+fn kernels_images_and_vms_round_trip() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    let v = vm("dev", "base", "k1");
+    store.insert_vm(&v).unwrap();
+
+    assert_eq!(store.vm("dev").unwrap(), v);
+    assert_eq!(store.vm("v-dev").unwrap(), v, "lookup by id");
+    assert_eq!(store.image("base").unwrap(), image("base"));
+    assert_eq!(store.kernels().unwrap(), vec![kernel("k1")]);
+    assert_eq!(store.counts().unwrap(), (1, 1, 1));
+
+    let mut changed = v.clone();
+    changed.state = VmState::Error;
+    changed.last_error = Some("boom".into());
+    changed.vcpus = 2;
+    changed.published_ports.clear();
+    changed.updated_at_ms = 9;
+    store.update_vm(&changed).unwrap();
+    assert_eq!(store.vms().unwrap(), vec![changed]);
+
+    assert_eq!(store.delete_vm("dev").unwrap().name, "dev");
+    assert!(matches!(
+        store.vm("dev"),
+        Err(StoreError::NotFound { kind: "vm", .. })
+    ));
+}
+
+#[test]
+fn duplicate_names_are_conflicts() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    let mut dup = kernel("k1");
+    dup.id = "k-other".into();
+    let err = store.insert_kernel(&dup).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::AlreadyExists { kind: "kernel", .. }
+    ));
+    assert_eq!(err.to_string(), "kernel \"k1\" already exists");
+}
+
+#[test]
+fn a_vm_must_refer_to_existing_image_and_kernel() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    let err = store.insert_vm(&vm("dev", "nope", "k1")).unwrap_err();
+    assert!(
+        matches!(err, StoreError::MissingReference { .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.counts().unwrap(), (0, 0, 1));
+}
+
+#[test]
+fn images_and_kernels_in_use_cannot_be_deleted() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    store.insert_vm(&vm("dev", "base", "k1")).unwrap();
+    let err = store.delete_image("base").unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("vm dev"), "{err}");
+    assert!(store.delete_kernel("k1").is_err());
+    store.delete_vm("dev").unwrap();
+    store.delete_image("base").unwrap();
+    store.delete_kernel("k1").unwrap();
+    assert_eq!(store.counts().unwrap(), (0, 0, 0));
+}
+
+#[test]
+fn invalid_values_are_refused_by_the_schema() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    let mut bad = vm("dev", "base", "k1");
+    bad.vcpus = 0;
+    assert!(store.insert_vm(&bad).is_err());
+    assert_eq!(store.counts().unwrap().0, 0);
+}
+
+#[test]
+fn unknown_state_reads_as_corrupt_not_as_a_guess() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    store.insert_vm(&vm("dev", "base", "k1")).unwrap();
+    store
+        .conn
+        .execute("UPDATE vms SET state = 'flying'", [])
+        .unwrap();
+    let err = store.vm("dev").unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { field: "state", .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn two_connections_share_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    let a = Store::open(&path).unwrap();
+    let b = Store::open(&path).unwrap();
+    a.insert_kernel(&kernel("k1")).unwrap();
+    assert_eq!(b.kernel("k1").unwrap().name, "k1");
+}
