@@ -1,0 +1,200 @@
+//! A private banger world per test: HOME and XDG dirs in a temp dir, the
+//! real `banger` and `bangerd` binaries, and cleanup of any daemon the test
+//! started when the world is dropped.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test code
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BANGER: &str = env!("CARGO_BIN_EXE_banger");
+pub const BANGERD: &str = env!("CARGO_BIN_EXE_bangerd");
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("run"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        Self { dir, daemon: None }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root().join("run/banger")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir().join("bangerd.sock")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.root().join("state/banger/bangerd.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// The environment every process of this world runs with.
+    pub fn envs(&self) -> Vec<(&'static str, PathBuf)> {
+        let r = self.root();
+        vec![
+            ("HOME", r.to_path_buf()),
+            ("XDG_CONFIG_HOME", r.join("config")),
+            ("XDG_DATA_HOME", r.join("data")),
+            ("XDG_STATE_HOME", r.join("state")),
+            ("XDG_CACHE_HOME", r.join("cache")),
+            ("XDG_RUNTIME_DIR", r.join("run")),
+            ("BANGER_DAEMON_BIN", PathBuf::from(BANGERD)),
+        ]
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.envs())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `banger ARGS` to completion.
+    pub fn banger(&self, args: &[&str]) -> Output {
+        self.command(BANGER).args(args).output().unwrap()
+    }
+
+    /// Runs `banger ARGS --json` and parses stdout, asserting success.
+    pub fn banger_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.banger(&all);
+        assert!(
+            out.status.success(),
+            "banger {all:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Starts `bangerd ARGS` directly (not through the CLI) and waits for
+    /// its socket to answer.
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        let child = self
+            .command(BANGERD)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = RawConn::connect(&self.socket()) {
+                if c.request(r#"{"version":1,"method":"ping"}"#).is_some() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("bangerd did not come up; log:\n{}", self.log_text());
+    }
+
+    /// The pid of whatever daemon holds this world's lock, if alive.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.runtime_dir().join("bangerd.lock")).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Stop any daemon of this world, however it was started.
+        if let Some(pid) = self.daemon_pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if alive(pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A raw connection to the socket, for speaking the protocol by hand.
+pub struct RawConn {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl RawConn {
+    pub fn connect(socket: &Path) -> std::io::Result<Self> {
+        let s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// Sends one line (a newline is added) and reads one answer line;
+    /// `None` when the daemon closed the connection instead.
+    pub fn request(&mut self, line: &str) -> Option<Value> {
+        self.writer.write_all(line.as_bytes()).ok()?;
+        self.writer.write_all(b"\n").ok()?;
+        self.read_answer()
+    }
+
+    pub fn read_answer(&mut self) -> Option<Value> {
+        let mut answer = String::new();
+        match self.reader.read_line(&mut answer) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&answer).unwrap()),
+        }
+    }
+}
+
+/// The `error.code` of an answer, or panics with the answer.
+pub fn error_code(answer: &Value) -> &str {
+    answer["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error, got {answer}"))
+}

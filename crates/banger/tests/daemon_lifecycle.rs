@@ -1,0 +1,109 @@
+//! The CLI starts, reuses, replaces and stops the real daemon.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use common::{World, alive};
+
+#[test]
+fn ping_starts_the_daemon_once_and_reuses_it() {
+    let world = World::new();
+    assert!(!world.socket().exists());
+
+    let first = world.banger_json(&["ping"]);
+    let pid = first["pid"].as_i64().unwrap();
+    assert!(alive(pid as i32), "daemon {pid} not running");
+
+    let second = world.banger_json(&["ping"]);
+    assert_eq!(
+        second["pid"].as_i64(),
+        Some(pid),
+        "second ping must reuse the daemon"
+    );
+    assert_eq!(first["build_id"], second["build_id"]);
+
+    let status = world.banger_json(&["daemon", "status"]);
+    for field in [
+        "version", "build_id", "pid", "uptime_s", "socket", "log_file",
+    ] {
+        assert!(
+            !status[field].is_null(),
+            "daemon status lacks {field}: {status}"
+        );
+    }
+    assert_eq!(status["pid"].as_i64(), Some(pid));
+    assert_eq!(status["socket"], world.socket().display().to_string());
+    assert_eq!(status["log_file"], world.log_file().display().to_string());
+    assert_eq!(status["store"]["schema_version"], 1);
+
+    // The daemon survives the CLI, in its own session.
+    let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = sid.rsplit(')').next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "bangerd should lead its own session"
+    );
+
+    let stopped = world.banger_json(&["daemon", "stop"]);
+    assert_eq!(stopped["stopped"], true);
+    assert!(!alive(pid as i32));
+    assert!(!world.socket().exists(), "socket removed on shutdown");
+    let again = world.banger_json(&["daemon", "stop"]);
+    assert_eq!(again["stopped"], false);
+}
+
+#[test]
+fn logs_are_readable_through_the_cli() {
+    let world = World::new();
+    world.banger_json(&["ping"]);
+    let out = world.banger(&["daemon", "logs", "-n", "0"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("daemon started"), "{text}");
+    let raw = world.banger(&["daemon", "logs", "--json"]);
+    let first = String::from_utf8(raw.stdout).unwrap();
+    let line = first
+        .lines()
+        .find(|l| l.contains("daemon started"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "INFO");
+}
+
+#[test]
+fn a_missing_daemon_binary_is_a_clear_error() {
+    let world = World::new();
+    let out = world
+        .command(common::BANGER)
+        .env("BANGER_DAEMON_BIN", world.root().join("no-such-bangerd"))
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("error: start "), "{err}");
+    assert!(err.contains("no-such-bangerd"), "{err}");
+}
+
+#[test]
+fn a_daemon_that_cannot_start_is_reported_with_its_log() {
+    let world = World::new();
+    // A database from the future makes bangerd refuse to start.
+    let db_dir = world.root().join("data/banger");
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let status = std::process::Command::new("sqlite3")
+        .arg(db_dir.join("banger.db"))
+        .arg("PRAGMA user_version = 42;")
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: sqlite3 is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let out = world.banger(&["ping"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bangerd exited during start"), "{err}");
+    assert!(err.contains("schema version 42"), "{err}");
+}
