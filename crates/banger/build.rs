@@ -3,6 +3,7 @@
 //! this one package, so they always agree; any edit to the sources changes
 //! the id, and the CLI then replaces a daemon built from older sources.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -35,7 +36,11 @@ fn main() {
         hash.update([0]);
     }
     let digest = hash.finalize();
-    let id: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let mut id = String::new();
+    for b in digest.iter().take(6) {
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{b:02x}");
+    }
     println!("cargo:rustc-env=BANGER_BUILD_ID={id}");
     println!("cargo:rerun-if-changed={}", crates.display());
     println!(

@@ -1,0 +1,68 @@
+# shellcheck shell=bash
+# Installs what building and testing banger needs on Debian, idempotently:
+# nothing is fetched when everything is already there. Sourced by
+# scripts/quickstart.sh and scripts/test.sh.
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_ensure PKG...: installs the packages that are not installed yet.
+apt_ensure() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+# The oldest Rust banger builds with (rust-version in Cargo.toml).
+BANGER_MIN_RUST=1.85
+
+rust_ok() {
+  command -v cargo >/dev/null 2>&1 || return 1
+  local v
+  v=$(rustc --version 2>/dev/null | awk '{print $2}')
+  [ -n "$v" ] && [ "$(printf '%s\n%s\n' "$BANGER_MIN_RUST" "$v" | sort -V | head -n1)" = "$BANGER_MIN_RUST" ]
+}
+
+# Uses the Rust toolchain on PATH (e.g. rustup's) when it is new enough,
+# otherwise Debian's packaged one (rustc-web and friends, Rust 1.85 on
+# bookworm).
+ensure_rust() {
+  [ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH"
+  if rust_ok && cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if rust_ok; then
+    # A rustup toolchain without the components: add them if we can.
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    fi
+    if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+      return 0
+    fi
+  fi
+  apt_ensure rustc-web cargo-web rust-web-clippy rustfmt-web
+  export PATH="/usr/bin:$PATH"
+  rust_ok || { echo "error: no Rust >= $BANGER_MIN_RUST available" >&2; return 1; }
+}
+
+# Everything the build and the test suite use.
+ensure_deps() {
+  apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates
+  ensure_rust
+}
+
+# Build outputs live in the user's cache so a fresh clone builds fast.
+use_cached_target_dir() {
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/banger/cargo-target}"
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs banger's whole test suite: formatting, lints and every test (unit,
+# integration against the real binaries, golden protocol snapshots).
+# Installs what it needs first. Usage: ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+
+ensure_deps
+use_cached_target_dir
+echo "==> $(cargo --version), target dir $CARGO_TARGET_DIR"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --locked
