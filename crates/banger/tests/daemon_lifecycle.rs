@@ -107,3 +107,87 @@ fn a_daemon_that_cannot_start_is_reported_with_its_log() {
     assert!(err.contains("bangerd exited during start"), "{err}");
     assert!(err.contains("schema version 42"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    let pid = world.daemon_pid().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!alive(pid), "bangerd ignored SIGTERM");
+    assert!(!world.socket().exists(), "socket removed on SIGTERM");
+    assert!(world.log_text().contains("\"signal\":\"SIGTERM\""));
+}
+
+#[test]
+fn a_second_daemon_refuses_to_start() {
+    let mut world = World::new();
+    world.start_daemon(&[]);
+    let pid = world.daemon_pid().unwrap();
+    let out = world.command(common::BANGERD).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("another bangerd (pid {pid}) is already serving")),
+        "{err}"
+    );
+    // The first one is unharmed.
+    assert_eq!(
+        world.banger_json(&["ping"])["pid"].as_i64(),
+        Some(i64::from(pid))
+    );
+}
+
+#[test]
+fn after_a_crash_the_next_call_starts_a_new_daemon_over_the_stale_socket() {
+    let world = World::new();
+    let pid = world.banger_json(&["ping"])["pid"].as_i64().unwrap() as i32;
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    while alive(pid) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        world.socket().exists(),
+        "kill -9 leaves the socket file behind"
+    );
+    let new = world.banger_json(&["ping"])["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new, pid);
+    assert!(world.log_text().contains("removing stale socket"));
+}
+
+#[test]
+fn bad_daemon_flags_are_clear_errors() {
+    let world = World::new();
+    let out = world
+        .command(common::BANGERD)
+        .args(["--log-level", "debgu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid log level \"debgu\""), "{err}");
+
+    let out = world
+        .command(common::BANGERD)
+        .args(["--read-timeout", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--read-timeout must be a positive number"),
+        "{err}"
+    );
+    assert!(!world.socket().exists());
+}

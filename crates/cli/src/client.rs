@@ -66,11 +66,17 @@ impl Client {
         let mut line = serde_json::to_vec(&request)
             .map_err(|e| CliError::BadParams(format!("encode request: {e}")))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(CliError::Io)?;
+        // The daemon may answer and close before reading our request (it
+        // refuses a foreign uid on connect): a failed write still reads the
+        // answer waiting in the socket, if there is one.
+        let written = self.writer.write_all(&line);
         let mut answer = String::new();
-        let n = self.reader.read_line(&mut answer).map_err(CliError::Io)?;
-        if n == 0 {
-            return Err(CliError::Closed);
+        let read = self.reader.read_line(&mut answer);
+        match (written, read) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) => return Err(CliError::Io(e)),
+            (Ok(()), Ok(_)) => return Err(CliError::Closed),
+            (Ok(()), Err(e)) => return Err(CliError::Io(e)),
         }
         let response: Response =
             serde_json::from_str(&answer).map_err(|e| CliError::BadResponse(e.to_string()))?;

@@ -12,17 +12,26 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::DaemonError;
 
 /// Default filter when neither `--log-level` nor `BANGER_LOG` is given.
 pub const DEFAULT_LEVEL: &str = "info";
 
-/// Parses a level or filter directive (`debug`, `banger_daemon=trace`).
+/// Parses a level (`debug`) or a list of filter directives
+/// (`info,banger_daemon=trace`). A bare word must be a level name:
+/// `EnvFilter` would read a typo like `debgu` as a target name and
+/// silently log nothing.
 pub fn filter(level: &str) -> Result<EnvFilter, DaemonError> {
-    EnvFilter::try_new(level).map_err(|_| DaemonError::LogLevel {
+    let err = || DaemonError::LogLevel {
         value: level.to_owned(),
-    })
+    };
+    let bare_word = !level.contains(['=', ',', '[']);
+    if level.trim().is_empty() || (bare_word && level.trim().parse::<LevelFilter>().is_err()) {
+        return Err(err());
+    }
+    EnvFilter::try_new(level).map_err(|_| err())
 }
 
 /// Installs the global subscriber writing JSON lines to `log_file`.
@@ -49,4 +58,25 @@ pub fn init(log_file: &Path, filter: EnvFilter) -> Result<(), DaemonError> {
         .with_writer(Mutex::new(file))
         .init();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_directives_parse_and_typos_do_not() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,banger_daemon=trace",
+            "warn,hyper=off",
+        ] {
+            assert!(filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["debgu", "", "loud", "info,=[["] {
+            assert!(filter(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
