@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{World, alive};
+use common::{World, alive, signal, wait_gone};
 
 #[test]
 fn ping_starts_the_daemon_once_and_reuses_it() {
@@ -113,16 +113,8 @@ fn sigterm_stops_the_daemon_cleanly() {
     let mut world = World::new();
     world.start_daemon(&[]);
     let pid = world.daemon_pid().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while alive(pid) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(!alive(pid), "bangerd ignored SIGTERM");
+    signal(pid, "TERM");
+    assert!(wait_gone(pid), "bangerd ignored SIGTERM");
     assert!(!world.socket().exists(), "socket removed on SIGTERM");
     assert!(world.log_text().contains("\"signal\":\"SIGTERM\""));
 }
@@ -150,13 +142,8 @@ fn a_second_daemon_refuses_to_start() {
 fn after_a_crash_the_next_call_starts_a_new_daemon_over_the_stale_socket() {
     let world = World::new();
     let pid = world.banger_json(&["ping"])["pid"].as_i64().unwrap() as i32;
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    while alive(pid) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    signal(pid, "KILL");
+    assert!(wait_gone(pid));
     assert!(
         world.socket().exists(),
         "kill -9 leaves the socket file behind"

@@ -166,14 +166,7 @@ impl Store {
 
     /// Looks a kernel up by name or id.
     pub fn kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
-        self.conn
-            .query_row(
-                &format!("{KERNEL_SELECT} WHERE name = ?1 OR id = ?1"),
-                [name_or_id],
-                KernelRecord::from_row,
-            )
-            .optional()?
-            .ok_or_else(|| not_found("kernel", name_or_id))
+        self.find(KERNEL_SELECT, "kernel", name_or_id, KernelRecord::from_row)
     }
 
     pub fn kernels(&self) -> Result<Vec<KernelRecord>, StoreError> {
@@ -214,14 +207,7 @@ impl Store {
     }
 
     pub fn image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
-        self.conn
-            .query_row(
-                &format!("{IMAGE_SELECT} WHERE name = ?1 OR id = ?1"),
-                [name_or_id],
-                ImageRecord::from_row,
-            )
-            .optional()?
-            .ok_or_else(|| not_found("image", name_or_id))
+        self.find(IMAGE_SELECT, "image", name_or_id, ImageRecord::from_row)
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
@@ -303,14 +289,7 @@ impl Store {
     }
 
     pub fn vm(&self, name_or_id: &str) -> Result<VmRecord, StoreError> {
-        self.conn
-            .query_row(
-                &format!("{VM_SELECT} WHERE name = ?1 OR id = ?1"),
-                [name_or_id],
-                VmRecord::from_row,
-            )
-            .optional()?
-            .ok_or_else(|| not_found("vm", name_or_id))?
+        self.find(VM_SELECT, "vm", name_or_id, VmRecord::from_row)?
     }
 
     pub fn vms(&self) -> Result<Vec<VmRecord>, StoreError> {
@@ -326,6 +305,24 @@ impl Store {
     }
 
     // ---- helpers -------------------------------------------------------
+
+    /// One row of `select` whose name or id is `name_or_id`.
+    fn find<T>(
+        &self,
+        select: &str,
+        kind: &'static str,
+        name_or_id: &str,
+        map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{select} WHERE name = ?1 OR id = ?1"),
+                [name_or_id],
+                map,
+            )
+            .optional()?
+            .ok_or_else(|| not_found(kind, name_or_id))
+    }
 
     fn list<T>(
         &self,

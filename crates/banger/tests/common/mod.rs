@@ -133,11 +133,7 @@ impl Drop for World {
         // Stop any daemon of this world, however it was started.
         if let Some(pid) = self.daemon_pid() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if alive(pid) {
+            if !wait_gone(pid) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
         }
@@ -146,6 +142,24 @@ impl Drop for World {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits up to 10 s for `pid` to exit; true when it did.
+pub fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
+/// Sends `signal` (e.g. "TERM") to `pid` with kill(1).
+pub fn signal(pid: i32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// True while `pid` exists and is not a zombie.
