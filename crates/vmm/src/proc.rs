@@ -1,0 +1,139 @@
+//! Looking at other processes through `kill(pid, 0)` and `/proc`, never
+//! `waitpid`: after a daemon restart the VMMs are not our children.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::process::{Pid, Signal};
+
+fn to_pid(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw)
+}
+
+/// The process exists and is not a zombie (a zombie has exited; it only
+/// waits for its parent to reap it).
+pub(crate) fn is_alive(pid: u32) -> bool {
+    let Some(p) = to_pid(pid) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Ok(()) => {}
+        // It exists, but belongs to someone else.
+        Err(e) if e == rustix::io::Errno::PERM => {}
+        Err(_) => return false,
+    }
+    !matches!(state(pid), Some('Z') | Some('X') | None)
+}
+
+/// The one-letter state from `/proc/PID/stat` (`R`, `S`, `Z`, ...).
+pub(crate) fn state(pid: u32) -> Option<char> {
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) S ...": COMM may itself contain ") ", so take the last one.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).map(|&b| char::from(b))
+}
+
+/// `/proc/PID/exe` names a `qemu-system-*` binary (also when the binary was
+/// replaced on disk since, which the kernel shows as `... (deleted)`).
+pub(crate) fn exe_is_qemu(pid: u32) -> bool {
+    match fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe
+            .file_name()
+            .is_some_and(|name| name.as_bytes().starts_with(b"qemu-system-")),
+        Err(_) => false,
+    }
+}
+
+/// The process's argv, from `/proc/PID/cmdline`.
+pub(crate) fn cmdline(pid: u32) -> Option<Vec<Vec<u8>>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = raw.strip_suffix(b"\0").unwrap_or(&raw);
+    Some(raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect())
+}
+
+/// `argv` holds `flag` immediately followed by `value`.
+pub(crate) fn has_option(argv: &[Vec<u8>], flag: &str, value: &OsStr) -> bool {
+    argv.windows(2)
+        .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+}
+
+pub(crate) fn signal(pid: u32, sig: Signal) -> io::Result<()> {
+    let p = to_pid(pid).ok_or_else(|| io::Error::from_raw_os_error(esrch()))?;
+    rustix::process::kill_process(p, sig).map_err(io::Error::from)
+}
+
+fn esrch() -> i32 {
+    rustix::io::Errno::SRCH.raw_os_error()
+}
+
+/// The session id of `pid` (for tests and diagnostics).
+pub fn session_id(pid: u32) -> io::Result<u32> {
+    let p = to_pid(pid).ok_or_else(|| io::Error::from_raw_os_error(esrch()))?;
+    let sid = rustix::process::getsid(Some(p)).map_err(io::Error::from)?;
+    u32::try_from(sid.as_raw_nonzero().get()).map_err(|_| io::Error::other("negative session id"))
+}
+
+/// Pids of live `qemu-system-*` processes whose argv contains `needle` as a
+/// whole argument or inside one: used to prove nothing was left behind.
+pub fn qemu_pids_with_arg(needle: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_alive(pid) && exe_is_qemu(pid))
+        .filter(|&pid| {
+            cmdline(pid).is_some_and(|argv| argv.iter().any(|arg| contains(arg, needle.as_bytes())))
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `path` exists (following symlinks), distinguishing "no" from
+/// "cannot tell".
+pub(crate) fn exists(path: &Path) -> io::Result<bool> {
+    match fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_not_qemu() {
+        let me = std::process::id();
+        assert!(is_alive(me));
+        assert!(matches!(state(me), Some('R' | 'S')), "{:?}", state(me));
+        assert!(!exe_is_qemu(me));
+        let argv = cmdline(me).unwrap();
+        assert!(!argv.is_empty());
+    }
+
+    #[test]
+    fn impossible_pids_are_dead() {
+        assert!(!is_alive(0));
+        assert!(!is_alive(u32::MAX));
+        // Above the kernel's pid_max limit (4194304).
+        assert!(!is_alive(4_194_305));
+    }
+
+    #[test]
+    fn option_pairs_must_be_adjacent() {
+        let argv: Vec<Vec<u8>> = ["qemu", "-name", "x", "-qmp", "y"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert!(has_option(&argv, "-name", OsStr::new("x")));
+        assert!(!has_option(&argv, "-name", OsStr::new("y")));
+    }
+}

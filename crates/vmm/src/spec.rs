@@ -1,0 +1,350 @@
+//! What a VMM is asked to run, and what it hands back.
+//!
+//! The shapes follow what Firecracker's API configures (`boot-source`,
+//! `machine-config`, `drives/{id}`, `network-interfaces/{id}`), so that a
+//! Firecracker backend can take the same [`VmSpec`] later. Things only QEMU
+//! can do (qcow2 disks, user-mode networking, TCG) are plain variants that a
+//! Firecracker backend will refuse.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// The daemon's id for the VM. Part of the ownership marker on the VMM's
+    /// command line, so only `[A-Za-z0-9._-]` is accepted.
+    pub vm_id: String,
+    /// The human name (only used in log lines; the marker uses `vm_id`).
+    pub name: String,
+    /// Where the QMP socket, pidfile and `vmm.log` go (created if missing).
+    pub vm_dir: PathBuf,
+    pub boot: BootSource,
+    pub machine: MachineConfig,
+    /// Attached in this order, except that the root drive (if any) always
+    /// comes first so the guest sees it as `/dev/vda`.
+    pub drives: Vec<Drive>,
+    pub net: Vec<NetInterface>,
+    pub accel: Accel,
+    /// The guest's serial console (ttyS0) is appended to this file.
+    pub console_log: PathBuf,
+}
+
+/// Firecracker's `boot-source`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSource {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Passed to the kernel as is (nothing is added, not even `root=`).
+    pub cmdline: String,
+}
+
+/// Firecracker's `machine-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// Use 1 under TCG: with 2 the guest marks the TSC unstable and boots far slower.
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// Firecracker's `drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drive {
+    /// `[A-Za-z][A-Za-z0-9._-]*`, unique among the drives.
+    pub id: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+    /// At most one drive; it is attached first (`/dev/vda`).
+    pub is_root: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    /// QEMU only.
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Firecracker's `network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetInterface {
+    /// `[A-Za-z][A-Za-z0-9._-]*`, unique among the interfaces.
+    pub id: String,
+    /// `xx:xx:xx:xx:xx:xx`; QEMU picks one when `None`.
+    pub mac: Option<String>,
+    pub backend: NetBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NetBackend {
+    /// The VMM's own user-mode network (QEMU slirp: guest 10.0.2.15/24,
+    /// gateway 10.0.2.2, DNS 10.0.2.3), with host ports forwarded to the guest.
+    User { forwards: Vec<PortForward> },
+    /// An existing TAP device (made by the helper).
+    Tap { tap_name: String },
+}
+
+/// A host port forwarded to a guest port (user-mode networking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub proto: Proto,
+    /// IPv4 only: QEMU 7.2's slirp refuses IPv6 host addresses.
+    pub host_addr: IpAddr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// QEMU's emulator (`-accel tcg -cpu max`): slower, works everywhere.
+    #[default]
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Which backend a [`VmHandle`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Qemu,
+    /// Reserved: the Firecracker backend is not written yet.
+    Firecracker,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the daemon keeps about a running VMM (in its `handles.json`) to find
+/// it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHandle {
+    pub pid: u32,
+    /// The QMP socket (for QEMU); Firecracker's API socket later.
+    pub control_socket: PathBuf,
+    pub backend: BackendKind,
+}
+
+/// A signal the daemon may send to a VMM process (`vm kill --signal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Signal {
+    Term,
+    Kill,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+}
+
+impl Signal {
+    const ALL: [Signal; 7] = [
+        Signal::Term,
+        Signal::Kill,
+        Signal::Int,
+        Signal::Hup,
+        Signal::Quit,
+        Signal::Usr1,
+        Signal::Usr2,
+    ];
+
+    /// `"TERM"`, `"KILL"`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+            Signal::Int => "INT",
+            Signal::Hup => "HUP",
+            Signal::Quit => "QUIT",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
+        }
+    }
+
+    /// The Linux signal number.
+    pub fn number(self) -> i32 {
+        self.to_rustix().as_raw()
+    }
+
+    pub(crate) fn to_rustix(self) -> rustix::process::Signal {
+        use rustix::process::Signal as S;
+        match self {
+            Signal::Term => S::TERM,
+            Signal::Kill => S::KILL,
+            Signal::Int => S::INT,
+            Signal::Hup => S::HUP,
+            Signal::Quit => S::QUIT,
+            Signal::Usr1 => S::USR1,
+            Signal::Usr2 => S::USR2,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+/// The signal name was not one of [`Signal`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown signal {0:?} (use TERM, KILL, INT, HUP, QUIT, USR1, USR2 or their numbers)")]
+pub struct UnknownSignal(pub String);
+
+impl FromStr for Signal {
+    type Err = UnknownSignal;
+
+    /// Accepts `KILL`, `SIGKILL`, `kill` and `9`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        let by_number = name.parse::<i32>().ok();
+        Signal::ALL
+            .into_iter()
+            .find(|sig| sig.name() == name || Some(sig.number()) == by_number)
+            .ok_or_else(|| UnknownSignal(s.to_owned()))
+    }
+}
+
+/// The VMM's run state (QMP `query-status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmRunState {
+    Running,
+    /// Stopped by QMP `stop` or started with `-S`.
+    Paused,
+    /// Not started yet.
+    Prelaunch,
+    /// The guest shut down and QEMU has not exited (yet).
+    Shutdown,
+    GuestPanicked,
+    InternalError,
+    IoError,
+    /// Any other QMP run state, by its QMP name.
+    Other(String),
+}
+
+impl fmt::Display for VmRunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmRunState::Running => "running",
+            VmRunState::Paused => "paused",
+            VmRunState::Prelaunch => "prelaunch",
+            VmRunState::Shutdown => "shutdown",
+            VmRunState::GuestPanicked => "guest-panicked",
+            VmRunState::InternalError => "internal-error",
+            VmRunState::IoError => "io-error",
+            VmRunState::Other(name) => name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_prefix_case_and_number() {
+        assert_eq!("KILL".parse::<Signal>(), Ok(Signal::Kill));
+        assert_eq!("sigterm".parse::<Signal>(), Ok(Signal::Term));
+        assert_eq!("9".parse::<Signal>(), Ok(Signal::Kill));
+        assert_eq!(" hup ".parse::<Signal>(), Ok(Signal::Hup));
+        assert!("STOP".parse::<Signal>().is_err());
+        assert!("0".parse::<Signal>().is_err());
+        assert_eq!(Signal::Usr1.to_string(), "SIGUSR1");
+        assert_eq!(Signal::Term.number(), 15);
+    }
+
+    #[test]
+    fn handle_round_trips_through_json() {
+        let handle = VmHandle {
+            pid: 4242,
+            control_socket: PathBuf::from("/run/banger/vms/abc/qmp.sock"),
+            backend: BackendKind::Qemu,
+        };
+        let json = serde_json::to_string(&handle).unwrap();
+        assert_eq!(
+            json,
+            r#"{"pid":4242,"control_socket":"/run/banger/vms/abc/qmp.sock","backend":"qemu"}"#
+        );
+        assert_eq!(serde_json::from_str::<VmHandle>(&json).unwrap(), handle);
+    }
+
+    #[test]
+    fn net_backend_serialises_tagged() {
+        let nic = NetBackend::User {
+            forwards: vec![PortForward {
+                proto: Proto::Tcp,
+                host_addr: "127.0.0.1".parse().unwrap(),
+                host_port: 2222,
+                guest_port: 22,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&nic).unwrap(),
+            r#"{"type":"user","forwards":[{"proto":"tcp","host_addr":"127.0.0.1","host_port":2222,"guest_port":22}]}"#
+        );
+    }
+}
