@@ -56,9 +56,12 @@ ensure_rust() {
   rust_ok || { echo "error: no Rust >= $BANGER_MIN_RUST available" >&2; return 1; }
 }
 
-# Everything the build and the test suite use.
+# Everything the build, the VMs and the test suite use: QEMU and qemu-img
+# (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
+# the OpenSSH client (guest access).
 ensure_deps() {
-  apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates
+  apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
+    qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
   ensure_rust
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on built-in defaults: installs what is missing, builds banger
-# in release mode and talks to the daemon, which the CLI starts on demand.
+# in release mode, and runs a command in a fresh VM. The first run pulls the
+# default kernel and builds the default image (cached afterwards).
 # Usage: ./scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +14,10 @@ echo "==> building banger (release)"
 cargo build --release --locked --bin banger --bin bangerd
 bin="$CARGO_TARGET_DIR/release"
 
-echo "==> banger ping"
-"$bin/banger" ping
-echo "==> banger daemon status"
-"$bin/banger" daemon status
+echo "==> banger doctor"
+"$bin/banger" doctor || true
+echo "==> banger vm run --rm -- cat /proc/version"
+"$bin/banger" vm run --rm -- cat /proc/version
 
 cat <<MSG
 

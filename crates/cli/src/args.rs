@@ -24,8 +24,192 @@ pub enum Command {
     /// Manage the bangerd daemon.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Create, run and manage VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Build and manage root filesystem images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Pull and manage guest kernels.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// List asynchronous operations (creates, builds, pulls).
+    Ops(JsonFlag),
+    /// Check what works on this host and what to do about it.
+    Doctor(DoctorArgs),
+    /// Print a block for ~/.ssh/config so `ssh NAME.vm` reaches VMs.
+    SshConfig,
     /// Send one raw RPC request and print its result (for debugging).
     Rpc(RpcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Boot the default kernel under KVM to see whether KVM really works.
+    #[arg(long)]
+    pub probe: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct VmSpecArgs {
+    /// Image to boot (default: the managed default image, built on first use).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kernel to boot (default: debian-cloud, pulled on first use).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Virtual CPUs (default 1: under TCG more is slower).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory, e.g. 1024, 512M, 2G (plain numbers are MiB; default 1G).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Work disk size, e.g. 8G (plain numbers are MiB; default 8G).
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// Publish a guest port on the host's loopback: HOST:GUEST[/udp].
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM and boot it, printing each stage as it happens.
+    Create {
+        /// Name (lowercase letters, digits and '-'; becomes the hostname).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        spec: VmSpecArgs,
+        /// Create it stopped.
+        #[arg(long)]
+        no_start: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a stopped VM.
+    Start(VmNameJson),
+    /// Power a VM off (ACPI, then SIGKILL after a bounded wait).
+    Stop(VmNameJson),
+    /// Send a signal to a VM's VMM process (default KILL).
+    Kill {
+        name: String,
+        #[arg(long, short, default_value = "KILL")]
+        signal: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and start a VM.
+    Restart(VmNameJson),
+    /// Delete a VM, its disks and its host-key pin.
+    #[command(alias = "rm")]
+    Delete(VmNameJson),
+    /// Show one VM.
+    Show(VmNameJson),
+    /// List VMs.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Change a stopped VM's vcpus, memory or disk size (disks only grow).
+    Edit {
+        name: String,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+        #[arg(long, value_name = "SIZE")]
+        disk_size: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a VM's console log.
+    Logs(LogsOfVm),
+    /// Open a shell in a VM, or run a command in it.
+    Ssh {
+        name: String,
+        /// Command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Create (or reuse) a VM, run a command in it over SSH and exit with
+    /// the command's exit code.
+    Run {
+        /// Reuse or create the VM of this name (default: a new run-XXXXXX).
+        #[arg(long)]
+        name: Option<String>,
+        /// Delete the VM afterwards.
+        #[arg(long)]
+        rm: bool,
+        #[command(flatten)]
+        spec: VmSpecArgs,
+        /// The command to run.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Relay stdin/stdout to a VM's SSH port (ProxyCommand for ssh-config).
+    #[command(hide = true)]
+    SshProxy { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct VmNameJson {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsOfVm {
+    pub name: String,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many of the last lines to print first (0: all).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a Debian bookworm image with mmdebstrap.
+    Build {
+        /// Image name (default: default).
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra packages, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one image.
+    Show(VmNameJson),
+    /// Delete an image no VM uses.
+    #[command(alias = "rm")]
+    Delete(VmNameJson),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List the kernel catalog and what is pulled.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Pull a kernel from the catalog (default: debian-cloud).
+    Pull {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one kernel.
+    Show(VmNameJson),
+    /// Delete a pulled kernel no VM uses.
+    #[command(alias = "rm")]
+    Delete(VmNameJson),
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,6 +61,10 @@ pub enum CliError {
     },
     #[error("invalid params: {0}")]
     BadParams(String),
+    /// A command run in the guest (or a check) exited with this status;
+    /// banger exits with it too and prints nothing more.
+    #[error("exit status {0}")]
+    ChildExit(i32),
 }
 
 impl CliError {
@@ -77,6 +81,7 @@ impl CliError {
             | Self::StartExited { .. }
             | Self::StopTimeout { .. } => Exit::DaemonUnavailable,
             Self::BadParams(_) => Exit::BadInput,
+            Self::ChildExit(_) => Exit::Failed,
             Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
         }
     }

@@ -33,6 +33,7 @@ pub struct BuildInfo {
 pub fn run(cli: Cli, build: BuildInfo) -> ExitCode {
     match commands::run(cli, build) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::ChildExit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {}", e.display_chain());
             ExitCode::from(e.exit().code())

@@ -20,6 +20,56 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
+    /// KVM, TCG, or decide by probing (`BANGER_ACCEL`).
+    pub accel: AccelChoice,
+    /// How long a booting VM may take to answer SSH.
+    pub boot_timeout: Duration,
+    /// How long `vm stop` waits for the guest to power off before SIGKILL.
+    pub stop_timeout: Duration,
+    pub defaults: VmDefaults,
+}
+
+/// How the accelerator is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelChoice {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" | "" => Self::Auto,
+            "kvm" => Self::Kvm,
+            "tcg" => Self::Tcg,
+            _ => return None,
+        })
+    }
+}
+
+/// What `vm create` uses when the user does not say.
+#[derive(Debug, Clone)]
+pub struct VmDefaults {
+    pub image: String,
+    pub kernel: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_size_bytes: u64,
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        Self {
+            image: "default".into(),
+            kernel: "debian-cloud".into(),
+            // One vCPU: under TCG a second one makes the clock unstable
+            // and boot far slower (SPEC, measured facts).
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_size_bytes: 8 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl DaemonConfig {
@@ -32,6 +82,10 @@ impl DaemonConfig {
             idle_timeout: Duration::from_secs(600),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(10),
+            accel: AccelChoice::Auto,
+            boot_timeout: Duration::from_secs(180),
+            stop_timeout: Duration::from_secs(30),
+            defaults: VmDefaults::default(),
         }
     }
 }

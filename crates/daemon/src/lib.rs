@@ -7,14 +7,22 @@
 //! task; each request on it is dispatched through the one method table in
 //! [`dispatch`] under a tracing span that carries its op id.
 
+mod accel;
+mod artifacts;
 pub mod config;
+mod disks;
 pub mod dispatch;
+mod doctor;
 mod error;
 mod handlers;
 mod instance;
 pub mod logging;
+mod ops;
 pub mod server;
+mod ssh;
 mod state;
+mod validate;
+mod vms;
 
 pub use config::DaemonConfig;
 pub use error::DaemonError;
@@ -45,7 +53,15 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
             }
         })?;
         let shutdown = CancellationToken::new();
-        let state = Arc::new(DaemonState::new(config, store, shutdown.clone()));
+        let vmm: Arc<dyn banger_vmm::Vmm> = Arc::new(
+            banger_vmm::QemuVmm::detect()
+                .unwrap_or_else(|_| banger_vmm::QemuVmm::new("qemu-system-x86_64")),
+        );
+        let state = Arc::new(DaemonState::new(config, store, vmm, shutdown.clone()));
+        // Adopt VMs that survived a daemon restart, clean up after dead ones.
+        if let Err(e) = vms::reconcile(&state).await {
+            tracing::error!(error = %e, "reconcile failed; continuing");
+        }
         tracing::info!(
             pid = std::process::id(),
             socket = %state.config.layout.socket_path().display(),

@@ -8,8 +8,9 @@ use crate::DaemonConfig;
 
 /// What every request handler can reach.
 ///
-/// Lock order: `store` is a leaf; it is only ever taken inside
-/// `spawn_blocking` and never held across an `.await`.
+/// Lock order: a VM's lock (`vms`), then an artifact lock, then the leaf
+/// std mutexes (handles map, operation registry, `store`), which are never
+/// held across an `.await`; `store` is only taken inside `spawn_blocking`.
 #[derive(Debug)]
 pub struct DaemonState {
     pub config: DaemonConfig,
@@ -18,17 +19,34 @@ pub struct DaemonState {
     /// Fired by `daemon.shutdown` or a signal; the accept loop and every
     /// idle connection watch it.
     pub shutdown: CancellationToken,
+    pub ops: crate::ops::OpRegistry,
+    pub vms: crate::vms::VmTable,
+    pub reservations: crate::vms::Reservations,
+    pub artifact_locks: crate::artifacts::ArtifactLocks,
+    pub vmm: Arc<dyn banger_vmm::Vmm>,
+    pub ssh: crate::ssh::SshPaths,
     #[cfg(test)]
     pub probe: crate::handlers::test_methods::Probe,
 }
 
 impl DaemonState {
-    pub fn new(config: DaemonConfig, store: Store, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        config: DaemonConfig,
+        store: Store,
+        vmm: Arc<dyn banger_vmm::Vmm>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
+            ssh: crate::ssh::SshPaths::new(&config.layout),
             config,
             started: Instant::now(),
             store: Mutex::new(store),
             shutdown,
+            ops: Default::default(),
+            vms: Default::default(),
+            reservations: Default::default(),
+            artifact_locks: Default::default(),
+            vmm,
             #[cfg(test)]
             probe: Default::default(),
         }

@@ -8,6 +8,7 @@
 mod envelope;
 mod error;
 pub mod methods;
+pub mod vm;
 
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode};

@@ -14,6 +14,31 @@ pub const DAEMON_STATUS: &str = "daemon.status";
 /// stops accepting, lets in-flight requests finish and exits.
 pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
 
+/// `vm.create.begin`: [`VmCreateParams`](crate::vm::VmCreateParams); answers
+/// an [`OpView`](crate::vm::OpView) whose `op_id` is this request's op id.
+pub const VM_CREATE_BEGIN: &str = "vm.create.begin";
+pub const VM_START: &str = "vm.start";
+pub const VM_STOP: &str = "vm.stop";
+pub const VM_KILL: &str = "vm.kill";
+pub const VM_RESTART: &str = "vm.restart";
+pub const VM_DELETE: &str = "vm.delete";
+pub const VM_SHOW: &str = "vm.show";
+pub const VM_LIST: &str = "vm.list";
+pub const VM_EDIT: &str = "vm.edit";
+pub const VM_SSH_INFO: &str = "vm.ssh_info";
+pub const IMAGE_BUILD_BEGIN: &str = "image.build.begin";
+pub const IMAGE_LIST: &str = "image.list";
+pub const IMAGE_SHOW: &str = "image.show";
+pub const IMAGE_DELETE: &str = "image.delete";
+pub const KERNEL_PULL_BEGIN: &str = "kernel.pull.begin";
+pub const KERNEL_LIST: &str = "kernel.list";
+pub const KERNEL_SHOW: &str = "kernel.show";
+pub const KERNEL_DELETE: &str = "kernel.delete";
+pub const OP_STATUS: &str = "op.status";
+pub const OP_CANCEL: &str = "op.cancel";
+pub const OP_LIST: &str = "op.list";
+pub const DOCTOR: &str = "doctor";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingResult {
     pub version: String,

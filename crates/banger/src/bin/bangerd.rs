@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use banger_daemon::config::AccelChoice;
 use banger_daemon::{DaemonConfig, logging};
 use banger_paths::Layout;
 use clap::Parser;
@@ -22,6 +23,9 @@ struct Args {
     /// Seconds a connection may stay idle before it is closed.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     idle_timeout: f64,
+    /// Accelerator for guests: auto (probe KVM once), kvm or tcg.
+    #[arg(long, env = "BANGER_ACCEL", default_value = "auto")]
+    accel: String,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut config = DaemonConfig::new(layout, env!("CARGO_PKG_VERSION"), env!("BANGER_BUILD_ID"));
     config.read_timeout = seconds(args.read_timeout, "--read-timeout")?;
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
+    config.accel = AccelChoice::parse(&args.accel)
+        .with_context(|| format!("--accel must be auto, kvm or tcg, got {:?}", args.accel))?;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

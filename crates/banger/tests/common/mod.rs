@@ -19,6 +19,8 @@ pub const BANGERD: &str = env!("CARGO_BIN_EXE_bangerd");
 pub struct World {
     pub dir: tempfile::TempDir,
     daemon: Option<Child>,
+    /// Extra environment for every process of this world.
+    pub extra_env: Vec<(&'static str, PathBuf)>,
 }
 
 impl World {
@@ -33,7 +35,11 @@ impl World {
             std::fs::Permissions::from_mode(0o700),
         )
         .unwrap();
-        Self { dir, daemon: None }
+        Self {
+            dir,
+            daemon: None,
+            extra_env: Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -68,6 +74,10 @@ impl World {
             ("XDG_RUNTIME_DIR", r.join("run")),
             ("BANGER_DAEMON_BIN", PathBuf::from(BANGERD)),
         ]
+        .into_iter()
+        .filter(|(k, _)| !self.extra_env.iter().any(|(e, _)| e == k))
+        .chain(self.extra_env.iter().cloned())
+        .collect()
     }
 
     pub fn command(&self, program: &str) -> Command {
@@ -141,7 +151,35 @@ impl Drop for World {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // VMMs outlive the daemon by design: kill any this world started.
+        for pid in processes_mentioning(self.root()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wait_gone(pid);
+        }
     }
+}
+
+/// Pids of live processes whose command line mentions `path`.
+pub fn processes_mentioning(path: &Path) -> Vec<i32> {
+    let needle = path.display().to_string();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(&needle) && alive(pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }
 
 /// Waits up to 10 s for `pid` to exit; true when it did.

@@ -1,6 +1,4 @@
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::time::Duration;
+use std::io::Write;
 
 use banger_paths::Layout;
 use banger_proto::methods::{self, DaemonStatus};
@@ -70,85 +68,16 @@ pub(crate) fn stop(layout: &Layout, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Files larger than this are read from their tail only.
-const MAX_LOG_READ: u64 = 8 * 1024 * 1024;
-
 pub(crate) fn logs(layout: &Layout, args: &LogsArgs) -> Result<(), CliError> {
-    let path = layout.log_file();
-    let read_err = |source| CliError::ReadLog {
-        path: path.clone(),
-        source,
-    };
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !args.follow => {
-            eprintln!("no log yet at {}", path.display());
-            return Ok(());
-        }
-        Err(e) => return Err(read_err(e)),
-    };
-    let len = file.metadata().map_err(read_err)?.len();
-    let start = len.saturating_sub(MAX_LOG_READ);
-    file.seek(SeekFrom::Start(start)).map_err(read_err)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_err)?;
-    let mut lines: Vec<&str> = text.lines().collect();
-    if start > 0 && !lines.is_empty() {
-        lines.remove(0); // probably cut in the middle
-    }
-    let skip = if args.lines == 0 {
-        0
-    } else {
-        lines.len().saturating_sub(args.lines)
-    };
-    let mut out = io::stdout().lock();
-    for line in &lines[skip..] {
-        print_log_line(&mut out, line, args.json);
-    }
-    let _ = out.flush();
-    drop(out);
-    if !args.follow {
-        return Ok(());
-    }
-    let mut pos = file.stream_position().map_err(read_err)?;
-    let mut partial = String::new();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => continue,
-        };
-        if len < pos {
-            // Truncated or replaced: start over from its beginning.
-            file = File::open(&path).map_err(read_err)?;
-            pos = 0;
-            partial.clear();
-        }
-        if len == pos {
-            continue;
-        }
-        file.seek(SeekFrom::Start(pos)).map_err(read_err)?;
-        let mut chunk = String::new();
-        let n = (&mut file)
-            .take(len - pos)
-            .read_to_string(&mut chunk)
-            .map_err(read_err)?;
-        pos += n as u64;
-        partial.push_str(&chunk);
-        let mut out = io::stdout().lock();
-        while let Some(i) = partial.find('\n') {
-            let line: String = partial.drain(..=i).collect();
-            print_log_line(&mut out, line.trim_end_matches('\n'), args.json);
-        }
-        if out.flush().is_err() {
-            return Ok(()); // stdout closed (e.g. piped into head)
-        }
-    }
+    let raw = args.json;
+    super::tail::tail(&layout.log_file(), args.lines, args.follow, &|out, line| {
+        print_log_line(out, line, raw)
+    })
 }
 
 /// Renders one JSON log line as `TIME LEVEL [op-id method] message k=v`;
 /// anything that is not a JSON object (a panic message) is printed as is.
-fn print_log_line(out: &mut impl Write, line: &str, raw: bool) {
+fn print_log_line(out: &mut dyn Write, line: &str, raw: bool) {
     if raw {
         let _ = writeln!(out, "{line}");
         return;

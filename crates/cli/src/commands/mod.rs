@@ -1,7 +1,12 @@
 //! One function per command; each connects, calls and prints.
 
+mod artifacts;
 mod daemon;
+mod follow;
+mod format;
 mod rpc;
+mod tail;
+mod vm;
 
 use banger_paths::Layout;
 
@@ -25,6 +30,12 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Daemon(DaemonCommand::Stop(a)) => daemon::stop(&layout, a.json),
         Command::Daemon(DaemonCommand::Logs(a)) => daemon::logs(&layout, a),
         Command::Rpc(a) => rpc::run(&target()?, a),
+        Command::Vm(c) => vm::run(&target()?, c),
+        Command::Image(c) => artifacts::image(&target()?, c),
+        Command::Kernel(c) => artifacts::kernel(&target()?, c),
+        Command::Ops(a) => artifacts::ops(&target()?, a.json),
+        Command::Doctor(a) => artifacts::doctor(&target()?, a),
+        Command::SshConfig => artifacts::ssh_config(&target()?),
     }
 }
 

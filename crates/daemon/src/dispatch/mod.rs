@@ -98,6 +98,94 @@ pub static METHODS: &[Method] = &[
         name: methods::DAEMON_SHUTDOWN,
         handler: |ctx, p| Box::pin(handlers::daemon_shutdown(ctx, p)),
     },
+    Method {
+        name: methods::VM_CREATE_BEGIN,
+        handler: |ctx, p| Box::pin(handlers::vm::create_begin(ctx, p)),
+    },
+    Method {
+        name: methods::VM_START,
+        handler: |ctx, p| Box::pin(handlers::vm::start(ctx, p)),
+    },
+    Method {
+        name: methods::VM_STOP,
+        handler: |ctx, p| Box::pin(handlers::vm::stop(ctx, p)),
+    },
+    Method {
+        name: methods::VM_KILL,
+        handler: |ctx, p| Box::pin(handlers::vm::kill(ctx, p)),
+    },
+    Method {
+        name: methods::VM_RESTART,
+        handler: |ctx, p| Box::pin(handlers::vm::restart(ctx, p)),
+    },
+    Method {
+        name: methods::VM_DELETE,
+        handler: |ctx, p| Box::pin(handlers::vm::delete(ctx, p)),
+    },
+    Method {
+        name: methods::VM_SHOW,
+        handler: |ctx, p| Box::pin(handlers::vm::show(ctx, p)),
+    },
+    Method {
+        name: methods::VM_LIST,
+        handler: |ctx, p| Box::pin(handlers::vm::list(ctx, p)),
+    },
+    Method {
+        name: methods::VM_EDIT,
+        handler: |ctx, p| Box::pin(handlers::vm::edit(ctx, p)),
+    },
+    Method {
+        name: methods::VM_SSH_INFO,
+        handler: |ctx, p| Box::pin(handlers::vm::ssh_info(ctx, p)),
+    },
+    Method {
+        name: methods::IMAGE_BUILD_BEGIN,
+        handler: |ctx, p| Box::pin(handlers::image_build_begin(ctx, p)),
+    },
+    Method {
+        name: methods::IMAGE_LIST,
+        handler: |ctx, p| Box::pin(handlers::image_list(ctx, p)),
+    },
+    Method {
+        name: methods::IMAGE_SHOW,
+        handler: |ctx, p| Box::pin(handlers::image_show(ctx, p)),
+    },
+    Method {
+        name: methods::IMAGE_DELETE,
+        handler: |ctx, p| Box::pin(handlers::image_delete(ctx, p)),
+    },
+    Method {
+        name: methods::KERNEL_PULL_BEGIN,
+        handler: |ctx, p| Box::pin(handlers::kernel_pull_begin(ctx, p)),
+    },
+    Method {
+        name: methods::KERNEL_LIST,
+        handler: |ctx, p| Box::pin(handlers::kernel_list(ctx, p)),
+    },
+    Method {
+        name: methods::KERNEL_SHOW,
+        handler: |ctx, p| Box::pin(handlers::kernel_show(ctx, p)),
+    },
+    Method {
+        name: methods::KERNEL_DELETE,
+        handler: |ctx, p| Box::pin(handlers::kernel_delete(ctx, p)),
+    },
+    Method {
+        name: methods::OP_STATUS,
+        handler: |ctx, p| Box::pin(handlers::op_status(ctx, p)),
+    },
+    Method {
+        name: methods::OP_CANCEL,
+        handler: |ctx, p| Box::pin(handlers::op_cancel(ctx, p)),
+    },
+    Method {
+        name: methods::OP_LIST,
+        handler: |ctx, p| Box::pin(handlers::op_list(ctx, p)),
+    },
+    Method {
+        name: methods::DOCTOR,
+        handler: |ctx, p| Box::pin(handlers::doctor(ctx, p)),
+    },
 ];
 
 fn lookup(name: &str) -> Option<&'static Method> {

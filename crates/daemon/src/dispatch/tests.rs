@@ -15,7 +15,13 @@ pub(crate) fn test_state(root: &std::path::Path) -> Arc<DaemonState> {
     layout.ensure_dirs().unwrap();
     let store = banger_store::Store::open(&layout.database_path()).unwrap();
     let config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
-    Arc::new(DaemonState::new(config, store, CancellationToken::new()))
+    let vmm = Arc::new(banger_vmm::QemuVmm::new("qemu-system-x86_64"));
+    Arc::new(DaemonState::new(
+        config,
+        store,
+        vmm,
+        CancellationToken::new(),
+    ))
 }
 
 async fn call(state: &Arc<DaemonState>, line: &str) -> Response {

@@ -1,12 +1,8 @@
 use banger_proto::methods::{self, DaemonStatus, PingResult, ShutdownResult, StoreStatus};
 use serde_json::Value;
 
-use super::no_params;
-use crate::dispatch::{HandlerResult, RequestCtx, RpcError};
-
-fn to_value<T: serde::Serialize>(v: T) -> HandlerResult {
-    serde_json::to_value(v).map_err(|e| RpcError::internal(format!("encode result: {e}")))
-}
+use super::{no_params, to_value};
+use crate::dispatch::{HandlerResult, RequestCtx};
 
 pub(crate) async fn ping(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::PING, &p)?;

@@ -1,0 +1,488 @@
+//! End to end: real guests under QEMU (TCG, one vCPU), driven through the
+//! real `banger` CLI. One world and one scenario, run serially, so a booted
+//! guest serves several assertions (a boot costs ~15 s under TCG).
+//!
+//! Needs root-free QEMU, mmdebstrap (run as root) and the host's apt
+//! sources; the kernel and base image are cached in the user's cache dir
+//! (`~/.cache/banger`) so a second run is fast.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{World, alive, signal, wait_gone};
+use serde_json::Value;
+
+fn cache_home() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
+}
+
+fn world() -> World {
+    let mut w = World::new();
+    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
+    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
+    w
+}
+
+fn step(name: &str) -> Instant {
+    eprintln!("--- {name}");
+    Instant::now()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(w: &World, args: &[&str]) -> String {
+    let out = w.banger(args);
+    assert!(
+        out.status.success(),
+        "banger {args:?} failed:\n{}",
+        text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn show(w: &World, name: &str) -> Value {
+    w.banger_json(&["vm", "show", name])
+}
+
+fn qemu_pids_for(vm_id: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-system") && cmd.contains(vm_id) && alive(pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn vms_dir(w: &World) -> PathBuf {
+    w.root().join("data/banger/vms")
+}
+
+fn known_hosts(w: &World) -> String {
+    std::fs::read_to_string(w.root().join("data/banger/ssh/known_hosts")).unwrap_or_default()
+}
+
+/// ssh straight to a port with banger's key and pins, without the daemon.
+fn raw_ssh(w: &World, port: u64, alias: &str, cmd: &str) -> Output {
+    Command::new("ssh")
+        .args(["-i"])
+        .arg(w.root().join("data/banger/ssh/id_ed25519"))
+        .args([
+            "-p",
+            &port.to_string(),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .arg(format!(
+            "-oUserKnownHostsFile={}",
+            w.root().join("data/banger/ssh/known_hosts").display()
+        ))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!("HostKeyAlias={alias}"),
+        ])
+        .arg("root@127.0.0.1")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn assert_bad_input(w: &World, args: &[&str], code: i32, needle: &str) {
+    let out = w.banger(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "banger {args:?}:\n{}",
+        text(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "banger {args:?}: expected {needle:?} in:\n{err}"
+    );
+}
+
+#[test]
+fn vm_lifecycle_end_to_end() {
+    let w = world();
+    let t = step("create a (pulls the kernel and builds the image on first use)");
+    let out = w.banger(&["vm", "create", "--name", "e2e-a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for stage in [
+        "prepare root disk (qcow2)",
+        "prepare work disk",
+        "launch vmm",
+        "wait for ssh",
+    ] {
+        assert!(
+            stderr.contains(stage),
+            "stage {stage:?} not printed:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains(" s\n"), "stages carry durations:\n{stderr}");
+    eprintln!("create took {:?}", t.elapsed());
+    let a = show(&w, "e2e-a");
+    assert_eq!(a["state"], "running");
+    assert_eq!(a["disk_strategy"], "qcow2");
+    assert_eq!(a["accel"], "tcg");
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    let a_pid = a["pid"].as_i64().unwrap() as i32;
+
+    step("ssh runs commands, hostname is the vm name");
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-a", "--", "echo", "hello"]).trim(),
+        "hello"
+    );
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-a", "--", "hostname"]).trim(),
+        "e2e-a"
+    );
+    ok(
+        &w,
+        &[
+            "vm",
+            "ssh",
+            "e2e-a",
+            "--",
+            "sh",
+            "-c",
+            "echo persisted > /root/marker && sync",
+        ],
+    );
+    assert!(known_hosts(&w).contains("e2e-a.vm"), "host key pinned");
+
+    step("stop, start: the work disk keeps its files");
+    let stopped = w.banger_json(&["vm", "stop", "e2e-a"]);
+    assert_eq!(stopped["state"], "stopped");
+    assert!(!alive(a_pid), "qemu exits on stop");
+    assert!(stopped["pid"].is_null());
+    let started = w.banger_json(&["vm", "start", "e2e-a"]);
+    assert_eq!(started["state"], "running");
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"]).trim(),
+        "persisted"
+    );
+
+    step("restart");
+    let before = show(&w, "e2e-a")["pid"].as_i64().unwrap();
+    let restarted = w.banger_json(&["vm", "restart", "e2e-a"]);
+    assert_eq!(restarted["state"], "running");
+    assert_ne!(restarted["pid"].as_i64().unwrap(), before);
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"]).trim(),
+        "persisted"
+    );
+
+    step("a second vm runs beside the first, on its own port");
+    ok(&w, &["vm", "create", "--name", "e2e-b", "--memory", "512M"]);
+    let a = show(&w, "e2e-a");
+    let b = show(&w, "e2e-b");
+    assert_ne!(a["ssh_port"], b["ssh_port"]);
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-a", "--", "hostname"]).trim(),
+        "e2e-a"
+    );
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-b", "--", "hostname"]).trim(),
+        "e2e-b"
+    );
+    let listed = w.banger_json(&["vm", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    step("vm run --rm exits with the command's status and leaves no vm");
+    let out = w.banger(&["vm", "run", "--rm", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let names: Vec<String> = w
+        .banger_json(&["vm", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["e2e-a", "e2e-b"], "vm run --rm left a vm behind");
+
+    step("kill -9 of the daemon leaves vms running; the next call adopts them");
+    let a = show(&w, "e2e-a");
+    let (a_pid, a_port) = (
+        a["pid"].as_i64().unwrap() as i32,
+        a["ssh_port"].as_u64().unwrap(),
+    );
+    let daemon = w.daemon_pid().unwrap();
+    signal(daemon, "KILL");
+    assert!(wait_gone(daemon));
+    let out = raw_ssh(&w, a_port, "e2e-a.vm", "echo still-here");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "still-here",
+        "{}",
+        text(&out)
+    );
+    let a = show(&w, "e2e-a");
+    assert_eq!(a["state"], "running");
+    assert_eq!(a["pid"].as_i64().unwrap() as i32, a_pid, "same vmm adopted");
+    assert_ne!(w.daemon_pid().unwrap(), daemon);
+
+    step("a vmm killed while the daemon is down is found stopped and cleaned");
+    let b = show(&w, "e2e-b");
+    let b_pid = b["pid"].as_i64().unwrap() as i32;
+    let b_id = b["id"].as_str().unwrap().to_owned();
+    let daemon = w.daemon_pid().unwrap();
+    signal(daemon, "KILL");
+    assert!(wait_gone(daemon));
+    signal(b_pid, "KILL");
+    assert!(wait_gone(b_pid));
+    let b = show(&w, "e2e-b");
+    assert_eq!(b["state"], "stopped");
+    assert!(b["pid"].is_null());
+    assert!(!vms_dir(&w).join(&b_id).join("handles.json").exists());
+    assert!(qemu_pids_for(&b_id).is_empty());
+    assert_eq!(show(&w, "e2e-a")["state"], "running");
+
+    step("bad input: clear errors naming the field, nothing created");
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "e2e-a"],
+        5,
+        "already exists",
+    );
+    assert_bad_input(&w, &["vm", "create", "--name", "a/b"], 2, "invalid vm name");
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "has space"],
+        2,
+        "invalid vm name",
+    );
+    let long = "x".repeat(100);
+    assert_bad_input(&w, &["vm", "create", "--name", &long], 2, "invalid vm name");
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--vcpus", "0"],
+        2,
+        "invalid vcpus",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--vcpus", "5000"],
+        2,
+        "invalid vcpus",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--memory", "0"],
+        2,
+        "invalid memory",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--memory", "99999G"],
+        2,
+        "invalid memory",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--disk-size", "1M"],
+        2,
+        "invalid disk size",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--disk-size", "100000T"],
+        2,
+        "disk size",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--image", "nope"],
+        4,
+        "image \"nope\" not found",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "--kernel", "nope"],
+        4,
+        "kernel \"nope\" not found",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "c1", "-p", "80"],
+        2,
+        "invalid publish",
+    );
+    assert_bad_input(&w, &["vm", "show", "nope"], 4, "not found");
+    assert_eq!(
+        w.banger_json(&["vm", "list"]).as_array().unwrap().len(),
+        2,
+        "nothing created"
+    );
+
+    step("fault: a published port already taken fails the start, leaks nothing");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = w.banger(&[
+        "vm",
+        "create",
+        "--name",
+        "e2e-port",
+        "-p",
+        &format!("{port}:80"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("host port {port}/tcp is already in use")),
+        "{}",
+        text(&out)
+    );
+    let v = show(&w, "e2e-port");
+    assert_eq!(v["state"], "error");
+    assert!(v["last_error"].as_str().unwrap().contains("already in use"));
+    assert!(
+        v["last_error"].as_str().unwrap().contains("console.log"),
+        "error names the console log"
+    );
+    let port_id = v["id"].as_str().unwrap().to_owned();
+    assert!(qemu_pids_for(&port_id).is_empty());
+    assert!(!vms_dir(&w).join(&port_id).join("handles.json").exists());
+    drop(taken);
+    ok(&w, &["vm", "delete", "e2e-port"]);
+    assert!(!vms_dir(&w).join(&port_id).exists());
+
+    step("fault: the kernel file removed underneath fails the start with its name");
+    let kernel_path = PathBuf::from(
+        w.banger_json(&["kernel", "show", "debian-cloud"])["kernel"]
+            .as_str()
+            .unwrap(),
+    );
+    let aside = kernel_path.with_extension("aside");
+    std::fs::rename(&kernel_path, &aside).unwrap();
+    let out = w.banger(&["vm", "start", "e2e-b"]);
+    std::fs::rename(&aside, &kernel_path).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kernel file"),
+        "{}",
+        text(&out)
+    );
+    let b = show(&w, "e2e-b");
+    assert_eq!(b["state"], "error");
+    assert!(
+        b["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&kernel_path.display().to_string())
+    );
+    assert!(qemu_pids_for(&b_id).is_empty());
+
+    step("fault: the image's root disk deleted underneath");
+    let image_rootfs = PathBuf::from(
+        w.banger_json(&["image", "show", "default"])["rootfs"]
+            .as_str()
+            .unwrap(),
+    );
+    let aside = image_rootfs.with_extension("aside");
+    std::fs::rename(&image_rootfs, &aside).unwrap();
+    let out = w.banger(&["vm", "create", "--name", "e2e-noimg"]);
+    let out_start = w.banger(&["vm", "start", "e2e-b"]);
+    std::fs::rename(&aside, &image_rootfs).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root disk file"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        w.banger(&["vm", "show", "e2e-noimg"]).status.code() == Some(4),
+        "no record left"
+    );
+    assert!(!out_start.status.success());
+    assert!(
+        String::from_utf8_lossy(&out_start.stderr).contains("image root disk file"),
+        "{}",
+        text(&out_start)
+    );
+
+    step("ctrl-c during create cancels it and leaves nothing behind");
+    let child = w
+        .command(common::BANGER)
+        .args(["vm", "create", "--name", "e2e-cancel"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut id = None;
+    while Instant::now() < deadline {
+        if let Ok(v) = serde_json::from_slice::<Value>(
+            &w.banger(&["vm", "show", "e2e-cancel", "--json"]).stdout,
+        ) {
+            if !qemu_pids_for(v["id"].as_str().unwrap()).is_empty() {
+                id = Some(v["id"].as_str().unwrap().to_owned());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = id.expect("the cancelled vm's qemu never started");
+    signal(child.id() as i32, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert_eq!(
+        w.banger(&["vm", "show", "e2e-cancel"]).status.code(),
+        Some(4)
+    );
+    assert!(
+        qemu_pids_for(&id).is_empty(),
+        "cancelled create left qemu running"
+    );
+    assert!(
+        !vms_dir(&w).join(&id).exists(),
+        "cancelled create left its dir"
+    );
+    assert!(!known_hosts(&w).contains("e2e-cancel.vm"));
+
+    step("delete everything: no files, processes or pins are left");
+    ok(&w, &["vm", "delete", "e2e-a"]);
+    ok(&w, &["vm", "delete", "e2e-b"]);
+    assert!(qemu_pids_for(&a_id).is_empty());
+    let left: Vec<_> = std::fs::read_dir(vms_dir(&w)).unwrap().flatten().collect();
+    assert!(left.is_empty(), "vm dirs left: {left:?}");
+    let pins = known_hosts(&w);
+    assert!(
+        !pins.contains("e2e-a.vm") && !pins.contains("e2e-b.vm"),
+        "pins left: {pins}"
+    );
+    assert!(
+        w.banger_json(&["vm", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

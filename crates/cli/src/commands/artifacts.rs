@@ -1,0 +1,270 @@
+//! `banger image ...`, `banger kernel ...`, `banger ops`, `banger doctor`
+//! and `banger ssh-config`.
+
+use banger_proto::methods;
+use banger_proto::vm::{
+    DoctorReport, ImageBuildParams, ImageView, KernelPullParams, KernelView, NameParams, OpView,
+};
+use serde_json::json;
+
+use super::follow::follow;
+use super::format::{human_bytes, table};
+use super::print_json;
+use crate::CliError;
+use crate::args::{DoctorArgs, ImageCommand, KernelCommand};
+use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+
+pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    match cmd {
+        ImageCommand::Build {
+            name,
+            packages,
+            json,
+        } => {
+            let begun: OpView = client.call(
+                methods::IMAGE_BUILD_BEGIN,
+                ImageBuildParams {
+                    name: name.clone(),
+                    packages: packages.clone(),
+                },
+            )?;
+            if !json {
+                eprintln!("building image {} ({})", begun.target, begun.op_id);
+            }
+            let done = follow(&mut client, begun, *json)?;
+            let image: ImageView = serde_json::from_value(done.result.unwrap_or_default())
+                .map_err(|e| CliError::BadResponse(e.to_string()))?;
+            if *json {
+                print_json(&image)
+            } else {
+                print_image(&image);
+                Ok(())
+            }
+        }
+        ImageCommand::List(a) => {
+            let images: Vec<ImageView> = client.call(methods::IMAGE_LIST, ())?;
+            if a.json {
+                return print_json(&images);
+            }
+            let rows: Vec<Vec<String>> = images
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.source.clone(),
+                        human_bytes(i.size_bytes),
+                        if i.stale {
+                            "stale".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            table(&["NAME", "SOURCE", "SIZE", ""], &rows);
+            Ok(())
+        }
+        ImageCommand::Show(a) => {
+            let image: ImageView = client.call(
+                methods::IMAGE_SHOW,
+                NameParams {
+                    name: a.name.clone(),
+                },
+            )?;
+            if a.json {
+                print_json(&image)
+            } else {
+                print_image(&image);
+                Ok(())
+            }
+        }
+        ImageCommand::Delete(a) => {
+            let v: serde_json::Value = client.call(
+                methods::IMAGE_DELETE,
+                NameParams {
+                    name: a.name.clone(),
+                },
+            )?;
+            if a.json {
+                print_json(&v)
+            } else {
+                println!("deleted image {}", a.name);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_image(i: &ImageView) {
+    println!("name       {}", i.name);
+    println!("source     {}", i.source);
+    println!("size       {}", human_bytes(i.size_bytes));
+    println!("rootfs     {}", i.rootfs);
+    if let Some(seed) = &i.work_seed {
+        println!("work seed  {seed}");
+    }
+    if i.stale {
+        println!("stale      built from an older recipe");
+    }
+}
+
+pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    match cmd {
+        KernelCommand::List(a) => {
+            let kernels: Vec<KernelView> = client.call(methods::KERNEL_LIST, ())?;
+            if a.json {
+                return print_json(&kernels);
+            }
+            let rows: Vec<Vec<String>> = kernels
+                .iter()
+                .map(|k| {
+                    vec![
+                        format!("{}{}", k.name, if k.default { " (default)" } else { "" }),
+                        if k.present {
+                            "pulled".into()
+                        } else {
+                            "-".into()
+                        },
+                        k.version.clone().unwrap_or_default(),
+                        k.description.clone(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "STATE", "VERSION", "DESCRIPTION"], &rows);
+            Ok(())
+        }
+        KernelCommand::Pull { name, json } => {
+            let begun: OpView = client.call(
+                methods::KERNEL_PULL_BEGIN,
+                KernelPullParams { name: name.clone() },
+            )?;
+            if !json {
+                eprintln!("pulling kernel {} ({})", begun.target, begun.op_id);
+            }
+            let done = follow(&mut client, begun, *json)?;
+            let k: KernelView = serde_json::from_value(done.result.unwrap_or_default())
+                .map_err(|e| CliError::BadResponse(e.to_string()))?;
+            if *json {
+                print_json(&k)
+            } else {
+                print_kernel(&k);
+                Ok(())
+            }
+        }
+        KernelCommand::Show(a) => {
+            let k: KernelView = client.call(
+                methods::KERNEL_SHOW,
+                NameParams {
+                    name: a.name.clone(),
+                },
+            )?;
+            if a.json {
+                print_json(&k)
+            } else {
+                print_kernel(&k);
+                Ok(())
+            }
+        }
+        KernelCommand::Delete(a) => {
+            let v: serde_json::Value = client.call(
+                methods::KERNEL_DELETE,
+                NameParams {
+                    name: a.name.clone(),
+                },
+            )?;
+            if a.json {
+                print_json(&v)
+            } else {
+                println!("deleted kernel {}", a.name);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_kernel(k: &KernelView) {
+    println!("name       {}", k.name);
+    println!("pulled     {}", if k.present { "yes" } else { "no" });
+    if let Some(v) = &k.version {
+        println!("version    {v}");
+    }
+    if let Some(p) = &k.kernel {
+        println!("kernel     {p}");
+    }
+    if let Some(p) = &k.initrd {
+        println!("initrd     {p}");
+    }
+}
+
+pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    let ops: Vec<OpView> = client.call(methods::OP_LIST, ())?;
+    if json {
+        return print_json(&ops);
+    }
+    let rows: Vec<Vec<String>> = ops
+        .iter()
+        .map(|o| {
+            let current = o.stages.last().map(|s| s.name.clone()).unwrap_or_default();
+            vec![
+                o.op_id.clone(),
+                o.kind.clone(),
+                o.target.clone(),
+                o.state.clone(),
+                if o.state == "running" {
+                    current
+                } else {
+                    o.error.clone().unwrap_or_default()
+                },
+            ]
+        })
+        .collect();
+    table(&["OP", "KIND", "TARGET", "STATE", "STAGE / ERROR"], &rows);
+    Ok(())
+}
+
+pub(crate) fn doctor(target: &DaemonTarget, args: &DoctorArgs) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    let report: DoctorReport = client.call(methods::DOCTOR, json!({ "probe": args.probe }))?;
+    if args.json {
+        return print_json(&report);
+    }
+    for c in &report.checks {
+        let mark = match c.status.as_str() {
+            "ok" => "ok  ",
+            "warn" => "warn",
+            _ => "FAIL",
+        };
+        println!("[{mark}] {:<14} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("       {:<14} fix: {fix}", "");
+        }
+    }
+    println!(
+        "backend: {} with {} ({})",
+        report.backend, report.accel, report.accel_reason
+    );
+    if report.checks.iter().any(|c| c.status == "fail") {
+        return Err(CliError::ChildExit(1));
+    }
+    Ok(())
+}
+
+pub(crate) fn ssh_config(target: &DaemonTarget) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(CliError::Io)?;
+    let data = &target.layout.data_dir;
+    println!("# banger VMs: ssh NAME.vm (paste into ~/.ssh/config)");
+    println!("Host *.vm");
+    println!("    User root");
+    println!("    IdentityFile {}", data.join("ssh/id_ed25519").display());
+    println!("    IdentitiesOnly yes");
+    println!(
+        "    UserKnownHostsFile {}",
+        data.join("ssh/known_hosts").display()
+    );
+    println!("    StrictHostKeyChecking accept-new");
+    println!("    ProxyCommand {} vm ssh-proxy %n", exe.display());
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Small helpers for text output and size arguments.
+
+use crate::CliError;
+
+/// Parses `1024`, `512M`, `2G`, `1T` (binary units) into bytes; a plain
+/// number means MiB.
+pub(crate) fn parse_size(flag: &str, text: &str) -> Result<u64, CliError> {
+    let t = text.trim();
+    let bad = || {
+        CliError::BadParams(format!(
+            "{flag} {text:?}: use a number of MiB or a size like 512M, 2G"
+        ))
+    };
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "M"),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "K" => 1 << 10,
+        "M" | "" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+pub(crate) fn mib(flag: &str, text: &str) -> Result<u32, CliError> {
+    let bytes = parse_size(flag, text)?;
+    u32::try_from(bytes >> 20)
+        .map_err(|_| CliError::BadParams(format!("{flag} {text:?} is too large")))
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Prints rows as left-aligned columns under a header.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("--m", "1024").unwrap(), 1024 << 20);
+        assert_eq!(parse_size("--m", "2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("--m", "512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("--m", "1t").unwrap(), 1 << 40);
+        for bad in ["", "G", "1X", "-1", "99999999999999999999T"] {
+            assert!(parse_size("--m", bad).is_err(), "{bad}");
+        }
+        assert_eq!(mib("--m", "1G").unwrap(), 1024);
+    }
+}

@@ -1,0 +1,391 @@
+//! `banger vm ...`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use banger_proto::methods;
+use banger_proto::vm::{
+    OpView, SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView,
+};
+use banger_proto::{ErrorCode, Request};
+
+use super::follow::follow;
+use super::format::{human_bytes, mib, parse_size, table};
+use super::print_json;
+use crate::CliError;
+use crate::args::{VmCommand, VmSpecArgs};
+use crate::client::Client;
+use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+
+pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    match cmd {
+        VmCommand::Create {
+            name,
+            spec,
+            no_start,
+            json,
+        } => {
+            let vm = create(&mut client, name, spec, !no_start, *json)?;
+            if *json {
+                print_json(&vm)
+            } else {
+                print_vm(&vm);
+                Ok(())
+            }
+        }
+        VmCommand::Start(a) => one(&mut client, methods::VM_START, &a.name, a.json),
+        VmCommand::Stop(a) => one(&mut client, methods::VM_STOP, &a.name, a.json),
+        VmCommand::Restart(a) => one(&mut client, methods::VM_RESTART, &a.name, a.json),
+        VmCommand::Show(a) => one(&mut client, methods::VM_SHOW, &a.name, a.json),
+        VmCommand::Kill { name, signal, json } => {
+            let vm: VmView = client.call(
+                methods::VM_KILL,
+                VmKillParams {
+                    name: name.clone(),
+                    signal: Some(signal.clone()),
+                },
+            )?;
+            show(&vm, *json)
+        }
+        VmCommand::Delete(a) => {
+            let v: serde_json::Value = client.call(
+                methods::VM_DELETE,
+                VmRef {
+                    name: a.name.clone(),
+                },
+            )?;
+            if a.json {
+                print_json(&v)
+            } else {
+                println!("deleted {}", a.name);
+                Ok(())
+            }
+        }
+        VmCommand::List(a) => {
+            let vms: Vec<VmView> = client.call(methods::VM_LIST, ())?;
+            if a.json {
+                return print_json(&vms);
+            }
+            let rows: Vec<Vec<String>> = vms
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.name.clone(),
+                        v.state.clone(),
+                        v.image.clone(),
+                        v.vcpus.to_string(),
+                        format!("{} MiB", v.memory_mib),
+                        human_bytes(v.disk_size_bytes),
+                        v.ssh_port
+                            .map(|p| format!("127.0.0.1:{p}"))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "STATE", "IMAGE", "VCPUS", "MEMORY", "DISK", "SSH"],
+                &rows,
+            );
+            Ok(())
+        }
+        VmCommand::Edit {
+            name,
+            vcpus,
+            memory,
+            disk_size,
+            json,
+        } => {
+            let p = VmEditParams {
+                name: name.clone(),
+                vcpus: *vcpus,
+                memory_mib: memory.as_deref().map(|m| mib("--memory", m)).transpose()?,
+                disk_size_bytes: disk_size
+                    .as_deref()
+                    .map(|d| parse_size("--disk-size", d))
+                    .transpose()?,
+            };
+            let vm: VmView = client.call(methods::VM_EDIT, p)?;
+            show(&vm, *json)
+        }
+        VmCommand::Logs(a) => {
+            let vm: VmView = client.call(
+                methods::VM_SHOW,
+                VmRef {
+                    name: a.name.clone(),
+                },
+            )?;
+            drop(client);
+            super::tail::tail(
+                std::path::Path::new(&vm.console_log),
+                a.lines,
+                a.follow,
+                &super::tail::plain,
+            )
+        }
+        VmCommand::Ssh { name, command } => {
+            let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name: name.clone() })?;
+            drop(client);
+            let err = ssh_command(&info, command).exec();
+            Err(CliError::Spawn {
+                binary: "ssh".into(),
+                source: err,
+            })
+        }
+        VmCommand::Run {
+            name,
+            rm,
+            spec,
+            command,
+        } => vm_run(&mut client, name.as_deref(), *rm, spec, command),
+        VmCommand::SshProxy { name } => {
+            // ssh passes the host as written: `dev.vm`.
+            let name = name.strip_suffix(".vm").unwrap_or(name).to_owned();
+            let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name })?;
+            drop(client);
+            proxy(&info)
+        }
+    }
+}
+
+fn one(client: &mut Client, method: &str, name: &str, json: bool) -> Result<(), CliError> {
+    let vm: VmView = client.call(
+        method,
+        VmRef {
+            name: name.to_owned(),
+        },
+    )?;
+    show(&vm, json)
+}
+
+fn show(vm: &VmView, json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(vm)
+    } else {
+        print_vm(vm);
+        Ok(())
+    }
+}
+
+fn print_vm(v: &VmView) {
+    let mut rows = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.clone()),
+        ("state", v.state.clone()),
+        ("image", v.image.clone()),
+        ("kernel", v.kernel.clone()),
+        ("vcpus", v.vcpus.to_string()),
+        ("memory", format!("{} MiB", v.memory_mib)),
+        ("disk", human_bytes(v.disk_size_bytes)),
+        ("network", v.network.clone()),
+    ];
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    rows.push(("backend", opt(&v.backend)));
+    rows.push(("accel", opt(&v.accel)));
+    rows.push(("root disk", opt(&v.disk_strategy)));
+    if !v.publish.is_empty() {
+        rows.push(("publish", v.publish.join(", ")));
+    }
+    if let Some(pid) = v.pid {
+        rows.push(("pid", pid.to_string()));
+    }
+    if let Some(port) = v.ssh_port {
+        rows.push((
+            "ssh",
+            format!("127.0.0.1:{port} (banger vm ssh {})", v.name),
+        ));
+    }
+    rows.push(("console", v.console_log.clone()));
+    if let Some(e) = &v.last_error {
+        rows.push(("last error", e.clone()));
+    }
+    for (k, val) in rows {
+        println!("{k:<10} {val}");
+    }
+}
+
+fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateParams, CliError> {
+    Ok(VmCreateParams {
+        name: name.to_owned(),
+        image: spec.image.clone(),
+        kernel: spec.kernel.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec
+            .memory
+            .as_deref()
+            .map(|m| mib("--memory", m))
+            .transpose()?,
+        disk_size_bytes: spec
+            .disk_size
+            .as_deref()
+            .map(|d| parse_size("--disk-size", d))
+            .transpose()?,
+        publish: spec.publish.clone(),
+        start: Some(start),
+    })
+}
+
+/// Begins `vm.create` and follows it to the end.
+fn create(
+    client: &mut Client,
+    name: &str,
+    spec: &VmSpecArgs,
+    start: bool,
+    quiet: bool,
+) -> Result<VmView, CliError> {
+    let params = create_params(name, spec, start)?;
+    let begun: OpView = client.call(methods::VM_CREATE_BEGIN, params)?;
+    if !quiet {
+        eprintln!("creating vm {name} ({})", begun.op_id);
+    }
+    let done = follow(client, begun, quiet)?;
+    let result = done.result.unwrap_or_default();
+    serde_json::from_value(result)
+        .map_err(|e| CliError::BadResponse(format!("vm.create result: {e}")))
+}
+
+fn ssh_command(info: &SshInfo, command: &[String]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(ssh_args(info));
+    if !command.is_empty() {
+        // ssh joins its arguments with spaces for the remote shell; quote
+        // each so `-- sh -c 'exit 7'` arrives as written.
+        cmd.arg("--");
+        cmd.args(command.iter().map(|a| shell_quote(a)));
+    }
+    cmd
+}
+
+fn ssh_args(info: &SshInfo) -> Vec<String> {
+    vec![
+        "-i".into(),
+        info.identity_file.clone(),
+        "-p".into(),
+        info.port.to_string(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", info.known_hosts_file),
+        "-o".into(),
+        "StrictHostKeyChecking=accept-new".into(),
+        "-o".into(),
+        format!("HostKeyAlias={}", info.host_key_alias),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+        format!("{}@{}", info.user, info.host),
+    ]
+}
+
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        return arg.to_owned();
+    }
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// `vm run`: reuse or create, run the command, optionally delete, and exit
+/// with the command's status.
+fn vm_run(
+    client: &mut Client,
+    name: Option<&str>,
+    rm: bool,
+    spec: &VmSpecArgs,
+    command: &[String],
+) -> Result<(), CliError> {
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => format!("run-{}", random_suffix()),
+    };
+    let existing = match client.call::<_, VmView>(methods::VM_SHOW, VmRef { name: name.clone() }) {
+        Ok(vm) => Some(vm),
+        Err(CliError::Daemon(e)) if e.code == ErrorCode::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    match existing {
+        Some(vm) if vm.state == "running" => {}
+        Some(_) => {
+            let _: VmView = client.call(methods::VM_START, VmRef { name: name.clone() })?;
+        }
+        None => {
+            create(client, &name, spec, true, false)?;
+        }
+    }
+    let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name: name.clone() })?;
+    // Ignore Ctrl-C here: it goes to ssh (and the remote command); we still
+    // want to clean up with --rm afterwards.
+    let status = {
+        let ignore = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, ignore)
+            .map_err(CliError::Io)?;
+        let status = ssh_command(&info, command).status();
+        signal_hook::low_level::unregister(sig);
+        status.map_err(|source| CliError::Spawn {
+            binary: "ssh".into(),
+            source,
+        })?
+    };
+    if rm {
+        let deleted = client.call_raw(Request::new(
+            methods::VM_DELETE,
+            serde_json::json!({ "name": name }),
+        ));
+        if let Err(e) = deleted {
+            eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
+        }
+    } else if existing_was_new(&name) {
+        eprintln!("vm {name} keeps running; remove it with: banger vm delete {name}");
+    }
+    let code = status.code().unwrap_or(255);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CliError::ChildExit(code))
+    }
+}
+
+fn existing_was_new(name: &str) -> bool {
+    name.starts_with("run-")
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 3];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Relays stdin/stdout to the VM's SSH port (for `ProxyCommand`).
+fn proxy(info: &SshInfo) -> Result<(), CliError> {
+    let stream = TcpStream::connect((info.host.as_str(), info.port)).map_err(CliError::Io)?;
+    let mut up = stream.try_clone().map_err(CliError::Io)?;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = stream;
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::copy(&mut down, &mut out);
+    let _ = out.flush();
+    drop(t);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_arguments_are_quoted_once() {
+        assert_eq!(shell_quote("echo"), "echo");
+        assert_eq!(shell_quote("exit 7"), "'exit 7'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,297 @@
+//! Per-VM disks (SPEC C7): a copy-on-write view of the image's root disk
+//! and a work disk cloned from the image's seed.
+//!
+//! Root disk strategies, best first: a qcow2 overlay backed by the image
+//! (QEMU only; constant cost whatever the image size), a reflink clone
+//! (btrfs, XFS), and a sparse copy as the last resort, with a warning. The
+//! work disk is a reflink-or-sparse copy of the small seed, grown with
+//! `resize2fs`. Device-mapper snapshots come with the helper (issue 4).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{what} failed: {stderr}")]
+    Command { what: String, stderr: String },
+    #[error("run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "disk size {requested} is smaller than the work disk's current {current} bytes; disks only grow"
+    )]
+    Shrink { requested: u64, current: u64 },
+}
+
+/// How a VM's root disk was made; recorded on the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootStrategy {
+    Qcow2,
+    Reflink,
+    Copy,
+}
+
+impl RootStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qcow2 => "qcow2",
+            Self::Reflink => "reflink",
+            Self::Copy => "copy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "qcow2" => Self::Qcow2,
+            "reflink" => Self::Reflink,
+            "copy" => Self::Copy,
+            _ => return None,
+        })
+    }
+
+    /// The root disk's file name in the VM dir.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Qcow2 => "root.qcow2",
+            Self::Reflink | Self::Copy => "root.ext4",
+        }
+    }
+}
+
+/// Picks the root strategy for a QEMU VM: qcow2 when `qemu-img` exists,
+/// else reflink when `dir`'s filesystem supports it, else a copy.
+pub fn choose_root_strategy(dir: &Path) -> RootStrategy {
+    if which("qemu-img") {
+        RootStrategy::Qcow2
+    } else if reflink_supported(dir) {
+        RootStrategy::Reflink
+    } else {
+        RootStrategy::Copy
+    }
+}
+
+/// Makes the VM's root disk from the image's rootfs; returns its path.
+pub fn make_root_disk(
+    strategy: RootStrategy,
+    image_rootfs: &Path,
+    vm_dir: &Path,
+) -> Result<PathBuf, DiskError> {
+    let dest = vm_dir.join(strategy.file_name());
+    match strategy {
+        RootStrategy::Qcow2 => {
+            let backing = image_rootfs
+                .canonicalize()
+                .map_err(|source| DiskError::Io {
+                    path: image_rootfs.to_owned(),
+                    source,
+                })?;
+            run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                    .arg(&backing)
+                    .arg(&dest),
+                "qemu-img create",
+            )?;
+        }
+        RootStrategy::Reflink => {
+            run(
+                Command::new("cp")
+                    .arg("--reflink=always")
+                    .arg(image_rootfs)
+                    .arg(&dest),
+                "reflink copy",
+            )?;
+        }
+        RootStrategy::Copy => {
+            tracing::warn!(
+                image = %image_rootfs.display(),
+                "no copy-on-write strategy available: making a full sparse copy of the root disk"
+            );
+            run(
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(image_rootfs)
+                    .arg(&dest),
+                "sparse copy",
+            )?;
+        }
+    }
+    Ok(dest)
+}
+
+/// Clones the image's work seed into `dest` and grows it to `size_bytes`.
+pub fn make_work_disk(seed: &Path, dest: &Path, size_bytes: u64) -> Result<(), DiskError> {
+    run(
+        Command::new("cp")
+            .args(["--reflink=auto", "--sparse=always"])
+            .arg(seed)
+            .arg(dest),
+        "copy work seed",
+    )?;
+    grow_work_disk(dest, size_bytes)
+}
+
+/// Grows an ext4 work disk file to `size_bytes` (never shrinks).
+pub fn grow_work_disk(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
+    let current = std::fs::metadata(path)
+        .map_err(|source| DiskError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    if size_bytes < current {
+        return Err(DiskError::Shrink {
+            requested: size_bytes,
+            current,
+        });
+    }
+    if size_bytes == current {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| DiskError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.set_len(size_bytes).map_err(|source| DiskError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    drop(file);
+    // resize2fs insists on a freshly checked filesystem.
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-p"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| DiskError::Spawn {
+            program: "e2fsck".into(),
+            source,
+        })?;
+    // Exit codes 0 and 1 mean clean, or fixed.
+    if fsck.status.code().is_none_or(|c| c > 1) {
+        return Err(DiskError::Command {
+            what: "e2fsck".into(),
+            stderr: String::from_utf8_lossy(&fsck.stderr).trim().to_owned(),
+        });
+    }
+    run(Command::new("resize2fs").arg("-f").arg(path), "resize2fs")
+}
+
+/// True when `cp --reflink=always` works inside `dir`.
+pub fn reflink_supported(dir: &Path) -> bool {
+    let probe = dir.join(".reflink-probe");
+    let copy = dir.join(".reflink-probe-copy");
+    let ok = std::fs::write(&probe, b"banger").is_ok()
+        && Command::new("cp")
+            .arg("--reflink=always")
+            .arg(&probe)
+            .arg(&copy)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&probe);
+    let _ = std::fs::remove_file(&copy);
+    ok
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), DiskError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| DiskError::Spawn {
+            program: what.to_owned(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DiskError::Command {
+            what: what.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfs(path: &Path, size: &str) {
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(path)
+            .arg(size)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    #[test]
+    fn qcow2_overlay_is_small_and_backed_by_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("rootfs.ext4");
+        mkfs(&image, "64M");
+        let disk = make_root_disk(RootStrategy::Qcow2, &image, tmp.path()).unwrap();
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["format"], "qcow2");
+        assert_eq!(
+            v["backing-filename"],
+            image.canonicalize().unwrap().display().to_string()
+        );
+        assert!(std::fs::metadata(&disk).unwrap().len() < 1024 * 1024);
+    }
+
+    #[test]
+    fn work_disk_grows_and_refuses_to_shrink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = tmp.path().join("seed.ext4");
+        mkfs(&seed, "16M");
+        let work = tmp.path().join("work.ext4");
+        make_work_disk(&seed, &work, 256 * 1024 * 1024).unwrap();
+        assert_eq!(std::fs::metadata(&work).unwrap().len(), 256 * 1024 * 1024);
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&work)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            field("Block count:") * field("Block size:"),
+            256 * 1024 * 1024,
+            "filesystem fills the disk"
+        );
+        let err = grow_work_disk(&work, 1024).unwrap_err();
+        assert!(matches!(err, DiskError::Shrink { .. }));
+    }
+}

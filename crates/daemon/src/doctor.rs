@@ -1,0 +1,208 @@
+//! `doctor` (SPEC C16): what works on this host and what to do about it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use banger_proto::vm::{DoctorCheck, DoctorReport};
+
+use crate::DaemonState;
+use crate::accel;
+use crate::config::AccelChoice;
+use crate::dispatch::RpcError;
+
+fn check(name: &str, status: &str, detail: impl Into<String>, fix: Option<&str>) -> DoctorCheck {
+    DoctorCheck {
+        name: name.to_owned(),
+        status: status.to_owned(),
+        detail: detail.into(),
+        fix: fix.map(str::to_owned),
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Runs every check; with `probe`, boots the default kernel under KVM to
+/// tell a usable KVM from one that hangs guests, and records the verdict.
+pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, RpcError> {
+    let mut checks = Vec::new();
+    match banger_vmm::probe_qemu() {
+        Ok(q) => checks.push(check(
+            "qemu",
+            "ok",
+            format!("{} {}", q.binary.display(), q.version),
+            None,
+        )),
+        Err(e) => checks.push(check(
+            "qemu",
+            "fail",
+            e.to_string(),
+            Some("install qemu-system-x86 (apt-get install qemu-system-x86)"),
+        )),
+    }
+    for (tool, package, why) in [
+        ("qemu-img", "qemu-utils", "copy-on-write root disks"),
+        ("mmdebstrap", "mmdebstrap", "image build"),
+        ("ssh", "openssh-client", "vm ssh and readiness"),
+        ("ssh-keygen", "openssh-client", "banger's key pair"),
+        ("mkfs.ext4", "e2fsprogs", "image build"),
+        ("resize2fs", "e2fsprogs", "work disks"),
+        ("apt-get", "apt", "kernel pull"),
+    ] {
+        if on_path(tool) {
+            checks.push(check(tool, "ok", format!("found ({why})"), None));
+        } else {
+            checks.push(check(
+                tool,
+                "fail",
+                format!("not found; needed for {why}"),
+                Some(&format!("apt-get install {package}")),
+            ));
+        }
+    }
+
+    let kvm_present = Path::new("/dev/kvm").exists();
+    checks.push(check(
+        "/dev/kvm",
+        if kvm_present { "ok" } else { "warn" },
+        if kvm_present {
+            "present"
+        } else {
+            "absent: guests run under TCG (slower)"
+        },
+        None,
+    ));
+
+    let kernels = state.with_store(|s| s.kernels()).await?;
+    let images = state.with_store(|s| s.images()).await?;
+    let default_kernel = kernels
+        .iter()
+        .find(|k| k.name == state.config.defaults.kernel);
+    if kvm_present && probe {
+        match default_kernel {
+            Some(k) => {
+                accel::run_probe(state, k).await;
+            }
+            None => checks.push(check(
+                "kvm probe",
+                "warn",
+                "skipped: no kernel pulled yet",
+                Some("banger kernel pull"),
+            )),
+        }
+    }
+    let (accel_name, accel_reason) = match state.config.accel {
+        AccelChoice::Kvm => ("kvm".to_owned(), "forced by BANGER_ACCEL=kvm".to_owned()),
+        AccelChoice::Tcg => ("tcg".to_owned(), "forced by BANGER_ACCEL=tcg".to_owned()),
+        AccelChoice::Auto if !kvm_present => ("tcg".to_owned(), "no /dev/kvm".to_owned()),
+        AccelChoice::Auto => match accel::recorded(state) {
+            Some(r) => (
+                if r.usable { "kvm" } else { "tcg" }.to_owned(),
+                format!("kvm probe: {}", r.detail),
+            ),
+            None => (
+                "undecided".to_owned(),
+                "the first vm start probes kvm (or run: banger doctor --probe)".to_owned(),
+            ),
+        },
+    };
+    if let Some(r) = accel::recorded(state) {
+        checks.push(check(
+            "kvm probe",
+            if r.usable { "ok" } else { "warn" },
+            r.detail.clone(),
+            (!r.usable).then_some("guests run under TCG with one vcpu"),
+        ));
+    }
+
+    checks.push(match default_kernel {
+        Some(k) => check(
+            "kernel",
+            "ok",
+            format!("{} {}", k.name, k.version.clone().unwrap_or_default()),
+            None,
+        ),
+        None => check(
+            "kernel",
+            "warn",
+            "no kernel pulled; the first vm create pulls the default",
+            Some("banger kernel pull"),
+        ),
+    });
+    checks.push(if images.is_empty() {
+        check(
+            "image",
+            "warn",
+            "no image built; the first vm create builds the default",
+            Some("banger image build"),
+        )
+    } else {
+        let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+        check("image", "ok", names.join(", "), None)
+    });
+
+    let data = state.config.layout.data_dir.clone();
+    checks.push(match rustix::fs::statvfs(&data) {
+        Ok(s) => {
+            let free = s.f_bavail.saturating_mul(s.f_frsize);
+            let gib = free as f64 / (1u64 << 30) as f64;
+            let status = if gib < 2.0 {
+                "fail"
+            } else if gib < 10.0 {
+                "warn"
+            } else {
+                "ok"
+            };
+            check(
+                "disk space",
+                status,
+                format!("{gib:.1} GiB free in {}", data.display()),
+                (status != "ok").then_some("free space: images take ~1 GiB, VMs grow with use"),
+            )
+        }
+        Err(e) => check(
+            "disk space",
+            "warn",
+            format!("statvfs {}: {e}", data.display()),
+            None,
+        ),
+    });
+    checks.push(if crate::disks::reflink_supported(&data) {
+        check("reflink", "ok", "supported in the data dir", None)
+    } else {
+        check(
+            "reflink",
+            "ok",
+            "not supported in the data dir; qcow2 overlays are used",
+            None,
+        )
+    });
+    checks.push(check(
+        "device-mapper",
+        if Path::new("/dev/mapper/control").exists() {
+            "ok"
+        } else {
+            "warn"
+        },
+        if Path::new("/dev/mapper/control").exists() {
+            "present (used with the root helper, issue 4)"
+        } else {
+            "absent: qcow2 overlays or reflinks instead"
+        },
+        None,
+    ));
+    checks.push(check(
+        "helper",
+        "warn",
+        "banger-helper is not installed: rootless mode (user-mode networking)",
+        None,
+    ));
+    Ok(DoctorReport {
+        checks,
+        backend: state.vmm.kind().to_string(),
+        accel: accel_name,
+        accel_reason,
+    })
+}

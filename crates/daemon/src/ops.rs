@@ -1,0 +1,316 @@
+//! The registry of asynchronous operations (`vm.create`, `image.build`,
+//! `kernel.pull`): begin, status, cancel, list, prune (SPEC C14).
+//!
+//! An operation's id is the op id dispatch gave its `*.begin` request, so
+//! the id a user sees while polling is the one on every log line of the
+//! work. The work runs as a spawned task (it must outlive the begin
+//! request) inside that request's tracing span. Cancelling fires a token
+//! the work watches at its waits and between stages; the work then rolls
+//! back and ends as `cancelled`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use banger_proto::ErrorCode;
+use banger_proto::vm::{OpView, StageView};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::dispatch::RpcError;
+
+/// Finished operations are forgotten after this long.
+const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl OpState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stage {
+    name: String,
+    started: Instant,
+    took: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: OpState,
+    stages: Vec<Stage>,
+    error: Option<String>,
+    result: Option<Value>,
+    started_at_ms: i64,
+    ended_at_ms: Option<i64>,
+    ended: Option<Instant>,
+}
+
+/// One asynchronous operation, shared by its work and its pollers.
+#[derive(Debug)]
+pub struct Operation {
+    pub id: String,
+    pub kind: &'static str,
+    pub target: String,
+    cancel: CancellationToken,
+    inner: Mutex<Inner>,
+    done: tokio::sync::Notify,
+}
+
+impl Operation {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding this lock; recover the data if so.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the current stage (recording its duration) and starts `name`.
+    pub fn stage(&self, name: &str) {
+        let mut inner = self.lock();
+        if let Some(last) = inner.stages.last_mut() {
+            if last.took.is_none() {
+                last.took = Some(last.started.elapsed());
+                tracing::info!(
+                    stage = %last.name,
+                    duration_ms = last.took.map(|d| d.as_millis() as u64),
+                    "stage done"
+                );
+            }
+        }
+        inner.stages.push(Stage {
+            name: name.to_owned(),
+            started: Instant::now(),
+            took: None,
+        });
+        drop(inner);
+        tracing::info!(stage = name, "stage started");
+    }
+
+    /// The token the work watches; fired by `op.cancel`.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// `Err(cancelled)` once cancellation was asked for.
+    pub fn check_cancelled(&self) -> Result<(), RpcError> {
+        if self.cancel.is_cancelled() {
+            Err(RpcError::new(ErrorCode::Cancelled, "operation cancelled"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn finish(&self, outcome: Result<Value, RpcError>) {
+        let mut inner = self.lock();
+        if let Some(last) = inner.stages.last_mut() {
+            if last.took.is_none() {
+                last.took = Some(last.started.elapsed());
+            }
+        }
+        match outcome {
+            Ok(v) => {
+                inner.state = OpState::Succeeded;
+                inner.result = Some(v);
+            }
+            Err(e) => {
+                inner.state = if e.code == ErrorCode::Cancelled || self.cancel.is_cancelled() {
+                    OpState::Cancelled
+                } else {
+                    OpState::Failed
+                };
+                inner.error = Some(e.message);
+            }
+        }
+        inner.ended_at_ms = Some(now_ms());
+        inner.ended = Some(Instant::now());
+        drop(inner);
+        self.done.notify_waiters();
+    }
+
+    pub fn state(&self) -> OpState {
+        self.lock().state
+    }
+
+    /// Waits until the operation has ended.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.state() != OpState::Running {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn view(&self) -> OpView {
+        let inner = self.lock();
+        OpView {
+            op_id: self.id.clone(),
+            kind: self.kind.to_owned(),
+            target: self.target.clone(),
+            state: inner.state.as_str().to_owned(),
+            stages: inner
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    name: s.name.clone(),
+                    duration_ms: s.took.map(|d| d.as_millis() as u64),
+                })
+                .collect(),
+            error: inner.error.clone(),
+            result: inner.result.clone(),
+            started_at_ms: inner.started_at_ms,
+            ended_at_ms: inner.ended_at_ms,
+        }
+    }
+}
+
+/// All operations of this daemon's lifetime (minus pruned ones).
+#[derive(Debug, Default)]
+pub struct OpRegistry {
+    ops: Mutex<HashMap<String, Arc<Operation>>>,
+}
+
+impl OpRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Operation>>> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an operation under `op_id` and spawns `work` for it.
+    pub fn begin<F, Fut>(
+        &self,
+        op_id: &str,
+        kind: &'static str,
+        target: &str,
+        work: F,
+    ) -> Arc<Operation>
+    where
+        F: FnOnce(Arc<Operation>) -> Fut,
+        Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
+    {
+        self.prune();
+        let op = Arc::new(Operation {
+            id: op_id.to_owned(),
+            kind,
+            target: target.to_owned(),
+            cancel: CancellationToken::new(),
+            inner: Mutex::new(Inner {
+                state: OpState::Running,
+                stages: Vec::new(),
+                error: None,
+                result: None,
+                started_at_ms: now_ms(),
+                ended_at_ms: None,
+                ended: None,
+            }),
+            done: tokio::sync::Notify::new(),
+        });
+        self.lock().insert(op_id.to_owned(), Arc::clone(&op));
+        let fut = work(Arc::clone(&op));
+        let for_task = Arc::clone(&op);
+        tokio::spawn(
+            async move {
+                let outcome = fut.await;
+                match &outcome {
+                    Ok(_) => tracing::info!(kind, "operation succeeded"),
+                    Err(e) if e.code == ErrorCode::Cancelled => {
+                        tracing::info!(kind, "operation cancelled")
+                    }
+                    Err(e) => tracing::error!(kind, error = %e.message, "operation failed"),
+                }
+                for_task.finish(outcome);
+            }
+            .in_current_span(),
+        );
+        op
+    }
+
+    pub fn get(&self, op_id: &str) -> Result<Arc<Operation>, RpcError> {
+        self.lock()
+            .get(op_id)
+            .cloned()
+            .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("no operation {op_id:?}")))
+    }
+
+    pub fn list(&self) -> Vec<OpView> {
+        self.prune();
+        let mut views: Vec<OpView> = self.lock().values().map(|o| o.view()).collect();
+        views.sort_by_key(|v| v.started_at_ms);
+        views
+    }
+
+    /// Operations still running (`banger update` refuses while any is).
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|o| o.state() == OpState::Running)
+            .count()
+    }
+
+    fn prune(&self) {
+        self.lock().retain(|_, op| {
+            let inner = op.lock();
+            inner.ended.is_none_or(|t| t.elapsed() < KEEP_FINISHED)
+        });
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stages_results_and_cancellation() {
+        let reg = OpRegistry::default();
+        let op = reg.begin("op-aaaaaa", "test", "x", |op| async move {
+            op.stage("one");
+            op.stage("two");
+            Ok(serde_json::json!({"ok": true}))
+        });
+        op.wait().await;
+        let v = op.view();
+        assert_eq!(v.state, "succeeded");
+        assert_eq!(v.stages.len(), 2);
+        assert!(v.stages.iter().all(|s| s.duration_ms.is_some()));
+        assert_eq!(v.result.unwrap()["ok"], true);
+
+        let slow = reg.begin("op-bbbbbb", "test", "y", |op| async move {
+            op.stage("waiting");
+            op.cancel_token().cancelled().await;
+            op.stage("rolling back");
+            op.check_cancelled()?;
+            Ok(Value::Null)
+        });
+        assert_eq!(reg.running(), 1);
+        reg.get("op-bbbbbb").unwrap().cancel_token().cancel();
+        slow.wait().await;
+        assert_eq!(slow.view().state, "cancelled");
+        assert_eq!(reg.list().len(), 2);
+        assert_eq!(reg.get("op-zzzzzz").unwrap_err().code, ErrorCode::NotFound);
+    }
+}

@@ -1,0 +1,543 @@
+//! start, stop, kill, restart, delete and edit of existing VMs.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banger_proto::ErrorCode;
+use banger_proto::vm::VmEditParams;
+use banger_store::{VmRecord, VmState};
+use banger_vmm::{
+    BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface, PortForward, Proto,
+    VmSpec,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::rollback::Rollback;
+use super::{Handles, console_log, find, remove_handles, save_handles, vm_dir, work_disk};
+use crate::DaemonState;
+use crate::dispatch::{RpcError, error_chain};
+use crate::ops::{Operation, now_ms};
+use crate::{accel, disks, validate};
+
+/// Kernel command line per docs/guest-contract.md (user-mode networking).
+fn cmdline(vm_name: &str) -> String {
+    format!(
+        "console=ttyS0 root=/dev/vda rw panic=-1 quiet banger.hostname={vm_name} \
+         banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3"
+    )
+}
+
+/// Reports a stage on the operation, or just logs it.
+pub(super) fn stage(op: Option<&Operation>, name: &str) {
+    match op {
+        Some(op) => op.stage(name),
+        None => tracing::info!(stage = name, "stage started"),
+    }
+}
+
+fn failed(message: impl Into<String>) -> RpcError {
+    RpcError::internal(message)
+}
+
+fn cancelled() -> RpcError {
+    RpcError::new(ErrorCode::Cancelled, "cancelled")
+}
+
+/// Starts a VM (idempotent: a running VM is left alone).
+pub async fn start(
+    state: &Arc<DaemonState>,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<VmRecord, RpcError> {
+    let lock = state.vms.lock_for(name);
+    let _guard = lock.lock().await;
+    let vm = find(state, name).await?;
+    if is_alive(state, &vm).await {
+        return Ok(vm);
+    }
+    start_locked(state, vm, None, cancel).await
+}
+
+/// Boots `vm`; the caller holds its lock. On failure every step done is
+/// rolled back in reverse, and the VM is left in `error` with `last_error`
+/// naming the cause and the console log.
+pub(super) async fn start_locked(
+    state: &Arc<DaemonState>,
+    mut vm: VmRecord,
+    op: Option<&Operation>,
+    cancel: &CancellationToken,
+) -> Result<VmRecord, RpcError> {
+    let dir = vm_dir(state, &vm.id);
+    let mut rollback = Rollback::default();
+    match boot(state, &vm, op, cancel, &mut rollback).await {
+        Ok(handles) => {
+            rollback.disarm();
+            vm.state = VmState::Running;
+            vm.last_error = None;
+            vm.backend = Some(handles.vmm.backend.to_string());
+            vm.updated_at_ms = now_ms();
+            let record = vm.clone();
+            state.with_store(move |s| s.update_vm(&record)).await?;
+            tracing::info!(vm = %vm.name, pid = handles.vmm.pid, "vm running");
+            Ok(vm)
+        }
+        Err(err) => {
+            tokio::task::spawn_blocking(move || rollback.run())
+                .await
+                .map_err(|e| failed(format!("rollback task failed: {e}")))?;
+            state.vms.clear_handles(&vm.id);
+            if err.code == ErrorCode::Cancelled {
+                vm.state = VmState::Stopped;
+                vm.last_error = None;
+            } else {
+                vm.state = VmState::Error;
+                vm.last_error = Some(format!(
+                    "{} (console log: {})",
+                    err.message,
+                    console_log(&dir).display()
+                ));
+            }
+            vm.updated_at_ms = now_ms();
+            let record = vm.clone();
+            let _ = state.with_store(move |s| s.update_vm(&record)).await;
+            Err(match &vm.last_error {
+                Some(text) => RpcError::new(err.code, text.clone()),
+                None => err,
+            })
+        }
+    }
+}
+
+async fn boot(
+    state: &Arc<DaemonState>,
+    vm: &VmRecord,
+    op: Option<&Operation>,
+    cancel: &CancellationToken,
+    rollback: &mut Rollback,
+) -> Result<Handles, RpcError> {
+    let dir = vm_dir(state, &vm.id);
+    stage(op, "check artifacts");
+    let (kernel_id, image_id) = (vm.kernel_id.clone(), vm.image_id.clone());
+    let (kernel, image) = state
+        .with_store(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
+        .await?;
+    let strategy = vm
+        .disk_strategy
+        .as_deref()
+        .and_then(disks::RootStrategy::parse)
+        .ok_or_else(|| failed(format!("vm {} has no usable root disk strategy", vm.name)))?;
+    let root = dir.join(strategy.file_name());
+    let work = work_disk(&dir);
+    let mut required = vec![
+        ("kernel", kernel.kernel_path.clone()),
+        ("image root disk", image.rootfs_path.clone()),
+        ("vm root disk", root.clone()),
+        ("vm work disk", work.clone()),
+    ];
+    if let Some(initrd) = &kernel.initrd_path {
+        required.push(("initramfs", initrd.clone()));
+    }
+    for (what, path) in &required {
+        if !path.exists() {
+            return Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("{what} file {} is missing", path.display()),
+            ));
+        }
+    }
+
+    stage(op, "allocate ports");
+    let ssh_port = free_loopback_port()?;
+    let mut forwards = vec![PortForward {
+        proto: Proto::Tcp,
+        host_addr: Ipv4Addr::LOCALHOST.into(),
+        host_port: ssh_port,
+        guest_port: 22,
+    }];
+    for spec in &vm.published_ports {
+        let p = validate::publish(spec)?;
+        ensure_port_free(p.host, p.udp)?;
+        forwards.push(PortForward {
+            proto: if p.udp { Proto::Udp } else { Proto::Tcp },
+            host_addr: Ipv4Addr::LOCALHOST.into(),
+            host_port: p.host,
+            guest_port: p.guest,
+        });
+    }
+
+    let (accel, reason) = accel::choose(state, &kernel, op).await;
+    tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
+    let spec = VmSpec {
+        vm_id: vm.id.clone(),
+        name: vm.name.clone(),
+        vm_dir: dir.clone(),
+        boot: BootSource {
+            kernel: kernel.kernel_path.clone(),
+            initrd: kernel.initrd_path.clone(),
+            cmdline: cmdline(&vm.name),
+        },
+        machine: MachineConfig {
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+        },
+        drives: vec![
+            Drive {
+                id: "root".into(),
+                path: root,
+                format: if strategy == disks::RootStrategy::Qcow2 {
+                    DiskFormat::Qcow2
+                } else {
+                    DiskFormat::Raw
+                },
+                read_only: false,
+                is_root: true,
+            },
+            Drive {
+                id: "work".into(),
+                path: work,
+                format: DiskFormat::Raw,
+                read_only: false,
+                is_root: false,
+            },
+        ],
+        net: vec![NetInterface {
+            id: "net0".into(),
+            mac: None,
+            backend: NetBackend::User { forwards },
+        }],
+        accel,
+        console_log: console_log(&dir),
+    };
+    if cancel.is_cancelled() {
+        return Err(cancelled());
+    }
+
+    stage(op, "launch vmm");
+    let vmm = Arc::clone(&state.vmm);
+    let handle = tokio::task::spawn_blocking(move || vmm.launch(&spec))
+        .await
+        .map_err(|e| failed(format!("launch task failed: {e}")))?
+        .map_err(|e| failed(error_chain(&e)))?;
+    {
+        let vmm = Arc::clone(&state.vmm);
+        let handle = handle.clone();
+        rollback.push("launch vmm", move || {
+            let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
+            let _ = vmm.wait_exit(&handle, Duration::from_secs(10));
+        });
+    }
+    let handles = Handles {
+        vmm: handle,
+        ssh_port,
+        accel: accel.as_str().to_owned(),
+    };
+    save_handles(&dir, &handles)
+        .map_err(|e| failed(format!("write {}: {e}", dir.join("handles.json").display())))?;
+    state.vms.set_handles(&vm.id, handles.clone());
+    {
+        let dir = dir.clone();
+        rollback.push("record handles", move || remove_handles(&dir));
+    }
+
+    stage(op, "wait for ssh");
+    wait_for_ssh(state, vm, &handles, cancel).await?;
+
+    stage(op, "pin host key");
+    let ssh = state.ssh.clone();
+    let name = vm.name.clone();
+    tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, ssh_port))
+        .await
+        .map_err(|e| failed(format!("ssh task failed: {e}")))?
+        .map_err(|e| failed(error_chain(&e)))?;
+    Ok(handles)
+}
+
+/// Waits until the guest's sshd sends its banner, the VMM dies, the boot
+/// timeout passes, or the work is cancelled.
+async fn wait_for_ssh(
+    state: &Arc<DaemonState>,
+    vm: &VmRecord,
+    handles: &Handles,
+    cancel: &CancellationToken,
+) -> Result<(), RpcError> {
+    let deadline = Instant::now() + state.config.boot_timeout;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, handles.ssh_port));
+    loop {
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        let ready = tokio::task::spawn_blocking(move || {
+            crate::ssh::banner_ready(addr, Duration::from_secs(2))
+        })
+        .await
+        .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        if !vmm_running(state, &handles.vmm, &vm.id).await {
+            return Err(failed("the vmm exited during boot"));
+        }
+        if Instant::now() >= deadline {
+            return Err(failed(format!(
+                "ssh did not answer within {} s",
+                state.config.boot_timeout.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(cancelled()),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+async fn vmm_running(state: &Arc<DaemonState>, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
+    let vmm = Arc::clone(&state.vmm);
+    let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
+    tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
+        .await
+        .unwrap_or(false)
+}
+
+/// True when the VM has handles and its VMM really runs.
+async fn is_alive(state: &Arc<DaemonState>, vm: &VmRecord) -> bool {
+    match state.vms.handles(&vm.id) {
+        Some(h) => vmm_running(state, &h.vmm, &vm.id).await,
+        None => false,
+    }
+}
+
+/// Forgets a VM's runtime leftovers and records it stopped.
+async fn mark_stopped(state: &Arc<DaemonState>, mut vm: VmRecord) -> Result<VmRecord, RpcError> {
+    let dir = vm_dir(state, &vm.id);
+    remove_handles(&dir);
+    state.vms.clear_handles(&vm.id);
+    vm.state = VmState::Stopped;
+    vm.updated_at_ms = now_ms();
+    let record = vm.clone();
+    state.with_store(move |s| s.update_vm(&record)).await?;
+    Ok(vm)
+}
+
+/// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
+pub async fn stop(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
+    let lock = state.vms.lock_for(name);
+    let _guard = lock.lock().await;
+    let vm = find(state, name).await?;
+    stop_locked(state, vm).await
+}
+
+pub(super) async fn stop_locked(
+    state: &Arc<DaemonState>,
+    vm: VmRecord,
+) -> Result<VmRecord, RpcError> {
+    let Some(handles) = state.vms.handles(&vm.id) else {
+        return mark_stopped(state, vm).await;
+    };
+    if !vmm_running(state, &handles.vmm, &vm.id).await {
+        return mark_stopped(state, vm).await;
+    }
+    let vmm = Arc::clone(&state.vmm);
+    let timeout = state.config.stop_timeout;
+    let handle = handles.vmm.clone();
+    let graceful = tokio::task::spawn_blocking(move || {
+        let asked = vmm.request_shutdown(&handle);
+        if let Err(e) = &asked {
+            tracing::warn!(error = %e, "powerdown request failed; killing");
+        }
+        let exited = asked.is_ok() && vmm.wait_exit(&handle, timeout).unwrap_or(false);
+        if !exited {
+            tracing::warn!(pid = handle.pid, "guest did not power off in time; killing");
+            let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
+            return vmm
+                .wait_exit(&handle, Duration::from_secs(10))
+                .unwrap_or(false);
+        }
+        true
+    })
+    .await
+    .map_err(|e| failed(format!("stop task failed: {e}")))?;
+    if !graceful {
+        return Err(failed(format!(
+            "vmm pid {} did not exit after SIGKILL",
+            handles.vmm.pid
+        )));
+    }
+    tracing::info!(vm = %vm.name, "vm stopped");
+    mark_stopped(state, vm).await
+}
+
+/// Sends `signal` to the VMM (default KILL) and waits for it to exit.
+pub async fn kill(
+    state: &Arc<DaemonState>,
+    name: &str,
+    signal: Option<&str>,
+) -> Result<VmRecord, RpcError> {
+    let signal = parse_signal(signal.unwrap_or("KILL"))?;
+    let lock = state.vms.lock_for(name);
+    let _guard = lock.lock().await;
+    let vm = find(state, name).await?;
+    let Some(handles) = state.vms.handles(&vm.id) else {
+        return Err(RpcError::new(
+            ErrorCode::NotRunning,
+            format!("vm {} is not running", vm.name),
+        ));
+    };
+    let vmm = Arc::clone(&state.vmm);
+    let handle = handles.vmm.clone();
+    let vm_id = vm.id.clone();
+    let exited = tokio::task::spawn_blocking(move || {
+        if !vmm.is_running(&handle, &vm_id) {
+            return Ok(true);
+        }
+        vmm.kill(&handle, signal)?;
+        vmm.wait_exit(&handle, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| failed(format!("kill task failed: {e}")))?
+    .map_err(|e| failed(error_chain(&e)))?;
+    if !exited {
+        return Err(failed(format!(
+            "vmm pid {} is still running after {signal}",
+            handles.vmm.pid
+        )));
+    }
+    mark_stopped(state, vm).await
+}
+
+fn parse_signal(name: &str) -> Result<banger_vmm::Signal, RpcError> {
+    name.parse()
+        .map_err(|e: banger_vmm::UnknownSignal| RpcError::bad_params(e.to_string()))
+}
+
+pub async fn restart(
+    state: &Arc<DaemonState>,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<VmRecord, RpcError> {
+    let lock = state.vms.lock_for(name);
+    let _guard = lock.lock().await;
+    let vm = find(state, name).await?;
+    let vm = stop_locked(state, vm).await?;
+    start_locked(state, vm, None, cancel).await
+}
+
+/// Deletes a VM: kills it if running, removes its files, its record and
+/// its host-key pin.
+pub async fn delete(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
+    let lock = state.vms.lock_for(name);
+    let _guard = lock.lock().await;
+    let vm = find(state, name).await?;
+    delete_locked(state, vm).await
+}
+
+pub(super) async fn delete_locked(
+    state: &Arc<DaemonState>,
+    vm: VmRecord,
+) -> Result<VmRecord, RpcError> {
+    if let Some(handles) = state.vms.handles(&vm.id) {
+        let vmm = Arc::clone(&state.vmm);
+        let vm_id = vm.id.clone();
+        tokio::task::spawn_blocking(move || {
+            if vmm.is_running(&handles.vmm, &vm_id) {
+                let _ = vmm.kill(&handles.vmm, banger_vmm::Signal::Kill);
+                let _ = vmm.wait_exit(&handles.vmm, Duration::from_secs(10));
+            }
+        })
+        .await
+        .map_err(|e| failed(format!("delete task failed: {e}")))?;
+    }
+    state.vms.clear_handles(&vm.id);
+    let dir = vm_dir(state, &vm.id);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| failed(format!("remove {}: {e}", dir.display())))?;
+    }
+    let id = vm.id.clone();
+    state.with_store(move |s| s.delete_vm(&id)).await?;
+    let ssh = state.ssh.clone();
+    let name = vm.name.clone();
+    let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
+    state.vms.forget_lock(&vm.name);
+    tracing::info!(vm = %vm.name, "vm deleted");
+    Ok(vm)
+}
+
+/// Changes vcpus, memory or disk size of a stopped VM.
+pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord, RpcError> {
+    if let Some(v) = p.vcpus {
+        validate::vcpus(v)?;
+    }
+    if let Some(m) = p.memory_mib {
+        validate::memory_mib(m)?;
+    }
+    if let Some(d) = p.disk_size_bytes {
+        validate::disk_size(d)?;
+    }
+    if p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_size_bytes.is_none() {
+        return Err(RpcError::bad_params(
+            "nothing to change: give vcpus, memory or disk size",
+        ));
+    }
+    let lock = state.vms.lock_for(&p.name);
+    let _guard = lock.lock().await;
+    let mut vm = find(state, &p.name).await?;
+    if is_alive(state, &vm).await {
+        return Err(RpcError::new(
+            ErrorCode::Conflict,
+            format!("vm {} is running; stop it before editing", vm.name),
+        ));
+    }
+    if let Some(size) = p.disk_size_bytes {
+        if size < vm.disk_size_bytes {
+            return Err(RpcError::bad_params(format!(
+                "disk size {size} is smaller than the current {} bytes; disks only grow",
+                vm.disk_size_bytes
+            )));
+        }
+        let work = work_disk(&vm_dir(state, &vm.id));
+        tokio::task::spawn_blocking(move || disks::grow_work_disk(&work, size))
+            .await
+            .map_err(|e| failed(format!("resize task failed: {e}")))?
+            .map_err(|e| failed(error_chain(&e)))?;
+        vm.disk_size_bytes = size;
+    }
+    if let Some(v) = p.vcpus {
+        vm.vcpus = v;
+    }
+    if let Some(m) = p.memory_mib {
+        vm.memory_mib = m;
+    }
+    vm.updated_at_ms = now_ms();
+    let record = vm.clone();
+    state.with_store(move |s| s.update_vm(&record)).await?;
+    Ok(vm)
+}
+
+/// A loopback TCP port nobody listens on right now.
+fn free_loopback_port() -> Result<u16, RpcError> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| failed(format!("find a free loopback port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| failed(format!("find a free loopback port: {e}")))
+}
+
+fn ensure_port_free(port: u16, udp: bool) -> Result<(), RpcError> {
+    let free = if udp {
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    } else {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    };
+    if free {
+        Ok(())
+    } else {
+        Err(RpcError::new(
+            ErrorCode::Conflict,
+            format!(
+                "host port {port}/{} is already in use",
+                if udp { "udp" } else { "tcp" }
+            ),
+        ))
+    }
+}

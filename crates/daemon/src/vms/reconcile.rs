@@ -1,0 +1,64 @@
+//! Rebuilding what is true about VMs when the daemon starts (SPEC C2).
+//!
+//! A VM recorded running (or mid-create) whose VMM is alive and really ours
+//! keeps running: its handles come back from `handles.json`. One whose VMM
+//! is gone is demoted to stopped (or error, if it died mid-create) and its
+//! leftovers are removed. Killing the daemon never kills VMs.
+
+use std::sync::Arc;
+
+use banger_store::VmState;
+
+use super::{load_handles, remove_handles, vm_dir};
+use crate::DaemonState;
+use crate::dispatch::RpcError;
+use crate::ops::now_ms;
+
+pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
+    let vms = state.with_store(|s| s.vms()).await?;
+    for mut vm in vms {
+        let dir = vm_dir(state, &vm.id);
+        let handles = load_handles(&dir);
+        let alive = match &handles {
+            Some(h) => {
+                let vmm = Arc::clone(&state.vmm);
+                let (h, id) = (h.vmm.clone(), vm.id.clone());
+                tokio::task::spawn_blocking(move || vmm.is_running(&h, &id))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        };
+        if alive {
+            if let Some(h) = handles {
+                tracing::info!(vm = %vm.name, pid = h.vmm.pid, "vm still running");
+                state.vms.set_handles(&vm.id, h);
+            }
+            if vm.state != VmState::Running {
+                vm.state = VmState::Running;
+                vm.updated_at_ms = now_ms();
+                let record = vm.clone();
+                state.with_store(move |s| s.update_vm(&record)).await?;
+            }
+            continue;
+        }
+        if handles.is_some() || matches!(vm.state, VmState::Running | VmState::Creating) {
+            remove_handles(&dir);
+            if let Some(h) = &handles {
+                let _ = std::fs::remove_file(&h.vmm.control_socket);
+            }
+            let was = vm.state;
+            if was == VmState::Creating {
+                vm.state = VmState::Error;
+                vm.last_error = Some("the daemon stopped while the vm was being created".into());
+            } else if was == VmState::Running {
+                vm.state = VmState::Stopped;
+            }
+            vm.updated_at_ms = now_ms();
+            tracing::warn!(vm = %vm.name, was = was.as_str(), now = vm.state.as_str(), "vmm is gone; cleaned up");
+            let record = vm.clone();
+            state.with_store(move |s| s.update_vm(&record)).await?;
+        }
+    }
+    Ok(())
+}

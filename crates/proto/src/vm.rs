@@ -1,0 +1,212 @@
+//! VM, image, kernel and operation types of the `vm.*`, `image.*`,
+//! `kernel.*` and `op.*` methods.
+
+use serde::{Deserialize, Serialize};
+
+/// `vm.create.begin` params. Absent fields take the daemon's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateParams {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size_bytes: Option<u64>,
+    /// `HOST:GUEST` or `HOST:GUEST/udp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    /// Start the VM once created (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<bool>,
+}
+
+/// Params naming one VM (by name or id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmKillParams {
+    pub name: String,
+    /// Signal name (`TERM`, `KILL`, `SIGINT`...); default `KILL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmEditParams {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size_bytes: Option<u64>,
+}
+
+/// What `vm.show` and `vm.list` report about a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmView {
+    pub id: String,
+    pub name: String,
+    /// `creating`, `running`, `stopped` or `error`.
+    pub state: String,
+    pub image: String,
+    pub kernel: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_size_bytes: u64,
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Only while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Loopback port forwarded to the guest's SSH, only while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    pub vm_dir: String,
+    pub console_log: String,
+    pub created_at_ms: i64,
+}
+
+/// How to reach a VM over SSH; the CLI runs the `ssh` client with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: String,
+    pub known_hosts_file: String,
+    /// Pins are kept under this alias, not under `[host]:port`, so a port
+    /// reused by another VM never trips over an old pin.
+    pub host_key_alias: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    pub id: String,
+    pub name: String,
+    pub source: String,
+    pub rootfs: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_seed: Option<String>,
+    pub size_bytes: u64,
+    pub managed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// A managed image built from an older recipe.
+    pub stale: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuildParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelView {
+    pub name: String,
+    pub description: String,
+    /// Pulled and usable.
+    pub present: bool,
+    pub default: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+}
+
+/// Params naming one kernel or image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameParams {
+    pub name: String,
+}
+
+/// Params of `kernel.pull.begin`; the default catalog entry when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelPullParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Params naming one asynchronous operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpRef {
+    pub op_id: String,
+}
+
+/// An asynchronous operation (`vm.create`, `image.build`, `kernel.pull`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpView {
+    pub op_id: String,
+    pub kind: String,
+    /// What it works on (a VM, image or kernel name).
+    pub target: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub stages: Vec<StageView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    pub started_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<i64>,
+}
+
+/// One stage of an operation; `duration_ms` is set once it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageView {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// `doctor`'s report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub checks: Vec<DoctorCheck>,
+    /// The backend and accelerator `vm create` will use, and why.
+    pub backend: String,
+    pub accel: String,
+    pub accel_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorCheck {
+    pub name: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
