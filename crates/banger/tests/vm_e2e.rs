@@ -11,7 +11,7 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,11 @@ fn qemu_pids_for(vm_id: &str) -> Vec<i32> {
         };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.starts_with("qemu-system") && cmd.contains(vm_id) && alive(pid) {
+            let argv0 = cmd.split('\0').next().unwrap_or_default();
+            let is_qemu = Path::new(argv0)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
+            if is_qemu && cmd.contains(vm_id) && alive(pid) {
                 pids.push(pid);
             }
         }
@@ -155,6 +159,11 @@ fn vm_lifecycle_end_to_end() {
     assert_eq!(a["accel"], "tcg");
     let a_id = a["id"].as_str().unwrap().to_owned();
     let a_pid = a["pid"].as_i64().unwrap() as i32;
+    assert_eq!(
+        qemu_pids_for(&a_id),
+        [a_pid],
+        "the process finder sees the running vmm"
+    );
 
     step("ssh runs commands, hostname is the vm name");
     assert_eq!(

@@ -112,7 +112,7 @@ impl SshPaths {
     pub fn pin_host_key(&self, vm_name: &str, port: u16) -> Result<(), SshError> {
         let info = self.info(vm_name, port);
         let out = Command::new("ssh")
-            .args(client_args(&info))
+            .args(info.client_args())
             .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
             .arg("true")
             .stdin(Stdio::null())
@@ -165,27 +165,6 @@ pub fn host_key_alias(vm_name: &str) -> String {
     format!("{vm_name}.vm")
 }
 
-/// The `ssh` options that make it use banger's key, pins and port.
-pub fn client_args(info: &SshInfo) -> Vec<String> {
-    vec![
-        "-i".into(),
-        info.identity_file.clone(),
-        "-p".into(),
-        info.port.to_string(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", info.known_hosts_file),
-        "-o".into(),
-        "StrictHostKeyChecking=accept-new".into(),
-        "-o".into(),
-        format!("HostKeyAlias={}", info.host_key_alias),
-        "-o".into(),
-        "LogLevel=ERROR".into(),
-        format!("{}@{}", info.user, info.host),
-    ]
-}
-
 /// True once something on `addr` speaks SSH: the guest's sshd sent its
 /// `SSH-2.0-` banner. (With user-mode networking QEMU accepts the TCP
 /// connection long before the guest listens, so connecting proves nothing.)
@@ -224,10 +203,11 @@ mod tests {
             known_hosts_file: "/kh".into(),
             host_key_alias: host_key_alias("dev"),
         };
-        let args = client_args(&info).join(" ");
+        let args = info.client_args().join(" ");
         assert!(args.contains("-p 2222"));
         assert!(args.contains("HostKeyAlias=dev.vm"));
         assert!(args.contains("UserKnownHostsFile=/kh"));
+        assert!(args.contains("HashKnownHosts=no"));
         assert!(args.ends_with("root@127.0.0.1"));
     }
 

@@ -101,6 +101,33 @@ pub struct SshInfo {
     pub host_key_alias: String,
 }
 
+impl SshInfo {
+    /// The `ssh` options that use banger's key, pins and port, ending with
+    /// `user@host`; append `--` and a command to run one. Pins are not
+    /// hashed, so `ssh-keygen -R NAME.vm` and humans can find them.
+    pub fn client_args(&self) -> Vec<String> {
+        let opt = |o: String| ["-o".to_owned(), o];
+        let mut args = vec![
+            "-i".to_owned(),
+            self.identity_file.clone(),
+            "-p".to_owned(),
+            self.port.to_string(),
+        ];
+        for o in [
+            "IdentitiesOnly=yes".to_owned(),
+            format!("UserKnownHostsFile={}", self.known_hosts_file),
+            "StrictHostKeyChecking=accept-new".to_owned(),
+            "HashKnownHosts=no".to_owned(),
+            format!("HostKeyAlias={}", self.host_key_alias),
+            "LogLevel=ERROR".to_owned(),
+        ] {
+            args.extend(opt(o));
+        }
+        args.push(format!("{}@{}", self.user, self.host));
+        args
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageView {
     pub id: String,

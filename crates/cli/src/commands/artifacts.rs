@@ -265,6 +265,7 @@ pub(crate) fn ssh_config(target: &DaemonTarget) -> Result<(), CliError> {
         data.join("ssh/known_hosts").display()
     );
     println!("    StrictHostKeyChecking accept-new");
+    println!("    HashKnownHosts no");
     println!("    ProxyCommand {} vm ssh-proxy %n", exe.display());
     Ok(())
 }

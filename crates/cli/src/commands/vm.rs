@@ -248,7 +248,7 @@ fn create(
 
 fn ssh_command(info: &SshInfo, command: &[String]) -> Command {
     let mut cmd = Command::new("ssh");
-    cmd.args(ssh_args(info));
+    cmd.args(info.client_args());
     if !command.is_empty() {
         // ssh joins its arguments with spaces for the remote shell; quote
         // each so `-- sh -c 'exit 7'` arrives as written.
@@ -256,26 +256,6 @@ fn ssh_command(info: &SshInfo, command: &[String]) -> Command {
         cmd.args(command.iter().map(|a| shell_quote(a)));
     }
     cmd
-}
-
-fn ssh_args(info: &SshInfo) -> Vec<String> {
-    vec![
-        "-i".into(),
-        info.identity_file.clone(),
-        "-p".into(),
-        info.port.to_string(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", info.known_hosts_file),
-        "-o".into(),
-        "StrictHostKeyChecking=accept-new".into(),
-        "-o".into(),
-        format!("HostKeyAlias={}", info.host_key_alias),
-        "-o".into(),
-        "LogLevel=ERROR".into(),
-        format!("{}@{}", info.user, info.host),
-    ]
 }
 
 fn shell_quote(arg: &str) -> String {
