@@ -181,6 +181,9 @@ pub enum ImageCommand {
         /// Extra packages, comma-separated.
         #[arg(long, value_delimiter = ',')]
         packages: Vec<String>,
+        /// Root filesystem size, e.g. 2G (default: contents plus headroom).
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
         #[arg(long)]
         json: bool,
     },

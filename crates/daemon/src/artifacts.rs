@@ -154,7 +154,11 @@ pub async fn ensure_kernel(
 }
 
 /// The recipe of a managed image.
-async fn recipe(state: &Arc<DaemonState>, packages: Vec<String>) -> Result<ImageRecipe, RpcError> {
+async fn recipe(
+    state: &Arc<DaemonState>,
+    packages: Vec<String>,
+    size_bytes: Option<u64>,
+) -> Result<ImageRecipe, RpcError> {
     let ssh = state.ssh.clone();
     let key = tokio::task::spawn_blocking(move || ssh.public_key())
         .await
@@ -164,7 +168,7 @@ async fn recipe(state: &Arc<DaemonState>, packages: Vec<String>) -> Result<Image
         suite: "bookworm".into(),
         packages,
         ssh_public_key: key,
-        size_bytes: None,
+        size_bytes,
     })
 }
 
@@ -198,7 +202,7 @@ pub async fn ensure_image(
     if name != state.config.defaults.image {
         return Err(not_found("image", name));
     }
-    build_locked(state, name, Vec::new(), op).await
+    build_locked(state, name, Vec::new(), None, op).await
 }
 
 /// `image.build`: builds a new managed image.
@@ -206,6 +210,7 @@ pub async fn build_image(
     state: &Arc<DaemonState>,
     name: &str,
     packages: Vec<String>,
+    size_bytes: Option<u64>,
     op: Option<&Arc<Operation>>,
 ) -> Result<ImageRecord, RpcError> {
     let lock = state.artifact_locks.get(format!("image:{name}"));
@@ -216,16 +221,17 @@ pub async fn build_image(
             format!("image {name:?} already exists; delete it first"),
         ));
     }
-    build_locked(state, name, packages, op).await
+    build_locked(state, name, packages, size_bytes, op).await
 }
 
 async fn build_locked(
     state: &Arc<DaemonState>,
     name: &str,
     packages: Vec<String>,
+    size_bytes: Option<u64>,
     op: Option<&Arc<Operation>>,
 ) -> Result<ImageRecord, RpcError> {
-    let recipe = recipe(state, packages).await?;
+    let recipe = recipe(state, packages, size_bytes).await?;
     if let Some(op) = op {
         op.stage(&format!("build image {name}"));
     }
@@ -263,7 +269,7 @@ async fn build_locked(
 
 pub async fn image_view(state: &Arc<DaemonState>, i: &ImageRecord) -> Result<ImageView, RpcError> {
     let current = if i.managed {
-        Some(recipe(state, Vec::new()).await?.fingerprint())
+        Some(recipe(state, Vec::new(), None).await?.fingerprint())
     } else {
         None
     };

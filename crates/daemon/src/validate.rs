@@ -60,6 +60,16 @@ pub fn disk_size(v: u64) -> Result<(), RpcError> {
     }
 }
 
+pub fn image_size(v: u64) -> Result<(), RpcError> {
+    if (512 * 1024 * 1024..=MAX_DISK_BYTES).contains(&v) {
+        Ok(())
+    } else {
+        Err(RpcError::bad_params(format!(
+            "invalid image size {v} bytes: must be 512 MiB to 16 TiB"
+        )))
+    }
+}
+
 /// A published port, `HOST:GUEST` or `HOST:GUEST/tcp|udp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Publish {

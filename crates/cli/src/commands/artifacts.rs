@@ -20,6 +20,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
         ImageCommand::Build {
             name,
             packages,
+            size,
             json,
         } => {
             let begun: OpView = client.call(
@@ -27,6 +28,10 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                 ImageBuildParams {
                     name: name.clone(),
                     packages: packages.clone(),
+                    size_bytes: size
+                        .as_deref()
+                        .map(|s| super::format::parse_size("--size", s))
+                        .transpose()?,
                 },
             )?;
             if !json {

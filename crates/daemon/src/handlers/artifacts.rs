@@ -30,6 +30,9 @@ pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResul
             )));
         }
     }
+    if let Some(size) = p.size_bytes {
+        validate::image_size(size)?;
+    }
     let state = Arc::clone(&ctx.state);
     let target = name.clone();
     let op = ctx.state.ops.begin(
@@ -37,7 +40,8 @@ pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResul
         "image.build",
         &target,
         move |op| async move {
-            let image = artifacts::build_image(&state, &name, p.packages, Some(&op)).await?;
+            let image =
+                artifacts::build_image(&state, &name, p.packages, p.size_bytes, Some(&op)).await?;
             to_value(artifacts::image_view(&state, &image).await?)
         },
     );
