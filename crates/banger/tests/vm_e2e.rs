@@ -188,16 +188,179 @@ fn vm_lifecycle_end_to_end() {
     );
     assert!(known_hosts(&w).contains("e2e-a.vm"), "host key pinned");
 
+    step("logs, ops, kernel and image listings, in-use conflicts, doctor");
+    let logs = ok(&w, &["vm", "logs", "e2e-a", "-n", "200"]);
+    assert!(
+        logs.contains("e2e-a login:") || logs.contains("Debian"),
+        "console log: {logs}"
+    );
+    let ops = w.banger_json(&["ops"]);
+    let create_op = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "vm.create" && o["target"] == "e2e-a")
+        .expect("vm.create op listed");
+    assert_eq!(create_op["state"], "succeeded");
+    assert!(
+        create_op["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["duration_ms"].is_u64())
+    );
+    let kernels = w.banger_json(&["kernel", "list"]);
+    assert!(
+        kernels
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "debian-cloud" && k["present"] == true)
+    );
+    let images = w.banger_json(&["image", "list"]);
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "default" && i["stale"] == false)
+    );
+    assert_bad_input(&w, &["image", "delete", "default"], 5, "in use by vm e2e-a");
+    assert_bad_input(
+        &w,
+        &["kernel", "delete", "debian-cloud"],
+        5,
+        "in use by vm e2e-a",
+    );
+    let doctor = w.banger_json(&["doctor", "--probe"]);
+    let checks = doctor["checks"].as_array().unwrap();
+    let status_of = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(status_of("qemu").as_deref(), Some("ok"), "{doctor}");
+    assert_eq!(status_of("kernel").as_deref(), Some("ok"), "{doctor}");
+    assert_eq!(doctor["accel"], "tcg");
+    assert!(
+        doctor["accel_reason"]
+            .as_str()
+            .unwrap()
+            .contains("BANGER_ACCEL"),
+        "{doctor}"
+    );
+    if Path::new("/dev/kvm").exists() {
+        assert!(
+            status_of("kvm probe").is_some(),
+            "the probe ran and was recorded: {doctor}"
+        );
+    }
+
+    step("ssh-config lets plain ssh reach NAME.vm");
+    let config = ok(&w, &["ssh-config"]);
+    assert!(
+        config.contains("Host *.vm") && config.contains("ProxyCommand"),
+        "{config}"
+    );
+    let config_file = w.root().join("ssh_config");
+    std::fs::write(&config_file, &config).unwrap();
+    let out = w
+        .command("ssh")
+        .arg("-F")
+        .arg(&config_file)
+        .args(["-o", "BatchMode=yes", "e2e-a.vm", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "e2e-a",
+        "{}",
+        text(&out)
+    );
+
     step("stop, start: the work disk keeps its files");
     let stopped = w.banger_json(&["vm", "stop", "e2e-a"]);
     assert_eq!(stopped["state"], "stopped");
     assert!(!alive(a_pid), "qemu exits on stop");
     assert!(stopped["pid"].is_null());
+    step("edit a stopped vm: memory, disk size; editing a running vm is refused");
+    let edited = w.banger_json(&[
+        "vm",
+        "edit",
+        "e2e-a",
+        "--memory",
+        "768M",
+        "--disk-size",
+        "9G",
+    ]);
+    assert_eq!(edited["memory_mib"], 768);
+    assert_eq!(edited["disk_size_bytes"], 9u64 << 30);
+    assert_bad_input(
+        &w,
+        &["vm", "edit", "e2e-a", "--disk-size", "1G"],
+        2,
+        "disks only grow",
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "edit", "e2e-a", "--vcpus", "0"],
+        2,
+        "invalid vcpus",
+    );
     let started = w.banger_json(&["vm", "start", "e2e-a"]);
     assert_eq!(started["state"], "running");
     assert_eq!(
         ok(&w, &["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"]).trim(),
         "persisted"
+    );
+    let mem_kib: u64 = ok(
+        &w,
+        &[
+            "vm",
+            "ssh",
+            "e2e-a",
+            "--",
+            "awk",
+            "/MemTotal/{print $2}",
+            "/proc/meminfo",
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        (600_000..=786_432).contains(&mem_kib),
+        "MemTotal {mem_kib} KiB for 768 MiB"
+    );
+    let root_bytes: u64 = ok(
+        &w,
+        &[
+            "vm",
+            "ssh",
+            "e2e-a",
+            "--",
+            "df",
+            "-B1",
+            "--output=size",
+            "/root",
+        ],
+    )
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        root_bytes > 8u64 << 30,
+        "/root is {root_bytes} bytes after growing to 9G"
+    );
+    assert_bad_input(
+        &w,
+        &["vm", "edit", "e2e-a", "--memory", "1G"],
+        5,
+        "stop it before editing",
     );
 
     step("restart");
@@ -225,6 +388,26 @@ fn vm_lifecycle_end_to_end() {
     );
     let listed = w.banger_json(&["vm", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    step("a changed host key is refused loudly");
+    let pins_path = w.root().join("data/banger/ssh/known_hosts");
+    let pins = known_hosts(&w);
+    let key_of = |alias: &str| {
+        pins.lines()
+            .find(|l| l.starts_with(alias))
+            .map(|l| l.split_once(' ').unwrap().1.to_owned())
+            .unwrap()
+    };
+    let forged = pins.replace(&key_of("e2e-a.vm"), &key_of("e2e-b.vm"));
+    std::fs::write(&pins_path, forged).unwrap();
+    let out = w.banger(&["vm", "ssh", "e2e-a", "--", "true"]);
+    std::fs::write(&pins_path, &pins).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("IDENTIFICATION HAS CHANGED") || err.contains("Host key verification failed"),
+        "{err}"
+    );
 
     step("vm run --rm exits with the command's status and leaves no vm");
     let out = w.banger(&["vm", "run", "--rm", "--", "sh", "-c", "exit 7"]);
@@ -476,6 +659,18 @@ fn vm_lifecycle_end_to_end() {
         "cancelled create left its dir"
     );
     assert!(!known_hosts(&w).contains("e2e-cancel.vm"));
+
+    step("kill sends a signal to the vmm");
+    let killed = w.banger_json(&["vm", "kill", "e2e-a", "--signal", "TERM"]);
+    assert_eq!(killed["state"], "stopped");
+    assert!(qemu_pids_for(&a_id).is_empty());
+    assert_bad_input(&w, &["vm", "kill", "e2e-a"], 5, "not running");
+    assert_bad_input(
+        &w,
+        &["vm", "kill", "e2e-b", "--signal", "BOGUS"],
+        2,
+        "unknown signal",
+    );
 
     step("delete everything: no files, processes or pins are left");
     ok(&w, &["vm", "delete", "e2e-a"]);
