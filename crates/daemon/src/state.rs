@@ -65,6 +65,11 @@ impl DaemonState {
             .map_err(Into::into)
     }
 
+    #[cfg(test)]
+    pub(crate) fn lock_store_for_tests(&self) -> MutexGuard<'_, Store> {
+        self.lock_store()
+    }
+
     fn lock_store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves the connection usable (SQLite
         // rolls back the open statement), so a poisoned lock is taken over.

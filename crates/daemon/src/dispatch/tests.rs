@@ -5,6 +5,17 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn test_state(root: &std::path::Path) -> Arc<DaemonState> {
+    test_state_with(
+        root,
+        Arc::new(banger_vmm::QemuVmm::new("qemu-system-x86_64")),
+    )
+}
+
+/// A state over a temp dir with the given VMM (a fake, at the seam).
+pub(crate) fn test_state_with(
+    root: &std::path::Path,
+    vmm: Arc<dyn banger_vmm::Vmm>,
+) -> Arc<DaemonState> {
     let layout = Layout {
         config_dir: root.join("config"),
         data_dir: root.join("data"),
@@ -14,8 +25,8 @@ pub(crate) fn test_state(root: &std::path::Path) -> Arc<DaemonState> {
     };
     layout.ensure_dirs().unwrap();
     let store = banger_store::Store::open(&layout.database_path()).unwrap();
-    let config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
-    let vmm = Arc::new(banger_vmm::QemuVmm::new("qemu-system-x86_64"));
+    let mut config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
+    config.accel = crate::config::AccelChoice::Tcg;
     Arc::new(DaemonState::new(
         config,
         store,

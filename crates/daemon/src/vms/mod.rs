@@ -16,6 +16,8 @@ mod create;
 mod lifecycle;
 mod reconcile;
 mod rollback;
+#[cfg(test)]
+mod tests;
 
 pub use create::{Reservations, begin_create};
 pub use lifecycle::{delete, edit, kill, restart, start, stop};

@@ -1,0 +1,195 @@
+//! Reconcile and start rollback against a fake VMM (the `Vmm` seam), with
+//! a real store and real files. The real QEMU path is covered end to end
+//! by `crates/banger/tests/vm_e2e.rs`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
+use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::dispatch::tests::test_state_with;
+
+/// Launch fails or succeeds on demand; "running" is a set of pids.
+#[derive(Debug, Default)]
+struct FakeVmm {
+    alive: Mutex<HashSet<u32>>,
+    fail_launch: bool,
+    launched: Mutex<Vec<String>>,
+}
+
+impl Vmm for FakeVmm {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+    fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        self.launched.lock().unwrap().push(spec.vm_id.clone());
+        if self.fail_launch {
+            return Err(VmmError::InvalidSpec("fake launch failure".into()));
+        }
+        let pid = 4_000_000 + self.launched.lock().unwrap().len() as u32;
+        self.alive.lock().unwrap().insert(pid);
+        Ok(VmHandle {
+            pid,
+            control_socket: spec.vm_dir.join("qmp.sock"),
+            backend: BackendKind::Qemu,
+        })
+    }
+    fn request_shutdown(&self, h: &VmHandle) -> Result<(), VmmError> {
+        self.alive.lock().unwrap().remove(&h.pid);
+        Ok(())
+    }
+    fn kill(&self, h: &VmHandle, _: Signal) -> Result<(), VmmError> {
+        self.alive.lock().unwrap().remove(&h.pid);
+        Ok(())
+    }
+    fn is_running(&self, h: &VmHandle, _: &str) -> bool {
+        self.alive.lock().unwrap().contains(&h.pid)
+    }
+    fn wait_exit(&self, h: &VmHandle, _: Duration) -> Result<bool, VmmError> {
+        Ok(!self.alive.lock().unwrap().contains(&h.pid))
+    }
+    fn status(&self, _: &VmHandle) -> Result<VmRunState, VmmError> {
+        Ok(VmRunState::Running)
+    }
+}
+
+/// A kernel, an image and a VM whose files exist, in `state`.
+fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> VmRecord {
+    let root = state.config.layout.data_dir.clone();
+    let file = |p: PathBuf| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+        p
+    };
+    let kernel = KernelRecord {
+        id: "k1".into(),
+        name: "debian-cloud".into(),
+        source: "test".into(),
+        kernel_path: file(root.join("kernels/k/vmlinuz")),
+        initrd_path: Some(file(root.join("kernels/k/initrd.img"))),
+        modules_dir: None,
+        version: None,
+        sha256: None,
+        created_at_ms: 0,
+    };
+    let image = ImageRecord {
+        id: "i1".into(),
+        name: "default".into(),
+        source: "test".into(),
+        rootfs_path: file(root.join("images/i/rootfs.ext4")),
+        work_seed_path: Some(file(root.join("images/i/work-seed.ext4"))),
+        fingerprint: None,
+        size_bytes: 1,
+        managed: false,
+        created_at_ms: 0,
+    };
+    let store = state.lock_store_for_tests();
+    let _ = store.insert_kernel(&kernel);
+    let _ = store.insert_image(&image);
+    let vm = VmRecord {
+        id: format!("id-{name}"),
+        name: name.into(),
+        image_id: "i1".into(),
+        kernel_id: "k1".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        disk_size_bytes: 1 << 30,
+        network_mode: "user".into(),
+        backend: Some("qemu".into()),
+        disk_strategy: Some("qcow2".into()),
+        published_ports: vec![],
+        state: vm_state,
+        last_error: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    store.insert_vm(&vm).unwrap();
+    let dir = vm_dir(state, &vm.id);
+    file(dir.join("root.qcow2"));
+    file(work_disk(&dir));
+    vm
+}
+
+fn handles(pid: u32, dir: &std::path::Path) -> Handles {
+    Handles {
+        vmm: VmHandle {
+            pid,
+            control_socket: dir.join("qmp.sock"),
+            backend: BackendKind::Qemu,
+        },
+        ssh_port: 2222,
+        accel: "tcg".into(),
+    }
+}
+
+#[tokio::test]
+async fn reconcile_adopts_live_vmms_and_demotes_dead_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let live = seed(&state, "live", VmState::Running);
+    let dead = seed(&state, "dead", VmState::Running);
+    seed(&state, "half", VmState::Creating);
+    let live_dir = vm_dir(&state, &live.id);
+    let dead_dir = vm_dir(&state, &dead.id);
+    save_handles(&live_dir, &handles(111, &live_dir)).unwrap();
+    save_handles(&dead_dir, &handles(222, &dead_dir)).unwrap();
+    fake.alive.lock().unwrap().insert(111);
+
+    reconcile(&state).await.unwrap();
+
+    assert_eq!(find(&state, "live").await.unwrap().state, VmState::Running);
+    assert_eq!(state.vms.handles(&live.id).unwrap().vmm.pid, 111);
+    let dead = find(&state, "dead").await.unwrap();
+    assert_eq!(dead.state, VmState::Stopped);
+    assert!(state.vms.handles(&dead.id).is_none());
+    assert!(!dead_dir.join("handles.json").exists(), "leftovers removed");
+    let half = find(&state, "half").await.unwrap();
+    assert_eq!(half.state, VmState::Error);
+    assert!(half.last_error.unwrap().contains("daemon stopped"));
+}
+
+#[tokio::test]
+async fn a_failed_launch_rolls_back_and_records_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm {
+        fail_launch: true,
+        ..Default::default()
+    });
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = seed(&state, "boom", VmState::Stopped);
+    let err = start(&state, "boom", &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("fake launch failure"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("console.log"), "names the console log");
+    let after = find(&state, "boom").await.unwrap();
+    assert_eq!(after.state, VmState::Error);
+    assert!(after.last_error.unwrap().contains("fake launch failure"));
+    assert!(!vm_dir(&state, &vm.id).join("handles.json").exists());
+    assert!(state.vms.handles(&vm.id).is_none());
+    assert_eq!(*fake.launched.lock().unwrap(), vec![vm.id.clone()]);
+}
+
+#[tokio::test]
+async fn a_missing_kernel_file_fails_before_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    seed(&state, "nokernel", VmState::Stopped);
+    std::fs::remove_file(state.config.layout.data_dir.join("kernels/k/vmlinuz")).unwrap();
+    let err = start(&state, "nokernel", &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("kernel file"), "{}", err.message);
+    assert!(fake.launched.lock().unwrap().is_empty(), "nothing launched");
+}
