@@ -342,19 +342,42 @@ fn random_suffix() -> String {
 }
 
 /// Relays stdin/stdout to the VM's SSH port (for `ProxyCommand`).
+///
+/// Plain read/write loops on unbuffered duplicates of fds 0 and 1: Rust's
+/// `Stdout` is line-buffered, and `io::copy`'s splice fast path lost the
+/// client's side of the handshake here.
 fn proxy(info: &SshInfo) -> Result<(), CliError> {
+    use std::os::fd::AsFd;
     let stream = TcpStream::connect((info.host.as_str(), info.port)).map_err(CliError::Io)?;
-    let mut up = stream.try_clone().map_err(CliError::Io)?;
-    let t = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+    let _ = stream.set_nodelay(true);
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(CliError::Io)
+    };
+    let stdin = dup(std::io::stdin().as_fd())?;
+    let stdout = dup(std::io::stdout().as_fd())?;
+    let up = stream.try_clone().map_err(CliError::Io)?;
+    std::thread::spawn(move || {
+        let _ = pump(stdin, &up);
         let _ = up.shutdown(std::net::Shutdown::Write);
     });
-    let mut down = stream;
-    let mut out = std::io::stdout().lock();
-    let _ = std::io::copy(&mut down, &mut out);
-    let _ = out.flush();
-    drop(t);
+    let _ = pump(&stream, stdout);
     Ok(())
+}
+
+/// Copies until end of file, writing each chunk as soon as it is read.
+fn pump(mut from: impl Read, mut to: impl Write) -> std::io::Result<()> {
+    let mut buf = [0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
 }
 
 #[cfg(test)]
