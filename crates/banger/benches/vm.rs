@@ -9,8 +9,8 @@
 //!    resize2fs), because banger's create does the same prep inside its
 //!    timed region; then QEMU is spawned with banger's argv shape and the
 //!    forwarded port is probed until it sends `SSH-2.0-`: connect + read
-//!    with 2 s timeouts (the daemon's own check), one attempt at a time,
-//!    retried 100 ms after a failure (the daemon waits 250 ms).
+//!    with 2 s timeouts, one attempt at a time, retried 100 ms after a
+//!    failure (the daemon's own check uses 1 s timeouts and waits 250 ms).
 //!    banger: the whole `banger vm create` command (it returns once SSH
 //!    answered and the host key is pinned), and, from the operation's
 //!    stages, the time from spawning the command to the end of its
@@ -179,8 +179,8 @@ fn main() {
          e2fsck, resize2fs): banger's create does the same prep inside its timed region"
     );
     println!(
-        "  SSH banner probe, both sides: connect + read 8 bytes, 2 s timeouts, one attempt at \
-         a time; raw retries 100 ms after a failure, banger's daemon 250 ms"
+        "  SSH banner probe: connect + read 8 bytes, one attempt at a time; raw: 2 s timeouts, \
+         retried 100 ms after a failure; banger's daemon: 1 s timeouts, retried after 250 ms"
     );
     println!();
     println!("1. launch to SSH: raw QEMU vs `banger vm create` (default image)");

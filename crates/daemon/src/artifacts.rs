@@ -51,18 +51,21 @@ fn not_found(kind: &str, name: &str) -> RpcError {
     RpcError::new(ErrorCode::NotFound, format!("{kind} {name:?} not found"))
 }
 
+/// `Ok(None)` for a missing record, so callers can pull or build it.
+fn optional<T>(found: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match found {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 async fn stored_kernel(
     state: &Arc<DaemonState>,
     name: &str,
 ) -> Result<Option<KernelRecord>, RpcError> {
     let name = name.to_owned();
-    state
-        .with_store(move |s| match s.kernel(&name) {
-            Ok(k) => Ok(Some(k)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
+    state.with_store(move |s| optional(s.kernel(&name))).await
 }
 
 async fn stored_image(
@@ -70,13 +73,7 @@ async fn stored_image(
     name: &str,
 ) -> Result<Option<ImageRecord>, RpcError> {
     let name = name.to_owned();
-    state
-        .with_store(move |s| match s.image(&name) {
-            Ok(i) => Ok(Some(i)),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
+    state.with_store(move |s| optional(s.image(&name))).await
 }
 
 /// Ok when `name` is pulled or can be pulled from the catalog.

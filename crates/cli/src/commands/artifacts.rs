@@ -12,7 +12,44 @@ use super::format::{human_bytes, table};
 use super::print_json;
 use crate::CliError;
 use crate::args::{DoctorArgs, ImageCommand, KernelCommand};
+use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+use serde::de::DeserializeOwned;
+
+/// Calls a `{name}` method and prints its result as JSON or with `text`.
+fn show_named<T: DeserializeOwned + serde::Serialize>(
+    client: &mut Client,
+    method: &str,
+    name: &str,
+    json: bool,
+    text: impl FnOnce(&T),
+) -> Result<(), CliError> {
+    let value: T = client.call(
+        method,
+        NameParams {
+            name: name.to_owned(),
+        },
+    )?;
+    if json {
+        print_json(&value)
+    } else {
+        text(&value);
+        Ok(())
+    }
+}
+
+/// Calls a `*.delete` method and reports it.
+fn delete_named(
+    client: &mut Client,
+    method: &str,
+    kind: &str,
+    name: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    show_named::<serde_json::Value>(client, method, name, json, |_| {
+        println!("deleted {kind} {name}");
+    })
+}
 
 pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
@@ -70,33 +107,15 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             table(&["NAME", "SOURCE", "SIZE", ""], &rows);
             Ok(())
         }
-        ImageCommand::Show(a) => {
-            let image: ImageView = client.call(
-                methods::IMAGE_SHOW,
-                NameParams {
-                    name: a.name.clone(),
-                },
-            )?;
-            if a.json {
-                print_json(&image)
-            } else {
-                print_image(&image);
-                Ok(())
-            }
-        }
+        ImageCommand::Show(a) => show_named::<ImageView>(
+            &mut client,
+            methods::IMAGE_SHOW,
+            &a.name,
+            a.json,
+            print_image,
+        ),
         ImageCommand::Delete(a) => {
-            let v: serde_json::Value = client.call(
-                methods::IMAGE_DELETE,
-                NameParams {
-                    name: a.name.clone(),
-                },
-            )?;
-            if a.json {
-                print_json(&v)
-            } else {
-                println!("deleted image {}", a.name);
-                Ok(())
-            }
+            delete_named(&mut client, methods::IMAGE_DELETE, "image", &a.name, a.json)
         }
     }
 }
@@ -158,34 +177,20 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
                 Ok(())
             }
         }
-        KernelCommand::Show(a) => {
-            let k: KernelView = client.call(
-                methods::KERNEL_SHOW,
-                NameParams {
-                    name: a.name.clone(),
-                },
-            )?;
-            if a.json {
-                print_json(&k)
-            } else {
-                print_kernel(&k);
-                Ok(())
-            }
-        }
-        KernelCommand::Delete(a) => {
-            let v: serde_json::Value = client.call(
-                methods::KERNEL_DELETE,
-                NameParams {
-                    name: a.name.clone(),
-                },
-            )?;
-            if a.json {
-                print_json(&v)
-            } else {
-                println!("deleted kernel {}", a.name);
-                Ok(())
-            }
-        }
+        KernelCommand::Show(a) => show_named::<KernelView>(
+            &mut client,
+            methods::KERNEL_SHOW,
+            &a.name,
+            a.json,
+            print_kernel,
+        ),
+        KernelCommand::Delete(a) => delete_named(
+            &mut client,
+            methods::KERNEL_DELETE,
+            "kernel",
+            &a.name,
+            a.json,
+        ),
     }
 }
 
