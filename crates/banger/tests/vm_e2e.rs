@@ -680,6 +680,14 @@ fn vm_lifecycle_end_to_end() {
         text(&out_start)
     );
 
+    step("a vm whose vmm was killed hard starts again with the same host key");
+    let b = w.banger_json(&["vm", "start", "e2e-b"]);
+    assert_eq!(b["state"], "running");
+    assert_eq!(
+        ok(&w, &["vm", "ssh", "e2e-b", "--", "hostname"]).trim(),
+        "e2e-b"
+    );
+
     step("ctrl-c during create cancels it and leaves nothing behind");
     let child = w
         .command(common::BANGER)

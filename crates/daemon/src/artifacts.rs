@@ -51,6 +51,30 @@ fn not_found(kind: &str, name: &str) -> RpcError {
     RpcError::new(ErrorCode::NotFound, format!("{kind} {name:?} not found"))
 }
 
+/// Runs blocking `banger-image` work after starting the stage `title`,
+/// reporting the stages it names on the operation as they happen.
+async fn with_stages<T, F>(op: Option<&Arc<Operation>>, title: &str, work: F) -> Result<T, RpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Fn(&str)) -> Result<T, banger_image::ImageError> + Send + 'static,
+{
+    if let Some(op) = op {
+        op.stage(title);
+    }
+    let op = op.cloned();
+    tokio::task::spawn_blocking(move || {
+        let progress = |s: &str| {
+            if let Some(op) = &op {
+                op.stage(s);
+            }
+        };
+        work(&progress)
+    })
+    .await
+    .map_err(|e| RpcError::internal(format!("{title}: task failed: {e}")))?
+    .map_err(|e| RpcError::internal(error_chain(&e)))
+}
+
 /// `Ok(None)` for a missing record, so callers can pull or build it.
 fn optional<T>(found: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
     match found {
@@ -112,24 +136,13 @@ pub async fn ensure_kernel(
         .iter()
         .find(|e| e.name == name)
         .ok_or_else(|| not_found("kernel", name))?;
-    if let Some(op) = op {
-        op.stage(&format!("pull kernel {name}"));
-    }
     let dest = kernel_dir(state, name);
     let cache = state.config.layout.cache_dir.clone();
     let package = entry.package.to_owned();
-    let op2 = op.cloned();
-    let pulled = tokio::task::spawn_blocking(move || {
-        let progress = |s: &str| {
-            if let Some(op) = &op2 {
-                op.stage(s);
-            }
-        };
-        banger_image::pull_debian_kernel(&package, &cache, &dest, &progress)
+    let pulled = with_stages(op, &format!("pull kernel {name}"), move |progress| {
+        banger_image::pull_debian_kernel(&package, &cache, &dest, progress)
     })
-    .await
-    .map_err(|e| RpcError::internal(format!("kernel task failed: {e}")))?
-    .map_err(|e| RpcError::internal(error_chain(&e)))?;
+    .await?;
     if let Some(k) = existing {
         return Ok(k); // same paths, files now back
     }
@@ -229,24 +242,13 @@ async fn build_locked(
     op: Option<&Arc<Operation>>,
 ) -> Result<ImageRecord, RpcError> {
     let recipe = recipe(state, packages, size_bytes).await?;
-    if let Some(op) = op {
-        op.stage(&format!("build image {name}"));
-    }
     let dest = image_dir(state, name);
     let cache = state.config.layout.cache_dir.clone();
-    let op2 = op.cloned();
     let r = recipe.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let progress = |s: &str| {
-            if let Some(op) = &op2 {
-                op.stage(s);
-            }
-        };
-        banger_image::build_rootfs(&r, &cache, &dest, &progress)
+    let built = with_stages(op, &format!("build image {name}"), move |progress| {
+        banger_image::build_rootfs(&r, &cache, &dest, progress)
     })
-    .await
-    .map_err(|e| RpcError::internal(format!("image task failed: {e}")))?
-    .map_err(|e| RpcError::internal(error_chain(&e)))?;
+    .await?;
     let record = ImageRecord {
         id: new_id("i-"),
         name: name.to_owned(),

@@ -11,7 +11,7 @@ use crate::error::{ImageError, Result};
 
 /// Bump when the customisation changes in a way the rendered files do not
 /// show (the fingerprint hashes both, so stale managed images get rebuilt).
-pub const CUSTOMIZE_VERSION: u32 = 1;
+pub const CUSTOMIZE_VERSION: u32 = 2;
 
 /// One edit to the image tree. Paths are relative to the tree's root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,10 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 [Service]
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -C \"\" -f /etc/ssh/ssh_host_ed25519_key
+# Flush the new key to the disk at once: a VM killed before the page cache
+# is written back would make a different key next boot, and banger refuses
+# a changed host key.
+ExecStart=/bin/sync
 
 [Install]
 WantedBy=ssh.service

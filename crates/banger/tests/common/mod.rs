@@ -140,6 +140,14 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {}:", self.log_file().display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         // Stop any daemon of this world, however it was started.
         if let Some(pid) = self.daemon_pid() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
