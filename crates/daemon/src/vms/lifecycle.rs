@@ -36,6 +36,16 @@ fn cmdline(vm_name: &str) -> String {
 /// About a 5000-BogoMIPS host at HZ=250, Debian's cloud kernel's.
 const LOOPS_PER_JIFFY: u64 = 10_000_000;
 
+/// Takes the VM's lock, then reads its record (which may have changed
+/// while waiting for the lock).
+async fn locked(
+    state: &Arc<DaemonState>,
+    name: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, VmRecord), RpcError> {
+    let guard = state.vms.lock_for(name).lock_owned().await;
+    Ok((guard, find(state, name).await?))
+}
+
 /// Reports a stage on the operation, or just logs it.
 pub(super) fn stage(op: Option<&Operation>, name: &str) {
     match op {
@@ -58,9 +68,7 @@ pub async fn start(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<VmRecord, RpcError> {
-    let lock = state.vms.lock_for(name);
-    let _guard = lock.lock().await;
-    let vm = find(state, name).await?;
+    let (_guard, vm) = locked(state, name).await?;
     if is_alive(state, &vm).await {
         return Ok(vm);
     }
@@ -329,9 +337,7 @@ async fn mark_stopped(state: &Arc<DaemonState>, mut vm: VmRecord) -> Result<VmRe
 
 /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
 pub async fn stop(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
-    let lock = state.vms.lock_for(name);
-    let _guard = lock.lock().await;
-    let vm = find(state, name).await?;
+    let (_guard, vm) = locked(state, name).await?;
     stop_locked(state, vm).await
 }
 
@@ -382,9 +388,7 @@ pub async fn kill(
     signal: Option<&str>,
 ) -> Result<VmRecord, RpcError> {
     let signal = parse_signal(signal.unwrap_or("KILL"))?;
-    let lock = state.vms.lock_for(name);
-    let _guard = lock.lock().await;
-    let vm = find(state, name).await?;
+    let (_guard, vm) = locked(state, name).await?;
     let Some(handles) = state.vms.handles(&vm.id) else {
         return Err(RpcError::new(
             ErrorCode::NotRunning,
@@ -423,9 +427,7 @@ pub async fn restart(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<VmRecord, RpcError> {
-    let lock = state.vms.lock_for(name);
-    let _guard = lock.lock().await;
-    let vm = find(state, name).await?;
+    let (_guard, vm) = locked(state, name).await?;
     let vm = stop_locked(state, vm).await?;
     start_locked(state, vm, None, cancel).await
 }
@@ -433,9 +435,7 @@ pub async fn restart(
 /// Deletes a VM: kills it if running, removes its files, its record and
 /// its host-key pin.
 pub async fn delete(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
-    let lock = state.vms.lock_for(name);
-    let _guard = lock.lock().await;
-    let vm = find(state, name).await?;
+    let (_guard, vm) = locked(state, name).await?;
     delete_locked(state, vm).await
 }
 
@@ -487,9 +487,7 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
             "nothing to change: give vcpus, memory or disk size",
         ));
     }
-    let lock = state.vms.lock_for(&p.name);
-    let _guard = lock.lock().await;
-    let mut vm = find(state, &p.name).await?;
+    let (_guard, mut vm) = locked(state, &p.name).await?;
     if is_alive(state, &vm).await {
         return Err(RpcError::new(
             ErrorCode::Conflict,
