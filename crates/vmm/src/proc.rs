@@ -28,12 +28,18 @@ pub(crate) fn is_alive(pid: u32) -> bool {
     !matches!(state(pid), Some('Z') | Some('X') | None)
 }
 
+/// The fields of `/proc/PID/stat` after `PID (COMM)`: state, ppid, pgrp,
+/// session, ... COMM may itself contain ") ", so split at the last one.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = String::from_utf8_lossy(stat.get(close + 1..)?).into_owned();
+    Some(rest.split_ascii_whitespace().map(str::to_owned).collect())
+}
+
 /// The one-letter state from `/proc/PID/stat` (`R`, `S`, `Z`, ...).
 pub(crate) fn state(pid: u32) -> Option<char> {
-    let stat = fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) S ...": COMM may itself contain ") ", so take the last one.
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    stat.get(close + 2).map(|&b| char::from(b))
+    stat_fields(pid)?.first()?.chars().next()
 }
 
 /// `/proc/PID/exe` names a `qemu-system-*` binary (also when the binary was
@@ -69,11 +75,13 @@ fn esrch() -> i32 {
     rustix::io::Errno::SRCH.raw_os_error()
 }
 
-/// The session id of `pid` (for tests and diagnostics).
+/// The session id of `pid` (for tests and diagnostics), as seen from our
+/// pid namespace: 0 when the session leader lives outside it (as in CI
+/// containers), which `getsid(2)` also returns but rustix refuses.
 pub fn session_id(pid: u32) -> io::Result<u32> {
-    let p = to_pid(pid).ok_or_else(|| io::Error::from_raw_os_error(esrch()))?;
-    let sid = rustix::process::getsid(Some(p)).map_err(io::Error::from)?;
-    u32::try_from(sid.as_raw_nonzero().get()).map_err(|_| io::Error::other("negative session id"))
+    stat_fields(pid)
+        .and_then(|fields| fields.get(3)?.parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(esrch()))
 }
 
 /// Pids of live `qemu-system-*` processes whose argv contains `needle` as a
@@ -108,6 +116,30 @@ pub(crate) fn exists(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_leader_has_its_own_session() {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("5");
+        // SAFETY: setsid is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        assert_eq!(session_id(child.id()).unwrap(), child.id());
+        assert_ne!(
+            session_id(child.id()).unwrap(),
+            session_id(std::process::id()).unwrap()
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(session_id(u32::MAX).is_err());
+    }
 
     #[test]
     fn own_process_is_alive_and_not_qemu() {
