@@ -1,4 +1,4 @@
-//! Wire types shared by `banger`, `bangerd` and (later) `banger-helper`.
+//! Wire types shared by `banger`, `bangerd` and `banger-helper`.
 //!
 //! This crate holds data only: no sockets, no files. The transport is one
 //! JSON object per line over a Unix socket; a connection carries any number
@@ -7,6 +7,7 @@
 
 mod envelope;
 mod error;
+pub mod helper;
 pub mod methods;
 pub mod vm;
 
