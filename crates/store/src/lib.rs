@@ -304,6 +304,77 @@ impl Store {
         Ok(vm)
     }
 
+    // ---- ip leases -----------------------------------------------------
+
+    /// Leases the first of `candidates` (in order) that nobody holds to
+    /// `vm_id`, in one transaction; a VM that already holds a lease in
+    /// `subnet` keeps it. `None` when every candidate is taken.
+    pub fn lease_address(
+        &self,
+        vm_id: &str,
+        subnet: &str,
+        candidates: impl IntoIterator<Item = String>,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let held: Option<(String, String)> = tx
+            .query_row(
+                "SELECT address, subnet FROM ip_leases WHERE vm_id = ?1",
+                [vm_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((address, held_subnet)) = held {
+            if held_subnet == subnet {
+                return Ok(Some(address));
+            }
+            // The bridge's subnet changed since: the old address is useless.
+            tx.execute("DELETE FROM ip_leases WHERE vm_id = ?1", [vm_id])?;
+        }
+        let taken: std::collections::HashSet<String> = {
+            let mut stmt = tx.prepare("SELECT address FROM ip_leases")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let Some(address) = candidates.into_iter().find(|c| !taken.contains(c)) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "INSERT INTO ip_leases (address, vm_id, subnet, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![address, vm_id, subnet, now_ms],
+        )
+        .map_err(|e| classify(e, "ip lease", &address))?;
+        tx.commit()?;
+        Ok(Some(address))
+    }
+
+    /// The address leased to `vm_id`, if any.
+    pub fn lease_of(&self, vm_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT address FROM ip_leases WHERE vm_id = ?1",
+                [vm_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every lease as `(vm_id, address)`, ordered by address text.
+    pub fn leases(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.list(
+            "SELECT vm_id, address FROM ip_leases ORDER BY address",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Frees `vm_id`'s address (idempotent). Deleting the VM frees it too.
+    pub fn release_address(&self, vm_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM ip_leases WHERE vm_id = ?1", [vm_id])?;
+        Ok(())
+    }
+
     // ---- helpers -------------------------------------------------------
 
     /// One row of `select` whose name or id is `name_or_id`.

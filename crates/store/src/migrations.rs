@@ -49,6 +49,17 @@ const STEPS: &[M<'static>] = &[
         CREATE INDEX vms_image ON vms(image_id);
         CREATE INDEX vms_kernel ON vms(kernel_id);",
     ),
+    // 2: bridged networking. A VM's address is leased for its whole life
+    // (so its DNS name keeps pointing at it across restarts) and freed with
+    // it; one address is never leased twice.
+    M::up(
+        "CREATE TABLE ip_leases (
+            address       TEXT PRIMARY KEY,
+            vm_id         TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+            subnet        TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL
+        ) STRICT;",
+    ),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

@@ -240,3 +240,60 @@ fn two_connections_share_the_database() {
     a.insert_kernel(&kernel("k1")).unwrap();
     assert_eq!(b.kernel("k1").unwrap().name, "k1");
 }
+
+fn hosts(n: u32) -> impl Iterator<Item = String> {
+    (2..2 + n).map(|i| format!("10.77.0.{i}"))
+}
+
+#[test]
+fn leases_are_unique_stable_and_freed_with_the_vm() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    for name in ["a", "b", "c"] {
+        store.insert_vm(&vm(name, "base", "k1")).unwrap();
+    }
+    let subnet = "10.77.0.0/24";
+    let a = store.lease_address("v-a", subnet, hosts(2), 1).unwrap();
+    let b = store.lease_address("v-b", subnet, hosts(2), 1).unwrap();
+    assert_eq!(a.as_deref(), Some("10.77.0.2"));
+    assert_eq!(b.as_deref(), Some("10.77.0.3"));
+    // A VM keeps its lease; a full range says so instead of doubling up.
+    assert_eq!(store.lease_address("v-a", subnet, hosts(2), 2).unwrap(), a);
+    assert_eq!(
+        store.lease_address("v-c", subnet, hosts(2), 2).unwrap(),
+        None
+    );
+    assert_eq!(store.lease_of("v-b").unwrap(), b);
+    // Freed by release and by deleting the VM; then reused.
+    store.release_address("v-a").unwrap();
+    store.release_address("v-a").unwrap();
+    store.delete_vm("b").unwrap();
+    assert!(store.leases().unwrap().is_empty());
+    let c = store.lease_address("v-c", subnet, hosts(2), 3).unwrap();
+    assert_eq!(c.as_deref(), Some("10.77.0.2"));
+    // A changed subnet replaces the old lease.
+    let moved = store
+        .lease_address(
+            "v-c",
+            "10.78.0.0/24",
+            (2..4).map(|i| format!("10.78.0.{i}")),
+            4,
+        )
+        .unwrap();
+    assert_eq!(moved.as_deref(), Some("10.78.0.2"));
+    assert_eq!(
+        store.leases().unwrap(),
+        vec![("v-c".into(), "10.78.0.2".into())]
+    );
+}
+
+#[test]
+fn a_lease_needs_an_existing_vm() {
+    let (_dir, store) = open();
+    assert!(
+        store
+            .lease_address("v-ghost", "10.77.0.0/24", hosts(3), 1)
+            .is_err()
+    );
+}
