@@ -12,6 +12,7 @@ mod artifacts;
 pub mod config;
 mod disks;
 pub mod dispatch;
+pub mod dns;
 mod doctor;
 mod error;
 mod handlers;
