@@ -1,0 +1,958 @@
+//! One [`HelperCall`] in, one [`Outcome`] out: every argument is checked
+//! (see [`crate::validate`] and [`crate::safepath`]) before anything is
+//! asked of the [`Host`]. Also [`teardown`], used by `banger system
+//! uninstall` through `banger-helper teardown`.
+
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use banger_proto::helper::{HelperCall, HelperReply, NFT_TABLE, TapInfo};
+use rustix::fs::{FileType, OFlags};
+
+use crate::Error;
+use crate::config::{Settings, Subnet};
+use crate::error::quote;
+use crate::host::{Host, LinkKind};
+use crate::{safepath, validate};
+
+/// Who is calling, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a successful call produces.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(HelperReply),
+    /// Reply `{"kind":"socket"}` with this descriptor attached.
+    Socket(OwnedFd),
+}
+
+impl Outcome {
+    fn done() -> Self {
+        Self::Reply(HelperReply::Done)
+    }
+}
+
+/// The nftables script [`HelperCall::NatEnsure`] applies in one
+/// transaction: create-then-delete makes it work whether or not the table
+/// exists, so applying it twice leaves exactly one set of rules.
+pub fn nat_script(subnet: &Subnet, bridge: &str) -> String {
+    format!(
+        "table ip {NFT_TABLE}
+delete table ip {NFT_TABLE}
+table ip {NFT_TABLE} {{
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr {subnet} oifname != \"{bridge}\" masquerade
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		iifname \"{bridge}\" accept
+		oifname \"{bridge}\" ct state established,related accept
+	}}
+}}
+"
+    )
+}
+
+/// Removes banger's table whether or not it exists.
+pub fn nat_remove_script() -> String {
+    format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+}
+
+/// Checks calls and carries them out on a [`Host`].
+#[derive(Debug)]
+pub struct Dispatcher<H> {
+    settings: Settings,
+    host: H,
+}
+
+impl<H: Host> Dispatcher<H> {
+    pub fn new(settings: Settings, host: H) -> Self {
+        Self { settings, host }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Validates `call` and performs it for `caller` (whose uid the server
+    /// has already checked against the allowed uids).
+    pub fn call(&self, caller: Caller, call: &HelperCall) -> Result<Outcome, Error> {
+        let s = &self.settings;
+        match call {
+            HelperCall::Ping => Ok(Outcome::Reply(HelperReply::Pong(s.info()))),
+            HelperCall::BridgeEnsure { name } => {
+                validate::bridge_arg(name, s)?;
+                self.bridge_ensure()?;
+                Ok(Outcome::done())
+            }
+            HelperCall::BridgeDelete { name } => {
+                validate::bridge_arg(name, s)?;
+                self.bridge_delete()?;
+                Ok(Outcome::done())
+            }
+            HelperCall::TapCreate {
+                name,
+                owner_uid,
+                bridge,
+            } => {
+                validate::tap_name(name)?;
+                validate::owner_uid(*owner_uid, s)?;
+                validate::bridge_arg(bridge, s)?;
+                self.tap_create(name, *owner_uid)?;
+                Ok(Outcome::done())
+            }
+            HelperCall::TapDelete { name } => {
+                validate::tap_name(name)?;
+                self.tap_delete(name)?;
+                Ok(Outcome::done())
+            }
+            HelperCall::TapList => Ok(Outcome::Reply(HelperReply::Taps {
+                taps: self.tap_list()?,
+            })),
+            HelperCall::NatEnsure { subnet } => {
+                validate::subnet_arg(subnet, &s.subnet)?;
+                self.nat_ensure()?;
+                Ok(Outcome::done())
+            }
+            HelperCall::NatRemove { subnet } => {
+                validate::subnet_arg(subnet, &s.subnet)?;
+                self.nat_remove()?;
+                Ok(Outcome::done())
+            }
+            HelperCall::LoopAttach { path, read_only } => {
+                let device = self.loop_attach(caller, path, *read_only)?;
+                Ok(Outcome::Reply(HelperReply::Device { path: device }))
+            }
+            HelperCall::LoopDetach { device } => {
+                let name = validate::loop_device(device)?;
+                self.check_banger_loop(caller, &name)?;
+                self.host.loop_detach(device)?;
+                Ok(Outcome::done())
+            }
+            HelperCall::DmSnapshotCreate { name, origin, cow } => {
+                let device = self.dm_snapshot_create(caller, name, origin, cow)?;
+                Ok(Outcome::Reply(HelperReply::Device { path: device }))
+            }
+            HelperCall::DmRemove { name } => {
+                validate::dm_name(name)?;
+                self.require_dm()?;
+                if !self.host.dm_exists(name)? {
+                    return Err(Error::NotFound(format!("no device-mapper device {name}")));
+                }
+                self.host.dm_remove(name)?;
+                Ok(Outcome::done())
+            }
+            HelperCall::SignalVmm { pid, signal } => {
+                let signal = validate::signal(signal)?;
+                let pid = validate::pid(*pid)?;
+                let allowed = &s.allowed_uids;
+                self.host.signal_process(pid, signal, &|info| {
+                    validate::vmm_process(pid, info, allowed)
+                })?;
+                Ok(Outcome::done())
+            }
+            HelperCall::ChownSocket { path } => {
+                self.chown_socket(caller, path)?;
+                Ok(Outcome::done())
+            }
+            HelperCall::DnsSocket => {
+                let addr = SocketAddrV4::new(s.subnet.gateway(), 53);
+                Ok(Outcome::Socket(self.host.bind_udp(addr)?))
+            }
+        }
+    }
+
+    fn bridge_ensure(&self) -> Result<(), Error> {
+        let bridge = &self.settings.bridge;
+        match self.host.link(bridge)? {
+            None => self.host.bridge_add(bridge)?,
+            Some(l) if l.kind == LinkKind::Bridge => {}
+            Some(_) => {
+                return Err(Error::OperationFailed(format!(
+                    "{bridge} exists and is not a bridge"
+                )));
+            }
+        }
+        self.host
+            .addr_replace(bridge, &self.settings.subnet.gateway_cidr())?;
+        self.host.link_up(bridge)
+    }
+
+    fn bridge_delete(&self) -> Result<(), Error> {
+        let bridge = &self.settings.bridge;
+        match self.host.link(bridge)? {
+            None => Ok(()),
+            Some(l) if l.kind == LinkKind::Bridge => self.host.link_delete(bridge),
+            Some(_) => Err(Error::OperationFailed(format!(
+                "{bridge} exists and is not a bridge"
+            ))),
+        }
+    }
+
+    fn tap_create(&self, name: &str, owner_uid: u32) -> Result<(), Error> {
+        let bridge = &self.settings.bridge;
+        match self.host.link(bridge)? {
+            Some(l) if l.kind == LinkKind::Bridge => {}
+            _ => {
+                return Err(Error::NotFound(format!(
+                    "bridge {bridge} does not exist (call bridge_ensure first)"
+                )));
+            }
+        }
+        match self.host.link(name)? {
+            None => {
+                self.host.tap_add(name, owner_uid)?;
+                if let Err(e) = self.host.link_attach_up(name, bridge) {
+                    // Leave nothing half made; the attach error is the one
+                    // worth reporting.
+                    let _ = self.host.link_delete(name);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Some(l) if l.kind == LinkKind::Tap && l.owner_uid == Some(owner_uid) => {
+                self.host.link_attach_up(name, bridge)
+            }
+            Some(_) => Err(Error::OperationFailed(format!(
+                "{name} already exists and is not a tap owned by uid {owner_uid}"
+            ))),
+        }
+    }
+
+    fn tap_delete(&self, name: &str) -> Result<(), Error> {
+        match self.host.link(name)? {
+            None => Ok(()),
+            Some(l) if l.kind == LinkKind::Tap => self.host.link_delete(name),
+            Some(_) => Err(Error::OperationFailed(format!(
+                "{name} exists and is not a tap"
+            ))),
+        }
+    }
+
+    fn tap_list(&self) -> Result<Vec<TapInfo>, Error> {
+        Ok(self
+            .host
+            .links()?
+            .into_iter()
+            .filter(|l| l.kind == LinkKind::Tap && validate::is_tap_name(&l.name))
+            .map(|l| TapInfo {
+                name: l.name,
+                master: l.master,
+                owner_uid: l.owner_uid,
+            })
+            .collect())
+    }
+
+    fn nat_ensure(&self) -> Result<(), Error> {
+        let s = &self.settings;
+        self.host.nft_apply(&nat_script(&s.subnet, &s.bridge))?;
+        let was_on = self.host.ip_forward_enable()?;
+        if !was_on {
+            tracing::info!(
+                sysctl = "net.ipv4.ip_forward",
+                "enabled ipv4 forwarding for banger's nat"
+            );
+        }
+        if self.host.iptables_forward_drops()? {
+            self.host.iptables_accept_bridge(&s.bridge)?;
+            tracing::info!(
+                bridge = %s.bridge,
+                chain = crate::host::system::IPTABLES_CHAIN,
+                "iptables forward policy is drop: accepted the bridge's traffic in banger's chain"
+            );
+        }
+        Ok(())
+    }
+
+    fn nat_remove(&self) -> Result<(), Error> {
+        self.host.nft_apply(&nat_remove_script())?;
+        self.host.iptables_remove()
+    }
+
+    fn loop_attach(&self, caller: Caller, path: &Path, read_only: bool) -> Result<String, Error> {
+        validate::path_arg(path, &self.settings.data_dirs, "data dir")?;
+        let opened = safepath::open_nofollow(path)?;
+        let shown = quote(&path.to_string_lossy());
+        if opened.file_type() != FileType::RegularFile {
+            return Err(Error::InvalidPath(format!("{shown} is not a regular file")));
+        }
+        if opened.owner() != caller.uid {
+            return Err(Error::NotAllowed(format!(
+                "{shown} belongs to uid {}, not the caller",
+                opened.owner()
+            )));
+        }
+        let mode = if read_only {
+            OFlags::RDONLY
+        } else {
+            OFlags::RDWR
+        };
+        let file = safepath::reopen(&opened, mode)?;
+        self.host.loop_attach(file.as_fd(), read_only)
+    }
+
+    /// `loopN` must be attached to a file under a data dir that, if it
+    /// still exists, belongs to the caller.
+    fn check_banger_loop(&self, caller: Caller, loop_name: &str) -> Result<(), Error> {
+        let backing = self
+            .host
+            .loop_backing_file(loop_name)?
+            .ok_or_else(|| Error::NotFound(format!("/dev/{loop_name} is not attached")))?;
+        let text = backing.to_string_lossy();
+        let path = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text));
+        if !validate::is_under(&path, &self.settings.data_dirs) {
+            return Err(Error::NotAllowed(format!(
+                "/dev/{loop_name} is not backed by a file under a data dir"
+            )));
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != caller.uid {
+                return Err(Error::NotAllowed(format!(
+                    "/dev/{loop_name} is backed by a file of uid {}, not the caller",
+                    meta.uid()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn require_dm(&self) -> Result<(), Error> {
+        if self.host.dm_available() {
+            Ok(())
+        } else {
+            Err(Error::OperationFailed(
+                "device-mapper is not available on this host (no /dev/mapper/control: dm_mod not loaded or not built)"
+                    .to_owned(),
+            ))
+        }
+    }
+
+    fn dm_snapshot_create(
+        &self,
+        caller: Caller,
+        name: &str,
+        origin: &str,
+        cow: &str,
+    ) -> Result<String, Error> {
+        validate::dm_name(name)?;
+        let origin_name = validate::loop_device(origin)?;
+        let cow_name = validate::loop_device(cow)?;
+        if origin_name == cow_name {
+            return Err(Error::InvalidArgument(
+                "origin and cow must be different loop devices".to_owned(),
+            ));
+        }
+        self.require_dm()?;
+        self.check_banger_loop(caller, &origin_name)?;
+        self.check_banger_loop(caller, &cow_name)?;
+        if self.host.dm_exists(name)? {
+            return Err(Error::OperationFailed(format!(
+                "device-mapper device {name} already exists"
+            )));
+        }
+        let sectors = self.host.block_sectors(&origin_name)?;
+        let table = format!("0 {sectors} snapshot {origin} {cow} P 8");
+        self.host.dm_create(name, &table)?;
+        Ok(format!("/dev/mapper/{name}"))
+    }
+
+    fn chown_socket(&self, caller: Caller, path: &Path) -> Result<(), Error> {
+        validate::path_arg(path, &self.settings.runtime_dirs, "runtime dir")?;
+        let opened = safepath::open_nofollow(path)?;
+        let shown = quote(&path.to_string_lossy());
+        if opened.file_type() != FileType::Socket {
+            return Err(Error::InvalidPath(format!("{shown} is not a socket")));
+        }
+        let owner = opened.owner();
+        if owner != 0 && owner != caller.uid && !self.settings.allows_uid(owner) {
+            return Err(Error::NotAllowed(format!(
+                "{shown} belongs to uid {owner}, not root, the caller or an allowed uid"
+            )));
+        }
+        self.host
+            .chown_fd(opened.fd.as_fd(), caller.uid, caller.gid)
+    }
+}
+
+/// Removes everything banger's helper makes on the network: every
+/// `bgtapN` TAP, the bridge, the nftables table and the iptables chain.
+/// Keeps going after a failure; returns what it removed, or every failure.
+pub fn teardown<H: Host>(settings: &Settings, host: &H) -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    match host.links() {
+        Ok(links) => {
+            for link in links {
+                let ours_tap = link.kind == LinkKind::Tap && validate::is_tap_name(&link.name);
+                let ours_bridge = link.kind == LinkKind::Bridge && link.name == settings.bridge;
+                if ours_tap || ours_bridge {
+                    match host.link_delete(&link.name) {
+                        Ok(()) => removed.push(link.name),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    match host.nft_apply(&nat_remove_script()) {
+        Ok(()) => removed.push(format!("nft table ip {NFT_TABLE}")),
+        Err(e) => failures.push(e.to_string()),
+    }
+    if let Err(e) = host.iptables_remove() {
+        failures.push(e.to_string());
+    }
+    if failures.is_empty() {
+        Ok(removed)
+    } else {
+        Err(Error::OperationFailed(failures.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::os::unix::net::UnixListener;
+
+    use banger_proto::helper::{HelperConfig, HelperErrorCode};
+
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::host::{Link, ProcInfo};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        d: Dispatcher<FakeHost>,
+        me: Caller,
+    }
+
+    fn my_ids() -> Caller {
+        Caller {
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for d in ["data", "run", "data-evil", "outside"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+        }
+        let me = my_ids();
+        let mut c = HelperConfig::for_uids(vec![me.uid, 4242]);
+        c.bridge = "bgunit0".into();
+        c.subnet = "10.231.9.0/24".into();
+        c.data_dirs = vec![root.join("data")];
+        c.runtime_dirs = vec![root.join("run")];
+        let d = Dispatcher::new(Settings::from_config(c).unwrap(), FakeHost::new());
+        Fixture {
+            _dir: dir,
+            root,
+            d,
+            me,
+        }
+    }
+
+    fn code(r: Result<Outcome, Error>) -> HelperErrorCode {
+        match r {
+            Ok(o) => panic!("expected an error, got {o:?}"),
+            Err(e) => e.code(),
+        }
+    }
+
+    fn reply(r: Result<Outcome, Error>) -> HelperReply {
+        match r.unwrap() {
+            Outcome::Reply(r) => r,
+            Outcome::Socket(_) => panic!("socket"),
+        }
+    }
+
+    #[test]
+    fn ping_reports_the_enforced_network() {
+        let f = fixture();
+        match reply(f.d.call(f.me, &HelperCall::Ping)) {
+            HelperReply::Pong(info) => {
+                assert_eq!(info.bridge, "bgunit0");
+                assert_eq!(info.subnet, "10.231.9.0/24");
+                assert_eq!(info.gateway, "10.231.9.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.d.host().actions().is_empty());
+    }
+
+    #[test]
+    fn bridge_ensure_creates_once_and_fixes_address_and_state() {
+        let f = fixture();
+        let call = HelperCall::BridgeEnsure {
+            name: "bgunit0".into(),
+        };
+        assert_eq!(reply(f.d.call(f.me, &call)), HelperReply::Done);
+        assert_eq!(reply(f.d.call(f.me, &call)), HelperReply::Done);
+        assert_eq!(
+            f.d.host().actions(),
+            [
+                "bridge_add bgunit0",
+                "addr_replace bgunit0 10.231.9.1/24",
+                "link_up bgunit0",
+                "addr_replace bgunit0 10.231.9.1/24",
+                "link_up bgunit0",
+            ]
+        );
+        for bad in ["banger0", "eth0", "bgunit0\n", ""] {
+            let r =
+                f.d.call(f.me, &HelperCall::BridgeEnsure { name: bad.into() });
+            assert_eq!(code(r), HelperErrorCode::InvalidName, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bridge_name_taken_by_another_kind_is_refused() {
+        let f = fixture();
+        f.d.host().with(|s| {
+            s.links.insert(
+                "bgunit0".into(),
+                Link {
+                    name: "bgunit0".into(),
+                    kind: LinkKind::Other,
+                    master: None,
+                    owner_uid: None,
+                },
+            )
+        });
+        let r = f.d.call(
+            f.me,
+            &HelperCall::BridgeEnsure {
+                name: "bgunit0".into(),
+            },
+        );
+        assert_eq!(code(r), HelperErrorCode::OperationFailed);
+        let r = f.d.call(
+            f.me,
+            &HelperCall::BridgeDelete {
+                name: "bgunit0".into(),
+            },
+        );
+        assert_eq!(code(r), HelperErrorCode::OperationFailed);
+        assert!(f.d.host().actions().is_empty());
+    }
+
+    #[test]
+    fn taps_need_the_bridge_a_valid_name_and_an_allowed_owner() {
+        let f = fixture();
+        let tap = |name: &str, uid: u32, bridge: &str| HelperCall::TapCreate {
+            name: name.into(),
+            owner_uid: uid,
+            bridge: bridge.into(),
+        };
+        assert_eq!(
+            code(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0"))),
+            HelperErrorCode::NotFound
+        );
+        f.d.call(
+            f.me,
+            &HelperCall::BridgeEnsure {
+                name: "bgunit0".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            code(f.d.call(f.me, &tap("eth0", 4242, "bgunit0"))),
+            HelperErrorCode::InvalidName
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &tap("bgtap1", 77, "bgunit0"))),
+            HelperErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &tap("bgtap1", 4242, "docker0"))),
+            HelperErrorCode::InvalidName
+        );
+        reply(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0")));
+        reply(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0")));
+        assert_eq!(
+            code(f.d.call(f.me, &tap("bgtap1", f.me.uid, "bgunit0"))),
+            HelperErrorCode::OperationFailed,
+            "same name, other owner"
+        );
+        reply(f.d.call(f.me, &tap("bgtap2", f.me.uid, "bgunit0")));
+        match reply(f.d.call(f.me, &HelperCall::TapList)) {
+            HelperReply::Taps { taps } => {
+                assert_eq!(taps.len(), 2);
+                assert_eq!(taps[0].name, "bgtap1");
+                assert_eq!(taps[0].master.as_deref(), Some("bgunit0"));
+                assert_eq!(taps[0].owner_uid, Some(4242));
+            }
+            other => panic!("{other:?}"),
+        }
+        reply(f.d.call(
+            f.me,
+            &HelperCall::TapDelete {
+                name: "bgtap1".into(),
+            },
+        ));
+        reply(f.d.call(
+            f.me,
+            &HelperCall::TapDelete {
+                name: "bgtap1".into(),
+            },
+        ));
+        let adds =
+            f.d.host()
+                .actions()
+                .iter()
+                .filter(|a| a.starts_with("tap_add"))
+                .count();
+        assert_eq!(adds, 2);
+    }
+
+    #[test]
+    fn a_failed_attach_removes_the_new_tap() {
+        let f = fixture();
+        f.d.call(
+            f.me,
+            &HelperCall::BridgeEnsure {
+                name: "bgunit0".into(),
+            },
+        )
+        .unwrap();
+        f.d.host().with(|s| s.fail_tap_attach = true);
+        let r = f.d.call(
+            f.me,
+            &HelperCall::TapCreate {
+                name: "bgtap5".into(),
+                owner_uid: 4242,
+                bridge: "bgunit0".into(),
+            },
+        );
+        assert_eq!(code(r), HelperErrorCode::OperationFailed);
+        assert!(f.d.host().with(|s| !s.links.contains_key("bgtap5")));
+    }
+
+    #[test]
+    fn nat_is_one_table_and_turns_forwarding_on() {
+        let f = fixture();
+        let call = HelperCall::NatEnsure {
+            subnet: "10.231.9.0/24".into(),
+        };
+        reply(f.d.call(f.me, &call));
+        reply(f.d.call(f.me, &call));
+        let script = f.d.host().with(|s| s.nft.clone()).unwrap();
+        assert!(script.starts_with("table ip banger\ndelete table ip banger\n"));
+        assert_eq!(script.matches("masquerade").count(), 1);
+        assert!(script.contains("ip saddr 10.231.9.0/24 oifname != \"bgunit0\" masquerade"));
+        assert!(f.d.host().with(|s| s.ip_forward));
+        assert!(f.d.host().with(|s| s.iptables_chain.is_none()));
+
+        f.d.host().with(|s| s.iptables_drop = true);
+        reply(f.d.call(f.me, &call));
+        assert_eq!(
+            f.d.host().with(|s| s.iptables_chain.clone()).as_deref(),
+            Some("bgunit0")
+        );
+        for bad in [
+            "10.231.8.0/24",
+            "0.0.0.0/0",
+            "10.231.9.1/24",
+            "x",
+            "fd00::/64",
+        ] {
+            let r =
+                f.d.call(f.me, &HelperCall::NatEnsure { subnet: bad.into() });
+            assert_eq!(code(r), HelperErrorCode::InvalidArgument, "{bad}");
+        }
+        reply(f.d.call(
+            f.me,
+            &HelperCall::NatRemove {
+                subnet: "10.231.9.0/24".into(),
+            },
+        ));
+        assert!(
+            f.d.host()
+                .with(|s| s.nft.is_none() && s.iptables_chain.is_none())
+        );
+    }
+
+    #[test]
+    fn loop_attach_checks_path_type_and_owner() {
+        let f = fixture();
+        let data = f.root.join("data");
+        std::fs::create_dir(data.join("vm")).unwrap();
+        std::fs::write(data.join("vm/root.img"), b"disk").unwrap();
+        std::fs::write(f.root.join("outside/secret"), b"s").unwrap();
+        std::fs::write(f.root.join("data-evil/x.img"), b"s").unwrap();
+        symlink(f.root.join("outside/secret"), data.join("vm/link.img")).unwrap();
+        symlink(f.root.join("outside"), data.join("linkdir")).unwrap();
+        let attach = |p: PathBuf| HelperCall::LoopAttach {
+            path: p,
+            read_only: true,
+        };
+        match reply(f.d.call(f.me, &attach(data.join("vm/root.img")))) {
+            HelperReply::Device { path } => assert_eq!(path, "/dev/loop0"),
+            other => panic!("{other:?}"),
+        }
+        let cases: Vec<(PathBuf, HelperErrorCode)> = vec![
+            (data.join("vm/link.img"), HelperErrorCode::InvalidPath),
+            (data.join("linkdir/secret"), HelperErrorCode::InvalidPath),
+            (data.join("vm"), HelperErrorCode::InvalidPath),
+            (
+                data.join("vm/../../outside/secret"),
+                HelperErrorCode::InvalidPath,
+            ),
+            (f.root.join("data-evil/x.img"), HelperErrorCode::InvalidPath),
+            (f.root.join("outside/secret"), HelperErrorCode::InvalidPath),
+            (
+                PathBuf::from("data/vm/root.img"),
+                HelperErrorCode::InvalidPath,
+            ),
+            (data.join("vm/missing.img"), HelperErrorCode::NotFound),
+            (data.clone(), HelperErrorCode::InvalidPath),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                code(f.d.call(f.me, &attach(path.clone()))),
+                want,
+                "{path:?}"
+            );
+        }
+        let stranger = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
+        assert_eq!(
+            code(f.d.call(stranger, &attach(data.join("vm/root.img")))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            f.d.host()
+                .actions()
+                .iter()
+                .filter(|a| a.starts_with("loop_attach"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn loop_detach_and_dm_only_touch_banger_loops() {
+        let f = fixture();
+        let data = f.root.join("data");
+        std::fs::write(data.join("a.img"), b"a").unwrap();
+        std::fs::write(data.join("b.img"), b"b").unwrap();
+        f.d.host().with(|s| {
+            s.loops.insert("loop0".into(), Some(data.join("a.img")));
+            s.loops.insert("loop1".into(), Some(data.join("b.img")));
+            s.loops
+                .insert("loop2".into(), Some(PathBuf::from("/var/lib/other.img")));
+            s.loops.insert("loop3".into(), None);
+        });
+        let detach = |d: &str| HelperCall::LoopDetach { device: d.into() };
+        assert_eq!(
+            code(f.d.call(f.me, &detach("/dev/loop2"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &detach("/dev/loop3"))),
+            HelperErrorCode::NotFound
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &detach("/dev/loop9"))),
+            HelperErrorCode::NotFound
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &detach("/dev/sda"))),
+            HelperErrorCode::InvalidName
+        );
+        let snap = |name: &str, o: &str, c: &str| HelperCall::DmSnapshotCreate {
+            name: name.into(),
+            origin: o.into(),
+            cow: c.into(),
+        };
+        assert_eq!(
+            code(f.d.call(f.me, &snap("banger-x", "/dev/loop0", "/dev/loop1"))),
+            HelperErrorCode::OperationFailed,
+            "no device-mapper"
+        );
+        f.d.host().with(|s| s.dm_available = true);
+        match reply(f.d.call(f.me, &snap("banger-x", "/dev/loop0", "/dev/loop1"))) {
+            HelperReply::Device { path } => assert_eq!(path, "/dev/mapper/banger-x"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            f.d.host().with(|s| s.dm.get("banger-x").cloned()).unwrap(),
+            "0 2048 snapshot /dev/loop0 /dev/loop1 P 8"
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &snap("banger-y", "/dev/loop0", "/dev/loop2"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &snap("banger-y", "/dev/loop0", "/dev/loop0"))),
+            HelperErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &snap("root", "/dev/loop0", "/dev/loop1"))),
+            HelperErrorCode::InvalidName
+        );
+        reply(f.d.call(
+            f.me,
+            &HelperCall::DmRemove {
+                name: "banger-x".into(),
+            },
+        ));
+        assert_eq!(
+            code(f.d.call(
+                f.me,
+                &HelperCall::DmRemove {
+                    name: "banger-x".into()
+                }
+            )),
+            HelperErrorCode::NotFound
+        );
+        reply(f.d.call(f.me, &detach("/dev/loop0")));
+        assert!(
+            f.d.host()
+                .actions()
+                .contains(&"loop_detach /dev/loop0".to_owned())
+        );
+    }
+
+    #[test]
+    fn signals_only_reach_banger_vmms() {
+        let f = fixture();
+        let qemu = ProcInfo {
+            exe: Some(PathBuf::from("/usr/bin/qemu-system-x86_64")),
+            argv: vec![
+                "qemu-system-x86_64".into(),
+                "-name".into(),
+                "guest=banger-a,process=banger-a".into(),
+            ],
+            ruid: 4242,
+        };
+        f.d.host().with(|s| {
+            s.procs.insert(100, qemu.clone());
+            s.procs.insert(
+                101,
+                ProcInfo {
+                    ruid: 77,
+                    ..qemu.clone()
+                },
+            );
+            s.procs.insert(
+                102,
+                ProcInfo {
+                    exe: Some(PathBuf::from("/usr/bin/sshd")),
+                    ..qemu.clone()
+                },
+            );
+        });
+        let sig = |pid: u32, s: &str| HelperCall::SignalVmm {
+            pid,
+            signal: s.into(),
+        };
+        reply(f.d.call(f.me, &sig(100, "TERM")));
+        assert_eq!(
+            code(f.d.call(f.me, &sig(101, "TERM"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &sig(102, "KILL"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &sig(103, "KILL"))),
+            HelperErrorCode::NotFound
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &sig(1, "KILL"))),
+            HelperErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &sig(0, "KILL"))),
+            HelperErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &sig(100, "STOP"))),
+            HelperErrorCode::InvalidArgument
+        );
+        assert_eq!(f.d.host().actions(), ["signal 100 TERM"]);
+    }
+
+    #[test]
+    fn chown_socket_only_under_runtime_dirs() {
+        let f = fixture();
+        let run = f.root.join("run");
+        let _l = UnixListener::bind(run.join("vm.sock")).unwrap();
+        let _o = UnixListener::bind(f.root.join("outside/vm.sock")).unwrap();
+        std::fs::write(run.join("plain"), b"x").unwrap();
+        symlink(run.join("vm.sock"), run.join("link.sock")).unwrap();
+        let chown = |p: PathBuf| HelperCall::ChownSocket { path: p };
+        reply(f.d.call(f.me, &chown(run.join("vm.sock"))));
+        for (p, want) in [
+            (run.join("plain"), HelperErrorCode::InvalidPath),
+            (run.join("link.sock"), HelperErrorCode::InvalidPath),
+            (f.root.join("outside/vm.sock"), HelperErrorCode::InvalidPath),
+            (run.join("nope.sock"), HelperErrorCode::NotFound),
+        ] {
+            assert_eq!(code(f.d.call(f.me, &chown(p.clone()))), want, "{p:?}");
+        }
+        assert_eq!(f.d.host().actions().len(), 1);
+        assert!(f.d.host().actions()[0].ends_with(&format!("{}:{}", f.me.uid, f.me.gid)));
+    }
+
+    #[test]
+    fn dns_socket_binds_the_gateway() {
+        let f = fixture();
+        match f.d.call(f.me, &HelperCall::DnsSocket).unwrap() {
+            Outcome::Socket(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.d.host().actions(), ["bind_udp 10.231.9.1:53"]);
+    }
+
+    #[test]
+    fn teardown_removes_taps_bridge_and_table_only() {
+        let f = fixture();
+        let host = f.d.host();
+        for (name, kind) in [
+            ("bgtap1", LinkKind::Tap),
+            ("bgtap2", LinkKind::Tap),
+            ("bgunit0", LinkKind::Bridge),
+            ("eth0", LinkKind::Other),
+            ("docker0", LinkKind::Bridge),
+            ("tap0", LinkKind::Tap),
+        ] {
+            host.with(|s| {
+                s.links.insert(
+                    name.into(),
+                    Link {
+                        name: name.into(),
+                        kind,
+                        master: None,
+                        owner_uid: None,
+                    },
+                )
+            });
+        }
+        let removed = teardown(f.d.settings(), host).unwrap();
+        assert_eq!(
+            removed,
+            ["bgtap1", "bgtap2", "bgunit0", "nft table ip banger"]
+        );
+        let left: Vec<String> = host.with(|s| s.links.keys().cloned().collect());
+        assert_eq!(left, ["docker0", "eth0", "tap0"]);
+    }
+}
