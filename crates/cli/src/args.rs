@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use banger_proto::helper::DEFAULT_HELPER_CONFIG;
+
 use crate::exit::EXIT_CODES_HELP;
 
 /// banger: disposable Linux microVMs for developers and coding agents.
@@ -41,6 +43,9 @@ pub enum Command {
     SshConfig,
     /// Send one raw RPC request and print its result (for debugging).
     Rpc(RpcArgs),
+    /// Install, remove or inspect banger-helper, the root helper.
+    #[command(subcommand)]
+    System(SystemCommand),
 }
 
 #[derive(Debug, Args)]
@@ -254,4 +259,90 @@ pub struct RpcArgs {
     /// Use this op id instead of letting the daemon mint one.
     #[arg(long, value_name = "op-ID")]
     pub op_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Install banger-helper (as root): copy the binaries to PREFIX/bin,
+    /// write the helper's config and start it (systemd units when systemd
+    /// runs, else a background process). Running it again replaces the
+    /// running helper.
+    Install(SystemInstallArgs),
+    /// Stop banger-helper, remove banger's TAPs, bridge and NAT table, the
+    /// units, the config and the installed binaries (as root).
+    Uninstall(SystemUninstallArgs),
+    /// Is banger-helper installed, running, and willing to serve you?
+    #[command(after_help = SYSTEM_STATUS_EXIT_HELP)]
+    Status(SystemStatusArgs),
+}
+
+/// Exit codes of `banger system status`.
+pub const SYSTEM_STATUS_EXIT_HELP: &str = "\
+Exit codes:
+  0    the helper answers and serves this user
+  3    installed, but the helper does not answer
+  4    not installed (no config) and nothing answers on the socket
+  6    the helper answers but refuses this user (uid not allowed)";
+
+#[derive(Debug, Args)]
+pub struct SystemInstallArgs {
+    /// The user the helper serves, by name or uid
+    /// (default: the sudo caller, else the invoking user).
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+    /// Install the binaries into DIR/bin.
+    #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+    pub prefix: PathBuf,
+    /// Where to write the helper's config.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HELPER_CONFIG)]
+    pub config: PathBuf,
+    /// The helper's socket (default: the existing config's, else
+    /// /run/banger-helper/helper.sock).
+    #[arg(long, value_name = "PATH", env = "BANGER_HELPER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The bridge the helper manages (default: the existing config's, else banger0).
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// The VMs' subnet (default: the existing config's, else 10.77.0.0/24).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Print a JSON summary (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemUninstallArgs {
+    /// Remove the binaries from DIR/bin.
+    #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+    pub prefix: PathBuf,
+    /// The helper's config.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HELPER_CONFIG)]
+    pub config: PathBuf,
+    /// The helper's socket when the config is gone (default: the config's).
+    #[arg(long, value_name = "PATH", env = "BANGER_HELPER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Leave banger, bangerd and banger-helper in PREFIX/bin.
+    #[arg(long)]
+    pub keep_binaries: bool,
+    /// Print a JSON summary (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemStatusArgs {
+    /// Where the binaries were installed (DIR/bin).
+    #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+    pub prefix: PathBuf,
+    /// The helper's config.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HELPER_CONFIG)]
+    pub config: PathBuf,
+    /// The helper's socket (default: the config's, else
+    /// /run/banger-helper/helper.sock).
+    #[arg(long, value_name = "PATH", env = "BANGER_HELPER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

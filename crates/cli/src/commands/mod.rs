@@ -5,6 +5,7 @@ mod daemon;
 mod follow;
 mod format;
 mod rpc;
+mod system;
 mod tail;
 mod vm;
 
@@ -15,6 +16,10 @@ use crate::daemon_ctl::{DaemonTarget, find_bangerd};
 use crate::{BuildInfo, Cli, CliError};
 
 pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
+    // Before the layout: `system` runs as root, whose HOME may be unset.
+    if let Command::System(c) = &cli.command {
+        return system::run(c);
+    }
     let layout = Layout::from_env()?;
     // Resolved lazily: `daemon logs` and `daemon stop` never start bangerd.
     let target = || -> Result<DaemonTarget, CliError> {
@@ -36,6 +41,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
         Command::SshConfig => artifacts::ssh_config(&target()?),
+        Command::System(c) => system::run(c),
     }
 }
 
