@@ -41,6 +41,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print a block for ~/.ssh/config so `ssh NAME.vm` reaches VMs.
     SshConfig,
+    /// Show bridged networking: banger-helper, bridge, TAP pool, leases.
+    Network(JsonFlag),
     /// Send one raw RPC request and print its result (for debugging).
     Rpc(RpcArgs),
     /// Install, remove or inspect banger-helper, the root helper.
@@ -78,6 +80,11 @@ pub struct VmSpecArgs {
     /// Publish a guest port on the host's loopback: HOST:GUEST[/udp].
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
     pub publish: Vec<String>,
+    /// bridged (own address on banger's bridge, NAME.vm in DNS; needs
+    /// banger-helper) or user (rootless, ports forwarded to loopback).
+    /// Default: bridged when banger-helper answers, else user.
+    #[arg(long, value_parser = ["bridged", "user"])]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,6 +27,10 @@ pub struct DaemonConfig {
     /// How long `vm stop` waits for the guest to power off before SIGKILL.
     pub stop_timeout: Duration,
     pub defaults: VmDefaults,
+    /// Where banger-helper listens (`BANGER_HELPER_SOCKET`).
+    pub helper_socket: std::path::PathBuf,
+    /// Idle TAP devices kept ready for bridged VMs (`BANGER_TAP_POOL`).
+    pub tap_pool: usize,
 }
 
 /// How the accelerator is chosen.
@@ -86,6 +90,8 @@ impl DaemonConfig {
             boot_timeout: Duration::from_secs(180),
             stop_timeout: Duration::from_secs(30),
             defaults: VmDefaults::default(),
+            helper_socket: std::path::PathBuf::from(banger_proto::helper::DEFAULT_HELPER_SOCKET),
+            tap_pool: crate::network::DEFAULT_TAP_POOL,
         }
     }
 }

@@ -187,22 +187,42 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
             "warn"
         },
         if Path::new("/dev/mapper/control").exists() {
-            "present (used with the root helper, issue 4)"
+            "present (snapshots through banger-helper)"
         } else {
             "absent: qcow2 overlays or reflinks instead"
         },
         None,
     ));
-    checks.push(check(
-        "helper",
-        "warn",
-        "banger-helper is not installed: rootless mode (user-mode networking)",
-        None,
-    ));
+    checks.push(helper_check(state).await);
     Ok(DoctorReport {
         checks,
         backend: state.vmm.kind().to_string(),
         accel: accel_name,
         accel_reason,
     })
+}
+
+/// Whether banger-helper answers, and the bridge it enforces.
+async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
+    let socket = state.network.helper().socket().display().to_string();
+    match state.network.helper().ping().await {
+        Ok(info) => check(
+            "helper",
+            "ok",
+            format!(
+                "banger-helper {} (pid {}) answers at {socket}: bridged networking on {} ({}, gateway {})",
+                info.version, info.pid, info.bridge, info.subnet, info.gateway
+            ),
+            None,
+        ),
+        Err(e) => check(
+            "helper",
+            "warn",
+            format!(
+                "banger-helper does not answer at {socket} ({}): rootless mode, user-mode networking only",
+                crate::dispatch::error_chain(&e)
+            ),
+            Some("sudo banger system install"),
+        ),
+    }
 }

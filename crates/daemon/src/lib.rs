@@ -16,8 +16,10 @@ pub mod dns;
 mod doctor;
 mod error;
 mod handlers;
+pub mod helper_client;
 mod instance;
 pub mod logging;
+mod network;
 mod ops;
 pub mod server;
 mod ssh;
@@ -28,6 +30,7 @@ mod vms;
 pub use config::DaemonConfig;
 pub use error::DaemonError;
 pub use instance::Instance;
+pub use network::DEFAULT_TAP_POOL;
 pub use state::DaemonState;
 
 use std::sync::Arc;
@@ -62,6 +65,23 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         // Adopt VMs that survived a daemon restart, clean up after dead ones.
         if let Err(e) = vms::reconcile(&state).await {
             tracing::error!(error = %e, "reconcile failed; continuing");
+        }
+        // Bridged networking when the helper answers: bridge, NAT, DNS and
+        // the TAPs left by the previous daemon (held, idle or surplus).
+        if state.network.helper_answers().await {
+            let ready = dispatch::with_op_id(
+                dispatch::mint_op_id().as_str().to_owned(),
+                state.network.ready(&state),
+            )
+            .await;
+            if let Err(e) = ready {
+                tracing::warn!(error = %e.message, "bridged networking unavailable");
+            }
+        } else {
+            tracing::info!(
+                socket = %state.network.helper().socket().display(),
+                "banger-helper does not answer; bridged networking off (user mode only)"
+            );
         }
         tracing::info!(
             pid = std::process::id(),

@@ -226,9 +226,10 @@ impl OpRegistry {
         self.lock().insert(op_id.to_owned(), Arc::clone(&op));
         let fut = work(Arc::clone(&op));
         let for_task = Arc::clone(&op);
+        let op_id = op_id.to_owned();
         tokio::spawn(
             async move {
-                let outcome = fut.await;
+                let outcome = crate::dispatch::with_op_id(op_id, fut).await;
                 match &outcome {
                     Ok(_) => tracing::info!(kind, "operation succeeded"),
                     Err(e) if e.code == ErrorCode::Cancelled => {

@@ -96,9 +96,9 @@ impl SshPaths {
             })
     }
 
-    pub fn info(&self, vm_name: &str, port: u16) -> SshInfo {
+    pub fn info(&self, vm_name: &str, host: &str, port: u16) -> SshInfo {
         SshInfo {
-            host: "127.0.0.1".into(),
+            host: host.to_owned(),
             port,
             user: "root".into(),
             identity_file: self.identity.display().to_string(),
@@ -109,8 +109,8 @@ impl SshPaths {
 
     /// Connects once with `ssh ... true`, pinning the host key on first use
     /// and refusing a changed one.
-    pub fn pin_host_key(&self, vm_name: &str, port: u16) -> Result<(), SshError> {
-        let info = self.info(vm_name, port);
+    pub fn pin_host_key(&self, vm_name: &str, host: &str, port: u16) -> Result<(), SshError> {
+        let info = self.info(vm_name, host, port);
         let out = Command::new("ssh")
             .args(info.client_args())
             .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])

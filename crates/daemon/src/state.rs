@@ -25,6 +25,7 @@ pub struct DaemonState {
     pub artifact_locks: crate::artifacts::ArtifactLocks,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
     pub ssh: crate::ssh::SshPaths,
+    pub network: Arc<crate::network::Network>,
     #[cfg(test)]
     pub probe: crate::handlers::test_methods::Probe,
 }
@@ -38,6 +39,11 @@ impl DaemonState {
     ) -> Self {
         Self {
             ssh: crate::ssh::SshPaths::new(&config.layout),
+            network: Arc::new(crate::network::Network::new(
+                crate::helper_client::HelperClient::new(&config.helper_socket),
+                config.tap_pool,
+                shutdown.clone(),
+            )),
             config,
             started: Instant::now(),
             store: Mutex::new(store),

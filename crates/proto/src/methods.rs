@@ -38,6 +38,8 @@ pub const OP_STATUS: &str = "op.status";
 pub const OP_CANCEL: &str = "op.cancel";
 pub const OP_LIST: &str = "op.list";
 pub const DOCTOR: &str = "doctor";
+/// `network.status`: no params; answers [`NetworkStatus`].
+pub const NETWORK_STATUS: &str = "network.status";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingResult {
@@ -70,4 +72,29 @@ pub struct StoreStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShutdownResult {
     pub pid: u32,
+}
+
+/// Bridged networking as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub helper_socket: String,
+    /// Whether banger-helper answered just now.
+    pub helper: bool,
+    /// Set once the bridge is up (the helper answered at least once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub tap_pool_size: usize,
+    pub idle_taps: Vec<String>,
+    pub taps_in_use: Vec<String>,
+    pub leases: Vec<IpLease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpLease {
+    pub vm: String,
+    pub address: String,
 }

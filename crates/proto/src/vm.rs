@@ -21,6 +21,10 @@ pub struct VmCreateParams {
     /// `HOST:GUEST` or `HOST:GUEST/udp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// `bridged` or `user`; default bridged when banger-helper answers,
+    /// user mode otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// Start the VM once created (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
@@ -80,9 +84,17 @@ pub struct VmView {
     /// Only while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-    /// Loopback port forwarded to the guest's SSH, only while running.
+    /// Loopback port forwarded to the guest's SSH, only while running in
+    /// user mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// The guest's address on banger's bridge (bridged VMs; kept while
+    /// stopped, so `NAME.vm` does not move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The TAP device of a running bridged VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
     pub vm_dir: String,
     pub console_log: String,
     pub created_at_ms: i64,

@@ -81,7 +81,7 @@ fn every_call_round_trips_and_is_pinned() {
 
 #[test]
 fn replies_and_errors_are_pinned() {
-    let replies = vec![
+    let replies = [
         HelperResponse::Result(HelperReply::Pong(HelperInfo {
             version: "0.1.0".into(),
             protocol: 1,

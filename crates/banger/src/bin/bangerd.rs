@@ -26,6 +26,12 @@ struct Args {
     /// Accelerator for guests: auto (probe KVM once), kvm or tcg.
     #[arg(long, env = "BANGER_ACCEL", default_value = "auto")]
     accel: String,
+    /// Where banger-helper listens (bridged networking needs it).
+    #[arg(long, env = "BANGER_HELPER_SOCKET", value_name = "PATH")]
+    helper_socket: Option<std::path::PathBuf>,
+    /// Idle TAP devices kept ready for bridged VMs (0: make one per start).
+    #[arg(long, env = "BANGER_TAP_POOL", default_value_t = banger_daemon::DEFAULT_TAP_POOL)]
+    tap_pool: usize,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +55,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
     config.accel = AccelChoice::parse(&args.accel)
         .with_context(|| format!("--accel must be auto, kvm or tcg, got {:?}", args.accel))?;
+    if let Some(socket) = args.helper_socket {
+        config.helper_socket = socket;
+    }
+    config.tap_pool = args.tap_pool;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

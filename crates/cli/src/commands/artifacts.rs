@@ -1,7 +1,7 @@
 //! `banger image ...`, `banger kernel ...`, `banger ops`, `banger doctor`
 //! and `banger ssh-config`.
 
-use banger_proto::methods;
+use banger_proto::methods::{self, NetworkStatus};
 use banger_proto::vm::{
     DoctorReport, ImageBuildParams, ImageView, KernelPullParams, KernelView, NameParams, OpView,
 };
@@ -232,6 +232,45 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
         })
         .collect();
     table(&["OP", "KIND", "TARGET", "STATE", "STAGE / ERROR"], &rows);
+    Ok(())
+}
+
+pub(crate) fn network(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
+    let mut client = ensure_daemon(target)?.client;
+    let status: NetworkStatus = client.call(methods::NETWORK_STATUS, ())?;
+    if json {
+        return print_json(&status);
+    }
+    let none = || "-".to_owned();
+    println!(
+        "helper     {} ({})",
+        if status.helper {
+            "answers"
+        } else {
+            "does not answer"
+        },
+        status.helper_socket
+    );
+    println!("bridge     {}", status.bridge.clone().unwrap_or_else(none));
+    println!("subnet     {}", status.subnet.clone().unwrap_or_else(none));
+    println!("gateway    {}", status.gateway.clone().unwrap_or_else(none));
+    println!(
+        "tap pool   {} idle of {} ({}); {} in use ({})",
+        status.idle_taps.len(),
+        status.tap_pool_size,
+        status.idle_taps.join(", "),
+        status.taps_in_use.len(),
+        status.taps_in_use.join(", ")
+    );
+    let rows: Vec<Vec<String>> = status
+        .leases
+        .iter()
+        .map(|l| vec![l.vm.clone(), l.address.clone(), format!("{}.vm", l.vm)])
+        .collect();
+    if !rows.is_empty() {
+        println!();
+        table(&["VM", "ADDRESS", "DNS"], &rows);
+    }
     Ok(())
 }
 

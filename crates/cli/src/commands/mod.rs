@@ -41,6 +41,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
         Command::SshConfig => artifacts::ssh_config(&target()?),
+        Command::Network(a) => artifacts::network(&target()?, a.json),
         Command::System(c) => system::run(c),
     }
 }

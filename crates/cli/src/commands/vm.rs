@@ -191,6 +191,12 @@ fn print_vm(v: &VmView) {
     if let Some(pid) = v.pid {
         rows.push(("pid", pid.to_string()));
     }
+    if let Some(ip) = &v.ip {
+        rows.push(("address", format!("{ip} ({}.vm)", v.name)));
+    }
+    if let Some(tap) = &v.tap {
+        rows.push(("tap", tap.clone()));
+    }
     if let Some(port) = v.ssh_port {
         rows.push((
             "ssh",
@@ -223,6 +229,7 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
             .map(|d| parse_size("--disk-size", d))
             .transpose()?,
         publish: spec.publish.clone(),
+        network: spec.network.clone(),
         start: Some(start),
     })
 }

@@ -186,6 +186,10 @@ pub static METHODS: &[Method] = &[
         name: methods::DOCTOR,
         handler: |ctx, p| Box::pin(handlers::doctor(ctx, p)),
     },
+    Method {
+        name: methods::NETWORK_STATUS,
+        handler: |ctx, p| Box::pin(handlers::network_status(ctx, p)),
+    },
 ];
 
 fn lookup(name: &str) -> Option<&'static Method> {
@@ -197,6 +201,25 @@ fn lookup(name: &str) -> Option<&'static Method> {
             .find(|m| m.name == name)
     });
     found
+}
+
+tokio::task_local! {
+    /// The op id of the request (or async operation) a task works for, so
+    /// calls to banger-helper deep in the lifecycle can forward it.
+    static CURRENT_OP: String;
+}
+
+/// Runs `fut` with `op_id` as the current op id.
+pub async fn with_op_id<F: Future>(op_id: String, fut: F) -> F::Output {
+    CURRENT_OP.scope(op_id, fut).await
+}
+
+/// The op id of the request this task serves; a fresh one for background
+/// work that serves none (logged by the caller).
+pub fn current_op_id() -> String {
+    CURRENT_OP
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| mint_op_id().as_str().to_owned())
 }
 
 /// Mints a fresh op id: `op-` and 8 random alphanumerics.
@@ -241,7 +264,7 @@ pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
     };
     let outcome = async {
         tracing::debug!("rpc started");
-        let outcome = (method.handler)(ctx, params).await;
+        let outcome = with_op_id(op_id.as_str().to_owned(), (method.handler)(ctx, params)).await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &outcome {
             Ok(_) => tracing::debug!(duration_ms, "rpc completed"),

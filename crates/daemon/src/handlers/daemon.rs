@@ -1,4 +1,6 @@
-use banger_proto::methods::{self, DaemonStatus, PingResult, ShutdownResult, StoreStatus};
+use banger_proto::methods::{
+    self, DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
+};
 use serde_json::Value;
 
 use super::{no_params, to_value};
@@ -48,5 +50,44 @@ pub(crate) async fn daemon_shutdown(ctx: RequestCtx, p: Value) -> HandlerResult 
     ctx.state.shutdown.cancel();
     to_value(ShutdownResult {
         pid: std::process::id(),
+    })
+}
+
+pub(crate) async fn network_status(ctx: RequestCtx, p: Value) -> HandlerResult {
+    no_params(methods::NETWORK_STATUS, &p)?;
+    let state = &ctx.state;
+    let network = &state.network;
+    let helper = network.helper_answers().await;
+    if helper {
+        // Sets the bridge up if the helper appeared after the daemon started.
+        if let Err(e) = network.ready(state).await {
+            tracing::warn!(error = %e.message, "bridged networking unavailable");
+        }
+    }
+    let bridge = network.bridge();
+    let (idle_taps, taps_in_use) = network.taps();
+    let leases = state
+        .with_store(|s| {
+            let names: std::collections::HashMap<String, String> =
+                s.vms()?.into_iter().map(|v| (v.id, v.name)).collect();
+            Ok(s.leases()?
+                .into_iter()
+                .map(|(vm_id, address)| IpLease {
+                    vm: names.get(&vm_id).cloned().unwrap_or(vm_id),
+                    address,
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    to_value(NetworkStatus {
+        helper_socket: network.helper().socket().display().to_string(),
+        helper,
+        bridge: bridge.as_ref().map(|b| b.name.clone()),
+        subnet: bridge.as_ref().map(|b| b.subnet.to_string()),
+        gateway: bridge.as_ref().map(|b| b.gateway.to_string()),
+        tap_pool_size: network.pool_target(),
+        idle_taps,
+        taps_in_use,
+        leases,
     })
 }

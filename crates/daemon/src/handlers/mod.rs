@@ -9,7 +9,7 @@ pub(crate) mod test_methods;
 pub(crate) mod vm;
 
 pub(crate) use artifacts::*;
-pub(crate) use daemon::{daemon_shutdown, daemon_status, ping};
+pub(crate) use daemon::{daemon_shutdown, daemon_status, network_status, ping};
 
 use serde_json::Value;
 

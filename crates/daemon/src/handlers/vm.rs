@@ -106,5 +106,5 @@ pub(crate) async fn ssh_info(ctx: RequestCtx, p: Value) -> HandlerResult {
             ),
         ));
     };
-    to_value(ctx.state.ssh.info(&vm.name, h.ssh_port))
+    to_value(ctx.state.ssh.info(&vm.name, &h.ssh_host, h.ssh_port))
 }

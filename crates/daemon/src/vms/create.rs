@@ -9,7 +9,7 @@ use banger_store::{VmRecord, VmState};
 use rand::Rng;
 use serde_json::Value;
 
-use super::lifecycle::{delete_locked, stage, start_locked};
+use super::lifecycle::{NETWORK_BRIDGED, NETWORK_USER, delete_locked, stage, start_locked};
 use super::{view, vm_dir, work_disk};
 use crate::dispatch::{RpcError, error_chain};
 use crate::ops::{Operation, now_ms};
@@ -78,6 +78,18 @@ pub async fn begin_create(
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
     }
+    let network = choose_network(state, p.network.as_deref()).await?;
+    if network == NETWORK_BRIDGED {
+        if let Some(udp) = p
+            .publish
+            .iter()
+            .find(|s| validate::publish(s).is_ok_and(|p| p.udp))
+        {
+            return Err(RpcError::bad_params(format!(
+                "publishing {udp} (udp) needs user-mode networking: add --network user"
+            )));
+        }
+    }
     let image_name = p.image.clone().unwrap_or_else(|| defaults.image.clone());
     let kernel_name = p.kernel.clone().unwrap_or_else(|| defaults.kernel.clone());
     // A named image must exist; the default one is built on demand.
@@ -118,6 +130,7 @@ pub async fn begin_create(
         memory_mib,
         disk_size_bytes,
         publish: p.publish.clone(),
+        network,
         start: p.start.unwrap_or(true),
     };
     let state2 = Arc::clone(state);
@@ -140,7 +153,35 @@ struct Plan {
     memory_mib: u32,
     disk_size_bytes: u64,
     publish: Vec<String>,
+    network: &'static str,
     start: bool,
+}
+
+/// `bridged` when asked or, by default, when banger-helper answers;
+/// `user` when asked or when there is no helper (rootless).
+async fn choose_network(
+    state: &Arc<DaemonState>,
+    asked: Option<&str>,
+) -> Result<&'static str, RpcError> {
+    match asked {
+        Some(NETWORK_USER) => Ok(NETWORK_USER),
+        Some(NETWORK_BRIDGED) => {
+            if state.network.helper_answers().await {
+                Ok(NETWORK_BRIDGED)
+            } else {
+                Err(RpcError::internal(format!(
+                    "bridged networking needs banger-helper, which does not answer at {} \
+                     (install it with `sudo banger system install`, or use --network user)",
+                    state.network.helper().socket().display()
+                )))
+            }
+        }
+        Some(other) => Err(RpcError::bad_params(format!(
+            "unknown network {other:?}: use bridged or user"
+        ))),
+        None if state.network.helper_answers().await => Ok(NETWORK_BRIDGED),
+        None => Ok(NETWORK_USER),
+    }
 }
 
 fn new_id() -> String {
@@ -201,7 +242,7 @@ async fn create(
         vcpus: plan.vcpus,
         memory_mib: plan.memory_mib,
         disk_size_bytes: plan.disk_size_bytes,
-        network_mode: "user".into(),
+        network_mode: plan.network.to_owned(),
         backend: Some(state.vmm.kind().to_string()),
         disk_strategy: Some(strategy.as_str().to_owned()),
         published_ports: plan.publish.clone(),

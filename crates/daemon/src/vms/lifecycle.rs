@@ -14,24 +14,30 @@ use banger_vmm::{
 use tokio_util::sync::CancellationToken;
 
 use super::rollback::Rollback;
-use super::{Handles, console_log, find, remove_handles, save_handles, vm_dir, work_disk};
+use super::{
+    BridgedHandles, Handles, console_log, find, remove_handles, save_handles, vm_dir, work_disk,
+};
 use crate::DaemonState;
 use crate::dispatch::{RpcError, error_chain};
 use crate::ops::{Operation, now_ms};
 use crate::{accel, disks, validate};
 
-/// Kernel command line per docs/guest-contract.md (user-mode networking).
+/// Kernel command line per docs/guest-contract.md; `net` carries the
+/// guest's `banger.ip`, `banger.gw` and `banger.dns`.
 ///
 /// `lpj=` presets loops-per-jiffy so the kernel skips delay-loop
 /// calibration: under TCG about one boot in thirty hung there, waiting for
 /// a timer tick (measured in docs/benchmarks.md). The value only scales
 /// `udelay`; too high merely makes short busy-waits longer.
-fn cmdline(vm_name: &str) -> String {
+fn cmdline(vm_name: &str, net: &str) -> String {
     format!(
         "console=ttyS0 root=/dev/vda rw panic=-1 quiet lpj={LOOPS_PER_JIFFY} \
-         banger.hostname={vm_name} banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3"
+         banger.hostname={vm_name} {net}"
     )
 }
+
+/// The guest's side of QEMU's user-mode network.
+const USER_NET_ARGS: &str = "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3";
 
 /// About a 5000-BogoMIPS host at HZ=250, Debian's cloud kernel's.
 const LOOPS_PER_JIFFY: u64 = 10_000_000;
@@ -163,25 +169,18 @@ async fn boot(
         }
     }
 
-    stage(op, "allocate ports");
-    let ssh_port = free_loopback_port()?;
-    let mut forwards = vec![PortForward {
-        proto: Proto::Tcp,
-        host_addr: Ipv4Addr::LOCALHOST.into(),
-        host_port: ssh_port,
-        guest_port: 22,
-    }];
-    for spec in &vm.published_ports {
-        let p = validate::publish(spec)?;
-        ensure_port_free(p.host, p.udp)?;
-        forwards.push(PortForward {
-            proto: if p.udp { Proto::Udp } else { Proto::Tcp },
-            host_addr: Ipv4Addr::LOCALHOST.into(),
-            host_port: p.host,
-            guest_port: p.guest,
-        });
-    }
-
+    let publish = vm
+        .published_ports
+        .iter()
+        .map(|p| validate::publish(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = if vm.network_mode == NETWORK_BRIDGED {
+        stage(op, "attach network");
+        attach_bridged(state, vm, &publish, rollback).await?
+    } else {
+        stage(op, "allocate ports");
+        user_network(&publish)?
+    };
     let (accel, reason) = accel::choose(state, &kernel, op).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let spec = VmSpec {
@@ -191,7 +190,7 @@ async fn boot(
         boot: BootSource {
             kernel: kernel.kernel_path.clone(),
             initrd: kernel.initrd_path.clone(),
-            cmdline: cmdline(&vm.name),
+            cmdline: cmdline(&vm.name, &net.cmdline),
         },
         machine: MachineConfig {
             vcpus: vm.vcpus,
@@ -217,11 +216,7 @@ async fn boot(
                 is_root: false,
             },
         ],
-        net: vec![NetInterface {
-            id: "net0".into(),
-            mac: None,
-            backend: NetBackend::User { forwards },
-        }],
+        net: vec![net.nic],
         accel,
         console_log: console_log(&dir),
     };
@@ -245,8 +240,10 @@ async fn boot(
     }
     let handles = Handles {
         vmm: handle,
-        ssh_port,
+        ssh_host: net.ssh_host.clone(),
+        ssh_port: net.ssh_port,
         accel: accel.as_str().to_owned(),
+        bridged: net.bridged,
     };
     save_handles(&dir, &handles)
         .map_err(|e| failed(format!("write {}: {e}", dir.join("handles.json").display())))?;
@@ -262,7 +259,8 @@ async fn boot(
     stage(op, "pin host key");
     let ssh = state.ssh.clone();
     let name = vm.name.clone();
-    tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, ssh_port))
+    let (host, port) = (handles.ssh_host.clone(), handles.ssh_port);
+    tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, &host, port))
         .await
         .map_err(|e| failed(format!("ssh task failed: {e}")))?
         .map_err(|e| failed(error_chain(&e)))?;
@@ -278,7 +276,11 @@ async fn wait_for_ssh(
     cancel: &CancellationToken,
 ) -> Result<(), RpcError> {
     let deadline = Instant::now() + state.config.boot_timeout;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, handles.ssh_port));
+    let ip: std::net::IpAddr = handles
+        .ssh_host
+        .parse()
+        .map_err(|_| failed(format!("bad ssh host {:?}", handles.ssh_host)))?;
+    let addr = SocketAddr::from((ip, handles.ssh_port));
     loop {
         if cancel.is_cancelled() {
             return Err(cancelled());
@@ -326,6 +328,8 @@ async fn is_alive(state: &Arc<DaemonState>, vm: &VmRecord) -> bool {
 /// Forgets a VM's runtime leftovers and records it stopped.
 async fn mark_stopped(state: &Arc<DaemonState>, mut vm: VmRecord) -> Result<VmRecord, RpcError> {
     let dir = vm_dir(state, &vm.id);
+    let handles = state.vms.handles(&vm.id);
+    detach_network(state, &vm.id, handles.as_ref()).await;
     remove_handles(&dir);
     state.vms.clear_handles(&vm.id);
     vm.state = VmState::Stopped;
@@ -443,7 +447,8 @@ pub(super) async fn delete_locked(
     state: &Arc<DaemonState>,
     vm: VmRecord,
 ) -> Result<VmRecord, RpcError> {
-    if let Some(handles) = state.vms.handles(&vm.id) {
+    let handles = state.vms.handles(&vm.id);
+    if let Some(handles) = handles.clone() {
         let vmm = Arc::clone(&state.vmm);
         let vm_id = vm.id.clone();
         tokio::task::spawn_blocking(move || {
@@ -455,6 +460,7 @@ pub(super) async fn delete_locked(
         .await
         .map_err(|e| failed(format!("delete task failed: {e}")))?;
     }
+    detach_network(state, &vm.id, handles.as_ref()).await;
     state.vms.clear_handles(&vm.id);
     let dir = vm_dir(state, &vm.id);
     if dir.exists() {
@@ -462,7 +468,9 @@ pub(super) async fn delete_locked(
             .map_err(|e| failed(format!("remove {}: {e}", dir.display())))?;
     }
     let id = vm.id.clone();
+    // Deleting the row frees its address lease too (ON DELETE CASCADE).
     state.with_store(move |s| s.delete_vm(&id)).await?;
+    state.network.refresh_names(state).await;
     let ssh = state.ssh.clone();
     let name = vm.name.clone();
     let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
@@ -518,6 +526,111 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
     let record = vm.clone();
     state.with_store(move |s| s.update_vm(&record)).await?;
     Ok(vm)
+}
+
+/// `network_mode` of a VM on banger's bridge.
+pub(super) const NETWORK_BRIDGED: &str = "bridged";
+/// `network_mode` of a VM on the VMM's user-mode network.
+pub(super) const NETWORK_USER: &str = "user";
+
+/// How a VM about to boot is wired.
+struct NetPlan {
+    nic: NetInterface,
+    /// `banger.ip=... banger.gw=... banger.dns=...`
+    cmdline: String,
+    ssh_host: String,
+    ssh_port: u16,
+    bridged: Option<BridgedHandles>,
+}
+
+/// User mode: SSH and published ports forwarded from loopback by QEMU.
+fn user_network(publish: &[validate::Publish]) -> Result<NetPlan, RpcError> {
+    let ssh_port = free_loopback_port()?;
+    let mut forwards = vec![PortForward {
+        proto: Proto::Tcp,
+        host_addr: Ipv4Addr::LOCALHOST.into(),
+        host_port: ssh_port,
+        guest_port: 22,
+    }];
+    for p in publish {
+        ensure_port_free(p.host, p.udp)?;
+        forwards.push(PortForward {
+            proto: if p.udp { Proto::Udp } else { Proto::Tcp },
+            host_addr: Ipv4Addr::LOCALHOST.into(),
+            host_port: p.host,
+            guest_port: p.guest,
+        });
+    }
+    Ok(NetPlan {
+        nic: NetInterface {
+            id: "net0".into(),
+            mac: None,
+            backend: NetBackend::User { forwards },
+        },
+        cmdline: USER_NET_ARGS.to_owned(),
+        ssh_host: Ipv4Addr::LOCALHOST.to_string(),
+        ssh_port,
+        bridged: None,
+    })
+}
+
+/// Bridged: the VM's leased address, a TAP from the warm pool, and
+/// loopback proxies for published ports. Each is rolled back on failure.
+async fn attach_bridged(
+    state: &Arc<DaemonState>,
+    vm: &VmRecord,
+    publish: &[validate::Publish],
+    rollback: &mut Rollback,
+) -> Result<NetPlan, RpcError> {
+    let network = Arc::clone(&state.network);
+    let bridge = network.ready(state).await?;
+    let ip = network.lease(state, &vm.id, &bridge).await?;
+    network.refresh_names(state).await;
+    let tap = network.acquire_tap(&bridge).await?;
+    {
+        let network = Arc::clone(&network);
+        let (tap, op_id) = (tap.clone(), crate::dispatch::current_op_id());
+        rollback.push("attach network", move || {
+            network.release_tap_blocking(&tap, &op_id)
+        });
+    }
+    network.start_proxies(&vm.id, ip, publish)?;
+    {
+        let network = Arc::clone(&network);
+        let vm_id = vm.id.clone();
+        rollback.push("publish ports", move || network.stop_proxies(&vm_id));
+    }
+    tracing::info!(vm = %vm.name, tap = %tap, ip = %ip, "network attached");
+    Ok(NetPlan {
+        nic: NetInterface {
+            id: "net0".into(),
+            mac: Some(crate::network::mac_for(ip)),
+            backend: NetBackend::Tap {
+                tap_name: tap.clone(),
+            },
+        },
+        cmdline: format!(
+            "banger.ip={ip}/{} banger.gw={gw} banger.dns={gw}",
+            bridge.subnet.prefix(),
+            gw = bridge.gateway
+        ),
+        ssh_host: ip.to_string(),
+        ssh_port: 22,
+        bridged: Some(BridgedHandles { tap, ip }),
+    })
+}
+
+/// Gives a stopped VM's network back: its TAP to the pool, its proxies
+/// closed. (Its address stays leased until the VM is deleted.)
+pub(super) async fn detach_network(
+    state: &Arc<DaemonState>,
+    vm_id: &str,
+    handles: Option<&Handles>,
+) {
+    state.network.stop_proxies(vm_id);
+    if let Some(b) = handles.and_then(|h| h.bridged.as_ref()) {
+        state.network.release_tap(&b.tap).await;
+    }
 }
 
 /// A loopback TCP port nobody listens on right now.

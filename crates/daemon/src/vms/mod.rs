@@ -39,9 +39,26 @@ use crate::dispatch::RpcError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handles {
     pub vmm: VmHandle,
+    /// Where the guest's sshd answers: a loopback forward in user mode,
+    /// the guest's own address (port 22) when bridged.
+    #[serde(default = "loopback")]
+    pub ssh_host: String,
     pub ssh_port: u16,
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// The TAP device and address of a bridged VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridged: Option<BridgedHandles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgedHandles {
+    pub tap: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
+fn loopback() -> String {
+    "127.0.0.1".into()
 }
 
 /// Per-VM locks and the in-memory handles of running VMs.
@@ -65,6 +82,14 @@ impl VmTable {
 
     pub fn handles(&self, vm_id: &str) -> Option<Handles> {
         lock(&self.handles).get(vm_id).cloned()
+    }
+
+    /// TAP devices held by running VMs.
+    pub fn held_taps(&self) -> Vec<String> {
+        lock(&self.handles)
+            .values()
+            .filter_map(|h| Some(h.bridged.as_ref()?.tap.clone()))
+            .collect()
     }
 
     fn set_handles(&self, vm_id: &str, h: Handles) {
@@ -124,8 +149,15 @@ pub async fn find(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcE
 /// The view `vm.show` and `vm.list` return.
 pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, RpcError> {
     let (image_id, kernel_id) = (vm.image_id.clone(), vm.kernel_id.clone());
-    let (image, kernel) = state
-        .with_store(move |s| Ok((s.image(&image_id)?.name, s.kernel(&kernel_id)?.name)))
+    let vm_id = vm.id.clone();
+    let (image, kernel, ip) = state
+        .with_store(move |s| {
+            Ok((
+                s.image(&image_id)?.name,
+                s.kernel(&kernel_id)?.name,
+                s.lease_of(&vm_id)?,
+            ))
+        })
         .await?;
     let dir = vm_dir(state, &vm.id);
     let handles = state.vms.handles(&vm.id);
@@ -145,7 +177,14 @@ pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, Rpc
         publish: vm.published_ports.clone(),
         last_error: vm.last_error.clone(),
         pid: handles.as_ref().map(|h| h.vmm.pid),
-        ssh_port: handles.as_ref().map(|h| h.ssh_port),
+        ssh_port: handles
+            .as_ref()
+            .filter(|h| h.bridged.is_none())
+            .map(|h| h.ssh_port),
+        ip,
+        tap: handles
+            .as_ref()
+            .and_then(|h| Some(h.bridged.as_ref()?.tap.clone())),
         vm_dir: dir.display().to_string(),
         console_log: console_log(&dir).display().to_string(),
         created_at_ms: vm.created_at_ms,

@@ -14,6 +14,18 @@ use crate::DaemonState;
 use crate::dispatch::RpcError;
 use crate::ops::now_ms;
 
+/// A running bridged VM's published ports were served by the old daemon.
+fn restart_proxies(state: &Arc<DaemonState>, vm: &banger_store::VmRecord, ip: std::net::Ipv4Addr) {
+    let publish: Vec<_> = vm
+        .published_ports
+        .iter()
+        .filter_map(|p| crate::validate::publish(p).ok())
+        .collect();
+    if let Err(e) = state.network.start_proxies(&vm.id, ip, &publish) {
+        tracing::warn!(vm = %vm.name, error = %e.message, "could not publish ports again");
+    }
+}
+
 pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
     let vms = state.with_store(|s| s.vms()).await?;
     for mut vm in vms {
@@ -32,6 +44,9 @@ pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
         if alive {
             if let Some(h) = handles {
                 tracing::info!(vm = %vm.name, pid = h.vmm.pid, "vm still running");
+                if let Some(b) = &h.bridged {
+                    restart_proxies(state, &vm, b.ip);
+                }
                 state.vms.set_handles(&vm.id, h);
             }
             if vm.state != VmState::Running {

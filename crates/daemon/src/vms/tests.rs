@@ -122,9 +122,29 @@ fn handles(pid: u32, dir: &std::path::Path) -> Handles {
             control_socket: dir.join("qmp.sock"),
             backend: BackendKind::Qemu,
         },
+        ssh_host: "127.0.0.1".into(),
         ssh_port: 2222,
         accel: "tcg".into(),
+        bridged: None,
     }
+}
+
+#[test]
+fn handles_written_before_bridged_networking_still_load() {
+    let old = r#"{"vmm":{"pid":7,"control_socket":"/x/qmp.sock","backend":"qemu"},"ssh_port":2222,"accel":"tcg"}"#;
+    let h: Handles = serde_json::from_str(old).unwrap();
+    assert_eq!(h, handles(7, std::path::Path::new("/x")));
+    let bridged = Handles {
+        ssh_port: 22,
+        ssh_host: "10.77.0.2".into(),
+        bridged: Some(super::BridgedHandles {
+            tap: "bgtap0".into(),
+            ip: "10.77.0.2".parse().unwrap(),
+        }),
+        ..h
+    };
+    let text = serde_json::to_string(&bridged).unwrap();
+    assert_eq!(serde_json::from_str::<Handles>(&text).unwrap(), bridged);
 }
 
 #[tokio::test]

@@ -1,0 +1,436 @@
+//! Bridged networking on the daemon's side (SPEC C8): the bridge and NAT
+//! (made by banger-helper), a warm pool of idle TAP devices, durable IP
+//! leases, the DNS server for `NAME.vm`, and loopback proxies for ports a
+//! bridged VM publishes.
+//!
+//! The daemon never touches the host's network itself: every change is a
+//! typed call to the helper, which owns the bridge name and subnet (its
+//! `ping` tells us both, so the two never disagree). What is only true
+//! while a VM runs (its TAP) is a handle (SPEC C2); its address is a lease
+//! in SQLite for the VM's whole life, so `NAME.vm` stays put across
+//! restarts. On daemon start [`Network::ready`] lists the TAPs that exist
+//! and sorts them into "held by a running VM", "idle" and "delete".
+//!
+//! Locks: `setup` (tokio mutex, held across helper calls while the bridge
+//! is being set up) comes before the std mutexes, which are leaves and are
+//! never held across an await.
+
+mod pool;
+mod proxy;
+pub mod subnet;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use banger_proto::ErrorCode;
+use banger_proto::helper::{HelperCall, HelperReply};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::DaemonState;
+use crate::dispatch::{RpcError, error_chain};
+use crate::helper_client::{HelperClient, HelperClientError};
+pub use pool::TapPool;
+pub use subnet::{Subnet, mac_for};
+
+/// Idle TAPs kept ready unless `BANGER_TAP_POOL` says otherwise.
+pub const DEFAULT_TAP_POOL: usize = 4;
+
+/// How long "is the helper there?" may take when choosing a VM's network.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The bridge as the helper set it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    pub subnet: Subnet,
+    pub gateway: Ipv4Addr,
+}
+
+/// `NAME` → address, for the DNS server (read on every query).
+#[derive(Debug, Default)]
+pub struct NameTable(RwLock<HashMap<String, Ipv4Addr>>);
+
+impl NameTable {
+    fn replace(&self, names: HashMap<String, Ipv4Addr>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+}
+
+impl crate::dns::VmResolver for NameTable {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+}
+
+#[derive(Debug)]
+pub struct Network {
+    helper: HelperClient,
+    pool_target: usize,
+    setup: tokio::sync::Mutex<()>,
+    bridge: Mutex<Option<Bridge>>,
+    pool: Mutex<TapPool>,
+    names: Arc<NameTable>,
+    proxies: proxy::Proxies,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain bookkeeping; a panicked holder leaves nothing half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn helper_err(what: &str, e: HelperClientError) -> RpcError {
+    RpcError::internal(format!("{what}: {}", error_chain(&e)))
+}
+
+impl Network {
+    pub fn new(helper: HelperClient, pool_target: usize, shutdown: CancellationToken) -> Self {
+        Self {
+            helper,
+            pool_target,
+            setup: tokio::sync::Mutex::new(()),
+            bridge: Mutex::new(None),
+            pool: Mutex::new(TapPool::default()),
+            names: Arc::default(),
+            proxies: proxy::Proxies::default(),
+            shutdown,
+        }
+    }
+
+    pub fn helper(&self) -> &HelperClient {
+        &self.helper
+    }
+
+    /// The bridge, if it has been set up.
+    pub fn bridge(&self) -> Option<Bridge> {
+        lock(&self.bridge).clone()
+    }
+
+    pub fn pool_target(&self) -> usize {
+        self.pool_target
+    }
+
+    /// Idle TAPs kept when VMs give theirs back: up to twice the pool's
+    /// size, so stopping and starting VMs recycles devices instead of
+    /// deleting and recreating them; refills only top up to the size.
+    fn max_idle(&self) -> usize {
+        self.pool_target * 2
+    }
+
+    /// `(idle, in use)` TAP names.
+    pub fn taps(&self) -> (Vec<String>, Vec<String>) {
+        let pool = lock(&self.pool);
+        (pool.idle(), pool.in_use())
+    }
+
+    /// True when the helper answers (briefly), i.e. bridged mode is possible.
+    pub async fn helper_answers(&self) -> bool {
+        if self.bridge().is_some() {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.helper.ping()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Sets up the bridge, NAT and DNS through the helper (once), sorts the
+    /// TAPs that exist into held, idle and surplus, and fills the pool.
+    pub async fn ready(self: &Arc<Self>, state: &Arc<DaemonState>) -> Result<Bridge, RpcError> {
+        if let Some(b) = self.bridge() {
+            return Ok(b);
+        }
+        let _setup = self.setup.lock().await;
+        if let Some(b) = self.bridge() {
+            return Ok(b);
+        }
+        let info = self
+            .helper
+            .ping()
+            .await
+            .map_err(|e| helper_err("bridged networking needs banger-helper", e))?;
+        let subnet: Subnet = info.subnet.parse().map_err(|e: subnet::SubnetError| {
+            RpcError::internal(format!("banger-helper reports a bad subnet: {e}"))
+        })?;
+        let bridge = Bridge {
+            name: info.bridge.clone(),
+            gateway: subnet.gateway(),
+            subnet,
+        };
+        self.call(HelperCall::BridgeEnsure {
+            name: bridge.name.clone(),
+        })
+        .await
+        .map_err(|e| helper_err("set up the bridge", e))?;
+        self.call(HelperCall::NatEnsure {
+            subnet: subnet.to_string(),
+        })
+        .await
+        .map_err(|e| helper_err("set up NAT", e))?;
+        self.reconcile_taps(state, &bridge).await?;
+        self.start_dns(&bridge).await;
+        self.refresh_names(state).await;
+        tracing::info!(bridge = %bridge.name, subnet = %bridge.subnet, gateway = %bridge.gateway, "bridged networking ready");
+        *lock(&self.bridge) = Some(bridge.clone());
+        self.refill();
+        Ok(bridge)
+    }
+
+    async fn call(&self, call: HelperCall) -> Result<HelperReply, HelperClientError> {
+        self.helper.call(call).await
+    }
+
+    /// Sorts existing banger TAPs: those running VMs hold stay held, the
+    /// rest become idle up to the pool's size, and the surplus is deleted.
+    async fn reconcile_taps(
+        self: &Arc<Self>,
+        state: &Arc<DaemonState>,
+        bridge: &Bridge,
+    ) -> Result<(), RpcError> {
+        let listed = match self.call(HelperCall::TapList).await {
+            Ok(HelperReply::Taps { taps }) => taps,
+            Ok(other) => {
+                return Err(RpcError::internal(format!(
+                    "banger-helper answered tap_list with {other:?}"
+                )));
+            }
+            Err(e) => return Err(helper_err("list tap devices", e)),
+        };
+        let held: Vec<String> = state.vms.held_taps();
+        let mut surplus = Vec::new();
+        {
+            let mut pool = lock(&self.pool);
+            pool.clear();
+            for name in &held {
+                pool.adopt_in_use(name);
+            }
+            for tap in &listed {
+                let on_our_bridge = tap.master.as_deref() == Some(bridge.name.as_str());
+                if held.contains(&tap.name) {
+                    continue;
+                }
+                if !(on_our_bridge && pool.adopt_idle(&tap.name, self.max_idle())) {
+                    surplus.push(tap.name.clone());
+                }
+            }
+        }
+        for name in &held {
+            if !listed.iter().any(|t| &t.name == name) {
+                tracing::warn!(tap = %name, "a running vm's tap device is gone; its network is down until restarted");
+            }
+        }
+        for name in surplus {
+            tracing::info!(tap = %name, "deleting surplus tap device");
+            if let Err(e) = self
+                .call(HelperCall::TapDelete { name: name.clone() })
+                .await
+            {
+                tracing::warn!(tap = %name, error = %error_chain(&e), "could not delete tap device");
+            }
+        }
+        let (idle, in_use) = self.taps();
+        tracing::info!(
+            idle = idle.len(),
+            in_use = in_use.len(),
+            "tap devices reconciled"
+        );
+        Ok(())
+    }
+
+    /// A TAP for a VM: an idle one from the pool, or a new one.
+    pub async fn acquire_tap(self: &Arc<Self>, bridge: &Bridge) -> Result<String, RpcError> {
+        let taken = lock(&self.pool).take();
+        let name = match taken {
+            Some(name) => {
+                tracing::info!(tap = %name, "took tap from the warm pool");
+                name
+            }
+            None => {
+                let name = self.create_tap(bridge, true).await?;
+                tracing::info!(tap = %name, "pool empty; created tap");
+                name
+            }
+        };
+        self.refill();
+        Ok(name)
+    }
+
+    async fn create_tap(&self, bridge: &Bridge, for_vm: bool) -> Result<String, RpcError> {
+        let name = lock(&self.pool)
+            .reserve_name()
+            .ok_or_else(|| RpcError::internal("no free tap device name"))?;
+        let call = HelperCall::TapCreate {
+            name: name.clone(),
+            owner_uid: rustix::process::geteuid().as_raw(),
+            bridge: bridge.name.clone(),
+        };
+        match self.call(call).await {
+            Ok(_) => {
+                lock(&self.pool).created(&name, for_vm);
+                Ok(name)
+            }
+            Err(e) => {
+                lock(&self.pool).abandon(&name);
+                Err(helper_err(&format!("create tap device {name}"), e))
+            }
+        }
+    }
+
+    /// Tops the pool up to its size in the background, under an op id of
+    /// its own (it serves no request).
+    pub fn refill(self: &Arc<Self>) {
+        let Some(bridge) = self.bridge() else {
+            return;
+        };
+        if lock(&self.pool).missing(self.pool_target) == 0 {
+            return;
+        }
+        let this = Arc::clone(self);
+        let op_id = crate::dispatch::mint_op_id().as_str().to_owned();
+        let span = tracing::info_span!("tap_pool", op_id = %op_id);
+        let work = async move {
+            while lock(&this.pool).missing(this.pool_target) > 0 {
+                if this.shutdown.is_cancelled() {
+                    return;
+                }
+                match this.create_tap(&bridge, false).await {
+                    Ok(name) => tracing::info!(tap = %name, "tap pool refilled"),
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "tap pool refill failed");
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::spawn(crate::dispatch::with_op_id(op_id, work.instrument(span)));
+    }
+
+    /// A VM let its TAP go: back to the pool, or deleted when the pool is
+    /// full. Blocking (it runs in rollbacks too).
+    pub fn release_tap_blocking(&self, name: &str, op_id: &str) {
+        let keep = lock(&self.pool).give_back(name, self.max_idle());
+        if keep {
+            tracing::info!(tap = %name, "tap returned to the pool");
+            return;
+        }
+        let call = HelperCall::TapDelete {
+            name: name.to_owned(),
+        };
+        if let Err(e) = self.helper.call_blocking(op_id, &call) {
+            tracing::warn!(tap = %name, error = %error_chain(&e), "could not delete tap device");
+        } else {
+            tracing::info!(tap = %name, "tap deleted (pool full)");
+        }
+        lock(&self.pool).abandon(name);
+    }
+
+    pub async fn release_tap(self: &Arc<Self>, name: &str) {
+        let this = Arc::clone(self);
+        let (name, op_id) = (name.to_owned(), crate::dispatch::current_op_id());
+        let _ = tokio::task::spawn_blocking(move || this.release_tap_blocking(&name, &op_id)).await;
+    }
+
+    /// The VM's address: its existing lease, or the first free one.
+    pub async fn lease(
+        &self,
+        state: &Arc<DaemonState>,
+        vm_id: &str,
+        bridge: &Bridge,
+    ) -> Result<Ipv4Addr, RpcError> {
+        let subnet = bridge.subnet;
+        let vm_id = vm_id.to_owned();
+        let leased = state
+            .with_store(move |s| {
+                s.lease_address(
+                    &vm_id,
+                    &subnet.to_string(),
+                    subnet.guest_addresses().map(|a| a.to_string()),
+                    crate::ops::now_ms(),
+                )
+            })
+            .await?;
+        let text = leased.ok_or_else(|| {
+            RpcError::new(
+                ErrorCode::Conflict,
+                format!("every address in {subnet} is leased; delete a vm first"),
+            )
+        })?;
+        text.parse()
+            .map_err(|_| RpcError::internal(format!("stored lease {text:?} is not an address")))
+    }
+
+    /// Rebuilds the DNS names from the leases in the store.
+    pub async fn refresh_names(&self, state: &Arc<DaemonState>) {
+        let loaded = state.with_store(|s| Ok((s.leases()?, s.vms()?))).await;
+        let (leases, vms) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not load dns names");
+                return;
+            }
+        };
+        let by_id: HashMap<&str, &str> = vms
+            .iter()
+            .map(|v| (v.id.as_str(), v.name.as_str()))
+            .collect();
+        let names = leases
+            .iter()
+            .filter_map(|(vm_id, addr)| {
+                Some((
+                    by_id.get(vm_id.as_str())?.to_ascii_lowercase(),
+                    addr.parse().ok()?,
+                ))
+            })
+            .collect();
+        self.names.replace(names);
+    }
+
+    async fn start_dns(&self, bridge: &Bridge) {
+        let fd = match self.helper.dns_socket().await {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "no dns socket from banger-helper; NAME.vm will not resolve");
+                return;
+            }
+        };
+        let socket = match crate::dns::socket_from_fd(fd) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the dns socket");
+                return;
+            }
+        };
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams =
+            crate::dns::upstreams_from_resolv_conf(&resolv, &[IpAddr::V4(bridge.gateway)]);
+        tracing::info!(listen = %SocketAddr::from((bridge.gateway, 53)), upstreams = ?upstreams, "dns server started");
+        let resolver: Arc<dyn crate::dns::VmResolver> = self.names.clone();
+        tokio::spawn(crate::dns::serve(
+            socket,
+            resolver,
+            upstreams,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Starts loopback proxies for a bridged VM's published TCP ports.
+    pub fn start_proxies(
+        &self,
+        vm_id: &str,
+        guest: Ipv4Addr,
+        publish: &[crate::validate::Publish],
+    ) -> Result<(), RpcError> {
+        self.proxies.start(vm_id, guest, publish, &self.shutdown)
+    }
+
+    pub fn stop_proxies(&self, vm_id: &str) {
+        self.proxies.stop(vm_id);
+    }
+}
