@@ -58,10 +58,12 @@ ensure_rust() {
 
 # Everything the build, the VMs and the test suite use: QEMU and qemu-img
 # (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
-# the OpenSSH client (guest access).
+# the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
+# bridge, TAPs and NAT), python3 (the bridged test's "outside" server).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
-    qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
+    qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
+    iproute2 nftables python3
   ensure_rust
 }
 

@@ -29,6 +29,9 @@ fn world() -> World {
     let mut w = World::new();
     w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
+    // User-mode networking even where a banger-helper is installed.
+    w.extra_env
+        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
     w
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test code
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -21,6 +23,10 @@ pub struct World {
     daemon: Option<Child>,
     /// Extra environment for every process of this world.
     pub extra_env: Vec<(&'static str, PathBuf)>,
+    /// Runs every process of this world through this prefix, e.g.
+    /// `ip netns exec NS` to put the CLI, and the daemon it starts, in a
+    /// network namespace.
+    pub wrapper: Vec<String>,
 }
 
 impl World {
@@ -39,6 +45,7 @@ impl World {
             dir,
             daemon: None,
             extra_env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -81,7 +88,14 @@ impl World {
     }
 
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(self.envs())
@@ -138,6 +152,24 @@ impl World {
     }
 }
 
+impl World {
+    /// The end of every VM's console log: why a guest did not come up.
+    fn print_console_tails(&self) {
+        let Ok(vms) = std::fs::read_dir(self.root().join("data/banger/vms")) else {
+            return;
+        };
+        for vm in vms.flatten() {
+            let path = vm.path().join("console.log");
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            eprintln!("--- last lines of {}:", path.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -147,6 +179,7 @@ impl Drop for World {
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
             }
+            self.print_console_tails();
         }
         // Stop any daemon of this world, however it was started.
         if let Some(pid) = self.daemon_pid() {
