@@ -279,18 +279,48 @@ fn json(what: &str, o: &Output) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what}: {e}: {stdout}"))
 }
 
+/// Set when the scenario runs inside its private network namespace.
+const IN_NETNS: &str = "BANGER_TEST_SYSTEM_IN_NETNS";
+
 #[test]
 fn install_status_reinstall_uninstall_as_root() {
     if euid() != 0 {
         eprintln!("skipped: system install needs root (creating TAPs, running the helper)");
         return;
     }
-    if let Some(found) = foreign_banger_network() {
-        eprintln!(
-            "skipped: banger network objects exist ({found}); uninstall's teardown would \
-             remove them, and they belong to someone else"
+    // Uninstall's teardown removes every banger TAP and banger's nft table
+    // in its network namespace: run the scenario in a namespace of its own
+    // (`ip netns exec` also mounts a matching /sys), never on the host's.
+    if std::env::var_os(IN_NETNS).is_none() {
+        let ns = format!("bgsys{}", std::process::id());
+        let added = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap();
+        assert!(added.success(), "ip netns add {ns}");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "install_status_reinstall_uninstall_as_root",
+                "--nocapture",
+            ])
+            .env(IN_NETNS, "1")
+            .output()
+            .unwrap();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "in netns {ns}:\n{stdout}\n{stderr}"
         );
+        eprint!("{stderr}");
         return;
+    }
+    if let Some(found) = foreign_banger_network() {
+        panic!("a fresh network namespace already has banger objects: {found}");
     }
     let started = Instant::now();
     let mut s = Setup::new();
