@@ -387,9 +387,11 @@ fn raw_run(world: &World, art: &Artifacts, tag: &str) -> Option<RawSample> {
 
     let port = free_port();
     let name = format!("bench-raw-{tag}");
+    // What banger passes under TCG (crates/daemon/src/vms/lifecycle.rs).
     let cmdline = format!(
-        "console=ttyS0 root=/dev/vda rw panic=-1 quiet banger.hostname={name} \
-         banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3"
+        "console=ttyS0 root=/dev/vda rw panic=-1 quiet lpj=10000000 banger.hostname={name} \
+         banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3 {}",
+        banger_vmm::tcg_clock_args()
     );
     let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
     let t1 = Instant::now();

@@ -106,9 +106,10 @@ fn assert_no_orphans(w: &World, net: &TestNet) -> Value {
     n
 }
 
-/// Runs `CMD` in a guest over banger's SSH.
+/// Runs the shell command `cmd` in a guest over banger's SSH (each
+/// argument after `--` reaches the guest as one word).
 fn in_guest(w: &World, vm: &str, cmd: &str) -> Output {
-    w.banger(&["vm", "ssh", vm, "--", cmd])
+    w.banger(&["vm", "ssh", vm, "--", "sh", "-c", cmd])
 }
 
 fn guest_ok(w: &World, vm: &str, cmd: &str) -> String {

@@ -289,9 +289,12 @@ fn boots_debian_cloud_kernel_with_bookworm_image() {
     let console = dir.path().join("console.log");
     let qmp_socket = dir.path().join("qmp.sock");
     let qemu_log = dir.path().join("qemu.log");
+    // The TSC rate: without it a TCG guest can hang calibrating its
+    // timers (banger_vmm::clock).
     let cmdline = format!(
         "console=ttyS0 root=/dev/vda rw panic=-1 quiet banger.hostname={HOSTNAME} \
-         banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3"
+         banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3 {}",
+        banger_vmm::tcg_clock_args()
     );
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([

@@ -19,6 +19,7 @@
 //! VMM processes outlive the daemon: each runs in its own session, and
 //! nothing here kills a VM unless asked to.
 
+pub mod clock;
 mod error;
 pub mod probe;
 mod proc;
@@ -29,6 +30,7 @@ pub mod testkit;
 
 use std::time::Duration;
 
+pub use clock::{host_tsc_khz, tcg_clock_args};
 pub use error::VmmError;
 pub use probe::{KvmProbe, QemuInfo, probe_kvm_boot, probe_qemu, probe_qemu_at};
 pub use proc::{qemu_pids_with_arg, session_id};

@@ -283,8 +283,8 @@ impl Network {
         }
     }
 
-    /// Tops the pool up to its size in the background, under an op id of
-    /// its own (it serves no request).
+    /// Tops the pool up to its size in the background, under the op id of
+    /// the request that emptied it, so its helper calls trace back to it.
     pub fn refill(self: &Arc<Self>) {
         let Some(bridge) = self.bridge() else {
             return;
@@ -293,7 +293,7 @@ impl Network {
             return;
         }
         let this = Arc::clone(self);
-        let op_id = crate::dispatch::mint_op_id().as_str().to_owned();
+        let op_id = crate::dispatch::current_op_id();
         let span = tracing::info_span!("tap_pool", op_id = %op_id);
         let work = async move {
             while lock(&this.pool).missing(this.pool_target) > 0 {

@@ -26,8 +26,9 @@ use crate::{accel, disks, validate};
 /// guest's `banger.ip`, `banger.gw` and `banger.dns`.
 ///
 /// `lpj=` presets loops-per-jiffy so the kernel skips delay-loop
-/// calibration: under TCG about one boot in thirty hung there, waiting for
-/// a timer tick (measured in docs/benchmarks.md). The value only scales
+/// calibration, one of the places a TCG guest whose TSC calibration failed
+/// waited forever for a timer tick; the TSC rate added under TCG
+/// (`banger_vmm::tcg_clock_args`) removes the cause. The value only scales
 /// `udelay`; too high merely makes short busy-waits longer.
 fn cmdline(vm_name: &str, net: &str) -> String {
     format!(
@@ -183,6 +184,18 @@ async fn boot(
     };
     let (accel, reason) = accel::choose(state, &kernel, op).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
+    let mut kernel_args = cmdline(&vm.name, &net.cmdline);
+    if accel == banger_vmm::Accel::Tcg {
+        // The TSC rate, measured once (200 ms): without it a TCG guest can
+        // hang calibrating its timers (see banger_vmm::clock).
+        let clock = tokio::task::spawn_blocking(banger_vmm::tcg_clock_args)
+            .await
+            .unwrap_or_default();
+        if !clock.is_empty() {
+            kernel_args.push(' ');
+            kernel_args.push_str(&clock);
+        }
+    }
     let spec = VmSpec {
         vm_id: vm.id.clone(),
         name: vm.name.clone(),
@@ -190,7 +203,7 @@ async fn boot(
         boot: BootSource {
             kernel: kernel.kernel_path.clone(),
             initrd: kernel.initrd_path.clone(),
-            cmdline: cmdline(&vm.name, &net.cmdline),
+            cmdline: kernel_args,
         },
         machine: MachineConfig {
             vcpus: vm.vcpus,
