@@ -106,3 +106,38 @@ pub async fn run_probe(state: &Arc<DaemonState>, kernel: &KernelRecord) -> Probe
     }
     record
 }
+
+/// The host's TSC rate as measured in this host boot: from the cache when
+/// a daemon of this boot already measured it, else measured now (200 ms)
+/// and recorded. Keyed by the kernel's boot id, since the rate is a fact
+/// of the running host.
+pub async fn host_tsc_khz(state: &Arc<DaemonState>) -> Option<u64> {
+    #[derive(Serialize, Deserialize)]
+    struct Record {
+        boot_id: String,
+        tsc_khz: Option<u64>,
+    }
+    let path = state.config.layout.cache_dir.join("host-clock.json");
+    tokio::task::spawn_blocking(move || {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let cached = std::fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
+            .filter(|r| !boot_id.is_empty() && r.boot_id == boot_id);
+        if let Some(r) = cached {
+            return r.tsc_khz;
+        }
+        let tsc_khz = banger_vmm::host_tsc_khz();
+        let record = Record { boot_id, tsc_khz };
+        if let Ok(text) = serde_json::to_vec_pretty(&record) {
+            let _ = path.parent().map(std::fs::create_dir_all);
+            let _ = std::fs::write(&path, text);
+        }
+        tsc_khz
+    })
+    .await
+    .ok()
+    .flatten()
+}

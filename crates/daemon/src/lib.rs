@@ -66,6 +66,12 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         if let Err(e) = vms::reconcile(&state).await {
             tracing::error!(error = %e, "reconcile failed; continuing");
         }
+        // Measure the host's TSC rate for TCG guests now, off the path of
+        // the first boot (cached per host boot, so usually a file read).
+        tokio::spawn({
+            let state = Arc::clone(&state);
+            async move { accel::host_tsc_khz(&state).await }
+        });
         // Bridged networking when the helper answers: bridge, NAT, DNS and
         // the TAPs left by the previous daemon (held, idle or surplus).
         if state.network.helper_answers().await {

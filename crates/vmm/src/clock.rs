@@ -12,10 +12,11 @@
 //! removes the measurement; `tsc=reliable` stops the clock watchdog from
 //! demoting the TSC when timer ticks arrive late, as they do under TCG.
 //!
-//! The rate is measured once per process: host TSC ticks against the
-//! monotonic clock over 200 ms, kept only if the host's TSC is constant
-//! and non-stop (`/proc/cpuinfo` flags), i.e. a fixed-rate clock the
-//! guest can rely on.
+//! The rate is measured as host TSC ticks against the monotonic clock over
+//! 200 ms, kept only if the host's TSC is constant and non-stop
+//! (`/proc/cpuinfo` flags), i.e. a fixed-rate clock the guest can rely on.
+//! [`host_tsc_khz`] measures once per process; the daemon also keeps the
+//! value per host boot in its cache, so a restart does not measure again.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -27,21 +28,29 @@ const MEASURE_FOR: Duration = Duration::from_millis(200);
 /// clock (or this is not x86_64). Measured on first use (200 ms).
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
-    *KHZ.get_or_init(|| {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-        if !tsc_is_fixed_rate(&cpuinfo) {
-            return None;
-        }
-        let khz = measure_khz()?;
-        tracing::info!(khz, "host tsc rate measured");
-        Some(khz)
-    })
+    *KHZ.get_or_init(measure_host_tsc_khz)
 }
 
-/// The kernel arguments for a guest under TCG (empty when the host's
-/// rate is unknown: the guest then measures it, as it would anyway).
+/// Measures the host's TSC rate now (200 ms); see [`host_tsc_khz`].
+pub fn measure_host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    if !tsc_is_fixed_rate(&cpuinfo) {
+        return None;
+    }
+    let khz = measure_khz()?;
+    tracing::info!(khz, "host tsc rate measured");
+    Some(khz)
+}
+
+/// The kernel arguments for a guest under TCG on this host.
 pub fn tcg_clock_args() -> String {
-    match host_tsc_khz() {
+    clock_args(host_tsc_khz())
+}
+
+/// The kernel arguments for a guest under TCG given the host's TSC rate
+/// (empty when unknown: the guest then measures it, as it would anyway).
+pub fn clock_args(tsc_khz: Option<u64>) -> String {
+    match tsc_khz {
         Some(khz) => format!("tsc_early_khz={khz} tsc=reliable"),
         None => String::new(),
     }

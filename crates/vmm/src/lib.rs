@@ -30,7 +30,7 @@ pub mod testkit;
 
 use std::time::Duration;
 
-pub use clock::{host_tsc_khz, tcg_clock_args};
+pub use clock::{clock_args, host_tsc_khz, measure_host_tsc_khz, tcg_clock_args};
 pub use error::VmmError;
 pub use probe::{KvmProbe, QemuInfo, probe_kvm_boot, probe_qemu, probe_qemu_at};
 pub use proc::{qemu_pids_with_arg, session_id};

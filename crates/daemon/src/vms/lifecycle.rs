@@ -186,11 +186,9 @@ async fn boot(
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
-        // The TSC rate, measured once (200 ms): without it a TCG guest can
-        // hang calibrating its timers (see banger_vmm::clock).
-        let clock = tokio::task::spawn_blocking(banger_vmm::tcg_clock_args)
-            .await
-            .unwrap_or_default();
+        // The TSC rate (measured once per host boot): without it a TCG
+        // guest can hang calibrating its timers (see banger_vmm::clock).
+        let clock = banger_vmm::clock_args(accel::host_tsc_khz(state).await);
         if !clock.is_empty() {
             kernel_args.push(' ');
             kernel_args.push_str(&clock);
