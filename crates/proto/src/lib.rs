@@ -5,6 +5,7 @@
 //! of requests, each answered in turn. See `docs/rpc.md` for the method list
 //! and the error codes, and `tests/envelope.rs` for the pinned JSON shape.
 
+pub mod agent;
 mod envelope;
 mod error;
 pub mod helper;

@@ -1,0 +1,526 @@
+//! The daemon ↔ `banger-agent` protocol (SPEC C9): framed, versioned, over
+//! one byte stream (a virtio-serial port, or vsock where the host has it).
+//!
+//! A frame is `MAGIC | header_len (u32 BE) | body_len (u32 BE) | header |
+//! body`: the header is one JSON [`Message`], the body raw bytes (stdout,
+//! stdin, file contents) so bulk data is not base64-inflated. The magic
+//! lets a reader that joined mid-stream (a daemon restart, a truncated
+//! frame) skip to the next frame instead of misreading lengths.
+//!
+//! Requests carry an `id` the daemon chooses; every reply and event about
+//! that request carries the same id. The first frame each side sends is a
+//! [`Message::Hello`]; a peer of another `protocol` is refused with a clear
+//! error. [`FrameDecoder`] never panics on any input (fuzzed in tests).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version in every [`Message::Hello`].
+pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+
+/// Start of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"BGA1";
+
+/// Bytes before the header: magic and the two lengths.
+pub const FRAME_PREFIX: usize = 12;
+
+/// Largest header (JSON) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Largest body accepted; writers split data into chunks of at most this.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Name of the virtio-serial port the agent talks on.
+pub const AGENT_PORT_NAME: &str = "banger.agent";
+
+/// One frame: a message and its raw body (empty for most messages).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    pub msg: Message,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(msg: Message) -> Self {
+        Self {
+            msg,
+            body: Vec::new(),
+        }
+    }
+
+    pub fn with_body(msg: Message, body: Vec<u8>) -> Self {
+        Self { msg, body }
+    }
+}
+
+/// Everything either side says. Requests go daemon → agent; replies and
+/// events agent → daemon; `Hello` and `Error` both ways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// First frame from each side.
+    Hello {
+        protocol: u32,
+        /// The sender's software version (for logs and errors).
+        version: String,
+    },
+
+    // ---- requests (daemon → agent) ----
+    /// Liveness: answered with [`Message::HealthOk`].
+    Health {
+        id: u64,
+    },
+    /// Answered with [`Message::StatsReply`].
+    Stats {
+        id: u64,
+    },
+    /// Answered with [`Message::PortsReply`].
+    Ports {
+        id: u64,
+    },
+    /// Runs `argv[0]` with `argv[1..]` (no shell). Answered with
+    /// [`Message::Started`], then [`Message::Stdout`]/[`Message::Stderr`]
+    /// events and one [`Message::Exited`].
+    Exec {
+        id: u64,
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// Run on a pseudo-terminal of `rows` x `cols` (stdout and stderr
+        /// then arrive merged as stdout).
+        #[serde(default)]
+        tty: bool,
+        #[serde(default)]
+        rows: u16,
+        #[serde(default)]
+        cols: u16,
+    },
+    /// Bytes for the process's stdin (the body); an empty body closes it.
+    Stdin {
+        id: u64,
+    },
+    /// A signal for the process (`INT`, `TERM`, `KILL`, `HUP`, `QUIT`).
+    Signal {
+        id: u64,
+        signal: String,
+    },
+    /// New terminal size for a `tty` exec.
+    Resize {
+        id: u64,
+        rows: u16,
+        cols: u16,
+    },
+    /// Creates or replaces `path` with `mode`; the contents follow as
+    /// [`Message::FileData`] frames, then [`Message::FileEnd`]. Answered
+    /// with [`Message::Done`] once the file is complete (written to a
+    /// temporary name and renamed).
+    WriteFile {
+        id: u64,
+        path: String,
+        mode: u32,
+    },
+    /// Sends `path`: answered with [`Message::FileInfo`], then
+    /// [`Message::FileData`] frames and [`Message::FileEnd`].
+    ReadFile {
+        id: u64,
+        path: String,
+    },
+
+    // ---- both ways: file contents ----
+    /// A chunk of file contents (the body).
+    FileData {
+        id: u64,
+    },
+    /// No more file contents.
+    FileEnd {
+        id: u64,
+    },
+
+    // ---- replies and events (agent → daemon) ----
+    HealthOk {
+        id: u64,
+        uptime_s: f64,
+    },
+    StatsReply {
+        id: u64,
+        stats: GuestStats,
+    },
+    PortsReply {
+        id: u64,
+        ports: Vec<ListeningPort>,
+    },
+    Started {
+        id: u64,
+        pid: u32,
+    },
+    /// Output of the process (the body).
+    Stdout {
+        id: u64,
+    },
+    Stderr {
+        id: u64,
+    },
+    /// The process ended: `code` if it exited, `signal` if it was killed.
+    Exited {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+    FileInfo {
+        id: u64,
+        mode: u32,
+        size: u64,
+    },
+    Done {
+        id: u64,
+    },
+    /// A request failed (`id` set) or a frame could not be read (`id`
+    /// absent).
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: AgentErrorCode,
+        message: String,
+    },
+}
+
+impl Message {
+    /// The request id the message is about, if any.
+    pub fn id(&self) -> Option<u64> {
+        use Message as M;
+        match self {
+            M::Hello { .. } => None,
+            M::Error { id, .. } => *id,
+            M::Health { id }
+            | M::Stats { id }
+            | M::Ports { id }
+            | M::Exec { id, .. }
+            | M::Stdin { id }
+            | M::Signal { id, .. }
+            | M::Resize { id, .. }
+            | M::WriteFile { id, .. }
+            | M::ReadFile { id, .. }
+            | M::FileData { id }
+            | M::FileEnd { id }
+            | M::HealthOk { id, .. }
+            | M::StatsReply { id, .. }
+            | M::PortsReply { id, .. }
+            | M::Started { id, .. }
+            | M::Stdout { id }
+            | M::Stderr { id }
+            | M::Exited { id, .. }
+            | M::FileInfo { id, .. }
+            | M::Done { id } => Some(*id),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorCode {
+    /// The frame or its header could not be read.
+    BadFrame,
+    BadVersion,
+    /// A well-formed request the agent refuses (bad path, unknown signal).
+    BadRequest,
+    NotFound,
+    /// The request ran and failed (spawn, I/O); the message says why.
+    Failed,
+    #[serde(other)]
+    Unknown,
+}
+
+/// A snapshot of the guest. CPU times are cumulative (USER_HZ ticks since
+/// boot, from `/proc/stat`); the daemon turns two snapshots into a usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestStats {
+    pub uptime_s: f64,
+    pub load: [f64; 3],
+    pub cpu: CpuTimes,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disks: Vec<DiskUsage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CpuTimes {
+    /// Time spent doing something (user, nice, system, irq, softirq, steal).
+    pub busy: u64,
+    /// Time idle (idle, iowait).
+    pub idle: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub mount: String,
+    pub device: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListeningPort {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+}
+
+/// Why a frame could not be read. The decoder has already skipped past
+/// it; reading goes on with the next frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Bytes that do not start a frame were skipped.
+    Garbage { skipped: usize },
+    /// A header or body longer than the limits.
+    TooLarge { header: usize, body: usize },
+    /// The header is not a message this side knows.
+    BadHeader(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Garbage { skipped } => write!(f, "skipped {skipped} bytes that are not a frame"),
+            Self::TooLarge { header, body } => write!(
+                f,
+                "frame too large (header {header} bytes, body {body} bytes; limits {MAX_HEADER_BYTES} and {MAX_BODY_BYTES})"
+            ),
+            Self::BadHeader(e) => write!(f, "unreadable frame header: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// The bytes of one frame.
+///
+/// # Panics
+/// Never for messages this crate defines; a body over [`MAX_BODY_BYTES`]
+/// is the caller's bug and is truncated rather than sent (use
+/// [`chunks`] to split data).
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    // Messages hold only strings, numbers and vectors: always serialisable.
+    let header = serde_json::to_vec(&frame.msg).unwrap_or_default();
+    let body = &frame.body[..frame.body.len().min(MAX_BODY_BYTES)];
+    let mut out = Vec::with_capacity(FRAME_PREFIX + header.len() + body.len());
+    out.extend_from_slice(&FRAME_MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    out
+}
+
+/// `data` in pieces of at most [`MAX_BODY_BYTES`] (none for empty data).
+pub fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.chunks(MAX_BODY_BYTES)
+}
+
+/// Turns a byte stream back into frames, whatever arrives.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: VecDeque<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend(bytes);
+    }
+
+    /// Bytes held that are not yet a whole frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next frame, an error about bytes just skipped, or `None` when
+    /// more bytes are needed.
+    pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        // Skip to the next magic (or keep a possible partial one at the end).
+        let start = self.find_magic();
+        if start > 0 {
+            self.buf.drain(..start);
+            return Some(Err(FrameError::Garbage { skipped: start }));
+        }
+        if self.buf.len() < FRAME_PREFIX {
+            return None;
+        }
+        let header_len = self.read_u32(4) as usize;
+        let body_len = self.read_u32(8) as usize;
+        if header_len > MAX_HEADER_BYTES || body_len > MAX_BODY_BYTES || header_len == 0 {
+            // Drop the magic so the search moves on to the next frame.
+            self.buf.drain(..FRAME_MAGIC.len());
+            return Some(Err(FrameError::TooLarge {
+                header: header_len,
+                body: body_len,
+            }));
+        }
+        let total = FRAME_PREFIX + header_len + body_len;
+        if self.buf.len() < total {
+            return None;
+        }
+        let frame: Vec<u8> = self.buf.drain(..total).collect();
+        let header = &frame[FRAME_PREFIX..FRAME_PREFIX + header_len];
+        match serde_json::from_slice::<Message>(header) {
+            Ok(msg) => Some(Ok(Frame {
+                msg,
+                body: frame[FRAME_PREFIX + header_len..].to_vec(),
+            })),
+            Err(e) => Some(Err(FrameError::BadHeader(e.to_string()))),
+        }
+    }
+
+    /// Index of the first byte that may start a frame: a whole magic, or a
+    /// prefix of one at the very end.
+    fn find_magic(&self) -> usize {
+        let n = self.buf.len();
+        for i in 0..n {
+            let rest = n - i;
+            let want = rest.min(FRAME_MAGIC.len());
+            if (0..want).all(|k| self.buf[i + k] == FRAME_MAGIC[k]) {
+                return i;
+            }
+        }
+        n
+    }
+
+    fn read_u32(&self, at: usize) -> u32 {
+        u32::from_be_bytes([
+            self.buf[at],
+            self.buf[at + 1],
+            self.buf[at + 2],
+            self.buf[at + 3],
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(d: &mut FrameDecoder) -> Vec<Result<Frame, FrameError>> {
+        std::iter::from_fn(|| d.next_frame()).collect()
+    }
+
+    #[test]
+    fn frames_round_trip_split_anywhere() {
+        let frames = vec![
+            Frame::new(Message::Hello {
+                protocol: AGENT_PROTOCOL_VERSION,
+                version: "0.1.0".into(),
+            }),
+            Frame::with_body(Message::Stdout { id: 7 }, b"hello\n".to_vec()),
+            Frame::new(Message::Exited {
+                id: 7,
+                code: Some(3),
+                signal: None,
+            }),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(encode).collect();
+        for split in 0..bytes.len() {
+            let mut d = FrameDecoder::new();
+            d.push(&bytes[..split]);
+            let mut got: Vec<Frame> = all(&mut d).into_iter().map(Result::unwrap).collect();
+            d.push(&bytes[split..]);
+            got.extend(all(&mut d).into_iter().map(Result::unwrap));
+            assert_eq!(got, frames, "split at {split}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn garbage_and_oversize_frames_are_skipped_and_reading_goes_on() {
+        let good = encode(&Frame::new(Message::Health { id: 1 }));
+        let mut bytes = b"noise BGA".to_vec();
+        bytes.extend_from_slice(&FRAME_MAGIC);
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        bytes.extend_from_slice(&0u32.to_be_bytes());
+        let mut bad_json = FRAME_MAGIC.to_vec();
+        bad_json.extend_from_slice(&5u32.to_be_bytes());
+        bad_json.extend_from_slice(&0u32.to_be_bytes());
+        bad_json.extend_from_slice(b"{nope");
+        bytes.extend_from_slice(&bad_json);
+        bytes.extend_from_slice(&good);
+        let mut d = FrameDecoder::new();
+        d.push(&bytes);
+        let out = all(&mut d);
+        assert!(matches!(out[0], Err(FrameError::Garbage { .. })), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Err(FrameError::TooLarge { .. })))
+        );
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Err(FrameError::BadHeader(_))))
+        );
+        assert_eq!(
+            out.last().unwrap().as_ref().unwrap().msg,
+            Message::Health { id: 1 }
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_a_good_frame_after_them_is_read() {
+        // A small deterministic fuzz loop (xorshift); the bounded-time
+        // fuzz test in tests/agent_fuzz.rs runs longer.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let good = encode(&Frame::new(Message::Ports { id: 9 }));
+        for round in 0..2000 {
+            let mut d = FrameDecoder::new();
+            let len = (round % 97) + 1;
+            let mut bytes = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push((x & 0xff) as u8);
+            }
+            if round % 5 == 0 {
+                bytes.splice(0..0, FRAME_MAGIC);
+            }
+            d.push(&bytes);
+            let _ = all(&mut d);
+            // Appending a good frame never panics either (it may be taken
+            // as the body of a frame the garbage started).
+            let mut d2 = FrameDecoder::new();
+            d2.push(&bytes);
+            let _ = all(&mut d2);
+            d2.push(&good);
+            let _ = all(&mut d2);
+        }
+    }
+
+    #[test]
+    fn ids_are_found() {
+        assert_eq!(Message::Stdin { id: 4 }.id(), Some(4));
+        assert_eq!(
+            Message::Hello {
+                protocol: 1,
+                version: String::new()
+            }
+            .id(),
+            None
+        );
+    }
+}
