@@ -160,6 +160,36 @@ pub enum VmCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Resource use inside a VM, from its guest agent.
+    Stats {
+        name: String,
+        /// Print a new sample every 2 s until interrupted.
+        #[arg(long, short)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Listening TCP and UDP sockets inside a VM, with their process.
+    Ports(VmNameJson),
+    /// Run a command in a VM through its guest agent (no SSH): stdout and
+    /// stderr apart, stdin forwarded, its exit code returned.
+    Exec {
+        name: String,
+        /// Run on a pseudo-terminal (interactive programs).
+        #[arg(long, short)]
+        tty: bool,
+        /// The command and its arguments (no shell).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file into or out of a VM: `cp FILE NAME:/path` or
+    /// `cp NAME:/path FILE` (a directory destination keeps the name).
+    Cp {
+        src: String,
+        dst: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Relay stdin/stdout to a VM's SSH port (ProxyCommand for ssh-config).
     #[command(hide = true)]
     SshProxy { name: String },

@@ -174,12 +174,48 @@ async fn recipe(
         .await
         .map_err(|e| RpcError::internal(format!("ssh task failed: {e}")))?
         .map_err(|e| RpcError::internal(error_chain(&e)))?;
+    let agent = agent_binary(state).await;
     Ok(ImageRecipe {
         suite: "bookworm".into(),
         packages,
         ssh_public_key: key,
         size_bytes,
+        agent,
     })
+}
+
+/// The static guest agent to bake into images: `BANGER_AGENT_BIN`, else
+/// `banger-agent` next to bangerd if it is static, else cargo's static
+/// build (`target/x86_64-unknown-linux-gnu/release/`, what
+/// scripts/build-agent.sh makes) beside bangerd's build dir. `None` (with
+/// a warning) builds images without an agent; their VMs boot without
+/// waiting for one.
+pub async fn agent_binary(state: &Arc<DaemonState>) -> Option<banger_image::AgentBinary> {
+    let configured = state.config.agent_bin.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut candidates = Vec::new();
+        if let Some(p) = configured {
+            candidates.push(p);
+        } else if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Into::into)) {
+            let dir: std::path::PathBuf = dir;
+            candidates.push(dir.join("banger-agent"));
+            if let Some(target) = dir.parent() {
+                candidates.push(target.join("x86_64-unknown-linux-gnu/release/banger-agent"));
+            }
+        }
+        let mut why = Vec::new();
+        for c in &candidates {
+            match banger_image::AgentBinary::load(c) {
+                Ok(a) => return Some(a),
+                Err(e) => why.push(error_chain(&e)),
+            }
+        }
+        tracing::warn!(tried = ?why, "no static banger-agent found; images are built without the guest agent");
+        None
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The image `name`; the default image is built on first use.
@@ -259,6 +295,7 @@ async fn build_locked(
         size_bytes: built.size_bytes,
         managed: true,
         created_at_ms: now_ms(),
+        has_agent: recipe.agent.is_some(),
     };
     let r = record.clone();
     state.with_store(move |s| s.insert_image(&r)).await?;

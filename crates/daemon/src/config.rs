@@ -31,6 +31,11 @@ pub struct DaemonConfig {
     pub helper_socket: std::path::PathBuf,
     /// Idle TAP devices kept ready for bridged VMs (`BANGER_TAP_POOL`).
     pub tap_pool: usize,
+    /// The static guest agent baked into images (`BANGER_AGENT_BIN`);
+    /// `None`: looked for next to the daemon (see `artifacts::agent_binary`).
+    pub agent_bin: Option<std::path::PathBuf>,
+    /// How often running VMs' agents are asked for stats.
+    pub stats_interval: Duration,
 }
 
 /// How the accelerator is chosen.
@@ -92,6 +97,8 @@ impl DaemonConfig {
             defaults: VmDefaults::default(),
             helper_socket: std::path::PathBuf::from(banger_proto::helper::DEFAULT_HELPER_SOCKET),
             tap_pool: crate::network::DEFAULT_TAP_POOL,
+            agent_bin: None,
+            stats_interval: Duration::from_secs(10),
         }
     }
 }

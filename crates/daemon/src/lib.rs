@@ -8,6 +8,7 @@
 //! [`dispatch`] under a tracing span that carries its op id.
 
 mod accel;
+pub mod agent;
 mod artifacts;
 pub mod config;
 mod disks;
@@ -66,6 +67,8 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         if let Err(e) = vms::reconcile(&state).await {
             tracing::error!(error = %e, "reconcile failed; continuing");
         }
+        // Stats samples of running VMs, so `vm stats` can tell CPU usage.
+        vms::guest::spawn_sampler(Arc::clone(&state), state.config.stats_interval);
         // Measure the host's TSC rate for TCG guests now, off the path of
         // the first boot (cached per host boot, so usually a file read).
         tokio::spawn({

@@ -26,6 +26,10 @@ pub struct DaemonState {
     pub vmm: Arc<dyn banger_vmm::Vmm>,
     pub ssh: crate::ssh::SshPaths,
     pub network: Arc<crate::network::Network>,
+    /// Running `vm exec` sessions.
+    pub execs: crate::vms::guest::ExecTable,
+    /// The latest stats sample per VM (CPU usage needs two).
+    pub guest_stats: crate::vms::guest::StatsCache,
     #[cfg(test)]
     pub probe: crate::handlers::test_methods::Probe,
 }
@@ -44,6 +48,8 @@ impl DaemonState {
                 config.tap_pool,
                 shutdown.clone(),
             )),
+            execs: Default::default(),
+            guest_stats: Default::default(),
             config,
             started: Instant::now(),
             store: Mutex::new(store),

@@ -11,7 +11,7 @@ use crate::error::{ImageError, Result};
 
 /// Bump when the customisation changes in a way the rendered files do not
 /// show (the fingerprint hashes both, so stale managed images get rebuilt).
-pub const CUSTOMIZE_VERSION: u32 = 2;
+pub const CUSTOMIZE_VERSION: u32 = 3;
 
 /// One edit to the image tree. Paths are relative to the tree's root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,13 @@ pub(crate) enum Change {
         path: String,
         mode: u32,
         contents: String,
+    },
+    /// A copy of a host file (a binary), replacing whatever was there.
+    Copy {
+        path: String,
+        mode: u32,
+        source: std::path::PathBuf,
+        sha256: String,
     },
     /// A symlink, replacing whatever was there.
     Symlink { path: String, target: String },
@@ -42,6 +49,9 @@ impl Change {
                 mode,
                 contents,
             } => format!("file {path} {mode:o} {}\n{contents}", contents.len()),
+            Self::Copy {
+                path, mode, sha256, ..
+            } => format!("copy {path} {mode:o} sha256:{sha256}"),
             Self::Symlink { path, target } => format!("symlink {path} -> {target}"),
             Self::Remove { path } => format!("remove {path}"),
             Self::RemovePrefixed { dir, prefix } => format!("remove {dir}/{prefix}*"),
@@ -240,8 +250,54 @@ ff02::1\t\tip6-allnodes
 ff02::2\t\tip6-allrouters
 ";
 
-/// The changes for an image whose root logs in with `ssh_public_key`.
-pub(crate) fn changes(ssh_public_key: &str) -> Vec<Change> {
+const AGENT_UNIT: &str = "\
+[Unit]
+Description=banger guest agent (health, stats, ports, exec, file copy)
+Documentation=file:/usr/local/sbin/banger-agent
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Before=sysinit.target shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+ExecStart=/usr/local/sbin/banger-agent
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=sysinit.target
+";
+
+/// The changes for an image whose root logs in with `ssh_public_key`, with
+/// the guest agent when one is given.
+pub(crate) fn changes(
+    ssh_public_key: &str,
+    agent: Option<&crate::agent::AgentBinary>,
+) -> Vec<Change> {
+    let mut all = base_changes(ssh_public_key);
+    if let Some(agent) = agent {
+        all.extend([
+            Change::Copy {
+                path: crate::agent::GUEST_AGENT_PATH.into(),
+                mode: 0o755,
+                source: agent.path.clone(),
+                sha256: agent.sha256.clone(),
+            },
+            Change::File {
+                path: "etc/systemd/system/banger-agent.service".into(),
+                mode: 0o644,
+                contents: AGENT_UNIT.into(),
+            },
+            Change::Symlink {
+                path: "etc/systemd/system/sysinit.target.wants/banger-agent.service".into(),
+                target: "/etc/systemd/system/banger-agent.service".into(),
+            },
+        ]);
+    }
+    all
+}
+
+fn base_changes(ssh_public_key: &str) -> Vec<Change> {
     let file = |path: &str, mode: u32, contents: &str| Change::File {
         path: path.into(),
         mode,
@@ -363,6 +419,15 @@ pub(crate) fn apply(root: &Path, changes: &[Change]) -> Result<()> {
                 fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
                     .map_err(|e| ImageError::io("chmod", &p, e))?;
             }
+            Change::Copy {
+                path, mode, source, ..
+            } => {
+                let p = safe_join(root, path)?;
+                prepare_slot(root, &p)?;
+                fs::copy(source, &p).map_err(|e| ImageError::io("copy", &p, e))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| ImageError::io("chmod", &p, e))?;
+            }
             Change::Symlink { path, target } => {
                 let p = safe_join(root, path)?;
                 prepare_slot(root, &p)?;
@@ -473,7 +538,7 @@ mod tests {
 
     #[test]
     fn changes_cover_the_contract() {
-        let all: Vec<String> = changes(KEY).iter().map(Change::describe).collect();
+        let all: Vec<String> = changes(KEY, None).iter().map(Change::describe).collect();
         let text = all.join("\n");
         for needle in [
             "file etc/ssh/authorized_keys/root 600",
@@ -533,7 +598,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("etc/resolv.conf")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc/hostname")).unwrap();
 
-        apply(&root, &changes(KEY)).unwrap();
+        apply(&root, &changes(KEY, None)).unwrap();
 
         assert_eq!(fs::read_to_string(&outside).unwrap(), "host file");
         assert!(!root.join("etc/ssh/ssh_host_rsa_key").exists());
@@ -560,7 +625,7 @@ mod tests {
             Path::new("/dev/null")
         );
         // Applying twice is fine (a rebuild from a cached base does that).
-        apply(&root, &changes(KEY)).unwrap();
+        apply(&root, &changes(KEY, None)).unwrap();
     }
 
     #[test]
@@ -571,7 +636,7 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
-        let err = apply(&root, &changes(KEY)).unwrap_err();
+        let err = apply(&root, &changes(KEY, None)).unwrap_err();
         assert!(err.to_string().contains("refuse to write through"), "{err}");
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }

@@ -32,6 +32,7 @@
 //!   functions, unit tested without root or network; `tests/boot.rs`
 //!   boots the real thing under QEMU.
 
+pub mod agent;
 mod apt;
 mod cmd;
 mod error;
@@ -43,6 +44,7 @@ mod modules;
 pub mod rootfs;
 mod sources;
 
+pub use agent::AgentBinary;
 pub use error::{ImageError, Result};
 pub use guest::CUSTOMIZE_VERSION;
 pub use initramfs::build_initramfs;

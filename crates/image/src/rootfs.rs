@@ -60,6 +60,9 @@ pub struct ImageRecipe {
     pub ssh_public_key: String,
     /// Size of `rootfs.ext4`; `None`: used space plus headroom, at least 1 GiB.
     pub size_bytes: Option<u64>,
+    /// The guest agent to bake in (SPEC C9); `None` builds an image
+    /// without one.
+    pub agent: Option<crate::agent::AgentBinary>,
 }
 
 /// What [`build_rootfs`] wrote.
@@ -81,6 +84,7 @@ impl ImageRecipe {
             packages: Vec::new(),
             ssh_public_key: ssh_public_key.into(),
             size_bytes: None,
+            agent: None,
         }
     }
 
@@ -124,7 +128,7 @@ impl ImageRecipe {
                 .size_bytes
                 .map_or_else(|| "auto".to_owned(), |s| s.to_string()),
         );
-        for change in guest::changes(&self.ssh_public_key) {
+        for change in guest::changes(&self.ssh_public_key, self.agent.as_ref()) {
             put("change", &change.describe());
         }
         hex(&h.finalize())
@@ -211,7 +215,10 @@ pub fn build_rootfs(
     )?;
 
     progress("customize");
-    guest::apply(&tree, &guest::changes(&recipe.ssh_public_key))?;
+    guest::apply(
+        &tree,
+        &guest::changes(&recipe.ssh_public_key, recipe.agent.as_ref()),
+    )?;
 
     progress("mkfs");
     let used = tree_usage(&tree)?;
@@ -392,6 +399,7 @@ mod tests {
             packages: vec!["curl".into(), "git".into()],
             ssh_public_key: KEY.into(),
             size_bytes: None,
+            agent: None,
         }
     }
 

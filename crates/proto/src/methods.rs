@@ -26,6 +26,13 @@ pub const VM_SHOW: &str = "vm.show";
 pub const VM_LIST: &str = "vm.list";
 pub const VM_EDIT: &str = "vm.edit";
 pub const VM_SSH_INFO: &str = "vm.ssh_info";
+/// `vm.stats`: [`VmRef`](crate::vm::VmRef); answers [`VmStats`](crate::vm::VmStats).
+pub const VM_STATS: &str = "vm.stats";
+/// `vm.ports`: [`VmRef`](crate::vm::VmRef); answers `[ListeningPort]`.
+pub const VM_PORTS: &str = "vm.ports";
+pub const VM_EXEC_BEGIN: &str = "vm.exec.begin";
+pub const VM_EXEC_IO: &str = "vm.exec.io";
+pub const VM_CP: &str = "vm.cp";
 pub const IMAGE_BUILD_BEGIN: &str = "image.build.begin";
 pub const IMAGE_LIST: &str = "image.list";
 pub const IMAGE_SHOW: &str = "image.show";

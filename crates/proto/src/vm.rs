@@ -252,3 +252,98 @@ pub struct DoctorCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
+
+/// `vm.stats`: a fresh sample from the guest agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStats {
+    pub name: String,
+    pub uptime_s: f64,
+    pub load: [f64; 3],
+    /// Share of one vCPU-second busy per second since the previous sample
+    /// (0..=100 per vCPU); absent for the first sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub disks: Vec<crate::agent::DiskUsage>,
+    pub sampled_at_ms: i64,
+}
+
+/// `vm.exec.begin` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBeginParams {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecBegun {
+    pub exec_id: String,
+    pub pid: u32,
+}
+
+/// `vm.exec.io` params: input for the process, then a wait (up to
+/// `wait_ms`, default 500) for output or its exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecIoParams {
+    pub exec_id: String,
+    /// Base64 bytes for stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub stdin_eof: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u32>,
+}
+
+/// Output since the previous `vm.exec.io` (base64), and the exit once the
+/// process ended and all its output was delivered (`done`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecIoResult {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// `vm.cp` params: one side is the VM's `guest_path`, the other a host
+/// path (absolute; the CLI resolves it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpParams {
+    pub name: String,
+    /// `true`: host → guest; `false`: guest → host.
+    pub to_guest: bool,
+    pub host_path: String,
+    pub guest_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpResult {
+    pub bytes: u64,
+    pub mode: u32,
+    /// Where the file ended up (a directory destination gets the source's name).
+    pub destination: String,
+}

@@ -188,8 +188,8 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
-                                     size_bytes, managed, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                     size_bytes, managed, created_at_ms, has_agent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     i.id,
                     i.name,
@@ -200,6 +200,7 @@ impl Store {
                     i.size_bytes,
                     i.managed,
                     i.created_at_ms,
+                    i.has_agent,
                 ],
             )
             .map_err(|e| classify(e, "image", &i.name))?;
@@ -450,7 +451,7 @@ impl Store {
 const KERNEL_SELECT: &str = "SELECT id, name, source, kernel_path, initrd_path, modules_dir,
     version, sha256, created_at_ms FROM kernels";
 const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path, fingerprint,
-    size_bytes, managed, created_at_ms FROM images";
+    size_bytes, managed, created_at_ms, has_agent FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
     created_at_ms, updated_at_ms FROM vms";

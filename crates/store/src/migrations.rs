@@ -60,6 +60,9 @@ const STEPS: &[M<'static>] = &[
             created_at_ms INTEGER NOT NULL
         ) STRICT;",
     ),
+    // 3: images that carry the guest agent (older ones do not, and their
+    // VMs boot without waiting for it).
+    M::up("ALTER TABLE images ADD COLUMN has_agent INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

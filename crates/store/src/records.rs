@@ -36,6 +36,8 @@ pub struct ImageRecord {
     /// Built by banger from a recipe (and so rebuildable), not imported.
     pub managed: bool,
     pub created_at_ms: i64,
+    /// The guest agent is baked in (`banger-agent`, started at boot).
+    pub has_agent: bool,
 }
 
 /// The lifecycle state last recorded for a VM. Whether its VMM really runs
@@ -122,6 +124,7 @@ impl ImageRecord {
             size_bytes: r.get(6)?,
             managed: r.get(7)?,
             created_at_ms: r.get(8)?,
+            has_agent: r.get(9)?,
         })
     }
 }

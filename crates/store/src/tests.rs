@@ -32,6 +32,7 @@ fn image(name: &str) -> ImageRecord {
         size_bytes: 1 << 30,
         managed: true,
         created_at_ms: 2,
+        has_agent: true,
     }
 }
 

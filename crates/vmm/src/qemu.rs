@@ -48,7 +48,8 @@ use crate::error::VmmError;
 use crate::proc;
 use crate::qmp::{ConnectError, QmpClient};
 use crate::spec::{
-    Accel, BackendKind, Drive, NetBackend, PortForward, Signal, VmHandle, VmRunState, VmSpec,
+    Accel, AgentChannel, BackendKind, Drive, NetBackend, PortForward, Signal, VmHandle, VmRunState,
+    VmSpec,
 };
 use crate::{Vmm, probe};
 
@@ -57,6 +58,13 @@ pub const QEMU_BINARY_NAME: &str = "qemu-system-x86_64";
 
 /// The chardev id of the serial console.
 const CONSOLE_CHARDEV: &str = "console";
+
+/// The virtio-serial port name the guest agent looks for (kept in step
+/// with `banger_proto::agent::AGENT_PORT_NAME`; this crate does not depend
+/// on the wire types).
+fn banger_agent_port_name() -> &'static str {
+    "banger.agent"
+}
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -70,6 +78,8 @@ pub struct VmFiles {
     pub pidfile: PathBuf,
     /// `vmm.log`: QEMU's stdout and stderr, appended, one header per launch.
     pub vmm_log: PathBuf,
+    /// `agent.sock`: the host end of the agent's virtio-serial port.
+    pub agent_socket: PathBuf,
 }
 
 impl VmFiles {
@@ -78,6 +88,7 @@ impl VmFiles {
             control_socket: vm_dir.join("qmp.sock"),
             pidfile: vm_dir.join("vmm.pid"),
             vmm_log: vm_dir.join("vmm.log"),
+            agent_socket: vm_dir.join("agent.sock"),
         }
     }
 }
@@ -847,6 +858,24 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
             device.into(),
         ]);
     }
+    if let Some(AgentChannel::VirtioSerial) = &spec.agent {
+        // QEMU listens; the daemon connects (and reconnects after a
+        // restart). The port's name is how the agent finds it.
+        let mut chardev = OsString::from("socket,id=agent,server=on,wait=off,path=");
+        chardev.push(&files.agent_socket);
+        a.extend([
+            "-device".into(),
+            "virtio-serial-device".into(),
+            "-chardev".into(),
+            chardev,
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                banger_agent_port_name()
+            )
+            .into(),
+        ]);
+    }
     a.push("-qmp".into());
     a.push(qmp_arg(&files.control_socket));
     a.push("-pidfile".into());
@@ -909,6 +938,7 @@ mod tests {
                     ],
                 },
             }],
+            agent: None,
             accel: Accel::Tcg,
             console_log: "/run/banger/vms/0f3a9c/console.log".into(),
         }

@@ -29,6 +29,9 @@ pub struct VmSpec {
     /// comes first so the guest sees it as `/dev/vda`.
     pub drives: Vec<Drive>,
     pub net: Vec<NetInterface>,
+    /// The guest agent's channel, if the guest has an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentChannel>,
     pub accel: Accel,
     /// The guest's serial console (ttyS0) is appended to this file.
     pub console_log: PathBuf,
@@ -98,6 +101,26 @@ pub enum NetBackend {
     User { forwards: Vec<PortForward> },
     /// An existing TAP device (made by the helper).
     Tap { tap_name: String },
+}
+
+/// How the daemon reaches the guest agent (SPEC C9). Firecracker's
+/// counterpart is its `vsock` device with a Unix socket on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentChannel {
+    /// A virtio-serial port named `banger.agent`, its host end a Unix
+    /// socket QEMU listens on (`agent.sock` in the VM directory). Works
+    /// where the host has no `/dev/vhost-vsock`.
+    VirtioSerial,
+}
+
+impl AgentChannel {
+    /// The name recorded for the VM (`virtio-serial`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AgentChannel::VirtioSerial => "virtio-serial",
+        }
+    }
 }
 
 /// A host port forwarded to a guest port (user-mode networking).

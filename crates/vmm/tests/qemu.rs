@@ -90,6 +90,7 @@ fn test_vm(tag: &str) -> TestVm {
                 }],
             },
         }],
+        agent: None,
         accel: Accel::Tcg,
         console_log: dir.path().join("vm").join("console.log"),
     };

@@ -32,6 +32,10 @@ struct Args {
     /// Idle TAP devices kept ready for bridged VMs (0: make one per start).
     #[arg(long, env = "BANGER_TAP_POOL", default_value_t = banger_daemon::DEFAULT_TAP_POOL)]
     tap_pool: usize,
+    /// The statically linked guest agent to bake into images
+    /// (default: found next to bangerd, or in cargo's static build dir).
+    #[arg(long, env = "BANGER_AGENT_BIN", value_name = "PATH")]
+    agent_bin: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.helper_socket = socket;
     }
     config.tap_pool = args.tap_pool;
+    config.agent_bin = args.agent_bin;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

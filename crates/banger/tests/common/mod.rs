@@ -291,3 +291,37 @@ pub fn error_code(answer: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("expected an error, got {answer}"))
 }
+
+/// The statically linked guest agent, built once into the user's cache
+/// (`BANGER_AGENT_BIN` wins when set): images built by tests bake it in.
+pub fn static_agent() -> PathBuf {
+    if let Some(p) = std::env::var_os("BANGER_AGENT_BIN").map(PathBuf::from) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"));
+    let target = cache.join("banger/agent-target");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "banger-agent",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .expect("run cargo to build banger-agent");
+    assert!(status.success(), "building the static banger-agent failed");
+    target.join("x86_64-unknown-linux-gnu/release/banger-agent")
+}

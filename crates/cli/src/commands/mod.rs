@@ -4,6 +4,7 @@ mod artifacts;
 mod daemon;
 mod follow;
 mod format;
+mod guest;
 mod rpc;
 mod system;
 mod tail;

@@ -140,6 +140,14 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             spec,
             command,
         } => vm_run(&mut client, name.as_deref(), *rm, spec, command),
+        VmCommand::Stats { name, watch, json } => {
+            super::guest::stats(&mut client, name, *watch, *json)
+        }
+        VmCommand::Ports(a) => super::guest::ports(&mut client, &a.name, a.json),
+        VmCommand::Exec { name, tty, command } => {
+            super::guest::exec(&mut client, name, *tty, command)
+        }
+        VmCommand::Cp { src, dst, json } => super::guest::cp(&mut client, src, dst, *json),
         VmCommand::SshProxy { name } => {
             // ssh passes the host as written: `dev.vm`.
             let name = name.strip_suffix(".vm").unwrap_or(name).to_owned();

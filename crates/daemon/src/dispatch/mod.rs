@@ -139,6 +139,26 @@ pub static METHODS: &[Method] = &[
         handler: |ctx, p| Box::pin(handlers::vm::ssh_info(ctx, p)),
     },
     Method {
+        name: methods::VM_STATS,
+        handler: |ctx, p| Box::pin(handlers::vm::stats(ctx, p)),
+    },
+    Method {
+        name: methods::VM_PORTS,
+        handler: |ctx, p| Box::pin(handlers::vm::ports(ctx, p)),
+    },
+    Method {
+        name: methods::VM_EXEC_BEGIN,
+        handler: |ctx, p| Box::pin(handlers::vm::exec_begin(ctx, p)),
+    },
+    Method {
+        name: methods::VM_EXEC_IO,
+        handler: |ctx, p| Box::pin(handlers::vm::exec_io(ctx, p)),
+    },
+    Method {
+        name: methods::VM_CP,
+        handler: |ctx, p| Box::pin(handlers::vm::cp(ctx, p)),
+    },
+    Method {
         name: methods::IMAGE_BUILD_BEGIN,
         handler: |ctx, p| Box::pin(handlers::image_build_begin(ctx, p)),
     },

@@ -65,7 +65,7 @@ fn failed(message: impl Into<String>) -> RpcError {
     RpcError::internal(message)
 }
 
-fn cancelled() -> RpcError {
+pub(super) fn cancelled() -> RpcError {
     RpcError::new(ErrorCode::Cancelled, "cancelled")
 }
 
@@ -228,6 +228,9 @@ async fn boot(
             },
         ],
         net: vec![net.nic],
+        agent: image
+            .has_agent
+            .then_some(banger_vmm::AgentChannel::VirtioSerial),
         accel,
         console_log: console_log(&dir),
     };
@@ -255,6 +258,9 @@ async fn boot(
         ssh_port: net.ssh_port,
         accel: accel.as_str().to_owned(),
         bridged: net.bridged,
+        agent: image
+            .has_agent
+            .then(|| banger_vmm::AgentChannel::VirtioSerial.as_str().to_owned()),
     };
     save_handles(&dir, &handles)
         .map_err(|e| failed(format!("write {}: {e}", dir.join("handles.json").display())))?;
@@ -262,6 +268,11 @@ async fn boot(
     {
         let dir = dir.clone();
         rollback.push("record handles", move || remove_handles(&dir));
+    }
+
+    if handles.agent.is_some() {
+        stage(op, "wait for agent");
+        super::guest::wait_for_agent(state, vm, &handles, cancel).await?;
     }
 
     stage(op, "wait for ssh");
@@ -320,7 +331,11 @@ async fn wait_for_ssh(
     }
 }
 
-async fn vmm_running(state: &Arc<DaemonState>, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
+pub(super) async fn vmm_running(
+    state: &Arc<DaemonState>,
+    handle: &banger_vmm::VmHandle,
+    vm_id: &str,
+) -> bool {
     let vmm = Arc::clone(&state.vmm);
     let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
     tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))

@@ -13,6 +13,7 @@
 //! (std mutex, leaf, inside spawn_blocking only).
 
 mod create;
+pub mod guest;
 mod lifecycle;
 mod reconcile;
 mod rollback;
@@ -49,6 +50,9 @@ pub struct Handles {
     /// The TAP device and address of a bridged VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridged: Option<BridgedHandles>,
+    /// How the guest agent is reached (`virtio-serial`), if the guest has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,7 @@ fn loopback() -> String {
 pub struct VmTable {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<String, Handles>>,
+    agents: Mutex<HashMap<String, Arc<crate::agent::AgentConn>>>,
 }
 
 impl VmTable {
@@ -98,6 +103,19 @@ impl VmTable {
 
     fn clear_handles(&self, vm_id: &str) {
         lock(&self.handles).remove(vm_id);
+        lock(&self.agents).remove(vm_id);
+    }
+
+    /// The live agent connection of a running VM, if one is open.
+    fn agent(&self, vm_id: &str) -> Option<Arc<crate::agent::AgentConn>> {
+        lock(&self.agents)
+            .get(vm_id)
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    fn set_agent(&self, vm_id: &str, conn: Arc<crate::agent::AgentConn>) {
+        lock(&self.agents).insert(vm_id.to_owned(), conn);
     }
 }
 

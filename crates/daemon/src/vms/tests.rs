@@ -87,6 +87,7 @@ fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> VmRecord {
         size_bytes: 1,
         managed: false,
         created_at_ms: 0,
+        has_agent: false,
     };
     let store = state.lock_store_for_tests();
     let _ = store.insert_kernel(&kernel);
@@ -126,6 +127,7 @@ fn handles(pid: u32, dir: &std::path::Path) -> Handles {
         ssh_port: 2222,
         accel: "tcg".into(),
         bridged: None,
+        agent: None,
     }
 }
 

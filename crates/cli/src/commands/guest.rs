@@ -1,0 +1,356 @@
+//! `vm stats`, `vm ports`, `vm exec` and `vm cp`: the guest agent's
+//! features, through the daemon.
+//!
+//! `vm exec` drives an exec session with `vm.exec.io` calls: stdin read by
+//! a thread is sent with each call, and each answer carries the output
+//! since the previous one (long-polled). Ctrl-C sends SIGINT to the guest
+//! process (with `-t` it is a byte on the terminal, as in `ssh -t`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use banger_proto::agent::ListeningPort;
+use banger_proto::methods;
+use banger_proto::vm::{
+    CpParams, CpResult, ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult, VmRef, VmStats,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::format::{human_bytes, table};
+use super::print_json;
+use crate::CliError;
+use crate::client::Client;
+
+pub(crate) fn stats(
+    client: &mut Client,
+    name: &str,
+    watch: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
+        .map_err(CliError::Io)?;
+    let result = loop {
+        let s: VmStats = match client.call(
+            methods::VM_STATS,
+            VmRef {
+                name: name.to_owned(),
+            },
+        ) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        if json {
+            // One JSON object per line while watching.
+            let line =
+                serde_json::to_string(&s).map_err(|e| CliError::BadResponse(e.to_string()))?;
+            println!("{line}");
+        } else {
+            print_stats(&s);
+        }
+        if !watch {
+            break Ok(());
+        }
+        for _ in 0..20 {
+            if interrupted.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+    };
+    signal_hook::low_level::unregister(sig);
+    result
+}
+
+fn print_stats(s: &VmStats) {
+    let cpu = s
+        .cpu_percent
+        .map(|c| format!("{c:.1}%"))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{}: cpu {cpu}, memory {} / {}, load {:.2} {:.2} {:.2}, up {:.0} s",
+        s.name,
+        human_bytes(s.memory_used_bytes),
+        human_bytes(s.memory_total_bytes),
+        s.load[0],
+        s.load[1],
+        s.load[2],
+        s.uptime_s
+    );
+    let rows: Vec<Vec<String>> = s
+        .disks
+        .iter()
+        .map(|d| {
+            vec![
+                d.mount.clone(),
+                d.device.clone(),
+                human_bytes(d.used_bytes),
+                human_bytes(d.total_bytes),
+            ]
+        })
+        .collect();
+    table(&["MOUNT", "DEVICE", "USED", "SIZE"], &rows);
+}
+
+pub(crate) fn ports(client: &mut Client, name: &str, json: bool) -> Result<(), CliError> {
+    let ports: Vec<ListeningPort> = client.call(
+        methods::VM_PORTS,
+        VmRef {
+            name: name.to_owned(),
+        },
+    )?;
+    if json {
+        return print_json(&ports);
+    }
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.proto.clone(),
+                p.address.clone(),
+                p.port.to_string(),
+                p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                p.process.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["PROTO", "ADDRESS", "PORT", "PID", "PROCESS"], &rows);
+    Ok(())
+}
+
+/// Restores the terminal's mode when dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+pub(crate) fn exec(
+    client: &mut Client,
+    name: &str,
+    tty: bool,
+    command: &[String],
+) -> Result<(), CliError> {
+    let size = if tty {
+        rustix::termios::tcgetwinsize(std::io::stdout()).ok()
+    } else {
+        None
+    };
+    let begun: ExecBegun = client.call(
+        methods::VM_EXEC_BEGIN,
+        ExecBeginParams {
+            name: name.to_owned(),
+            argv: command.to_vec(),
+            tty,
+            rows: size.map(|s| s.ws_row),
+            cols: size.map(|s| s.ws_col),
+            env: if tty {
+                vec![(
+                    "TERM".into(),
+                    std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+                )]
+            } else {
+                Vec::new()
+            },
+        },
+    )?;
+    let _raw = if tty && std::io::stdin().is_terminal() {
+        RawMode::enter()
+    } else {
+        None
+    };
+    // Ctrl-C: forwarded as SIGINT (without a terminal; with one it is a byte).
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
+        .map_err(CliError::Io)?;
+    let stdin = spawn_stdin_reader();
+    let mut eof_sent = false;
+    let result = loop {
+        let mut p = ExecIoParams {
+            exec_id: begun.exec_id.clone(),
+            wait_ms: Some(200),
+            ..Default::default()
+        };
+        let mut input = Vec::new();
+        loop {
+            match stdin.try_recv() {
+                Ok(Some(chunk)) => {
+                    input.extend_from_slice(&chunk);
+                    if input.len() > 256 * 1024 {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    if !eof_sent {
+                        p.stdin_eof = true;
+                        eof_sent = true;
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !input.is_empty() {
+            p.stdin = Some(B64.encode(&input));
+            p.wait_ms = Some(0);
+        }
+        if interrupted.swap(false, Ordering::Relaxed) {
+            p.signal = Some("INT".into());
+        }
+        let r: ExecIoResult = match client.call(methods::VM_EXEC_IO, &p) {
+            Ok(r) => r,
+            Err(e) => break Err(e),
+        };
+        write_out(&mut std::io::stdout(), &r.stdout)?;
+        write_out(&mut std::io::stderr(), &r.stderr)?;
+        if r.done {
+            break match (r.exit_code, r.signal) {
+                (Some(0), _) => Ok(()),
+                (Some(code), _) => Err(CliError::ChildExit(code)),
+                (None, Some(signal)) => {
+                    eprintln!("banger: the command was killed by SIG{signal}");
+                    Err(CliError::ChildExit(128 + signal_number(&signal)))
+                }
+                (None, None) => Err(CliError::ChildExit(255)),
+            };
+        }
+    };
+    signal_hook::low_level::unregister(sig);
+    result
+}
+
+fn write_out(w: &mut impl Write, b64: &str) -> Result<(), CliError> {
+    if b64.is_empty() {
+        return Ok(());
+    }
+    let bytes = B64
+        .decode(b64)
+        .map_err(|e| CliError::BadResponse(format!("exec output is not base64: {e}")))?;
+    w.write_all(&bytes).map_err(CliError::Io)?;
+    w.flush().map_err(CliError::Io)
+}
+
+fn signal_number(name: &str) -> i32 {
+    match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "PIPE" => 13,
+        "TERM" => 15,
+        _ => 0,
+    }
+}
+
+/// Reads stdin on a thread: `Some(bytes)` per read, `None` at its end.
+fn spawn_stdin_reader() -> mpsc::Receiver<Option<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// `NAME:/path` → `(NAME, /path)`; a host path otherwise.
+fn split_remote(arg: &str) -> Option<(&str, &str)> {
+    let (name, path) = arg.split_once(':')?;
+    (!name.is_empty() && !name.contains('/') && path.starts_with('/')).then_some((name, path))
+}
+
+/// A host path made absolute against the current directory (the daemon
+/// has another one).
+fn absolute(path: &str) -> Result<PathBuf, CliError> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    Ok(std::env::current_dir().map_err(CliError::Io)?.join(p))
+}
+
+pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Result<(), CliError> {
+    let params = match (split_remote(src), split_remote(dst)) {
+        (None, Some((name, guest))) => CpParams {
+            name: name.to_owned(),
+            to_guest: true,
+            host_path: absolute(src)?.display().to_string(),
+            guest_path: guest.to_owned(),
+        },
+        (Some((name, guest)), None) => CpParams {
+            name: name.to_owned(),
+            to_guest: false,
+            host_path: absolute(dst)?.display().to_string(),
+            guest_path: guest.to_owned(),
+        },
+        _ => {
+            return Err(CliError::BadParams(
+                "give one side as NAME:/absolute/path and the other as a host path".into(),
+            ));
+        }
+    };
+    let r: CpResult = client.call(methods::VM_CP, &params)?;
+    if json {
+        return print_json(&r);
+    }
+    eprintln!(
+        "copied {} to {} (mode {:o})",
+        human_bytes(r.bytes),
+        r.destination,
+        r.mode
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_paths_need_a_name_and_an_absolute_path() {
+        assert_eq!(split_remote("dev:/root/x"), Some(("dev", "/root/x")));
+        assert_eq!(split_remote("./dev:/x"), None);
+        assert_eq!(split_remote("dev:relative"), None);
+        assert_eq!(split_remote("/tmp/file"), None);
+        assert_eq!(split_remote(":/x"), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! The daemon's side of the guest agent protocol (`proto::agent`, SPEC C9).
+//!
+//! One [`AgentConn`] per running VM with an agent: a Unix-socket
+//! connection to the host end of the VM's virtio-serial port (QEMU listens
+//! on `agent.sock`), a reader task that decodes frames and routes each to
+//! the request with its id, and a writer task. Requests choose their ids;
+//! a request's receiver gets every frame about it until it is dropped.
+//!
+//! The first frame each side sends is `Hello`: the daemon repeats its own
+//! every second until the agent's arrives (the agent may still be booting,
+//! or may have been running since before this daemon started); an agent of
+//! another protocol version is refused with a clear error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_proto::agent::{
+    AGENT_PROTOCOL_VERSION, AgentErrorCode, Frame, FrameDecoder, Message, encode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connect to the guest agent at {socket}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent did not answer within {0} s")]
+    Timeout(u64),
+    #[error("the guest agent speaks protocol {theirs}, this daemon {ours}: rebuild the image")]
+    Version { theirs: u32, ours: u32 },
+    #[error("the connection to the guest agent was lost")]
+    Lost,
+    #[error("the guest agent refused: {message} ({code:?})")]
+    Refused {
+        code: AgentErrorCode,
+        message: String,
+    },
+    #[error("the guest agent answered {0}")]
+    Unexpected(String),
+}
+
+type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+
+/// A live connection to one VM's agent.
+#[derive(Debug)]
+pub struct AgentConn {
+    writer: mpsc::Sender<Vec<u8>>,
+    routes: Routes,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+    /// The agent's software version, from its `Hello`.
+    pub agent_version: String,
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+fn routes_lock(
+    r: &Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
+) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Frame>>> {
+    // A plain routing map; a panicked holder leaves it consistent.
+    r.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentConn {
+    /// Connects and waits (up to `timeout`) for the agent's `Hello`.
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<Arc<Self>, AgentError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| AgentError::Connect {
+                socket: socket.to_owned(),
+                source,
+            })?;
+        let (mut read, mut write) = stream.into_split();
+        let closed = CancellationToken::new();
+        let routes: Routes = Arc::default();
+
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+        let wclosed = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                let bytes = tokio::select! {
+                    _ = wclosed.cancelled() => return,
+                    b = wrx.recv() => match b { Some(b) => b, None => return },
+                };
+                if write.write_all(&bytes).await.is_err() {
+                    wclosed.cancel();
+                    return;
+                }
+            }
+        });
+
+        let (hello_tx, mut hello_rx) = mpsc::unbounded_channel::<Message>();
+        let rroutes = Arc::clone(&routes);
+        let rclosed = closed.clone();
+        tokio::spawn(async move {
+            let mut decoder = FrameDecoder::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = tokio::select! {
+                    _ = rclosed.cancelled() => break,
+                    r = read.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                };
+                decoder.push(&buf[..n]);
+                while let Some(next) = decoder.next_frame() {
+                    match next {
+                        Ok(frame) => route(&rroutes, &hello_tx, frame),
+                        Err(e) => tracing::warn!(error = %e, "bad frame from the guest agent"),
+                    }
+                }
+            }
+            rclosed.cancel();
+            // Dropping the senders ends every request's receiver.
+            routes_lock(&rroutes).clear();
+        });
+
+        let hello = encode(&Frame::new(Message::Hello {
+            protocol: AGENT_PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let agent_version = loop {
+            if wtx.send(hello.clone()).await.is_err() {
+                return Err(AgentError::Lost);
+            }
+            let got = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    closed.cancel();
+                    return Err(AgentError::Timeout(timeout.as_secs()));
+                }
+                _ = closed.cancelled() => return Err(AgentError::Lost),
+                m = tokio::time::timeout(Duration::from_secs(1), hello_rx.recv()) => m,
+            };
+            match got {
+                Ok(Some(Message::Hello { protocol, version })) => {
+                    if protocol != AGENT_PROTOCOL_VERSION {
+                        closed.cancel();
+                        return Err(AgentError::Version {
+                            theirs: protocol,
+                            ours: AGENT_PROTOCOL_VERSION,
+                        });
+                    }
+                    break version;
+                }
+                Ok(Some(Message::Error { code, message, .. })) => {
+                    closed.cancel();
+                    return Err(AgentError::Refused { code, message });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(AgentError::Lost),
+                Err(_) => {} // no Hello yet: say ours again
+            }
+        };
+        Ok(Arc::new(Self {
+            writer: wtx,
+            routes,
+            next_id: AtomicU64::new(1),
+            closed,
+            agent_version,
+        }))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Sends the request `make(id)` and returns its id and the receiver of
+    /// every frame about it.
+    pub async fn start(
+        &self,
+        make: impl FnOnce(u64) -> Message,
+        body: Vec<u8>,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Frame>), AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        routes_lock(&self.routes).insert(id, tx);
+        self.send(Frame::with_body(make(id), body)).await?;
+        Ok((id, rx))
+    }
+
+    /// Sends a frame about a request already started (stdin, signals,
+    /// file data).
+    pub async fn send(&self, frame: Frame) -> Result<(), AgentError> {
+        if self.is_closed() {
+            return Err(AgentError::Lost);
+        }
+        self.writer
+            .send(encode(&frame))
+            .await
+            .map_err(|_| AgentError::Lost)
+    }
+
+    /// Forgets a finished request's route.
+    pub fn finish(&self, id: u64) {
+        routes_lock(&self.routes).remove(&id);
+    }
+
+    /// A request answered by exactly one frame (health, stats, ports).
+    pub async fn call(
+        &self,
+        make: impl FnOnce(u64) -> Message,
+        timeout: Duration,
+    ) -> Result<Frame, AgentError> {
+        let (id, mut rx) = self.start(make, Vec::new()).await?;
+        let got = tokio::time::timeout(timeout, rx.recv()).await;
+        self.finish(id);
+        match got {
+            Err(_) => Err(AgentError::Timeout(timeout.as_secs())),
+            Ok(None) => Err(AgentError::Lost),
+            Ok(Some(Frame {
+                msg: Message::Error { code, message, .. },
+                ..
+            })) => Err(AgentError::Refused { code, message }),
+            Ok(Some(frame)) => Ok(frame),
+        }
+    }
+}
+
+fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) {
+    match frame.msg.id() {
+        Some(id) => {
+            let mut map = routes_lock(routes);
+            if let Some(tx) = map.get(&id) {
+                if tx.send(frame).is_err() {
+                    map.remove(&id);
+                }
+            }
+        }
+        None => {
+            if let Message::Error { message, .. } = &frame.msg {
+                tracing::warn!(error = %message, "the guest agent reported an error");
+            }
+            let _ = hello.send(frame.msg);
+        }
+    }
+}
+
+/// The error a handler returns for an agent failure.
+pub fn rpc_error(vm: &str, e: &AgentError) -> crate::dispatch::RpcError {
+    use banger_proto::ErrorCode;
+    let code = match e {
+        AgentError::Refused {
+            code: AgentErrorCode::NotFound,
+            ..
+        } => ErrorCode::NotFound,
+        AgentError::Refused {
+            code: AgentErrorCode::BadRequest,
+            ..
+        } => ErrorCode::BadParams,
+        _ => ErrorCode::OperationFailed,
+    };
+    crate::dispatch::RpcError::new(
+        code,
+        format!("vm {vm}: {}", crate::dispatch::error_chain(e)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A fake agent: answers Hello with `protocol`, Health with HealthOk.
+    async fn fake_agent(listener: UnixListener, protocol: u32) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut d = FrameDecoder::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            d.push(&buf[..n]);
+            while let Some(Ok(f)) = d.next_frame() {
+                let reply = match f.msg {
+                    Message::Hello { .. } => Message::Hello {
+                        protocol,
+                        version: "test".into(),
+                    },
+                    Message::Health { id } => Message::HealthOk { id, uptime_s: 1.0 },
+                    Message::Ports { id } => Message::Error {
+                        id: Some(id),
+                        code: AgentErrorCode::NotFound,
+                        message: "nope".into(),
+                    },
+                    _ => continue,
+                };
+                // Garbage between frames is skipped by the daemon's decoder.
+                s.write_all(b"junk").await.unwrap();
+                s.write_all(&encode(&Frame::new(reply))).await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn hello_then_calls_are_routed_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(fake_agent(listener, AGENT_PROTOCOL_VERSION));
+        let conn = AgentConn::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(conn.agent_version, "test");
+        let f = conn
+            .call(|id| Message::Health { id }, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(f.msg, Message::HealthOk { .. }), "{f:?}");
+        let err = conn
+            .call(|id| Message::Ports { id }, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AgentError::Refused {
+                    code: AgentErrorCode::NotFound,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(fake_agent(listener, AGENT_PROTOCOL_VERSION + 1));
+        let err = AgentConn::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("protocol 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_agent_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        let err = AgentConn::connect(&path, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Timeout(1)), "{err}");
+    }
+}
