@@ -1,0 +1,39 @@
+//! `banger-agent`: the agent inside every guest VM (SPEC C9).
+//!
+//! It speaks the framed protocol of [`banger_proto::agent`] over the
+//! virtio-serial port named [`banger_proto::agent::AGENT_PORT_NAME`]
+//! (or stdin/stdout, or any device path, for tests): health, stats,
+//! listening ports, exec (pipes or a pty) and file copy in and out.
+//!
+//! Threads: the caller's thread reads the port and dispatches frames
+//! ([`Agent::feed`]); one writer thread owns writing ([`Outbox`]);
+//! every exec and file transfer runs in threads of its own. Nothing here
+//! panics on any input.
+
+pub mod log;
+
+mod dispatch;
+mod exec;
+mod files;
+mod outbox;
+pub mod procfs;
+pub mod sysinfo;
+pub mod transport;
+
+pub use dispatch::Agent;
+pub use outbox::{Outbox, Sink};
+
+/// Stack size of the agent's threads: they hold small buffers on the
+/// heap and recurse nowhere, so the default 2 MiB is wasted address space.
+const THREAD_STACK: usize = 256 * 1024;
+
+/// Starts a named thread with a small stack.
+pub(crate) fn spawn<F>(name: &str, f: F) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(THREAD_STACK)
+        .spawn(f)
+}
