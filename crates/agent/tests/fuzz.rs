@@ -57,9 +57,11 @@ impl Rng {
     }
 }
 
-/// Valid frames the mutations start from. Exec runs only `true`; paths
-/// stay inside the test's directory (a mutated path misses it, at worst
-/// naming a missing directory).
+/// Valid frames the mutations start from. Exec runs only `true`. Paths
+/// are five directories deep in the test's own directory: a mutation that
+/// turns a `/` into another byte joins two names, so escaping into the
+/// temporary directory would take more mutations than one input gets
+/// (at most 3); a mutated path names a missing directory at worst.
 fn corpus(dir: &str) -> Vec<Vec<u8>> {
     let f = |m: Message| encode(&Frame::new(m));
     let fb = |m: Message, b: &[u8]| encode(&Frame::with_body(m, b.to_vec()));
@@ -191,8 +193,10 @@ fn random_input_never_panics_and_health_is_answered_after() {
     println!("fuzz seed {seed} for {secs} s (replay: BANGER_FUZZ_SEED={seed})");
     eprintln!("fuzz seed {seed} for {secs} s (replay: BANGER_FUZZ_SEED={seed})");
 
-    let dir = std::env::temp_dir().join(format!("banger-agent-fuzz-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let prefix = format!("banger-agent-fuzz-{}", std::process::id());
+    let root = std::env::temp_dir().join(&prefix);
+    let dir = root.join("1/2/3/4/5");
+    let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("small"), b"small file").unwrap();
     let corpus = corpus(&dir.display().to_string());
@@ -266,5 +270,22 @@ fn random_input_never_panics_and_health_is_answered_after() {
         !PANICKED.load(Ordering::SeqCst),
         "a thread panicked (seed {seed})"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&root);
+    // Nothing was written outside the test's directory.
+    let strays: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(&prefix))
+        })
+        .collect();
+    for p in &strays {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(
+        strays.is_empty(),
+        "files written outside the test's directory: {strays:?} (seed {seed})"
+    );
 }
