@@ -50,6 +50,22 @@ pub fn parse_stat(text: &str) -> Option<CpuTimes> {
     Some(CpuTimes { busy, idle })
 }
 
+/// Pages present in every memory zone (`/proc/zoneinfo`): the RAM the
+/// guest was given, which `MemTotal` understates by what the kernel
+/// reserved for itself at boot.
+pub fn parse_zoneinfo_present(text: &str) -> Option<u64> {
+    let mut pages = 0u64;
+    let mut seen = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("present") {
+            pages = pages.checked_add(words.next()?.parse::<u64>().ok()?)?;
+            seen = true;
+        }
+    }
+    seen.then_some(pages)
+}
+
 /// `MemTotal` and `MemAvailable` of `/proc/meminfo`, in bytes.
 /// `MemAvailable` falls back to `MemFree` on kernels without it.
 pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
@@ -354,6 +370,14 @@ mod tests {
             parse_stat("cpu 1 2 3 4\n"),
             Some(CpuTimes { busy: 6, idle: 4 })
         );
+    }
+
+    #[test]
+    fn zoneinfo_present_pages_add_up() {
+        let text = "Node 0, zone      DMA\n  pages free     3977\n        min      0\n        present  3998\n        managed  3977\nNode 0, zone    DMA32\n  pages free     200000\n        present  258048\n        managed  245000\n";
+        assert_eq!(parse_zoneinfo_present(text), Some(3998 + 258_048));
+        assert_eq!(parse_zoneinfo_present("Node 0, zone DMA\n"), None);
+        assert_eq!(parse_zoneinfo_present("        present  x\n"), None);
     }
 
     #[test]

@@ -29,9 +29,17 @@ pub fn stats() -> io::Result<GuestStats> {
     let load = procfs::parse_loadavg(&read_small("/proc/loadavg")?)
         .ok_or_else(|| invalid("/proc/loadavg"))?;
     let cpu = first_cpu_line()?;
-    let (memory_total_bytes, memory_available_bytes) =
-        procfs::parse_meminfo(&read_small("/proc/meminfo")?)
-            .ok_or_else(|| invalid("/proc/meminfo"))?;
+    let (mem_total, memory_available_bytes) = procfs::parse_meminfo(&read_small("/proc/meminfo")?)
+        .ok_or_else(|| invalid("/proc/meminfo"))?;
+    // The RAM the guest was given (present pages), not MemTotal, which
+    // leaves out what the kernel reserved at boot (about 5% of 1 GiB).
+    let page = rustix::param::page_size() as u64;
+    let memory_total_bytes = std::fs::read_to_string("/proc/zoneinfo")
+        .ok()
+        .and_then(|t| procfs::parse_zoneinfo_present(&t))
+        .map(|pages| pages.saturating_mul(page))
+        .filter(|&present| present >= mem_total)
+        .unwrap_or(mem_total);
     Ok(GuestStats {
         uptime_s,
         load,

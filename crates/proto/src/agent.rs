@@ -242,6 +242,8 @@ pub struct GuestStats {
     pub uptime_s: f64,
     pub load: [f64; 3],
     pub cpu: CpuTimes,
+    /// The RAM the guest has (pages present in its memory zones); the
+    /// kernel's `MemTotal` is smaller by what it reserved at boot.
     pub memory_total_bytes: u64,
     pub memory_available_bytes: u64,
     pub disks: Vec<DiskUsage>,

@@ -319,7 +319,10 @@ pub fn static_agent() -> PathBuf {
             "x86_64-unknown-linux-gnu",
         ])
         .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
         .status()
         .expect("run cargo to build banger-agent");
     assert!(status.success(), "building the static banger-agent failed");
