@@ -12,6 +12,8 @@ ensure_deps
 use_cached_target_dir
 echo "==> building banger (release)"
 cargo build --release --locked --bin banger --bin bangerd
+echo "==> building the guest agent (static, baked into new images)"
+./scripts/build-agent.sh
 bin="$CARGO_TARGET_DIR/release"
 
 echo "==> banger doctor"
