@@ -41,6 +41,13 @@ const EXEC_BUFFER_LIMIT: usize = 16 << 20;
 
 /// Waits until the agent says hello and answers a health check, the VMM
 /// dies, the boot timeout passes, or the work is cancelled.
+///
+/// One connection, kept: QEMU serves one client of the chardev socket at a
+/// time, and a client that connects while another is attached waits in the
+/// listen backlog with its connect already "done". Short attempts that
+/// time out and reconnect pile up dead connections QEMU then serves one
+/// by one, so the agent's answers went to closed sockets. The connection
+/// repeats its Hello every second until the agent (still booting) answers.
 pub(super) async fn wait_for_agent(
     state: &Arc<DaemonState>,
     vm: &VmRecord,
@@ -50,17 +57,29 @@ pub(super) async fn wait_for_agent(
     let deadline = Instant::now() + state.config.boot_timeout;
     let socket = banger_vmm::VmFiles::in_dir(&vm_dir(state, &vm.id)).agent_socket;
     loop {
-        if cancel.is_cancelled() {
-            return Err(cancelled());
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(RpcError::internal(format!(
+                "the guest agent did not answer within {} s",
+                state.config.boot_timeout.as_secs()
+            )));
         }
         let attempt = async {
-            let conn = AgentConn::connect(&socket, Duration::from_secs(5)).await?;
+            let conn = AgentConn::connect(&socket, remaining).await?;
             conn.call(|id| Message::Health { id }, CALL_TIMEOUT).await?;
             Ok::<_, AgentError>(conn)
         };
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return Err(cancelled()),
-            r = attempt => r,
+        tokio::pin!(attempt);
+        let outcome = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(cancelled()),
+                r = &mut attempt => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if !vmm_running(state, &handles.vmm, &vm.id).await {
+                        return Err(RpcError::internal("the vmm exited during boot"));
+                    }
+                }
+            }
         };
         match outcome {
             Ok(conn) => {
@@ -68,17 +87,14 @@ pub(super) async fn wait_for_agent(
                 state.vms.set_agent(&vm.id, conn);
                 return Ok(());
             }
-            Err(e @ AgentError::Version { .. }) => return Err(rpc_error(&vm.name, &e)),
+            Err(e @ (AgentError::Version { .. } | AgentError::Timeout(_))) => {
+                return Err(rpc_error(&vm.name, &e));
+            }
+            // Not listening yet, or the connection dropped: connect again.
             Err(e) => tracing::debug!(vm = %vm.name, error = %e, "agent not ready yet"),
         }
         if !vmm_running(state, &handles.vmm, &vm.id).await {
             return Err(RpcError::internal("the vmm exited during boot"));
-        }
-        if Instant::now() >= deadline {
-            return Err(RpcError::internal(format!(
-                "the guest agent did not answer within {} s",
-                state.config.boot_timeout.as_secs()
-            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
