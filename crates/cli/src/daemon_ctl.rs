@@ -67,6 +67,35 @@ pub fn find_bangerd(explicit: Option<PathBuf>) -> Result<PathBuf, CliError> {
 /// Connects to a running daemon of this build, starting or replacing it
 /// as needed.
 pub fn ensure_daemon(target: &DaemonTarget) -> Result<Connected, CliError> {
+    // A daemon killed a moment ago can still hold its socket while its
+    // threads tear down: a connect lands in the dying listener and is
+    // reset. Such a daemon is gone for our purposes; ask again shortly,
+    // and start a new one once the socket refuses.
+    let mut attempt = 0;
+    loop {
+        match ensure_daemon_once(target) {
+            Err(CliError::Io(e) | CliError::Connect { source: e, .. })
+                if attempt < 20
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::UnexpectedEof
+                    ) =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(CliError::Closed) if attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn ensure_daemon_once(target: &DaemonTarget) -> Result<Connected, CliError> {
     let socket = target.layout.socket_path();
     let mut replaced_pid = None;
     match Client::connect(&socket) {

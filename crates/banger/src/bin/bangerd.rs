@@ -36,6 +36,14 @@ struct Args {
     /// (default: found next to bangerd, or in cargo's static build dir).
     #[arg(long, env = "BANGER_AGENT_BIN", value_name = "PATH")]
     agent_bin: Option<std::path::PathBuf>,
+    /// Seconds between stats samples of running VMs' guest agents.
+    #[arg(
+        long,
+        env = "BANGER_STATS_INTERVAL",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    stats_interval: f64,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     config.tap_pool = args.tap_pool;
     config.agent_bin = args.agent_bin;
+    config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

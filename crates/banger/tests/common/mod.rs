@@ -241,14 +241,23 @@ pub fn signal(pid: i32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// True while `pid` exists and is not a zombie.
+/// True while `pid` exists and any of its threads is not a zombie: after
+/// SIGKILL the main thread can be a zombie while other threads still tear
+/// down and hold the process's files (its listening socket).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
+    let not_zombie = |stat: &str| {
+        !stat
             .rsplit(')')
             .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    };
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| not_zombie(&s))),
+        Err(_) => {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| not_zombie(&s))
+        }
     }
 }
 
