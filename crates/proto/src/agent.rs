@@ -12,8 +12,6 @@
 //! [`Message::Hello`]; a peer of another `protocol` is refused with a clear
 //! error. [`FrameDecoder`] never panics on any input (fuzzed in tests).
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
 /// Protocol version in every [`Message::Hello`].
@@ -333,9 +331,13 @@ pub fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Turns a byte stream back into frames, whatever arrives.
+///
+/// Bytes are appended to one buffer; a complete frame's body is copied out
+/// once and the consumed prefix dropped, so a 1 MiB frame costs one copy,
+/// not two.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
-    buf: VecDeque<u8>,
+    buf: Vec<u8>,
 }
 
 impl FrameDecoder {
@@ -345,7 +347,7 @@ impl FrameDecoder {
 
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend(bytes);
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes held that are not yet a whole frame.
@@ -360,7 +362,7 @@ impl FrameDecoder {
             return None;
         }
         // Skip to the next magic (or keep a possible partial one at the end).
-        let start = self.find_magic();
+        let start = find_magic(&self.buf);
         if start > 0 {
             self.buf.drain(..start);
             return Some(Err(FrameError::Garbage { skipped: start }));
@@ -368,8 +370,8 @@ impl FrameDecoder {
         if self.buf.len() < FRAME_PREFIX {
             return None;
         }
-        let header_len = self.read_u32(4) as usize;
-        let body_len = self.read_u32(8) as usize;
+        let header_len = read_u32(&self.buf, 4) as usize;
+        let body_len = read_u32(&self.buf, 8) as usize;
         if header_len > MAX_HEADER_BYTES || body_len > MAX_BODY_BYTES || header_len == 0 {
             // Drop the magic so the search moves on to the next frame.
             self.buf.drain(..FRAME_MAGIC.len());
@@ -382,39 +384,38 @@ impl FrameDecoder {
         if self.buf.len() < total {
             return None;
         }
-        let frame: Vec<u8> = self.buf.drain(..total).collect();
-        let header = &frame[FRAME_PREFIX..FRAME_PREFIX + header_len];
-        match serde_json::from_slice::<Message>(header) {
-            Ok(msg) => Some(Ok(Frame {
+        let header = &self.buf[FRAME_PREFIX..FRAME_PREFIX + header_len];
+        let parsed = serde_json::from_slice::<Message>(header);
+        let result = match parsed {
+            Ok(msg) => Ok(Frame {
                 msg,
-                body: frame[FRAME_PREFIX + header_len..].to_vec(),
-            })),
-            Err(e) => Some(Err(FrameError::BadHeader(e.to_string()))),
-        }
+                body: self.buf[FRAME_PREFIX + header_len..total].to_vec(),
+            }),
+            Err(e) => Err(FrameError::BadHeader(e.to_string())),
+        };
+        self.buf.drain(..total);
+        Some(result)
     }
+}
 
-    /// Index of the first byte that may start a frame: a whole magic, or a
-    /// prefix of one at the very end.
-    fn find_magic(&self) -> usize {
-        let n = self.buf.len();
-        for i in 0..n {
-            let rest = n - i;
-            let want = rest.min(FRAME_MAGIC.len());
-            if (0..want).all(|k| self.buf[i + k] == FRAME_MAGIC[k]) {
-                return i;
-            }
-        }
-        n
+/// Index of the first byte that may start a frame: a whole magic, or a
+/// prefix of one at the very end.
+fn find_magic(buf: &[u8]) -> usize {
+    if let Some(i) = buf
+        .windows(FRAME_MAGIC.len())
+        .position(|w| w == FRAME_MAGIC)
+    {
+        return i;
     }
+    // No whole magic: keep the longest tail that starts one.
+    let n = buf.len();
+    (n.saturating_sub(FRAME_MAGIC.len() - 1)..n)
+        .find(|&i| FRAME_MAGIC.starts_with(&buf[i..]))
+        .unwrap_or(n)
+}
 
-    fn read_u32(&self, at: usize) -> u32 {
-        u32::from_be_bytes([
-            self.buf[at],
-            self.buf[at + 1],
-            self.buf[at + 2],
-            self.buf[at + 3],
-        ])
-    }
+fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
 #[cfg(test)]
