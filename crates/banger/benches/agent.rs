@@ -32,7 +32,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    if !common::netns::is_root() {
+    if !common::is_root() {
         println!("agent benchmark skipped: the image build needs root");
         return;
     }
@@ -41,10 +41,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let mut w = World::new();
-    let cache = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache"))
-        .unwrap();
-    w.extra_env.push(("XDG_CACHE_HOME", cache));
+    w.extra_env.push(("XDG_CACHE_HOME", common::cache_home()));
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));

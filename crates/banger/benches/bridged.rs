@@ -22,16 +22,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::World;
 use common::netns::{Helper, TestNet};
+use common::{World, cache_home};
 use serde_json::Value;
-
-fn cache_home() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
-}
 
 fn ok(w: &World, args: &[&str]) -> String {
     let out = w.banger(args);
@@ -95,7 +88,7 @@ fn wait_pool(w: &World, want: usize) {
 }
 
 fn main() {
-    if !common::netns::is_root() {
+    if !common::is_root() {
         println!("bridged benchmark skipped: needs root (namespaces, TAP devices)");
         return;
     }

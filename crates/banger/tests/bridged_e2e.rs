@@ -20,32 +20,11 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::netns::{HOST_VETH_ADDR, Helper, OUTSIDE_ADDR, TestNet, is_root};
-use common::{World, alive, wait_gone};
+use common::netns::{HOST_VETH_ADDR, Helper, OUTSIDE_ADDR, TestNet};
+use common::{World, alive, cache_home, is_root, step, text, wait_gone};
 use serde_json::Value;
 
 const POOL: usize = 2;
-
-fn cache_home() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
-}
-
-fn step(name: &str) -> Instant {
-    eprintln!("--- {name}");
-    Instant::now()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn banger(w: &World, args: &[&str]) -> String {
     let out = w.banger(args);

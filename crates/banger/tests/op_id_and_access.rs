@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{BANGER, World};
+use common::{BANGER, World, is_root};
 
 /// `op-` and the id characters that follow it at the end of `text`.
 fn trailing_op_id(text: &str) -> String {
@@ -52,13 +52,6 @@ fn a_failing_cli_call_prints_the_op_id_found_in_the_daemon_log() {
             .any(|l| l.contains("\"method\":\"daemon.status\"") && l.contains("bad_params")),
         "{log}"
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// Runs the `banger` binary as `nobody` with this world's environment. The

@@ -15,15 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, alive, signal, wait_gone};
+use common::{World, alive, cache_home, is_root, signal, step, text, wait_gone};
 use serde_json::Value;
-
-fn cache_home() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
-}
 
 fn world() -> World {
     let mut w = World::new();
@@ -33,20 +26,6 @@ fn world() -> World {
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
     w
-}
-
-fn step(name: &str) -> Instant {
-    eprintln!("--- {name}");
-    Instant::now()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(w: &World, args: &[&str]) -> String {
@@ -134,13 +113,6 @@ fn assert_bad_input(w: &World, args: &[&str], code: i32, needle: &str) {
         err.contains(needle),
         "banger {args:?}: expected {needle:?} in:\n{err}"
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 #[test]

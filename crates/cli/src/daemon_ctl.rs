@@ -272,8 +272,9 @@ fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
     }
 }
 
-/// The last few lines the daemon wrote since `from`, to put in an error.
-fn log_tail(path: &Path, from: u64) -> String {
+/// The last few lines a process wrote to its log since `from`, to put in
+/// an error (bangerd here, banger-helper in `system install`).
+pub(crate) fn log_tail(path: &Path, from: u64) -> String {
     let mut text = String::new();
     let read = File::open(path).and_then(|mut f| {
         f.seek(SeekFrom::Start(from))?;

@@ -301,6 +301,38 @@ pub fn error_code(answer: &Value) -> &str {
         .unwrap_or_else(|| panic!("expected an error, got {answer}"))
 }
 
+/// The user's cache home (`XDG_CACHE_HOME`, else `~/.cache`): tests share
+/// downloaded kernels, image bases and the built agent through it.
+pub fn cache_home() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Prints a scenario step's name; the returned instant times it.
+pub fn step(name: &str) -> Instant {
+    eprintln!("--- {name}");
+    Instant::now()
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The statically linked guest agent, built once into the user's cache
 /// (`BANGER_AGENT_BIN` wins when set): images built by tests bake it in.
 pub fn static_agent() -> PathBuf {
@@ -309,11 +341,7 @@ pub fn static_agent() -> PathBuf {
             return p;
         }
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"));
-    let target = cache.join("banger/agent-target");
+    let target = cache_home().join("banger/agent-target");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)

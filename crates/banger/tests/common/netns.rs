@@ -14,13 +14,6 @@ pub const HELPER: &str = env!("CARGO_BIN_EXE_banger-helper");
 pub const OUTSIDE_ADDR: &str = "198.18.0.2";
 pub const HOST_VETH_ADDR: &str = "198.18.0.1";
 
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)

@@ -16,7 +16,7 @@
 use std::ffi::OsString;
 use std::fmt::Display;
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -334,28 +334,6 @@ fn read_config(path: &Path) -> Result<Option<HelperConfig>, CliError> {
             format!("{} is not a helper config: {e}", path.display()),
         )
     })
-}
-
-/// The last few lines of a log file from byte `from` on, for an error.
-fn log_tail(path: &Path, from: u64) -> String {
-    let mut text = String::new();
-    let read = fs::File::open(path).and_then(|mut f| {
-        f.seek(SeekFrom::Start(from))?;
-        f.take(64 * 1024).read_to_string(&mut text)
-    });
-    if read.is_err() {
-        return String::new();
-    }
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("; it said:");
-    for line in lines.into_iter().rev() {
-        out.push_str("\n  ");
-        out.push_str(line);
-    }
-    out
 }
 
 // ---------------------------------------------------------------- processes
@@ -1021,7 +999,7 @@ fn start_background(
                 format!(
                     "banger-helper exited during start ({status}); see {}{}",
                     log_path.display(),
-                    log_tail(&log_path, log_start)
+                    crate::daemon_ctl::log_tail(&log_path, log_start)
                 ),
             ));
         }
@@ -1038,7 +1016,7 @@ fn start_background(
                     socket.display(),
                     START_TIMEOUT.as_secs(),
                     log_path.display(),
-                    log_tail(&log_path, log_start)
+                    crate::daemon_ctl::log_tail(&log_path, log_start)
                 ),
             ));
         }
