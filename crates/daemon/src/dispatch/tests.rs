@@ -200,3 +200,96 @@ fn method_table_matches_docs_rpc_md() {
     let table: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
     assert_eq!(documented, table);
 }
+
+#[tokio::test]
+async fn guest_and_network_methods_refuse_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let cases = [
+        (
+            r#"{"version":1,"method":"vm.stats","params":{}}"#,
+            ErrorCode::BadParams,
+            "name",
+        ),
+        (
+            r#"{"version":1,"method":"vm.stats","params":{"name":"ghost"}}"#,
+            ErrorCode::NotFound,
+            "ghost",
+        ),
+        (
+            r#"{"version":1,"method":"vm.ports","params":{"name":"ghost","x":1}}"#,
+            ErrorCode::BadParams,
+            "unknown field",
+        ),
+        (
+            r#"{"version":1,"method":"vm.ports","params":{"name":"ghost"}}"#,
+            ErrorCode::NotFound,
+            "ghost",
+        ),
+        (
+            r#"{"version":1,"method":"vm.exec.begin","params":{"name":"ghost","argv":[]}}"#,
+            ErrorCode::BadParams,
+            "nothing to run",
+        ),
+        (
+            r#"{"version":1,"method":"vm.exec.begin","params":{"name":"ghost","argv":["true"]}}"#,
+            ErrorCode::NotFound,
+            "ghost",
+        ),
+        (
+            r#"{"version":1,"method":"vm.exec.begin","params":{"name":"ghost","argv":"true"}}"#,
+            ErrorCode::BadParams,
+            "expected a sequence",
+        ),
+        (
+            r#"{"version":1,"method":"vm.exec.io","params":{"exec_id":"ex-nope"}}"#,
+            ErrorCode::NotFound,
+            "ex-nope",
+        ),
+        (
+            r#"{"version":1,"method":"vm.exec.io","params":{"exec_id":"ex-nope","wait_ms":-1}}"#,
+            ErrorCode::BadParams,
+            "expected u32",
+        ),
+        (
+            r#"{"version":1,"method":"vm.cp","params":{"name":"ghost","to_guest":true,"host_path":"/tmp/x","guest_path":"root/x"}}"#,
+            ErrorCode::BadParams,
+            "absolute",
+        ),
+        (
+            r#"{"version":1,"method":"vm.cp","params":{"name":"ghost","to_guest":true,"host_path":"x","guest_path":"/root/x"}}"#,
+            ErrorCode::BadParams,
+            "absolute",
+        ),
+        (
+            r#"{"version":1,"method":"vm.cp","params":{"name":"ghost","to_guest":false,"host_path":"/tmp/x","guest_path":"/root/x"}}"#,
+            ErrorCode::NotFound,
+            "ghost",
+        ),
+        (
+            r#"{"version":1,"method":"network.status","params":{"x":1}}"#,
+            ErrorCode::BadParams,
+            "network.status",
+        ),
+        (
+            r#"{"version":1,"method":"vm.create.begin","params":{"name":"dev","network":"wifi"}}"#,
+            ErrorCode::BadParams,
+            "unknown network",
+        ),
+    ];
+    for (line, code, needle) in cases {
+        let e = error_of(call(&state, line).await);
+        assert_eq!(e.code, code, "{line}: {}", e.message);
+        assert!(e.message.contains(needle), "{line}: {}", e.message);
+        assert!(e.op_id.is_some(), "{line}");
+    }
+    // Nothing was created, and the daemon still serves.
+    let vms = state.with_store(|s| s.vms()).await.unwrap();
+    assert!(vms.is_empty());
+    assert!(
+        call(&state, r#"{"version":1,"method":"ping"}"#)
+            .await
+            .into_result()
+            .is_ok()
+    );
+}
