@@ -13,8 +13,10 @@ fn to_pid(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
 
-/// The process exists and is not a zombie (a zombie has exited; it only
-/// waits for its parent to reap it).
+/// The process exists and has a thread that is not a zombie. A zombie has
+/// exited and only waits to be reaped; but after a kill the main thread can
+/// be a zombie while other threads still tear down and hold the process's
+/// files (disks, a TAP), so "exited" means every thread is.
 pub(crate) fn is_alive(pid: u32) -> bool {
     let Some(p) = to_pid(pid) else {
         return false;
@@ -25,7 +27,21 @@ pub(crate) fn is_alive(pid: u32) -> bool {
         Err(e) if e == rustix::io::Errno::PERM => {}
         Err(_) => return false,
     }
-    !matches!(state(pid), Some('Z') | Some('X') | None)
+    let running = |state: Option<char>| !matches!(state, Some('Z') | Some('X') | None);
+    match fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks.flatten().any(|t| {
+            let tid = t.file_name().to_string_lossy().parse::<u32>().ok();
+            tid.is_some_and(|tid| running(task_state(pid, tid)))
+        }),
+        Err(_) => running(state(pid)),
+    }
+}
+
+/// The one-letter state of thread `tid` of `pid`.
+fn task_state(pid: u32, tid: u32) -> Option<char> {
+    let stat = fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).map(|&b| char::from(b))
 }
 
 /// The fields of `/proc/PID/stat` after `PID (COMM)`: state, ppid, pgrp,
