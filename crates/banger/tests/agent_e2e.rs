@@ -88,6 +88,8 @@ fn guest_agent_end_to_end() {
     let disks = s["disks"].as_array().unwrap();
     assert!(disks.iter().any(|d| d["mount"] == "/"), "{s}");
     assert!(disks.iter().any(|d| d["mount"] == "/root"), "{s}");
+    assert!(s["cpu_percent"].is_number(), "cpu usage: {s}");
+    // Back to back, well inside one CPU tick: still a figure, not a gap.
     let again: Value = w.banger_json(&["vm", "stats", "ag"]);
     assert!(
         again["cpu_percent"].is_number(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger_proto::ErrorCode;
-use banger_proto::agent::{self, Frame, GuestStats, ListeningPort, Message};
+use banger_proto::agent::{self, CpuTimes, Frame, GuestStats, ListeningPort, Message};
 use banger_proto::vm::{
     CpParams, CpResult, ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult, VmStats,
 };
@@ -137,23 +137,68 @@ pub async fn agent_for(
 }
 
 /// Latest stats sample per VM, for CPU usage between samples.
+/// Per VM, the baseline CPU usage is measured against.
 #[derive(Debug, Default)]
-pub struct StatsCache(Mutex<HashMap<String, (Instant, GuestStats)>>);
+pub struct StatsCache(Mutex<HashMap<String, CpuWindow>>);
 
-/// A fresh sample, with CPU usage since the previous one.
+/// The guest's CPU counters tick 100 times a second per CPU, so two
+/// samples taken a few milliseconds apart (two quick `vm stats` calls)
+/// often show no tick at all, and a handful of ticks is mostly noise. The
+/// baseline only moves on once a window of [`MIN_CPU_WINDOW_TICKS`] has
+/// passed; in between, the last full-window figure is reported.
+const MIN_CPU_WINDOW_TICKS: u64 = 50;
+/// With no baseline yet (the first sample of a VM), `vm stats` waits this
+/// long and samples again, so every answer carries CPU usage.
+const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    baseline: CpuTimes,
+    last_percent: Option<f64>,
+}
+
+impl CpuWindow {
+    fn new(baseline: CpuTimes) -> Self {
+        Self {
+            baseline,
+            last_percent: None,
+        }
+    }
+
+    /// Usage since the baseline, or the last full-window figure when too
+    /// little time has passed; `None` only when nothing can be said yet.
+    fn observe(&mut self, now: CpuTimes) -> Option<f64> {
+        let (Some(busy), Some(idle)) = (
+            now.busy.checked_sub(self.baseline.busy),
+            now.idle.checked_sub(self.baseline.idle),
+        ) else {
+            // The counters went back: the guest rebooted.
+            *self = Self::new(now);
+            return None;
+        };
+        let total = busy + idle;
+        let percent = (total > 0).then(|| busy as f64 * 100.0 / total as f64);
+        if total >= MIN_CPU_WINDOW_TICKS {
+            *self = Self {
+                baseline: now,
+                last_percent: percent,
+            };
+            return percent;
+        }
+        self.last_percent.or(percent)
+    }
+}
+
+/// A fresh sample, with CPU usage over the last window.
 pub async fn stats(state: &Arc<DaemonState>, name: &str) -> Result<VmStats, RpcError> {
     let (vm, conn) = agent_for(state, name).await?;
-    let stats = sample(&conn, &vm.name).await?;
-    let now = Instant::now();
-    let previous = {
-        let mut cache = state
-            .guest_stats
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        cache.insert(vm.id.clone(), (now, stats.clone()))
-    };
-    let cpu_percent = previous.and_then(|(_, prev)| cpu_percent(&prev, &stats));
+    let mut stats = sample(&conn, &vm.name).await?;
+    let mut cpu_percent = observe_cpu(state, &vm.id, stats.cpu);
+    if cpu_percent.is_none() {
+        tokio::time::sleep(FIRST_CPU_WINDOW).await;
+        stats = sample(&conn, &vm.name).await?;
+        cpu_percent = observe_cpu(state, &vm.id, stats.cpu);
+    }
     Ok(VmStats {
         name: vm.name.clone(),
         uptime_s: stats.uptime_s,
@@ -168,6 +213,21 @@ pub async fn stats(state: &Arc<DaemonState>, name: &str) -> Result<VmStats, RpcE
     })
 }
 
+fn observe_cpu(state: &DaemonState, vm_id: &str, now: CpuTimes) -> Option<f64> {
+    let mut cache = state
+        .guest_stats
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match cache.get_mut(vm_id) {
+        Some(window) => window.observe(now),
+        None => {
+            cache.insert(vm_id.to_owned(), CpuWindow::new(now));
+            None
+        }
+    }
+}
+
 async fn sample(conn: &AgentConn, vm: &str) -> Result<GuestStats, RpcError> {
     match conn.call(|id| Message::Stats { id }, CALL_TIMEOUT).await {
         Ok(Frame {
@@ -180,14 +240,6 @@ async fn sample(conn: &AgentConn, vm: &str) -> Result<GuestStats, RpcError> {
         )),
         Err(e) => Err(rpc_error(vm, &e)),
     }
-}
-
-/// Busy share between two cumulative samples, in percent of one CPU.
-fn cpu_percent(prev: &GuestStats, now: &GuestStats) -> Option<f64> {
-    let busy = now.cpu.busy.checked_sub(prev.cpu.busy)?;
-    let idle = now.cpu.idle.checked_sub(prev.cpu.idle)?;
-    let total = busy + idle;
-    (total > 0).then(|| busy as f64 * 100.0 / total as f64)
 }
 
 /// Samples every running VM with an agent every `interval`, so `vm stats`
@@ -847,24 +899,30 @@ impl Drop for HostFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use banger_proto::agent::CpuTimes;
 
     #[test]
-    fn cpu_usage_between_samples() {
-        let s = |busy, idle| GuestStats {
-            uptime_s: 0.0,
-            load: [0.0; 3],
-            cpu: CpuTimes { busy, idle },
-            memory_total_bytes: 0,
-            memory_available_bytes: 0,
-            disks: vec![],
-        };
-        assert_eq!(cpu_percent(&s(100, 900), &s(150, 950)), Some(50.0));
-        assert_eq!(cpu_percent(&s(100, 900), &s(100, 900)), None);
+    fn cpu_usage_over_a_window() {
+        let t = |busy, idle| CpuTimes { busy, idle };
+        let mut w = CpuWindow::new(t(100, 900));
+        assert_eq!(w.observe(t(100, 900)), None, "no tick yet says nothing");
         assert_eq!(
-            cpu_percent(&s(100, 900), &s(50, 950)),
-            None,
-            "a reboot resets counters"
+            w.observe(t(110, 910)),
+            Some(50.0),
+            "a short window still counts"
+        );
+        assert_eq!(w.observe(t(150, 950)), Some(50.0), "a full window");
+        assert_eq!(
+            w.observe(t(150, 950)),
+            Some(50.0),
+            "a back-to-back sample repeats the last figure"
+        );
+        assert_eq!(w.observe(t(155, 951)), Some(50.0), "too short: last figure");
+        assert_eq!(w.observe(t(160, 990)), Some(20.0), "next full window");
+        assert_eq!(w.observe(t(50, 950)), None, "a reboot resets counters");
+        assert_eq!(
+            w.observe(t(80, 970)),
+            Some(60.0),
+            "new baseline after reboot"
         );
     }
 
