@@ -68,6 +68,18 @@ impl Shared {
         // in a way that matters more than stopping output would.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits up to `wait` for the queue to shrink.
+    fn wait_for_room<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        wait: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.room
+            .wait_timeout(st, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
 }
 
 /// The queue in front of the writer thread.
@@ -144,12 +156,7 @@ impl Outbox {
                 return false;
             }
             let wait = (deadline - now).min(Duration::from_millis(20));
-            st = self
-                .shared
-                .room
-                .wait_timeout(st, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.shared.wait_for_room(st, wait);
         }
     }
 
@@ -184,12 +191,7 @@ impl Sink for Outbox {
                 return;
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
-            st = self
-                .shared
-                .room
-                .wait_timeout(st, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.shared.wait_for_room(st, wait);
         }
     }
 }
