@@ -14,22 +14,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::World;
-
-fn ok(w: &World, args: &[&str]) -> String {
-    let out = w.banger(args);
-    assert!(
-        out.status.success(),
-        "banger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+use common::{World, median};
 
 fn main() {
     if !common::is_root() {
@@ -48,31 +33,28 @@ fn main() {
     w.extra_env
         .push(("BANGER_AGENT_BIN", common::static_agent()));
     println!("building an image with the agent and booting it...");
-    ok(&w, &["vm", "create", "--name", "bench"]);
+    w.banger_ok(&["vm", "create", "--name", "bench"]);
     // Warm both paths once (host-key pin, agent connection).
-    ok(&w, &["vm", "exec", "bench", "--", "true"]);
-    ok(&w, &["vm", "ssh", "bench", "--", "true"]);
+    w.banger_ok(&["vm", "exec", "bench", "--", "true"]);
+    w.banger_ok(&["vm", "ssh", "bench", "--", "true"]);
     let (mut exec, mut ssh) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = Instant::now();
-        ok(&w, &["vm", "exec", "bench", "--", "true"]);
+        w.banger_ok(&["vm", "exec", "bench", "--", "true"]);
         exec.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        ok(&w, &["vm", "ssh", "bench", "--", "true"]);
+        w.banger_ok(&["vm", "ssh", "bench", "--", "true"]);
         ssh.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let rss = ok(
-        &w,
-        &[
-            "vm",
-            "exec",
-            "bench",
-            "--",
-            "sh",
-            "-c",
-            "grep VmRSS /proc/$(pidof banger-agent)/status",
-        ],
-    );
+    let rss = w.banger_ok(&[
+        "vm",
+        "exec",
+        "bench",
+        "--",
+        "sh",
+        "-c",
+        "grep VmRSS /proc/$(pidof banger-agent)/status",
+    ]);
     let (e, s) = (median(&mut exec), median(&mut ssh));
     println!();
     println!("round trip of `true`, median of {runs} (interleaved):");
@@ -88,5 +70,5 @@ fn main() {
     );
     println!("  ssh/exec {:>8.2}x", s / e);
     println!("agent in the guest: {}", rss.trim());
-    ok(&w, &["vm", "delete", "bench"]);
+    w.banger_ok(&["vm", "delete", "bench"]);
 }

@@ -23,18 +23,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::netns::{Helper, TestNet};
-use common::{World, cache_home};
+use common::{World, cache_home, median};
 use serde_json::Value;
-
-fn ok(w: &World, args: &[&str]) -> String {
-    let out = w.banger(args);
-    assert!(
-        out.status.success(),
-        "banger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn set_env(w: &mut World, key: &'static str, value: PathBuf) {
     w.extra_env.retain(|(k, _)| *k != key);
@@ -61,11 +51,6 @@ fn stage_ms(w: &World, vm: &str, stage: &str) -> (f64, f64) {
         }
     }
     panic!("no stage {stage:?} in {op}");
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Default)]
@@ -108,9 +93,9 @@ fn main() {
         scratch.path().join("none.sock"),
     );
     println!("preparing the kernel and image (outside the namespace)...");
-    ok(&w, &["vm", "create", "--name", "warmup", "--no-start"]);
-    ok(&w, &["vm", "delete", "warmup"]);
-    ok(&w, &["daemon", "stop"]);
+    w.banger_ok(&["vm", "create", "--name", "warmup", "--no-start"]);
+    w.banger_ok(&["vm", "delete", "warmup"]);
+    w.banger_ok(&["daemon", "stop"]);
     set_env(&mut w, "BANGER_HELPER_SOCKET", helper.socket.clone());
     w.wrapper = ["ip", "netns", "exec", net.ns.as_str()]
         .map(str::to_owned)
@@ -125,7 +110,7 @@ fn main() {
             wait_pool(&w, pool);
             let name = format!("p{pool}r{i}");
             let started = Instant::now();
-            ok(&w, &["vm", "create", "--name", &name]);
+            w.banger_ok(&["vm", "create", "--name", &name]);
             let total = started.elapsed().as_secs_f64();
             let (attach, _) = stage_ms(&w, &name, "attach network");
             let (_, to_launch) = stage_ms(&w, &name, "launch vmm");
@@ -135,7 +120,7 @@ fn main() {
             series.attach_ms.push(attach);
             series.to_launch_ms.push(to_launch);
             series.total_s.push(total);
-            ok(&w, &["vm", "delete", &name]);
+            w.banger_ok(&["vm", "delete", &name]);
         }
     }
     println!();

@@ -18,12 +18,6 @@ use std::time::{Duration, Instant};
 use common::{World, cache_home, is_root, step, text};
 use serde_json::Value;
 
-fn ok(w: &World, args: &[&str]) -> String {
-    let out = w.banger(args);
-    assert!(out.status.success(), "banger {args:?}:\n{}", text(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn exec(w: &World, args: &[&str]) -> Output {
     let mut all = vec!["vm", "exec", "ag", "--"];
     all.extend_from_slice(args);
@@ -54,17 +48,14 @@ fn guest_agent_end_to_end() {
     w.extra_env.push(("BANGER_AGENT_BIN", agent));
 
     let t = step("an image with the agent (and python3); create waits for the agent, then ssh");
-    ok(
-        &w,
-        &[
-            "image",
-            "build",
-            "--name",
-            "agentpy",
-            "--packages",
-            "python3",
-        ],
-    );
+    w.banger_ok(&[
+        "image",
+        "build",
+        "--name",
+        "agentpy",
+        "--packages",
+        "python3",
+    ]);
     let out = w.banger(&["vm", "create", "--name", "ag", "--image", "agentpy"]);
     assert!(out.status.success(), "{}", text(&out));
     let stages = String::from_utf8_lossy(&out.stderr);
@@ -191,7 +182,7 @@ fn guest_agent_end_to_end() {
     std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o640)).unwrap();
     let sum = sha256(&big);
     let started = Instant::now();
-    ok(&w, &["vm", "cp", big.to_str().unwrap(), "ag:/root/big.bin"]);
+    w.banger_ok(&["vm", "cp", big.to_str().unwrap(), "ag:/root/big.bin"]);
     eprintln!("    to the guest: {:?}", started.elapsed());
     let out = exec(
         &w,
@@ -207,10 +198,7 @@ fn guest_agent_end_to_end() {
     let back_dir = host.path().join("back");
     std::fs::create_dir(&back_dir).unwrap();
     let started = Instant::now();
-    ok(
-        &w,
-        &["vm", "cp", "ag:/root/big.bin", back_dir.to_str().unwrap()],
-    );
+    w.banger_ok(&["vm", "cp", "ag:/root/big.bin", back_dir.to_str().unwrap()]);
     eprintln!("    from the guest: {:?}", started.elapsed());
     let back = back_dir.join("big.bin");
     assert_eq!(sha256(&back), sum);
@@ -247,5 +235,5 @@ fn guest_agent_end_to_end() {
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("    {:?}", t.elapsed());
 
-    ok(&w, &["vm", "delete", "ag"]);
+    w.banger_ok(&["vm", "delete", "ag"]);
 }

@@ -26,16 +26,6 @@ use serde_json::Value;
 
 const POOL: usize = 2;
 
-fn banger(w: &World, args: &[&str]) -> String {
-    let out = w.banger(args);
-    assert!(
-        out.status.success(),
-        "banger {args:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn network(w: &World) -> Value {
     w.banger_json(&["network"])
 }
@@ -153,9 +143,9 @@ fn bridged_networking_end_to_end() {
         step("kernel and image, outside the namespace (they come from the host's package sources)");
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", scratch.path().join("none.sock")));
-    banger(&w, &["vm", "create", "--name", "warmup", "--no-start"]);
-    banger(&w, &["vm", "delete", "warmup"]);
-    banger(&w, &["daemon", "stop"]);
+    w.banger_ok(&["vm", "create", "--name", "warmup", "--no-start"]);
+    w.banger_ok(&["vm", "delete", "warmup"]);
+    w.banger_ok(&["daemon", "stop"]);
     w.extra_env.pop();
     eprintln!("    {:?}", t.elapsed());
 
@@ -189,7 +179,7 @@ fn bridged_networking_end_to_end() {
     let out = w.banger(&["vm", "create", "--name", "a"]);
     assert!(out.status.success(), "{}", text(&out));
     let create_op = op_id_of(&String::from_utf8_lossy(&out.stderr));
-    banger(&w, &["vm", "create", "--name", "b"]);
+    w.banger_ok(&["vm", "create", "--name", "b"]);
     let a = w.banger_json(&["vm", "show", "a"]);
     let b = w.banger_json(&["vm", "show", "b"]);
     assert_eq!(a["network"], "bridged", "{a}");
@@ -311,7 +301,7 @@ fn bridged_networking_end_to_end() {
         .as_str()
         .unwrap()
         .to_owned();
-    banger(&w, &["vm", "delete", "b"]);
+    w.banger_ok(&["vm", "delete", "b"]);
     let n = assert_no_orphans(&w, &net);
     assert!(strings(&n["idle_taps"]).contains(&tap_b), "{n}");
     let leased: Vec<&str> = n["leases"]
@@ -330,13 +320,13 @@ fn bridged_networking_end_to_end() {
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("stop a keeps its address; start gives it the same one");
-    banger(&w, &["vm", "stop", "a"]);
+    w.banger_ok(&["vm", "stop", "a"]);
     let stopped = w.banger_json(&["vm", "show", "a"]);
     assert_eq!(stopped["ip"], ip_a.as_str(), "{stopped}");
     assert!(stopped["tap"].is_null(), "{stopped}");
-    banger(&w, &["vm", "start", "a"]);
+    w.banger_ok(&["vm", "start", "a"]);
     assert_eq!(w.banger_json(&["vm", "show", "a"])["ip"], ip_a.as_str());
-    banger(&w, &["vm", "delete", "a"]);
+    w.banger_ok(&["vm", "delete", "a"]);
     let n = assert_no_orphans(&w, &net);
     assert!(n["leases"].as_array().unwrap().is_empty(), "{n}");
     assert!(n["taps_in_use"].as_array().unwrap().is_empty(), "{n}");

@@ -28,16 +28,6 @@ fn world() -> World {
     w
 }
 
-fn ok(w: &World, args: &[&str]) -> String {
-    let out = w.banger(args);
-    assert!(
-        out.status.success(),
-        "banger {args:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn show(w: &World, name: &str) -> Value {
     w.banger_json(&["vm", "show", name])
 }
@@ -155,29 +145,28 @@ fn vm_lifecycle_end_to_end() {
 
     step("ssh runs commands, hostname is the vm name");
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-a", "--", "echo", "hello"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-a", "--", "echo", "hello"])
+            .trim(),
         "hello"
     );
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-a", "--", "hostname"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-a", "--", "hostname"])
+            .trim(),
         "e2e-a"
     );
-    ok(
-        &w,
-        &[
-            "vm",
-            "ssh",
-            "e2e-a",
-            "--",
-            "sh",
-            "-c",
-            "echo persisted > /root/marker && sync",
-        ],
-    );
+    w.banger_ok(&[
+        "vm",
+        "ssh",
+        "e2e-a",
+        "--",
+        "sh",
+        "-c",
+        "echo persisted > /root/marker && sync",
+    ]);
     assert!(known_hosts(&w).contains("e2e-a.vm"), "host key pinned");
 
     step("logs, ops, kernel and image listings, in-use conflicts, doctor");
-    let logs = ok(&w, &["vm", "logs", "e2e-a", "-n", "200"]);
+    let logs = w.banger_ok(&["vm", "logs", "e2e-a", "-n", "200"]);
     assert!(
         logs.contains("e2e-a login:") || logs.contains("Debian"),
         "console log: {logs}"
@@ -246,7 +235,7 @@ fn vm_lifecycle_end_to_end() {
     }
 
     step("ssh-config lets plain ssh reach NAME.vm");
-    let config = ok(&w, &["ssh-config"]);
+    let config = w.banger_ok(&["ssh-config"]);
     assert!(
         config.contains("Host *.vm") && config.contains("ProxyCommand"),
         "{config}"
@@ -299,12 +288,12 @@ fn vm_lifecycle_end_to_end() {
     let started = w.banger_json(&["vm", "start", "e2e-a"]);
     assert_eq!(started["state"], "running");
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"])
+            .trim(),
         "persisted"
     );
-    let mem_kib: u64 = ok(
-        &w,
-        &[
+    let mem_kib: u64 = w
+        .banger_ok(&[
             "vm",
             "ssh",
             "e2e-a",
@@ -312,18 +301,16 @@ fn vm_lifecycle_end_to_end() {
             "awk",
             "/MemTotal/{print $2}",
             "/proc/meminfo",
-        ],
-    )
-    .trim()
-    .parse()
-    .unwrap();
+        ])
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
         (600_000..=786_432).contains(&mem_kib),
         "MemTotal {mem_kib} KiB for 768 MiB"
     );
-    let root_bytes: u64 = ok(
-        &w,
-        &[
+    let root_bytes: u64 = w
+        .banger_ok(&[
             "vm",
             "ssh",
             "e2e-a",
@@ -332,14 +319,13 @@ fn vm_lifecycle_end_to_end() {
             "-B1",
             "--output=size",
             "/root",
-        ],
-    )
-    .lines()
-    .last()
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
+        ])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
         root_bytes > 8u64 << 30,
         "/root is {root_bytes} bytes after growing to 9G"
@@ -357,7 +343,8 @@ fn vm_lifecycle_end_to_end() {
     assert_eq!(restarted["state"], "running");
     assert_ne!(restarted["pid"].as_i64().unwrap(), before);
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-a", "--", "cat", "/root/marker"])
+            .trim(),
         "persisted"
     );
 
@@ -371,37 +358,31 @@ fn vm_lifecycle_end_to_end() {
         conn.read_to_string(&mut got).unwrap();
         got
     });
-    ok(
-        &w,
-        &[
-            "vm",
-            "ssh",
-            "e2e-a",
-            "--",
-            "bash",
-            "-c",
-            &format!("echo from-guest > /dev/tcp/10.0.2.2/{outside_port}"),
-        ],
-    );
+    w.banger_ok(&[
+        "vm",
+        "ssh",
+        "e2e-a",
+        "--",
+        "bash",
+        "-c",
+        &format!("echo from-guest > /dev/tcp/10.0.2.2/{outside_port}"),
+    ]);
     assert_eq!(accepted.join().unwrap().trim(), "from-guest");
 
     step("a second vm runs beside the first, on its own port, with a published port");
     let publish = TcpListener::bind("127.0.0.1:0").unwrap();
     let published = publish.local_addr().unwrap().port();
     drop(publish);
-    ok(
-        &w,
-        &[
-            "vm",
-            "create",
-            "--name",
-            "e2e-b",
-            "--memory",
-            "512M",
-            "-p",
-            &format!("{published}:22"),
-        ],
-    );
+    w.banger_ok(&[
+        "vm",
+        "create",
+        "--name",
+        "e2e-b",
+        "--memory",
+        "512M",
+        "-p",
+        &format!("{published}:22"),
+    ]);
     let mut banner = [0u8; 4];
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", published)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
@@ -413,11 +394,13 @@ fn vm_lifecycle_end_to_end() {
     let b = show(&w, "e2e-b");
     assert_ne!(a["ssh_port"], b["ssh_port"]);
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-a", "--", "hostname"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-a", "--", "hostname"])
+            .trim(),
         "e2e-a"
     );
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-b", "--", "hostname"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-b", "--", "hostname"])
+            .trim(),
         "e2e-b"
     );
     let listed = w.banger_json(&["vm", "list"]);
@@ -598,7 +581,7 @@ fn vm_lifecycle_end_to_end() {
     assert!(qemu_pids_for(&port_id).is_empty());
     assert!(!vms_dir(&w).join(&port_id).join("handles.json").exists());
     drop(taken);
-    ok(&w, &["vm", "delete", "e2e-port"]);
+    w.banger_ok(&["vm", "delete", "e2e-port"]);
     assert!(!vms_dir(&w).join(&port_id).exists());
 
     step("fault: the kernel file removed underneath fails the start with its name");
@@ -659,7 +642,8 @@ fn vm_lifecycle_end_to_end() {
     let b = w.banger_json(&["vm", "start", "e2e-b"]);
     assert_eq!(b["state"], "running");
     assert_eq!(
-        ok(&w, &["vm", "ssh", "e2e-b", "--", "hostname"]).trim(),
+        w.banger_ok(&["vm", "ssh", "e2e-b", "--", "hostname"])
+            .trim(),
         "e2e-b"
     );
 
@@ -715,8 +699,8 @@ fn vm_lifecycle_end_to_end() {
     );
 
     step("delete everything: no files, processes or pins are left");
-    ok(&w, &["vm", "delete", "e2e-a"]);
-    ok(&w, &["vm", "delete", "e2e-b"]);
+    w.banger_ok(&["vm", "delete", "e2e-a"]);
+    w.banger_ok(&["vm", "delete", "e2e-b"]);
     assert!(qemu_pids_for(&a_id).is_empty());
     let left: Vec<_> = std::fs::read_dir(vms_dir(&w)).unwrap().flatten().collect();
     assert!(left.is_empty(), "vm dirs left: {left:?}");

@@ -108,6 +108,17 @@ impl World {
         self.command(BANGER).args(args).output().unwrap()
     }
 
+    /// Runs `banger ARGS`, asserts success and returns stdout.
+    pub fn banger_ok(&self, args: &[&str]) -> String {
+        let out = self.banger(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed:\n{}",
+            text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs `banger ARGS --json` and parses stdout, asserting success.
     pub fn banger_json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
@@ -324,6 +335,12 @@ pub fn step(name: &str) -> Instant {
 }
 
 /// A finished command's status and output, for assertion messages.
+/// The middle value (the upper one of an even count); sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
