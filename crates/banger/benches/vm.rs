@@ -42,7 +42,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{World, alive, cache_home, wait_gone};
+use common::{World, cache_home, wait_gone};
 use serde_json::Value;
 
 /// banger's default work disk size (`vm create` without `--disk-size`).
@@ -645,27 +645,9 @@ fn retrying<T>(hangs: &mut usize, mut f: impl FnMut(usize) -> Option<T>) -> T {
 
 /// Waits until no QEMU of this world is left (after a delete or a kill).
 fn settle(world: &World) {
-    for pid in qemu_pids_under(world.root()) {
+    for pid in common::qemu_pids_with(&world.root().display().to_string()) {
         assert!(wait_gone(pid), "qemu {pid} outlived its vm");
     }
-}
-
-fn qemu_pids_under(root: &Path) -> Vec<i32> {
-    let needle = root.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            let argv0 = cmd.split('\0').next().unwrap_or_default();
-            if argv0.contains("qemu-system") && cmd.contains(&needle) && alive(pid) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
 
 /// Connects to the forwarded port and reads the first 8 bytes (the same

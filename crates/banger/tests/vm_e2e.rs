@@ -32,26 +32,6 @@ fn show(w: &World, name: &str) -> Value {
     w.banger_json(&["vm", "show", name])
 }
 
-fn qemu_pids_for(vm_id: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            let argv0 = cmd.split('\0').next().unwrap_or_default();
-            let is_qemu = Path::new(argv0)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
-            if is_qemu && cmd.contains(vm_id) && alive(pid) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
 fn vms_dir(w: &World) -> PathBuf {
     w.root().join("data/banger/vms")
 }
@@ -138,7 +118,7 @@ fn vm_lifecycle_end_to_end() {
     let a_id = a["id"].as_str().unwrap().to_owned();
     let a_pid = a["pid"].as_i64().unwrap() as i32;
     assert_eq!(
-        qemu_pids_for(&a_id),
+        common::qemu_pids_with(&a_id),
         [a_pid],
         "the process finder sees the running vmm"
     );
@@ -472,7 +452,7 @@ fn vm_lifecycle_end_to_end() {
     assert_eq!(b["state"], "stopped");
     assert!(b["pid"].is_null());
     assert!(!vms_dir(&w).join(&b_id).join("handles.json").exists());
-    assert!(qemu_pids_for(&b_id).is_empty());
+    assert!(common::qemu_pids_with(&b_id).is_empty());
     assert_eq!(show(&w, "e2e-a")["state"], "running");
 
     step("bad input: clear errors naming the field, nothing created");
@@ -578,7 +558,7 @@ fn vm_lifecycle_end_to_end() {
         "error names the console log"
     );
     let port_id = v["id"].as_str().unwrap().to_owned();
-    assert!(qemu_pids_for(&port_id).is_empty());
+    assert!(common::qemu_pids_with(&port_id).is_empty());
     assert!(!vms_dir(&w).join(&port_id).join("handles.json").exists());
     drop(taken);
     w.banger_ok(&["vm", "delete", "e2e-port"]);
@@ -608,7 +588,7 @@ fn vm_lifecycle_end_to_end() {
             .unwrap()
             .contains(&kernel_path.display().to_string())
     );
-    assert!(qemu_pids_for(&b_id).is_empty());
+    assert!(common::qemu_pids_with(&b_id).is_empty());
 
     step("fault: the image's root disk deleted underneath");
     let image_rootfs = PathBuf::from(
@@ -661,7 +641,7 @@ fn vm_lifecycle_end_to_end() {
         if let Ok(v) = serde_json::from_slice::<Value>(
             &w.banger(&["vm", "show", "e2e-cancel", "--json"]).stdout,
         ) {
-            if !qemu_pids_for(v["id"].as_str().unwrap()).is_empty() {
+            if !common::qemu_pids_with(v["id"].as_str().unwrap()).is_empty() {
                 id = Some(v["id"].as_str().unwrap().to_owned());
                 break;
             }
@@ -677,7 +657,7 @@ fn vm_lifecycle_end_to_end() {
         Some(4)
     );
     assert!(
-        qemu_pids_for(&id).is_empty(),
+        common::qemu_pids_with(&id).is_empty(),
         "cancelled create left qemu running"
     );
     assert!(
@@ -689,7 +669,7 @@ fn vm_lifecycle_end_to_end() {
     step("kill sends a signal to the vmm");
     let killed = w.banger_json(&["vm", "kill", "e2e-a", "--signal", "TERM"]);
     assert_eq!(killed["state"], "stopped");
-    assert!(qemu_pids_for(&a_id).is_empty());
+    assert!(common::qemu_pids_with(&a_id).is_empty());
     assert_bad_input(&w, &["vm", "kill", "e2e-a"], 5, "not running");
     assert_bad_input(
         &w,
@@ -701,7 +681,7 @@ fn vm_lifecycle_end_to_end() {
     step("delete everything: no files, processes or pins are left");
     w.banger_ok(&["vm", "delete", "e2e-a"]);
     w.banger_ok(&["vm", "delete", "e2e-b"]);
-    assert!(qemu_pids_for(&a_id).is_empty());
+    assert!(common::qemu_pids_with(&a_id).is_empty());
     let left: Vec<_> = std::fs::read_dir(vms_dir(&w)).unwrap().flatten().collect();
     assert!(left.is_empty(), "vm dirs left: {left:?}");
     let pins = known_hosts(&w);

@@ -255,6 +255,28 @@ pub fn signal(pid: i32, signal: &str) {
 /// True while `pid` exists and any of its threads is not a zombie: after
 /// SIGKILL the main thread can be a zombie while other threads still tear
 /// down and hold the process's files (its listening socket).
+/// Live QEMU processes whose command line contains `needle` (a VM id,
+/// or a test world's root for all of its VMs).
+pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            let argv0 = cmd.split('\0').next().unwrap_or_default();
+            let is_qemu = Path::new(argv0)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
+            if is_qemu && cmd.contains(needle) && alive(pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
 pub fn alive(pid: i32) -> bool {
     let not_zombie = |stat: &str| {
         !stat
