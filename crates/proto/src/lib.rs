@@ -10,10 +10,15 @@ mod envelope;
 mod error;
 pub mod helper;
 pub mod methods;
+pub mod types;
 pub mod vm;
 
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode};
+pub use types::{
+    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PortProto,
+    PublishSpec, UnknownValue, VmState,
+};
 
 /// Protocol version carried in every request. A daemon answers any other
 /// value with [`ErrorCode::BadVersion`].
