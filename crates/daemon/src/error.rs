@@ -35,3 +35,17 @@ pub enum DaemonError {
     #[error("install signal handlers")]
     Signals(#[source] io::Error),
 }
+
+/// `outer: inner: innermost`: an error and its sources, each printed once
+/// (for log lines and wire messages; every variant's own text leaves its
+/// source out, so nothing repeats).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

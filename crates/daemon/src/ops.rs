@@ -13,13 +13,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use banger_proto::ErrorCode;
 use banger_proto::vm::{OpView, StageView};
+use banger_proto::{ErrorBody, ErrorCode, OpKind};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::dispatch::RpcError;
+use crate::op::{OpCtx, OpId};
 
 /// Finished operations are forgotten after this long.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
@@ -54,7 +54,7 @@ struct Stage {
 struct Inner {
     state: OpState,
     stages: Vec<Stage>,
-    error: Option<String>,
+    error: Option<ErrorBody>,
     result: Option<Value>,
     started_at_ms: i64,
     ended_at_ms: Option<i64>,
@@ -64,8 +64,8 @@ struct Inner {
 /// One asynchronous operation, shared by its work and its pollers.
 #[derive(Debug)]
 pub struct Operation {
-    pub id: String,
-    pub kind: &'static str,
+    pub id: OpId,
+    pub kind: OpKind,
     pub target: String,
     cancel: CancellationToken,
     inner: Mutex<Inner>,
@@ -105,20 +105,9 @@ impl Operation {
         &self.cancel
     }
 
-    pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
-    /// `Err(cancelled)` once cancellation was asked for.
-    pub fn check_cancelled(&self) -> Result<(), RpcError> {
-        if self.cancel.is_cancelled() {
-            Err(RpcError::new(ErrorCode::Cancelled, "operation cancelled"))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn finish(&self, outcome: Result<Value, RpcError>) {
+    /// Records how the work ended. The error body is the one the dispatch
+    /// edge made of the work's error, so `op.status` carries its code.
+    fn finish(&self, outcome: Result<Value, ErrorBody>) {
         let mut inner = self.lock();
         if let Some(last) = inner.stages.last_mut() {
             if last.took.is_none() {
@@ -136,7 +125,7 @@ impl Operation {
                 } else {
                     OpState::Failed
                 };
-                inner.error = Some(e.message);
+                inner.error = Some(e.with_op_id(self.id.as_str()));
             }
         }
         inner.ended_at_ms = Some(now_ms());
@@ -163,8 +152,8 @@ impl Operation {
     pub fn view(&self) -> OpView {
         let inner = self.lock();
         OpView {
-            op_id: self.id.clone(),
-            kind: self.kind.to_owned(),
+            op_id: self.id.to_string(),
+            kind: self.kind.as_str().to_owned(),
             target: self.target.clone(),
             state: inner.state.as_str().to_owned(),
             stages: inner
@@ -175,7 +164,7 @@ impl Operation {
                     duration_ms: s.took.map(|d| d.as_millis() as u64),
                 })
                 .collect(),
-            error: inner.error.clone(),
+            error: inner.error.as_ref().map(|e| e.message.clone()),
             result: inner.result.clone(),
             started_at_ms: inner.started_at_ms,
             ended_at_ms: inner.ended_at_ms,
@@ -186,29 +175,30 @@ impl Operation {
 /// All operations of this daemon's lifetime (minus pruned ones).
 #[derive(Debug, Default)]
 pub struct OpRegistry {
-    ops: Mutex<HashMap<String, Arc<Operation>>>,
+    ops: Mutex<HashMap<OpId, Arc<Operation>>>,
 }
 
+/// No operation has this id (or it ended long ago and was pruned).
+#[derive(Debug, thiserror::Error)]
+#[error("no operation {0:?}")]
+pub struct UnknownOp(pub String);
+
 impl OpRegistry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Operation>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<OpId, Arc<Operation>>> {
         self.ops.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an operation under `op_id` and spawns `work` for it.
-    pub fn begin<F, Fut>(
-        &self,
-        op_id: &str,
-        kind: &'static str,
-        target: &str,
-        work: F,
-    ) -> Arc<Operation>
+    /// Registers an operation under `op_id` and spawns `work` for it,
+    /// with a context that carries the id, the cancel token and the
+    /// operation to report stages on.
+    pub fn begin<F, Fut>(&self, op_id: &OpId, kind: OpKind, target: &str, work: F) -> Arc<Operation>
     where
-        F: FnOnce(Arc<Operation>) -> Fut,
-        Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
+        F: FnOnce(OpCtx) -> Fut,
+        Fut: Future<Output = Result<Value, ErrorBody>> + Send + 'static,
     {
         self.prune();
         let op = Arc::new(Operation {
-            id: op_id.to_owned(),
+            id: op_id.clone(),
             kind,
             target: target.to_owned(),
             cancel: CancellationToken::new(),
@@ -223,19 +213,21 @@ impl OpRegistry {
             }),
             done: tokio::sync::Notify::new(),
         });
-        self.lock().insert(op_id.to_owned(), Arc::clone(&op));
-        let fut = work(Arc::clone(&op));
+        self.lock().insert(op_id.clone(), Arc::clone(&op));
+        let fut = work(OpCtx::for_operation(Arc::clone(&op)));
         let for_task = Arc::clone(&op);
-        let op_id = op_id.to_owned();
         tokio::spawn(
             async move {
-                let outcome = crate::dispatch::with_op_id(op_id, fut).await;
+                let outcome = fut.await;
+                let kind = kind.as_str();
                 match &outcome {
                     Ok(_) => tracing::info!(kind, "operation succeeded"),
                     Err(e) if e.code == ErrorCode::Cancelled => {
                         tracing::info!(kind, "operation cancelled")
                     }
-                    Err(e) => tracing::error!(kind, error = %e.message, "operation failed"),
+                    Err(e) => {
+                        tracing::error!(kind, code = %e.code, error = %e.message, "operation failed")
+                    }
                 }
                 for_task.finish(outcome);
             }
@@ -244,11 +236,16 @@ impl OpRegistry {
         op
     }
 
-    pub fn get(&self, op_id: &str) -> Result<Arc<Operation>, RpcError> {
-        self.lock()
-            .get(op_id)
-            .cloned()
-            .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("no operation {op_id:?}")))
+    pub fn get(&self, op_id: &str) -> Result<Arc<Operation>, UnknownOp> {
+        let unknown = || UnknownOp(op_id.chars().take(70).collect());
+        let id = OpId::parse(op_id).ok_or_else(unknown)?;
+        self.lock().get(&id).cloned().ok_or_else(unknown)
+    }
+
+    /// The error of a finished operation, with its code.
+    #[cfg(test)]
+    pub fn error_of(&self, op_id: &OpId) -> Option<ErrorBody> {
+        self.lock().get(op_id)?.lock().error.clone()
     }
 
     pub fn list(&self) -> Vec<OpView> {
@@ -288,7 +285,8 @@ mod tests {
     #[tokio::test]
     async fn stages_results_and_cancellation() {
         let reg = OpRegistry::default();
-        let op = reg.begin("op-aaaaaa", "test", "x", |op| async move {
+        let id = |s: &str| OpId::parse(s).unwrap();
+        let op = reg.begin(&id("op-aaaaaa"), OpKind::VmCreate, "x", |op| async move {
             op.stage("one");
             op.stage("two");
             Ok(serde_json::json!({"ok": true}))
@@ -300,11 +298,12 @@ mod tests {
         assert!(v.stages.iter().all(|s| s.duration_ms.is_some()));
         assert_eq!(v.result.unwrap()["ok"], true);
 
-        let slow = reg.begin("op-bbbbbb", "test", "y", |op| async move {
+        let slow = reg.begin(&id("op-bbbbbb"), OpKind::ImageBuild, "y", |op| async move {
             op.stage("waiting");
             op.cancel_token().cancelled().await;
             op.stage("rolling back");
-            op.check_cancelled()?;
+            op.check_cancelled()
+                .map_err(|e| ErrorBody::new(ErrorCode::Cancelled, e.to_string()))?;
             Ok(Value::Null)
         });
         assert_eq!(reg.running(), 1);
@@ -312,6 +311,17 @@ mod tests {
         slow.wait().await;
         assert_eq!(slow.view().state, "cancelled");
         assert_eq!(reg.list().len(), 2);
-        assert_eq!(reg.get("op-zzzzzz").unwrap_err().code, ErrorCode::NotFound);
+        assert!(reg.get("op-zzzzzz").is_err());
+
+        let failing = reg.begin(&id("op-cccccc"), OpKind::VmCreate, "z", |_| async move {
+            Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                "host port 1/tcp is taken",
+            ))
+        });
+        failing.wait().await;
+        let kept = reg.error_of(&id("op-cccccc")).unwrap();
+        assert_eq!(kept.code, ErrorCode::Conflict, "the code is kept");
+        assert_eq!(kept.op_id.as_deref(), Some("op-cccccc"));
     }
 }

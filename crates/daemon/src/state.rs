@@ -1,4 +1,4 @@
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use banger_store::Store;
@@ -15,7 +15,7 @@ use crate::DaemonConfig;
 pub struct DaemonState {
     pub config: DaemonConfig,
     pub started: Instant,
-    store: Mutex<Store>,
+    pub db: crate::db::Db,
     /// Fired by `daemon.shutdown` or a signal; the accept loop and every
     /// idle connection watch it.
     pub shutdown: CancellationToken,
@@ -52,7 +52,7 @@ impl DaemonState {
             guest_stats: Default::default(),
             config,
             started: Instant::now(),
-            store: Mutex::new(store),
+            db: crate::db::Db::new(store),
             shutdown,
             ops: Default::default(),
             vms: Default::default(),
@@ -70,21 +70,11 @@ impl DaemonState {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, banger_store::StoreError> + Send + 'static,
     {
-        let state = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&state.lock_store()))
-            .await
-            .map_err(|e| crate::dispatch::RpcError::internal(format!("store task failed: {e}")))?
-            .map_err(Into::into)
+        self.db.call(f).await.map_err(Into::into)
     }
 
     #[cfg(test)]
-    pub(crate) fn lock_store_for_tests(&self) -> MutexGuard<'_, Store> {
-        self.lock_store()
-    }
-
-    fn lock_store(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock leaves the connection usable (SQLite
-        // rolls back the open statement), so a poisoned lock is taken over.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock_store_for_tests(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.db.lock_for_tests()
     }
 }

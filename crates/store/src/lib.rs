@@ -68,6 +68,8 @@ pub enum StoreError {
     },
     #[error("database query failed")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("the database is closed (the daemon is shutting down)")]
+    Closed,
 }
 
 /// One connection to the state database.

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use banger_proto::{ErrorBody, ErrorCode, OpId, PROTOCOL_VERSION, Response, methods};
 use futures::future::BoxFuture;
-use rand::distr::{Alphanumeric, SampleString};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::Instrument;
@@ -42,30 +41,7 @@ impl RpcError {
     }
 }
 
-impl From<banger_store::StoreError> for RpcError {
-    fn from(e: banger_store::StoreError) -> Self {
-        use banger_store::StoreError as E;
-        let code = match &e {
-            E::NotFound { .. } => ErrorCode::NotFound,
-            E::AlreadyExists { .. } | E::InUse { .. } => ErrorCode::Conflict,
-            E::MissingReference { .. } => ErrorCode::NotFound,
-            _ => ErrorCode::OperationFailed,
-        };
-        Self::new(code, error_chain(&e))
-    }
-}
-
-/// `outer: inner: innermost`, the way the chain is printed once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use crate::error::chain as error_chain;
 
 /// What a handler gets besides its params.
 #[derive(Debug, Clone)]
@@ -242,12 +218,7 @@ pub fn current_op_id() -> String {
         .unwrap_or_else(|_| mint_op_id().as_str().to_owned())
 }
 
-/// Mints a fresh op id: `op-` and 8 random alphanumerics.
-pub fn mint_op_id() -> OpId {
-    let tail = Alphanumeric.sample_string(&mut rand::rng(), 8);
-    // 8 alphanumerics always satisfy OpId's rules.
-    OpId::from_tail(&tail).unwrap_or_else(|| unreachable!("minted op id {tail:?} is invalid"))
-}
+pub use crate::op::mint as mint_op_id;
 
 /// Decodes a method's params. `null` stands for "no params" and is read as
 /// an empty object, so methods with all-optional params accept both.
@@ -398,5 +369,6 @@ fn bad_request(message: &str) -> RpcError {
     RpcError::new(ErrorCode::BadRequest, message)
 }
 
+mod errors;
 #[cfg(test)]
 pub(crate) mod tests;

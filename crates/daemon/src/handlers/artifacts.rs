@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use banger_proto::methods;
 use banger_proto::vm::{ImageBuildParams, KernelPullParams, NameParams, OpRef};
+use banger_proto::{OpKind, methods};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{no_params, to_value};
 use crate::artifacts;
-use crate::dispatch::{HandlerResult, RequestCtx, params};
+use crate::dispatch::{HandlerResult, RequestCtx, RpcError, params};
 use crate::validate;
 
 pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
@@ -36,13 +36,17 @@ pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResul
     let state = Arc::clone(&ctx.state);
     let target = name.clone();
     let op = ctx.state.ops.begin(
-        ctx.op_id.as_str(),
-        "image.build",
+        &ctx.op_id,
+        OpKind::ImageBuild,
         &target,
         move |op| async move {
-            let image =
-                artifacts::build_image(&state, &name, p.packages, p.size_bytes, Some(&op)).await?;
-            to_value(artifacts::image_view(&state, &image).await?)
+            let built = async {
+                let image =
+                    artifacts::build_image(&state, &name, p.packages, p.size_bytes, op.operation())
+                        .await?;
+                to_value(artifacts::image_view(&state, &image).await?)
+            };
+            built.await.map_err(RpcError::into_body)
         },
     );
     to_value(op.view())
@@ -80,17 +84,20 @@ pub(crate) async fn kernel_pull_begin(ctx: RequestCtx, p: Value) -> HandlerResul
     let state = Arc::clone(&ctx.state);
     let target = name.clone();
     let op = ctx.state.ops.begin(
-        ctx.op_id.as_str(),
-        "kernel.pull",
+        &ctx.op_id,
+        OpKind::KernelPull,
         &target,
         move |op| async move {
-            let k = artifacts::ensure_kernel(&state, &name, Some(&op)).await?;
-            to_value(artifacts::kernel_view(
-                &k.name,
-                "",
-                k.name == state.config.defaults.kernel,
-                Some(&k),
-            ))
+            let pulled = async {
+                let k = artifacts::ensure_kernel(&state, &name, op.operation()).await?;
+                to_value(artifacts::kernel_view(
+                    &k.name,
+                    "",
+                    k.name == state.config.defaults.kernel,
+                    Some(&k),
+                ))
+            };
+            pulled.await.map_err(RpcError::into_body)
         },
     );
     to_value(op.view())

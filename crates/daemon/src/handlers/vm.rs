@@ -32,7 +32,7 @@ where
 
 pub(crate) async fn create_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: VmCreateParams = params(methods::VM_CREATE_BEGIN, p)?;
-    to_value(vms::begin_create(&ctx.state, ctx.op_id.as_str(), p).await?)
+    to_value(vms::begin_create(&ctx.state, &ctx.op_id, p).await?)
 }
 
 pub(crate) async fn start(ctx: RequestCtx, p: Value) -> HandlerResult {

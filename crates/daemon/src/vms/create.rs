@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use banger_proto::ErrorCode;
 use banger_proto::vm::{OpView, VmCreateParams};
+use banger_proto::{ErrorCode, OpKind};
 use banger_store::{VmRecord, VmState};
 use rand::Rng;
 use serde_json::Value;
@@ -51,7 +51,7 @@ impl Drop for Reserved {
 /// nothing), then starts the create operation under the request's op id.
 pub async fn begin_create(
     state: &Arc<DaemonState>,
-    op_id: &str,
+    op_id: &crate::op::OpId,
     p: VmCreateParams,
 ) -> Result<OpView, RpcError> {
     validate::name("vm", &p.name)?;
@@ -136,9 +136,14 @@ pub async fn begin_create(
     let state2 = Arc::clone(state);
     let op = state
         .ops
-        .begin(op_id, "vm.create", &name, move |op| async move {
+        .begin(op_id, OpKind::VmCreate, &name, move |op| async move {
             let _reserved = reserved;
-            create(&state2, &op, plan).await
+            let Some(operation) = op.operation().cloned() else {
+                unreachable!("an operation's context names it")
+            };
+            create(&state2, &operation, plan)
+                .await
+                .map_err(RpcError::into_body)
         });
     Ok(op.view())
 }
@@ -195,9 +200,13 @@ async fn create(
     plan: Plan,
 ) -> Result<Value, RpcError> {
     let kernel = artifacts::ensure_kernel(state, &plan.kernel, Some(op)).await?;
-    op.check_cancelled()?;
+    if op.cancel_token().is_cancelled() {
+        return Err(crate::op::Cancelled.into());
+    }
     let image = artifacts::ensure_image(state, &plan.image, Some(op)).await?;
-    op.check_cancelled()?;
+    if op.cancel_token().is_cancelled() {
+        return Err(crate::op::Cancelled.into());
+    }
 
     let dir = vm_dir(state, &plan.id);
     let lock = state.vms.lock_for(&plan.name);
@@ -225,7 +234,13 @@ async fn create(
         .await
         .map_err(|e| RpcError::internal(format!("disk task failed: {e}")))?
     };
-    let strategy = match prepared.and_then(|s| op.check_cancelled().map(|()| s)) {
+    let strategy = match prepared.and_then(|s| {
+        if op.cancel_token().is_cancelled() {
+            Err(crate::op::Cancelled.into())
+        } else {
+            Ok(s)
+        }
+    }) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -268,7 +283,7 @@ async fn create(
     }
     match start_locked(state, vm.clone(), Some(op), op.cancel_token()).await {
         Ok(vm) => to_value(view(state, &vm).await?),
-        Err(e) if e.code == ErrorCode::Cancelled || op.is_cancelled() => {
+        Err(e) if e.code == ErrorCode::Cancelled || op.cancel_token().is_cancelled() => {
             // Cancelled: leave nothing behind, not even the record.
             stage(Some(op), "roll back");
             let current = super::find(state, &vm.id).await.unwrap_or(vm);

@@ -1,0 +1,105 @@
+//! The op context: which request or asynchronous operation a piece of work
+//! serves, carried one way — as an explicit [`OpCtx`] argument — from the
+//! dispatch edge (or the operation registry) down to helper calls,
+//! rollback steps and agent calls. Log lines get the id from the tracing
+//! span the edge opens; calls to banger-helper take it from the context
+//! they are given, so a call without an op id does not compile.
+
+use std::sync::Arc;
+
+use rand::distr::{Alphanumeric, SampleString};
+use tokio_util::sync::CancellationToken;
+
+pub use banger_proto::OpId;
+
+use crate::ops::Operation;
+
+/// Mints a fresh op id: `op-` and 8 random alphanumerics.
+pub fn mint() -> OpId {
+    let tail = Alphanumeric.sample_string(&mut rand::rng(), 8);
+    // 8 alphanumerics always satisfy OpId's rules.
+    OpId::from_tail(&tail).unwrap_or_else(|| unreachable!("minted op id {tail:?} is invalid"))
+}
+
+/// Work was cancelled: the client went away or `op.cancel` was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cancelled")]
+pub struct Cancelled;
+
+/// What work needs to know about the request or operation it serves.
+#[derive(Debug, Clone)]
+pub struct OpCtx {
+    id: OpId,
+    cancel: CancellationToken,
+    /// The asynchronous operation whose stages this work reports, if any.
+    operation: Option<Arc<Operation>>,
+}
+
+impl OpCtx {
+    /// A context for a request (no operation to report stages on).
+    pub fn new(id: OpId, cancel: CancellationToken) -> Self {
+        Self {
+            id,
+            cancel,
+            operation: None,
+        }
+    }
+
+    /// A context for work with no request behind it (daemon start, the
+    /// stats sampler): a fresh id, logged by the caller.
+    pub fn background() -> Self {
+        Self::new(mint(), CancellationToken::new())
+    }
+
+    /// A context for an asynchronous operation: its id and cancel token,
+    /// and stages reported on it.
+    pub fn for_operation(operation: Arc<Operation>) -> Self {
+        Self {
+            id: operation.id.clone(),
+            cancel: operation.cancel_token().clone(),
+            operation: Some(operation),
+        }
+    }
+
+    /// The same op id and operation, with another cancel token (a request
+    /// that must finish its rollback even when its client is gone).
+    pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
+        Self {
+            cancel,
+            ..self.clone()
+        }
+    }
+
+    pub fn id(&self) -> &OpId {
+        &self.id
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once cancellation was asked for.
+    pub fn check_cancelled(&self) -> Result<(), Cancelled> {
+        if self.cancel.is_cancelled() {
+            Err(Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reports a stage on the operation, or just logs it.
+    pub fn stage(&self, name: &str) {
+        match &self.operation {
+            Some(op) => op.stage(name),
+            None => tracing::info!(stage = name, "stage started"),
+        }
+    }
+
+    pub fn operation(&self) -> Option<&Arc<Operation>> {
+        self.operation.as_ref()
+    }
+}
