@@ -49,13 +49,25 @@ impl RootStrategy {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "qcow2" => Self::Qcow2,
-            "reflink" => Self::Reflink,
-            "copy" => Self::Copy,
-            _ => return None,
-        })
+    /// The strategy a VM record names, if this backend makes it.
+    pub fn from_disk_strategy(s: banger_proto::DiskStrategy) -> Option<Self> {
+        use banger_proto::DiskStrategy as D;
+        match s {
+            D::Qcow2 => Some(Self::Qcow2),
+            D::Reflink => Some(Self::Reflink),
+            D::Copy => Some(Self::Copy),
+            D::DmSnapshot => None,
+        }
+    }
+
+    /// What the VM record stores.
+    pub fn disk_strategy(self) -> banger_proto::DiskStrategy {
+        use banger_proto::DiskStrategy as D;
+        match self {
+            Self::Qcow2 => D::Qcow2,
+            Self::Reflink => D::Reflink,
+            Self::Copy => D::Copy,
+        }
     }
 
     /// The root disk's file name in the VM dir.

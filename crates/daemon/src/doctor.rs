@@ -205,7 +205,7 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
 /// Whether banger-helper answers, and the bridge it enforces.
 async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
     let socket = state.network.helper().socket().display().to_string();
-    match state.network.helper().ping().await {
+    match state.network.helper().ping(&crate::op::mint()).await {
         Ok(info) => check(
             "helper",
             "ok",

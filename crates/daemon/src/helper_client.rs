@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_proto::OpId;
 use banger_proto::helper::{
     HELPER_PROTOCOL_VERSION, HelperCall, HelperError, HelperInfo, HelperReply, HelperRequest,
     HelperResponse,
@@ -63,27 +64,29 @@ impl HelperClient {
         &self.socket
     }
 
-    /// One call, on a blocking thread, under the current op id.
-    pub async fn call(&self, call: HelperCall) -> Result<HelperReply, HelperClientError> {
-        let op_id = crate::dispatch::current_op_id();
-        let this = self.clone();
+    /// One call, on a blocking thread, under `op_id`.
+    pub async fn call(
+        &self,
+        op_id: &OpId,
+        call: HelperCall,
+    ) -> Result<HelperReply, HelperClientError> {
+        let (this, op_id) = (self.clone(), op_id.clone());
         tokio::task::spawn_blocking(move || this.call_blocking(&op_id, &call).map(|(r, _)| r))
             .await
             .map_err(|e| HelperClientError::Task(e.to_string()))?
     }
 
     /// `ping`, answered with the helper's identity and network.
-    pub async fn ping(&self) -> Result<HelperInfo, HelperClientError> {
-        match self.call(HelperCall::Ping).await? {
+    pub async fn ping(&self, op_id: &OpId) -> Result<HelperInfo, HelperClientError> {
+        match self.call(op_id, HelperCall::Ping).await? {
             HelperReply::Pong(info) => Ok(info),
             other => Err(unexpected(&other)),
         }
     }
 
     /// The DNS socket (UDP, port 53 on the bridge's gateway address).
-    pub async fn dns_socket(&self) -> Result<OwnedFd, HelperClientError> {
-        let op_id = crate::dispatch::current_op_id();
-        let this = self.clone();
+    pub async fn dns_socket(&self, op_id: &OpId) -> Result<OwnedFd, HelperClientError> {
+        let (this, op_id) = (self.clone(), op_id.clone());
         let (reply, fd) =
             tokio::task::spawn_blocking(move || this.call_blocking(&op_id, &HelperCall::DnsSocket))
                 .await
@@ -101,7 +104,7 @@ impl HelperClient {
     /// beside it.
     pub fn call_blocking(
         &self,
-        op_id: &str,
+        op_id: &OpId,
         call: &HelperCall,
     ) -> Result<(HelperReply, Option<OwnedFd>), HelperClientError> {
         let io_err = |source| HelperClientError::Io {
@@ -121,7 +124,7 @@ impl HelperClient {
             .map_err(io_err)?;
         let request = HelperRequest {
             version: HELPER_PROTOCOL_VERSION,
-            op_id: op_id.to_owned(),
+            op_id: op_id.to_string(),
             call: call.clone(),
         };
         let mut line = serde_json::to_vec(&request)
@@ -213,7 +216,7 @@ mod tests {
         let (_dir, client, server) = serve_once("{\"result\":{\"kind\":\"done\"}}\n");
         let (reply, fd) = client
             .call_blocking(
-                "op-abc123",
+                &OpId::parse("op-abc123").unwrap(),
                 &HelperCall::TapDelete {
                     name: "bgtap3".into(),
                 },
@@ -237,7 +240,7 @@ mod tests {
             "{\"error\":{\"code\":\"invalid_name\",\"message\":\"no\",\"op_id\":\"op-abc123\"}}\n",
         );
         let err = client
-            .call_blocking("op-abc123", &HelperCall::TapList)
+            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::TapList)
             .unwrap_err();
         assert!(
             matches!(&err, HelperClientError::Refused(e) if e.code == banger_proto::helper::HelperErrorCode::InvalidName),
@@ -245,7 +248,7 @@ mod tests {
         );
         let gone = HelperClient::new("/nonexistent/helper.sock");
         let err = gone
-            .call_blocking("op-abc123", &HelperCall::Ping)
+            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::Ping)
             .unwrap_err();
         assert!(err.to_string().contains("banger system install"), "{err}");
     }
@@ -254,7 +257,7 @@ mod tests {
     fn garbage_replies_are_errors() {
         let (_dir, client, _server) = serve_once("not json\n");
         let err = client
-            .call_blocking("op-abc123", &HelperCall::Ping)
+            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::Ping)
             .unwrap_err();
         assert!(matches!(err, HelperClientError::BadReply(_)), "{err:?}");
     }

@@ -39,6 +39,7 @@ pub use state::DaemonState;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Runs the daemon until SIGTERM, SIGINT or `daemon.shutdown`.
 ///
@@ -79,14 +80,20 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         });
         // Bridged networking when the helper answers: bridge, NAT, DNS and
         // the TAPs left by the previous daemon (held, idle or surplus).
-        if state.network.helper_answers().await {
-            let ready = dispatch::with_op_id(
-                dispatch::mint_op_id().as_str().to_owned(),
-                state.network.ready(&state),
-            )
-            .await;
+        // The set-up has an op id of its own, on its log lines and on the
+        // helper calls it makes.
+        let op = op::mint();
+        let span = tracing::info_span!("network_setup", op_id = %op);
+        let _entered = span.enter();
+        drop(_entered);
+        if state.network.helper_answers(&op).await {
+            let ready = state
+                .network
+                .ready(&op, &state.vms.held_taps())
+                .instrument(span)
+                .await;
             if let Err(e) = ready {
-                tracing::warn!(error = %e.message, "bridged networking unavailable");
+                tracing::warn!(op_id = %op, error = %error::chain(&e), "bridged networking unavailable");
             }
         } else {
             tracing::info!(

@@ -41,10 +41,12 @@ impl DaemonState {
         vmm: Arc<dyn banger_vmm::Vmm>,
         shutdown: CancellationToken,
     ) -> Self {
+        let db = crate::db::Db::new(store);
         Self {
             ssh: crate::ssh::SshPaths::new(&config.layout),
             network: Arc::new(crate::network::Network::new(
                 crate::helper_client::HelperClient::new(&config.helper_socket),
+                db.clone(),
                 config.tap_pool,
                 shutdown.clone(),
             )),
@@ -52,7 +54,7 @@ impl DaemonState {
             guest_stats: Default::default(),
             config,
             started: Instant::now(),
-            db: crate::db::Db::new(store),
+            db,
             shutdown,
             ops: Default::default(),
             vms: Default::default(),

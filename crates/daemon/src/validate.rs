@@ -1,6 +1,9 @@
 //! Checks of user input that must fail before anything is created.
 
-use crate::dispatch::RpcError;
+/// Input that is out of bounds; the message names the field and the bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(String);
 
 /// Limits on VM resources; far beyond them is a typo, not a wish.
 pub const MAX_VCPUS: u32 = 64;
@@ -11,7 +14,7 @@ pub const MAX_DISK_BYTES: u64 = 16 * 1024 * 1024 * 1024 * 1024;
 
 /// A VM, image or kernel name: 1 to 63 of `[a-z0-9-]`, starting with a
 /// letter or digit (it becomes the guest's hostname and `NAME.vm`).
-pub fn name(kind: &str, value: &str) -> Result<(), RpcError> {
+pub fn name(kind: &str, value: &str) -> Result<(), Invalid> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value
@@ -23,80 +26,51 @@ pub fn name(kind: &str, value: &str) -> Result<(), RpcError> {
         Ok(())
     } else {
         let shown: String = value.chars().take(70).collect();
-        Err(RpcError::bad_params(format!(
+        Err(Invalid(format!(
             "invalid {kind} name {shown:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'"
         )))
     }
 }
 
-pub fn vcpus(v: u32) -> Result<(), RpcError> {
+pub fn vcpus(v: u32) -> Result<(), Invalid> {
     if (1..=MAX_VCPUS).contains(&v) {
         Ok(())
     } else {
-        Err(RpcError::bad_params(format!(
+        Err(Invalid(format!(
             "invalid vcpus {v}: must be 1 to {MAX_VCPUS}"
         )))
     }
 }
 
-pub fn memory_mib(v: u32) -> Result<(), RpcError> {
+pub fn memory_mib(v: u32) -> Result<(), Invalid> {
     if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&v) {
         Ok(())
     } else {
-        Err(RpcError::bad_params(format!(
+        Err(Invalid(format!(
             "invalid memory {v} MiB: must be {MIN_MEMORY_MIB} MiB to {} GiB",
             MAX_MEMORY_MIB / 1024
         )))
     }
 }
 
-pub fn disk_size(v: u64) -> Result<(), RpcError> {
+pub fn disk_size(v: u64) -> Result<(), Invalid> {
     if (MIN_DISK_BYTES..=MAX_DISK_BYTES).contains(&v) {
         Ok(())
     } else {
-        Err(RpcError::bad_params(format!(
+        Err(Invalid(format!(
             "invalid disk size {v} bytes: must be 256 MiB to 16 TiB"
         )))
     }
 }
 
-pub fn image_size(v: u64) -> Result<(), RpcError> {
+pub fn image_size(v: u64) -> Result<(), Invalid> {
     if (512 * 1024 * 1024..=MAX_DISK_BYTES).contains(&v) {
         Ok(())
     } else {
-        Err(RpcError::bad_params(format!(
+        Err(Invalid(format!(
             "invalid image size {v} bytes: must be 512 MiB to 16 TiB"
         )))
     }
-}
-
-/// A published port, `HOST:GUEST` or `HOST:GUEST/tcp|udp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Publish {
-    pub host: u16,
-    pub guest: u16,
-    pub udp: bool,
-}
-
-pub fn publish(spec: &str) -> Result<Publish, RpcError> {
-    let bad = || {
-        RpcError::bad_params(format!(
-            "invalid publish {spec:?}: use HOST:GUEST or HOST:GUEST/udp with ports 1-65535"
-        ))
-    };
-    let (ports, proto) = match spec.split_once('/') {
-        Some((p, "tcp")) => (p, false),
-        Some((p, "udp")) => (p, true),
-        Some(_) => return Err(bad()),
-        None => (spec, false),
-    };
-    let (h, g) = ports.split_once(':').ok_or_else(bad)?;
-    let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
-    Ok(Publish {
-        host: port(h).ok_or_else(bad)?,
-        guest: port(g).ok_or_else(bad)?,
-        udp: proto,
-    })
 }
 
 #[cfg(test)]
@@ -120,7 +94,7 @@ mod tests {
             "é",
         ] {
             let e = name("vm", bad).unwrap_err();
-            assert!(e.message.starts_with("invalid vm name"), "{bad}");
+            assert!(e.to_string().starts_with("invalid vm name"), "{bad}");
         }
     }
 
@@ -132,24 +106,8 @@ mod tests {
         assert!(
             disk_size(u64::MAX)
                 .unwrap_err()
-                .message
+                .to_string()
                 .contains("disk size")
         );
-    }
-
-    #[test]
-    fn publishes() {
-        assert_eq!(
-            publish("8080:80").unwrap(),
-            Publish {
-                host: 8080,
-                guest: 80,
-                udp: false
-            }
-        );
-        assert!(publish("53:53/udp").unwrap().udp);
-        for bad in ["80", "0:80", "a:b", "1:2/sctp", "70000:1"] {
-            assert!(publish(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -18,6 +18,16 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use records::{ImageRecord, KernelRecord, VmRecord, VmState};
 
+use banger_proto::{Backend, DiskStrategy, PublishSpec};
+
+fn join_ports(ports: &[PublishSpec]) -> String {
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How long a writer waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -243,10 +253,10 @@ impl Store {
                     vm.vcpus,
                     vm.memory_mib,
                     vm.disk_size_bytes,
-                    vm.network_mode,
-                    vm.backend,
-                    vm.disk_strategy,
-                    vm.published_ports.join(","),
+                    vm.network_mode.as_str(),
+                    vm.backend.map(Backend::as_str),
+                    vm.disk_strategy.map(DiskStrategy::as_str),
+                    join_ports(&vm.published_ports),
                     vm.state.as_str(),
                     vm.last_error,
                     vm.created_at_ms,
@@ -275,10 +285,10 @@ impl Store {
                     vm.vcpus,
                     vm.memory_mib,
                     vm.disk_size_bytes,
-                    vm.network_mode,
-                    vm.backend,
-                    vm.disk_strategy,
-                    vm.published_ports.join(","),
+                    vm.network_mode.as_str(),
+                    vm.backend.map(Backend::as_str),
+                    vm.disk_strategy.map(DiskStrategy::as_str),
+                    join_ports(&vm.published_ports),
                     vm.state.as_str(),
                     vm.last_error,
                     vm.updated_at_ms,

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use banger_proto::{Backend, DiskStrategy, NetworkMode, PublishSpec};
 use rusqlite::Row;
 use serde::{Deserialize, Serialize};
 
@@ -40,37 +41,10 @@ pub struct ImageRecord {
     pub has_agent: bool,
 }
 
-/// The lifecycle state last recorded for a VM. Whether its VMM really runs
-/// is checked against the OS on daemon start, never trusted from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    Creating,
-    Stopped,
-    Running,
-    Error,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Creating => "creating",
-            Self::Stopped => "stopped",
-            Self::Running => "running",
-            Self::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "creating" => Self::Creating,
-            "stopped" => Self::Stopped,
-            "running" => Self::Running,
-            "error" => Self::Error,
-            _ => return None,
-        })
-    }
-}
+/// The lifecycle state last recorded for a VM (the wire enum, stored as
+/// its string). Whether its VMM really runs is checked against the OS on
+/// daemon start, never trusted from here.
+pub use banger_proto::VmState;
 
 /// A VM spec: what to boot and with what resources.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,14 +56,13 @@ pub struct VmRecord {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub disk_size_bytes: u64,
-    /// `user` or `bridged`.
-    pub network_mode: String,
-    /// `qemu` or `firecracker`, once chosen.
-    pub backend: Option<String>,
-    /// `qcow2`, `reflink`, `dm-snapshot` or `copy`, once chosen at create.
-    pub disk_strategy: Option<String>,
-    /// Published ports as the user wrote them (`HOST:GUEST`).
-    pub published_ports: Vec<String>,
+    pub network_mode: NetworkMode,
+    /// Once chosen.
+    pub backend: Option<Backend>,
+    /// Once chosen at create.
+    pub disk_strategy: Option<DiskStrategy>,
+    /// Stored as `HOST:GUEST[/udp]`, comma-separated.
+    pub published_ports: Vec<PublishSpec>,
     pub state: VmState,
     pub last_error: Option<String>,
     pub created_at_ms: i64,
@@ -130,20 +103,51 @@ impl ImageRecord {
 }
 
 impl VmRecord {
-    /// Reads a row; a state string this binary does not know is reported as
+    /// Reads a row; a value this binary does not know (state, network,
+    /// backend, disk strategy, publish spec) is reported as
     /// [`StoreError::Corrupt`] rather than guessed at.
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
         let name: String = r.get(1)?;
+        let corrupt = |field: &'static str, value: String| StoreError::Corrupt {
+            kind: "vm",
+            name: name.clone(),
+            field,
+            value,
+        };
         let state: String = r.get(11)?;
-        let Some(state) = VmState::parse(&state) else {
-            return Ok(Err(StoreError::Corrupt {
-                kind: "vm",
-                name,
-                field: "state",
-                value: state,
-            }));
+        let Ok(state) = state.parse::<VmState>() else {
+            return Ok(Err(corrupt("state", state)));
+        };
+        let network_mode: String = r.get(7)?;
+        let Ok(network_mode) = network_mode.parse::<NetworkMode>() else {
+            return Ok(Err(corrupt("network_mode", network_mode)));
+        };
+        let backend: Option<String> = r.get(8)?;
+        let backend = match backend
+            .map(|b| b.parse::<Backend>().map_err(|_| b))
+            .transpose()
+        {
+            Ok(b) => b,
+            Err(b) => return Ok(Err(corrupt("backend", b))),
+        };
+        let strategy: Option<String> = r.get(9)?;
+        let disk_strategy = match strategy
+            .map(|d| d.parse::<DiskStrategy>().map_err(|_| d))
+            .transpose()
+        {
+            Ok(d) => d,
+            Err(d) => return Ok(Err(corrupt("disk_strategy", d))),
         };
         let ports: String = r.get(10)?;
+        let published_ports = match ports
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<PublishSpec>, _>>()
+        {
+            Ok(v) => v,
+            Err(_) => return Ok(Err(corrupt("published_ports", ports))),
+        };
         Ok(Ok(Self {
             id: r.get(0)?,
             name,
@@ -152,14 +156,10 @@ impl VmRecord {
             vcpus: r.get(4)?,
             memory_mib: r.get(5)?,
             disk_size_bytes: r.get(6)?,
-            network_mode: r.get(7)?,
-            backend: r.get(8)?,
-            disk_strategy: r.get(9)?,
-            published_ports: ports
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            network_mode,
+            backend,
+            disk_strategy,
+            published_ports,
             state,
             last_error: r.get(12)?,
             created_at_ms: r.get(13)?,

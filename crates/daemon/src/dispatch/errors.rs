@@ -46,3 +46,74 @@ impl From<crate::op::Cancelled> for RpcError {
         Self::from_domain(ErrorCode::Cancelled, &e)
     }
 }
+
+impl From<crate::validate::Invalid> for RpcError {
+    fn from(e: crate::validate::Invalid) -> Self {
+        Self::from_domain(ErrorCode::BadParams, &e)
+    }
+}
+
+impl From<crate::network::NetworkError> for RpcError {
+    fn from(e: crate::network::NetworkError) -> Self {
+        Self::from_domain(network_code(&e), &e)
+    }
+}
+
+pub(crate) fn network_code(e: &crate::network::NetworkError) -> ErrorCode {
+    use crate::network::NetworkError as E;
+    match e {
+        E::AddressesExhausted { .. }
+        | E::PortInUse { .. }
+        | E::PortPublished { .. }
+        | E::PortReserved { .. } => ErrorCode::Conflict,
+        E::UdpNeedsUserMode { .. } => ErrorCode::BadParams,
+        E::Store(e) => store_code(e),
+        E::NoHelper { .. }
+        | E::Helper { .. }
+        | E::UnexpectedReply { .. }
+        | E::BadSubnet(_)
+        | E::BadLease(_)
+        | E::NoTapName
+        | E::NoFreePort(_)
+        | E::Listen { .. } => ErrorCode::OperationFailed,
+    }
+}
+
+impl From<crate::vms::VmError> for RpcError {
+    fn from(e: crate::vms::VmError) -> Self {
+        Self::from_domain(vm_code(&e), &e)
+    }
+}
+
+pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
+    use crate::vms::VmError as E;
+    match e {
+        E::Invalid(_)
+        | E::BadPublish(_)
+        | E::BadNetwork(_)
+        | E::PublishedTwice(_)
+        | E::NothingToChange
+        | E::Shrink { .. }
+        | E::UnknownSignal(_) => ErrorCode::BadParams,
+        E::NameTaken(_) | E::Running(_) => ErrorCode::Conflict,
+        E::NotRunning { .. } => ErrorCode::NotRunning,
+        E::MissingFile { .. } => ErrorCode::NotFound,
+        E::Cancelled(_) | E::CreateCancelled => ErrorCode::Cancelled,
+        E::StartFailed { cause, .. } => vm_code(cause),
+        E::Network(e) => network_code(e),
+        E::Store(e) => store_code(e),
+        E::Legacy(e) => e.code,
+        E::NoRootStrategy(_)
+        | E::NoWorkSeed(_)
+        | E::VmmExited
+        | E::SshTimeout(_)
+        | E::BadSshHost(_)
+        | E::KillFailed(_)
+        | E::StillRunning { .. }
+        | E::Io { .. }
+        | E::Task(..)
+        | E::Vmm(_)
+        | E::Disk(_)
+        | E::Ssh(_) => ErrorCode::OperationFailed,
+    }
+}

@@ -57,11 +57,11 @@ pub(crate) async fn network_status(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::NETWORK_STATUS, &p)?;
     let state = &ctx.state;
     let network = &state.network;
-    let helper = network.helper_answers().await;
+    let helper = network.helper_answers(&ctx.op_id).await;
     if helper {
         // Sets the bridge up if the helper appeared after the daemon started.
-        if let Err(e) = network.ready(state).await {
-            tracing::warn!(error = %e.message, "bridged networking unavailable");
+        if let Err(e) = network.ready(&ctx.op_id, &state.vms.held_taps()).await {
+            tracing::warn!(error = %crate::error::chain(&e), "bridged networking unavailable");
         }
     }
     let bridge = network.bridge();

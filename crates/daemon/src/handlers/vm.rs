@@ -1,75 +1,106 @@
 //! `vm.*` handlers.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use banger_proto::methods;
 use banger_proto::vm::{
     CpParams, ExecBeginParams, ExecIoParams, VmCreateParams, VmEditParams, VmKillParams, VmRef,
 };
+use banger_proto::{OpKind, methods};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{no_params, to_value};
 use crate::dispatch::{HandlerResult, RequestCtx, RpcError, params};
+use crate::op::OpCtx;
 use crate::vms;
 
 /// Runs lifecycle work in its own task so that it always finishes its
 /// rollback; if this request's future is dropped (the client went away),
-/// the token is cancelled and the work stops at its next wait.
-async fn detached<T, F, Fut>(f: F) -> Result<T, RpcError>
+/// the work's cancel token fires and it stops at its next wait. The work
+/// gets the request's op context with that token.
+async fn detached<T, F, Fut>(ctx: &RequestCtx, f: F) -> Result<T, RpcError>
 where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
+    F: FnOnce(OpCtx) -> Fut,
+    Fut: Future<Output = Result<T, vms::VmError>> + Send + 'static,
     T: Send + 'static,
 {
     let token = CancellationToken::new();
     let _cancel_on_drop = token.clone().drop_guard();
-    tokio::spawn(f(token).in_current_span())
+    let op = OpCtx::new(ctx.op_id.clone(), token);
+    tokio::spawn(f(op).in_current_span())
         .await
         .map_err(|e| RpcError::internal(format!("vm task failed: {e}")))?
+        .map_err(RpcError::from)
 }
 
 pub(crate) async fn create_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: VmCreateParams = params(methods::VM_CREATE_BEGIN, p)?;
-    to_value(vms::begin_create(&ctx.state, &ctx.op_id, p).await?)
+    let plan = vms::plan_create(&ctx.state, &ctx.op_id, p).await?;
+    let state = Arc::clone(&ctx.state);
+    let target = plan.name.clone();
+    let op = ctx.state.ops.begin(
+        &ctx.op_id,
+        OpKind::VmCreate,
+        &target,
+        move |op| async move {
+            match vms::create(&state, &op, plan).await {
+                Ok(view) => to_value(view).map_err(RpcError::into_body),
+                Err(e) => Err(RpcError::from(e).into_body()),
+            }
+        },
+    );
+    to_value(op.view())
 }
 
 pub(crate) async fn start(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_START, p)?;
     let state = ctx.state.clone();
-    let vm =
-        detached(move |cancel| async move { vms::start(&state, &name, &cancel).await }).await?;
+    let vm = detached(&ctx, move |op| async move {
+        vms::start(&state, &name, &op).await
+    })
+    .await?;
     to_value(vms::view(&ctx.state, &vm).await?)
 }
 
 pub(crate) async fn stop(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_STOP, p)?;
     let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::stop(&state, &name).await }).await?;
+    let vm = detached(&ctx, move |op| async move {
+        vms::stop(&state, &name, &op).await
+    })
+    .await?;
     to_value(vms::view(&ctx.state, &vm).await?)
 }
 
 pub(crate) async fn kill(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmKillParams { name, signal } = params(methods::VM_KILL, p)?;
     let state = ctx.state.clone();
-    let vm =
-        detached(move |_| async move { vms::kill(&state, &name, signal.as_deref()).await }).await?;
+    let vm = detached(&ctx, move |op| async move {
+        vms::kill(&state, &name, signal.as_deref(), &op).await
+    })
+    .await?;
     to_value(vms::view(&ctx.state, &vm).await?)
 }
 
 pub(crate) async fn restart(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_RESTART, p)?;
     let state = ctx.state.clone();
-    let vm =
-        detached(move |cancel| async move { vms::restart(&state, &name, &cancel).await }).await?;
+    let vm = detached(&ctx, move |op| async move {
+        vms::restart(&state, &name, &op).await
+    })
+    .await?;
     to_value(vms::view(&ctx.state, &vm).await?)
 }
 
 pub(crate) async fn delete(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_DELETE, p)?;
     let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::delete(&state, &name).await }).await?;
+    let vm = detached(&ctx, move |op| async move {
+        vms::delete(&state, &name, &op).await
+    })
+    .await?;
     to_value(serde_json::json!({ "deleted": vm.name, "id": vm.id }))
 }
 
@@ -92,7 +123,7 @@ pub(crate) async fn list(ctx: RequestCtx, p: Value) -> HandlerResult {
 pub(crate) async fn edit(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: VmEditParams = params(methods::VM_EDIT, p)?;
     let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::edit(&state, &p).await }).await?;
+    let vm = detached(&ctx, move |_| async move { vms::edit(&state, &p).await }).await?;
     to_value(vms::view(&ctx.state, &vm).await?)
 }
 
@@ -100,13 +131,7 @@ pub(crate) async fn ssh_info(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_SSH_INFO, p)?;
     let vm = vms::find(&ctx.state, &name).await?;
     let Some(h) = ctx.state.vms.handles(&vm.id) else {
-        return Err(RpcError::new(
-            banger_proto::ErrorCode::NotRunning,
-            format!(
-                "vm {} is not running (start it with: banger vm start {})",
-                vm.name, vm.name
-            ),
-        ));
+        return Err(vms::VmError::NotRunning { name: vm.name }.into());
     };
     to_value(ctx.state.ssh.info(&vm.name, &h.ssh_host, h.ssh_port))
 }

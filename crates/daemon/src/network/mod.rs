@@ -1,4 +1,4 @@
-//! Bridged networking on the daemon's side (SPEC C8): the bridge and NAT
+//! Networking on the daemon's side (docs/networking.md): the bridge and NAT
 //! (made by banger-helper), a warm pool of idle TAP devices, durable IP
 //! leases, the DNS server for `NAME.vm`, and loopback proxies for ports a
 //! bridged VM publishes.
@@ -15,23 +15,26 @@
 //! is being set up) comes before the std mutexes, which are leaves and are
 //! never held across an await.
 
+mod error;
 mod pool;
 mod proxy;
 pub mod subnet;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use banger_proto::ErrorCode;
 use banger_proto::helper::{HelperCall, HelperReply};
+use banger_proto::{PortProto, PublishSpec};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::DaemonState;
-use crate::dispatch::{RpcError, error_chain};
+use crate::db::Db;
+use crate::error::chain;
 use crate::helper_client::{HelperClient, HelperClientError};
+use crate::op::OpId;
+pub use error::NetworkError;
 pub use pool::TapPool;
 pub use subnet::{Subnet, mac_for};
 
@@ -72,6 +75,7 @@ impl crate::dns::VmResolver for NameTable {
 #[derive(Debug)]
 pub struct Network {
     helper: HelperClient,
+    db: Db,
     pool_target: usize,
     setup: tokio::sync::Mutex<()>,
     bridge: Mutex<Option<Bridge>>,
@@ -86,14 +90,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn helper_err(what: &str, e: HelperClientError) -> RpcError {
-    RpcError::internal(format!("{what}: {}", error_chain(&e)))
+fn helper_err(what: impl Into<String>) -> impl FnOnce(HelperClientError) -> NetworkError {
+    move |source| NetworkError::Helper {
+        what: what.into(),
+        source,
+    }
 }
 
 impl Network {
-    pub fn new(helper: HelperClient, pool_target: usize, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        helper: HelperClient,
+        db: Db,
+        pool_target: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             helper,
+            db,
             pool_target,
             setup: tokio::sync::Mutex::new(()),
             bridge: Mutex::new(None),
@@ -131,19 +144,24 @@ impl Network {
     }
 
     /// True when the helper answers (briefly), i.e. bridged mode is possible.
-    pub async fn helper_answers(&self) -> bool {
+    pub async fn helper_answers(&self, op: &OpId) -> bool {
         if self.bridge().is_some() {
             return true;
         }
         matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, self.helper.ping()).await,
+            tokio::time::timeout(PROBE_TIMEOUT, self.helper.ping(op)).await,
             Ok(Ok(_))
         )
     }
 
     /// Sets up the bridge, NAT and DNS through the helper (once), sorts the
-    /// TAPs that exist into held, idle and surplus, and fills the pool.
-    pub async fn ready(self: &Arc<Self>, state: &Arc<DaemonState>) -> Result<Bridge, RpcError> {
+    /// TAPs that exist into held (`held`: those running VMs hold), idle and
+    /// surplus, and fills the pool.
+    pub async fn ready(
+        self: &Arc<Self>,
+        op: &OpId,
+        held: &[String],
+    ) -> Result<Bridge, NetworkError> {
         if let Some(b) = self.bridge() {
             return Ok(b);
         }
@@ -153,62 +171,65 @@ impl Network {
         }
         let info = self
             .helper
-            .ping()
+            .ping(op)
             .await
-            .map_err(|e| helper_err("bridged networking needs banger-helper", e))?;
-        let subnet: Subnet = info.subnet.parse().map_err(|e: subnet::SubnetError| {
-            RpcError::internal(format!("banger-helper reports a bad subnet: {e}"))
-        })?;
+            .map_err(helper_err("bridged networking needs banger-helper"))?;
+        let subnet: Subnet = info.subnet.parse().map_err(NetworkError::BadSubnet)?;
         let bridge = Bridge {
             name: info.bridge.clone(),
             gateway: subnet.gateway(),
             subnet,
         };
-        self.call(HelperCall::BridgeEnsure {
-            name: bridge.name.clone(),
-        })
-        .await
-        .map_err(|e| helper_err("set up the bridge", e))?;
-        self.call(HelperCall::NatEnsure {
-            subnet: subnet.to_string(),
-        })
-        .await
-        .map_err(|e| helper_err("set up NAT", e))?;
-        self.reconcile_taps(state, &bridge).await?;
-        self.start_dns(&bridge).await;
-        self.refresh_names(state).await;
+        self.helper
+            .call(
+                op,
+                HelperCall::BridgeEnsure {
+                    name: bridge.name.clone(),
+                },
+            )
+            .await
+            .map_err(helper_err("set up the bridge"))?;
+        self.helper
+            .call(
+                op,
+                HelperCall::NatEnsure {
+                    subnet: subnet.to_string(),
+                },
+            )
+            .await
+            .map_err(helper_err("set up NAT"))?;
+        self.reconcile_taps(op, &bridge, held).await?;
+        self.start_dns(op, &bridge).await;
+        self.refresh_names().await;
         tracing::info!(bridge = %bridge.name, subnet = %bridge.subnet, gateway = %bridge.gateway, "bridged networking ready");
         *lock(&self.bridge) = Some(bridge.clone());
-        self.refill();
+        self.refill(op);
         Ok(bridge)
-    }
-
-    async fn call(&self, call: HelperCall) -> Result<HelperReply, HelperClientError> {
-        self.helper.call(call).await
     }
 
     /// Sorts existing banger TAPs: those running VMs hold stay held, the
     /// rest become idle up to the pool's size, and the surplus is deleted.
     async fn reconcile_taps(
         self: &Arc<Self>,
-        state: &Arc<DaemonState>,
+        op: &OpId,
         bridge: &Bridge,
-    ) -> Result<(), RpcError> {
-        let listed = match self.call(HelperCall::TapList).await {
+        held: &[String],
+    ) -> Result<(), NetworkError> {
+        let listed = match self.helper.call(op, HelperCall::TapList).await {
             Ok(HelperReply::Taps { taps }) => taps,
             Ok(other) => {
-                return Err(RpcError::internal(format!(
-                    "banger-helper answered tap_list with {other:?}"
-                )));
+                return Err(NetworkError::UnexpectedReply {
+                    call: "tap_list",
+                    reply: format!("{other:?}"),
+                });
             }
-            Err(e) => return Err(helper_err("list tap devices", e)),
+            Err(e) => return Err(helper_err("list tap devices")(e)),
         };
-        let held: Vec<String> = state.vms.held_taps();
         let mut surplus = Vec::new();
         {
             let mut pool = lock(&self.pool);
             pool.clear();
-            for name in &held {
+            for name in held {
                 pool.adopt_in_use(name);
             }
             for tap in &listed {
@@ -221,7 +242,7 @@ impl Network {
                 }
             }
         }
-        for name in &held {
+        for name in held {
             if !listed.iter().any(|t| &t.name == name) {
                 tracing::warn!(tap = %name, "a running vm's tap device is gone; its network is down until restarted");
             }
@@ -229,10 +250,11 @@ impl Network {
         for name in surplus {
             tracing::info!(tap = %name, "deleting surplus tap device");
             if let Err(e) = self
-                .call(HelperCall::TapDelete { name: name.clone() })
+                .helper
+                .call(op, HelperCall::TapDelete { name: name.clone() })
                 .await
             {
-                tracing::warn!(tap = %name, error = %error_chain(&e), "could not delete tap device");
+                tracing::warn!(tap = %name, error = %chain(&e), "could not delete tap device");
             }
         }
         let (idle, in_use) = self.taps();
@@ -245,7 +267,11 @@ impl Network {
     }
 
     /// A TAP for a VM: an idle one from the pool, or a new one.
-    pub async fn acquire_tap(self: &Arc<Self>, bridge: &Bridge) -> Result<String, RpcError> {
+    pub async fn acquire_tap(
+        self: &Arc<Self>,
+        op: &OpId,
+        bridge: &Bridge,
+    ) -> Result<String, NetworkError> {
         let taken = lock(&self.pool).take();
         let name = match taken {
             Some(name) => {
@@ -253,68 +279,72 @@ impl Network {
                 name
             }
             None => {
-                let name = self.create_tap(bridge, true).await?;
+                let name = self.create_tap(op, bridge, true).await?;
                 tracing::info!(tap = %name, "pool empty; created tap");
                 name
             }
         };
-        self.refill();
+        self.refill(op);
         Ok(name)
     }
 
-    async fn create_tap(&self, bridge: &Bridge, for_vm: bool) -> Result<String, RpcError> {
+    async fn create_tap(
+        &self,
+        op: &OpId,
+        bridge: &Bridge,
+        for_vm: bool,
+    ) -> Result<String, NetworkError> {
         let name = lock(&self.pool)
             .reserve_name()
-            .ok_or_else(|| RpcError::internal("no free tap device name"))?;
+            .ok_or(NetworkError::NoTapName)?;
         let call = HelperCall::TapCreate {
             name: name.clone(),
             owner_uid: rustix::process::geteuid().as_raw(),
             bridge: bridge.name.clone(),
         };
-        match self.call(call).await {
+        match self.helper.call(op, call).await {
             Ok(_) => {
                 lock(&self.pool).created(&name, for_vm);
                 Ok(name)
             }
             Err(e) => {
                 lock(&self.pool).abandon(&name);
-                Err(helper_err(&format!("create tap device {name}"), e))
+                Err(helper_err(format!("create tap device {name}"))(e))
             }
         }
     }
 
     /// Tops the pool up to its size in the background, under the op id of
     /// the request that emptied it, so its helper calls trace back to it.
-    pub fn refill(self: &Arc<Self>) {
+    pub fn refill(self: &Arc<Self>, op: &OpId) {
         let Some(bridge) = self.bridge() else {
             return;
         };
         if lock(&self.pool).missing(self.pool_target) == 0 {
             return;
         }
-        let this = Arc::clone(self);
-        let op_id = crate::dispatch::current_op_id();
-        let span = tracing::info_span!("tap_pool", op_id = %op_id);
+        let (this, op) = (Arc::clone(self), op.clone());
+        let span = tracing::info_span!("tap_pool", op_id = %op);
         let work = async move {
             while lock(&this.pool).missing(this.pool_target) > 0 {
                 if this.shutdown.is_cancelled() {
                     return;
                 }
-                match this.create_tap(&bridge, false).await {
+                match this.create_tap(&op, &bridge, false).await {
                     Ok(name) => tracing::info!(tap = %name, "tap pool refilled"),
                     Err(e) => {
-                        tracing::warn!(error = %e.message, "tap pool refill failed");
+                        tracing::warn!(error = %chain(&e), "tap pool refill failed");
                         return;
                     }
                 }
             }
         };
-        tokio::spawn(crate::dispatch::with_op_id(op_id, work.instrument(span)));
+        tokio::spawn(work.instrument(span));
     }
 
     /// A VM let its TAP go: back to the pool, or deleted when the pool is
     /// full. Blocking (it runs in rollbacks too).
-    pub fn release_tap_blocking(&self, name: &str, op_id: &str) {
+    pub fn release_tap_blocking(&self, name: &str, op: &OpId) {
         let keep = lock(&self.pool).give_back(name, self.max_idle());
         if keep {
             tracing::info!(tap = %name, "tap returned to the pool");
@@ -323,31 +353,27 @@ impl Network {
         let call = HelperCall::TapDelete {
             name: name.to_owned(),
         };
-        if let Err(e) = self.helper.call_blocking(op_id, &call) {
-            tracing::warn!(tap = %name, error = %error_chain(&e), "could not delete tap device");
+        if let Err(e) = self.helper.call_blocking(op, &call) {
+            tracing::warn!(tap = %name, error = %chain(&e), "could not delete tap device");
         } else {
             tracing::info!(tap = %name, "tap deleted (pool full)");
         }
         lock(&self.pool).abandon(name);
     }
 
-    pub async fn release_tap(self: &Arc<Self>, name: &str) {
-        let this = Arc::clone(self);
-        let (name, op_id) = (name.to_owned(), crate::dispatch::current_op_id());
-        let _ = tokio::task::spawn_blocking(move || this.release_tap_blocking(&name, &op_id)).await;
+    pub async fn release_tap(self: &Arc<Self>, op: &OpId, name: &str) {
+        let (this, op) = (Arc::clone(self), op.clone());
+        let name = name.to_owned();
+        let _ = tokio::task::spawn_blocking(move || this.release_tap_blocking(&name, &op)).await;
     }
 
     /// The VM's address: its existing lease, or the first free one.
-    pub async fn lease(
-        &self,
-        state: &Arc<DaemonState>,
-        vm_id: &str,
-        bridge: &Bridge,
-    ) -> Result<Ipv4Addr, RpcError> {
+    pub async fn lease(&self, vm_id: &str, bridge: &Bridge) -> Result<Ipv4Addr, NetworkError> {
         let subnet = bridge.subnet;
         let vm_id = vm_id.to_owned();
-        let leased = state
-            .with_store(move |s| {
+        let leased = self
+            .db
+            .call(move |s| {
                 s.lease_address(
                     &vm_id,
                     &subnet.to_string(),
@@ -356,23 +382,19 @@ impl Network {
                 )
             })
             .await?;
-        let text = leased.ok_or_else(|| {
-            RpcError::new(
-                ErrorCode::Conflict,
-                format!("every address in {subnet} is leased; delete a vm first"),
-            )
+        let text = leased.ok_or_else(|| NetworkError::AddressesExhausted {
+            subnet: subnet.to_string(),
         })?;
-        text.parse()
-            .map_err(|_| RpcError::internal(format!("stored lease {text:?} is not an address")))
+        text.parse().map_err(|_| NetworkError::BadLease(text))
     }
 
     /// Rebuilds the DNS names from the leases in the store.
-    pub async fn refresh_names(&self, state: &Arc<DaemonState>) {
-        let loaded = state.with_store(|s| Ok((s.leases()?, s.vms()?))).await;
+    pub async fn refresh_names(&self) {
+        let loaded = self.db.call(|s| Ok((s.leases()?, s.vms()?))).await;
         let (leases, vms) = match loaded {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e.message, "could not load dns names");
+                tracing::warn!(error = %chain(&e), "could not load dns names");
                 return;
             }
         };
@@ -392,11 +414,11 @@ impl Network {
         self.names.replace(names);
     }
 
-    async fn start_dns(&self, bridge: &Bridge) {
-        let fd = match self.helper.dns_socket().await {
+    async fn start_dns(&self, op: &OpId, bridge: &Bridge) {
+        let fd = match self.helper.dns_socket(op).await {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "no dns socket from banger-helper; NAME.vm will not resolve");
+                tracing::warn!(error = %chain(&e), "no dns socket from banger-helper; NAME.vm will not resolve");
                 return;
             }
         };
@@ -425,12 +447,36 @@ impl Network {
         &self,
         vm_id: &str,
         guest: Ipv4Addr,
-        publish: &[crate::validate::Publish],
-    ) -> Result<(), RpcError> {
+        publish: &[PublishSpec],
+    ) -> Result<(), NetworkError> {
         self.proxies.start(vm_id, guest, publish, &self.shutdown)
     }
 
     pub fn stop_proxies(&self, vm_id: &str) {
         self.proxies.stop(vm_id);
+    }
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_loopback_port() -> Result<u16, NetworkError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(NetworkError::NoFreePort)
+}
+
+/// Fails when something on this host listens on the spec's host port.
+pub fn ensure_port_free(spec: PublishSpec) -> Result<(), NetworkError> {
+    let free = match spec.proto {
+        PortProto::Udp => UdpSocket::bind((Ipv4Addr::LOCALHOST, spec.host)).is_ok(),
+        PortProto::Tcp => TcpListener::bind((Ipv4Addr::LOCALHOST, spec.host)).is_ok(),
+    };
+    if free {
+        Ok(())
+    } else {
+        Err(NetworkError::PortInUse {
+            port: spec.host,
+            proto: spec.proto,
+        })
     }
 }

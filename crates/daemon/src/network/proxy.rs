@@ -14,8 +14,9 @@ use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::RpcError;
-use crate::validate::Publish;
+use banger_proto::{PortProto, PublishSpec};
+
+use super::NetworkError;
 
 #[derive(Debug, Default)]
 pub(super) struct Proxies(Mutex<HashMap<String, CancellationToken>>);
@@ -27,27 +28,25 @@ impl Proxies {
         &self,
         vm_id: &str,
         guest: Ipv4Addr,
-        publish: &[Publish],
+        publish: &[PublishSpec],
         shutdown: &CancellationToken,
-    ) -> Result<(), RpcError> {
+    ) -> Result<(), NetworkError> {
         let mut listeners = Vec::new();
         for p in publish {
-            if p.udp {
-                return Err(RpcError::bad_params(format!(
-                    "publishing udp port {} needs user-mode networking (--network user)",
-                    p.host
-                )));
+            if p.is_udp() {
+                return Err(NetworkError::UdpNeedsUserMode { port: p.host });
             }
             let std_listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, p.host))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|e| {
-                    RpcError::new(
-                        banger_proto::ErrorCode::Conflict,
-                        format!("host port {}/tcp: {e}", p.host),
-                    )
+                .map_err(|_| NetworkError::PortInUse {
+                    port: p.host,
+                    proto: PortProto::Tcp,
                 })?;
-            let listener = TcpListener::from_std(std_listener)
-                .map_err(|e| RpcError::internal(format!("host port {}: {e}", p.host)))?;
+            let listener =
+                TcpListener::from_std(std_listener).map_err(|source| NetworkError::Listen {
+                    port: p.host,
+                    source,
+                })?;
             listeners.push((listener, SocketAddr::from((guest, p.guest))));
         }
         let token = shutdown.child_token();
@@ -123,10 +122,10 @@ mod tests {
             .port();
         let proxies = Proxies::default();
         let shutdown = CancellationToken::new();
-        let publish = [Publish {
+        let publish = [PublishSpec {
             host: host_port,
             guest: guest_port,
-            udp: false,
+            proto: PortProto::Tcp,
         }];
         proxies
             .start("vm1", Ipv4Addr::LOCALHOST, &publish, &shutdown)
@@ -154,14 +153,14 @@ mod tests {
             .start(
                 "vm1",
                 Ipv4Addr::LOCALHOST,
-                &[Publish {
+                &[PublishSpec {
                     host: 1,
                     guest: 1,
-                    udp: true,
+                    proto: PortProto::Udp,
                 }],
                 &CancellationToken::new(),
             )
             .unwrap_err();
-        assert!(err.message.contains("--network user"), "{err}");
+        assert!(err.to_string().contains("--network user"), "{err}");
     }
 }

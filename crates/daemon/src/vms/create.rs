@@ -1,59 +1,108 @@
-//! `vm.create`: an asynchronous operation whose stages the CLI prints live.
+//! `vm.create`: everything that can be checked up front is checked before
+//! anything is made; then an asynchronous operation (begun by the RPC edge)
+//! whose stages the CLI prints live.
+//!
+//! Two creates must never both take one name or one host port: both are
+//! reserved (in memory, atomically) before the store is consulted, and the
+//! reservation lasts until the create ends, by which time the VM's row
+//! says the same thing durably.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use banger_proto::vm::{OpView, VmCreateParams};
-use banger_proto::{ErrorCode, OpKind};
+use banger_proto::vm::{VmCreateParams, VmView};
+use banger_proto::{NetworkMode, PortProto, PublishSpec};
 use banger_store::{VmRecord, VmState};
 use rand::Rng;
-use serde_json::Value;
 
-use super::lifecycle::{NETWORK_BRIDGED, NETWORK_USER, delete_locked, stage, start_locked};
-use super::{view, vm_dir, work_disk};
-use crate::dispatch::{RpcError, error_chain};
-use crate::ops::{Operation, now_ms};
+use super::lifecycle::{delete_locked, start_locked};
+use super::{VmError, view, vm_dir, work_disk};
+use crate::network::{NetworkError, ensure_port_free};
+use crate::op::{OpCtx, OpId};
+use crate::ops::now_ms;
 use crate::{DaemonState, artifacts, disks, validate};
 
-/// Names of VMs being created, reserved before their row exists.
+/// Names and host ports of VMs being created, reserved before their row
+/// exists.
 #[derive(Debug, Default)]
-pub struct Reservations(Mutex<HashSet<String>>);
+pub struct Reservations(Mutex<Reserved>);
+
+#[derive(Debug, Default)]
+struct Reserved {
+    names: HashSet<String>,
+    ports: HashSet<(u16, PortProto)>,
+}
 
 impl Reservations {
-    fn take(&self, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned())
+    fn lock(&self) -> MutexGuard<'_, Reserved> {
+        // Two sets updated together under the lock; nothing panics inside.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn release(&self, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+    /// Takes the name and every host port, or nothing.
+    fn take(&self, name: &str, ports: &[PublishSpec]) -> Result<(), VmError> {
+        let mut r = self.lock();
+        if r.names.contains(name) {
+            return Err(VmError::NameTaken(name.to_owned()));
+        }
+        if let Some(p) = ports.iter().find(|p| r.ports.contains(&(p.host, p.proto))) {
+            return Err(NetworkError::PortReserved {
+                port: p.host,
+                proto: p.proto,
+            }
+            .into());
+        }
+        r.names.insert(name.to_owned());
+        r.ports.extend(ports.iter().map(|p| (p.host, p.proto)));
+        Ok(())
+    }
+
+    fn release(&self, name: &str, ports: &[PublishSpec]) {
+        let mut r = self.lock();
+        r.names.remove(name);
+        for p in ports {
+            r.ports.remove(&(p.host, p.proto));
+        }
     }
 }
 
-/// Releases a reserved name when the create ends, however it ends.
-struct Reserved {
+/// Releases what a create reserved when it ends, however it ends.
+#[derive(Debug)]
+struct Reservation {
     state: Arc<DaemonState>,
     name: String,
+    ports: Vec<PublishSpec>,
 }
 
-impl Drop for Reserved {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        self.state.reservations.release(&self.name);
+        self.state.reservations.release(&self.name, &self.ports);
     }
 }
 
-/// Validates everything that can be checked up front (so bad input creates
-/// nothing), then starts the create operation under the request's op id.
-pub async fn begin_create(
+/// A create whose input passed every check, holding its reservations.
+#[derive(Debug)]
+pub struct CreatePlan {
+    id: String,
+    pub name: String,
+    image: String,
+    kernel: String,
+    vcpus: u32,
+    memory_mib: u32,
+    disk_size_bytes: u64,
+    publish: Vec<PublishSpec>,
+    network: NetworkMode,
+    start: bool,
+    _reservation: Reservation,
+}
+
+/// Validates everything that can be checked up front, so bad input and
+/// conflicts known now create nothing, and reserves the name and ports.
+pub async fn plan_create(
     state: &Arc<DaemonState>,
-    op_id: &crate::op::OpId,
+    op: &OpId,
     p: VmCreateParams,
-) -> Result<OpView, RpcError> {
+) -> Result<CreatePlan, VmError> {
     validate::name("vm", &p.name)?;
     let defaults = &state.config.defaults;
     let vcpus = p.vcpus.unwrap_or(defaults.vcpus);
@@ -62,14 +111,15 @@ pub async fn begin_create(
     validate::vcpus(vcpus)?;
     validate::memory_mib(memory_mib)?;
     validate::disk_size(disk_size_bytes)?;
+    let publish = p
+        .publish
+        .iter()
+        .map(|s| s.parse::<PublishSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
     let mut host_ports = HashSet::new();
-    for spec in &p.publish {
-        let parsed = validate::publish(spec)?;
-        if !host_ports.insert((parsed.host, parsed.udp)) {
-            return Err(RpcError::bad_params(format!(
-                "host port {} is published twice",
-                parsed.host
-            )));
+    for spec in &publish {
+        if !host_ports.insert((spec.host, spec.proto)) {
+            return Err(VmError::PublishedTwice(spec.host));
         }
     }
     if let Some(image) = &p.image {
@@ -78,16 +128,15 @@ pub async fn begin_create(
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
     }
-    let network = choose_network(state, p.network.as_deref()).await?;
-    if network == NETWORK_BRIDGED {
-        if let Some(udp) = p
-            .publish
-            .iter()
-            .find(|s| validate::publish(s).is_ok_and(|p| p.udp))
-        {
-            return Err(RpcError::bad_params(format!(
-                "publishing {udp} (udp) needs user-mode networking: add --network user"
-            )));
+    let asked = p
+        .network
+        .as_deref()
+        .map(str::parse::<NetworkMode>)
+        .transpose()?;
+    let network = choose_network(state, op, asked).await?;
+    if network == NetworkMode::Bridged {
+        if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
+            return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());
         }
     }
     let image_name = p.image.clone().unwrap_or_else(|| defaults.image.clone());
@@ -95,97 +144,63 @@ pub async fn begin_create(
     // A named image must exist; the default one is built on demand.
     if p.image.is_some() {
         let name = image_name.clone();
-        state.with_store(move |s| s.image(&name)).await?;
+        state.db.call(move |s| s.image(&name)).await?;
     }
     if p.kernel.is_some() {
         artifacts::check_kernel_known(state, &kernel_name).await?;
     }
-    let name = p.name.clone();
-    let exists = {
-        let name = name.clone();
-        state
-            .with_store(move |s| match s.vm(&name) {
-                Ok(_) => Ok(true),
-                Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e),
-            })
-            .await?
-    };
-    if exists || !state.reservations.take(&name) {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!("a vm named {name:?} already exists"),
-        ));
-    }
-    let reserved = Reserved {
+    // Reserve first, then look at the store: a create that ends between
+    // the two has its row in the store by then.
+    state.reservations.take(&p.name, &publish)?;
+    let reservation = Reservation {
         state: Arc::clone(state),
-        name: name.clone(),
+        name: p.name.clone(),
+        ports: publish.clone(),
     };
-    let plan = Plan {
+    let name = p.name.clone();
+    let exists = state
+        .db
+        .call(move |s| match s.vm(&name) {
+            Ok(_) => Ok(true),
+            Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await?;
+    if exists {
+        return Err(VmError::NameTaken(p.name));
+    }
+    Ok(CreatePlan {
         id: new_id(),
-        name: name.clone(),
+        name: p.name,
         image: image_name,
         kernel: kernel_name,
         vcpus,
         memory_mib,
         disk_size_bytes,
-        publish: p.publish.clone(),
+        publish,
         network,
         start: p.start.unwrap_or(true),
-    };
-    let state2 = Arc::clone(state);
-    let op = state
-        .ops
-        .begin(op_id, OpKind::VmCreate, &name, move |op| async move {
-            let _reserved = reserved;
-            let Some(operation) = op.operation().cloned() else {
-                unreachable!("an operation's context names it")
-            };
-            create(&state2, &operation, plan)
-                .await
-                .map_err(RpcError::into_body)
-        });
-    Ok(op.view())
-}
-
-#[derive(Debug)]
-struct Plan {
-    id: String,
-    name: String,
-    image: String,
-    kernel: String,
-    vcpus: u32,
-    memory_mib: u32,
-    disk_size_bytes: u64,
-    publish: Vec<String>,
-    network: &'static str,
-    start: bool,
+        _reservation: reservation,
+    })
 }
 
 /// `bridged` when asked or, by default, when banger-helper answers;
 /// `user` when asked or when there is no helper (rootless).
 async fn choose_network(
     state: &Arc<DaemonState>,
-    asked: Option<&str>,
-) -> Result<&'static str, RpcError> {
+    op: &OpId,
+    asked: Option<NetworkMode>,
+) -> Result<NetworkMode, VmError> {
+    let network = &state.network;
     match asked {
-        Some(NETWORK_USER) => Ok(NETWORK_USER),
-        Some(NETWORK_BRIDGED) => {
-            if state.network.helper_answers().await {
-                Ok(NETWORK_BRIDGED)
-            } else {
-                Err(RpcError::internal(format!(
-                    "bridged networking needs banger-helper, which does not answer at {} \
-                     (install it with `sudo banger system install`, or use --network user)",
-                    state.network.helper().socket().display()
-                )))
-            }
+        Some(NetworkMode::User) => Ok(NetworkMode::User),
+        Some(NetworkMode::Bridged) if network.helper_answers(op).await => Ok(NetworkMode::Bridged),
+        Some(NetworkMode::Bridged) => Err(NetworkError::NoHelper {
+            socket: network.helper().socket().to_owned(),
         }
-        Some(other) => Err(RpcError::bad_params(format!(
-            "unknown network {other:?}: use bridged or user"
-        ))),
-        None if state.network.helper_answers().await => Ok(NETWORK_BRIDGED),
-        None => Ok(NETWORK_USER),
+        .into()),
+        None if network.helper_answers(op).await => Ok(NetworkMode::Bridged),
+        None => Ok(NetworkMode::User),
     }
 }
 
@@ -194,59 +209,84 @@ fn new_id() -> String {
     format!("{:012x}", n & 0xffff_ffff_ffff)
 }
 
-async fn create(
+/// Host ports the plan publishes that are taken right now: by a VM that
+/// runs (or is being created) with the same port, or by anything else
+/// listening on this host.
+async fn check_ports(state: &Arc<DaemonState>, plan: &CreatePlan) -> Result<(), VmError> {
+    if plan.publish.is_empty() {
+        return Ok(());
+    }
+    let others = state.db.call(|s| s.vms()).await?;
+    for spec in &plan.publish {
+        let holder = others.iter().find(|vm| {
+            matches!(vm.state, VmState::Running | VmState::Creating)
+                && vm
+                    .published_ports
+                    .iter()
+                    .any(|p| p.host == spec.host && p.proto == spec.proto)
+        });
+        if let Some(vm) = holder {
+            return Err(NetworkError::PortPublished {
+                port: spec.host,
+                proto: spec.proto,
+                vm: vm.name.clone(),
+            }
+            .into());
+        }
+        ensure_port_free(*spec)?;
+    }
+    Ok(())
+}
+
+/// The create operation: conflicts first (nothing is made before they are
+/// ruled out), then kernel and image, disks, the record, and the start.
+pub async fn create(
     state: &Arc<DaemonState>,
-    op: &Arc<Operation>,
-    plan: Plan,
-) -> Result<Value, RpcError> {
-    let kernel = artifacts::ensure_kernel(state, &plan.kernel, Some(op)).await?;
-    if op.cancel_token().is_cancelled() {
-        return Err(crate::op::Cancelled.into());
-    }
-    let image = artifacts::ensure_image(state, &plan.image, Some(op)).await?;
-    if op.cancel_token().is_cancelled() {
-        return Err(crate::op::Cancelled.into());
-    }
+    ctx: &OpCtx,
+    plan: CreatePlan,
+) -> Result<VmView, VmError> {
+    check_ports(state, &plan).await?;
+    let operation = ctx.operation().cloned();
+    let kernel = artifacts::ensure_kernel(state, &plan.kernel, operation.as_ref()).await?;
+    ctx.check_cancelled()?;
+    let image = artifacts::ensure_image(state, &plan.image, operation.as_ref()).await?;
+    ctx.check_cancelled()?;
 
     let dir = vm_dir(state, &plan.id);
-    let lock = state.vms.lock_for(&plan.name);
+    let lock = state.vms.lock_for(&plan.id);
     let _guard = lock.lock().await;
     let prepared = {
-        let dir = dir.clone();
-        let image = image.clone();
-        let op2 = Arc::clone(op);
+        let (dir, image, ctx) = (dir.clone(), image.clone(), ctx.clone());
         let size = plan.disk_size_bytes;
-        tokio::task::spawn_blocking(move || -> Result<disks::RootStrategy, RpcError> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| RpcError::internal(format!("create {}: {e}", dir.display())))?;
-            let strategy = disks::choose_root_strategy(&dir);
-            op2.stage(&format!("prepare root disk ({})", strategy.as_str()));
-            disks::make_root_disk(strategy, &image.rootfs_path, &dir)
-                .map_err(|e| RpcError::internal(error_chain(&e)))?;
-            op2.stage("prepare work disk");
-            let seed = image.work_seed_path.clone().ok_or_else(|| {
-                RpcError::internal(format!("image {} has no work seed", image.name))
+        tokio::task::spawn_blocking(move || -> Result<disks::RootStrategy, VmError> {
+            std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+                what: "create",
+                path: dir.clone(),
+                source,
             })?;
-            disks::make_work_disk(&seed, &work_disk(&dir), size)
-                .map_err(|e| RpcError::internal(error_chain(&e)))?;
+            let strategy = disks::choose_root_strategy(&dir);
+            ctx.stage(&format!("prepare root disk ({})", strategy.as_str()));
+            disks::make_root_disk(strategy, &image.rootfs_path, &dir)?;
+            ctx.stage("prepare work disk");
+            let seed = image
+                .work_seed_path
+                .clone()
+                .ok_or_else(|| VmError::NoWorkSeed(image.name.clone()))?;
+            disks::make_work_disk(&seed, &work_disk(&dir), size)?;
             Ok(strategy)
         })
         .await
-        .map_err(|e| RpcError::internal(format!("disk task failed: {e}")))?
+        .map_err(|e| VmError::Task("disk", e))
+        .and_then(|r| r)
     };
-    let strategy = match prepared.and_then(|s| {
-        if op.cancel_token().is_cancelled() {
-            Err(crate::op::Cancelled.into())
-        } else {
-            Ok(s)
-        }
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
+    let strategy =
+        match prepared.and_then(|s| ctx.check_cancelled().map(|()| s).map_err(Into::into)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
 
     let now = now_ms();
     let vm = VmRecord {
@@ -257,9 +297,12 @@ async fn create(
         vcpus: plan.vcpus,
         memory_mib: plan.memory_mib,
         disk_size_bytes: plan.disk_size_bytes,
-        network_mode: plan.network.to_owned(),
-        backend: Some(state.vmm.kind().to_string()),
-        disk_strategy: Some(strategy.as_str().to_owned()),
+        network_mode: plan.network,
+        backend: Some(match state.vmm.kind() {
+            banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
+            banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,
+        }),
+        disk_strategy: Some(strategy.disk_strategy()),
         published_ports: plan.publish.clone(),
         state: if plan.start {
             VmState::Creating
@@ -272,31 +315,24 @@ async fn create(
     };
     {
         let record = vm.clone();
-        if let Err(e) = state.with_store(move |s| s.insert_vm(&record)).await {
+        if let Err(e) = state.db.call(move |s| s.insert_vm(&record)).await {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+            return Err(e.into());
         }
     }
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");
     if !plan.start {
-        return to_value(view(state, &vm).await?);
+        return Ok(view(state, &vm).await?);
     }
-    match start_locked(state, vm.clone(), Some(op), op.cancel_token()).await {
-        Ok(vm) => to_value(view(state, &vm).await?),
-        Err(e) if e.code == ErrorCode::Cancelled || op.cancel_token().is_cancelled() => {
+    match start_locked(state, vm.clone(), ctx).await {
+        Ok(vm) => Ok(view(state, &vm).await?),
+        Err(e) if e.is_cancelled() || ctx.is_cancelled() => {
             // Cancelled: leave nothing behind, not even the record.
-            stage(Some(op), "roll back");
+            ctx.stage("roll back");
             let current = super::find(state, &vm.id).await.unwrap_or(vm);
-            delete_locked(state, current).await?;
-            Err(RpcError::new(
-                ErrorCode::Cancelled,
-                "create cancelled; nothing was kept",
-            ))
+            delete_locked(state, ctx, current).await?;
+            Err(VmError::CreateCancelled)
         }
         Err(e) => Err(e),
     }
-}
-
-fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
-    serde_json::to_value(v).map_err(|e| RpcError::internal(format!("encode result: {e}")))
 }

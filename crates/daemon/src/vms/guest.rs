@@ -25,7 +25,11 @@ use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::lifecycle::{cancelled, vmm_running};
+use super::lifecycle::vmm_running;
+
+fn cancelled() -> RpcError {
+    RpcError::from(crate::op::Cancelled)
+}
 use super::{Handles, find, vm_dir};
 use crate::DaemonState;
 use crate::agent::{AgentConn, AgentError, rpc_error};

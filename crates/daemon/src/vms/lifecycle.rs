@@ -1,25 +1,25 @@
 //! start, stop, kill, restart, delete and edit of existing VMs.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banger_proto::ErrorCode;
 use banger_proto::vm::VmEditParams;
+use banger_proto::{NetworkMode, PortProto, PublishSpec};
 use banger_store::{VmRecord, VmState};
 use banger_vmm::{
     BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface, PortForward, Proto,
     VmSpec,
 };
-use tokio_util::sync::CancellationToken;
 
 use super::rollback::Rollback;
 use super::{
-    BridgedHandles, Handles, console_log, find, remove_handles, save_handles, vm_dir, work_disk,
+    BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir, work_disk,
 };
 use crate::DaemonState;
-use crate::dispatch::{RpcError, error_chain};
-use crate::ops::{Operation, now_ms};
+use crate::network::{ensure_port_free, free_loopback_port};
+use crate::op::{Cancelled, OpCtx};
+use crate::ops::now_ms;
 use crate::{accel, disks, validate};
 
 /// Kernel command line per docs/guest-contract.md; `net` carries the
@@ -43,91 +43,80 @@ const USER_NET_ARGS: &str = "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dn
 /// About a 5000-BogoMIPS host at HZ=250, Debian's cloud kernel's.
 const LOOPS_PER_JIFFY: u64 = 10_000_000;
 
-/// Takes the VM's lock, then reads its record (which may have changed
-/// while waiting for the lock).
+/// Resolves `name_or_id` to the VM's id, takes the lock of that id, then
+/// reads the record again by id (it may have changed, or gone, while
+/// waiting): `vm stop ID` and `vm start NAME` of one VM take one lock.
 async fn locked(
     state: &Arc<DaemonState>,
-    name: &str,
-) -> Result<(tokio::sync::OwnedMutexGuard<()>, VmRecord), RpcError> {
-    let guard = state.vms.lock_for(name).lock_owned().await;
-    Ok((guard, find(state, name).await?))
+    name_or_id: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, VmRecord), VmError> {
+    let id = super::find(state, name_or_id).await?.id;
+    let guard = state.vms.lock_for(&id).lock_owned().await;
+    Ok((guard, super::find(state, &id).await?))
 }
 
-/// Reports a stage on the operation, or just logs it.
-pub(super) fn stage(op: Option<&Operation>, name: &str) {
-    match op {
-        Some(op) => op.stage(name),
-        None => tracing::info!(stage = name, "stage started"),
-    }
-}
-
-fn failed(message: impl Into<String>) -> RpcError {
-    RpcError::internal(message)
-}
-
-pub(super) fn cancelled() -> RpcError {
-    RpcError::new(ErrorCode::Cancelled, "cancelled")
+fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> VmError {
+    move |e| VmError::Task(what, e)
 }
 
 /// Starts a VM (idempotent: a running VM is left alone).
-pub async fn start(
-    state: &Arc<DaemonState>,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Result<VmRecord, RpcError> {
+pub async fn start(state: &Arc<DaemonState>, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(state, name).await?;
     if is_alive(state, &vm).await {
         return Ok(vm);
     }
-    start_locked(state, vm, None, cancel).await
+    start_locked(state, vm, ctx).await
 }
 
 /// Boots `vm`; the caller holds its lock. On failure every step done is
 /// rolled back in reverse, and the VM is left in `error` with `last_error`
-/// naming the cause and the console log.
+/// naming the cause and, when the VMM wrote one, the console log.
 pub(super) async fn start_locked(
     state: &Arc<DaemonState>,
     mut vm: VmRecord,
-    op: Option<&Operation>,
-    cancel: &CancellationToken,
-) -> Result<VmRecord, RpcError> {
+    ctx: &OpCtx,
+) -> Result<VmRecord, VmError> {
     let dir = vm_dir(state, &vm.id);
     let mut rollback = Rollback::default();
-    match boot(state, &vm, op, cancel, &mut rollback).await {
+    match boot(state, &vm, ctx, &mut rollback).await {
         Ok(handles) => {
             rollback.disarm();
             vm.state = VmState::Running;
             vm.last_error = None;
-            vm.backend = Some(handles.vmm.backend.to_string());
+            vm.backend = Some(match handles.vmm.backend {
+                banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
+                banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,
+            });
             vm.updated_at_ms = now_ms();
             let record = vm.clone();
-            state.with_store(move |s| s.update_vm(&record)).await?;
+            state.db.call(move |s| s.update_vm(&record)).await?;
             tracing::info!(vm = %vm.name, pid = handles.vmm.pid, "vm running");
             Ok(vm)
         }
         Err(err) => {
             tokio::task::spawn_blocking(move || rollback.run())
                 .await
-                .map_err(|e| failed(format!("rollback task failed: {e}")))?;
+                .map_err(task_failed("rollback"))?;
             state.vms.clear_handles(&vm.id);
-            if err.code == ErrorCode::Cancelled {
+            let err = if err.is_cancelled() {
                 vm.state = VmState::Stopped;
                 vm.last_error = None;
+                err
             } else {
+                // Name the console log only if the VMM got to write one.
+                let log = console_log(&dir);
+                let err = VmError::StartFailed {
+                    cause: Box::new(err),
+                    console_log: log.exists().then_some(log),
+                };
                 vm.state = VmState::Error;
-                vm.last_error = Some(format!(
-                    "{} (console log: {})",
-                    err.message,
-                    console_log(&dir).display()
-                ));
-            }
+                vm.last_error = Some(err.to_string());
+                err
+            };
             vm.updated_at_ms = now_ms();
             let record = vm.clone();
-            let _ = state.with_store(move |s| s.update_vm(&record)).await;
-            Err(match &vm.last_error {
-                Some(text) => RpcError::new(err.code, text.clone()),
-                None => err,
-            })
+            let _ = state.db.call(move |s| s.update_vm(&record)).await;
+            Err(err)
         }
     }
 }
@@ -135,21 +124,20 @@ pub(super) async fn start_locked(
 async fn boot(
     state: &Arc<DaemonState>,
     vm: &VmRecord,
-    op: Option<&Operation>,
-    cancel: &CancellationToken,
+    ctx: &OpCtx,
     rollback: &mut Rollback,
-) -> Result<Handles, RpcError> {
+) -> Result<Handles, VmError> {
     let dir = vm_dir(state, &vm.id);
-    stage(op, "check artifacts");
+    ctx.stage("check artifacts");
     let (kernel_id, image_id) = (vm.kernel_id.clone(), vm.image_id.clone());
     let (kernel, image) = state
-        .with_store(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
+        .db
+        .call(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
         .await?;
     let strategy = vm
         .disk_strategy
-        .as_deref()
-        .and_then(disks::RootStrategy::parse)
-        .ok_or_else(|| failed(format!("vm {} has no usable root disk strategy", vm.name)))?;
+        .and_then(disks::RootStrategy::from_disk_strategy)
+        .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?;
     let root = dir.join(strategy.file_name());
     let work = work_disk(&dir);
     let mut required = vec![
@@ -161,28 +149,23 @@ async fn boot(
     if let Some(initrd) = &kernel.initrd_path {
         required.push(("initramfs", initrd.clone()));
     }
-    for (what, path) in &required {
+    for (what, path) in required {
         if !path.exists() {
-            return Err(RpcError::new(
-                ErrorCode::NotFound,
-                format!("{what} file {} is missing", path.display()),
-            ));
+            return Err(VmError::MissingFile { what, path });
         }
     }
 
-    let publish = vm
-        .published_ports
-        .iter()
-        .map(|p| validate::publish(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let net = if vm.network_mode == NETWORK_BRIDGED {
-        stage(op, "attach network");
-        attach_bridged(state, vm, &publish, rollback).await?
-    } else {
-        stage(op, "allocate ports");
-        user_network(&publish)?
+    let net = match vm.network_mode {
+        NetworkMode::Bridged => {
+            ctx.stage("attach network");
+            attach_bridged(state, vm, ctx, rollback).await?
+        }
+        NetworkMode::User => {
+            ctx.stage("allocate ports");
+            user_network(&vm.published_ports)?
+        }
     };
-    let (accel, reason) = accel::choose(state, &kernel, op).await;
+    let (accel, reason) = accel::choose(state, &kernel, ctx.operation().map(|o| &**o)).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
@@ -234,16 +217,13 @@ async fn boot(
         accel,
         console_log: console_log(&dir),
     };
-    if cancel.is_cancelled() {
-        return Err(cancelled());
-    }
+    ctx.check_cancelled()?;
 
-    stage(op, "launch vmm");
+    ctx.stage("launch vmm");
     let vmm = Arc::clone(&state.vmm);
     let handle = tokio::task::spawn_blocking(move || vmm.launch(&spec))
         .await
-        .map_err(|e| failed(format!("launch task failed: {e}")))?
-        .map_err(|e| failed(error_chain(&e)))?;
+        .map_err(task_failed("launch"))??;
     {
         let vmm = Arc::clone(&state.vmm);
         let handle = handle.clone();
@@ -262,8 +242,11 @@ async fn boot(
             .has_agent
             .then(|| banger_vmm::AgentChannel::VirtioSerial.as_str().to_owned()),
     };
-    save_handles(&dir, &handles)
-        .map_err(|e| failed(format!("write {}: {e}", dir.join("handles.json").display())))?;
+    save_handles(&dir, &handles).map_err(|source| VmError::Io {
+        what: "write",
+        path: dir.join("handles.json"),
+        source,
+    })?;
     state.vms.set_handles(&vm.id, handles.clone());
     {
         let dir = dir.clone();
@@ -271,21 +254,20 @@ async fn boot(
     }
 
     if handles.agent.is_some() {
-        stage(op, "wait for agent");
-        super::guest::wait_for_agent(state, vm, &handles, cancel).await?;
+        ctx.stage("wait for agent");
+        super::guest::wait_for_agent(state, vm, &handles, ctx.cancel_token()).await?;
     }
 
-    stage(op, "wait for ssh");
-    wait_for_ssh(state, vm, &handles, cancel).await?;
+    ctx.stage("wait for ssh");
+    wait_for_ssh(state, vm, &handles, ctx).await?;
 
-    stage(op, "pin host key");
+    ctx.stage("pin host key");
     let ssh = state.ssh.clone();
     let name = vm.name.clone();
     let (host, port) = (handles.ssh_host.clone(), handles.ssh_port);
     tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, &host, port))
         .await
-        .map_err(|e| failed(format!("ssh task failed: {e}")))?
-        .map_err(|e| failed(error_chain(&e)))?;
+        .map_err(task_failed("ssh"))??;
     Ok(handles)
 }
 
@@ -295,18 +277,16 @@ async fn wait_for_ssh(
     state: &Arc<DaemonState>,
     vm: &VmRecord,
     handles: &Handles,
-    cancel: &CancellationToken,
-) -> Result<(), RpcError> {
+    ctx: &OpCtx,
+) -> Result<(), VmError> {
     let deadline = Instant::now() + state.config.boot_timeout;
     let ip: std::net::IpAddr = handles
         .ssh_host
         .parse()
-        .map_err(|_| failed(format!("bad ssh host {:?}", handles.ssh_host)))?;
+        .map_err(|_| VmError::BadSshHost(handles.ssh_host.clone()))?;
     let addr = SocketAddr::from((ip, handles.ssh_port));
     loop {
-        if cancel.is_cancelled() {
-            return Err(cancelled());
-        }
+        ctx.check_cancelled()?;
         let ready = tokio::task::spawn_blocking(move || {
             crate::ssh::banner_ready(addr, Duration::from_secs(1))
         })
@@ -316,16 +296,13 @@ async fn wait_for_ssh(
             return Ok(());
         }
         if !vmm_running(state, &handles.vmm, &vm.id).await {
-            return Err(failed("the vmm exited during boot"));
+            return Err(VmError::VmmExited);
         }
         if Instant::now() >= deadline {
-            return Err(failed(format!(
-                "ssh did not answer within {} s",
-                state.config.boot_timeout.as_secs()
-            )));
+            return Err(VmError::SshTimeout(state.config.boot_timeout.as_secs()));
         }
         tokio::select! {
-            _ = cancel.cancelled() => return Err(cancelled()),
+            _ = ctx.cancel_token().cancelled() => return Err(Cancelled.into()),
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
@@ -352,34 +329,39 @@ async fn is_alive(state: &Arc<DaemonState>, vm: &VmRecord) -> bool {
 }
 
 /// Forgets a VM's runtime leftovers and records it stopped.
-async fn mark_stopped(state: &Arc<DaemonState>, mut vm: VmRecord) -> Result<VmRecord, RpcError> {
+async fn mark_stopped(
+    state: &Arc<DaemonState>,
+    ctx: &OpCtx,
+    mut vm: VmRecord,
+) -> Result<VmRecord, VmError> {
     let dir = vm_dir(state, &vm.id);
     let handles = state.vms.handles(&vm.id);
-    detach_network(state, &vm.id, handles.as_ref()).await;
+    detach_network(state, ctx, &vm.id, handles.as_ref()).await;
     remove_handles(&dir);
     state.vms.clear_handles(&vm.id);
     vm.state = VmState::Stopped;
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
-    state.with_store(move |s| s.update_vm(&record)).await?;
+    state.db.call(move |s| s.update_vm(&record)).await?;
     Ok(vm)
 }
 
 /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
-pub async fn stop(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
+pub async fn stop(state: &Arc<DaemonState>, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(state, name).await?;
-    stop_locked(state, vm).await
+    stop_locked(state, ctx, vm).await
 }
 
 pub(super) async fn stop_locked(
     state: &Arc<DaemonState>,
+    ctx: &OpCtx,
     vm: VmRecord,
-) -> Result<VmRecord, RpcError> {
+) -> Result<VmRecord, VmError> {
     let Some(handles) = state.vms.handles(&vm.id) else {
-        return mark_stopped(state, vm).await;
+        return mark_stopped(state, ctx, vm).await;
     };
     if !vmm_running(state, &handles.vmm, &vm.id).await {
-        return mark_stopped(state, vm).await;
+        return mark_stopped(state, ctx, vm).await;
     }
     let vmm = Arc::clone(&state.vmm);
     let timeout = state.config.stop_timeout;
@@ -400,15 +382,12 @@ pub(super) async fn stop_locked(
         true
     })
     .await
-    .map_err(|e| failed(format!("stop task failed: {e}")))?;
+    .map_err(task_failed("stop"))?;
     if !graceful {
-        return Err(failed(format!(
-            "vmm pid {} did not exit after SIGKILL",
-            handles.vmm.pid
-        )));
+        return Err(VmError::KillFailed(handles.vmm.pid));
     }
     tracing::info!(vm = %vm.name, "vm stopped");
-    mark_stopped(state, vm).await
+    mark_stopped(state, ctx, vm).await
 }
 
 /// Sends `signal` to the VMM (default KILL) and waits for it to exit.
@@ -416,14 +395,12 @@ pub async fn kill(
     state: &Arc<DaemonState>,
     name: &str,
     signal: Option<&str>,
-) -> Result<VmRecord, RpcError> {
-    let signal = parse_signal(signal.unwrap_or("KILL"))?;
+    ctx: &OpCtx,
+) -> Result<VmRecord, VmError> {
+    let signal: banger_vmm::Signal = signal.unwrap_or("KILL").parse()?;
     let (_guard, vm) = locked(state, name).await?;
     let Some(handles) = state.vms.handles(&vm.id) else {
-        return Err(RpcError::new(
-            ErrorCode::NotRunning,
-            format!("vm {} is not running", vm.name),
-        ));
+        return Err(VmError::NotRunning { name: vm.name });
     };
     let vmm = Arc::clone(&state.vmm);
     let handle = handles.vmm.clone();
@@ -436,43 +413,42 @@ pub async fn kill(
         vmm.wait_exit(&handle, Duration::from_secs(30))
     })
     .await
-    .map_err(|e| failed(format!("kill task failed: {e}")))?
-    .map_err(|e| failed(error_chain(&e)))?;
+    .map_err(task_failed("kill"))??;
     if !exited {
-        return Err(failed(format!(
-            "vmm pid {} is still running after {signal}",
-            handles.vmm.pid
-        )));
+        return Err(VmError::StillRunning {
+            pid: handles.vmm.pid,
+            signal,
+        });
     }
-    mark_stopped(state, vm).await
-}
-
-fn parse_signal(name: &str) -> Result<banger_vmm::Signal, RpcError> {
-    name.parse()
-        .map_err(|e: banger_vmm::UnknownSignal| RpcError::bad_params(e.to_string()))
+    mark_stopped(state, ctx, vm).await
 }
 
 pub async fn restart(
     state: &Arc<DaemonState>,
     name: &str,
-    cancel: &CancellationToken,
-) -> Result<VmRecord, RpcError> {
+    ctx: &OpCtx,
+) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(state, name).await?;
-    let vm = stop_locked(state, vm).await?;
-    start_locked(state, vm, None, cancel).await
+    let vm = stop_locked(state, ctx, vm).await?;
+    start_locked(state, vm, ctx).await
 }
 
 /// Deletes a VM: kills it if running, removes its files, its record and
 /// its host-key pin.
-pub async fn delete(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
+pub async fn delete(
+    state: &Arc<DaemonState>,
+    name: &str,
+    ctx: &OpCtx,
+) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(state, name).await?;
-    delete_locked(state, vm).await
+    delete_locked(state, ctx, vm).await
 }
 
 pub(super) async fn delete_locked(
     state: &Arc<DaemonState>,
+    ctx: &OpCtx,
     vm: VmRecord,
-) -> Result<VmRecord, RpcError> {
+) -> Result<VmRecord, VmError> {
     let handles = state.vms.handles(&vm.id);
     if let Some(handles) = handles.clone() {
         let vmm = Arc::clone(&state.vmm);
@@ -484,29 +460,32 @@ pub(super) async fn delete_locked(
             }
         })
         .await
-        .map_err(|e| failed(format!("delete task failed: {e}")))?;
+        .map_err(task_failed("delete"))?;
     }
-    detach_network(state, &vm.id, handles.as_ref()).await;
+    detach_network(state, ctx, &vm.id, handles.as_ref()).await;
     state.vms.clear_handles(&vm.id);
     let dir = vm_dir(state, &vm.id);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| failed(format!("remove {}: {e}", dir.display())))?;
+        std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
+            what: "remove",
+            path: dir.clone(),
+            source,
+        })?;
     }
     let id = vm.id.clone();
     // Deleting the row frees its address lease too (ON DELETE CASCADE).
-    state.with_store(move |s| s.delete_vm(&id)).await?;
-    state.network.refresh_names(state).await;
+    state.db.call(move |s| s.delete_vm(&id)).await?;
+    state.network.refresh_names().await;
     let ssh = state.ssh.clone();
     let name = vm.name.clone();
     let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
-    state.vms.forget_lock(&vm.name);
+    state.vms.forget_lock(&vm.id);
     tracing::info!(vm = %vm.name, "vm deleted");
     Ok(vm)
 }
 
 /// Changes vcpus, memory or disk size of a stopped VM.
-pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord, RpcError> {
+pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord, VmError> {
     if let Some(v) = p.vcpus {
         validate::vcpus(v)?;
     }
@@ -517,29 +496,23 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
         validate::disk_size(d)?;
     }
     if p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_size_bytes.is_none() {
-        return Err(RpcError::bad_params(
-            "nothing to change: give vcpus, memory or disk size",
-        ));
+        return Err(VmError::NothingToChange);
     }
     let (_guard, mut vm) = locked(state, &p.name).await?;
     if is_alive(state, &vm).await {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!("vm {} is running; stop it before editing", vm.name),
-        ));
+        return Err(VmError::Running(vm.name));
     }
     if let Some(size) = p.disk_size_bytes {
         if size < vm.disk_size_bytes {
-            return Err(RpcError::bad_params(format!(
-                "disk size {size} is smaller than the current {} bytes; disks only grow",
-                vm.disk_size_bytes
-            )));
+            return Err(VmError::Shrink {
+                requested: size,
+                current: vm.disk_size_bytes,
+            });
         }
         let work = work_disk(&vm_dir(state, &vm.id));
         tokio::task::spawn_blocking(move || disks::grow_work_disk(&work, size))
             .await
-            .map_err(|e| failed(format!("resize task failed: {e}")))?
-            .map_err(|e| failed(error_chain(&e)))?;
+            .map_err(task_failed("resize"))??;
         vm.disk_size_bytes = size;
     }
     if let Some(v) = p.vcpus {
@@ -550,14 +523,9 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
     }
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
-    state.with_store(move |s| s.update_vm(&record)).await?;
+    state.db.call(move |s| s.update_vm(&record)).await?;
     Ok(vm)
 }
-
-/// `network_mode` of a VM on banger's bridge.
-pub(super) const NETWORK_BRIDGED: &str = "bridged";
-/// `network_mode` of a VM on the VMM's user-mode network.
-pub(super) const NETWORK_USER: &str = "user";
 
 /// How a VM about to boot is wired.
 struct NetPlan {
@@ -570,7 +538,7 @@ struct NetPlan {
 }
 
 /// User mode: SSH and published ports forwarded from loopback by QEMU.
-fn user_network(publish: &[validate::Publish]) -> Result<NetPlan, RpcError> {
+fn user_network(publish: &[PublishSpec]) -> Result<NetPlan, VmError> {
     let ssh_port = free_loopback_port()?;
     let mut forwards = vec![PortForward {
         proto: Proto::Tcp,
@@ -579,9 +547,12 @@ fn user_network(publish: &[validate::Publish]) -> Result<NetPlan, RpcError> {
         guest_port: 22,
     }];
     for p in publish {
-        ensure_port_free(p.host, p.udp)?;
+        ensure_port_free(*p)?;
         forwards.push(PortForward {
-            proto: if p.udp { Proto::Udp } else { Proto::Tcp },
+            proto: match p.proto {
+                PortProto::Udp => Proto::Udp,
+                PortProto::Tcp => Proto::Tcp,
+            },
             host_addr: Ipv4Addr::LOCALHOST.into(),
             host_port: p.host,
             guest_port: p.guest,
@@ -605,22 +576,22 @@ fn user_network(publish: &[validate::Publish]) -> Result<NetPlan, RpcError> {
 async fn attach_bridged(
     state: &Arc<DaemonState>,
     vm: &VmRecord,
-    publish: &[validate::Publish],
+    ctx: &OpCtx,
     rollback: &mut Rollback,
-) -> Result<NetPlan, RpcError> {
+) -> Result<NetPlan, VmError> {
     let network = Arc::clone(&state.network);
-    let bridge = network.ready(state).await?;
-    let ip = network.lease(state, &vm.id, &bridge).await?;
-    network.refresh_names(state).await;
-    let tap = network.acquire_tap(&bridge).await?;
+    let bridge = network.ready(ctx.id(), &state.vms.held_taps()).await?;
+    let ip = network.lease(&vm.id, &bridge).await?;
+    network.refresh_names().await;
+    let tap = network.acquire_tap(ctx.id(), &bridge).await?;
     {
         let network = Arc::clone(&network);
-        let (tap, op_id) = (tap.clone(), crate::dispatch::current_op_id());
+        let (tap, op) = (tap.clone(), ctx.id().clone());
         rollback.push("attach network", move || {
-            network.release_tap_blocking(&tap, &op_id)
+            network.release_tap_blocking(&tap, &op)
         });
     }
-    network.start_proxies(&vm.id, ip, publish)?;
+    network.start_proxies(&vm.id, ip, &vm.published_ports)?;
     {
         let network = Arc::clone(&network);
         let vm_id = vm.id.clone();
@@ -650,39 +621,12 @@ async fn attach_bridged(
 /// closed. (Its address stays leased until the VM is deleted.)
 pub(super) async fn detach_network(
     state: &Arc<DaemonState>,
+    ctx: &OpCtx,
     vm_id: &str,
     handles: Option<&Handles>,
 ) {
     state.network.stop_proxies(vm_id);
     if let Some(b) = handles.and_then(|h| h.bridged.as_ref()) {
-        state.network.release_tap(&b.tap).await;
-    }
-}
-
-/// A loopback TCP port nobody listens on right now.
-fn free_loopback_port() -> Result<u16, RpcError> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| failed(format!("find a free loopback port: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| failed(format!("find a free loopback port: {e}")))
-}
-
-fn ensure_port_free(port: u16, udp: bool) -> Result<(), RpcError> {
-    let free = if udp {
-        UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-    } else {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-    };
-    if free {
-        Ok(())
-    } else {
-        Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!(
-                "host port {port}/{} is already in use",
-                if udp { "udp" } else { "tcp" }
-            ),
-        ))
+        state.network.release_tap(ctx.id(), &b.tap).await;
     }
 }

@@ -1,11 +1,12 @@
-//! The VM lifecycle (SPEC C3) and what is momentarily true about running
-//! VMs (SPEC C2).
+//! The VM lifecycle (docs/vms.md) and what is momentarily true about
+//! running VMs (ARCHITECTURE.md, "State").
 //!
 //! Durable intent (name, image, kernel, resources, last state) is in the
 //! store. A running VM's handles (VMM pid and control socket, the SSH port,
 //! the accelerator) live in memory and in `VM_DIR/handles.json`, never in
 //! SQLite; on daemon start [`reconcile`] rebuilds them from those files and
-//! the OS. Operations on one VM are serialised by its lock in [`VmLocks`];
+//! the OS. Operations on one VM are serialised by its lock in [`VmTable`],
+//! keyed by the VM's id (a request naming the VM resolves the name first);
 //! different VMs proceed in parallel.
 //!
 //! Lock order: a VM lock (tokio mutex, may be held across awaits), then the
@@ -13,6 +14,7 @@
 //! (std mutex, leaf, inside spawn_blocking only).
 
 mod create;
+mod error;
 pub mod guest;
 mod lifecycle;
 mod reconcile;
@@ -20,7 +22,8 @@ mod rollback;
 #[cfg(test)]
 mod tests;
 
-pub use create::{Reservations, begin_create};
+pub use create::{Reservations, create, plan_create};
+pub use error::VmError;
 pub use lifecycle::{delete, edit, kill, restart, start, stop};
 pub use reconcile::reconcile;
 
@@ -34,7 +37,6 @@ use banger_vmm::VmHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::DaemonState;
-use crate::dispatch::RpcError;
 
 /// What is true about a running VM right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,15 +76,16 @@ pub struct VmTable {
 }
 
 impl VmTable {
-    /// The lock of the VM called `name` (created on first use).
-    pub fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock of the VM with id `vm_id` (created on first use). Always
+    /// an id, never a name: one VM, one lock, however a request named it.
+    pub fn lock_for(&self, vm_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = lock(&self.locks);
-        Arc::clone(locks.entry(name.to_owned()).or_default())
+        Arc::clone(locks.entry(vm_id.to_owned()).or_default())
     }
 
     /// Drops the lock entry of a deleted VM.
-    pub fn forget_lock(&self, name: &str) {
-        lock(&self.locks).remove(name);
+    pub fn forget_lock(&self, vm_id: &str) {
+        lock(&self.locks).remove(vm_id);
     }
 
     pub fn handles(&self, vm_id: &str) -> Option<Handles> {
@@ -159,17 +162,24 @@ fn remove_handles(dir: &Path) {
 }
 
 /// Looks a VM up by name or id.
-pub async fn find(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcError> {
+pub async fn find(
+    state: &Arc<DaemonState>,
+    name: &str,
+) -> Result<VmRecord, banger_store::StoreError> {
     let name = name.to_owned();
-    state.with_store(move |s| s.vm(&name)).await
+    state.db.call(move |s| s.vm(&name)).await
 }
 
 /// The view `vm.show` and `vm.list` return.
-pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, RpcError> {
+pub async fn view(
+    state: &Arc<DaemonState>,
+    vm: &VmRecord,
+) -> Result<VmView, banger_store::StoreError> {
     let (image_id, kernel_id) = (vm.image_id.clone(), vm.kernel_id.clone());
     let vm_id = vm.id.clone();
     let (image, kernel, ip) = state
-        .with_store(move |s| {
+        .db
+        .call(move |s| {
             Ok((
                 s.image(&image_id)?.name,
                 s.kernel(&kernel_id)?.name,
@@ -188,11 +198,11 @@ pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, Rpc
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
         disk_size_bytes: vm.disk_size_bytes,
-        network: vm.network_mode.clone(),
-        backend: vm.backend.clone(),
+        network: vm.network_mode.as_str().to_owned(),
+        backend: vm.backend.map(|b| b.as_str().to_owned()),
         accel: handles.as_ref().map(|h| h.accel.clone()),
-        disk_strategy: vm.disk_strategy.clone(),
-        publish: vm.published_ports.clone(),
+        disk_strategy: vm.disk_strategy.map(|d| d.as_str().to_owned()),
+        publish: vm.published_ports.iter().map(ToString::to_string).collect(),
         last_error: vm.last_error.clone(),
         pid: handles.as_ref().map(|h| h.vmm.pid),
         ssh_port: handles

@@ -1,4 +1,5 @@
-//! Rebuilding what is true about VMs when the daemon starts (SPEC C2).
+//! Rebuilding what is true about VMs when the daemon starts (ARCHITECTURE.md,
+//! "State").
 //!
 //! A VM recorded running (or mid-create) whose VMM is alive and really ours
 //! keeps running: its handles come back from `handles.json`. One whose VMM
@@ -11,23 +12,18 @@ use banger_store::VmState;
 
 use super::{load_handles, remove_handles, vm_dir};
 use crate::DaemonState;
-use crate::dispatch::RpcError;
+use crate::error::chain;
 use crate::ops::now_ms;
 
 /// A running bridged VM's published ports were served by the old daemon.
 fn restart_proxies(state: &Arc<DaemonState>, vm: &banger_store::VmRecord, ip: std::net::Ipv4Addr) {
-    let publish: Vec<_> = vm
-        .published_ports
-        .iter()
-        .filter_map(|p| crate::validate::publish(p).ok())
-        .collect();
-    if let Err(e) = state.network.start_proxies(&vm.id, ip, &publish) {
-        tracing::warn!(vm = %vm.name, error = %e.message, "could not publish ports again");
+    if let Err(e) = state.network.start_proxies(&vm.id, ip, &vm.published_ports) {
+        tracing::warn!(vm = %vm.name, error = %chain(&e), "could not publish ports again");
     }
 }
 
-pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
-    let vms = state.with_store(|s| s.vms()).await?;
+pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), banger_store::StoreError> {
+    let vms = state.db.call(|s| s.vms()).await?;
     for mut vm in vms {
         let dir = vm_dir(state, &vm.id);
         let handles = load_handles(&dir);
@@ -53,7 +49,7 @@ pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
                 vm.state = VmState::Running;
                 vm.updated_at_ms = now_ms();
                 let record = vm.clone();
-                state.with_store(move |s| s.update_vm(&record)).await?;
+                state.db.call(move |s| s.update_vm(&record)).await?;
             }
             continue;
         }
@@ -72,7 +68,7 @@ pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), RpcError> {
             vm.updated_at_ms = now_ms();
             tracing::warn!(vm = %vm.name, was = was.as_str(), now = vm.state.as_str(), "vmm is gone; cleaned up");
             let record = vm.clone();
-            state.with_store(move |s| s.update_vm(&record)).await?;
+            state.db.call(move |s| s.update_vm(&record)).await?;
         }
     }
     Ok(())

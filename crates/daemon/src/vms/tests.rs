@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
 use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::dispatch::tests::test_state_with;
+use crate::op::OpCtx;
 
 /// Launch fails or succeeds on demand; "running" is a set of pids.
 #[derive(Debug, Default)]
@@ -28,6 +28,8 @@ impl Vmm for FakeVmm {
     }
     fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         self.launched.lock().unwrap().push(spec.vm_id.clone());
+        // A real VMM opens its console log first thing.
+        std::fs::write(&spec.console_log, b"").unwrap();
         if self.fail_launch {
             return Err(VmmError::InvalidSpec("fake launch failure".into()));
         }
@@ -100,9 +102,9 @@ fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> VmRecord {
         vcpus: 1,
         memory_mib: 256,
         disk_size_bytes: 1 << 30,
-        network_mode: "user".into(),
-        backend: Some("qemu".into()),
-        disk_strategy: Some("qcow2".into()),
+        network_mode: banger_proto::NetworkMode::User,
+        backend: Some(banger_proto::Backend::Qemu),
+        disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
         published_ports: vec![],
         state: vm_state,
         last_error: None,
@@ -185,15 +187,12 @@ async fn a_failed_launch_rolls_back_and_records_the_error() {
     });
     let state = test_state_with(tmp.path(), fake.clone());
     let vm = seed(&state, "boom", VmState::Stopped);
-    let err = start(&state, "boom", &CancellationToken::new())
+    let err = start(&state, "boom", &OpCtx::background())
         .await
-        .unwrap_err();
-    assert!(
-        err.message.contains("fake launch failure"),
-        "{}",
-        err.message
-    );
-    assert!(err.message.contains("console.log"), "names the console log");
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fake launch failure"), "{}", err);
+    assert!(err.contains("console.log"), "names the console log");
     let after = find(&state, "boom").await.unwrap();
     assert_eq!(after.state, VmState::Error);
     assert!(after.last_error.unwrap().contains("fake launch failure"));
@@ -209,9 +208,14 @@ async fn a_missing_kernel_file_fails_before_launch() {
     let state = test_state_with(tmp.path(), fake.clone());
     seed(&state, "nokernel", VmState::Stopped);
     std::fs::remove_file(state.config.layout.data_dir.join("kernels/k/vmlinuz")).unwrap();
-    let err = start(&state, "nokernel", &CancellationToken::new())
+    let err = start(&state, "nokernel", &OpCtx::background())
         .await
-        .unwrap_err();
-    assert!(err.message.contains("kernel file"), "{}", err.message);
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kernel file"), "{}", err);
+    assert!(
+        !err.contains("console.log"),
+        "names no console log the vmm never wrote: {err}"
+    );
     assert!(fake.launched.lock().unwrap().is_empty(), "nothing launched");
 }
