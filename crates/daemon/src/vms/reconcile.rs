@@ -1,4 +1,4 @@
-//! Rebuilding what is true about VMs when the daemon starts (SPEC C2).
+//! Rebuilding what is true about VMs when the daemon starts (docs/capabilities.md, "State").
 //!
 //! A VM recorded running (or mid-create) whose VMM is alive and really ours
 //! keeps running: its handles come back from `handles.json`. One whose VMM
