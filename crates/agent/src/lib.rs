@@ -1,4 +1,4 @@
-//! `banger-agent`: the agent inside every guest VM (SPEC C9).
+//! `banger-agent`: the agent inside every guest VM (docs/agent.md).
 //!
 //! It speaks the framed protocol of [`banger_proto::agent`] over the
 //! virtio-serial port named [`banger_proto::agent::AGENT_PORT_NAME`]

@@ -1,4 +1,4 @@
-//! End to end, the guest agent (SPEC C9): a real guest under QEMU (TCG)
+//! End to end, the guest agent (docs/agent.md): a real guest under QEMU (TCG)
 //! with `banger-agent` baked into its image, reached over virtio-serial
 //! (these hosts have no vhost-vsock), driven through the real CLI: create
 //! waits for the agent, stats, ports, exec and cp.

@@ -1,4 +1,4 @@
-//! Choosing KVM or TCG (SPEC C10, C16).
+//! Choosing KVM or TCG (docs/vms.md, "Accelerator").
 //!
 //! `/dev/kvm` existing is not enough: a nested hypervisor can expose it
 //! and still hang a stock kernel. In `auto` mode the first boot runs a probe

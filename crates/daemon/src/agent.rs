@@ -1,4 +1,4 @@
-//! The daemon's side of the guest agent protocol (`proto::agent`, SPEC C9).
+//! The daemon's side of the guest agent protocol (`proto::agent`, docs/agent.md).
 //!
 //! One [`AgentConn`] per running VM with an agent: a Unix-socket
 //! connection to the host end of the VM's virtio-serial port (QEMU listens

@@ -73,7 +73,7 @@ impl Default for VmDefaults {
             image: "default".into(),
             kernel: "debian-cloud".into(),
             // One vCPU: under TCG a second one makes the clock unstable
-            // and boot far slower (SPEC, measured facts).
+            // and boot far slower (docs/vms.md, "Accelerator").
             vcpus: 1,
             memory_mib: 1024,
             disk_size_bytes: 8 * 1024 * 1024 * 1024,

@@ -1,4 +1,4 @@
-//! Per-VM disks (SPEC C7): a copy-on-write view of the image's root disk
+//! Per-VM disks (docs/vms.md, "Disks"): a copy-on-write view of the image's root disk
 //! and a work disk cloned from the image's seed.
 //!
 //! Root disk strategies, best first: a qcow2 overlay backed by the image

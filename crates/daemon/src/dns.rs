@@ -1,5 +1,5 @@
 //! The daemon's DNS server: `NAME.vm` resolves to a VM's bridged address,
-//! from the host and from guests (capability C8).
+//! from the host and from guests (docs/dns.md).
 //!
 //! One UDP socket, bound by `banger-helper` to port 53 on the bridge's
 //! gateway address and handed to the unprivileged daemon with `SCM_RIGHTS`

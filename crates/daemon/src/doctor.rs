@@ -1,4 +1,4 @@
-//! `doctor` (SPEC C16): what works on this host and what to do about it.
+//! `doctor` (docs/capabilities.md, "Doctor"): what works on this host and what to do about it.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The registry of asynchronous operations (`vm.create`, `image.build`,
-//! `kernel.pull`): begin, status, cancel, list, prune (SPEC C14).
+//! `kernel.pull`): begin, status, cancel, list, prune (docs/capabilities.md, "Async operations").
 //!
 //! An operation's id is the op id dispatch gave its `*.begin` request, so
 //! the id a user sees while polling is the one on every log line of the

@@ -1,4 +1,4 @@
-//! banger's SSH identity and host-key pins (SPEC C13).
+//! banger's SSH identity and host-key pins (docs/vms.md, "SSH").
 //!
 //! One ed25519 key pair per user, made with `ssh-keygen` on first use. Host
 //! keys are pinned on first connect (trust on first use) in banger's own

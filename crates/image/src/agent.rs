@@ -1,4 +1,4 @@
-//! The guest agent's binary, as baked into images (SPEC C9).
+//! The guest agent's binary, as baked into images (docs/agent.md, "Building").
 //!
 //! The agent runs inside guests whose libc banger does not control, so it
 //! must be statically linked: [`AgentBinary::load`] refuses an ELF with a

@@ -60,7 +60,7 @@ pub struct ImageRecipe {
     pub ssh_public_key: String,
     /// Size of `rootfs.ext4`; `None`: used space plus headroom, at least 1 GiB.
     pub size_bytes: Option<u64>,
-    /// The guest agent to bake in (SPEC C9); `None` builds an image
+    /// The guest agent to bake in (docs/agent.md); `None` builds an image
     /// without one.
     pub agent: Option<crate::agent::AgentBinary>,
 }

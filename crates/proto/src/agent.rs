@@ -1,4 +1,4 @@
-//! The daemon ↔ `banger-agent` protocol (SPEC C9): framed, versioned, over
+//! The daemon ↔ `banger-agent` protocol (docs/agent.md): framed, versioned, over
 //! one byte stream (a virtio-serial port, or vsock where the host has it).
 //!
 //! A frame is `MAGIC | header_len (u32 BE) | body_len (u32 BE) | header |

@@ -1,7 +1,7 @@
 //! banger's durable state in SQLite: what the user asked for (VMs, images,
 //! kernels), never what is only momentarily true about a running VM. Pids,
 //! TAP names, sockets and forwarded ports live in the daemon's memory and a
-//! per-VM `handles.json` (SPEC C2), so a crash never leaves a stale pid in
+//! per-VM `handles.json` (docs/capabilities.md, "State"), so a crash never leaves a stale pid in
 //! the database to be trusted.
 //!
 //! The database runs in WAL mode with a busy timeout and foreign keys on.

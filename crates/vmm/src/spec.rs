@@ -103,7 +103,7 @@ pub enum NetBackend {
     Tap { tap_name: String },
 }
 
-/// How the daemon reaches the guest agent (SPEC C9). Firecracker's
+/// How the daemon reaches the guest agent (docs/agent.md, "Transport"). Firecracker's
 /// counterpart is its `vsock` device with a Unix socket on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -1,4 +1,4 @@
-//! Networking on the daemon's side (docs/networking.md): the bridge and NAT
+//! Bridged networking on the daemon's side (docs/networking.md): the bridge and NAT
 //! (made by banger-helper), a warm pool of idle TAP devices, durable IP
 //! leases, the DNS server for `NAME.vm`, and loopback proxies for ports a
 //! bridged VM publishes.
@@ -6,7 +6,7 @@
 //! The daemon never touches the host's network itself: every change is a
 //! typed call to the helper, which owns the bridge name and subnet (its
 //! `ping` tells us both, so the two never disagree). What is only true
-//! while a VM runs (its TAP) is a handle (SPEC C2); its address is a lease
+//! while a VM runs (its TAP) is a handle (docs/capabilities.md, "State"); its address is a lease
 //! in SQLite for the VM's whole life, so `NAME.vm` stays put across
 //! restarts. On daemon start [`Network::ready`] lists the TAPs that exist
 //! and sorts them into "held by a running VM", "idle" and "delete".

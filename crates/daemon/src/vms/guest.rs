@@ -1,4 +1,4 @@
-//! What the daemon does through a VM's guest agent (SPEC C9): readiness,
+//! What the daemon does through a VM's guest agent (docs/vms.md, "Guest agent"): readiness,
 //! stats, listening ports, exec sessions and file copy.
 //!
 //! Exec is a session the CLI drives with `vm.exec.io` calls (input in,

@@ -1,5 +1,5 @@
-//! The VM lifecycle (docs/vms.md) and what is momentarily true about
-//! running VMs (ARCHITECTURE.md, "State").
+//! The VM lifecycle (docs/vms.md, "Lifecycle") and what is momentarily true about running
+//! VMs (docs/capabilities.md, "State").
 //!
 //! Durable intent (name, image, kernel, resources, last state) is in the
 //! store. A running VM's handles (VMM pid and control socket, the SSH port,

@@ -1,5 +1,4 @@
-//! Rebuilding what is true about VMs when the daemon starts (ARCHITECTURE.md,
-//! "State").
+//! Rebuilding what is true about VMs when the daemon starts (docs/capabilities.md, "State").
 //!
 //! A VM recorded running (or mid-create) whose VMM is alive and really ours
 //! keeps running: its handles come back from `handles.json`. One whose VMM
