@@ -331,6 +331,31 @@ fn bridged_networking_end_to_end() {
     assert!(n["leases"].as_array().unwrap().is_empty(), "{n}");
     assert!(n["taps_in_use"].as_array().unwrap().is_empty(), "{n}");
     eprintln!("    {:?}", t.elapsed());
+
+    let t = step("every helper call carries the op id of a request or task the daemon logged");
+    let daemon_log = w.log_text();
+    let mut calls = 0;
+    for line in helper.log_text().lines() {
+        if !line.contains("helper rpc completed") && !line.contains("helper rpc failed") {
+            continue;
+        }
+        calls += 1;
+        let op = json_field(line, "op_id").unwrap_or_else(|| panic!("no op id: {line}"));
+        assert!(
+            daemon_log.contains(&format!("\"op_id\":\"{op}\"")),
+            "helper call under {op}, an op id the daemon never logged: {line}"
+        );
+    }
+    assert!(calls > 10, "only {calls} helper calls logged");
+    eprintln!("    {calls} helper calls, {:?}", t.elapsed());
     drop(w);
     drop(helper);
+}
+
+/// The string value of `"key":"..."` anywhere in a JSON log line.
+fn json_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\":\"");
+    let start = line.find(&needle)? + needle.len();
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_owned())
 }

@@ -57,6 +57,13 @@ impl Reservations {
         Ok(())
     }
 
+    /// True when no create holds anything.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        let r = self.lock();
+        r.names.is_empty() && r.ports.is_empty()
+    }
+
     fn release(&self, name: &str, ports: &[PublishSpec]) {
         let mut r = self.lock();
         r.names.remove(name);

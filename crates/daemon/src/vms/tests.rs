@@ -20,6 +20,10 @@ struct FakeVmm {
     alive: Mutex<HashSet<u32>>,
     fail_launch: bool,
     launched: Mutex<Vec<String>>,
+    /// A powerdown takes this long (the guest shutting down).
+    shutdown_takes: Duration,
+    /// Notified when a powerdown request arrives.
+    shutdown_asked: tokio::sync::Notify,
 }
 
 impl Vmm for FakeVmm {
@@ -42,6 +46,8 @@ impl Vmm for FakeVmm {
         })
     }
     fn request_shutdown(&self, h: &VmHandle) -> Result<(), VmmError> {
+        self.shutdown_asked.notify_one();
+        std::thread::sleep(self.shutdown_takes);
         self.alive.lock().unwrap().remove(&h.pid);
         Ok(())
     }
@@ -218,4 +224,195 @@ async fn a_missing_kernel_file_fails_before_launch() {
         "names no console log the vmm never wrote: {err}"
     );
     assert!(fake.launched.lock().unwrap().is_empty(), "nothing launched");
+}
+
+/// Makes the seeded image's work seed a real (tiny) ext4, so creates can
+/// clone and grow it.
+fn real_work_seed(state: &Arc<DaemonState>) {
+    let seed = state.config.layout.data_dir.join("images/i/work-seed.ext4");
+    let _ = std::fs::remove_file(&seed);
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&seed)
+        .arg("8M")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.ext4 failed");
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn vm_dirs(state: &Arc<DaemonState>) -> Vec<String> {
+    let dir = state.config.layout.data_dir.join("vms");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+async fn request(state: &Arc<DaemonState>, line: String) -> banger_proto::Response {
+    crate::dispatch::dispatch(state, line.as_bytes()).await
+}
+
+/// Waits for the operation `op_id` to end; its error, if it failed.
+async fn op_outcome(state: &Arc<DaemonState>, op_id: &str) -> Option<banger_proto::ErrorBody> {
+    let op = state.ops.get(op_id).unwrap();
+    op.wait().await;
+    state.ops.error_of(&op.id)
+}
+
+#[tokio::test]
+async fn stop_by_id_and_start_by_name_take_one_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm {
+        fail_launch: true,
+        shutdown_takes: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = seed(&state, "one", VmState::Running);
+    let dir = vm_dir(&state, &vm.id);
+    state.vms.set_handles(&vm.id, handles(77, &dir));
+    fake.alive.lock().unwrap().insert(77);
+
+    let stopping = tokio::spawn({
+        let (state, id) = (Arc::clone(&state), vm.id.clone());
+        async move { stop(&state, &id, &OpCtx::background()).await }
+    });
+    // The stop holds the VM's lock from here until the guest is down.
+    fake.shutdown_asked.notified().await;
+    let started = start(&state, "one", &OpCtx::background()).await;
+    let stopped = stopping.await.unwrap().unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    // The start waited for the stop and saw its result (a stopped VM), so
+    // it launched a new VMM (which fails here) instead of finding the old
+    // one still running.
+    let err = started
+        .expect_err("the start ran after the stop")
+        .to_string();
+    assert!(err.contains("fake launch failure"), "{err}");
+    assert_eq!(*fake.launched.lock().unwrap(), vec![vm.id.clone()]);
+}
+
+#[tokio::test]
+async fn two_creates_of_one_name_at_once_one_wins_and_the_loser_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    seed(&state, "other", VmState::Stopped);
+    real_work_seed(&state);
+    let before = vm_dirs(&state);
+    let port = free_port();
+    let create = |op: &str| {
+        format!(
+            r#"{{"version":1,"method":"vm.create.begin","op_id":"{op}","params":{{"name":"same","network":"user","start":false,"publish":["{port}:80"]}}}}"#
+        )
+    };
+    let (a, b) = tokio::join!(
+        request(&state, create("op-create-a")),
+        request(&state, create("op-create-b"))
+    );
+    let (won, lost) = match (a.into_result(), b.into_result()) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("expected one winner and one conflict, got {other:?}"),
+    };
+    assert_eq!(lost.code, banger_proto::ErrorCode::Conflict, "{lost:?}");
+    assert!(lost.message.contains("already exists"), "{lost:?}");
+    let op_id = won["op_id"].as_str().unwrap();
+    assert_eq!(op_outcome(&state, op_id).await, None, "the winner succeeds");
+    let vms = state.db.call(|s| s.vms()).await.unwrap();
+    assert_eq!(vms.iter().filter(|v| v.name == "same").count(), 1);
+    let winner = vms.iter().find(|v| v.name == "same").unwrap();
+    let mut expected = before.clone();
+    expected.push(winner.id.clone());
+    expected.sort();
+    assert_eq!(vm_dirs(&state), expected, "no directory of the loser");
+    // Its reservations ended with it: the name is now taken by the store,
+    // the port is free for a VM of another name.
+    let again = request(&state, create("op-create-c")).await.into_result();
+    assert!(again.unwrap_err().message.contains("already exists"));
+    assert!(state.reservations.is_empty(), "nothing stays reserved");
+}
+
+#[tokio::test]
+async fn a_port_another_vm_publishes_fails_the_create_before_anything_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    let holder = seed(&state, "holder", VmState::Running);
+    let port = free_port();
+    {
+        let mut record = holder.clone();
+        record.published_ports = vec![format!("{port}:80").parse().unwrap()];
+        state.lock_store_for_tests().update_vm(&record).unwrap();
+    }
+    real_work_seed(&state);
+    let before = vm_dirs(&state);
+    let begun = request(
+        &state,
+        format!(
+            r#"{{"version":1,"method":"vm.create.begin","params":{{"name":"second","network":"user","publish":["{port}:8080"]}}}}"#
+        ),
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let failed = op_outcome(&state, begun["op_id"].as_str().unwrap())
+        .await
+        .expect("the create fails");
+    assert_eq!(failed.code, banger_proto::ErrorCode::Conflict, "{failed:?}");
+    assert!(
+        failed.message.contains(&format!(
+            "host port {port}/tcp is already published by vm holder"
+        )),
+        "{failed:?}"
+    );
+    assert_eq!(vm_dirs(&state), before, "no disk or directory was made");
+    let names: Vec<String> = state
+        .db
+        .call(|s| s.vms())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, vec!["holder".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_port_something_else_listens_on_fails_the_create_with_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    seed(&state, "other", VmState::Stopped);
+    real_work_seed(&state);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let before = vm_dirs(&state);
+    let begun = request(
+        &state,
+        format!(
+            r#"{{"version":1,"method":"vm.create.begin","params":{{"name":"third","network":"user","publish":["{port}:80"]}}}}"#
+        ),
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let failed = op_outcome(&state, begun["op_id"].as_str().unwrap())
+        .await
+        .expect("the create fails");
+    assert_eq!(failed.code, banger_proto::ErrorCode::Conflict, "{failed:?}");
+    assert!(
+        failed
+            .message
+            .contains(&format!("host port {port}/tcp is already in use")),
+        "{failed:?}"
+    );
+    assert_eq!(vm_dirs(&state), before, "nothing was made");
 }
