@@ -247,26 +247,6 @@ fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) 
     }
 }
 
-/// The error a handler returns for an agent failure.
-pub fn rpc_error(vm: &str, e: &AgentError) -> crate::dispatch::RpcError {
-    use banger_proto::ErrorCode;
-    let code = match e {
-        AgentError::Refused {
-            code: AgentErrorCode::NotFound,
-            ..
-        } => ErrorCode::NotFound,
-        AgentError::Refused {
-            code: AgentErrorCode::BadRequest,
-            ..
-        } => ErrorCode::BadParams,
-        _ => ErrorCode::OperationFailed,
-    };
-    crate::dispatch::RpcError::new(
-        code,
-        format!("vm {vm}: {}", crate::dispatch::error_chain(e)),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

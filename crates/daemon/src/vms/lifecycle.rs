@@ -272,7 +272,8 @@ async fn boot(
 
     if handles.agent.is_some() {
         stage(op, "wait for agent");
-        super::guest::wait_for_agent(state, vm, &handles, cancel).await?;
+        let ctx = crate::op::OpCtx::new(crate::op::mint(), cancel.clone());
+        state.guest.wait_for_agent(vm, &handles, &ctx).await?;
     }
 
     stage(op, "wait for ssh");

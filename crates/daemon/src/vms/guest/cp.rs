@@ -5,39 +5,38 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use banger_proto::ErrorCode;
 use banger_proto::agent::{self, Frame, Message};
 use banger_proto::vm::{CpParams, CpResult};
 use tokio::sync::mpsc;
 
-use super::{CALL_TIMEOUT, agent_for};
-use crate::DaemonState;
-use crate::agent::{AgentConn, AgentError, rpc_error};
-use crate::dispatch::RpcError;
+use super::{CALL_TIMEOUT, Guest, GuestError};
+use crate::agent::{AgentConn, AgentError};
 
-/// Copies one file between the host and the guest, streaming.
-pub async fn cp(state: &Arc<DaemonState>, p: CpParams) -> Result<CpResult, RpcError> {
-    if !p.guest_path.starts_with('/') {
-        return Err(RpcError::bad_params(format!(
-            "guest path {:?} must be absolute",
-            p.guest_path
-        )));
-    }
-    let host = PathBuf::from(&p.host_path);
-    if !host.is_absolute() {
-        return Err(RpcError::bad_params(format!(
-            "host path {:?} must be absolute",
-            p.host_path
-        )));
-    }
-    let (vm, conn) = agent_for(state, &p.name).await?;
-    if p.to_guest {
-        to_guest(&vm.name, &conn, &host, &p.guest_path).await
-    } else {
-        from_guest(&vm.name, &conn, &p.guest_path, &host).await
+impl Guest {
+    /// Copies one file between the host and the VM `p.name` (name or id),
+    /// streaming.
+    pub async fn cp(&self, p: CpParams) -> Result<CpResult, GuestError> {
+        if !p.guest_path.starts_with('/') {
+            return Err(GuestError::NotAbsolute {
+                side: "guest",
+                path: p.guest_path,
+            });
+        }
+        let host = PathBuf::from(&p.host_path);
+        if !host.is_absolute() {
+            return Err(GuestError::NotAbsolute {
+                side: "host",
+                path: p.host_path,
+            });
+        }
+        let (vm, conn) = self.agent_for(&p.name).await?;
+        if p.to_guest {
+            to_guest(&vm.name, &conn, &host, &p.guest_path).await
+        } else {
+            from_guest(&vm.name, &conn, &p.guest_path, &host).await
+        }
     }
 }
 
@@ -46,14 +45,13 @@ async fn to_guest(
     conn: &AgentConn,
     host: &Path,
     guest: &str,
-) -> Result<CpResult, RpcError> {
-    let meta = std::fs::metadata(host)
-        .map_err(|e| RpcError::new(ErrorCode::NotFound, format!("{}: {e}", host.display())))?;
+) -> Result<CpResult, GuestError> {
+    let meta = std::fs::metadata(host).map_err(|source| GuestError::NoHostFile {
+        path: host.to_owned(),
+        source,
+    })?;
     if !meta.is_file() {
-        return Err(RpcError::bad_params(format!(
-            "{} is not a regular file",
-            host.display()
-        )));
+        return Err(GuestError::NotAFile(host.to_owned()));
     }
     let guest = if guest.ends_with('/') {
         let base = host
@@ -75,7 +73,7 @@ async fn to_guest(
             Vec::new(),
         )
         .await
-        .map_err(|e| rpc_error(vm, &e))?;
+        .map_err(|e| GuestError::agent(vm, e))?;
     // Read on a blocking thread, send chunk by chunk (bounded channel).
     let (tx, mut chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     let path = host.to_owned();
@@ -106,8 +104,7 @@ async fn to_guest(
     });
     let mut bytes = 0u64;
     while let Some(chunk) = chunks.recv().await {
-        let chunk =
-            chunk.map_err(|e| RpcError::internal(format!("read {}: {e}", host.display())))?;
+        let chunk = chunk.map_err(GuestError::host_file("read", host))?;
         bytes += chunk.len() as u64;
         if let Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
@@ -115,15 +112,15 @@ async fn to_guest(
         })) = tokio::time::timeout(Duration::ZERO, rx.recv()).await
         {
             conn.finish(id);
-            return Err(rpc_error(vm, &AgentError::Refused { code, message }));
+            return Err(GuestError::agent(vm, AgentError::Refused { code, message }));
         }
         conn.send(Frame::with_body(Message::FileData { id }, chunk))
             .await
-            .map_err(|e| rpc_error(vm, &e))?;
+            .map_err(|e| GuestError::agent(vm, e))?;
     }
     conn.send(Frame::new(Message::FileEnd { id }))
         .await
-        .map_err(|e| rpc_error(vm, &e))?;
+        .map_err(|e| GuestError::agent(vm, e))?;
     let reply = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await;
     conn.finish(id);
     match reply {
@@ -138,13 +135,13 @@ async fn to_guest(
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
             ..
-        })) => Err(rpc_error(vm, &AgentError::Refused { code, message })),
-        Ok(Some(other)) => Err(rpc_error(
+        })) => Err(GuestError::agent(vm, AgentError::Refused { code, message })),
+        Ok(Some(other)) => Err(GuestError::agent(
             vm,
-            &AgentError::Unexpected(format!("{:?}", other.msg)),
+            AgentError::Unexpected(format!("{:?}", other.msg)),
         )),
-        Ok(None) => Err(rpc_error(vm, &AgentError::Lost)),
-        Err(_) => Err(rpc_error(vm, &AgentError::Timeout(120))),
+        Ok(None) => Err(GuestError::agent(vm, AgentError::Lost)),
+        Err(_) => Err(GuestError::agent(vm, AgentError::Timeout(120))),
     }
 }
 
@@ -153,7 +150,7 @@ async fn from_guest(
     conn: &AgentConn,
     guest: &str,
     host: &Path,
-) -> Result<CpResult, RpcError> {
+) -> Result<CpResult, GuestError> {
     let (dir, name) = host_destination(host, guest)?;
     let (id, mut rx) = conn
         .start(
@@ -164,7 +161,7 @@ async fn from_guest(
             Vec::new(),
         )
         .await
-        .map_err(|e| rpc_error(vm, &e))?;
+        .map_err(|e| GuestError::agent(vm, e))?;
     let first = tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await;
     let mode = match first {
         Ok(Some(Frame {
@@ -176,25 +173,28 @@ async fn from_guest(
             ..
         })) => {
             conn.finish(id);
-            return Err(rpc_error(vm, &AgentError::Refused { code, message }));
+            return Err(GuestError::agent(vm, AgentError::Refused { code, message }));
         }
         Ok(Some(other)) => {
             conn.finish(id);
-            return Err(rpc_error(
+            return Err(GuestError::agent(
                 vm,
-                &AgentError::Unexpected(format!("{:?}", other.msg)),
+                AgentError::Unexpected(format!("{:?}", other.msg)),
             ));
         }
-        Ok(None) => return Err(rpc_error(vm, &AgentError::Lost)),
+        Ok(None) => return Err(GuestError::agent(vm, AgentError::Lost)),
         Err(_) => {
             conn.finish(id);
-            return Err(rpc_error(vm, &AgentError::Timeout(CALL_TIMEOUT.as_secs())));
+            return Err(GuestError::agent(
+                vm,
+                AgentError::Timeout(CALL_TIMEOUT.as_secs()),
+            ));
         }
     };
     let writer = HostFile::create(&dir, &name, mode)?;
     let dest_name = name.clone();
     let (tx, wrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    let write_task = tokio::task::spawn_blocking(move || -> Result<(u64, HostFile), RpcError> {
+    let write_task = tokio::task::spawn_blocking(move || -> Result<(u64, HostFile), GuestError> {
         let mut writer = writer;
         let mut total = 0u64;
         for chunk in wrx {
@@ -218,7 +218,7 @@ async fn from_guest(
                     .and_then(Result::ok)
                     .is_none()
                 {
-                    failure = Some(RpcError::internal("writing the host file failed"));
+                    failure = Some(GuestError::HostWriterGone);
                     break;
                 }
             }
@@ -230,25 +230,23 @@ async fn from_guest(
                 msg: Message::Error { code, message, .. },
                 ..
             })) => {
-                failure = Some(rpc_error(vm, &AgentError::Refused { code, message }));
+                failure = Some(GuestError::agent(vm, AgentError::Refused { code, message }));
                 break;
             }
             Ok(Some(_)) => {}
             Ok(None) => {
-                failure = Some(rpc_error(vm, &AgentError::Lost));
+                failure = Some(GuestError::agent(vm, AgentError::Lost));
                 break;
             }
             Err(_) => {
-                failure = Some(rpc_error(vm, &AgentError::Timeout(60)));
+                failure = Some(GuestError::agent(vm, AgentError::Timeout(60)));
                 break;
             }
         }
     }
     conn.finish(id);
     drop(tx);
-    let written = write_task
-        .await
-        .map_err(|e| RpcError::internal(format!("write task failed: {e}")))?;
+    let written = write_task.await.map_err(|e| GuestError::Task("write", e))?;
     if let Some(e) = failure {
         // The temporary file is removed by HostFile's drop.
         return Err(e);
@@ -256,7 +254,7 @@ async fn from_guest(
     let (bytes, file) = written?;
     tokio::task::spawn_blocking(move || file.finish(&name))
         .await
-        .map_err(|e| RpcError::internal(format!("rename task failed: {e}")))??;
+        .map_err(|e| GuestError::Task("rename", e))??;
     Ok(CpResult {
         bytes,
         mode,
@@ -268,24 +266,21 @@ async fn from_guest(
 /// a directory (keeping the guest file's name), else `host` itself. The
 /// final name is never a symlink (it is replaced by rename, never
 /// followed), so nothing is written outside the destination directory.
-fn host_destination(host: &Path, guest: &str) -> Result<(PathBuf, String), RpcError> {
+fn host_destination(host: &Path, guest: &str) -> Result<(PathBuf, String), GuestError> {
     let guest_name = Path::new(guest)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| RpcError::bad_params(format!("guest path {guest:?} names no file")))?;
+        .ok_or_else(|| GuestError::GuestNamesNoFile(guest.to_owned()))?;
     let (dir, name) = match std::fs::symlink_metadata(host) {
         Ok(m) if m.is_dir() => (host.to_owned(), guest_name),
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(RpcError::bad_params(format!(
-                "refusing to write through the symlink {}",
-                host.display()
-            )));
+            return Err(GuestError::Symlink(host.to_owned()));
         }
         _ => {
             let name = host
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| RpcError::bad_params(format!("{} names no file", host.display())))?;
+                .ok_or_else(|| GuestError::HostNamesNoFile(host.to_owned()))?;
             let dir = host
                 .parent()
                 .map(Path::to_owned)
@@ -294,16 +289,11 @@ fn host_destination(host: &Path, guest: &str) -> Result<(PathBuf, String), RpcEr
         }
     };
     if name == "." || name == ".." || name.contains('/') {
-        return Err(RpcError::bad_params(format!(
-            "bad destination name {name:?}"
-        )));
+        return Err(GuestError::BadDestination(name));
     }
     if let Ok(m) = std::fs::symlink_metadata(dir.join(&name)) {
         if m.file_type().is_symlink() {
-            return Err(RpcError::bad_params(format!(
-                "refusing to write through the symlink {}",
-                dir.join(&name).display()
-            )));
+            return Err(GuestError::Symlink(dir.join(&name)));
         }
     }
     Ok((dir, name))
@@ -324,7 +314,7 @@ struct HostFile {
 }
 
 impl HostFile {
-    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, RpcError> {
+    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, GuestError> {
         let path = dir.join(temp_name(name));
         let _ = std::fs::remove_file(&path);
         let file = std::fs::OpenOptions::new()
@@ -333,7 +323,7 @@ impl HostFile {
             .mode(mode)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
-            .map_err(|e| RpcError::internal(format!("create {}: {e}", path.display())))?;
+            .map_err(GuestError::host_file("create", &path))?;
         Ok(Self {
             path,
             file,
@@ -344,23 +334,22 @@ impl HostFile {
 
     /// Flushes, sets the guest file's mode (the umask may have cut bits)
     /// and renames over `name` in the same directory.
-    fn finish(mut self, name: &str) -> Result<(), RpcError> {
-        let fail = |what: &str, e: std::io::Error| {
-            RpcError::internal(format!("{what} {}: {e}", self.path.display()))
-        };
-        self.file.sync_all().map_err(|e| fail("sync", e))?;
+    fn finish(mut self, name: &str) -> Result<(), GuestError> {
+        self.file
+            .sync_all()
+            .map_err(GuestError::host_file("sync", &self.path))?;
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(self.mode))
-            .map_err(|e| fail("chmod", e))?;
+            .map_err(GuestError::host_file("chmod", &self.path))?;
         let dest = self.path.with_file_name(name);
-        std::fs::rename(&self.path, &dest).map_err(|e| fail("rename", e))?;
+        std::fs::rename(&self.path, &dest).map_err(GuestError::host_file("rename", &self.path))?;
         self.done = true;
         Ok(())
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), RpcError> {
+    fn write(&mut self, data: &[u8]) -> Result<(), GuestError> {
         self.file
             .write_all(data)
-            .map_err(|e| RpcError::internal(format!("write {}: {e}", self.path.display())))
+            .map_err(GuestError::host_file("write", &self.path))
     }
 }
 

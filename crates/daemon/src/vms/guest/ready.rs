@@ -5,71 +5,81 @@ use std::time::{Duration, Instant};
 
 use banger_proto::agent::Message;
 use banger_store::VmRecord;
-use tokio_util::sync::CancellationToken;
 
-use super::super::lifecycle::{cancelled, vmm_running};
-use super::super::{Handles, vm_dir};
-use super::CALL_TIMEOUT;
-use crate::DaemonState;
-use crate::agent::{AgentConn, AgentError, rpc_error};
-use crate::dispatch::RpcError;
-/// Waits until the agent says hello and answers a health check, the VMM
-/// dies, the boot timeout passes, or the work is cancelled.
-///
-/// One connection, kept: QEMU serves one client of the chardev socket at a
-/// time, and a client that connects while another is attached waits in the
-/// listen backlog with its connect already "done". Short attempts that
-/// time out and reconnect pile up dead connections QEMU then serves one
-/// by one, so the agent's answers went to closed sockets. The connection
-/// repeats its Hello every second until the agent (still booting) answers.
-pub(in crate::vms) async fn wait_for_agent(
-    state: &Arc<DaemonState>,
-    vm: &VmRecord,
-    handles: &Handles,
-    cancel: &CancellationToken,
-) -> Result<(), RpcError> {
-    let deadline = Instant::now() + state.config.boot_timeout;
-    let socket = banger_vmm::VmFiles::in_dir(&vm_dir(state, &vm.id)).agent_socket;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(RpcError::internal(format!(
-                "the guest agent did not answer within {} s",
-                state.config.boot_timeout.as_secs()
-            )));
-        }
-        let attempt = async {
-            let conn = AgentConn::connect(&socket, remaining).await?;
-            conn.call(|id| Message::Health { id }, CALL_TIMEOUT).await?;
-            Ok::<_, AgentError>(conn)
-        };
-        tokio::pin!(attempt);
-        let outcome = loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(cancelled()),
-                r = &mut attempt => break r,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if !vmm_running(state, &handles.vmm, &vm.id).await {
-                        return Err(RpcError::internal("the vmm exited during boot"));
+use super::super::Handles;
+use super::{CALL_TIMEOUT, Guest, GuestError};
+use crate::agent::{AgentConn, AgentError};
+use crate::op::{Cancelled, OpCtx};
+
+impl Guest {
+    /// Waits until the agent says hello and answers a health check, the
+    /// VMM dies, the boot timeout passes, or the work is cancelled; then
+    /// keeps the connection for the VM.
+    ///
+    /// One connection, kept: QEMU serves one client of the chardev socket
+    /// at a time, and a client that connects while another is attached
+    /// waits in the listen backlog with its connect already "done". Short
+    /// attempts that time out and reconnect pile up dead connections QEMU
+    /// then serves one by one, so the agent's answers went to closed
+    /// sockets. The connection repeats its Hello every second until the
+    /// agent (still booting) answers.
+    pub async fn wait_for_agent(
+        &self,
+        vm: &VmRecord,
+        handles: &Handles,
+        ctx: &OpCtx,
+    ) -> Result<(), GuestError> {
+        let deadline = Instant::now() + self.boot_timeout;
+        let socket = self.agent_socket(&vm.id);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(GuestError::BootTimeout {
+                    secs: self.boot_timeout.as_secs(),
+                });
+            }
+            let attempt = async {
+                let conn = AgentConn::connect(&socket, remaining).await?;
+                conn.call(|id| Message::Health { id }, CALL_TIMEOUT).await?;
+                Ok::<_, AgentError>(conn)
+            };
+            tokio::pin!(attempt);
+            let outcome = loop {
+                tokio::select! {
+                    _ = ctx.cancel_token().cancelled() => return Err(Cancelled.into()),
+                    r = &mut attempt => break r,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !self.vmm_running(&handles.vmm, &vm.id).await {
+                            return Err(GuestError::VmmExited);
+                        }
                     }
                 }
+            };
+            match outcome {
+                Ok(conn) => {
+                    tracing::info!(vm = %vm.name, agent = %conn.agent_version, "guest agent ready");
+                    self.vms.set_agent(&vm.id, conn);
+                    return Ok(());
+                }
+                Err(e @ (AgentError::Version { .. } | AgentError::Timeout(_))) => {
+                    return Err(GuestError::agent(&vm.name, e));
+                }
+                // Not listening yet, or the connection dropped: connect again.
+                Err(e) => tracing::debug!(vm = %vm.name, error = %e, "agent not ready yet"),
             }
-        };
-        match outcome {
-            Ok(conn) => {
-                tracing::info!(vm = %vm.name, agent = %conn.agent_version, "guest agent ready");
-                state.vms.set_agent(&vm.id, conn);
-                return Ok(());
+            if !self.vmm_running(&handles.vmm, &vm.id).await {
+                return Err(GuestError::VmmExited);
             }
-            Err(e @ (AgentError::Version { .. } | AgentError::Timeout(_))) => {
-                return Err(rpc_error(&vm.name, &e));
-            }
-            // Not listening yet, or the connection dropped: connect again.
-            Err(e) => tracing::debug!(vm = %vm.name, error = %e, "agent not ready yet"),
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if !vmm_running(state, &handles.vmm, &vm.id).await {
-            return Err(RpcError::internal("the vmm exited during boot"));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    /// Whether the VMM behind `handle` still runs (asked off the runtime).
+    async fn vmm_running(&self, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
+        let vmm = Arc::clone(&self.vmm);
+        let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
+        tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
+            .await
+            .unwrap_or(false)
     }
 }

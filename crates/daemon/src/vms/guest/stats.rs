@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use banger_proto::agent::{CpuTimes, Frame, GuestStats, ListeningPort, Message};
 use banger_proto::vm::VmStats;
+use tokio_util::sync::CancellationToken;
 
-use super::{CALL_TIMEOUT, agent_for};
-use crate::DaemonState;
-use crate::agent::{AgentConn, AgentError, rpc_error};
-use crate::dispatch::RpcError;
+use super::{CALL_TIMEOUT, Guest, GuestError};
+use crate::agent::{AgentConn, AgentError};
+use crate::error::chain;
 use crate::ops::now_ms;
+
 /// Latest stats sample per VM, for CPU usage between samples.
 /// Per VM, the baseline CPU usage is measured against.
 #[derive(Debug, Default)]
-pub struct StatsCache(Mutex<HashMap<String, CpuWindow>>);
+pub(super) struct StatsCache(Mutex<HashMap<String, CpuWindow>>);
 
 /// The guest's CPU counters tick 100 times a second per CPU, so two
 /// samples taken a few milliseconds apart (two quick `vm stats` calls)
@@ -29,7 +30,7 @@ const MIN_CPU_WINDOW_TICKS: u64 = 50;
 const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy)]
-pub struct CpuWindow {
+struct CpuWindow {
     baseline: CpuTimes,
     last_percent: Option<f64>,
 }
@@ -66,97 +67,98 @@ impl CpuWindow {
     }
 }
 
-/// A fresh sample, with CPU usage over the last window.
-pub async fn stats(state: &Arc<DaemonState>, name: &str) -> Result<VmStats, RpcError> {
-    let (vm, conn) = agent_for(state, name).await?;
-    let mut stats = sample(&conn, &vm.name).await?;
-    let mut cpu_percent = observe_cpu(state, &vm.id, stats.cpu);
-    if cpu_percent.is_none() {
-        tokio::time::sleep(FIRST_CPU_WINDOW).await;
-        stats = sample(&conn, &vm.name).await?;
-        cpu_percent = observe_cpu(state, &vm.id, stats.cpu);
+impl Guest {
+    /// A fresh sample of the VM (by name or id), with CPU usage over the
+    /// last window.
+    pub async fn stats(&self, name: &str) -> Result<VmStats, GuestError> {
+        let (vm, conn) = self.agent_for(name).await?;
+        let mut stats = sample(&conn, &vm.name).await?;
+        let mut cpu_percent = self.observe_cpu(&vm.id, stats.cpu);
+        if cpu_percent.is_none() {
+            tokio::time::sleep(FIRST_CPU_WINDOW).await;
+            stats = sample(&conn, &vm.name).await?;
+            cpu_percent = self.observe_cpu(&vm.id, stats.cpu);
+        }
+        Ok(VmStats {
+            name: vm.name.clone(),
+            uptime_s: stats.uptime_s,
+            load: stats.load,
+            cpu_percent,
+            memory_total_bytes: stats.memory_total_bytes,
+            memory_used_bytes: stats
+                .memory_total_bytes
+                .saturating_sub(stats.memory_available_bytes),
+            disks: stats.disks,
+            sampled_at_ms: now_ms(),
+        })
     }
-    Ok(VmStats {
-        name: vm.name.clone(),
-        uptime_s: stats.uptime_s,
-        load: stats.load,
-        cpu_percent,
-        memory_total_bytes: stats.memory_total_bytes,
-        memory_used_bytes: stats
-            .memory_total_bytes
-            .saturating_sub(stats.memory_available_bytes),
-        disks: stats.disks,
-        sampled_at_ms: now_ms(),
-    })
-}
 
-fn observe_cpu(state: &DaemonState, vm_id: &str, now: CpuTimes) -> Option<f64> {
-    let mut cache = state
-        .guest_stats
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    match cache.get_mut(vm_id) {
-        Some(window) => window.observe(now),
-        None => {
-            cache.insert(vm_id.to_owned(), CpuWindow::new(now));
-            None
+    fn observe_cpu(&self, vm_id: &str, now: CpuTimes) -> Option<f64> {
+        let mut cache = self.stats.0.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get_mut(vm_id) {
+            Some(window) => window.observe(now),
+            None => {
+                cache.insert(vm_id.to_owned(), CpuWindow::new(now));
+                None
+            }
+        }
+    }
+
+    /// The ports listening in the VM (by name or id).
+    pub async fn ports(&self, name: &str) -> Result<Vec<ListeningPort>, GuestError> {
+        let (vm, conn) = self.agent_for(name).await?;
+        match conn.call(|id| Message::Ports { id }, CALL_TIMEOUT).await {
+            Ok(Frame {
+                msg: Message::PortsReply { ports, .. },
+                ..
+            }) => Ok(ports),
+            Ok(other) => Err(GuestError::agent(
+                &vm.name,
+                AgentError::Unexpected(format!("{:?}", other.msg)),
+            )),
+            Err(e) => Err(GuestError::agent(&vm.name, e)),
         }
     }
 }
 
-async fn sample(conn: &AgentConn, vm: &str) -> Result<GuestStats, RpcError> {
+async fn sample(conn: &AgentConn, vm: &str) -> Result<GuestStats, GuestError> {
     match conn.call(|id| Message::Stats { id }, CALL_TIMEOUT).await {
         Ok(Frame {
             msg: Message::StatsReply { stats, .. },
             ..
         }) => Ok(stats),
-        Ok(other) => Err(rpc_error(
+        Ok(other) => Err(GuestError::agent(
             vm,
-            &AgentError::Unexpected(format!("{:?}", other.msg)),
+            AgentError::Unexpected(format!("{:?}", other.msg)),
         )),
-        Err(e) => Err(rpc_error(vm, &e)),
+        Err(e) => Err(GuestError::agent(vm, e)),
     }
 }
 
 /// Samples every running VM with an agent every `interval`, so `vm stats`
 /// always has a previous sample to compute CPU usage from. One small
-/// request per VM per interval: cheap for the guest and the daemon.
-pub fn spawn_sampler(state: Arc<DaemonState>, interval: Duration) {
+/// request per VM per interval: cheap for the guest and the daemon. Stops
+/// when `shutdown` fires.
+pub fn spawn_sampler(guest: Arc<Guest>, interval: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = state.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let Ok(vms) = state.with_store(|s| s.vms()).await else {
+            let Ok(vms) = guest.db.call(|s| s.vms()).await else {
                 continue;
             };
             for vm in vms {
-                let has_agent = state.vms.handles(&vm.id).is_some_and(|h| h.agent.is_some());
+                let has_agent = guest.vms.handles(&vm.id).is_some_and(|h| h.agent.is_some());
                 if has_agent {
-                    if let Err(e) = stats(&state, &vm.id).await {
-                        tracing::debug!(vm = %vm.name, error = %e.message, "stats sample failed");
+                    if let Err(e) = guest.stats(&vm.id).await {
+                        tracing::debug!(vm = %vm.name, error = %chain(&e), "stats sample failed");
                     }
                 }
             }
         }
     });
-}
-
-pub async fn ports(state: &Arc<DaemonState>, name: &str) -> Result<Vec<ListeningPort>, RpcError> {
-    let (vm, conn) = agent_for(state, name).await?;
-    match conn.call(|id| Message::Ports { id }, CALL_TIMEOUT).await {
-        Ok(Frame {
-            msg: Message::PortsReply { ports, .. },
-            ..
-        }) => Ok(ports),
-        Ok(other) => Err(rpc_error(
-            &vm.name,
-            &AgentError::Unexpected(format!("{:?}", other.msg)),
-        )),
-        Err(e) => Err(rpc_error(&vm.name, &e)),
-    }
 }
 
 #[cfg(test)]
