@@ -248,12 +248,13 @@ fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::net::UnixListener;
 
-    /// A fake agent: answers Hello with `protocol`, Health with HealthOk.
-    async fn fake_agent(listener: UnixListener, protocol: u32) {
+    /// A fake agent: answers Hello with `protocol`, Health with HealthOk,
+    /// and refuses Ports (not found).
+    pub(crate) async fn fake_agent(listener: UnixListener, protocol: u32) {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut d = FrameDecoder::new();
         let mut buf = vec![0u8; 4096];

@@ -12,6 +12,8 @@ mod error;
 mod exec;
 mod ready;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use error::GuestError;
 pub use stats::spawn_sampler;
