@@ -532,9 +532,12 @@ fn vm_lifecycle_end_to_end() {
         "nothing created"
     );
 
-    step("fault: a published port already taken fails the start, leaks nothing");
+    step(
+        "fault: a published port already taken fails the create with a conflict before anything is made",
+    );
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
+    let dirs_before = std::fs::read_dir(vms_dir(&w)).unwrap().count();
     let out = w.banger(&[
         "vm",
         "create",
@@ -543,26 +546,39 @@ fn vm_lifecycle_end_to_end() {
         "-p",
         &format!("{port}:80"),
     ]);
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "conflict exit code: {}",
+        text(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains(&format!("host port {port}/tcp is already in use")),
         "{}",
         text(&out)
     );
-    let v = show(&w, "e2e-port");
-    assert_eq!(v["state"], "error");
-    assert!(v["last_error"].as_str().unwrap().contains("already in use"));
-    assert!(
-        v["last_error"].as_str().unwrap().contains("console.log"),
-        "error names the console log"
+    assert_bad_input(&w, &["vm", "show", "e2e-port"], 4, "not found");
+    assert_eq!(
+        std::fs::read_dir(vms_dir(&w)).unwrap().count(),
+        dirs_before,
+        "no vm directory was made"
     );
-    let port_id = v["id"].as_str().unwrap().to_owned();
-    assert!(common::qemu_pids_with(&port_id).is_empty());
-    assert!(!vms_dir(&w).join(&port_id).join("handles.json").exists());
+    let ops = w.banger_json(&["ops", "--json"]);
+    let op = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|o| o["target"] == "e2e-port")
+        .expect("the create is listed")
+        .clone();
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(
+        op["error"]["code"], "conflict",
+        "op.status keeps the code: {op}"
+    );
     drop(taken);
-    w.banger_ok(&["vm", "delete", "e2e-port"]);
-    assert!(!vms_dir(&w).join(&port_id).exists());
 
     step("fault: the kernel file removed underneath fails the start with its name");
     let kernel_path = PathBuf::from(

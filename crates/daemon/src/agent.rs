@@ -247,33 +247,14 @@ fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) 
     }
 }
 
-/// The error a handler returns for an agent failure.
-pub fn rpc_error(vm: &str, e: &AgentError) -> crate::dispatch::RpcError {
-    use banger_proto::ErrorCode;
-    let code = match e {
-        AgentError::Refused {
-            code: AgentErrorCode::NotFound,
-            ..
-        } => ErrorCode::NotFound,
-        AgentError::Refused {
-            code: AgentErrorCode::BadRequest,
-            ..
-        } => ErrorCode::BadParams,
-        _ => ErrorCode::OperationFailed,
-    };
-    crate::dispatch::RpcError::new(
-        code,
-        format!("vm {vm}: {}", crate::dispatch::error_chain(e)),
-    )
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::net::UnixListener;
 
-    /// A fake agent: answers Hello with `protocol`, Health with HealthOk.
-    async fn fake_agent(listener: UnixListener, protocol: u32) {
+    /// A fake agent: answers Hello with `protocol`, Health with HealthOk,
+    /// and refuses Ports (not found).
+    pub(crate) async fn fake_agent(listener: UnixListener, protocol: u32) {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut d = FrameDecoder::new();
         let mut buf = vec![0u8; 4096];

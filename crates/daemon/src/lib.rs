@@ -71,7 +71,11 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
             tracing::error!(error = %e, "reconcile failed; continuing");
         }
         // Stats samples of running VMs, so `vm stats` can tell CPU usage.
-        vms::guest::spawn_sampler(Arc::clone(&state), state.config.stats_interval);
+        vms::guest::spawn_sampler(
+            Arc::clone(&state.guest),
+            state.config.stats_interval,
+            state.shutdown.clone(),
+        );
         // Measure the host's TSC rate for TCG guests now, off the path of
         // the first boot (cached per host boot, so usually a file read).
         tokio::spawn({

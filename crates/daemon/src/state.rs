@@ -20,16 +20,14 @@ pub struct DaemonState {
     /// idle connection watch it.
     pub shutdown: CancellationToken,
     pub ops: crate::ops::OpRegistry,
-    pub vms: crate::vms::VmTable,
+    pub vms: Arc<crate::vms::VmTable>,
     pub reservations: crate::vms::Reservations,
     pub artifact_locks: crate::artifacts::ArtifactLocks,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
     pub ssh: crate::ssh::SshPaths,
     pub network: Arc<crate::network::Network>,
-    /// Running `vm exec` sessions.
-    pub execs: crate::vms::guest::ExecTable,
-    /// The latest stats sample per VM (CPU usage needs two).
-    pub guest_stats: crate::vms::guest::StatsCache,
+    /// Guest access: readiness, stats, ports, exec, cp.
+    pub guest: Arc<crate::vms::guest::Guest>,
     #[cfg(test)]
     pub probe: crate::handlers::test_methods::Probe,
 }
@@ -42,6 +40,14 @@ impl DaemonState {
         shutdown: CancellationToken,
     ) -> Self {
         let db = crate::db::Db::new(store);
+        let vms: Arc<crate::vms::VmTable> = Arc::default();
+        let guest = Arc::new(crate::vms::guest::Guest::new(
+            db.clone(),
+            Arc::clone(&vms),
+            Arc::clone(&vmm),
+            &config.layout.data_dir,
+            config.boot_timeout,
+        ));
         Self {
             ssh: crate::ssh::SshPaths::new(&config.layout),
             network: Arc::new(crate::network::Network::new(
@@ -50,14 +56,13 @@ impl DaemonState {
                 config.tap_pool,
                 shutdown.clone(),
             )),
-            execs: Default::default(),
-            guest_stats: Default::default(),
+            guest,
             config,
             started: Instant::now(),
             db,
             shutdown,
             ops: Default::default(),
-            vms: Default::default(),
+            vms,
             reservations: Default::default(),
             artifact_locks: Default::default(),
             vmm,

@@ -101,6 +101,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         E::Cancelled(_) | E::CreateCancelled => ErrorCode::Cancelled,
         E::StartFailed { cause, .. } => vm_code(cause),
         E::Network(e) => network_code(e),
+        E::Guest(e) => guest_code(e),
         E::Store(e) => store_code(e),
         E::Legacy(e) => e.code,
         E::NoRootStrategy(_)
@@ -115,5 +116,55 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::Vmm(_)
         | E::Disk(_)
         | E::Ssh(_) => ErrorCode::OperationFailed,
+    }
+}
+
+impl From<crate::vms::guest::GuestError> for RpcError {
+    fn from(e: crate::vms::guest::GuestError) -> Self {
+        Self::from_domain(guest_code(&e), &e)
+    }
+}
+
+pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
+    use crate::vms::guest::GuestError as E;
+    match e {
+        E::Store(e) => store_code(e),
+        E::Cancelled(_) => ErrorCode::Cancelled,
+        E::NotRunning { .. } => ErrorCode::NotRunning,
+        E::Agent { source, .. } => agent_code(source),
+        E::NothingToRun
+        | E::Stdin(_)
+        | E::NotAbsolute { .. }
+        | E::GuestNamesNoFile(_)
+        | E::HostNamesNoFile(_)
+        | E::Symlink(_)
+        | E::BadDestination(_)
+        | E::NotAFile(_) => ErrorCode::BadParams,
+        E::NoExecSession(_) | E::NoHostFile { .. } => ErrorCode::NotFound,
+        E::NoAgent { .. }
+        | E::BootTimeout { .. }
+        | E::VmmExited
+        | E::ExecLost { .. }
+        | E::HostFile { .. }
+        | E::HostWriterGone
+        | E::Task(..) => ErrorCode::OperationFailed,
+    }
+}
+
+/// What the guest agent refused maps to the caller's mistake (not found,
+/// bad params); anything else about the agent is a failed operation.
+pub(crate) fn agent_code(e: &crate::agent::AgentError) -> ErrorCode {
+    use crate::agent::AgentError as E;
+    use banger_proto::agent::AgentErrorCode;
+    match e {
+        E::Refused {
+            code: AgentErrorCode::NotFound,
+            ..
+        } => ErrorCode::NotFound,
+        E::Refused {
+            code: AgentErrorCode::BadRequest,
+            ..
+        } => ErrorCode::BadParams,
+        _ => ErrorCode::OperationFailed,
     }
 }

@@ -138,27 +138,27 @@ pub(crate) async fn ssh_info(ctx: RequestCtx, p: Value) -> HandlerResult {
 
 pub(crate) async fn stats(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_STATS, p)?;
-    to_value(vms::guest::stats(&ctx.state, &name).await?)
+    to_value(ctx.state.guest.stats(&name).await?)
 }
 
 pub(crate) async fn ports(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_PORTS, p)?;
-    to_value(vms::guest::ports(&ctx.state, &name).await?)
+    to_value(ctx.state.guest.ports(&name).await?)
 }
 
 pub(crate) async fn exec_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: ExecBeginParams = params(methods::VM_EXEC_BEGIN, p)?;
-    to_value(vms::guest::exec_begin(&ctx.state, p).await?)
+    to_value(ctx.state.guest.exec_begin(p).await?)
 }
 
 pub(crate) async fn exec_io(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: ExecIoParams = params(methods::VM_EXEC_IO, p)?;
-    to_value(vms::guest::exec_io(&ctx.state, p).await?)
+    to_value(ctx.state.guest.exec_io(p).await?)
 }
 
 /// A copy stops (and leaves nothing half-written on the host) when the
 /// client goes away: the request's future, and the copy with it, is dropped.
 pub(crate) async fn cp(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: CpParams = params(methods::VM_CP, p)?;
-    to_value(vms::guest::cp(&ctx.state, p).await?)
+    to_value(ctx.state.guest.cp(p).await?)
 }

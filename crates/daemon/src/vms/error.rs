@@ -76,6 +76,8 @@ pub enum VmError {
     #[error(transparent)]
     Ssh(#[from] SshError),
     #[error(transparent)]
+    Guest(#[from] super::guest::GuestError),
+    #[error(transparent)]
     Store(#[from] banger_store::StoreError),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),

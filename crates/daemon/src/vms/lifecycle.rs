@@ -255,7 +255,7 @@ async fn boot(
 
     if handles.agent.is_some() {
         ctx.stage("wait for agent");
-        super::guest::wait_for_agent(state, vm, &handles, ctx.cancel_token()).await?;
+        state.guest.wait_for_agent(vm, &handles, ctx).await?;
     }
 
     ctx.stage("wait for ssh");

@@ -1,0 +1,387 @@
+//! File copy between the host and the guest, streamed; a host file is
+//! written to a temporary file beside its destination (created with
+//! `O_NOFOLLOW`) and renamed over it once complete.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_proto::agent::{self, Frame, Message};
+use banger_proto::vm::{CpParams, CpResult};
+use tokio::sync::mpsc;
+
+use super::{CALL_TIMEOUT, Guest, GuestError};
+use crate::agent::{AgentConn, AgentError};
+
+impl Guest {
+    /// Copies one file between the host and the VM `p.name` (name or id),
+    /// streaming.
+    pub async fn cp(&self, p: CpParams) -> Result<CpResult, GuestError> {
+        if !p.guest_path.starts_with('/') {
+            return Err(GuestError::NotAbsolute {
+                side: "guest",
+                path: p.guest_path,
+            });
+        }
+        let host = PathBuf::from(&p.host_path);
+        if !host.is_absolute() {
+            return Err(GuestError::NotAbsolute {
+                side: "host",
+                path: p.host_path,
+            });
+        }
+        let (vm, conn) = self.agent_for(&p.name).await?;
+        if p.to_guest {
+            to_guest(&vm.name, &conn, &host, &p.guest_path).await
+        } else {
+            from_guest(&vm.name, &conn, &p.guest_path, &host).await
+        }
+    }
+}
+
+async fn to_guest(
+    vm: &str,
+    conn: &AgentConn,
+    host: &Path,
+    guest: &str,
+) -> Result<CpResult, GuestError> {
+    let meta = std::fs::metadata(host).map_err(|source| GuestError::NoHostFile {
+        path: host.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(GuestError::NotAFile(host.to_owned()));
+    }
+    let guest = if guest.ends_with('/') {
+        let base = host
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{guest}{base}")
+    } else {
+        guest.to_owned()
+    };
+    let mode = meta.mode() & 0o7777;
+    let (id, mut rx) = conn
+        .start(
+            |id| Message::WriteFile {
+                id,
+                path: guest.clone(),
+                mode,
+            },
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| GuestError::agent(vm, e))?;
+    // Read on a blocking thread, send chunk by chunk (bounded channel).
+    let (tx, mut chunks) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let path = host.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; agent::MAX_BODY_BYTES];
+            match f.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let mut bytes = 0u64;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(GuestError::host_file("read", host))?;
+        bytes += chunk.len() as u64;
+        if let Ok(Some(Frame {
+            msg: Message::Error { code, message, .. },
+            ..
+        })) = tokio::time::timeout(Duration::ZERO, rx.recv()).await
+        {
+            conn.finish(id);
+            return Err(GuestError::agent(vm, AgentError::Refused { code, message }));
+        }
+        conn.send(Frame::with_body(Message::FileData { id }, chunk))
+            .await
+            .map_err(|e| GuestError::agent(vm, e))?;
+    }
+    conn.send(Frame::new(Message::FileEnd { id }))
+        .await
+        .map_err(|e| GuestError::agent(vm, e))?;
+    let reply = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await;
+    conn.finish(id);
+    match reply {
+        Ok(Some(Frame {
+            msg: Message::Done { .. },
+            ..
+        })) => Ok(CpResult {
+            bytes,
+            mode,
+            destination: guest,
+        }),
+        Ok(Some(Frame {
+            msg: Message::Error { code, message, .. },
+            ..
+        })) => Err(GuestError::agent(vm, AgentError::Refused { code, message })),
+        Ok(Some(other)) => Err(GuestError::agent(
+            vm,
+            AgentError::Unexpected(format!("{:?}", other.msg)),
+        )),
+        Ok(None) => Err(GuestError::agent(vm, AgentError::Lost)),
+        Err(_) => Err(GuestError::agent(vm, AgentError::Timeout(120))),
+    }
+}
+
+async fn from_guest(
+    vm: &str,
+    conn: &AgentConn,
+    guest: &str,
+    host: &Path,
+) -> Result<CpResult, GuestError> {
+    let (dir, name) = host_destination(host, guest)?;
+    let (id, mut rx) = conn
+        .start(
+            |id| Message::ReadFile {
+                id,
+                path: guest.to_owned(),
+            },
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| GuestError::agent(vm, e))?;
+    let first = tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await;
+    let mode = match first {
+        Ok(Some(Frame {
+            msg: Message::FileInfo { mode, .. },
+            ..
+        })) => mode & 0o7777,
+        Ok(Some(Frame {
+            msg: Message::Error { code, message, .. },
+            ..
+        })) => {
+            conn.finish(id);
+            return Err(GuestError::agent(vm, AgentError::Refused { code, message }));
+        }
+        Ok(Some(other)) => {
+            conn.finish(id);
+            return Err(GuestError::agent(
+                vm,
+                AgentError::Unexpected(format!("{:?}", other.msg)),
+            ));
+        }
+        Ok(None) => return Err(GuestError::agent(vm, AgentError::Lost)),
+        Err(_) => {
+            conn.finish(id);
+            return Err(GuestError::agent(
+                vm,
+                AgentError::Timeout(CALL_TIMEOUT.as_secs()),
+            ));
+        }
+    };
+    let writer = HostFile::create(&dir, &name, mode)?;
+    let dest_name = name.clone();
+    let (tx, wrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let write_task = tokio::task::spawn_blocking(move || -> Result<(u64, HostFile), GuestError> {
+        let mut writer = writer;
+        let mut total = 0u64;
+        for chunk in wrx {
+            writer.write(&chunk)?;
+            total += chunk.len() as u64;
+        }
+        Ok((total, writer))
+    });
+    let mut failure = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(Frame {
+                msg: Message::FileData { .. },
+                body,
+            })) => {
+                let tx = tx.clone();
+                // A full channel means the disk is slower: wait off the runtime.
+                if tokio::task::spawn_blocking(move || tx.send(body))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_none()
+                {
+                    failure = Some(GuestError::HostWriterGone);
+                    break;
+                }
+            }
+            Ok(Some(Frame {
+                msg: Message::FileEnd { .. },
+                ..
+            })) => break,
+            Ok(Some(Frame {
+                msg: Message::Error { code, message, .. },
+                ..
+            })) => {
+                failure = Some(GuestError::agent(vm, AgentError::Refused { code, message }));
+                break;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                failure = Some(GuestError::agent(vm, AgentError::Lost));
+                break;
+            }
+            Err(_) => {
+                failure = Some(GuestError::agent(vm, AgentError::Timeout(60)));
+                break;
+            }
+        }
+    }
+    conn.finish(id);
+    drop(tx);
+    let written = write_task.await.map_err(|e| GuestError::Task("write", e))?;
+    if let Some(e) = failure {
+        // The temporary file is removed by HostFile's drop.
+        return Err(e);
+    }
+    let (bytes, file) = written?;
+    tokio::task::spawn_blocking(move || file.finish(&name))
+        .await
+        .map_err(|e| GuestError::Task("rename", e))??;
+    Ok(CpResult {
+        bytes,
+        mode,
+        destination: dir.join(&dest_name).display().to_string(),
+    })
+}
+
+/// The directory and file name a guest file lands at: into `host` if it is
+/// a directory (keeping the guest file's name), else `host` itself. The
+/// final name is never a symlink (it is replaced by rename, never
+/// followed), so nothing is written outside the destination directory.
+fn host_destination(host: &Path, guest: &str) -> Result<(PathBuf, String), GuestError> {
+    let guest_name = Path::new(guest)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| GuestError::GuestNamesNoFile(guest.to_owned()))?;
+    let (dir, name) = match std::fs::symlink_metadata(host) {
+        Ok(m) if m.is_dir() => (host.to_owned(), guest_name),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(GuestError::Symlink(host.to_owned()));
+        }
+        _ => {
+            let name = host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| GuestError::HostNamesNoFile(host.to_owned()))?;
+            let dir = host
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("/"));
+            (dir, name)
+        }
+    };
+    if name == "." || name == ".." || name.contains('/') {
+        return Err(GuestError::BadDestination(name));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(dir.join(&name)) {
+        if m.file_type().is_symlink() {
+            return Err(GuestError::Symlink(dir.join(&name)));
+        }
+    }
+    Ok((dir, name))
+}
+
+fn temp_name(name: &str) -> String {
+    format!(".{name}.banger-cp")
+}
+
+/// A temporary file beside the destination, created without following
+/// symlinks; removed on drop unless [`HostFile::finish`] renamed it.
+#[derive(Debug)]
+struct HostFile {
+    path: PathBuf,
+    file: std::fs::File,
+    mode: u32,
+    done: bool,
+}
+
+impl HostFile {
+    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, GuestError> {
+        let path = dir.join(temp_name(name));
+        let _ = std::fs::remove_file(&path);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(GuestError::host_file("create", &path))?;
+        Ok(Self {
+            path,
+            file,
+            mode,
+            done: false,
+        })
+    }
+
+    /// Flushes, sets the guest file's mode (the umask may have cut bits)
+    /// and renames over `name` in the same directory.
+    fn finish(mut self, name: &str) -> Result<(), GuestError> {
+        self.file
+            .sync_all()
+            .map_err(GuestError::host_file("sync", &self.path))?;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(self.mode))
+            .map_err(GuestError::host_file("chmod", &self.path))?;
+        let dest = self.path.with_file_name(name);
+        std::fs::rename(&self.path, &dest).map_err(GuestError::host_file("rename", &self.path))?;
+        self.done = true;
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), GuestError> {
+        self.file
+            .write_all(data)
+            .map_err(GuestError::host_file("write", &self.path))
+    }
+}
+
+impl Drop for HostFile {
+    fn drop(&mut self) {
+        if !self.done {
+            // The copy did not finish: leave nothing half-written behind.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_destinations_never_go_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (into, name) = host_destination(d, "/root/data.bin").unwrap();
+        assert_eq!((into.as_path(), name.as_str()), (d, "data.bin"));
+        let (_, renamed) = host_destination(&d.join("copy.bin"), "/root/data.bin").unwrap();
+        assert_eq!(renamed, "copy.bin");
+        std::os::unix::fs::symlink("/etc/passwd", d.join("evil")).unwrap();
+        assert!(host_destination(&d.join("evil"), "/root/x").is_err());
+        std::os::unix::fs::symlink("/etc", d.join("evil-dir")).unwrap();
+        assert!(host_destination(&d.join("evil-dir"), "/root/x").is_err());
+        std::os::unix::fs::symlink("/etc/shadow", d.join("x")).unwrap();
+        assert!(
+            host_destination(d, "/root/x").is_err(),
+            "a symlink named like the file"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! What can go wrong reaching a guest; the wire codes are given in
+//! `crate::dispatch::errors`.
+
+use std::path::PathBuf;
+
+use crate::agent::AgentError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error(transparent)]
+    Store(#[from] banger_store::StoreError),
+    #[error(transparent)]
+    Cancelled(#[from] crate::op::Cancelled),
+    #[error("vm {vm} is not running (start it with: banger vm start {vm})")]
+    NotRunning { vm: String },
+    #[error("vm {vm} has no guest agent: its image was built without one (rebuild the image)")]
+    NoAgent { vm: String },
+    /// A call to the VM's agent failed (or the agent refused it).
+    #[error("vm {vm}")]
+    Agent {
+        vm: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("the guest agent did not answer within {secs} s")]
+    BootTimeout { secs: u64 },
+    #[error("the vmm exited during boot")]
+    VmmExited,
+
+    // Bad input.
+    #[error("nothing to run: give a command after --")]
+    NothingToRun,
+    #[error("stdin is not base64")]
+    Stdin(#[source] base64::DecodeError),
+    /// `side` is `guest` or `host`.
+    #[error("{side} path {path:?} must be absolute")]
+    NotAbsolute { side: &'static str, path: String },
+    #[error("guest path {0:?} names no file")]
+    GuestNamesNoFile(String),
+    #[error("{} names no file", .0.display())]
+    HostNamesNoFile(PathBuf),
+    #[error("refusing to write through the symlink {}", .0.display())]
+    Symlink(PathBuf),
+    #[error("bad destination name {0:?}")]
+    BadDestination(String),
+    #[error("{} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
+
+    #[error("no exec session {0:?}")]
+    NoExecSession(String),
+    /// The exec's stream ended without an exit status.
+    #[error("vm {vm}: exec: {reason}")]
+    ExecLost { vm: String, reason: String },
+    /// The host file to copy into the guest cannot be looked at.
+    #[error("{}", path.display())]
+    NoHostFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing a host file failed; `action` is `read`,
+    /// `create`, `write`, `sync`, `chmod` or `rename`.
+    #[error("{action} {}", path.display())]
+    HostFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the host file failed")]
+    HostWriterGone,
+    #[error("{0} task failed")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+}
+
+impl GuestError {
+    pub(super) fn agent(vm: &str, source: AgentError) -> Self {
+        Self::Agent {
+            vm: vm.to_owned(),
+            source,
+        }
+    }
+
+    pub(super) fn host_file(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| Self::HostFile {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Exec sessions: started by `vm.exec.begin`, driven by `vm.exec.io`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_proto::agent::{self, Frame, Message};
+use banger_proto::vm::{ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::{Notify, mpsc};
+
+use super::{CALL_TIMEOUT, Guest, GuestError};
+use crate::agent::{AgentConn, AgentError};
+
+/// An exec session nobody polled for this long is killed and dropped.
+pub(super) const EXEC_IDLE: Duration = Duration::from_secs(120);
+/// Output held for a client that polls slowly, per stream.
+const EXEC_BUFFER_LIMIT: usize = 16 << 20;
+
+#[derive(Debug, Default)]
+struct ExecOutput {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exited: Option<(Option<i32>, Option<String>)>,
+    lost: Option<String>,
+}
+
+#[derive(Debug)]
+struct ExecSession {
+    vm: String,
+    conn: Arc<AgentConn>,
+    id: u64,
+    out: Mutex<ExecOutput>,
+    changed: Notify,
+    last_poll: Mutex<Instant>,
+}
+
+/// Running exec sessions by id.
+#[derive(Debug, Default)]
+pub(super) struct ExecTable(Mutex<HashMap<String, Arc<ExecSession>>>);
+
+impl ExecTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ExecSession>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ExecSession {
+    fn output(&self) -> std::sync::MutexGuard<'_, ExecOutput> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Guest {
+    /// Starts `p.argv` in the VM `p.name` (name or id): a session the
+    /// client then drives with [`Guest::exec_io`].
+    pub async fn exec_begin(&self, p: ExecBeginParams) -> Result<ExecBegun, GuestError> {
+        if p.argv.is_empty() || p.argv[0].is_empty() {
+            return Err(GuestError::NothingToRun);
+        }
+        self.reap_idle_execs();
+        let (vm, conn) = self.agent_for(&p.name).await?;
+        let (id, mut rx) = conn
+            .start(
+                |id| Message::Exec {
+                    id,
+                    argv: p.argv.clone(),
+                    env: p.env.clone(),
+                    cwd: None,
+                    tty: p.tty,
+                    rows: p.rows.unwrap_or(24),
+                    cols: p.cols.unwrap_or(80),
+                },
+                Vec::new(),
+            )
+            .await
+            .map_err(|e| GuestError::agent(&vm.name, e))?;
+        let pid = match tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await {
+            Ok(Some(Frame {
+                msg: Message::Started { pid, .. },
+                ..
+            })) => pid,
+            Ok(Some(Frame {
+                msg: Message::Error { code, message, .. },
+                ..
+            })) => {
+                conn.finish(id);
+                return Err(GuestError::agent(
+                    &vm.name,
+                    AgentError::Refused { code, message },
+                ));
+            }
+            Ok(Some(other)) => {
+                conn.finish(id);
+                return Err(GuestError::agent(
+                    &vm.name,
+                    AgentError::Unexpected(format!("{:?}", other.msg)),
+                ));
+            }
+            Ok(None) => return Err(GuestError::agent(&vm.name, AgentError::Lost)),
+            Err(_) => {
+                conn.finish(id);
+                return Err(GuestError::agent(
+                    &vm.name,
+                    AgentError::Timeout(CALL_TIMEOUT.as_secs()),
+                ));
+            }
+        };
+        let session = Arc::new(ExecSession {
+            vm: vm.name.clone(),
+            conn: Arc::clone(&conn),
+            id,
+            out: Mutex::default(),
+            changed: Notify::new(),
+            last_poll: Mutex::new(Instant::now()),
+        });
+        tokio::spawn(pump_exec(Arc::clone(&session), rx));
+        let exec_id = format!("ex-{}", Alphanumeric.sample_string(&mut rand::rng(), 10));
+        self.execs.lock().insert(exec_id.clone(), session);
+        tracing::info!(vm = %vm.name, exec_id, pid, argv = ?p.argv, "exec started");
+        Ok(ExecBegun { exec_id, pid })
+    }
+}
+
+/// Moves the agent's events for one exec into its buffers.
+async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    loop {
+        let Some(frame) = rx.recv().await else {
+            s.output().lost = Some("the connection to the guest agent was lost".into());
+            s.changed.notify_waiters();
+            return;
+        };
+        {
+            let mut out = s.output();
+            match frame.msg {
+                Message::Stdout { .. } if out.stdout.len() < EXEC_BUFFER_LIMIT => {
+                    out.stdout.extend_from_slice(&frame.body)
+                }
+                Message::Stderr { .. } if out.stderr.len() < EXEC_BUFFER_LIMIT => {
+                    out.stderr.extend_from_slice(&frame.body)
+                }
+                Message::Exited { code, signal, .. } => out.exited = Some((code, signal)),
+                Message::Error { message, .. } => out.lost = Some(message),
+                _ => {}
+            }
+        }
+        s.changed.notify_waiters();
+        let done = {
+            let out = s.output();
+            out.exited.is_some() || out.lost.is_some()
+        };
+        if done {
+            s.conn.finish(s.id);
+            return;
+        }
+    }
+}
+
+impl Guest {
+    /// Feeds a session its input (stdin, resize, signal) and returns its
+    /// output since the last call, waiting up to `p.wait_ms` for some.
+    pub async fn exec_io(&self, p: ExecIoParams) -> Result<ExecIoResult, GuestError> {
+        let session = self
+            .execs
+            .lock()
+            .get(&p.exec_id)
+            .cloned()
+            .ok_or_else(|| GuestError::NoExecSession(p.exec_id.clone()))?;
+        *session.last_poll.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let send = |frame: Frame| {
+            let session = Arc::clone(&session);
+            async move {
+                session
+                    .conn
+                    .send(frame)
+                    .await
+                    .map_err(|e| GuestError::agent(&session.vm, e))
+            }
+        };
+        if let Some(data) = &p.stdin {
+            let bytes = B64.decode(data).map_err(GuestError::Stdin)?;
+            for chunk in agent::chunks(&bytes) {
+                send(Frame::with_body(
+                    Message::Stdin { id: session.id },
+                    chunk.to_vec(),
+                ))
+                .await?;
+            }
+        }
+        if p.stdin_eof {
+            send(Frame::new(Message::Stdin { id: session.id })).await?;
+        }
+        if let (Some(rows), Some(cols)) = (p.rows, p.cols) {
+            send(Frame::new(Message::Resize {
+                id: session.id,
+                rows,
+                cols,
+            }))
+            .await?;
+        }
+        if let Some(signal) = &p.signal {
+            send(Frame::new(Message::Signal {
+                id: session.id,
+                signal: signal.clone(),
+            }))
+            .await?;
+        }
+        let wait = Duration::from_millis(u64::from(p.wait_ms.unwrap_or(500).min(30_000)));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = session.changed.notified();
+            {
+                let mut out = session.output();
+                let ready = !out.stdout.is_empty()
+                    || !out.stderr.is_empty()
+                    || out.exited.is_some()
+                    || out.lost.is_some();
+                if ready || tokio::time::Instant::now() >= deadline {
+                    let mut result = ExecIoResult {
+                        stdout: B64.encode(std::mem::take(&mut out.stdout)),
+                        stderr: B64.encode(std::mem::take(&mut out.stderr)),
+                        ..Default::default()
+                    };
+                    if let Some(lost) = out.lost.clone() {
+                        drop(out);
+                        self.execs.lock().remove(&p.exec_id);
+                        return Err(GuestError::ExecLost {
+                            vm: session.vm.clone(),
+                            reason: lost,
+                        });
+                    }
+                    if let Some((code, signal)) = out.exited.clone() {
+                        result.done = true;
+                        result.exit_code = code;
+                        result.signal = signal;
+                        drop(out);
+                        self.execs.lock().remove(&p.exec_id);
+                    }
+                    return Ok(result);
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Kills and forgets sessions whose client went away without finishing.
+    fn reap_idle_execs(&self) {
+        let idle: Vec<Arc<ExecSession>> = {
+            let mut table = self.execs.lock();
+            let ids: Vec<String> = table
+                .iter()
+                .filter(|(_, s)| {
+                    s.last_poll
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .elapsed()
+                        > EXEC_IDLE
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| table.remove(id)).collect()
+        };
+        for s in idle {
+            tracing::warn!(vm = %s.vm, "exec session abandoned by its client; killing it");
+            tokio::spawn(async move {
+                let _ = s
+                    .conn
+                    .send(Frame::new(Message::Signal {
+                        id: s.id,
+                        signal: "KILL".into(),
+                    }))
+                    .await;
+                s.conn.finish(s.id);
+            });
+        }
+    }
+}

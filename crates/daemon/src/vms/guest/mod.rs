@@ -1,0 +1,103 @@
+//! What the daemon does through a VM's guest agent (docs/agent.md):
+//! readiness, stats, listening ports, exec sessions and file copy, behind
+//! one service, [`Guest`].
+//!
+//! Exec is a session the CLI drives with `vm.exec.io` calls (input in,
+//! output since the last call out, long-polled), so it fits the daemon's
+//! one-request-one-answer protocol. A session whose client stops polling
+//! for [`exec::EXEC_IDLE`] is signalled KILL and forgotten.
+
+mod cp;
+mod error;
+mod exec;
+mod ready;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use error::GuestError;
+pub use stats::spawn_sampler;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_store::VmRecord;
+
+use super::VmTable;
+use crate::agent::AgentConn;
+use crate::db::Db;
+
+/// How long one agent request may take (exec and copies excepted).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Guest access: everything done through a running VM's agent.
+#[derive(Debug)]
+pub struct Guest {
+    db: Db,
+    /// The handles and agent connections of running VMs (shared with the
+    /// VM lifecycle).
+    vms: Arc<VmTable>,
+    /// To tell, while waiting for the agent, whether the VMM still runs.
+    vmm: Arc<dyn banger_vmm::Vmm>,
+    /// `DATA/vms`: each VM's directory (agent socket) is `vm_root/ID`, as
+    /// in `vms::vm_dir`.
+    vm_root: PathBuf,
+    /// How long a booting VM's agent may take to answer.
+    boot_timeout: Duration,
+    /// Running `vm exec` sessions.
+    execs: exec::ExecTable,
+    /// The latest stats sample per VM (CPU usage needs two).
+    stats: stats::StatsCache,
+}
+
+impl Guest {
+    pub fn new(
+        db: Db,
+        vms: Arc<VmTable>,
+        vmm: Arc<dyn banger_vmm::Vmm>,
+        data_dir: &Path,
+        boot_timeout: Duration,
+    ) -> Self {
+        Self {
+            db,
+            vms,
+            vmm,
+            vm_root: data_dir.join("vms"),
+            boot_timeout,
+            execs: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
+    /// The host end of the VM's agent channel.
+    fn agent_socket(&self, vm_id: &str) -> PathBuf {
+        banger_vmm::VmFiles::in_dir(&self.vm_root.join(vm_id)).agent_socket
+    }
+
+    /// Looks a VM up by name or id.
+    async fn find(&self, name: &str) -> Result<VmRecord, GuestError> {
+        let name = name.to_owned();
+        Ok(self.db.call(move |s| s.vm(&name)).await?)
+    }
+
+    /// The agent of a running VM (by name or id): the open connection, or
+    /// a new one (after a daemon restart).
+    pub async fn agent_for(&self, name: &str) -> Result<(VmRecord, Arc<AgentConn>), GuestError> {
+        let vm = self.find(name).await?;
+        let Some(handles) = self.vms.handles(&vm.id) else {
+            return Err(GuestError::NotRunning { vm: vm.name });
+        };
+        if handles.agent.is_none() {
+            return Err(GuestError::NoAgent { vm: vm.name });
+        }
+        if let Some(conn) = self.vms.agent(&vm.id) {
+            return Ok((vm, conn));
+        }
+        let conn = AgentConn::connect(&self.agent_socket(&vm.id), Duration::from_secs(10))
+            .await
+            .map_err(|e| GuestError::agent(&vm.name, e))?;
+        self.vms.set_agent(&vm.id, Arc::clone(&conn));
+        Ok((vm, conn))
+    }
+}

@@ -1,0 +1,247 @@
+//! Guest errors as the edge sees them (chains, codes), and the service
+//! against a fake agent on the VM's agent socket: no VM needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_proto::ErrorCode;
+use banger_proto::agent::{AGENT_PROTOCOL_VERSION, AgentErrorCode};
+use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
+use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use super::super::Handles;
+use super::GuestError;
+use crate::DaemonState;
+use crate::agent::AgentError;
+use crate::dispatch::RpcError;
+use crate::dispatch::tests::test_state_with;
+use crate::error::chain;
+use crate::op::OpCtx;
+
+#[test]
+fn an_agent_error_chain_prints_each_cause_once() {
+    let e = GuestError::agent(
+        "dev",
+        AgentError::Connect {
+            socket: "/run/banger/vms/id-dev/agent.sock".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such socket"),
+        },
+    );
+    let text = chain(&e);
+    assert_eq!(
+        text,
+        "vm dev: connect to the guest agent at /run/banger/vms/id-dev/agent.sock: no such socket"
+    );
+    for part in ["vm dev", "connect to the guest agent", "no such socket"] {
+        assert_eq!(text.matches(part).count(), 1, "{part:?} in {text:?}");
+    }
+    let wire = RpcError::from(e);
+    assert_eq!(wire.code, ErrorCode::OperationFailed);
+    assert_eq!(wire.message, text);
+
+    let e = GuestError::host_file("write", std::path::Path::new("/tmp/.x.banger-cp"))(
+        std::io::Error::other("disk full"),
+    );
+    assert_eq!(chain(&e), "write /tmp/.x.banger-cp: disk full");
+}
+
+#[test]
+fn codes_at_the_edge() {
+    let refused = |code| {
+        GuestError::agent(
+            "dev",
+            AgentError::Refused {
+                code,
+                message: "nope".into(),
+            },
+        )
+    };
+    let cases = [
+        (refused(AgentErrorCode::NotFound), ErrorCode::NotFound),
+        (refused(AgentErrorCode::BadRequest), ErrorCode::BadParams),
+        (
+            GuestError::agent("dev", AgentError::Lost),
+            ErrorCode::OperationFailed,
+        ),
+        (
+            GuestError::NotRunning { vm: "dev".into() },
+            ErrorCode::NotRunning,
+        ),
+        (
+            GuestError::NoAgent { vm: "dev".into() },
+            ErrorCode::OperationFailed,
+        ),
+        (crate::op::Cancelled.into(), ErrorCode::Cancelled),
+        (GuestError::NothingToRun, ErrorCode::BadParams),
+        (
+            GuestError::NoExecSession("ex-x".into()),
+            ErrorCode::NotFound,
+        ),
+        (
+            banger_store::StoreError::NotFound {
+                kind: "vm",
+                name: "ghost".into(),
+            }
+            .into(),
+            ErrorCode::NotFound,
+        ),
+    ];
+    for (e, code) in cases {
+        let text = chain(&e);
+        assert_eq!(RpcError::from(e).code, code, "{text}");
+    }
+}
+
+/// A VMM that always runs (the wait for the agent asks).
+#[derive(Debug)]
+struct Running;
+
+impl Vmm for Running {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+    fn launch(&self, _: &VmSpec) -> Result<VmHandle, VmmError> {
+        Err(VmmError::InvalidSpec("no launches here".into()))
+    }
+    fn request_shutdown(&self, _: &VmHandle) -> Result<(), VmmError> {
+        Ok(())
+    }
+    fn kill(&self, _: &VmHandle, _: Signal) -> Result<(), VmmError> {
+        Ok(())
+    }
+    fn is_running(&self, _: &VmHandle, _: &str) -> bool {
+        true
+    }
+    fn wait_exit(&self, _: &VmHandle, _: Duration) -> Result<bool, VmmError> {
+        Ok(false)
+    }
+    fn status(&self, _: &VmHandle) -> Result<VmRunState, VmmError> {
+        Ok(VmRunState::Running)
+    }
+}
+
+/// A stopped VM `dev` (id `id-dev`) whose image has an agent.
+fn seed(state: &Arc<DaemonState>) -> VmRecord {
+    let root = state.config.layout.data_dir.clone();
+    let kernel = KernelRecord {
+        id: "k1".into(),
+        name: "debian-cloud".into(),
+        source: "test".into(),
+        kernel_path: root.join("kernels/k/vmlinuz"),
+        initrd_path: None,
+        modules_dir: None,
+        version: None,
+        sha256: None,
+        created_at_ms: 0,
+    };
+    let image = ImageRecord {
+        id: "i1".into(),
+        name: "default".into(),
+        source: "test".into(),
+        rootfs_path: root.join("images/i/rootfs.ext4"),
+        work_seed_path: None,
+        fingerprint: None,
+        size_bytes: 1,
+        managed: false,
+        created_at_ms: 0,
+        has_agent: true,
+    };
+    let vm = VmRecord {
+        id: "id-dev".into(),
+        name: "dev".into(),
+        image_id: "i1".into(),
+        kernel_id: "k1".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        disk_size_bytes: 1 << 30,
+        network_mode: banger_proto::NetworkMode::User,
+        backend: Some(banger_proto::Backend::Qemu),
+        disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
+        published_ports: vec![],
+        state: VmState::Stopped,
+        last_error: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let store = state.lock_store_for_tests();
+    store.insert_kernel(&kernel).unwrap();
+    store.insert_image(&image).unwrap();
+    store.insert_vm(&vm).unwrap();
+    vm
+}
+
+fn handles(dir: &std::path::Path) -> Handles {
+    Handles {
+        vmm: VmHandle {
+            pid: 4_000_001,
+            control_socket: dir.join("qmp.sock"),
+            backend: BackendKind::Qemu,
+        },
+        ssh_host: "127.0.0.1".into(),
+        ssh_port: 2222,
+        accel: "tcg".into(),
+        bridged: None,
+        agent: Some("virtio-serial".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_vm_is_not_running_and_an_agent_refusal_is_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(Running));
+    let vm = seed(&state);
+
+    let e = RpcError::from(state.guest.ports("dev").await.unwrap_err());
+    assert_eq!(e.code, ErrorCode::NotRunning, "{}", e.message);
+    assert_eq!(
+        e.message,
+        "vm dev is not running (start it with: banger vm start dev)"
+    );
+
+    // "Running": handles, and a fake agent on the VM's agent socket.
+    let dir = super::super::vm_dir(&state, &vm.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(
+        state.guest.agent_socket(&vm.id),
+        banger_vmm::VmFiles::in_dir(&dir).agent_socket,
+        "the service finds the VM's directory where the lifecycle puts it"
+    );
+    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
+    tokio::spawn(crate::agent::tests::fake_agent(
+        listener,
+        AGENT_PROTOCOL_VERSION,
+    ));
+    let h = handles(&dir);
+    state.vms.set_handles(&vm.id, h.clone());
+    let ctx = OpCtx::new(crate::op::mint(), CancellationToken::new());
+    state.guest.wait_for_agent(&vm, &h, &ctx).await.unwrap();
+
+    // The fake agent refuses Ports as not found; by id or name alike.
+    let e = RpcError::from(state.guest.ports("id-dev").await.unwrap_err());
+    assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
+    assert_eq!(
+        e.message,
+        "vm dev: the guest agent refused: nope (NotFound)"
+    );
+}
+
+#[tokio::test]
+async fn waiting_for_an_agent_stops_when_cancelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(Running));
+    let vm = seed(&state);
+    let dir = super::super::vm_dir(&state, &vm.id);
+    // Nothing listens on the agent socket: the wait goes on until cancelled.
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let ctx = OpCtx::new(crate::op::mint(), cancel);
+    let e = state
+        .guest
+        .wait_for_agent(&vm, &handles(&dir), &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GuestError::Cancelled(_)), "{e}");
+    assert_eq!(RpcError::from(e).code, ErrorCode::Cancelled);
+}
