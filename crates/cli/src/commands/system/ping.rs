@@ -1,16 +1,14 @@
 //! Asking the helper `ping`: is it there, and does it serve us?
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use banger_proto::helper::{
-    HELPER_PROTOCOL_VERSION, HelperCall, HelperError, HelperInfo, HelperReply, HelperRequest,
-    HelperResponse,
-};
+use banger_helper::client::{Client, ClientError};
+use banger_proto::OpId;
+use banger_proto::helper::{HelperError, HelperInfo};
 
-/// Read/write timeout of one `ping`.
+/// Bound on connecting, sending and reading one `ping`.
 pub(super) const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a `ping` on the helper's socket found.
@@ -26,46 +24,29 @@ pub(super) enum Ping {
     Broken(String),
 }
 
-pub(super) fn op_id() -> String {
+/// A fresh op id for one call from this command: `op-sys`, the pid and
+/// the clock's nanoseconds, in hex.
+fn op_id() -> OpId {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("op-sys{:x}{:08x}", std::process::id(), nanos)
+    let tail = format!("sys{:x}{:08x}", std::process::id(), nanos);
+    // "sys", 1 to 8 and then 8 hex digits: 12 to 19 characters of [a-z0-9],
+    // which OpId always accepts.
+    OpId::from_tail(&tail).unwrap_or_else(|| unreachable!("op id tail {tail:?} is invalid"))
 }
 
 pub(super) fn ping(socket: &Path) -> Ping {
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) => return Ping::Absent(e),
-    };
-    let _ = stream.set_read_timeout(Some(PING_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(PING_TIMEOUT));
-    let request = HelperRequest {
-        version: HELPER_PROTOCOL_VERSION,
-        op_id: op_id(),
-        call: HelperCall::Ping,
-    };
-    let mut line = match serde_json::to_vec(&request) {
-        Ok(l) => l,
-        Err(e) => return Ping::Broken(format!("encode ping: {e}")),
-    };
-    line.push(b'\n');
-    // A helper that refuses our uid may answer and close before reading:
-    // read its answer even when the write failed.
-    let written = (&stream).write_all(&line);
-    let mut answer = String::new();
-    let read = BufReader::new(&stream).read_line(&mut answer);
-    match (written, read) {
-        (_, Ok(n)) if n > 0 => {}
-        (Err(e), _) | (Ok(()), Err(e)) => return Ping::Broken(format!("ping: {e}")),
-        (Ok(()), Ok(_)) => return Ping::Broken("closed without answering".into()),
-    }
-    match serde_json::from_str::<HelperResponse>(&answer) {
-        Ok(HelperResponse::Result(HelperReply::Pong(info))) => Ping::Pong(info),
-        Ok(HelperResponse::Result(other)) => Ping::Broken(format!("unexpected reply {other:?}")),
-        Ok(HelperResponse::Error(e)) => Ping::Refused(e),
-        Err(e) => Ping::Broken(format!("unreadable answer: {e}")),
+    let client = Client::new(socket).with_timeout(PING_TIMEOUT);
+    match client.ping(&op_id()) {
+        Ok(info) => Ping::Pong(info),
+        Err(ClientError::Refused(e)) => Ping::Refused(e),
+        Err(ClientError::Unreachable { source, .. }) => Ping::Absent(source),
+        // The callers name the socket themselves.
+        Err(ClientError::Io { source, .. }) => Ping::Broken(format!("ping: {source}")),
+        Err(ClientError::Closed { .. }) => Ping::Broken("closed without answering".into()),
+        Err(e) => Ping::Broken(e.display_chain()),
     }
 }
 
@@ -75,6 +56,6 @@ mod tests {
 
     #[test]
     fn op_ids_are_valid() {
-        assert!(banger_proto::OpId::parse(&op_id()).is_some());
+        assert!(OpId::parse(op_id().as_str()).is_some());
     }
 }
