@@ -178,3 +178,43 @@ fn bad_daemon_flags_are_clear_errors() {
     );
     assert!(!world.socket().exists());
 }
+
+/// An error with a source prints each cause once, end to end through the
+/// CLI: with no helper listening, `banger doctor`'s helper line names the
+/// OS error once and says how to install the helper (text and `--json`).
+#[test]
+fn doctor_prints_each_cause_of_a_missing_helper_once() {
+    let mut world = World::new();
+    let socket = world.root().join("no-helper.sock");
+    world
+        .extra_env
+        .push(("BANGER_HELPER_SOCKET", socket.clone()));
+    // ENOENT, as the OS words it: "No such file or directory (os error 2)".
+    let os_error = std::io::Error::from_raw_os_error(2).to_string();
+    let hint = "install it with `sudo banger system install`";
+
+    // Text: other checks may fail on this host (no KVM, no kernel), so the
+    // exit status is not the point; the helper's line is.
+    let out = world.banger(&["doctor"]);
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("[warn] helper "))
+        .unwrap_or_else(|| panic!("no helper warning:\n{}", common::text(&out)));
+    assert_eq!(line.matches(&os_error).count(), 1, "{line}");
+    assert!(line.contains(hint), "{line}");
+    assert!(line.contains(&socket.display().to_string()), "{line}");
+
+    let report = world.banger_json(&["doctor"]);
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "helper")
+        .unwrap_or_else(|| panic!("no helper check: {report}"));
+    let detail = check["detail"].as_str().unwrap();
+    assert_eq!(check["status"], "warn", "{check}");
+    assert_eq!(detail.matches(&os_error).count(), 1, "{detail}");
+    assert!(detail.contains(hint), "{detail}");
+    assert_eq!(check["fix"], "sudo banger system install", "{check}");
+}

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_proto::OpId;
 use banger_proto::helper::{HelperCall, HelperErrorCode, HelperResponse};
 use helper_env::{HelperEnv, NOBODY, Proc, fake_qemu};
 use serde_json::{Value, json};
@@ -701,7 +702,7 @@ fn helper_refuses_bad_input_and_changes_nothing() {
     ];
 
     // op ids that must appear exactly once in the log, with their code.
-    let mut logged: Vec<(String, Option<HelperErrorCode>)> = Vec::new();
+    let mut logged: Vec<(OpId, Option<HelperErrorCode>)> = Vec::new();
     // rpc lines expected without an op id (requests with none valid).
     let mut anonymous_failures = 0usize;
     let mut labels = std::collections::BTreeSet::new();
@@ -709,17 +710,17 @@ fn helper_refuses_bad_input_and_changes_nothing() {
 
     for (i, c) in cases.drain(..).enumerate() {
         assert!(labels.insert(c.label), "duplicate label {}", c.label);
-        let op = format!("op-case{i}");
+        let op = OpId::parse(&format!("op-case-{i:03}")).unwrap();
         let mut client = env.client();
         let echo = match &c.input {
             Input::Call(call) => {
-                client.send(&op, call.clone()).unwrap();
+                client.send(&op, call).unwrap();
                 true
             }
             Input::Line(text) => {
                 let echo = text.contains("OPID");
                 client
-                    .send_raw(text.replace("OPID", &op).as_bytes())
+                    .send_raw(text.replace("OPID", op.as_str()).as_bytes())
                     .unwrap();
                 client.send_raw(b"\n").unwrap();
                 echo
@@ -730,9 +731,9 @@ fn helper_refuses_bad_input_and_changes_nothing() {
                 false
             }
         };
-        let reply = client.read_line().unwrap().map(|(l, fds)| {
-            assert!(fds.is_empty(), "[{}] got a descriptor", c.label);
-            l
+        let reply = client.read_line().unwrap().map(|line| {
+            assert!(line.fds.is_empty(), "[{}] got a descriptor", c.label);
+            line.text
         });
         let resp = expect_error(c.label, reply, c.want);
         if let HelperResponse::Error(e) = &resp {
@@ -904,7 +905,7 @@ sys.stdout.write("EOF" if rest == b"" else "MORE")
         loop {
             let op = env.op("flood");
             let mut c = env.client();
-            c.send(&op, HelperCall::Ping).unwrap();
+            c.send(&op, &HelperCall::Ping).unwrap();
             match c.read_reply().map(|r| r.response) {
                 Ok(HelperResponse::Result(_)) => {
                     logged.push((op, None));

@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use banger_proto::OpId;
 use banger_proto::helper::{HelperCall, HelperErrorCode, HelperReply, HelperResponse};
 use helper_env::{HELPER, HelperEnv, fake_qemu};
 
 const OWNER: u32 = 4242;
 
-fn done(env: &HelperEnv, what: &str, call: HelperCall) -> String {
+fn done(env: &HelperEnv, what: &str, call: HelperCall) -> OpId {
     let op = env.op(what);
     match env.call(&op, call) {
         HelperResponse::Result(HelperReply::Done) => op,
@@ -304,7 +305,7 @@ fn helper_operations_work_in_a_namespace() {
     );
 }
 
-fn loop_and_dm(env: &HelperEnv, ops: &mut Vec<String>) {
+fn loop_and_dm(env: &HelperEnv, ops: &mut Vec<OpId>) {
     let origin_file = env.data.join("origin.img");
     let cow_file = env.data.join("cow.img");
     for f in [&origin_file, &cow_file] {
@@ -438,14 +439,16 @@ os.execv(sys.argv[2], sys.argv[2:])
         .unwrap();
     let mut child = helper_env::Proc(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        if let Ok(c) = banger_helper::client::Client::connect(&socket, Duration::from_secs(5)) {
+    let client = banger_helper::client::Client::new(&socket).with_timeout(Duration::from_secs(5));
+    let mut connection = loop {
+        if let Ok(c) = client.connect() {
             break c;
         }
         assert!(Instant::now() < deadline, "activated helper did not answer");
         std::thread::sleep(Duration::from_millis(20));
     };
-    match client.call("op-sd-1", HelperCall::Ping).unwrap().response {
+    let op = OpId::parse("op-sd-0001").unwrap();
+    match connection.request(&op, &HelperCall::Ping).unwrap().response {
         HelperResponse::Result(HelperReply::Pong(info)) => {
             assert_eq!(info.pid, child.pid());
             assert_eq!(info.bridge, "bgsd0");

@@ -7,16 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use banger_proto::helper::{
-    HELPER_PROTOCOL_VERSION, HelperCall, HelperConfig, HelperReply, HelperRequest, HelperResponse,
-};
+use banger_helper::client::Client;
+use banger_proto::OpId;
+use banger_proto::helper::{HelperCall, HelperConfig, HelperReply, HelperResponse};
 use serde_json::Value;
 
 const BANGER: &str = env!("CARGO_BIN_EXE_banger");
@@ -113,22 +111,13 @@ fn wait_gone(pid: u32) -> bool {
     true
 }
 
+/// `ping` through the helper library's client; the reply line, result or
+/// error.
 fn ping(socket: &Path) -> HelperResponse {
-    let mut stream = UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let request = HelperRequest {
-        version: HELPER_PROTOCOL_VERSION,
-        op_id: "op-systest1".into(),
-        call: HelperCall::Ping,
-    };
-    let mut line = serde_json::to_vec(&request).unwrap();
-    line.push(b'\n');
-    stream.write_all(&line).unwrap();
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap()
+    let client = Client::new(socket).with_timeout(Duration::from_secs(5));
+    let op = OpId::parse("op-systest1").unwrap();
+    let mut connection = client.connect().unwrap();
+    connection.request(&op, &HelperCall::Ping).unwrap().response
 }
 
 /// Everything one install uses, in a temp dir.

@@ -1,67 +1,44 @@
-//! The daemon's side of the banger-helper protocol (`proto::helper`).
+//! The daemon's side of the banger-helper protocol: a thin async wrapper
+//! around the helper library's client (`banger_helper::client`), which is
+//! the one place that speaks the wire.
 //!
 //! Calls are synchronous (one JSON line out, one back on a fresh
-//! connection), so the async wrapper runs them on a blocking thread. Every
-//! call carries the op id of the request it serves, taken from the task
-//! that makes it, so the helper's log lines share the daemon's id.
+//! connection), so each async call runs on a blocking thread. Every call
+//! names the op id of the request it serves, so the helper's log lines
+//! share the daemon's id; this wrapper never picks one itself.
 
-use std::io::{self, BufRead, BufReader, IoSliceMut, Read as _, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use banger_helper::client::{Client, ClientError};
 use banger_proto::OpId;
-use banger_proto::helper::{
-    HELPER_PROTOCOL_VERSION, HelperCall, HelperError, HelperInfo, HelperReply, HelperRequest,
-    HelperResponse,
-};
-
-/// Longest wait for one helper call (TAP and nft changes take milliseconds).
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Largest reply line read back.
-const MAX_REPLY_BYTES: usize = 1024 * 1024;
+use banger_proto::helper::{HelperCall, HelperInfo, HelperReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HelperClientError {
-    #[error(
-        "banger-helper is not reachable at {socket}: {source} (install it with `sudo banger system install`)"
-    )]
-    Unreachable {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("talk to banger-helper at {socket}")]
-    Io {
-        socket: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
-    Refused(HelperError),
-    #[error("banger-helper sent a reply this daemon cannot read: {0}")]
-    BadReply(String),
-    #[error("helper task failed: {0}")]
-    Task(String),
+    /// The call reached the wire and failed there (or the helper refused).
+    #[error(transparent)]
+    Helper(#[from] ClientError),
+    /// The blocking thread that made the call panicked or was cancelled.
+    #[error("the helper call's task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Where the helper listens and how to call it.
 #[derive(Debug, Clone)]
 pub struct HelperClient {
-    socket: PathBuf,
+    client: Client,
 }
 
 impl HelperClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
-            socket: socket.into(),
+            client: Client::new(socket),
         }
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.client.socket()
     }
 
     /// One call, on a blocking thread, under `op_id`.
@@ -70,126 +47,53 @@ impl HelperClient {
         op_id: &OpId,
         call: HelperCall,
     ) -> Result<HelperReply, HelperClientError> {
-        let (this, op_id) = (self.clone(), op_id.clone());
-        tokio::task::spawn_blocking(move || this.call_blocking(&op_id, &call).map(|(r, _)| r))
-            .await
-            .map_err(|e| HelperClientError::Task(e.to_string()))?
+        let (client, op_id) = (self.client.clone(), op_id.clone());
+        blocking(move || client.call(&op_id, &call).map(|(reply, _)| reply)).await
     }
 
     /// `ping`, answered with the helper's identity and network.
     pub async fn ping(&self, op_id: &OpId) -> Result<HelperInfo, HelperClientError> {
-        match self.call(op_id, HelperCall::Ping).await? {
-            HelperReply::Pong(info) => Ok(info),
-            other => Err(unexpected(&other)),
-        }
+        let (client, op_id) = (self.client.clone(), op_id.clone());
+        blocking(move || client.ping(&op_id)).await
     }
 
     /// The DNS socket (UDP, port 53 on the bridge's gateway address).
     pub async fn dns_socket(&self, op_id: &OpId) -> Result<OwnedFd, HelperClientError> {
-        let (this, op_id) = (self.clone(), op_id.clone());
-        let (reply, fd) =
-            tokio::task::spawn_blocking(move || this.call_blocking(&op_id, &HelperCall::DnsSocket))
-                .await
-                .map_err(|e| HelperClientError::Task(e.to_string()))??;
-        match (reply, fd) {
-            (HelperReply::Socket, Some(fd)) => Ok(fd),
-            (HelperReply::Socket, None) => Err(HelperClientError::BadReply(
-                "dns_socket reply came without a descriptor".into(),
-            )),
-            (other, _) => Err(unexpected(&other)),
-        }
+        let (client, op_id) = (self.client.clone(), op_id.clone());
+        blocking(move || client.dns_socket(&op_id)).await
     }
 
     /// Sends one request and reads its reply, with any descriptor passed
-    /// beside it.
+    /// beside it, on the calling thread (for rollbacks, which block).
     pub fn call_blocking(
         &self,
         op_id: &OpId,
         call: &HelperCall,
     ) -> Result<(HelperReply, Option<OwnedFd>), HelperClientError> {
-        let io_err = |source| HelperClientError::Io {
-            socket: self.socket.clone(),
-            source,
-        };
-        let mut stream =
-            UnixStream::connect(&self.socket).map_err(|source| HelperClientError::Unreachable {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        stream
-            .set_read_timeout(Some(CALL_TIMEOUT))
-            .map_err(io_err)?;
-        stream
-            .set_write_timeout(Some(CALL_TIMEOUT))
-            .map_err(io_err)?;
-        let request = HelperRequest {
-            version: HELPER_PROTOCOL_VERSION,
-            op_id: op_id.to_string(),
-            call: call.clone(),
-        };
-        let mut line = serde_json::to_vec(&request)
-            .map_err(|e| HelperClientError::BadReply(format!("encode request: {e}")))?;
-        line.push(b'\n');
-        stream.write_all(&line).map_err(io_err)?;
-
-        let (first, fd) = recv_with_fd(&stream).map_err(io_err)?;
-        let mut reply = first;
-        if !reply.contains(&b'\n') {
-            let mut reader = BufReader::new(&stream).take(MAX_REPLY_BYTES as u64);
-            reader.read_until(b'\n', &mut reply).map_err(io_err)?;
-        }
-        if reply.is_empty() {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "banger-helper closed the connection without answering",
-            )));
-        }
-        let response: HelperResponse = serde_json::from_slice(reply.trim_ascii_end())
-            .map_err(|e| HelperClientError::BadReply(e.to_string()))?;
-        match response {
-            HelperResponse::Result(r) => Ok((r, fd)),
-            HelperResponse::Error(e) => Err(HelperClientError::Refused(e)),
-        }
+        Ok(self.client.call(op_id, call)?)
     }
 }
 
-fn unexpected(reply: &HelperReply) -> HelperClientError {
-    HelperClientError::BadReply(format!("unexpected reply {reply:?}"))
-}
-
-/// One `recvmsg`: the first bytes of the reply and, when the helper passed
-/// one, the descriptor that travels with them (`SCM_RIGHTS` arrives with
-/// the first byte of its range).
-fn recv_with_fd(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut buf)],
-        &mut ancillary,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fd = None;
-    for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(fds) = message {
-            for received in fds {
-                // Keep the first; any extra is closed on drop.
-                if fd.is_none() {
-                    fd = Some(received);
-                }
-            }
-        }
-    }
-    buf.truncate(got.bytes);
-    Ok((buf, fd))
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, HelperClientError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(HelperClientError::Task)?
+        .map_err(HelperClientError::Helper)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead as _, BufReader, Write as _};
     use std::os::unix::net::UnixListener;
+
+    use banger_proto::helper::{HelperErrorCode, HelperRequest};
+
+    fn op() -> OpId {
+        OpId::parse("op-abc123").unwrap()
+    }
 
     fn serve_once(
         reply: &'static str,
@@ -211,54 +115,50 @@ mod tests {
         (dir, HelperClient::new(path), server)
     }
 
-    #[test]
-    fn a_call_carries_the_op_id_and_reads_the_reply() {
+    #[tokio::test]
+    async fn a_call_carries_the_given_op_id_and_reads_the_reply() {
         let (_dir, client, server) = serve_once("{\"result\":{\"kind\":\"done\"}}\n");
-        let (reply, fd) = client
-            .call_blocking(
-                &OpId::parse("op-abc123").unwrap(),
-                &HelperCall::TapDelete {
-                    name: "bgtap3".into(),
-                },
-            )
-            .unwrap();
+        let call = HelperCall::TapDelete {
+            name: "bgtap3".into(),
+        };
+        let reply = client.call(&op(), call.clone()).await.unwrap();
         assert_eq!(reply, HelperReply::Done);
-        assert!(fd.is_none());
         let sent: HelperRequest = serde_json::from_str(&server.join().unwrap()).unwrap();
         assert_eq!(sent.op_id, "op-abc123");
-        assert_eq!(
-            sent.call,
-            HelperCall::TapDelete {
-                name: "bgtap3".into()
-            }
-        );
+        assert_eq!(sent.call, call);
     }
 
-    #[test]
-    fn refusals_are_typed_and_missing_helpers_say_how_to_install() {
+    #[tokio::test]
+    async fn refusals_are_typed_and_missing_helpers_say_how_to_install() {
         let (_dir, client, _server) = serve_once(
             "{\"error\":{\"code\":\"invalid_name\",\"message\":\"no\",\"op_id\":\"op-abc123\"}}\n",
         );
-        let err = client
-            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::TapList)
-            .unwrap_err();
+        let err = client.call(&op(), HelperCall::TapList).await.unwrap_err();
         assert!(
-            matches!(&err, HelperClientError::Refused(e) if e.code == banger_proto::helper::HelperErrorCode::InvalidName),
+            matches!(&err, HelperClientError::Helper(ClientError::Refused(e)) if e.code == HelperErrorCode::InvalidName),
             "{err:?}"
         );
         let gone = HelperClient::new("/nonexistent/helper.sock");
-        let err = gone
-            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::Ping)
-            .unwrap_err();
-        assert!(err.to_string().contains("banger system install"), "{err}");
+        let err = gone.ping(&op()).await.unwrap_err();
+        let printed = crate::error::chain(&err);
+        assert!(printed.contains("banger system install"), "{printed}");
+        assert_eq!(
+            printed.matches("No such file or directory").count(),
+            1,
+            "{printed}"
+        );
     }
 
     #[test]
     fn garbage_replies_are_errors() {
         let (_dir, client, _server) = serve_once("not json\n");
-        let err = client
-            .call_blocking(&OpId::parse("op-abc123").unwrap(), &HelperCall::Ping)
-            .unwrap_err();
-        assert!(matches!(err, HelperClientError::BadReply(_)), "{err:?}");
+        let err = client.call_blocking(&op(), &HelperCall::Ping).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HelperClientError::Helper(ClientError::Unreadable { .. })
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -399,19 +399,19 @@ pub fn teardown<H: Host>(settings: &Settings, host: &H) -> Result<Vec<String>, E
                 if ours_tap || ours_bridge {
                     match host.link_delete(&link.name) {
                         Ok(()) => removed.push(link.name),
-                        Err(e) => failures.push(e.to_string()),
+                        Err(e) => failures.push(e.message()),
                     }
                 }
             }
         }
-        Err(e) => failures.push(e.to_string()),
+        Err(e) => failures.push(e.message()),
     }
     match host.nft_apply(&nat_remove_script()) {
         Ok(()) => removed.push(format!("nft table ip {NFT_TABLE}")),
-        Err(e) => failures.push(e.to_string()),
+        Err(e) => failures.push(e.message()),
     }
     if let Err(e) = host.iptables_remove() {
-        failures.push(e.to_string());
+        failures.push(e.message());
     }
     if failures.is_empty() {
         Ok(removed)

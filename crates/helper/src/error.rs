@@ -33,8 +33,9 @@ pub enum Error {
     /// The helper's config file is missing, unreadable or invalid.
     #[error("config {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
-    /// Setting the helper itself up failed (socket, log file, signals).
-    #[error("{what}: {source}")]
+    /// Setting the helper itself up failed (socket, log file, signals);
+    /// the cause is the source, so a chain prints it once.
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -57,6 +58,19 @@ impl Error {
                 HelperErrorCode::OperationFailed
             }
         }
+    }
+
+    /// The message with every cause after it (`what: cause: ...`), each
+    /// once: the text of the error line a caller receives.
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
@@ -96,6 +110,14 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < 80, "{q}");
         assert!(q.ends_with("...\""), "{q}");
+    }
+
+    #[test]
+    fn io_errors_print_their_cause_once() {
+        let e = Error::io("listen on /x", io::Error::other("address in use"));
+        assert_eq!(e.to_string(), "listen on /x");
+        assert_eq!(e.message(), "listen on /x: address in use");
+        assert_eq!(Error::NotFound("no".into()).message(), "no");
     }
 
     #[test]

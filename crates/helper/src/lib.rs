@@ -16,6 +16,8 @@
 //!   [`teardown`] removes everything the helper made.
 //! - [`server`] listens, checks each caller's uid with `SO_PEERCRED`,
 //!   frames and parses requests and logs one line per call.
+//! - [`client`] is the one client of the protocol, for the daemon, the
+//!   CLI's `banger system` commands and the tests.
 //!
 //! Synchronous on purpose: a thread per connection, a handful of short
 //! commands per call. See `docs/helper.md` for the protocol and rules.

@@ -617,7 +617,7 @@ fn bounded(msg: &str) -> String {
 fn error_response(err: &Error, op_id: Option<String>) -> HelperResponse {
     HelperResponse::Error(HelperError {
         code: err.code(),
-        message: bounded(&err.to_string()),
+        message: bounded(&err.message()),
         op_id,
     })
 }
@@ -672,7 +672,7 @@ fn log_call(
             uid,
             duration_ms,
             code = e.code().as_str(),
-            error = %bounded(&e.to_string()),
+            error = %bounded(&e.message()),
             "helper rpc failed"
         ),
     }

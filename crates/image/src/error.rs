@@ -6,12 +6,14 @@ use std::path::PathBuf;
 /// initramfs or building a root filesystem image.
 ///
 /// Messages are short and lowercase; the fields say which command, which
-/// package or which path was involved so the daemon can log them as is.
+/// package or which path was involved so the daemon can log them as is. A
+/// message never repeats its source: print the chain (`outer: cause`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImageError {
-    /// A program could not be started at all (usually: not installed).
-    #[error("cannot run {program}: {source}")]
+    /// A program could not be started at all (usually: not installed);
+    /// why is the source.
+    #[error("cannot run {program}")]
     Spawn {
         program: String,
         #[source]
@@ -29,8 +31,8 @@ pub enum ImageError {
         stderr: String,
     },
 
-    /// A file system operation failed.
-    #[error("{op} {}: {source}", path.display())]
+    /// A file system operation failed; why is the source.
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done: "create", "read", "rename", ...
         op: &'static str,
@@ -84,3 +86,31 @@ impl ImageError {
 
 /// Shorthand for `Result<T, ImageError>`.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn each_cause_prints_once() {
+        let cause = || std::io::Error::other("the cause");
+        let spawn = ImageError::Spawn {
+            program: "mmdebstrap".into(),
+            source: cause(),
+        };
+        assert_eq!(chain(&spawn), "cannot run mmdebstrap: the cause");
+        let io = ImageError::io("rename", "/x/y", cause());
+        assert_eq!(chain(&io), "rename /x/y: the cause");
+    }
+}

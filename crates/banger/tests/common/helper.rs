@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use banger_helper::client::{Client, Reply};
+use banger_helper::client::{Connection, Reply};
+use banger_proto::OpId;
 use banger_proto::helper::{HelperCall, HelperConfig, HelperResponse};
 use serde_json::Value;
 
@@ -144,28 +145,30 @@ impl HelperEnv {
         }
     }
 
-    /// A fresh op id, unique in this env.
-    pub fn op(&self, what: &str) -> String {
+    /// A fresh op id, unique in this env: `op-WHAT-NNNN`.
+    pub fn op(&self, what: &str) -> OpId {
         let n = self.next_op.get() + 1;
         self.next_op.set(n);
-        format!("op-{what}-{n}")
+        let id = format!("op-{what}-{n:04}");
+        OpId::parse(&id).unwrap_or_else(|| panic!("{id} is not a valid op id"))
     }
 
-    pub fn client(&self) -> Client {
-        Client::connect(&self.socket, Duration::from_secs(10)).unwrap()
+    /// A fresh connection (the library's client; raw sends allowed).
+    pub fn client(&self) -> Connection {
+        Connection::open(&self.socket, Duration::from_secs(10)).unwrap()
     }
 
-    /// One call on a fresh connection.
-    pub fn call_full(&self, op_id: &str, call: HelperCall) -> Reply {
-        self.client().call(op_id, call).unwrap()
+    /// One call on a fresh connection: its reply line, result or error.
+    pub fn call_full(&self, op_id: &OpId, call: HelperCall) -> Reply {
+        self.client().request(op_id, &call).unwrap()
     }
 
-    pub fn call(&self, op_id: &str, call: HelperCall) -> HelperResponse {
+    pub fn call(&self, op_id: &OpId, call: HelperCall) -> HelperResponse {
         self.call_full(op_id, call).response
     }
 
     /// Asserts `ping` answers, with the env's network; returns its op id.
-    pub fn ping_ok(&self) -> String {
+    pub fn ping_ok(&self) -> OpId {
         let op = self.op("ping");
         match self.call(&op, HelperCall::Ping) {
             HelperResponse::Result(banger_proto::helper::HelperReply::Pong(info)) => {
@@ -224,12 +227,12 @@ impl HelperEnv {
     }
 
     /// The `helper rpc completed|failed` lines carrying `op_id`.
-    pub fn rpc_lines(&self, op_id: &str) -> Vec<Value> {
+    pub fn rpc_lines(&self, op_id: &OpId) -> Vec<Value> {
         self.log_lines()
             .into_iter()
             .filter(|l| {
                 let f = &l["fields"];
-                f["op_id"].as_str() == Some(op_id)
+                f["op_id"].as_str() == Some(op_id.as_str())
                     && matches!(
                         f["message"].as_str(),
                         Some("helper rpc completed" | "helper rpc failed")
