@@ -6,12 +6,13 @@ use std::path::PathBuf;
 /// initramfs or building a root filesystem image.
 ///
 /// Messages are short and lowercase; the fields say which command, which
-/// package or which path was involved so the daemon can log them as is.
+/// package or which path was involved. A message never repeats its
+/// source: print the chain (`outer: cause`) to see both.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImageError {
     /// A program could not be started at all (usually: not installed).
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}")]
     Spawn {
         program: String,
         #[source]
@@ -30,7 +31,7 @@ pub enum ImageError {
     },
 
     /// A file system operation failed.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done: "create", "read", "rename", ...
         op: &'static str,
