@@ -23,6 +23,8 @@ pub struct DaemonState {
     pub vms: crate::vms::VmTable,
     pub reservations: crate::vms::Reservations,
     pub artifact_locks: crate::artifacts::ArtifactLocks,
+    /// KVM or TCG for each boot.
+    pub accel: Arc<crate::accel::AccelChooser>,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
     pub ssh: crate::ssh::SshPaths,
     pub network: Arc<crate::network::Network>,
@@ -42,6 +44,10 @@ impl DaemonState {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            accel: Arc::new(crate::accel::AccelChooser::new(
+                config.accel,
+                config.layout.cache_dir.clone(),
+            )),
             ssh: crate::ssh::SshPaths::new(&config.layout),
             network: Arc::new(crate::network::Network::new(
                 crate::helper_client::HelperClient::new(&config.helper_socket),

@@ -157,5 +157,14 @@ struct DoctorParams {
 
 pub(crate) async fn doctor(ctx: RequestCtx, p: Value) -> HandlerResult {
     let DoctorParams { probe } = params(methods::DOCTOR, p)?;
-    to_value(crate::doctor::run(&ctx.state, probe).await?)
+    let state = &ctx.state;
+    let inputs = crate::doctor::Inputs {
+        db: &state.db,
+        accel: &state.accel,
+        helper: state.network.helper(),
+        backend: state.vmm.kind(),
+        default_kernel: &state.config.defaults.kernel,
+        data_dir: &state.config.layout.data_dir,
+    };
+    to_value(crate::doctor::run(inputs, probe).await?)
 }

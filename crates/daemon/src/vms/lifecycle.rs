@@ -20,7 +20,7 @@ use super::{
 use crate::DaemonState;
 use crate::dispatch::{RpcError, error_chain};
 use crate::ops::{Operation, now_ms};
-use crate::{accel, disks, validate};
+use crate::{disks, validate};
 
 /// Kernel command line per docs/guest-contract.md; `net` carries the
 /// guest's `banger.ip`, `banger.gw` and `banger.dns`.
@@ -54,7 +54,7 @@ async fn locked(
 }
 
 /// Reports a stage on the operation, or just logs it.
-pub(super) fn stage(op: Option<&Operation>, name: &str) {
+pub(super) fn stage(op: Option<&Arc<Operation>>, name: &str) {
     match op {
         Some(op) => op.stage(name),
         None => tracing::info!(stage = name, "stage started"),
@@ -88,7 +88,7 @@ pub async fn start(
 pub(super) async fn start_locked(
     state: &Arc<DaemonState>,
     mut vm: VmRecord,
-    op: Option<&Operation>,
+    op: Option<&Arc<Operation>>,
     cancel: &CancellationToken,
 ) -> Result<VmRecord, RpcError> {
     let dir = vm_dir(state, &vm.id);
@@ -135,7 +135,7 @@ pub(super) async fn start_locked(
 async fn boot(
     state: &Arc<DaemonState>,
     vm: &VmRecord,
-    op: Option<&Operation>,
+    op: Option<&Arc<Operation>>,
     cancel: &CancellationToken,
     rollback: &mut Rollback,
 ) -> Result<Handles, RpcError> {
@@ -182,13 +182,18 @@ async fn boot(
         stage(op, "allocate ports");
         user_network(&publish)?
     };
-    let (accel, reason) = accel::choose(state, &kernel, op).await;
+    let accel_ctx = match op {
+        Some(op) => crate::op::OpCtx::for_operation(Arc::clone(op)),
+        None => crate::op::OpCtx::background(),
+    }
+    .with_cancel(cancel.clone());
+    let (accel, reason) = state.accel.choose(&kernel, &accel_ctx).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
         // guest can hang calibrating its timers (see banger_vmm::clock).
-        let clock = banger_vmm::clock_args(accel::host_tsc_khz(state).await);
+        let clock = banger_vmm::clock_args(state.accel.host_tsc_khz().await);
         if !clock.is_empty() {
             kernel_args.push(' ');
             kernel_args.push_str(&clock);
