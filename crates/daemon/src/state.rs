@@ -8,9 +8,10 @@ use crate::DaemonConfig;
 
 /// What every request handler can reach.
 ///
-/// Lock order: a VM's lock (`vms`), then an artifact lock, then the leaf
-/// std mutexes (handles map, operation registry, `store`), which are never
-/// held across an `.await`; `store` is only taken inside `spawn_blocking`.
+/// Lock order: a VM's lock (`vms`), then an artifact lock (in `artifacts`),
+/// then the leaf std mutexes (handles map, operation registry, `store`),
+/// which are never held across an `.await`; `store` is only taken inside
+/// `spawn_blocking`.
 #[derive(Debug)]
 pub struct DaemonState {
     pub config: DaemonConfig,
@@ -22,7 +23,8 @@ pub struct DaemonState {
     pub ops: crate::ops::OpRegistry,
     pub vms: crate::vms::VmTable,
     pub reservations: crate::vms::Reservations,
-    pub artifact_locks: crate::artifacts::ArtifactLocks,
+    /// Kernels and images, pulled or built on demand.
+    pub artifacts: Arc<crate::artifacts::Artifacts>,
     /// KVM or TCG for each boot.
     pub accel: Arc<crate::accel::AccelChooser>,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
@@ -43,12 +45,19 @@ impl DaemonState {
         vmm: Arc<dyn banger_vmm::Vmm>,
         shutdown: CancellationToken,
     ) -> Self {
+        let db = crate::db::Db::new(store);
+        let ssh = crate::ssh::SshPaths::new(&config.layout);
         Self {
+            artifacts: Arc::new(crate::artifacts::Artifacts::new(
+                db.clone(),
+                &config,
+                ssh.clone(),
+            )),
             accel: Arc::new(crate::accel::AccelChooser::new(
                 config.accel,
                 config.layout.cache_dir.clone(),
             )),
-            ssh: crate::ssh::SshPaths::new(&config.layout),
+            ssh,
             network: Arc::new(crate::network::Network::new(
                 crate::helper_client::HelperClient::new(&config.helper_socket),
                 config.tap_pool,
@@ -58,12 +67,11 @@ impl DaemonState {
             guest_stats: Default::default(),
             config,
             started: Instant::now(),
-            db: crate::db::Db::new(store),
+            db,
             shutdown,
             ops: Default::default(),
             vms: Default::default(),
             reservations: Default::default(),
-            artifact_locks: Default::default(),
             vmm,
             #[cfg(test)]
             probe: Default::default(),

@@ -13,7 +13,7 @@ use super::lifecycle::{NETWORK_BRIDGED, NETWORK_USER, delete_locked, stage, star
 use super::{view, vm_dir, work_disk};
 use crate::dispatch::{RpcError, error_chain};
 use crate::ops::{Operation, now_ms};
-use crate::{DaemonState, artifacts, disks, validate};
+use crate::{DaemonState, disks, validate};
 
 /// Names of VMs being created, reserved before their row exists.
 #[derive(Debug, Default)]
@@ -98,7 +98,7 @@ pub async fn begin_create(
         state.with_store(move |s| s.image(&name)).await?;
     }
     if p.kernel.is_some() {
-        artifacts::check_kernel_known(state, &kernel_name).await?;
+        state.artifacts.check_kernel_known(&kernel_name).await?;
     }
     let name = p.name.clone();
     let exists = {
@@ -199,11 +199,12 @@ async fn create(
     op: &Arc<Operation>,
     plan: Plan,
 ) -> Result<Value, RpcError> {
-    let kernel = artifacts::ensure_kernel(state, &plan.kernel, Some(op)).await?;
+    let ctx = crate::op::OpCtx::for_operation(Arc::clone(op));
+    let kernel = state.artifacts.ensure_kernel(&plan.kernel, &ctx).await?;
     if op.cancel_token().is_cancelled() {
         return Err(crate::op::Cancelled.into());
     }
-    let image = artifacts::ensure_image(state, &plan.image, Some(op)).await?;
+    let image = state.artifacts.ensure_image(&plan.image, &ctx).await?;
     if op.cancel_token().is_cancelled() {
         return Err(crate::op::Cancelled.into());
     }
