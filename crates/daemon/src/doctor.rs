@@ -244,3 +244,38 @@ async fn helper_check(helper: &HelperClient) -> DoctorCheck {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::tests::test_state;
+
+    #[tokio::test]
+    async fn reports_missing_artifacts_and_the_forced_accelerator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = test_state(tmp.path()); // BANGER_ACCEL=tcg
+        let inputs = Inputs {
+            db: &state.db,
+            accel: &state.accel,
+            helper: state.network.helper(),
+            backend: BackendKind::Qemu,
+            default_kernel: &state.config.defaults.kernel,
+            data_dir: &state.config.layout.data_dir,
+        };
+        let report = run(inputs, false).await.unwrap();
+        assert_eq!(report.backend, "qemu");
+        assert_eq!(
+            (report.accel.as_str(), report.accel_reason.as_str()),
+            ("tcg", "forced by BANGER_ACCEL=tcg")
+        );
+        let status = |name: &str| {
+            let c = report.checks.iter().find(|c| c.name == name).unwrap();
+            c.status.parse::<CheckStatus>().unwrap()
+        };
+        assert_eq!(status("kernel"), Warn);
+        assert_eq!(status("image"), Warn);
+        for c in &report.checks {
+            assert!(c.status.parse::<CheckStatus>().is_ok(), "{c:?}");
+        }
+    }
+}
