@@ -13,15 +13,63 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use banger_image::{ImageRecipe, catalog};
-use banger_proto::ErrorCode;
+use banger_image::kernel::catalog_entry;
+use banger_image::{ImageError, ImageRecipe, catalog};
 use banger_proto::vm::{ImageView, KernelView};
 use banger_store::{ImageRecord, KernelRecord, StoreError};
 use rand::Rng;
 
-use crate::DaemonState;
-use crate::dispatch::{RpcError, error_chain};
-use crate::ops::{Operation, now_ms};
+use crate::DaemonConfig;
+use crate::db::Db;
+use crate::error::chain;
+use crate::op::{Cancelled, OpCtx};
+use crate::ops::now_ms;
+use crate::ssh::{SshError, SshPaths};
+
+/// Why a kernel or image could not be found, pulled, built or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("kernel {name:?} not found (the catalog has: {catalog})")]
+    UnknownKernel { name: String, catalog: String },
+    #[error("image {name:?} is broken: its {what} file {} is missing", path.display())]
+    Broken {
+        name: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("image {name:?} already exists; delete it first")]
+    ImageExists { name: String },
+    #[error("invalid package name {package:?}")]
+    InvalidPackage { package: String },
+    #[error("pull kernel {name}")]
+    Pull {
+        name: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("build image {name}")]
+    Build {
+        name: String,
+        #[source]
+        source: ImageError,
+    },
+    /// A blocking task did not complete (the runtime is shutting down).
+    #[error("{what}: task failed")]
+    Task {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// banger's SSH key, baked into managed images.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
 
 /// Locks that serialise work on one kernel or image name.
 #[derive(Debug, Default)]
@@ -34,45 +82,24 @@ impl ArtifactLocks {
     }
 }
 
-fn kernel_dir(state: &DaemonState, name: &str) -> PathBuf {
-    state.config.layout.data_dir.join("kernels").join(name)
-}
-
-fn image_dir(state: &DaemonState, name: &str) -> PathBuf {
-    state.config.layout.data_dir.join("images").join(name)
+/// The kernels and images service.
+#[derive(Debug)]
+pub struct Artifacts {
+    db: Db,
+    data_dir: PathBuf,
+    cache_dir: PathBuf,
+    default_image: String,
+    default_kernel: String,
+    /// Its public key goes into managed images.
+    ssh: SshPaths,
+    /// `BANGER_AGENT_BIN`; `None`: looked for next to the daemon.
+    agent_bin: Option<PathBuf>,
+    locks: ArtifactLocks,
 }
 
 fn new_id(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
     format!("{prefix}{:010x}", n & 0xff_ffff_ffff)
-}
-
-fn not_found(kind: &str, name: &str) -> RpcError {
-    RpcError::new(ErrorCode::NotFound, format!("{kind} {name:?} not found"))
-}
-
-/// Runs blocking `banger-image` work after starting the stage `title`,
-/// reporting the stages it names on the operation as they happen.
-async fn with_stages<T, F>(op: Option<&Arc<Operation>>, title: &str, work: F) -> Result<T, RpcError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Fn(&str)) -> Result<T, banger_image::ImageError> + Send + 'static,
-{
-    if let Some(op) = op {
-        op.stage(title);
-    }
-    let op = op.cloned();
-    tokio::task::spawn_blocking(move || {
-        let progress = |s: &str| {
-            if let Some(op) = &op {
-                op.stage(s);
-            }
-        };
-        work(&progress)
-    })
-    .await
-    .map_err(|e| RpcError::internal(format!("{title}: task failed: {e}")))?
-    .map_err(|e| RpcError::internal(error_chain(&e)))
 }
 
 /// `Ok(None)` for a missing record, so callers can pull or build it.
@@ -84,263 +111,406 @@ fn optional<T>(found: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
     }
 }
 
-async fn stored_kernel(
-    state: &Arc<DaemonState>,
-    name: &str,
-) -> Result<Option<KernelRecord>, RpcError> {
-    let name = name.to_owned();
-    state.with_store(move |s| optional(s.kernel(&name))).await
-}
-
-async fn stored_image(
-    state: &Arc<DaemonState>,
-    name: &str,
-) -> Result<Option<ImageRecord>, RpcError> {
-    let name = name.to_owned();
-    state.with_store(move |s| optional(s.image(&name))).await
-}
-
-/// Ok when `name` is pulled or can be pulled from the catalog.
-pub async fn check_kernel_known(state: &Arc<DaemonState>, name: &str) -> Result<(), RpcError> {
-    if stored_kernel(state, name).await?.is_some() || catalog().iter().any(|e| e.name == name) {
-        return Ok(());
-    }
-    let known: Vec<&str> = catalog().iter().map(|e| e.name).collect();
-    Err(RpcError::new(
-        ErrorCode::NotFound,
-        format!(
-            "kernel {name:?} not found (the catalog has: {})",
-            known.join(", ")
-        ),
-    ))
-}
-
-/// The kernel `name`, pulled first if it is a catalog entry not pulled yet
-/// (or whose files went missing).
-pub async fn ensure_kernel(
-    state: &Arc<DaemonState>,
-    name: &str,
-    op: Option<&Arc<Operation>>,
-) -> Result<KernelRecord, RpcError> {
-    let lock = state.artifact_locks.get(format!("kernel:{name}"));
-    let _guard = lock.lock().await;
-    let existing = stored_kernel(state, name).await?;
-    if let Some(k) = &existing {
-        let files_ok = k.kernel_path.exists() && k.initrd_path.as_ref().is_none_or(|p| p.exists());
-        if files_ok {
-            return Ok(k.clone());
+/// Checks the extra packages of an image build: Debian package names
+/// (with an optional `=version` or `:arch`), nothing a shell or apt could
+/// read as an option.
+pub fn validate_packages(packages: &[String]) -> Result<(), ArtifactError> {
+    for pkg in packages {
+        let ok = pkg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b))
+            && pkg
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            return Err(ArtifactError::InvalidPackage {
+                package: pkg.clone(),
+            });
         }
-        tracing::warn!(kernel = name, "kernel files are missing; pulling again");
     }
-    let entry = catalog()
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| not_found("kernel", name))?;
-    let dest = kernel_dir(state, name);
-    let cache = state.config.layout.cache_dir.clone();
-    let package = entry.package.to_owned();
-    let pulled = with_stages(op, &format!("pull kernel {name}"), move |progress| {
-        banger_image::pull_debian_kernel(&package, &cache, &dest, progress)
-    })
-    .await?;
-    if let Some(k) = existing {
-        return Ok(k); // same paths, files now back
-    }
-    let record = KernelRecord {
-        id: new_id("k-"),
-        name: name.to_owned(),
-        source: format!("catalog:{}", entry.package),
-        kernel_path: pulled.kernel,
-        initrd_path: Some(pulled.initrd),
-        modules_dir: Some(pulled.modules_dir),
-        version: Some(pulled.version),
-        sha256: None,
-        created_at_ms: now_ms(),
-    };
-    let r = record.clone();
-    state.with_store(move |s| s.insert_kernel(&r)).await?;
-    tracing::info!(kernel = name, "kernel pulled");
-    Ok(record)
+    Ok(())
 }
 
-/// The recipe of a managed image.
-async fn recipe(
-    state: &Arc<DaemonState>,
-    packages: Vec<String>,
-    size_bytes: Option<u64>,
-) -> Result<ImageRecipe, RpcError> {
-    let ssh = state.ssh.clone();
-    let key = tokio::task::spawn_blocking(move || ssh.public_key())
-        .await
-        .map_err(|e| RpcError::internal(format!("ssh task failed: {e}")))?
-        .map_err(|e| RpcError::internal(error_chain(&e)))?;
-    let agent = agent_binary(state).await;
-    Ok(ImageRecipe {
-        suite: "bookworm".into(),
-        packages,
-        ssh_public_key: key,
-        size_bytes,
-        agent,
-    })
-}
-
-/// The static guest agent to bake into images: `BANGER_AGENT_BIN`, else
-/// `banger-agent` next to bangerd if it is static, else cargo's static
-/// build (`target/x86_64-unknown-linux-gnu/release/`, what
-/// scripts/build-agent.sh makes) beside bangerd's build dir. `None` (with
-/// a warning) builds images without an agent; their VMs boot without
-/// waiting for one.
-pub async fn agent_binary(state: &Arc<DaemonState>) -> Option<banger_image::AgentBinary> {
-    let configured = state.config.agent_bin.clone();
+/// Runs blocking `banger-image` work after starting the stage `title`,
+/// reporting the stages it names on `ctx` as they happen.
+async fn with_stages<T, F>(
+    ctx: &OpCtx,
+    title: &str,
+    work: F,
+) -> Result<Result<T, ImageError>, ArtifactError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Fn(&str)) -> Result<T, ImageError> + Send + 'static,
+{
+    ctx.stage(title);
+    let ctx = ctx.clone();
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
-        let mut candidates = Vec::new();
-        if let Some(p) = configured {
-            candidates.push(p);
-        } else if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Into::into)) {
-            let dir: std::path::PathBuf = dir;
-            candidates.push(dir.join("banger-agent"));
-            if let Some(target) = dir.parent() {
-                candidates.push(target.join("x86_64-unknown-linux-gnu/release/banger-agent"));
-            }
-        }
-        let mut why = Vec::new();
-        for c in &candidates {
-            match banger_image::AgentBinary::load(c) {
-                Ok(a) => return Some(a),
-                Err(e) => why.push(error_chain(&e)),
-            }
-        }
-        tracing::warn!(tried = ?why, "no static banger-agent found; images are built without the guest agent");
-        None
+        let _entered = span.enter();
+        work(&|s: &str| ctx.stage(s))
     })
     .await
-    .ok()
-    .flatten()
+    .map_err(|source| ArtifactError::Task {
+        what: title.to_owned(),
+        source,
+    })
 }
 
-/// The image `name`; the default image is built on first use.
-pub async fn ensure_image(
-    state: &Arc<DaemonState>,
-    name: &str,
-    op: Option<&Arc<Operation>>,
-) -> Result<ImageRecord, RpcError> {
-    let lock = state.artifact_locks.get(format!("image:{name}"));
-    let _guard = lock.lock().await;
-    if let Some(i) = stored_image(state, name).await? {
-        for (what, path) in [
-            ("root disk", Some(&i.rootfs_path)),
-            ("work seed", i.work_seed_path.as_ref()),
-        ] {
-            if let Some(path) = path {
-                if !path.exists() {
-                    return Err(RpcError::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "image {name:?} is broken: its {what} file {} is missing",
-                            path.display()
-                        ),
-                    ));
+impl Artifacts {
+    pub fn new(db: Db, config: &DaemonConfig, ssh: SshPaths) -> Self {
+        Self {
+            db,
+            data_dir: config.layout.data_dir.clone(),
+            cache_dir: config.layout.cache_dir.clone(),
+            default_image: config.defaults.image.clone(),
+            default_kernel: config.defaults.kernel.clone(),
+            ssh,
+            agent_bin: config.agent_bin.clone(),
+            locks: ArtifactLocks::default(),
+        }
+    }
+
+    pub fn default_image(&self) -> &str {
+        &self.default_image
+    }
+
+    pub fn default_kernel(&self) -> &str {
+        &self.default_kernel
+    }
+
+    fn kernel_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("kernels").join(name)
+    }
+
+    fn image_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("images").join(name)
+    }
+
+    async fn stored_kernel(&self, name: &str) -> Result<Option<KernelRecord>, StoreError> {
+        let name = name.to_owned();
+        self.db.call(move |s| optional(s.kernel(&name))).await
+    }
+
+    async fn stored_image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let name = name.to_owned();
+        self.db.call(move |s| optional(s.image(&name))).await
+    }
+
+    /// Ok when `name` is pulled or can be pulled from the catalog.
+    pub async fn check_kernel_known(&self, name: &str) -> Result<(), ArtifactError> {
+        if self.stored_kernel(name).await?.is_some() || catalog_entry(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = catalog().iter().map(|e| e.name).collect();
+        Err(ArtifactError::UnknownKernel {
+            name: name.to_owned(),
+            catalog: known.join(", "),
+        })
+    }
+
+    /// The kernel `name`, pulled first if it is a catalog entry not pulled
+    /// yet (or whose files went missing).
+    pub async fn ensure_kernel(
+        &self,
+        name: &str,
+        ctx: &OpCtx,
+    ) -> Result<KernelRecord, ArtifactError> {
+        let lock = self.locks.get(format!("kernel:{name}"));
+        let _guard = lock.lock().await;
+        let existing = self.stored_kernel(name).await?;
+        if let Some(k) = &existing {
+            let files_ok =
+                k.kernel_path.exists() && k.initrd_path.as_ref().is_none_or(|p| p.exists());
+            if files_ok {
+                return Ok(k.clone());
+            }
+            tracing::warn!(kernel = name, "kernel files are missing; pulling again");
+        }
+        let entry = catalog_entry(name).ok_or_else(|| ArtifactError::NotFound {
+            kind: "kernel",
+            name: name.to_owned(),
+        })?;
+        ctx.check_cancelled()?;
+        let dest = self.kernel_dir(name);
+        let cache = self.cache_dir.clone();
+        let package = entry.package.to_owned();
+        let pulled = with_stages(ctx, &format!("pull kernel {name}"), move |progress| {
+            banger_image::pull_debian_kernel(&package, &cache, &dest, progress)
+        })
+        .await?
+        .map_err(|source| ArtifactError::Pull {
+            name: name.to_owned(),
+            source,
+        })?;
+        if let Some(k) = existing {
+            return Ok(k); // same paths, files now back
+        }
+        let record = KernelRecord {
+            id: new_id("k-"),
+            name: name.to_owned(),
+            source: format!("catalog:{}", entry.package),
+            kernel_path: pulled.kernel,
+            initrd_path: Some(pulled.initrd),
+            modules_dir: Some(pulled.modules_dir),
+            version: Some(pulled.version),
+            sha256: None,
+            created_at_ms: now_ms(),
+        };
+        let r = record.clone();
+        self.db.call(move |s| s.insert_kernel(&r)).await?;
+        tracing::info!(kernel = name, "kernel pulled");
+        Ok(record)
+    }
+
+    /// The recipe of a managed image.
+    async fn recipe(
+        &self,
+        packages: Vec<String>,
+        size_bytes: Option<u64>,
+    ) -> Result<ImageRecipe, ArtifactError> {
+        let ssh = self.ssh.clone();
+        let key = tokio::task::spawn_blocking(move || ssh.public_key())
+            .await
+            .map_err(|source| ArtifactError::Task {
+                what: "read ssh public key".into(),
+                source,
+            })??;
+        let agent = self.agent_binary().await;
+        Ok(ImageRecipe {
+            suite: "bookworm".into(),
+            packages,
+            ssh_public_key: key,
+            size_bytes,
+            agent,
+        })
+    }
+
+    /// The static guest agent to bake into images: `BANGER_AGENT_BIN`, else
+    /// `banger-agent` next to bangerd if it is static, else cargo's static
+    /// build (`target/x86_64-unknown-linux-gnu/release/`, what
+    /// scripts/build-agent.sh makes) beside bangerd's build dir. `None` (with
+    /// a warning) builds images without an agent; their VMs boot without
+    /// waiting for one.
+    pub async fn agent_binary(&self) -> Option<banger_image::AgentBinary> {
+        let configured = self.agent_bin.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut candidates = Vec::new();
+            if let Some(p) = configured {
+                candidates.push(p);
+            } else if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(PathBuf::from))
+            {
+                candidates.push(dir.join("banger-agent"));
+                if let Some(target) = dir.parent() {
+                    candidates.push(target.join("x86_64-unknown-linux-gnu/release/banger-agent"));
                 }
             }
+            let mut why = Vec::new();
+            for c in &candidates {
+                match banger_image::AgentBinary::load(c) {
+                    Ok(a) => return Some(a),
+                    Err(e) => why.push(chain(&e)),
+                }
+            }
+            tracing::warn!(tried = ?why, "no static banger-agent found; images are built without the guest agent");
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The image `name`; the default image is built on first use.
+    pub async fn ensure_image(
+        &self,
+        name: &str,
+        ctx: &OpCtx,
+    ) -> Result<ImageRecord, ArtifactError> {
+        let lock = self.locks.get(format!("image:{name}"));
+        let _guard = lock.lock().await;
+        if let Some(i) = self.stored_image(name).await? {
+            for (what, path) in [
+                ("root disk", Some(&i.rootfs_path)),
+                ("work seed", i.work_seed_path.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    if !path.exists() {
+                        return Err(ArtifactError::Broken {
+                            name: name.to_owned(),
+                            what,
+                            path: path.clone(),
+                        });
+                    }
+                }
+            }
+            return Ok(i);
         }
-        return Ok(i);
+        if name != self.default_image {
+            return Err(ArtifactError::NotFound {
+                kind: "image",
+                name: name.to_owned(),
+            });
+        }
+        self.build_locked(name, Vec::new(), None, ctx).await
     }
-    if name != state.config.defaults.image {
-        return Err(not_found("image", name));
+
+    /// `image.build`: builds a new managed image (check `packages` with
+    /// [`validate_packages`] first).
+    pub async fn build_image(
+        &self,
+        name: &str,
+        packages: Vec<String>,
+        size_bytes: Option<u64>,
+        ctx: &OpCtx,
+    ) -> Result<ImageRecord, ArtifactError> {
+        let lock = self.locks.get(format!("image:{name}"));
+        let _guard = lock.lock().await;
+        if self.stored_image(name).await?.is_some() {
+            return Err(ArtifactError::ImageExists {
+                name: name.to_owned(),
+            });
+        }
+        self.build_locked(name, packages, size_bytes, ctx).await
     }
-    build_locked(state, name, Vec::new(), None, op).await
+
+    async fn build_locked(
+        &self,
+        name: &str,
+        packages: Vec<String>,
+        size_bytes: Option<u64>,
+        ctx: &OpCtx,
+    ) -> Result<ImageRecord, ArtifactError> {
+        let recipe = self.recipe(packages, size_bytes).await?;
+        ctx.check_cancelled()?;
+        let dest = self.image_dir(name);
+        let cache = self.cache_dir.clone();
+        let r = recipe.clone();
+        let built = with_stages(ctx, &format!("build image {name}"), move |progress| {
+            banger_image::build_rootfs(&r, &cache, &dest, progress)
+        })
+        .await?
+        .map_err(|source| ArtifactError::Build {
+            name: name.to_owned(),
+            source,
+        })?;
+        let record = ImageRecord {
+            id: new_id("i-"),
+            name: name.to_owned(),
+            source: format!("debian:{}", recipe.suite),
+            rootfs_path: built.rootfs,
+            work_seed_path: Some(built.work_seed),
+            fingerprint: Some(recipe.fingerprint()),
+            size_bytes: built.size_bytes,
+            managed: true,
+            created_at_ms: now_ms(),
+            has_agent: recipe.agent.is_some(),
+        };
+        let r = record.clone();
+        self.db.call(move |s| s.insert_image(&r)).await?;
+        tracing::info!(image = name, "image built");
+        Ok(record)
+    }
+
+    /// The image `name` as shown to users.
+    pub async fn image(&self, name: &str) -> Result<ImageView, ArtifactError> {
+        let name = name.to_owned();
+        let image = self.db.call(move |s| s.image(&name)).await?;
+        self.image_view(&image).await
+    }
+
+    /// Every image as shown to users.
+    pub async fn images(&self) -> Result<Vec<ImageView>, ArtifactError> {
+        let images = self.db.call(|s| s.images()).await?;
+        let mut views = Vec::with_capacity(images.len());
+        for i in &images {
+            views.push(self.image_view(i).await?);
+        }
+        Ok(views)
+    }
+
+    pub async fn image_view(&self, i: &ImageRecord) -> Result<ImageView, ArtifactError> {
+        let current = if i.managed {
+            Some(self.recipe(Vec::new(), None).await?.fingerprint())
+        } else {
+            None
+        };
+        Ok(ImageView {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            source: i.source.clone(),
+            rootfs: i.rootfs_path.display().to_string(),
+            work_seed: i.work_seed_path.as_ref().map(|p| p.display().to_string()),
+            size_bytes: i.size_bytes,
+            managed: i.managed,
+            fingerprint: i.fingerprint.clone(),
+            // Only images built without extra packages share the default recipe.
+            stale: i.managed
+                && i.source == "debian:bookworm"
+                && current.is_some()
+                && i.fingerprint != current
+                && i.name == self.default_image,
+            created_at_ms: i.created_at_ms,
+        })
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<ImageRecord, ArtifactError> {
+        let lock = self.locks.get(format!("image:{name}"));
+        let _guard = lock.lock().await;
+        let n = name.to_owned();
+        let record = self.db.call(move |s| s.delete_image(&n)).await?;
+        remove_dir(self.image_dir(&record.name)).await;
+        Ok(record)
+    }
+
+    /// The catalog's kernels (pulled or not) and every other pulled one.
+    pub async fn kernel_views(&self) -> Result<Vec<KernelView>, ArtifactError> {
+        let records = self.db.call(|s| s.kernels()).await?;
+        Ok(kernel_views(&records))
+    }
+
+    /// The kernel `name` as `kernel_views` shows it.
+    pub async fn kernel_view_named(&self, name: &str) -> Result<KernelView, ArtifactError> {
+        self.kernel_views()
+            .await?
+            .into_iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| ArtifactError::NotFound {
+                kind: "kernel",
+                name: name.to_owned(),
+            })
+    }
+
+    /// A kernel just pulled, as shown to users.
+    pub fn pulled_kernel_view(&self, k: &KernelRecord) -> KernelView {
+        kernel_view(&k.name, "", k.name == self.default_kernel, Some(k))
+    }
+
+    pub async fn delete_kernel(&self, name: &str) -> Result<KernelRecord, ArtifactError> {
+        let lock = self.locks.get(format!("kernel:{name}"));
+        let _guard = lock.lock().await;
+        let n = name.to_owned();
+        let record = self.db.call(move |s| s.delete_kernel(&n)).await?;
+        remove_dir(self.kernel_dir(&record.name)).await;
+        Ok(record)
+    }
 }
 
-/// `image.build`: builds a new managed image.
-pub async fn build_image(
-    state: &Arc<DaemonState>,
-    name: &str,
-    packages: Vec<String>,
-    size_bytes: Option<u64>,
-    op: Option<&Arc<Operation>>,
-) -> Result<ImageRecord, RpcError> {
-    let lock = state.artifact_locks.get(format!("image:{name}"));
-    let _guard = lock.lock().await;
-    if stored_image(state, name).await?.is_some() {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!("image {name:?} already exists; delete it first"),
-        ));
-    }
-    build_locked(state, name, packages, size_bytes, op).await
-}
-
-async fn build_locked(
-    state: &Arc<DaemonState>,
-    name: &str,
-    packages: Vec<String>,
-    size_bytes: Option<u64>,
-    op: Option<&Arc<Operation>>,
-) -> Result<ImageRecord, RpcError> {
-    let recipe = recipe(state, packages, size_bytes).await?;
-    let dest = image_dir(state, name);
-    let cache = state.config.layout.cache_dir.clone();
-    let r = recipe.clone();
-    let built = with_stages(op, &format!("build image {name}"), move |progress| {
-        banger_image::build_rootfs(&r, &cache, &dest, progress)
+/// Removes a deleted artifact's files; what cannot be removed is logged
+/// and left (the record is gone already).
+async fn remove_dir(dir: PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((dir, e)),
+        _ => Ok(()),
     })
-    .await?;
-    let record = ImageRecord {
-        id: new_id("i-"),
-        name: name.to_owned(),
-        source: format!("debian:{}", recipe.suite),
-        rootfs_path: built.rootfs,
-        work_seed_path: Some(built.work_seed),
-        fingerprint: Some(recipe.fingerprint()),
-        size_bytes: built.size_bytes,
-        managed: true,
-        created_at_ms: now_ms(),
-        has_agent: recipe.agent.is_some(),
-    };
-    let r = record.clone();
-    state.with_store(move |s| s.insert_image(&r)).await?;
-    tracing::info!(image = name, "image built");
-    Ok(record)
-}
-
-pub async fn image_view(state: &Arc<DaemonState>, i: &ImageRecord) -> Result<ImageView, RpcError> {
-    let current = if i.managed {
-        Some(recipe(state, Vec::new(), None).await?.fingerprint())
-    } else {
-        None
-    };
-    Ok(ImageView {
-        id: i.id.clone(),
-        name: i.name.clone(),
-        source: i.source.clone(),
-        rootfs: i.rootfs_path.display().to_string(),
-        work_seed: i.work_seed_path.as_ref().map(|p| p.display().to_string()),
-        size_bytes: i.size_bytes,
-        managed: i.managed,
-        fingerprint: i.fingerprint.clone(),
-        // Only images built without extra packages share the default recipe.
-        stale: i.managed
-            && i.source == "debian:bookworm"
-            && current.is_some()
-            && i.fingerprint != current
-            && i.name == state.config.defaults.image,
-        created_at_ms: i.created_at_ms,
-    })
-}
-
-pub async fn delete_image(state: &Arc<DaemonState>, name: &str) -> Result<ImageRecord, RpcError> {
-    let lock = state.artifact_locks.get(format!("image:{name}"));
-    let _guard = lock.lock().await;
-    let n = name.to_owned();
-    let record = state.with_store(move |s| s.delete_image(&n)).await?;
-    let dir = image_dir(state, &record.name);
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
+    .await;
+    if let Ok(Err((dir, e))) = removed {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove artifact files");
     }
-    Ok(record)
 }
 
-pub fn kernel_views(records: &[KernelRecord]) -> Vec<KernelView> {
+fn kernel_views(records: &[KernelRecord]) -> Vec<KernelView> {
     let mut views: Vec<KernelView> = catalog()
         .iter()
         .map(|e| {
@@ -349,14 +519,14 @@ pub fn kernel_views(records: &[KernelRecord]) -> Vec<KernelView> {
         })
         .collect();
     for k in records {
-        if !catalog().iter().any(|e| e.name == k.name) {
+        if catalog_entry(&k.name).is_none() {
             views.push(kernel_view(&k.name, "", false, Some(k)));
         }
     }
     views
 }
 
-pub fn kernel_view(
+fn kernel_view(
     name: &str,
     description: &str,
     default: bool,
@@ -373,14 +543,188 @@ pub fn kernel_view(
     }
 }
 
-pub async fn delete_kernel(state: &Arc<DaemonState>, name: &str) -> Result<KernelRecord, RpcError> {
-    let lock = state.artifact_locks.get(format!("kernel:{name}"));
-    let _guard = lock.lock().await;
-    let n = name.to_owned();
-    let record = state.with_store(move |s| s.delete_kernel(&n)).await?;
-    let dir = kernel_dir(state, &record.name);
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::chain;
+
+    fn service(root: &std::path::Path) -> Artifacts {
+        let layout = banger_paths::Layout {
+            config_dir: root.join("config"),
+            data_dir: root.join("data"),
+            state_dir: root.join("state"),
+            cache_dir: root.join("cache"),
+            runtime_dir: root.join("run"),
+        };
+        layout.ensure_dirs().unwrap();
+        let store = banger_store::Store::open(&layout.database_path()).unwrap();
+        let config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
+        let ssh = SshPaths::new(&config.layout);
+        Artifacts::new(Db::new(store), &config, ssh)
     }
-    Ok(record)
+
+    fn image_record(root: &std::path::Path, name: &str) -> ImageRecord {
+        let dir = root.join("data/images").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["rootfs.ext4", "work-seed.ext4"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        ImageRecord {
+            id: format!("i-{name}"),
+            name: name.into(),
+            source: "test".into(),
+            rootfs_path: dir.join("rootfs.ext4"),
+            work_seed_path: Some(dir.join("work-seed.ext4")),
+            fingerprint: None,
+            size_bytes: 1,
+            managed: false,
+            created_at_ms: 0,
+            has_agent: false,
+        }
+    }
+
+    /// Every `: `-separated part of `text` appears once.
+    fn assert_each_cause_once(text: &str) {
+        let parts: Vec<&str> = text.split(": ").collect();
+        for p in &parts {
+            let n = parts.iter().filter(|q| *q == p).count();
+            assert_eq!(n, 1, "{p:?} repeats in {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_image_command_prints_each_cause_once() {
+        let failed = ArtifactError::Build {
+            name: "default".into(),
+            source: ImageError::Command {
+                command: "mmdebstrap --variant=apt bookworm".into(),
+                status: "exit status 1".into(),
+                stderr: "E: boom".into(),
+            },
+        };
+        let text = chain(&failed);
+        assert_eq!(
+            text,
+            "build image default: mmdebstrap --variant=apt bookworm failed (exit status 1): E: boom"
+        );
+        assert_each_cause_once(&text);
+
+        let missing = ArtifactError::Pull {
+            name: "debian-cloud".into(),
+            source: ImageError::Spawn {
+                program: "apt-get".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+        };
+        let text = chain(&missing);
+        assert!(
+            text.starts_with("pull kernel debian-cloud: cannot run apt-get: "),
+            "{text}"
+        );
+        assert_each_cause_once(&text);
+
+        let io = ArtifactError::Build {
+            name: "default".into(),
+            source: ImageError::Io {
+                op: "create",
+                path: "/data/images/default".into(),
+                source: std::io::Error::other("disk full"),
+            },
+        };
+        assert_eq!(
+            chain(&io),
+            "build image default: create /data/images/default: disk full"
+        );
+    }
+
+    #[test]
+    fn package_names_are_checked() {
+        let ok =
+            |p: &[&str]| validate_packages(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&["curl", "libc6:amd64", "g++", "python3=3.11.2-1+b1"]).is_ok());
+        for bad in ["", "-oAPT::Get=x", "a b", "a;b", "a/b"] {
+            let err = ok(&["curl", bad]).unwrap_err();
+            assert!(
+                matches!(&err, ArtifactError::InvalidPackage { package } if package == bad),
+                "{err:?}"
+            );
+            assert_eq!(err.to_string(), format!("invalid package name {bad:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_named_image_is_not_found_and_a_duplicate_build_conflicts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = service(tmp.path());
+        let ctx = OpCtx::background();
+
+        let err = artifacts.ensure_image("nope", &ctx).await.unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::NotFound { kind: "image", .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "image \"nope\" not found");
+
+        let record = image_record(tmp.path(), "mine");
+        let r = record.clone();
+        artifacts
+            .db
+            .call(move |s| s.insert_image(&r))
+            .await
+            .unwrap();
+        assert_eq!(artifacts.ensure_image("mine", &ctx).await.unwrap(), record);
+        let err = artifacts
+            .build_image("mine", Vec::new(), None, &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::ImageExists { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "image \"mine\" already exists; delete it first"
+        );
+
+        // A record whose files went missing is broken, not rebuilt.
+        std::fs::remove_file(&record.rootfs_path).unwrap();
+        let err = artifacts.ensure_image("mine", &ctx).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("image \"mine\" is broken: its root disk file "),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with(" is missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_kernels_name_the_catalog() {
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = service(tmp.path());
+        artifacts.check_kernel_known("debian-cloud").await.unwrap();
+        let err = artifacts.check_kernel_known("nope").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel \"nope\" not found (the catalog has: debian-cloud)"
+        );
+        let err = artifacts
+            .ensure_kernel("nope", &OpCtx::background())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "kernel \"nope\" not found");
+        let err = artifacts.kernel_view_named("nope").await.unwrap_err();
+        assert_eq!(err.to_string(), "kernel \"nope\" not found");
+        let views = artifacts.kernel_views().await.unwrap();
+        assert!(views.iter().any(|k| k.name == "debian-cloud" && !k.present));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_operation_does_not_start_a_pull() {
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = service(tmp.path());
+        let ctx = OpCtx::background();
+        ctx.cancel_token().cancel();
+        let err = artifacts
+            .ensure_kernel("debian-cloud", &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::Cancelled(_)), "{err:?}");
+    }
 }

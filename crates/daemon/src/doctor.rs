@@ -1,19 +1,42 @@
 //! `doctor` (docs/capabilities.md, "Doctor"): what works on this host and what to do about it.
 
 use std::path::Path;
-use std::sync::Arc;
 
+use banger_proto::CheckStatus::{self, Fail, Ok as Pass, Warn};
 use banger_proto::vm::{DoctorCheck, DoctorReport};
+use banger_store::StoreError;
+use banger_vmm::BackendKind;
 
-use crate::DaemonState;
-use crate::accel;
+use crate::accel::AccelChooser;
 use crate::config::AccelChoice;
-use crate::dispatch::RpcError;
+use crate::db::Db;
+use crate::helper_client::HelperClient;
+use crate::op::OpId;
 
-fn check(name: &str, status: &str, detail: impl Into<String>, fix: Option<&str>) -> DoctorCheck {
+/// What `doctor` looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub db: &'a Db,
+    pub accel: &'a AccelChooser,
+    pub helper: &'a HelperClient,
+    /// The backend `vm create` uses.
+    pub backend: BackendKind,
+    /// The kernel `vm create` uses unless told otherwise.
+    pub default_kernel: &'a str,
+    pub data_dir: &'a Path,
+    /// The request's op id, for the helper call.
+    pub op: &'a OpId,
+}
+
+fn check(
+    name: &str,
+    status: CheckStatus,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> DoctorCheck {
     DoctorCheck {
         name: name.to_owned(),
-        status: status.to_owned(),
+        status: status.as_str().to_owned(),
         detail: detail.into(),
         fix: fix.map(str::to_owned),
     }
@@ -26,18 +49,18 @@ fn on_path(program: &str) -> bool {
 
 /// Runs every check; with `probe`, boots the default kernel under KVM to
 /// tell a usable KVM from one that hangs guests, and records the verdict.
-pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, RpcError> {
+pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreError> {
     let mut checks = Vec::new();
     match banger_vmm::probe_qemu() {
         Ok(q) => checks.push(check(
             "qemu",
-            "ok",
+            Pass,
             format!("{} {}", q.binary.display(), q.version),
             None,
         )),
         Err(e) => checks.push(check(
             "qemu",
-            "fail",
+            Fail,
             e.to_string(),
             Some("install qemu-system-x86 (apt-get install qemu-system-x86)"),
         )),
@@ -52,11 +75,11 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
         ("apt-get", "apt", "kernel pull"),
     ] {
         if on_path(tool) {
-            checks.push(check(tool, "ok", format!("found ({why})"), None));
+            checks.push(check(tool, Pass, format!("found ({why})"), None));
         } else {
             checks.push(check(
                 tool,
-                "fail",
+                Fail,
                 format!("not found; needed for {why}"),
                 Some(&format!("apt-get install {package}")),
             ));
@@ -66,7 +89,7 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     let kvm_present = Path::new("/dev/kvm").exists();
     checks.push(check(
         "/dev/kvm",
-        if kvm_present { "ok" } else { "warn" },
+        if kvm_present { Pass } else { Warn },
         if kvm_present {
             "present"
         } else {
@@ -75,29 +98,27 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
         None,
     ));
 
-    let kernels = state.with_store(|s| s.kernels()).await?;
-    let images = state.with_store(|s| s.images()).await?;
-    let default_kernel = kernels
-        .iter()
-        .find(|k| k.name == state.config.defaults.kernel);
+    let kernels = inputs.db.call(|s| s.kernels()).await?;
+    let images = inputs.db.call(|s| s.images()).await?;
+    let default_kernel = kernels.iter().find(|k| k.name == inputs.default_kernel);
     if kvm_present && probe {
         match default_kernel {
             Some(k) => {
-                accel::run_probe(state, k).await;
+                inputs.accel.run_probe(k).await;
             }
             None => checks.push(check(
                 "kvm probe",
-                "warn",
+                Warn,
                 "skipped: no kernel pulled yet",
                 Some("banger kernel pull"),
             )),
         }
     }
-    let (accel_name, accel_reason) = match state.config.accel {
+    let (accel_name, accel_reason) = match inputs.accel.choice() {
         AccelChoice::Kvm => ("kvm".to_owned(), "forced by BANGER_ACCEL=kvm".to_owned()),
         AccelChoice::Tcg => ("tcg".to_owned(), "forced by BANGER_ACCEL=tcg".to_owned()),
         AccelChoice::Auto if !kvm_present => ("tcg".to_owned(), "no /dev/kvm".to_owned()),
-        AccelChoice::Auto => match accel::recorded(state) {
+        AccelChoice::Auto => match inputs.accel.recorded() {
             Some(r) => (
                 if r.usable { "kvm" } else { "tcg" }.to_owned(),
                 format!("kvm probe: {}", r.detail),
@@ -108,10 +129,10 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
             ),
         },
     };
-    if let Some(r) = accel::recorded(state) {
+    if let Some(r) = inputs.accel.recorded() {
         checks.push(check(
             "kvm probe",
-            if r.usable { "ok" } else { "warn" },
+            if r.usable { Pass } else { Warn },
             r.detail.clone(),
             (!r.usable).then_some("guests run under TCG with one vcpu"),
         ));
@@ -120,13 +141,13 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(match default_kernel {
         Some(k) => check(
             "kernel",
-            "ok",
+            Pass,
             format!("{} {}", k.name, k.version.clone().unwrap_or_default()),
             None,
         ),
         None => check(
             "kernel",
-            "warn",
+            Warn,
             "no kernel pulled; the first vm create pulls the default",
             Some("banger kernel pull"),
         ),
@@ -134,47 +155,47 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(if images.is_empty() {
         check(
             "image",
-            "warn",
+            Warn,
             "no image built; the first vm create builds the default",
             Some("banger image build"),
         )
     } else {
         let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
-        check("image", "ok", names.join(", "), None)
+        check("image", Pass, names.join(", "), None)
     });
 
-    let data = state.config.layout.data_dir.clone();
-    checks.push(match rustix::fs::statvfs(&data) {
+    let data = inputs.data_dir;
+    checks.push(match rustix::fs::statvfs(data) {
         Ok(s) => {
             let free = s.f_bavail.saturating_mul(s.f_frsize);
             let gib = free as f64 / (1u64 << 30) as f64;
             let status = if gib < 2.0 {
-                "fail"
+                Fail
             } else if gib < 10.0 {
-                "warn"
+                Warn
             } else {
-                "ok"
+                Pass
             };
             check(
                 "disk space",
                 status,
                 format!("{gib:.1} GiB free in {}", data.display()),
-                (status != "ok").then_some("free space: images take ~1 GiB, VMs grow with use"),
+                (status != Pass).then_some("free space: images take ~1 GiB, VMs grow with use"),
             )
         }
         Err(e) => check(
             "disk space",
-            "warn",
+            Warn,
             format!("statvfs {}: {e}", data.display()),
             None,
         ),
     });
-    checks.push(if crate::disks::reflink_supported(&data) {
-        check("reflink", "ok", "supported in the data dir", None)
+    checks.push(if crate::disks::reflink_supported(data) {
+        check("reflink", Pass, "supported in the data dir", None)
     } else {
         check(
             "reflink",
-            "ok",
+            Pass,
             "not supported in the data dir; qcow2 overlays are used",
             None,
         )
@@ -182,9 +203,9 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(check(
         "device-mapper",
         if Path::new("/dev/mapper/control").exists() {
-            "ok"
+            Pass
         } else {
-            "warn"
+            Warn
         },
         if Path::new("/dev/mapper/control").exists() {
             "present (snapshots through banger-helper)"
@@ -193,22 +214,22 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
         },
         None,
     ));
-    checks.push(helper_check(state).await);
+    checks.push(helper_check(inputs.helper, inputs.op).await);
     Ok(DoctorReport {
         checks,
-        backend: state.vmm.kind().to_string(),
+        backend: inputs.backend.to_string(),
         accel: accel_name,
         accel_reason,
     })
 }
 
 /// Whether banger-helper answers, and the bridge it enforces.
-async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
-    let socket = state.network.helper().socket().display().to_string();
-    match state.network.helper().ping(&crate::op::mint()).await {
+async fn helper_check(helper: &HelperClient, op: &OpId) -> DoctorCheck {
+    let socket = helper.socket().display().to_string();
+    match helper.ping(op).await {
         Ok(info) => check(
             "helper",
-            "ok",
+            Pass,
             format!(
                 "banger-helper {} (pid {}) answers at {socket}: bridged networking on {} ({}, gateway {})",
                 info.version, info.pid, info.bridge, info.subnet, info.gateway
@@ -217,12 +238,48 @@ async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
         ),
         Err(e) => check(
             "helper",
-            "warn",
+            Warn,
             format!(
                 "banger-helper does not answer at {socket} ({}): rootless mode, user-mode networking only",
-                crate::dispatch::error_chain(&e)
+                crate::error::chain(&e)
             ),
             Some("sudo banger system install"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::tests::test_state;
+
+    #[tokio::test]
+    async fn reports_missing_artifacts_and_the_forced_accelerator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = test_state(tmp.path()); // BANGER_ACCEL=tcg
+        let inputs = Inputs {
+            db: &state.db,
+            accel: &state.accel,
+            helper: state.network.helper(),
+            backend: BackendKind::Qemu,
+            default_kernel: &state.config.defaults.kernel,
+            data_dir: &state.config.layout.data_dir,
+            op: &crate::op::mint(),
+        };
+        let report = run(inputs, false).await.unwrap();
+        assert_eq!(report.backend, "qemu");
+        assert_eq!(
+            (report.accel.as_str(), report.accel_reason.as_str()),
+            ("tcg", "forced by BANGER_ACCEL=tcg")
+        );
+        let status = |name: &str| {
+            let c = report.checks.iter().find(|c| c.name == name).unwrap();
+            c.status.parse::<CheckStatus>().unwrap()
+        };
+        assert_eq!(status("kernel"), Warn);
+        assert_eq!(status("image"), Warn);
+        for c in &report.checks {
+            assert!(c.status.parse::<CheckStatus>().is_ok(), "{c:?}");
+        }
     }
 }

@@ -79,8 +79,8 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         // Measure the host's TSC rate for TCG guests now, off the path of
         // the first boot (cached per host boot, so usually a file read).
         tokio::spawn({
-            let state = Arc::clone(&state);
-            async move { accel::host_tsc_khz(&state).await }
+            let accel = Arc::clone(&state.accel);
+            async move { accel.host_tsc_khz().await }
         });
         // Bridged networking when the helper answers: bridge, NAT, DNS and
         // the TAPs left by the previous daemon (held, idle or surplus).

@@ -8,9 +8,10 @@ use crate::DaemonConfig;
 
 /// What every request handler can reach.
 ///
-/// Lock order: a VM's lock (`vms`), then an artifact lock, then the leaf
-/// std mutexes (handles map, operation registry, `store`), which are never
-/// held across an `.await`; `store` is only taken inside `spawn_blocking`.
+/// Lock order: a VM's lock (`vms`), then an artifact lock (in `artifacts`),
+/// then the leaf std mutexes (handles map, operation registry, `store`),
+/// which are never held across an `.await`; `store` is only taken inside
+/// `spawn_blocking`.
 #[derive(Debug)]
 pub struct DaemonState {
     pub config: DaemonConfig,
@@ -22,7 +23,10 @@ pub struct DaemonState {
     pub ops: crate::ops::OpRegistry,
     pub vms: Arc<crate::vms::VmTable>,
     pub reservations: crate::vms::Reservations,
-    pub artifact_locks: crate::artifacts::ArtifactLocks,
+    /// Kernels and images, pulled or built on demand.
+    pub artifacts: Arc<crate::artifacts::Artifacts>,
+    /// KVM or TCG for each boot.
+    pub accel: Arc<crate::accel::AccelChooser>,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
     pub ssh: crate::ssh::SshPaths,
     pub network: Arc<crate::network::Network>,
@@ -48,8 +52,18 @@ impl DaemonState {
             &config.layout.data_dir,
             config.boot_timeout,
         ));
+        let ssh = crate::ssh::SshPaths::new(&config.layout);
         Self {
-            ssh: crate::ssh::SshPaths::new(&config.layout),
+            artifacts: Arc::new(crate::artifacts::Artifacts::new(
+                db.clone(),
+                &config,
+                ssh.clone(),
+            )),
+            accel: Arc::new(crate::accel::AccelChooser::new(
+                config.accel,
+                config.layout.cache_dir.clone(),
+            )),
+            ssh,
             network: Arc::new(crate::network::Network::new(
                 crate::helper_client::HelperClient::new(&config.helper_socket),
                 db.clone(),
@@ -64,7 +78,6 @@ impl DaemonState {
             ops: Default::default(),
             vms,
             reservations: Default::default(),
-            artifact_locks: Default::default(),
             vmm,
             #[cfg(test)]
             probe: Default::default(),

@@ -214,7 +214,7 @@ fn boots_debian_cloud_kernel_with_bookworm_image() {
         &artifacts.join("kernel-debian-cloud"),
         &progress,
     )
-    .unwrap_or_else(|e| panic!("kernel pull: {e}"));
+    .unwrap_or_else(|e| panic!("kernel pull: {e:?}"));
     eprintln!(
         "kernel pull: {:.1} s ({})",
         t.elapsed().as_secs_f64(),
@@ -255,7 +255,7 @@ fn boots_debian_cloud_kernel_with_bookworm_image() {
         }
         let t = Instant::now();
         let built = build_rootfs(&recipe, &cache, &image_dir, &progress)
-            .unwrap_or_else(|e| panic!("image build: {e}"));
+            .unwrap_or_else(|e| panic!("image build: {e:?}"));
         eprintln!(
             "image build: {:.1} s ({} MiB image)",
             t.elapsed().as_secs_f64(),

@@ -14,26 +14,15 @@ use crate::validate;
 
 pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: ImageBuildParams = params(methods::IMAGE_BUILD_BEGIN, p)?;
+    let artifacts = Arc::clone(&ctx.state.artifacts);
     let name = p
         .name
-        .unwrap_or_else(|| ctx.state.config.defaults.image.clone());
+        .unwrap_or_else(|| artifacts.default_image().to_owned());
     validate::name("image", &name)?;
-    for pkg in &p.packages {
-        let ok = !pkg.is_empty()
-            && pkg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b))
-            && pkg.as_bytes()[0].is_ascii_alphanumeric();
-        if !ok {
-            return Err(crate::dispatch::RpcError::bad_params(format!(
-                "invalid package name {pkg:?}"
-            )));
-        }
-    }
+    artifacts::validate_packages(&p.packages)?;
     if let Some(size) = p.size_bytes {
         validate::image_size(size)?;
     }
-    let state = Arc::clone(&ctx.state);
     let target = name.clone();
     let op = ctx.state.ops.begin(
         &ctx.op_id,
@@ -41,10 +30,10 @@ pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResul
         &target,
         move |op| async move {
             let built = async {
-                let image =
-                    artifacts::build_image(&state, &name, p.packages, p.size_bytes, op.operation())
-                        .await?;
-                to_value(artifacts::image_view(&state, &image).await?)
+                let image = artifacts
+                    .build_image(&name, p.packages, p.size_bytes, &op)
+                    .await?;
+                to_value(artifacts.image_view(&image).await?)
             };
             built.await.map_err(RpcError::into_body)
         },
@@ -54,34 +43,28 @@ pub(crate) async fn image_build_begin(ctx: RequestCtx, p: Value) -> HandlerResul
 
 pub(crate) async fn image_list(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::IMAGE_LIST, &p)?;
-    let images = ctx.state.with_store(|s| s.images()).await?;
-    let mut views = Vec::new();
-    for i in &images {
-        views.push(artifacts::image_view(&ctx.state, i).await?);
-    }
-    to_value(views)
+    to_value(ctx.state.artifacts.images().await?)
 }
 
 pub(crate) async fn image_show(ctx: RequestCtx, p: Value) -> HandlerResult {
     let NameParams { name } = params(methods::IMAGE_SHOW, p)?;
-    let image = ctx.state.with_store(move |s| s.image(&name)).await?;
-    to_value(artifacts::image_view(&ctx.state, &image).await?)
+    to_value(ctx.state.artifacts.image(&name).await?)
 }
 
 pub(crate) async fn image_delete(ctx: RequestCtx, p: Value) -> HandlerResult {
     let NameParams { name } = params(methods::IMAGE_DELETE, p)?;
-    let image = artifacts::delete_image(&ctx.state, &name).await?;
+    let image = ctx.state.artifacts.delete_image(&name).await?;
     to_value(serde_json::json!({ "deleted": image.name }))
 }
 
 pub(crate) async fn kernel_pull_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: KernelPullParams = params(methods::KERNEL_PULL_BEGIN, p)?;
+    let artifacts = Arc::clone(&ctx.state.artifacts);
     let name = p
         .name
-        .unwrap_or_else(|| ctx.state.config.defaults.kernel.clone());
+        .unwrap_or_else(|| artifacts.default_kernel().to_owned());
     validate::name("kernel", &name)?;
-    artifacts::check_kernel_known(&ctx.state, &name).await?;
-    let state = Arc::clone(&ctx.state);
+    artifacts.check_kernel_known(&name).await?;
     let target = name.clone();
     let op = ctx.state.ops.begin(
         &ctx.op_id,
@@ -89,13 +72,8 @@ pub(crate) async fn kernel_pull_begin(ctx: RequestCtx, p: Value) -> HandlerResul
         &target,
         move |op| async move {
             let pulled = async {
-                let k = artifacts::ensure_kernel(&state, &name, op.operation()).await?;
-                to_value(artifacts::kernel_view(
-                    &k.name,
-                    "",
-                    k.name == state.config.defaults.kernel,
-                    Some(&k),
-                ))
+                let k = artifacts.ensure_kernel(&name, &op).await?;
+                to_value(artifacts.pulled_kernel_view(&k))
             };
             pulled.await.map_err(RpcError::into_body)
         },
@@ -105,28 +83,17 @@ pub(crate) async fn kernel_pull_begin(ctx: RequestCtx, p: Value) -> HandlerResul
 
 pub(crate) async fn kernel_list(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::KERNEL_LIST, &p)?;
-    let records = ctx.state.with_store(|s| s.kernels()).await?;
-    to_value(artifacts::kernel_views(&records))
+    to_value(ctx.state.artifacts.kernel_views().await?)
 }
 
 pub(crate) async fn kernel_show(ctx: RequestCtx, p: Value) -> HandlerResult {
     let NameParams { name } = params(methods::KERNEL_SHOW, p)?;
-    let records = ctx.state.with_store(|s| s.kernels()).await?;
-    artifacts::kernel_views(&records)
-        .into_iter()
-        .find(|k| k.name == name)
-        .map(to_value)
-        .unwrap_or_else(|| {
-            Err(crate::dispatch::RpcError::new(
-                banger_proto::ErrorCode::NotFound,
-                format!("kernel {name:?} not found"),
-            ))
-        })
+    to_value(ctx.state.artifacts.kernel_view_named(&name).await?)
 }
 
 pub(crate) async fn kernel_delete(ctx: RequestCtx, p: Value) -> HandlerResult {
     let NameParams { name } = params(methods::KERNEL_DELETE, p)?;
-    let k = artifacts::delete_kernel(&ctx.state, &name).await?;
+    let k = ctx.state.artifacts.delete_kernel(&name).await?;
     to_value(serde_json::json!({ "deleted": k.name }))
 }
 
@@ -157,5 +124,15 @@ struct DoctorParams {
 
 pub(crate) async fn doctor(ctx: RequestCtx, p: Value) -> HandlerResult {
     let DoctorParams { probe } = params(methods::DOCTOR, p)?;
-    to_value(crate::doctor::run(&ctx.state, probe).await?)
+    let state = &ctx.state;
+    let inputs = crate::doctor::Inputs {
+        db: &state.db,
+        accel: &state.accel,
+        helper: state.network.helper(),
+        backend: state.vmm.kind(),
+        default_kernel: &state.config.defaults.kernel,
+        data_dir: &state.config.layout.data_dir,
+        op: &ctx.op_id,
+    };
+    to_value(crate::doctor::run(inputs, probe).await?)
 }

@@ -20,7 +20,7 @@ use super::{VmError, view, vm_dir, work_disk};
 use crate::network::{NetworkError, ensure_port_free};
 use crate::op::{OpCtx, OpId};
 use crate::ops::now_ms;
-use crate::{DaemonState, artifacts, disks, validate};
+use crate::{DaemonState, disks, validate};
 
 /// Names and host ports of VMs being created, reserved before their row
 /// exists.
@@ -154,7 +154,7 @@ pub async fn plan_create(
         state.db.call(move |s| s.image(&name)).await?;
     }
     if p.kernel.is_some() {
-        artifacts::check_kernel_known(state, &kernel_name).await?;
+        state.artifacts.check_kernel_known(&kernel_name).await?;
     }
     // Reserve first, then look at the store: a create that ends between
     // the two has its row in the store by then.
@@ -253,10 +253,9 @@ pub async fn create(
     plan: CreatePlan,
 ) -> Result<VmView, VmError> {
     check_ports(state, &plan).await?;
-    let operation = ctx.operation().cloned();
-    let kernel = artifacts::ensure_kernel(state, &plan.kernel, operation.as_ref()).await?;
+    let kernel = state.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
     ctx.check_cancelled()?;
-    let image = artifacts::ensure_image(state, &plan.image, operation.as_ref()).await?;
+    let image = state.artifacts.ensure_image(&plan.image, ctx).await?;
     ctx.check_cancelled()?;
 
     let dir = vm_dir(state, &plan.id);

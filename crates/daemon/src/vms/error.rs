@@ -78,6 +78,8 @@ pub enum VmError {
     #[error(transparent)]
     Guest(#[from] super::guest::GuestError),
     #[error(transparent)]
+    Artifact(#[from] crate::artifacts::ArtifactError),
+    #[error(transparent)]
     Store(#[from] banger_store::StoreError),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),

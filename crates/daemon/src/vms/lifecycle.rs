@@ -20,7 +20,7 @@ use crate::DaemonState;
 use crate::network::{ensure_port_free, free_loopback_port};
 use crate::op::{Cancelled, OpCtx};
 use crate::ops::now_ms;
-use crate::{accel, disks, validate};
+use crate::{disks, validate};
 
 /// Kernel command line per docs/guest-contract.md; `net` carries the
 /// guest's `banger.ip`, `banger.gw` and `banger.dns`.
@@ -165,13 +165,13 @@ async fn boot(
             user_network(&vm.published_ports)?
         }
     };
-    let (accel, reason) = accel::choose(state, &kernel, ctx.operation().map(|o| &**o)).await;
+    let (accel, reason) = state.accel.choose(&kernel, ctx).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
         // guest can hang calibrating its timers (see banger_vmm::clock).
-        let clock = banger_vmm::clock_args(accel::host_tsc_khz(state).await);
+        let clock = banger_vmm::clock_args(state.accel.host_tsc_khz().await);
         if !clock.is_empty() {
             kernel_args.push(' ');
             kernel_args.push_str(&clock);
