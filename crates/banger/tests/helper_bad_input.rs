@@ -885,13 +885,14 @@ sys.stdout.write("EOF" if rest == b"" else "MORE")
     // helper recovers once they close.
     {
         let label = "connection flood beyond the cap";
-        // Earlier connections' threads finish first.
-        std::thread::sleep(Duration::from_millis(100));
+        // Earlier connections are over (each holds a slot until its
+        // thread ends).
+        env.wait_connection_threads(0);
         let idle: Vec<UnixStream> = (0..32)
             .map(|_| UnixStream::connect(&env.socket).unwrap())
             .collect();
-        // Let the helper take them all in.
-        std::thread::sleep(Duration::from_millis(300));
+        // The helper took them all in: the cap is reached.
+        env.wait_connection_threads(32);
         let mut extra = UnixStream::connect(&env.socket).unwrap();
         extra
             .set_read_timeout(Some(Duration::from_secs(10)))

@@ -1,12 +1,15 @@
 //! Bad input on the raw socket: every case gets its typed error (or, for an
 //! oversize request, a closed connection), and `ping` keeps answering on
-//! another connection throughout and after.
+//! another connection throughout and after. Clients that half-close after
+//! their request (as `socat` and `nc -N` do) get their answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 mod common;
 
 use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{RawConn, World, error_code};
@@ -141,4 +144,51 @@ fn two_hundred_concurrent_clients() {
     }
     assert_ping(&world, Duration::from_secs(1));
     assert!(!world.log_text().contains("panicked"));
+}
+
+/// One connection per ping, each shutting down its write side right after
+/// the request: every ping is answered, then the daemon closes. Four
+/// clients run side by side, 250 pings each.
+#[test]
+fn a_thousand_half_closing_clients_each_get_their_ping_answered() {
+    const CLIENTS: usize = 4;
+    const PINGS: usize = 250;
+    let world = world();
+    let socket = world.socket();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                for i in 0..PINGS {
+                    let mut s = UnixStream::connect(&socket).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.write_all(format!("{PING}\n").as_bytes()).unwrap();
+                    s.shutdown(Shutdown::Write).unwrap();
+                    // Everything up to the daemon's close: one answer line.
+                    let mut all = String::new();
+                    s.read_to_string(&mut all)
+                        .unwrap_or_else(|e| panic!("client {client}, ping {i}: {e}"));
+                    let lines: Vec<&str> = all.lines().collect();
+                    assert_eq!(lines.len(), 1, "client {client}, ping {i}: {all:?}");
+                    let answer: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+                    assert!(
+                        answer["result"]["pid"].is_u64(),
+                        "client {client}, ping {i}: {answer}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!("{} half-closed pings answered in {took:?}", CLIENTS * PINGS);
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(
+        !world.log_text().contains("cancelling its request"),
+        "a ping was cancelled"
+    );
+    assert_ping(&world, Duration::from_secs(1));
 }

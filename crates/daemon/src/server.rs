@@ -1,18 +1,29 @@
 //! The accept loop and the per-connection request loop.
 //!
 //! A connection carries newline-delimited JSON requests, answered in order.
-//! While a handler runs, the connection keeps reading: end-of-file there
-//! means the client went away, and the handler's future is dropped (its
-//! work cancelled, with whatever rollback its drop guards do). A request
-//! line that arrives meanwhile is kept and served next.
+//! While a handler runs, the connection keeps reading, and a request line
+//! that arrives meanwhile is kept and served next.
+//!
+//! End-of-file on the read side is not the same as a client gone: a client
+//! may shut down only its write side after sending (as `socat` and `nc -N`
+//! do) and still wait for the answers. So after end-of-file the connection
+//! answers the requests it already read, in order, and then closes; only a
+//! real hang-up (the peer closed its socket, or shut down both directions:
+//! `POLLHUP` on a Unix stream socket, which a half-close never raises)
+//! drops the running handler's future, cancelling its work with whatever
+//! rollback its drop guards do. [`HangUpWatch`] waits for that hang-up
+//! whenever the connection is not being read (after end-of-file, or while
+//! a read-ahead request is pending).
 
+use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use banger_proto::{ErrorBody, ErrorCode, MAX_REQUEST_BYTES, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixListener;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
@@ -119,10 +130,16 @@ async fn serve_connection(
         read,
         AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_REQUEST_BYTES),
     );
+    // A request line read ahead while the previous one ran.
     let mut pending: Option<Frame> = None;
+    // The client shut down its write side (or closed): no more requests.
+    let mut read_closed = false;
+    // Made the first time the connection stops being read.
+    let mut hang_up: Option<HangUpWatch> = None;
     loop {
         let frame = match pending.take() {
             Some(f) => f,
+            None if read_closed => return, // every request read was answered
             None => match next_frame(&mut frames, &state, &shutdown).await {
                 Next::Frame(f) => f,
                 Next::Closed | Next::Shutdown => return,
@@ -161,27 +178,106 @@ async fn serve_connection(
             continue;
         }
 
-        // Serve the request while watching the connection: a closed read
-        // side cancels the handler by dropping its future.
+        // Serve the request while watching the connection: reading it while
+        // nothing is pending, else waiting for a hang-up. A hang-up cancels
+        // the handler by dropping its future; end-of-file alone does not.
         let handler = dispatch(&state, line);
         tokio::pin!(handler);
-        let response = tokio::select! {
-            r = &mut handler => r,
-            next = frames.next() => match next {
-                None | Some(Err(AnyDelimiterCodecError::Io(_))) => {
-                    tracing::info!("client went away; cancelling its request");
+        let response = loop {
+            let reading = pending.is_none() && !read_closed;
+            if !reading && hang_up.is_none() {
+                hang_up = Some(HangUpWatch::new(frames.get_ref().as_ref()));
+            }
+            tokio::select! {
+                biased;
+                r = &mut handler => break r,
+                next = frames.next(), if reading => match next {
+                    Some(Err(AnyDelimiterCodecError::Io(e))) => {
+                        tracing::info!(error = %e, "client went away; cancelling its request");
+                        return; // drops `handler`
+                    }
+                    Some(frame) => pending = Some(frame),
+                    None => {
+                        // A half-close or a close: the hang-up watch tells.
+                        read_closed = true;
+                        #[cfg(test)]
+                        state.probe.note_read_closed();
+                    }
+                },
+                () = wait_hang_up(hang_up.as_ref()), if !reading => {
+                    tracing::info!("client hung up; cancelling its request");
                     return; // drops `handler`
                 }
-                Some(frame) => {
-                    pending = Some(frame);
-                    handler.await
-                }
-            },
+            }
         };
         if let Err(e) = write.write_all(&encode(&response)).await {
             tracing::debug!(error = %e, "client went away before the response");
             return;
         }
+    }
+}
+
+/// Notices when the peer of a connection hangs up (closes its socket, or
+/// shuts down both directions), as opposed to a half-close.
+///
+/// It watches a duplicate of the connection's descriptor, registered with
+/// the runtime on its own for write readiness: epoll reports `EPOLLHUP`
+/// with it, which tokio shows as write-closed. A half-close only raises
+/// `EPOLLRDHUP` (read-closed), which read readiness keeps reporting once
+/// end-of-file was seen, so read readiness cannot tell the two apart.
+/// Plain write readiness is cleared after each wake-up so the wait sleeps
+/// until the socket's state changes again; doing that on a registration of
+/// its own leaves the connection's writer undisturbed. Dropping the watch
+/// closes only the duplicate (no shutdown), so the connection stays open.
+#[derive(Debug)]
+struct HangUpWatch {
+    /// `None` if the descriptor could not be duplicated or registered:
+    /// then no hang-up is noticed and running requests finish.
+    dup: Option<UnixStream>,
+}
+
+impl HangUpWatch {
+    fn new(stream: &UnixStream) -> Self {
+        let dup = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)));
+        match dup {
+            Ok(dup) => Self { dup: Some(dup) },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the connection for a hang-up");
+                Self { dup: None }
+            }
+        }
+    }
+
+    /// Resolves once the peer has hung up; never, if it does not.
+    async fn hung_up(&self) {
+        let Some(dup) = &self.dup else {
+            return std::future::pending().await;
+        };
+        loop {
+            match dup.ready(Interest::WRITABLE).await {
+                Ok(ready) if ready.is_write_closed() => return,
+                Ok(_) => {
+                    // Consume this wake-up; the next comes with a change.
+                    let _ = dup.try_io(Interest::WRITABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "hang-up watch failed");
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_hang_up(watch: Option<&HangUpWatch>) {
+    match watch {
+        Some(w) => w.hung_up().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -232,8 +328,10 @@ fn encode(response: &Response) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::dispatch::tests::test_state;
-    use std::sync::atomic::Ordering;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use crate::handlers::test_methods::Probe;
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 
     struct Harness {
         _tmp: tempfile::TempDir,
@@ -281,6 +379,110 @@ mod tests {
         drop(conn);
         wait_for(&h.state, |s| s.probe.cancelled.load(Ordering::SeqCst) == 1).await;
         assert_eq!(h.state.probe.completed.load(Ordering::SeqCst), 0);
+        h.state.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    fn count(state: &DaemonState, what: fn(&Probe) -> &AtomicU32) -> u32 {
+        what(&state.probe).load(Ordering::SeqCst)
+    }
+
+    /// The next answer's result; panics on an error or a closed connection.
+    async fn result(lines: &mut Lines<BufReader<OwnedReadHalf>>) -> Value {
+        let line = lines.next_line().await.unwrap().expect("an answer");
+        serde_json::from_str::<Response>(&line)
+            .unwrap()
+            .into_result()
+            .unwrap()
+    }
+
+    const HOLD: &[u8] = b"{\"version\":1,\"method\":\"test.hold\"}\n";
+
+    /// A client that shuts down its write side after sending (`socat`,
+    /// `nc -N`) still gets its answer: end-of-file is not a hang-up.
+    #[tokio::test]
+    async fn a_half_closed_client_gets_its_answer_and_the_handler_is_not_cancelled() {
+        let h = start().await;
+        let conn = UnixStream::connect(&h.socket).await.unwrap();
+        let (r, mut w) = conn.into_split();
+        w.write_all(HOLD).await.unwrap();
+        wait_for(&h.state, |s| count(s, |p| &p.started) == 1).await;
+        w.shutdown().await.unwrap();
+        // The server has seen the end-of-file while the handler runs.
+        wait_for(&h.state, |s| count(s, |p| &p.read_closed) == 1).await;
+        h.state.probe.release();
+        let mut lines = BufReader::new(r).lines();
+        let reply: Response =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(reply.into_result().unwrap()["held"], true);
+        assert!(
+            lines.next_line().await.unwrap().is_none(),
+            "connection closed after the last answer"
+        );
+        assert_eq!(count(&h.state, |p| &p.completed), 1);
+        assert_eq!(count(&h.state, |p| &p.cancelled), 0);
+        h.state.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    /// After a half-close, every request already sent is answered, in
+    /// order, and then the connection is closed.
+    #[tokio::test]
+    async fn a_half_closed_client_gets_every_request_it_sent_answered_in_order() {
+        let h = start().await;
+        let conn = UnixStream::connect(&h.socket).await.unwrap();
+        let (r, mut w) = conn.into_split();
+        w.write_all(
+            b"{\"version\":1,\"method\":\"test.sleep\",\"params\":{\"ms\":100}}\n\
+              {\"version\":1,\"method\":\"ping\"}\n\
+              {\"version\":1,\"method\":\"test.sleep\",\"params\":{\"ms\":1}}\n",
+        )
+        .await
+        .unwrap();
+        w.shutdown().await.unwrap();
+        let mut lines = BufReader::new(r).lines();
+        assert_eq!(result(&mut lines).await["slept_ms"], 100);
+        assert_eq!(result(&mut lines).await["build_id"], "test-build");
+        assert_eq!(result(&mut lines).await["slept_ms"], 1);
+        assert!(lines.next_line().await.unwrap().is_none(), "then closed");
+        assert_eq!(count(&h.state, |p| &p.cancelled), 0);
+        h.state.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    /// A half-closed client that then closes its socket (as `socat` does
+    /// after its timeout) has hung up: its request is cancelled.
+    #[tokio::test]
+    async fn a_half_closed_client_that_then_closes_cancels_its_handler() {
+        let h = start().await;
+        let conn = UnixStream::connect(&h.socket).await.unwrap();
+        let (r, mut w) = conn.into_split();
+        w.write_all(HOLD).await.unwrap();
+        wait_for(&h.state, |s| count(s, |p| &p.started) == 1).await;
+        w.shutdown().await.unwrap();
+        // The server now waits for the handler or a hang-up.
+        wait_for(&h.state, |s| count(s, |p| &p.read_closed) == 1).await;
+        drop((r, w));
+        wait_for(&h.state, |s| count(s, |p| &p.cancelled) == 1).await;
+        assert_eq!(count(&h.state, |p| &p.completed), 0);
+        h.state.shutdown.cancel();
+        h.server.await.unwrap();
+    }
+
+    /// While a request line read ahead waits, the connection is not read;
+    /// a client closing then still cancels the running request.
+    #[tokio::test]
+    async fn a_client_closing_with_a_request_pending_cancels_the_running_one() {
+        let h = start().await;
+        let mut conn = UnixStream::connect(&h.socket).await.unwrap();
+        conn.write_all(HOLD).await.unwrap();
+        wait_for(&h.state, |s| count(s, |p| &p.started) == 1).await;
+        conn.write_all(b"{\"version\":1,\"method\":\"ping\"}\n")
+            .await
+            .unwrap();
+        drop(conn);
+        wait_for(&h.state, |s| count(s, |p| &p.cancelled) == 1).await;
+        assert_eq!(count(&h.state, |p| &p.completed), 0);
         h.state.shutdown.cancel();
         h.server.await.unwrap();
     }

@@ -241,6 +241,38 @@ impl HelperEnv {
             .collect()
     }
 
+    /// How many connections the helper is serving: its threads named
+    /// `helper-conn` (one per connection, holding the connection's slot
+    /// until it ends).
+    pub fn connection_threads(&self) -> usize {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "helper-conn")
+            })
+            .count()
+    }
+
+    /// Waits up to 10 s until the helper serves exactly `n` connections.
+    pub fn wait_connection_threads(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.connection_threads();
+            if now == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the helper serves {now} connections, not {n}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits for the helper to exit; returns its status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
@@ -313,19 +345,38 @@ pub fn fake_qemu(dir: &Path, args: &[&str], as_uid: Option<u32>) -> Proc {
         }
         None => Command::new(&exe),
     };
-    cmd.args(["-f", "--", "/dev/null"])
-        .args(args)
+    let mut argv: Vec<String> = vec![exe.display().to_string()];
+    argv.extend(["-f", "--", "/dev/null"].map(str::to_owned));
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let proc = Proc(cmd.spawn().unwrap());
-    // Wait until the exec happened (setpriv or the fork/exec gap).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_link(format!("/proc/{}/exe", proc.pid()))
-        .map(|p| !p.ends_with("qemu-system-x86_64"))
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "fake qemu did not start");
+    // Wait for what the helper reads: `/proc/PID/exe` naming the copy and
+    // `/proc/PID/cmdline` holding its argv. The kernel sets the exe first
+    // and the new argv a moment later, and before the exec (setpriv's, or
+    // the fork/exec gap) both still describe the old program.
+    let pid = proc.pid();
+    let real_exe = std::fs::canonicalize(&exe).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exe_now = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let argv_now: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if exe_now.as_deref() == Some(real_exe.as_path()) && argv_now == argv {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fake qemu did not start: exe {exe_now:?}, argv {argv_now:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     proc

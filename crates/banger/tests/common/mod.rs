@@ -252,9 +252,6 @@ pub fn signal(pid: i32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
-/// True while `pid` exists and any of its threads is not a zombie: after
-/// SIGKILL the main thread can be a zombie while other threads still tear
-/// down and hold the process's files (its listening socket).
 /// Live QEMU processes whose command line contains `needle` (a VM id,
 /// or a test world's root for all of its VMs).
 pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
@@ -277,6 +274,9 @@ pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// True while `pid` exists and any of its threads is not a zombie: after
+/// SIGKILL the main thread can be a zombie while other threads still tear
+/// down and hold the process's files (its listening socket).
 pub fn alive(pid: i32) -> bool {
     let not_zombie = |stat: &str| {
         !stat
@@ -356,13 +356,13 @@ pub fn step(name: &str) -> Instant {
     Instant::now()
 }
 
-/// A finished command's status and output, for assertion messages.
 /// The middle value (the upper one of an even count); sorts `v`.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
+/// A finished command's status and output, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",

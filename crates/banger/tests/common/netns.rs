@@ -203,8 +203,13 @@ impl Helper {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // Up when it accepts a connection, not when its socket file exists:
+        // the file appears at bind(), a moment before listen().
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("banger-helper exited at start: {status}");
+            }
             assert!(Instant::now() < deadline, "banger-helper did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }

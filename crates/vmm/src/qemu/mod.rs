@@ -1,0 +1,209 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm` with virtio-mmio
+//! devices, controlled over QMP.
+//!
+//! **Launch.** The argv is built from the [`VmSpec`] by [`qemu_args`] (pure,
+//! unit-tested). QEMU is spawned directly (no shell) in a session of its own
+//! (`setsid` before `exec`), with stdin on `/dev/null` and stdout/stderr
+//! appended to `VM_DIR/vmm.log`, so neither the daemon's death nor its
+//! terminal's signals reach it. `launch` then polls, every 20 ms and for at
+//! most [`QemuVmm::start_timeout`] (10 s), for either QEMU's exit (reported
+//! with the tail of `vmm.log`; a refused host port forward and a missing
+//! kernel get their own errors) or the QMP socket accepting a connection,
+//! sending its greeting and accepting `qmp_capabilities`. On exit, timeout
+//! or any other failure the child is killed and reaped before returning.
+//!
+//! **Reaping.** While the launching process is QEMU's parent, a small
+//! thread per VM blocks in `waitpid(pid)` so the exited QEMU never lingers
+//! as a zombie. This was chosen over a double fork because `launch` needs
+//! QEMU as its own child anyway (to see an early exit and its status with
+//! `try_wait`, with no pidfile race), and std's `Command` has no safe
+//! double fork. After a daemon restart QEMU is re-parented to init (or a
+//! subreaper), which reaps it; the new daemon only ever polls (`kill(pid,
+//! 0)` and `/proc`), and a zombie counts as exited.
+//!
+//! **Ownership.** A pid from `handles.json` may have been reused. A process
+//! is taken as ours only if `/proc/PID/exe` is a `qemu-system-*` binary and
+//! `/proc/PID/cmdline` carries `-qmp unix:CONTROL_SOCKET,...` (unique per
+//! VM directory) and, for [`Vmm::is_running`], `-name guest=banger-VMID,...`.
+//! `kill`, `request_shutdown` and `status` check this first; `wait_exit`
+//! checks it once, then waits for the pid to be gone or a zombie.
+//!
+//! **Guest reboot.** `-no-reboot` makes a guest reboot (or a panic with
+//! `panic=-1`) end the QEMU process, as Firecracker does; the daemon sees a
+//! stopped VM and restarts it itself if asked.
+//!
+//! **Files.** `args` builds the argv (pure), `check` refuses bad specs
+//! and missing files up front, `launch` starts QEMU and waits for QMP,
+//! `diagnose` explains a failed start from `vmm.log`, and `ownership`
+//! tells our QEMU from a process that reused its pid.
+
+mod args;
+mod check;
+mod diagnose;
+mod launch;
+mod ownership;
+#[cfg(test)]
+mod test_spec;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qapi::qmp;
+
+use crate::error::VmmError;
+use crate::proc;
+use crate::qmp::QmpClient;
+use crate::spec::{BackendKind, Signal, VmHandle, VmRunState, VmSpec};
+use crate::{Vmm, probe};
+
+pub(crate) use args::{boot_args, machine_args};
+pub use args::{name_arg, qemu_args};
+pub(crate) use diagnose::{log_tail, tail_lines};
+
+/// The QEMU system emulator banger runs.
+pub const QEMU_BINARY_NAME: &str = "qemu-system-x86_64";
+
+/// The files QEMU keeps in a VM's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmFiles {
+    /// QMP socket (`qmp.sock`): the handle's `control_socket`.
+    pub control_socket: PathBuf,
+    /// `vmm.pid`, written by QEMU itself.
+    pub pidfile: PathBuf,
+    /// `vmm.log`: QEMU's stdout and stderr, appended, one header per launch.
+    pub vmm_log: PathBuf,
+    /// `agent.sock`: the host end of the agent's virtio-serial port.
+    pub agent_socket: PathBuf,
+}
+
+impl VmFiles {
+    pub fn in_dir(vm_dir: &Path) -> Self {
+        VmFiles {
+            control_socket: vm_dir.join("qmp.sock"),
+            pidfile: vm_dir.join("vmm.pid"),
+            vmm_log: vm_dir.join("vmm.log"),
+            agent_socket: vm_dir.join("agent.sock"),
+        }
+    }
+}
+
+/// The QEMU implementation of [`Vmm`].
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    /// `qemu-system-x86_64`, as found by [`crate::probe_qemu`] or configured.
+    pub binary: PathBuf,
+    /// How long `launch` waits for QMP to answer before killing QEMU.
+    pub start_timeout: Duration,
+    /// Bounds each QMP read and write.
+    pub qmp_timeout: Duration,
+}
+
+impl QemuVmm {
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        QemuVmm {
+            binary: binary.into(),
+            start_timeout: Duration::from_secs(10),
+            qmp_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Finds `qemu-system-x86_64` on `PATH` (see [`crate::probe_qemu`]).
+    pub fn detect() -> Result<Self, VmmError> {
+        Ok(QemuVmm::new(crate::probe_qemu()?.binary))
+    }
+
+    /// [`crate::probe_kvm_boot`] with this QEMU binary.
+    pub fn probe_kvm_boot(
+        &self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        timeout: Duration,
+    ) -> crate::KvmProbe {
+        probe::probe_kvm_boot_with(&self.binary, kernel, initrd, timeout)
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        self.launch_qemu(spec)
+    }
+
+    fn request_shutdown(&self, handle: &VmHandle) -> Result<(), VmmError> {
+        self.require_ours(handle)?;
+        QmpClient::open(&handle.control_socket, self.qmp_timeout, "system_powerdown")?
+            .execute(&qmp::system_powerdown {})?;
+        Ok(())
+    }
+
+    fn kill(&self, handle: &VmHandle, signal: Signal) -> Result<(), VmmError> {
+        self.require_ours(handle)?;
+        proc::signal(handle.pid, signal.to_rustix()).map_err(|source| {
+            if source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) {
+                VmmError::NotRunning { pid: handle.pid }
+            } else {
+                VmmError::Signal {
+                    pid: handle.pid,
+                    signal,
+                    source,
+                }
+            }
+        })
+    }
+
+    fn is_running(&self, handle: &VmHandle, vm_id: &str) -> bool {
+        self.owns(handle, Some(vm_id))
+    }
+
+    /// Ownership is checked once, up front: a dying QEMU stops looking like
+    /// one (its `/proc/PID/exe` goes away when its memory is released) before
+    /// it has closed its files, so the loop then waits for the pid itself to
+    /// be gone or a zombie, which happens only after every file (disk
+    /// locks, sockets) is closed. Pids are handed out cyclically, so the pid
+    /// cannot be reused within one 25 ms poll.
+    fn wait_exit(&self, handle: &VmHandle, timeout: Duration) -> Result<bool, VmmError> {
+        if !self.owns(handle, None) {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !proc::is_alive(handle.pid) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(25)));
+        }
+    }
+
+    fn status(&self, handle: &VmHandle) -> Result<VmRunState, VmmError> {
+        self.require_ours(handle)?;
+        let info = QmpClient::open(&handle.control_socket, self.qmp_timeout, "query-status")?
+            .execute(&qmp::query_status {})?;
+        Ok(run_state(info.status))
+    }
+}
+
+fn run_state(state: qmp::RunState) -> VmRunState {
+    use qmp::RunState as R;
+    match state {
+        R::running => VmRunState::Running,
+        R::paused => VmRunState::Paused,
+        R::prelaunch => VmRunState::Prelaunch,
+        R::shutdown => VmRunState::Shutdown,
+        R::guest_panicked => VmRunState::GuestPanicked,
+        R::internal_error => VmRunState::InternalError,
+        R::io_error => VmRunState::IoError,
+        other => VmRunState::Other(
+            serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{other:?}")),
+        ),
+    }
+}
