@@ -67,7 +67,7 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         );
         let state = Arc::new(DaemonState::new(config, store, vmm, shutdown.clone()));
         // Adopt VMs that survived a daemon restart, clean up after dead ones.
-        if let Err(e) = vms::reconcile(&state).await {
+        if let Err(e) = state.vms.reconcile().await {
             tracing::error!(error = %e, "reconcile failed; continuing");
         }
         // Stats samples of running VMs, so `vm stats` can tell CPU usage.

@@ -5,33 +5,44 @@ use banger_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::DaemonConfig;
+use crate::accel::AccelChooser;
+use crate::artifacts::Artifacts;
+use crate::db::Db;
+use crate::helper_client::HelperClient;
+use crate::network::Network;
+use crate::ops::OpRegistry;
+use crate::ssh::SshPaths;
+use crate::vms::guest::Guest;
+use crate::vms::{VmDeps, VmTable, Vms};
 
-/// What every request handler can reach.
+/// Where the daemon's services are assembled; the RPC edge reaches them
+/// through it. Each service holds only the others it needs (see `new`),
+/// never this struct.
 ///
-/// Lock order: a VM's lock (`vms`), then an artifact lock (in `artifacts`),
-/// then the leaf std mutexes (handles map, operation registry, `store`),
-/// which are never held across an `.await`; `store` is only taken inside
-/// `spawn_blocking`.
+/// Lock order: a VM's lock (in `vms`), then an artifact lock (in
+/// `artifacts`), then the leaf std mutexes (handles map, operation
+/// registry, the store's), which are never held across an `.await`; the
+/// store's is only taken inside `spawn_blocking`.
 #[derive(Debug)]
 pub struct DaemonState {
     pub config: DaemonConfig,
     pub started: Instant,
-    pub db: crate::db::Db,
+    pub db: Db,
     /// Fired by `daemon.shutdown` or a signal; the accept loop and every
     /// idle connection watch it.
     pub shutdown: CancellationToken,
-    pub ops: crate::ops::OpRegistry,
-    pub vms: Arc<crate::vms::VmTable>,
-    pub reservations: crate::vms::Reservations,
+    pub ops: OpRegistry,
+    /// VMs: create, start, stop, edit, delete, reconcile.
+    pub vms: Arc<Vms>,
     /// Kernels and images, pulled or built on demand.
-    pub artifacts: Arc<crate::artifacts::Artifacts>,
+    pub artifacts: Arc<Artifacts>,
     /// KVM or TCG for each boot.
-    pub accel: Arc<crate::accel::AccelChooser>,
+    pub accel: Arc<AccelChooser>,
     pub vmm: Arc<dyn banger_vmm::Vmm>,
-    pub ssh: crate::ssh::SshPaths,
-    pub network: Arc<crate::network::Network>,
+    pub ssh: SshPaths,
+    pub network: Arc<Network>,
     /// Guest access: readiness, stats, ports, exec, cp.
-    pub guest: Arc<crate::vms::guest::Guest>,
+    pub guest: Arc<Guest>,
     #[cfg(test)]
     pub probe: crate::handlers::test_methods::Probe,
 }
@@ -43,54 +54,56 @@ impl DaemonState {
         vmm: Arc<dyn banger_vmm::Vmm>,
         shutdown: CancellationToken,
     ) -> Self {
-        let db = crate::db::Db::new(store);
-        let vms: Arc<crate::vms::VmTable> = Arc::default();
-        let guest = Arc::new(crate::vms::guest::Guest::new(
+        let db = Db::new(store);
+        let table: Arc<VmTable> = Arc::default();
+        let ssh = SshPaths::new(&config.layout);
+        let guest = Arc::new(Guest::new(
             db.clone(),
-            Arc::clone(&vms),
+            Arc::clone(&table),
             Arc::clone(&vmm),
             &config.layout.data_dir,
             config.boot_timeout,
         ));
-        let ssh = crate::ssh::SshPaths::new(&config.layout);
+        let artifacts = Arc::new(Artifacts::new(db.clone(), &config, ssh.clone()));
+        let accel = Arc::new(AccelChooser::new(
+            config.accel,
+            config.layout.cache_dir.clone(),
+        ));
+        let network = Arc::new(Network::new(
+            HelperClient::new(&config.helper_socket),
+            db.clone(),
+            config.tap_pool,
+            shutdown.clone(),
+        ));
+        let vms = Arc::new(Vms::new(
+            VmDeps {
+                db: db.clone(),
+                vmm: Arc::clone(&vmm),
+                network: Arc::clone(&network),
+                artifacts: Arc::clone(&artifacts),
+                accel: Arc::clone(&accel),
+                guest: Arc::clone(&guest),
+                ssh: ssh.clone(),
+                table,
+            },
+            &config,
+        ));
         Self {
-            artifacts: Arc::new(crate::artifacts::Artifacts::new(
-                db.clone(),
-                &config,
-                ssh.clone(),
-            )),
-            accel: Arc::new(crate::accel::AccelChooser::new(
-                config.accel,
-                config.layout.cache_dir.clone(),
-            )),
-            ssh,
-            network: Arc::new(crate::network::Network::new(
-                crate::helper_client::HelperClient::new(&config.helper_socket),
-                db.clone(),
-                config.tap_pool,
-                shutdown.clone(),
-            )),
-            guest,
             config,
             started: Instant::now(),
             db,
             shutdown,
-            ops: Default::default(),
+            ops: OpRegistry::default(),
             vms,
-            reservations: Default::default(),
+            artifacts,
+            accel,
             vmm,
+            ssh,
+            network,
+            guest,
             #[cfg(test)]
             probe: Default::default(),
         }
-    }
-
-    /// Runs `f` with the store on a blocking thread.
-    pub async fn with_store<T, F>(self: &Arc<Self>, f: F) -> Result<T, crate::dispatch::RpcError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, banger_store::StoreError> + Send + 'static,
-    {
-        self.db.call(f).await.map_err(Into::into)
     }
 
     #[cfg(test)]

@@ -104,7 +104,6 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         E::Guest(e) => guest_code(e),
         E::Artifact(e) => artifact_code(e),
         E::Store(e) => store_code(e),
-        E::Legacy(e) => e.code,
         E::NoRootStrategy(_)
         | E::NoWorkSeed(_)
         | E::VmmExited

@@ -284,7 +284,7 @@ async fn guest_and_network_methods_refuse_bad_input_clearly() {
         assert!(e.op_id.is_some(), "{line}");
     }
     // Nothing was created, and the daemon still serves.
-    let vms = state.with_store(|s| s.vms()).await.unwrap();
+    let vms = state.db.call(|s| s.vms()).await.unwrap();
     assert!(vms.is_empty());
     assert!(
         call(&state, r#"{"version":1,"method":"ping"}"#)

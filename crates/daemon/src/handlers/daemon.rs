@@ -20,7 +20,8 @@ pub(crate) async fn daemon_status(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::DAEMON_STATUS, &p)?;
     let store = ctx
         .state
-        .with_store(|s| {
+        .db
+        .call(|s| {
             let (vms, images, kernels) = s.counts()?;
             Ok(StoreStatus {
                 path: s.path().display().to_string(),
@@ -67,7 +68,8 @@ pub(crate) async fn network_status(ctx: RequestCtx, p: Value) -> HandlerResult {
     let bridge = network.bridge();
     let (idle_taps, taps_in_use) = network.taps();
     let leases = state
-        .with_store(|s| {
+        .db
+        .call(|s| {
             let names: std::collections::HashMap<String, String> =
                 s.vms()?.into_iter().map(|v| (v.id, v.name)).collect();
             Ok(s.leases()?

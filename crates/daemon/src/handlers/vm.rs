@@ -37,15 +37,15 @@ where
 
 pub(crate) async fn create_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: VmCreateParams = params(methods::VM_CREATE_BEGIN, p)?;
-    let plan = vms::plan_create(&ctx.state, &ctx.op_id, p).await?;
-    let state = Arc::clone(&ctx.state);
+    let plan = ctx.state.vms.plan_create(&ctx.op_id, p).await?;
+    let vms = Arc::clone(&ctx.state.vms);
     let target = plan.name.clone();
     let op = ctx.state.ops.begin(
         &ctx.op_id,
         OpKind::VmCreate,
         &target,
         move |op| async move {
-            match vms::create(&state, &op, plan).await {
+            match vms.create(&op, plan).await {
                 Ok(view) => to_value(view).map_err(RpcError::into_body),
                 Err(e) => Err(RpcError::from(e).into_body()),
             }
@@ -56,80 +56,63 @@ pub(crate) async fn create_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
 
 pub(crate) async fn start(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_START, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(&ctx, move |op| async move {
-        vms::start(&state, &name, &op).await
-    })
-    .await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    let vms = Arc::clone(&ctx.state.vms);
+    let vm = detached(&ctx, move |op| async move { vms.start(&name, &op).await }).await?;
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn stop(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_STOP, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(&ctx, move |op| async move {
-        vms::stop(&state, &name, &op).await
-    })
-    .await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    let vms = Arc::clone(&ctx.state.vms);
+    let vm = detached(&ctx, move |op| async move { vms.stop(&name, &op).await }).await?;
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn kill(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmKillParams { name, signal } = params(methods::VM_KILL, p)?;
-    let state = ctx.state.clone();
+    let vms = Arc::clone(&ctx.state.vms);
     let vm = detached(&ctx, move |op| async move {
-        vms::kill(&state, &name, signal.as_deref(), &op).await
+        vms.kill(&name, signal.as_deref(), &op).await
     })
     .await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn restart(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_RESTART, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(&ctx, move |op| async move {
-        vms::restart(&state, &name, &op).await
-    })
-    .await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    let vms = Arc::clone(&ctx.state.vms);
+    let vm = detached(&ctx, move |op| async move { vms.restart(&name, &op).await }).await?;
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn delete(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_DELETE, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(&ctx, move |op| async move {
-        vms::delete(&state, &name, &op).await
-    })
-    .await?;
+    let vms = Arc::clone(&ctx.state.vms);
+    let vm = detached(&ctx, move |op| async move { vms.delete(&name, &op).await }).await?;
     to_value(serde_json::json!({ "deleted": vm.name, "id": vm.id }))
 }
 
 pub(crate) async fn show(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_SHOW, p)?;
-    let vm = vms::find(&ctx.state, &name).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    let vm = ctx.state.vms.find(&name).await?;
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn list(ctx: RequestCtx, p: Value) -> HandlerResult {
     no_params(methods::VM_LIST, &p)?;
-    let all = ctx.state.with_store(|s| s.vms()).await?;
-    let mut views = Vec::with_capacity(all.len());
-    for vm in &all {
-        views.push(vms::view(&ctx.state, vm).await?);
-    }
-    to_value(views)
+    to_value(ctx.state.vms.views().await?)
 }
 
 pub(crate) async fn edit(ctx: RequestCtx, p: Value) -> HandlerResult {
     let p: VmEditParams = params(methods::VM_EDIT, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(&ctx, move |_| async move { vms::edit(&state, &p).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+    let vms = Arc::clone(&ctx.state.vms);
+    let vm = detached(&ctx, move |_| async move { vms.edit(&p).await }).await?;
+    to_value(ctx.state.vms.view(&vm).await?)
 }
 
 pub(crate) async fn ssh_info(ctx: RequestCtx, p: Value) -> HandlerResult {
     let VmRef { name } = params(methods::VM_SSH_INFO, p)?;
-    let vm = vms::find(&ctx.state, &name).await?;
+    let vm = ctx.state.vms.find(&name).await?;
     let Some(h) = ctx.state.vms.handles(&vm.id) else {
         return Err(vms::VmError::NotRunning { name: vm.name }.into());
     };

@@ -15,12 +15,13 @@ use banger_proto::{NetworkMode, PortProto, PublishSpec};
 use banger_store::{VmRecord, VmState};
 use rand::Rng;
 
+use super::Vms;
 use super::lifecycle::{delete_locked, start_locked};
 use super::{VmError, view, vm_dir, work_disk};
 use crate::network::{NetworkError, ensure_port_free};
 use crate::op::{OpCtx, OpId};
 use crate::ops::now_ms;
-use crate::{DaemonState, disks, validate};
+use crate::{disks, validate};
 
 /// Names and host ports of VMs being created, reserved before their row
 /// exists.
@@ -76,14 +77,14 @@ impl Reservations {
 /// Releases what a create reserved when it ends, however it ends.
 #[derive(Debug)]
 struct Reservation {
-    state: Arc<DaemonState>,
+    reservations: Arc<Reservations>,
     name: String,
     ports: Vec<PublishSpec>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.state.reservations.release(&self.name, &self.ports);
+        self.reservations.release(&self.name, &self.ports);
     }
 }
 
@@ -105,13 +106,9 @@ pub struct CreatePlan {
 
 /// Validates everything that can be checked up front, so bad input and
 /// conflicts known now create nothing, and reserves the name and ports.
-pub async fn plan_create(
-    state: &Arc<DaemonState>,
-    op: &OpId,
-    p: VmCreateParams,
-) -> Result<CreatePlan, VmError> {
+pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<CreatePlan, VmError> {
     validate::name("vm", &p.name)?;
-    let defaults = &state.config.defaults;
+    let defaults = &vms.settings.defaults;
     let vcpus = p.vcpus.unwrap_or(defaults.vcpus);
     let memory_mib = p.memory_mib.unwrap_or(defaults.memory_mib);
     let disk_size_bytes = p.disk_size_bytes.unwrap_or(defaults.disk_size_bytes);
@@ -140,7 +137,7 @@ pub async fn plan_create(
         .as_deref()
         .map(str::parse::<NetworkMode>)
         .transpose()?;
-    let network = choose_network(state, op, asked).await?;
+    let network = choose_network(vms, op, asked).await?;
     if network == NetworkMode::Bridged {
         if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
             return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());
@@ -151,21 +148,21 @@ pub async fn plan_create(
     // A named image must exist; the default one is built on demand.
     if p.image.is_some() {
         let name = image_name.clone();
-        state.db.call(move |s| s.image(&name)).await?;
+        vms.db.call(move |s| s.image(&name)).await?;
     }
     if p.kernel.is_some() {
-        state.artifacts.check_kernel_known(&kernel_name).await?;
+        vms.artifacts.check_kernel_known(&kernel_name).await?;
     }
     // Reserve first, then look at the store: a create that ends between
     // the two has its row in the store by then.
-    state.reservations.take(&p.name, &publish)?;
+    vms.reservations.take(&p.name, &publish)?;
     let reservation = Reservation {
-        state: Arc::clone(state),
+        reservations: Arc::clone(&vms.reservations),
         name: p.name.clone(),
         ports: publish.clone(),
     };
     let name = p.name.clone();
-    let exists = state
+    let exists = vms
         .db
         .call(move |s| match s.vm(&name) {
             Ok(_) => Ok(true),
@@ -194,11 +191,11 @@ pub async fn plan_create(
 /// `bridged` when asked or, by default, when banger-helper answers;
 /// `user` when asked or when there is no helper (rootless).
 async fn choose_network(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     op: &OpId,
     asked: Option<NetworkMode>,
 ) -> Result<NetworkMode, VmError> {
-    let network = &state.network;
+    let network = &vms.network;
     match asked {
         Some(NetworkMode::User) => Ok(NetworkMode::User),
         Some(NetworkMode::Bridged) if network.helper_answers(op).await => Ok(NetworkMode::Bridged),
@@ -219,11 +216,11 @@ fn new_id() -> String {
 /// Host ports the plan publishes that are taken right now: by a VM that
 /// runs (or is being created) with the same port, or by anything else
 /// listening on this host.
-async fn check_ports(state: &Arc<DaemonState>, plan: &CreatePlan) -> Result<(), VmError> {
+async fn check_ports(vms: &Vms, plan: &CreatePlan) -> Result<(), VmError> {
     if plan.publish.is_empty() {
         return Ok(());
     }
-    let others = state.db.call(|s| s.vms()).await?;
+    let others = vms.db.call(|s| s.vms()).await?;
     for spec in &plan.publish {
         let holder = others.iter().find(|vm| {
             matches!(vm.state, VmState::Running | VmState::Creating)
@@ -247,19 +244,15 @@ async fn check_ports(state: &Arc<DaemonState>, plan: &CreatePlan) -> Result<(), 
 
 /// The create operation: conflicts first (nothing is made before they are
 /// ruled out), then kernel and image, disks, the record, and the start.
-pub async fn create(
-    state: &Arc<DaemonState>,
-    ctx: &OpCtx,
-    plan: CreatePlan,
-) -> Result<VmView, VmError> {
-    check_ports(state, &plan).await?;
-    let kernel = state.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
+pub async fn create(vms: &Vms, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, VmError> {
+    check_ports(vms, &plan).await?;
+    let kernel = vms.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
     ctx.check_cancelled()?;
-    let image = state.artifacts.ensure_image(&plan.image, ctx).await?;
+    let image = vms.artifacts.ensure_image(&plan.image, ctx).await?;
     ctx.check_cancelled()?;
 
-    let dir = vm_dir(state, &plan.id);
-    let lock = state.vms.lock_for(&plan.id);
+    let dir = vm_dir(vms, &plan.id);
+    let lock = vms.table.lock_for(&plan.id);
     let _guard = lock.lock().await;
     let prepared = {
         let (dir, image, ctx) = (dir.clone(), image.clone(), ctx.clone());
@@ -304,7 +297,7 @@ pub async fn create(
         memory_mib: plan.memory_mib,
         disk_size_bytes: plan.disk_size_bytes,
         network_mode: plan.network,
-        backend: Some(match state.vmm.kind() {
+        backend: Some(match vms.vmm.kind() {
             banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
             banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,
         }),
@@ -321,22 +314,22 @@ pub async fn create(
     };
     {
         let record = vm.clone();
-        if let Err(e) = state.db.call(move |s| s.insert_vm(&record)).await {
+        if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
         }
     }
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");
     if !plan.start {
-        return Ok(view(state, &vm).await?);
+        return Ok(view(vms, &vm).await?);
     }
-    match start_locked(state, vm.clone(), ctx).await {
-        Ok(vm) => Ok(view(state, &vm).await?),
+    match start_locked(vms, vm.clone(), ctx).await {
+        Ok(vm) => Ok(view(vms, &vm).await?),
         Err(e) if e.is_cancelled() || ctx.is_cancelled() => {
             // Cancelled: leave nothing behind, not even the record.
             ctx.stage("roll back");
-            let current = super::find(state, &vm.id).await.unwrap_or(vm);
-            delete_locked(state, ctx, current).await?;
+            let current = super::find(vms, &vm.id).await.unwrap_or(vm);
+            delete_locked(vms, ctx, current).await?;
             Err(VmError::CreateCancelled)
         }
         Err(e) => Err(e),

@@ -83,9 +83,6 @@ pub enum VmError {
     Store(#[from] banger_store::StoreError),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
-    /// Errors of modules not yet moved to typed errors.
-    #[error(transparent)]
-    Legacy(#[from] crate::dispatch::RpcError),
 }
 
 fn console_note(path: &Option<PathBuf>) -> String {

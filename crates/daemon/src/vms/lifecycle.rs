@@ -12,11 +12,11 @@ use banger_vmm::{
     VmSpec,
 };
 
+use super::Vms;
 use super::rollback::Rollback;
 use super::{
     BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir, work_disk,
 };
-use crate::DaemonState;
 use crate::network::{ensure_port_free, free_loopback_port};
 use crate::op::{Cancelled, OpCtx};
 use crate::ops::now_ms;
@@ -47,12 +47,12 @@ const LOOPS_PER_JIFFY: u64 = 10_000_000;
 /// reads the record again by id (it may have changed, or gone, while
 /// waiting): `vm stop ID` and `vm start NAME` of one VM take one lock.
 async fn locked(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     name_or_id: &str,
 ) -> Result<(tokio::sync::OwnedMutexGuard<()>, VmRecord), VmError> {
-    let id = super::find(state, name_or_id).await?.id;
-    let guard = state.vms.lock_for(&id).lock_owned().await;
-    Ok((guard, super::find(state, &id).await?))
+    let id = super::find(vms, name_or_id).await?.id;
+    let guard = vms.table.lock_for(&id).lock_owned().await;
+    Ok((guard, super::find(vms, &id).await?))
 }
 
 fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> VmError {
@@ -60,25 +60,25 @@ fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> VmE
 }
 
 /// Starts a VM (idempotent: a running VM is left alone).
-pub async fn start(state: &Arc<DaemonState>, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
-    let (_guard, vm) = locked(state, name).await?;
-    if is_alive(state, &vm).await {
+pub async fn start(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+    let (_guard, vm) = locked(vms, name).await?;
+    if is_alive(vms, &vm).await {
         return Ok(vm);
     }
-    start_locked(state, vm, ctx).await
+    start_locked(vms, vm, ctx).await
 }
 
 /// Boots `vm`; the caller holds its lock. On failure every step done is
 /// rolled back in reverse, and the VM is left in `error` with `last_error`
 /// naming the cause and, when the VMM wrote one, the console log.
 pub(super) async fn start_locked(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     mut vm: VmRecord,
     ctx: &OpCtx,
 ) -> Result<VmRecord, VmError> {
-    let dir = vm_dir(state, &vm.id);
+    let dir = vm_dir(vms, &vm.id);
     let mut rollback = Rollback::default();
-    match boot(state, &vm, ctx, &mut rollback).await {
+    match boot(vms, &vm, ctx, &mut rollback).await {
         Ok(handles) => {
             rollback.disarm();
             vm.state = VmState::Running;
@@ -89,7 +89,7 @@ pub(super) async fn start_locked(
             });
             vm.updated_at_ms = now_ms();
             let record = vm.clone();
-            state.db.call(move |s| s.update_vm(&record)).await?;
+            vms.db.call(move |s| s.update_vm(&record)).await?;
             tracing::info!(vm = %vm.name, pid = handles.vmm.pid, "vm running");
             Ok(vm)
         }
@@ -97,7 +97,7 @@ pub(super) async fn start_locked(
             tokio::task::spawn_blocking(move || rollback.run())
                 .await
                 .map_err(task_failed("rollback"))?;
-            state.vms.clear_handles(&vm.id);
+            vms.table.clear_handles(&vm.id);
             let err = if err.is_cancelled() {
                 vm.state = VmState::Stopped;
                 vm.last_error = None;
@@ -115,22 +115,22 @@ pub(super) async fn start_locked(
             };
             vm.updated_at_ms = now_ms();
             let record = vm.clone();
-            let _ = state.db.call(move |s| s.update_vm(&record)).await;
+            let _ = vms.db.call(move |s| s.update_vm(&record)).await;
             Err(err)
         }
     }
 }
 
 async fn boot(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     vm: &VmRecord,
     ctx: &OpCtx,
     rollback: &mut Rollback,
 ) -> Result<Handles, VmError> {
-    let dir = vm_dir(state, &vm.id);
+    let dir = vm_dir(vms, &vm.id);
     ctx.stage("check artifacts");
     let (kernel_id, image_id) = (vm.kernel_id.clone(), vm.image_id.clone());
-    let (kernel, image) = state
+    let (kernel, image) = vms
         .db
         .call(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
         .await?;
@@ -158,20 +158,20 @@ async fn boot(
     let net = match vm.network_mode {
         NetworkMode::Bridged => {
             ctx.stage("attach network");
-            attach_bridged(state, vm, ctx, rollback).await?
+            attach_bridged(vms, vm, ctx, rollback).await?
         }
         NetworkMode::User => {
             ctx.stage("allocate ports");
             user_network(&vm.published_ports)?
         }
     };
-    let (accel, reason) = state.accel.choose(&kernel, ctx).await;
+    let (accel, reason) = vms.accel.choose(&kernel, ctx).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
         // guest can hang calibrating its timers (see banger_vmm::clock).
-        let clock = banger_vmm::clock_args(state.accel.host_tsc_khz().await);
+        let clock = banger_vmm::clock_args(vms.accel.host_tsc_khz().await);
         if !clock.is_empty() {
             kernel_args.push(' ');
             kernel_args.push_str(&clock);
@@ -220,12 +220,12 @@ async fn boot(
     ctx.check_cancelled()?;
 
     ctx.stage("launch vmm");
-    let vmm = Arc::clone(&state.vmm);
+    let vmm = Arc::clone(&vms.vmm);
     let handle = tokio::task::spawn_blocking(move || vmm.launch(&spec))
         .await
         .map_err(task_failed("launch"))??;
     {
-        let vmm = Arc::clone(&state.vmm);
+        let vmm = Arc::clone(&vms.vmm);
         let handle = handle.clone();
         rollback.push("launch vmm", move || {
             let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
@@ -247,7 +247,7 @@ async fn boot(
         path: dir.join("handles.json"),
         source,
     })?;
-    state.vms.set_handles(&vm.id, handles.clone());
+    vms.table.set_handles(&vm.id, handles.clone());
     {
         let dir = dir.clone();
         rollback.push("record handles", move || remove_handles(&dir));
@@ -255,14 +255,14 @@ async fn boot(
 
     if handles.agent.is_some() {
         ctx.stage("wait for agent");
-        state.guest.wait_for_agent(vm, &handles, ctx).await?;
+        vms.guest.wait_for_agent(vm, &handles, ctx).await?;
     }
 
     ctx.stage("wait for ssh");
-    wait_for_ssh(state, vm, &handles, ctx).await?;
+    wait_for_ssh(vms, vm, &handles, ctx).await?;
 
     ctx.stage("pin host key");
-    let ssh = state.ssh.clone();
+    let ssh = vms.ssh.clone();
     let name = vm.name.clone();
     let (host, port) = (handles.ssh_host.clone(), handles.ssh_port);
     tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, &host, port))
@@ -274,12 +274,12 @@ async fn boot(
 /// Waits until the guest's sshd sends its banner, the VMM dies, the boot
 /// timeout passes, or the work is cancelled.
 async fn wait_for_ssh(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     vm: &VmRecord,
     handles: &Handles,
     ctx: &OpCtx,
 ) -> Result<(), VmError> {
-    let deadline = Instant::now() + state.config.boot_timeout;
+    let deadline = Instant::now() + vms.settings.boot_timeout;
     let ip: std::net::IpAddr = handles
         .ssh_host
         .parse()
@@ -295,11 +295,11 @@ async fn wait_for_ssh(
         if ready {
             return Ok(());
         }
-        if !vmm_running(state, &handles.vmm, &vm.id).await {
+        if !vmm_running(vms, &handles.vmm, &vm.id).await {
             return Err(VmError::VmmExited);
         }
         if Instant::now() >= deadline {
-            return Err(VmError::SshTimeout(state.config.boot_timeout.as_secs()));
+            return Err(VmError::SshTimeout(vms.settings.boot_timeout.as_secs()));
         }
         tokio::select! {
             _ = ctx.cancel_token().cancelled() => return Err(Cancelled.into()),
@@ -308,12 +308,8 @@ async fn wait_for_ssh(
     }
 }
 
-pub(super) async fn vmm_running(
-    state: &Arc<DaemonState>,
-    handle: &banger_vmm::VmHandle,
-    vm_id: &str,
-) -> bool {
-    let vmm = Arc::clone(&state.vmm);
+pub(super) async fn vmm_running(vms: &Vms, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
+    let vmm = Arc::clone(&vms.vmm);
     let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
     tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
         .await
@@ -321,50 +317,42 @@ pub(super) async fn vmm_running(
 }
 
 /// True when the VM has handles and its VMM really runs.
-async fn is_alive(state: &Arc<DaemonState>, vm: &VmRecord) -> bool {
-    match state.vms.handles(&vm.id) {
-        Some(h) => vmm_running(state, &h.vmm, &vm.id).await,
+async fn is_alive(vms: &Vms, vm: &VmRecord) -> bool {
+    match vms.table.handles(&vm.id) {
+        Some(h) => vmm_running(vms, &h.vmm, &vm.id).await,
         None => false,
     }
 }
 
 /// Forgets a VM's runtime leftovers and records it stopped.
-async fn mark_stopped(
-    state: &Arc<DaemonState>,
-    ctx: &OpCtx,
-    mut vm: VmRecord,
-) -> Result<VmRecord, VmError> {
-    let dir = vm_dir(state, &vm.id);
-    let handles = state.vms.handles(&vm.id);
-    detach_network(state, ctx, &vm.id, handles.as_ref()).await;
+async fn mark_stopped(vms: &Vms, ctx: &OpCtx, mut vm: VmRecord) -> Result<VmRecord, VmError> {
+    let dir = vm_dir(vms, &vm.id);
+    let handles = vms.table.handles(&vm.id);
+    detach_network(vms, ctx, &vm.id, handles.as_ref()).await;
     remove_handles(&dir);
-    state.vms.clear_handles(&vm.id);
+    vms.table.clear_handles(&vm.id);
     vm.state = VmState::Stopped;
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
-    state.db.call(move |s| s.update_vm(&record)).await?;
+    vms.db.call(move |s| s.update_vm(&record)).await?;
     Ok(vm)
 }
 
 /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
-pub async fn stop(state: &Arc<DaemonState>, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
-    let (_guard, vm) = locked(state, name).await?;
-    stop_locked(state, ctx, vm).await
+pub async fn stop(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+    let (_guard, vm) = locked(vms, name).await?;
+    stop_locked(vms, ctx, vm).await
 }
 
-pub(super) async fn stop_locked(
-    state: &Arc<DaemonState>,
-    ctx: &OpCtx,
-    vm: VmRecord,
-) -> Result<VmRecord, VmError> {
-    let Some(handles) = state.vms.handles(&vm.id) else {
-        return mark_stopped(state, ctx, vm).await;
+pub(super) async fn stop_locked(vms: &Vms, ctx: &OpCtx, vm: VmRecord) -> Result<VmRecord, VmError> {
+    let Some(handles) = vms.table.handles(&vm.id) else {
+        return mark_stopped(vms, ctx, vm).await;
     };
-    if !vmm_running(state, &handles.vmm, &vm.id).await {
-        return mark_stopped(state, ctx, vm).await;
+    if !vmm_running(vms, &handles.vmm, &vm.id).await {
+        return mark_stopped(vms, ctx, vm).await;
     }
-    let vmm = Arc::clone(&state.vmm);
-    let timeout = state.config.stop_timeout;
+    let vmm = Arc::clone(&vms.vmm);
+    let timeout = vms.settings.stop_timeout;
     let handle = handles.vmm.clone();
     let graceful = tokio::task::spawn_blocking(move || {
         let asked = vmm.request_shutdown(&handle);
@@ -387,22 +375,22 @@ pub(super) async fn stop_locked(
         return Err(VmError::KillFailed(handles.vmm.pid));
     }
     tracing::info!(vm = %vm.name, "vm stopped");
-    mark_stopped(state, ctx, vm).await
+    mark_stopped(vms, ctx, vm).await
 }
 
 /// Sends `signal` to the VMM (default KILL) and waits for it to exit.
 pub async fn kill(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     name: &str,
     signal: Option<&str>,
     ctx: &OpCtx,
 ) -> Result<VmRecord, VmError> {
     let signal: banger_vmm::Signal = signal.unwrap_or("KILL").parse()?;
-    let (_guard, vm) = locked(state, name).await?;
-    let Some(handles) = state.vms.handles(&vm.id) else {
+    let (_guard, vm) = locked(vms, name).await?;
+    let Some(handles) = vms.table.handles(&vm.id) else {
         return Err(VmError::NotRunning { name: vm.name });
     };
-    let vmm = Arc::clone(&state.vmm);
+    let vmm = Arc::clone(&vms.vmm);
     let handle = handles.vmm.clone();
     let vm_id = vm.id.clone();
     let exited = tokio::task::spawn_blocking(move || {
@@ -420,38 +408,30 @@ pub async fn kill(
             signal,
         });
     }
-    mark_stopped(state, ctx, vm).await
+    mark_stopped(vms, ctx, vm).await
 }
 
-pub async fn restart(
-    state: &Arc<DaemonState>,
-    name: &str,
-    ctx: &OpCtx,
-) -> Result<VmRecord, VmError> {
-    let (_guard, vm) = locked(state, name).await?;
-    let vm = stop_locked(state, ctx, vm).await?;
-    start_locked(state, vm, ctx).await
+pub async fn restart(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+    let (_guard, vm) = locked(vms, name).await?;
+    let vm = stop_locked(vms, ctx, vm).await?;
+    start_locked(vms, vm, ctx).await
 }
 
 /// Deletes a VM: kills it if running, removes its files, its record and
 /// its host-key pin.
-pub async fn delete(
-    state: &Arc<DaemonState>,
-    name: &str,
-    ctx: &OpCtx,
-) -> Result<VmRecord, VmError> {
-    let (_guard, vm) = locked(state, name).await?;
-    delete_locked(state, ctx, vm).await
+pub async fn delete(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+    let (_guard, vm) = locked(vms, name).await?;
+    delete_locked(vms, ctx, vm).await
 }
 
 pub(super) async fn delete_locked(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     ctx: &OpCtx,
     vm: VmRecord,
 ) -> Result<VmRecord, VmError> {
-    let handles = state.vms.handles(&vm.id);
+    let handles = vms.table.handles(&vm.id);
     if let Some(handles) = handles.clone() {
-        let vmm = Arc::clone(&state.vmm);
+        let vmm = Arc::clone(&vms.vmm);
         let vm_id = vm.id.clone();
         tokio::task::spawn_blocking(move || {
             if vmm.is_running(&handles.vmm, &vm_id) {
@@ -462,9 +442,9 @@ pub(super) async fn delete_locked(
         .await
         .map_err(task_failed("delete"))?;
     }
-    detach_network(state, ctx, &vm.id, handles.as_ref()).await;
-    state.vms.clear_handles(&vm.id);
-    let dir = vm_dir(state, &vm.id);
+    detach_network(vms, ctx, &vm.id, handles.as_ref()).await;
+    vms.table.clear_handles(&vm.id);
+    let dir = vm_dir(vms, &vm.id);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
             what: "remove",
@@ -474,18 +454,18 @@ pub(super) async fn delete_locked(
     }
     let id = vm.id.clone();
     // Deleting the row frees its address lease too (ON DELETE CASCADE).
-    state.db.call(move |s| s.delete_vm(&id)).await?;
-    state.network.refresh_names().await;
-    let ssh = state.ssh.clone();
+    vms.db.call(move |s| s.delete_vm(&id)).await?;
+    vms.network.refresh_names().await;
+    let ssh = vms.ssh.clone();
     let name = vm.name.clone();
     let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
-    state.vms.forget_lock(&vm.id);
+    vms.table.forget_lock(&vm.id);
     tracing::info!(vm = %vm.name, "vm deleted");
     Ok(vm)
 }
 
 /// Changes vcpus, memory or disk size of a stopped VM.
-pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord, VmError> {
+pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
     if let Some(v) = p.vcpus {
         validate::vcpus(v)?;
     }
@@ -498,8 +478,8 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
     if p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_size_bytes.is_none() {
         return Err(VmError::NothingToChange);
     }
-    let (_guard, mut vm) = locked(state, &p.name).await?;
-    if is_alive(state, &vm).await {
+    let (_guard, mut vm) = locked(vms, &p.name).await?;
+    if is_alive(vms, &vm).await {
         return Err(VmError::Running(vm.name));
     }
     if let Some(size) = p.disk_size_bytes {
@@ -509,7 +489,7 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
                 current: vm.disk_size_bytes,
             });
         }
-        let work = work_disk(&vm_dir(state, &vm.id));
+        let work = work_disk(&vm_dir(vms, &vm.id));
         tokio::task::spawn_blocking(move || disks::grow_work_disk(&work, size))
             .await
             .map_err(task_failed("resize"))??;
@@ -523,7 +503,7 @@ pub async fn edit(state: &Arc<DaemonState>, p: &VmEditParams) -> Result<VmRecord
     }
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
-    state.db.call(move |s| s.update_vm(&record)).await?;
+    vms.db.call(move |s| s.update_vm(&record)).await?;
     Ok(vm)
 }
 
@@ -574,13 +554,13 @@ fn user_network(publish: &[PublishSpec]) -> Result<NetPlan, VmError> {
 /// Bridged: the VM's leased address, a TAP from the warm pool, and
 /// loopback proxies for published ports. Each is rolled back on failure.
 async fn attach_bridged(
-    state: &Arc<DaemonState>,
+    vms: &Vms,
     vm: &VmRecord,
     ctx: &OpCtx,
     rollback: &mut Rollback,
 ) -> Result<NetPlan, VmError> {
-    let network = Arc::clone(&state.network);
-    let bridge = network.ready(ctx.id(), &state.vms.held_taps()).await?;
+    let network = Arc::clone(&vms.network);
+    let bridge = network.ready(ctx.id(), &vms.table.held_taps()).await?;
     let ip = network.lease(&vm.id, &bridge).await?;
     network.refresh_names().await;
     let tap = network.acquire_tap(ctx.id(), &bridge).await?;
@@ -619,14 +599,9 @@ async fn attach_bridged(
 
 /// Gives a stopped VM's network back: its TAP to the pool, its proxies
 /// closed. (Its address stays leased until the VM is deleted.)
-pub(super) async fn detach_network(
-    state: &Arc<DaemonState>,
-    ctx: &OpCtx,
-    vm_id: &str,
-    handles: Option<&Handles>,
-) {
-    state.network.stop_proxies(vm_id);
+pub(super) async fn detach_network(vms: &Vms, ctx: &OpCtx, vm_id: &str, handles: Option<&Handles>) {
+    vms.network.stop_proxies(vm_id);
     if let Some(b) = handles.and_then(|h| h.bridged.as_ref()) {
-        state.network.release_tap(ctx.id(), &b.tap).await;
+        vms.network.release_tap(ctx.id(), &b.tap).await;
     }
 }

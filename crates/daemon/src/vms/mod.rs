@@ -1,7 +1,7 @@
 //! The VM lifecycle (docs/vms.md, "Lifecycle") and what is momentarily true about running
 //! VMs (docs/capabilities.md, "State").
 //!
-//! Durable intent (name, image, kernel, resources, last state) is in the
+//! Durable intent (name, image, kernel, resources, last vms) is in the
 //! store. A running VM's handles (VMM pid and control socket, the SSH port,
 //! the accelerator) live in memory and in `VM_DIR/handles.json`, never in
 //! SQLite; on daemon start [`reconcile`] rebuilds them from those files and
@@ -22,10 +22,8 @@ mod rollback;
 #[cfg(test)]
 mod tests;
 
-pub use create::{Reservations, create, plan_create};
+pub use create::{CreatePlan, Reservations};
 pub use error::VmError;
-pub use lifecycle::{delete, edit, kill, restart, start, stop};
-pub use reconcile::reconcile;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +34,174 @@ use banger_store::VmRecord;
 use banger_vmm::VmHandle;
 use serde::{Deserialize, Serialize};
 
-use crate::DaemonState;
+use std::time::Duration;
+
+use banger_proto::vm::VmEditParams;
+
+use crate::accel::AccelChooser;
+use crate::artifacts::Artifacts;
+use crate::config::{DaemonConfig, VmDefaults};
+use crate::db::Db;
+use crate::network::Network;
+use crate::op::{OpCtx, OpId};
+use crate::ssh::SshPaths;
+use guest::Guest;
+
+/// The VM service: creates, starts, stops, edits and deletes VMs, and
+/// knows which run. It holds the services a VM's life needs and nothing
+/// else.
+#[derive(Debug)]
+pub struct Vms {
+    db: Db,
+    vmm: Arc<dyn banger_vmm::Vmm>,
+    network: Arc<Network>,
+    artifacts: Arc<Artifacts>,
+    accel: Arc<AccelChooser>,
+    guest: Arc<Guest>,
+    ssh: SshPaths,
+    /// Per-VM locks, handles and agent connections (shared with [`Guest`]).
+    table: Arc<VmTable>,
+    reservations: Arc<Reservations>,
+    settings: VmSettings,
+}
+
+/// The configuration a VM's life reads.
+#[derive(Debug, Clone)]
+struct VmSettings {
+    data_dir: PathBuf,
+    defaults: VmDefaults,
+    boot_timeout: Duration,
+    stop_timeout: Duration,
+}
+
+/// The services [`Vms`] works with.
+#[derive(Debug)]
+pub struct VmDeps {
+    pub db: Db,
+    pub vmm: Arc<dyn banger_vmm::Vmm>,
+    pub network: Arc<Network>,
+    pub artifacts: Arc<Artifacts>,
+    pub accel: Arc<AccelChooser>,
+    pub guest: Arc<Guest>,
+    pub ssh: SshPaths,
+    pub table: Arc<VmTable>,
+}
+
+impl Vms {
+    pub fn new(deps: VmDeps, config: &DaemonConfig) -> Self {
+        let VmDeps {
+            db,
+            vmm,
+            network,
+            artifacts,
+            accel,
+            guest,
+            ssh,
+            table,
+        } = deps;
+        Self {
+            db,
+            vmm,
+            network,
+            artifacts,
+            accel,
+            guest,
+            ssh,
+            table,
+            reservations: Arc::default(),
+            settings: VmSettings {
+                data_dir: config.layout.data_dir.clone(),
+                defaults: config.defaults.clone(),
+                boot_timeout: config.boot_timeout,
+                stop_timeout: config.stop_timeout,
+            },
+        }
+    }
+
+    /// Starts a VM (idempotent: a running VM is left alone).
+    pub async fn start(&self, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+        lifecycle::start(self, name, ctx).await
+    }
+
+    /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
+    pub async fn stop(&self, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+        lifecycle::stop(self, name, ctx).await
+    }
+
+    /// Sends `signal` to the VMM (default KILL) and waits for it to exit.
+    pub async fn kill(
+        &self,
+        name: &str,
+        signal: Option<&str>,
+        ctx: &OpCtx,
+    ) -> Result<VmRecord, VmError> {
+        lifecycle::kill(self, name, signal, ctx).await
+    }
+
+    pub async fn restart(&self, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+        lifecycle::restart(self, name, ctx).await
+    }
+
+    /// Deletes a VM: its VMM, files, record and host-key pin.
+    pub async fn delete(&self, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+        lifecycle::delete(self, name, ctx).await
+    }
+
+    /// Changes vcpus, memory or disk size of a stopped VM.
+    pub async fn edit(&self, p: &VmEditParams) -> Result<VmRecord, VmError> {
+        lifecycle::edit(self, p).await
+    }
+
+    /// Checks a create's input and conflicts, and reserves its name and
+    /// ports; nothing is made yet.
+    pub async fn plan_create(
+        &self,
+        op: &OpId,
+        p: banger_proto::vm::VmCreateParams,
+    ) -> Result<CreatePlan, VmError> {
+        create::plan_create(self, op, p).await
+    }
+
+    /// Makes and (unless asked not to) starts the VM a plan describes.
+    pub async fn create(&self, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, VmError> {
+        create::create(self, ctx, plan).await
+    }
+
+    /// Adopts VMs whose VMM survived a daemon restart, cleans up the rest.
+    pub async fn reconcile(&self) -> Result<(), banger_store::StoreError> {
+        reconcile::reconcile(self).await
+    }
+
+    /// Looks a VM up by name or id.
+    pub async fn find(&self, name: &str) -> Result<VmRecord, banger_store::StoreError> {
+        find(self, name).await
+    }
+
+    /// The view `vm.show` and `vm.list` return.
+    pub async fn view(&self, vm: &VmRecord) -> Result<VmView, banger_store::StoreError> {
+        view(self, vm).await
+    }
+
+    /// Every VM's view.
+    pub async fn views(&self) -> Result<Vec<VmView>, banger_store::StoreError> {
+        let all = self.db.call(|s| s.vms()).await?;
+        let mut views = Vec::with_capacity(all.len());
+        for vm in &all {
+            views.push(view(self, vm).await?);
+        }
+        Ok(views)
+    }
+
+    /// What is true about a running VM right now.
+    pub fn handles(&self, vm_id: &str) -> Option<Handles> {
+        self.table.handles(vm_id)
+    }
+
+    /// TAP devices held by running VMs.
+    pub fn held_taps(&self) -> Vec<String> {
+        self.table.held_taps()
+    }
+}
 
 /// What is true about a running VM right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +293,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The VM's own directory: disks, logs, sockets and handles.json.
-pub fn vm_dir(state: &DaemonState, vm_id: &str) -> PathBuf {
-    state.config.layout.data_dir.join("vms").join(vm_id)
+pub(crate) fn vm_dir(vms: &Vms, vm_id: &str) -> PathBuf {
+    vms.settings.data_dir.join("vms").join(vm_id)
 }
 
 pub fn console_log(dir: &Path) -> PathBuf {
@@ -162,22 +327,16 @@ fn remove_handles(dir: &Path) {
 }
 
 /// Looks a VM up by name or id.
-pub async fn find(
-    state: &Arc<DaemonState>,
-    name: &str,
-) -> Result<VmRecord, banger_store::StoreError> {
+async fn find(vms: &Vms, name: &str) -> Result<VmRecord, banger_store::StoreError> {
     let name = name.to_owned();
-    state.db.call(move |s| s.vm(&name)).await
+    vms.db.call(move |s| s.vm(&name)).await
 }
 
 /// The view `vm.show` and `vm.list` return.
-pub async fn view(
-    state: &Arc<DaemonState>,
-    vm: &VmRecord,
-) -> Result<VmView, banger_store::StoreError> {
+async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreError> {
     let (image_id, kernel_id) = (vm.image_id.clone(), vm.kernel_id.clone());
     let vm_id = vm.id.clone();
-    let (image, kernel, ip) = state
+    let (image, kernel, ip) = vms
         .db
         .call(move |s| {
             Ok((
@@ -187,8 +346,8 @@ pub async fn view(
             ))
         })
         .await?;
-    let dir = vm_dir(state, &vm.id);
-    let handles = state.vms.handles(&vm.id);
+    let dir = vm_dir(vms, &vm.id);
+    let handles = vms.table.handles(&vm.id);
     Ok(VmView {
         id: vm.id.clone(),
         name: vm.name.clone(),

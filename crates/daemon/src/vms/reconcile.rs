@@ -9,26 +9,26 @@ use std::sync::Arc;
 
 use banger_store::VmState;
 
+use super::Vms;
 use super::{load_handles, remove_handles, vm_dir};
-use crate::DaemonState;
 use crate::error::chain;
 use crate::ops::now_ms;
 
 /// A running bridged VM's published ports were served by the old daemon.
-fn restart_proxies(state: &Arc<DaemonState>, vm: &banger_store::VmRecord, ip: std::net::Ipv4Addr) {
-    if let Err(e) = state.network.start_proxies(&vm.id, ip, &vm.published_ports) {
+fn restart_proxies(vms: &Vms, vm: &banger_store::VmRecord, ip: std::net::Ipv4Addr) {
+    if let Err(e) = vms.network.start_proxies(&vm.id, ip, &vm.published_ports) {
         tracing::warn!(vm = %vm.name, error = %chain(&e), "could not publish ports again");
     }
 }
 
-pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), banger_store::StoreError> {
-    let vms = state.db.call(|s| s.vms()).await?;
-    for mut vm in vms {
-        let dir = vm_dir(state, &vm.id);
+pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
+    let records = vms.db.call(|s| s.vms()).await?;
+    for mut vm in records {
+        let dir = vm_dir(vms, &vm.id);
         let handles = load_handles(&dir);
         let alive = match &handles {
             Some(h) => {
-                let vmm = Arc::clone(&state.vmm);
+                let vmm = Arc::clone(&vms.vmm);
                 let (h, id) = (h.vmm.clone(), vm.id.clone());
                 tokio::task::spawn_blocking(move || vmm.is_running(&h, &id))
                     .await
@@ -40,15 +40,15 @@ pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), banger_store::Sto
             if let Some(h) = handles {
                 tracing::info!(vm = %vm.name, pid = h.vmm.pid, "vm still running");
                 if let Some(b) = &h.bridged {
-                    restart_proxies(state, &vm, b.ip);
+                    restart_proxies(vms, &vm, b.ip);
                 }
-                state.vms.set_handles(&vm.id, h);
+                vms.table.set_handles(&vm.id, h);
             }
             if vm.state != VmState::Running {
                 vm.state = VmState::Running;
                 vm.updated_at_ms = now_ms();
                 let record = vm.clone();
-                state.db.call(move |s| s.update_vm(&record)).await?;
+                vms.db.call(move |s| s.update_vm(&record)).await?;
             }
             continue;
         }
@@ -67,7 +67,7 @@ pub async fn reconcile(state: &Arc<DaemonState>) -> Result<(), banger_store::Sto
             vm.updated_at_ms = now_ms();
             tracing::warn!(vm = %vm.name, was = was.as_str(), now = vm.state.as_str(), "vmm is gone; cleaned up");
             let record = vm.clone();
-            state.db.call(move |s| s.update_vm(&record)).await?;
+            vms.db.call(move |s| s.update_vm(&record)).await?;
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
 use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
 
 use super::*;
+use crate::DaemonState;
 use crate::dispatch::tests::test_state_with;
 use crate::op::OpCtx;
 
@@ -118,7 +119,7 @@ fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> VmRecord {
         updated_at_ms: 0,
     };
     store.insert_vm(&vm).unwrap();
-    let dir = vm_dir(state, &vm.id);
+    let dir = vm_dir(&state.vms, &vm.id);
     file(dir.join("root.qcow2"));
     file(work_disk(&dir));
     vm
@@ -165,21 +166,24 @@ async fn reconcile_adopts_live_vmms_and_demotes_dead_ones() {
     let live = seed(&state, "live", VmState::Running);
     let dead = seed(&state, "dead", VmState::Running);
     seed(&state, "half", VmState::Creating);
-    let live_dir = vm_dir(&state, &live.id);
-    let dead_dir = vm_dir(&state, &dead.id);
+    let live_dir = vm_dir(&state.vms, &live.id);
+    let dead_dir = vm_dir(&state.vms, &dead.id);
     save_handles(&live_dir, &handles(111, &live_dir)).unwrap();
     save_handles(&dead_dir, &handles(222, &dead_dir)).unwrap();
     fake.alive.lock().unwrap().insert(111);
 
-    reconcile(&state).await.unwrap();
+    state.vms.reconcile().await.unwrap();
 
-    assert_eq!(find(&state, "live").await.unwrap().state, VmState::Running);
+    assert_eq!(
+        state.vms.find("live").await.unwrap().state,
+        VmState::Running
+    );
     assert_eq!(state.vms.handles(&live.id).unwrap().vmm.pid, 111);
-    let dead = find(&state, "dead").await.unwrap();
+    let dead = state.vms.find("dead").await.unwrap();
     assert_eq!(dead.state, VmState::Stopped);
     assert!(state.vms.handles(&dead.id).is_none());
     assert!(!dead_dir.join("handles.json").exists(), "leftovers removed");
-    let half = find(&state, "half").await.unwrap();
+    let half = state.vms.find("half").await.unwrap();
     assert_eq!(half.state, VmState::Error);
     assert!(half.last_error.unwrap().contains("daemon stopped"));
 }
@@ -193,16 +197,18 @@ async fn a_failed_launch_rolls_back_and_records_the_error() {
     });
     let state = test_state_with(tmp.path(), fake.clone());
     let vm = seed(&state, "boom", VmState::Stopped);
-    let err = start(&state, "boom", &OpCtx::background())
+    let err = state
+        .vms
+        .start("boom", &OpCtx::background())
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("fake launch failure"), "{}", err);
     assert!(err.contains("console.log"), "names the console log");
-    let after = find(&state, "boom").await.unwrap();
+    let after = state.vms.find("boom").await.unwrap();
     assert_eq!(after.state, VmState::Error);
     assert!(after.last_error.unwrap().contains("fake launch failure"));
-    assert!(!vm_dir(&state, &vm.id).join("handles.json").exists());
+    assert!(!vm_dir(&state.vms, &vm.id).join("handles.json").exists());
     assert!(state.vms.handles(&vm.id).is_none());
     assert_eq!(*fake.launched.lock().unwrap(), vec![vm.id.clone()]);
 }
@@ -214,7 +220,9 @@ async fn a_missing_kernel_file_fails_before_launch() {
     let state = test_state_with(tmp.path(), fake.clone());
     seed(&state, "nokernel", VmState::Stopped);
     std::fs::remove_file(state.config.layout.data_dir.join("kernels/k/vmlinuz")).unwrap();
-    let err = start(&state, "nokernel", &OpCtx::background())
+    let err = state
+        .vms
+        .start("nokernel", &OpCtx::background())
         .await
         .unwrap_err()
         .to_string();
@@ -280,17 +288,17 @@ async fn stop_by_id_and_start_by_name_take_one_lock() {
     });
     let state = test_state_with(tmp.path(), fake.clone());
     let vm = seed(&state, "one", VmState::Running);
-    let dir = vm_dir(&state, &vm.id);
-    state.vms.set_handles(&vm.id, handles(77, &dir));
+    let dir = vm_dir(&state.vms, &vm.id);
+    state.vms.table.set_handles(&vm.id, handles(77, &dir));
     fake.alive.lock().unwrap().insert(77);
 
     let stopping = tokio::spawn({
         let (state, id) = (Arc::clone(&state), vm.id.clone());
-        async move { stop(&state, &id, &OpCtx::background()).await }
+        async move { state.vms.stop(&id, &OpCtx::background()).await }
     });
     // The stop holds the VM's lock from here until the guest is down.
     fake.shutdown_asked.notified().await;
-    let started = start(&state, "one", &OpCtx::background()).await;
+    let started = state.vms.start("one", &OpCtx::background()).await;
     let stopped = stopping.await.unwrap().unwrap();
     assert_eq!(stopped.state, VmState::Stopped);
     // The start waited for the stop and saw its result (a stopped VM), so
@@ -339,7 +347,7 @@ async fn two_creates_of_one_name_at_once_one_wins_and_the_loser_leaves_nothing()
     // the port is free for a VM of another name.
     let again = request(&state, create("op-create-c")).await.into_result();
     assert!(again.unwrap_err().message.contains("already exists"));
-    assert!(state.reservations.is_empty(), "nothing stays reserved");
+    assert!(state.vms.reservations.is_empty(), "nothing stays reserved");
 }
 
 #[tokio::test]

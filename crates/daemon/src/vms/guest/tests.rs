@@ -201,7 +201,7 @@ async fn a_stopped_vm_is_not_running_and_an_agent_refusal_is_not_found() {
     );
 
     // "Running": handles, and a fake agent on the VM's agent socket.
-    let dir = super::super::vm_dir(&state, &vm.id);
+    let dir = super::super::vm_dir(&state.vms, &vm.id);
     std::fs::create_dir_all(&dir).unwrap();
     assert_eq!(
         state.guest.agent_socket(&vm.id),
@@ -214,7 +214,7 @@ async fn a_stopped_vm_is_not_running_and_an_agent_refusal_is_not_found() {
         AGENT_PROTOCOL_VERSION,
     ));
     let h = handles(&dir);
-    state.vms.set_handles(&vm.id, h.clone());
+    state.vms.table.set_handles(&vm.id, h.clone());
     let ctx = OpCtx::new(crate::op::mint(), CancellationToken::new());
     state.guest.wait_for_agent(&vm, &h, &ctx).await.unwrap();
 
@@ -232,7 +232,7 @@ async fn waiting_for_an_agent_stops_when_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let state = test_state_with(tmp.path(), Arc::new(Running));
     let vm = seed(&state);
-    let dir = super::super::vm_dir(&state, &vm.id);
+    let dir = super::super::vm_dir(&state.vms, &vm.id);
     // Nothing listens on the agent socket: the wait goes on until cancelled.
     let cancel = CancellationToken::new();
     cancel.cancel();
