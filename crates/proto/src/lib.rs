@@ -6,10 +6,12 @@
 //! and the error codes, and `tests/envelope.rs` for the pinned JSON shape.
 
 pub mod agent;
+pub mod daemon;
 mod envelope;
 mod error;
 pub mod helper;
 pub mod methods;
+pub mod schema;
 pub mod types;
 pub mod vm;
 
