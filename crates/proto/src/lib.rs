@@ -18,8 +18,8 @@ pub mod vm;
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode};
 pub use types::{
-    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PortProto,
-    PublishSpec, UnknownValue, VmState,
+    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
+    PortProto, PublishSpec, UnknownValue, VmState,
 };
 
 /// Protocol version carried in every request. A daemon answers any other

@@ -34,6 +34,11 @@ pub trait Method: __private::Sealed + Send + Sync + 'static {
 #[doc(hidden)]
 pub mod __private {
     /// Seals [`Method`](super::Method): only `declare_methods!` implements it.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a method of the method list",
+        label = "not in the list",
+        note = "a method is added to `for_each_method!` in `crates/proto/src/methods.rs`"
+    )]
     pub trait Sealed {}
 }
 
@@ -136,6 +141,8 @@ macro_rules! declare_methods {
             #[derive(Debug, Clone, Copy, PartialEq, Eq)]
             pub enum $ty {}
 
+            // Not offered as a candidate in "not a method" errors.
+            #[diagnostic::do_not_recommend]
             impl $crate::methods::__private::Sealed for $ty {}
 
             impl $crate::methods::Method for $ty {

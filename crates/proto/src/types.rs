@@ -56,6 +56,13 @@ macro_rules! wire_enum {
             }
         }
 
+        /// Compares with a wire spelling (`state == "running"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -165,6 +172,16 @@ wire_enum! {
     Accel, "accelerator" {
         Kvm = "kvm",
         Tcg = "tcg",
+    }
+}
+
+wire_enum! {
+    /// The accelerator `vm create` will use, as `doctor` reports it.
+    PlannedAccel, "accelerator" {
+        Kvm = "kvm",
+        Tcg = "tcg",
+        /// Not known until the first VM start probes KVM.
+        Undecided = "undecided",
     }
 }
 

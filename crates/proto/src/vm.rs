@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, NetworkMode, OpKind, OpState,
-    PublishSpec, VmState,
+    PlannedAccel, PublishSpec, VmState,
 };
 
 /// `vm.create.begin` params. Absent fields take the daemon's defaults.
@@ -269,7 +269,7 @@ pub struct DoctorReport {
     pub checks: Vec<DoctorCheck>,
     /// The backend and accelerator `vm create` will use, and why.
     pub backend: Backend,
-    pub accel: Accel,
+    pub accel: PlannedAccel,
     pub accel_reason: String,
 }
 

@@ -20,7 +20,7 @@ use banger_proto::vm::{
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
-    VmState,
+    PlannedAccel, VmState,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -446,7 +446,7 @@ fn examples() -> Vec<Example> {
                     },
                 ],
                 backend: Backend::Qemu,
-                accel: Accel::Tcg,
+                accel: PlannedAccel::Tcg,
                 accel_reason: "/dev/kvm is missing".into(),
             },
         ),
