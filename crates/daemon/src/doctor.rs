@@ -4,16 +4,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use banger_proto::vm::{DoctorCheck, DoctorReport};
+use banger_proto::{Backend, CheckStatus, PlannedAccel};
 
 use crate::DaemonState;
 use crate::accel;
 use crate::config::AccelChoice;
 use crate::dispatch::RpcError;
 
-fn check(name: &str, status: &str, detail: impl Into<String>, fix: Option<&str>) -> DoctorCheck {
+fn check(
+    name: &str,
+    status: CheckStatus,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> DoctorCheck {
     DoctorCheck {
         name: name.to_owned(),
-        status: status.to_owned(),
+        status,
         detail: detail.into(),
         fix: fix.map(str::to_owned),
     }
@@ -31,13 +37,13 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     match banger_vmm::probe_qemu() {
         Ok(q) => checks.push(check(
             "qemu",
-            "ok",
+            CheckStatus::Ok,
             format!("{} {}", q.binary.display(), q.version),
             None,
         )),
         Err(e) => checks.push(check(
             "qemu",
-            "fail",
+            CheckStatus::Fail,
             e.to_string(),
             Some("install qemu-system-x86 (apt-get install qemu-system-x86)"),
         )),
@@ -52,11 +58,11 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
         ("apt-get", "apt", "kernel pull"),
     ] {
         if on_path(tool) {
-            checks.push(check(tool, "ok", format!("found ({why})"), None));
+            checks.push(check(tool, CheckStatus::Ok, format!("found ({why})"), None));
         } else {
             checks.push(check(
                 tool,
-                "fail",
+                CheckStatus::Fail,
                 format!("not found; needed for {why}"),
                 Some(&format!("apt-get install {package}")),
             ));
@@ -66,7 +72,11 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     let kvm_present = Path::new("/dev/kvm").exists();
     checks.push(check(
         "/dev/kvm",
-        if kvm_present { "ok" } else { "warn" },
+        if kvm_present {
+            CheckStatus::Ok
+        } else {
+            CheckStatus::Warn
+        },
         if kvm_present {
             "present"
         } else {
@@ -87,23 +97,27 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
             }
             None => checks.push(check(
                 "kvm probe",
-                "warn",
+                CheckStatus::Warn,
                 "skipped: no kernel pulled yet",
                 Some("banger kernel pull"),
             )),
         }
     }
     let (accel_name, accel_reason) = match state.config.accel {
-        AccelChoice::Kvm => ("kvm".to_owned(), "forced by BANGER_ACCEL=kvm".to_owned()),
-        AccelChoice::Tcg => ("tcg".to_owned(), "forced by BANGER_ACCEL=tcg".to_owned()),
-        AccelChoice::Auto if !kvm_present => ("tcg".to_owned(), "no /dev/kvm".to_owned()),
+        AccelChoice::Kvm => (PlannedAccel::Kvm, "forced by BANGER_ACCEL=kvm".to_owned()),
+        AccelChoice::Tcg => (PlannedAccel::Tcg, "forced by BANGER_ACCEL=tcg".to_owned()),
+        AccelChoice::Auto if !kvm_present => (PlannedAccel::Tcg, "no /dev/kvm".to_owned()),
         AccelChoice::Auto => match accel::recorded(state) {
             Some(r) => (
-                if r.usable { "kvm" } else { "tcg" }.to_owned(),
+                if r.usable {
+                    PlannedAccel::Kvm
+                } else {
+                    PlannedAccel::Tcg
+                },
                 format!("kvm probe: {}", r.detail),
             ),
             None => (
-                "undecided".to_owned(),
+                PlannedAccel::Undecided,
                 "the first vm start probes kvm (or run: banger doctor --probe)".to_owned(),
             ),
         },
@@ -111,7 +125,11 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     if let Some(r) = accel::recorded(state) {
         checks.push(check(
             "kvm probe",
-            if r.usable { "ok" } else { "warn" },
+            if r.usable {
+                CheckStatus::Ok
+            } else {
+                CheckStatus::Warn
+            },
             r.detail.clone(),
             (!r.usable).then_some("guests run under TCG with one vcpu"),
         ));
@@ -120,13 +138,13 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(match default_kernel {
         Some(k) => check(
             "kernel",
-            "ok",
+            CheckStatus::Ok,
             format!("{} {}", k.name, k.version.clone().unwrap_or_default()),
             None,
         ),
         None => check(
             "kernel",
-            "warn",
+            CheckStatus::Warn,
             "no kernel pulled; the first vm create pulls the default",
             Some("banger kernel pull"),
         ),
@@ -134,13 +152,13 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(if images.is_empty() {
         check(
             "image",
-            "warn",
+            CheckStatus::Warn,
             "no image built; the first vm create builds the default",
             Some("banger image build"),
         )
     } else {
         let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
-        check("image", "ok", names.join(", "), None)
+        check("image", CheckStatus::Ok, names.join(", "), None)
     });
 
     let data = state.config.layout.data_dir.clone();
@@ -149,32 +167,38 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
             let free = s.f_bavail.saturating_mul(s.f_frsize);
             let gib = free as f64 / (1u64 << 30) as f64;
             let status = if gib < 2.0 {
-                "fail"
+                CheckStatus::Fail
             } else if gib < 10.0 {
-                "warn"
+                CheckStatus::Warn
             } else {
-                "ok"
+                CheckStatus::Ok
             };
             check(
                 "disk space",
                 status,
                 format!("{gib:.1} GiB free in {}", data.display()),
-                (status != "ok").then_some("free space: images take ~1 GiB, VMs grow with use"),
+                (status != CheckStatus::Ok)
+                    .then_some("free space: images take ~1 GiB, VMs grow with use"),
             )
         }
         Err(e) => check(
             "disk space",
-            "warn",
+            CheckStatus::Warn,
             format!("statvfs {}: {e}", data.display()),
             None,
         ),
     });
     checks.push(if crate::disks::reflink_supported(&data) {
-        check("reflink", "ok", "supported in the data dir", None)
+        check(
+            "reflink",
+            CheckStatus::Ok,
+            "supported in the data dir",
+            None,
+        )
     } else {
         check(
             "reflink",
-            "ok",
+            CheckStatus::Ok,
             "not supported in the data dir; qcow2 overlays are used",
             None,
         )
@@ -182,9 +206,9 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(check(
         "device-mapper",
         if Path::new("/dev/mapper/control").exists() {
-            "ok"
+            CheckStatus::Ok
         } else {
-            "warn"
+            CheckStatus::Warn
         },
         if Path::new("/dev/mapper/control").exists() {
             "present (snapshots through banger-helper)"
@@ -196,7 +220,10 @@ pub async fn run(state: &Arc<DaemonState>, probe: bool) -> Result<DoctorReport, 
     checks.push(helper_check(state).await);
     Ok(DoctorReport {
         checks,
-        backend: state.vmm.kind().to_string(),
+        backend: match state.vmm.kind() {
+            banger_vmm::BackendKind::Qemu => Backend::Qemu,
+            banger_vmm::BackendKind::Firecracker => Backend::Firecracker,
+        },
         accel: accel_name,
         accel_reason,
     })
@@ -208,7 +235,7 @@ async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
     match state.network.helper().ping().await {
         Ok(info) => check(
             "helper",
-            "ok",
+            CheckStatus::Ok,
             format!(
                 "banger-helper {} (pid {}) answers at {socket}: bridged networking on {} ({}, gateway {})",
                 info.version, info.pid, info.bridge, info.subnet, info.gateway
@@ -217,7 +244,7 @@ async fn helper_check(state: &Arc<DaemonState>) -> DoctorCheck {
         ),
         Err(e) => check(
             "helper",
-            "warn",
+            CheckStatus::Warn,
             format!(
                 "banger-helper does not answer at {socket} ({}): rootless mode, user-mode networking only",
                 crate::dispatch::error_chain(&e)

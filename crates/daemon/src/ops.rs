@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use banger_proto::ErrorCode;
 use banger_proto::vm::{OpView, StageView};
+use banger_proto::{ErrorBody, ErrorCode, OpKind, OpState};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,25 +23,6 @@ use crate::dispatch::RpcError;
 
 /// Finished operations are forgotten after this long.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl OpState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Stage {
@@ -54,7 +35,7 @@ struct Stage {
 struct Inner {
     state: OpState,
     stages: Vec<Stage>,
-    error: Option<String>,
+    error: Option<ErrorBody>,
     result: Option<Value>,
     started_at_ms: i64,
     ended_at_ms: Option<i64>,
@@ -65,7 +46,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct Operation {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: OpKind,
     pub target: String,
     cancel: CancellationToken,
     inner: Mutex<Inner>,
@@ -136,7 +117,7 @@ impl Operation {
                 } else {
                     OpState::Failed
                 };
-                inner.error = Some(e.message);
+                inner.error = Some(ErrorBody::new(e.code, e.message).with_op_id(&self.id));
             }
         }
         inner.ended_at_ms = Some(now_ms());
@@ -164,9 +145,9 @@ impl Operation {
         let inner = self.lock();
         OpView {
             op_id: self.id.clone(),
-            kind: self.kind.to_owned(),
+            kind: self.kind,
             target: self.target.clone(),
-            state: inner.state.as_str().to_owned(),
+            state: inner.state,
             stages: inner
                 .stages
                 .iter()
@@ -195,13 +176,7 @@ impl OpRegistry {
     }
 
     /// Registers an operation under `op_id` and spawns `work` for it.
-    pub fn begin<F, Fut>(
-        &self,
-        op_id: &str,
-        kind: &'static str,
-        target: &str,
-        work: F,
-    ) -> Arc<Operation>
+    pub fn begin<F, Fut>(&self, op_id: &str, kind: OpKind, target: &str, work: F) -> Arc<Operation>
     where
         F: FnOnce(Arc<Operation>) -> Fut,
         Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
@@ -231,11 +206,11 @@ impl OpRegistry {
             async move {
                 let outcome = crate::dispatch::with_op_id(op_id, fut).await;
                 match &outcome {
-                    Ok(_) => tracing::info!(kind, "operation succeeded"),
+                    Ok(_) => tracing::info!(kind = %kind, "operation succeeded"),
                     Err(e) if e.code == ErrorCode::Cancelled => {
-                        tracing::info!(kind, "operation cancelled")
+                        tracing::info!(kind = %kind, "operation cancelled")
                     }
-                    Err(e) => tracing::error!(kind, error = %e.message, "operation failed"),
+                    Err(e) => tracing::error!(kind = %kind, error = %e.message, "operation failed"),
                 }
                 for_task.finish(outcome);
             }
@@ -288,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn stages_results_and_cancellation() {
         let reg = OpRegistry::default();
-        let op = reg.begin("op-aaaaaa", "test", "x", |op| async move {
+        let op = reg.begin("op-aaaaaa", OpKind::ImageBuild, "x", |op| async move {
             op.stage("one");
             op.stage("two");
             Ok(serde_json::json!({"ok": true}))
@@ -300,7 +275,7 @@ mod tests {
         assert!(v.stages.iter().all(|s| s.duration_ms.is_some()));
         assert_eq!(v.result.unwrap()["ok"], true);
 
-        let slow = reg.begin("op-bbbbbb", "test", "y", |op| async move {
+        let slow = reg.begin("op-bbbbbb", OpKind::KernelPull, "y", |op| async move {
             op.stage("waiting");
             op.cancel_token().cancelled().await;
             op.stage("rolling back");
@@ -313,5 +288,28 @@ mod tests {
         assert_eq!(slow.view().state, "cancelled");
         assert_eq!(reg.list().len(), 2);
         assert_eq!(reg.get("op-zzzzzz").unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    /// A failed operation keeps the error's code, not only its message, so
+    /// `op.status` tells a conflict from any other failure.
+    #[tokio::test]
+    async fn a_failed_operation_keeps_its_error_code() {
+        let reg = OpRegistry::default();
+        let op = reg.begin("op-cccccc", OpKind::VmCreate, "dev", |_| async move {
+            Err(RpcError::new(
+                ErrorCode::Conflict,
+                "host port 8080 is taken",
+            ))
+        });
+        op.wait().await;
+        let v = op.view();
+        assert_eq!(v.state, OpState::Failed);
+        assert_eq!(
+            v.error,
+            Some(
+                ErrorBody::new(ErrorCode::Conflict, "host port 8080 is taken")
+                    .with_op_id("op-cccccc")
+            )
+        );
     }
 }

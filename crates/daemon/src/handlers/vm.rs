@@ -2,16 +2,16 @@
 
 use std::future::Future;
 
-use banger_proto::methods;
+use banger_proto::agent::ListeningPort;
+use banger_proto::methods::{self, NoParams};
 use banger_proto::vm::{
-    CpParams, ExecBeginParams, ExecIoParams, VmCreateParams, VmEditParams, VmKillParams, VmRef,
+    CpParams, CpResult, ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult, OpView, SshInfo,
+    VmCreateParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{no_params, to_value};
-use crate::dispatch::{HandlerResult, RequestCtx, RpcError, params};
+use crate::dispatch::{Handler, RequestCtx, RpcError};
 use crate::vms;
 
 /// Runs lifecycle work in its own task so that it always finishes its
@@ -30,110 +30,135 @@ where
         .map_err(|e| RpcError::internal(format!("vm task failed: {e}")))?
 }
 
-pub(crate) async fn create_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let p: VmCreateParams = params(methods::VM_CREATE_BEGIN, p)?;
-    to_value(vms::begin_create(&ctx.state, ctx.op_id.as_str(), p).await?)
-}
-
-pub(crate) async fn start(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_START, p)?;
-    let state = ctx.state.clone();
-    let vm =
-        detached(move |cancel| async move { vms::start(&state, &name, &cancel).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
-}
-
-pub(crate) async fn stop(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_STOP, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::stop(&state, &name).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
-}
-
-pub(crate) async fn kill(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmKillParams { name, signal } = params(methods::VM_KILL, p)?;
-    let state = ctx.state.clone();
-    let vm =
-        detached(move |_| async move { vms::kill(&state, &name, signal.as_deref()).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
-}
-
-pub(crate) async fn restart(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_RESTART, p)?;
-    let state = ctx.state.clone();
-    let vm =
-        detached(move |cancel| async move { vms::restart(&state, &name, &cancel).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
-}
-
-pub(crate) async fn delete(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_DELETE, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::delete(&state, &name).await }).await?;
-    to_value(serde_json::json!({ "deleted": vm.name, "id": vm.id }))
-}
-
-pub(crate) async fn show(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_SHOW, p)?;
-    let vm = vms::find(&ctx.state, &name).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
-}
-
-pub(crate) async fn list(ctx: RequestCtx, p: Value) -> HandlerResult {
-    no_params(methods::VM_LIST, &p)?;
-    let all = ctx.state.with_store(|s| s.vms()).await?;
-    let mut views = Vec::with_capacity(all.len());
-    for vm in &all {
-        views.push(vms::view(&ctx.state, vm).await?);
+impl Handler for methods::VmCreateBegin {
+    async fn handle(ctx: RequestCtx, p: VmCreateParams) -> Result<OpView, RpcError> {
+        vms::begin_create(&ctx.state, ctx.op_id.as_str(), p).await
     }
-    to_value(views)
 }
 
-pub(crate) async fn edit(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let p: VmEditParams = params(methods::VM_EDIT, p)?;
-    let state = ctx.state.clone();
-    let vm = detached(move |_| async move { vms::edit(&state, &p).await }).await?;
-    to_value(vms::view(&ctx.state, &vm).await?)
+impl Handler for methods::VmStart {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let state = ctx.state.clone();
+        let vm =
+            detached(move |cancel| async move { vms::start(&state, &name, &cancel).await }).await?;
+        vms::view(&ctx.state, &vm).await
+    }
 }
 
-pub(crate) async fn ssh_info(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_SSH_INFO, p)?;
-    let vm = vms::find(&ctx.state, &name).await?;
-    let Some(h) = ctx.state.vms.handles(&vm.id) else {
-        return Err(RpcError::new(
-            banger_proto::ErrorCode::NotRunning,
-            format!(
-                "vm {} is not running (start it with: banger vm start {})",
-                vm.name, vm.name
-            ),
-        ));
-    };
-    to_value(ctx.state.ssh.info(&vm.name, &h.ssh_host, h.ssh_port))
+impl Handler for methods::VmStop {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let state = ctx.state.clone();
+        let vm = detached(move |_| async move { vms::stop(&state, &name).await }).await?;
+        vms::view(&ctx.state, &vm).await
+    }
 }
 
-pub(crate) async fn stats(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_STATS, p)?;
-    to_value(vms::guest::stats(&ctx.state, &name).await?)
+impl Handler for methods::VmKill {
+    async fn handle(
+        ctx: RequestCtx,
+        VmKillParams { name, signal }: VmKillParams,
+    ) -> Result<VmView, RpcError> {
+        let state = ctx.state.clone();
+        let vm =
+            detached(move |_| async move { vms::kill(&state, &name, signal.as_deref()).await })
+                .await?;
+        vms::view(&ctx.state, &vm).await
+    }
 }
 
-pub(crate) async fn ports(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let VmRef { name } = params(methods::VM_PORTS, p)?;
-    to_value(vms::guest::ports(&ctx.state, &name).await?)
+impl Handler for methods::VmRestart {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let state = ctx.state.clone();
+        let vm = detached(move |cancel| async move { vms::restart(&state, &name, &cancel).await })
+            .await?;
+        vms::view(&ctx.state, &vm).await
+    }
 }
 
-pub(crate) async fn exec_begin(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let p: ExecBeginParams = params(methods::VM_EXEC_BEGIN, p)?;
-    to_value(vms::guest::exec_begin(&ctx.state, p).await?)
+impl Handler for methods::VmDelete {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmDeleted, RpcError> {
+        let state = ctx.state.clone();
+        let vm = detached(move |_| async move { vms::delete(&state, &name).await }).await?;
+        Ok(VmDeleted {
+            deleted: vm.name,
+            id: vm.id,
+        })
+    }
 }
 
-pub(crate) async fn exec_io(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let p: ExecIoParams = params(methods::VM_EXEC_IO, p)?;
-    to_value(vms::guest::exec_io(&ctx.state, p).await?)
+impl Handler for methods::VmShow {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let vm = vms::find(&ctx.state, &name).await?;
+        vms::view(&ctx.state, &vm).await
+    }
+}
+
+impl Handler for methods::VmList {
+    async fn handle(ctx: RequestCtx, _: NoParams) -> Result<Vec<VmView>, RpcError> {
+        let all = ctx.state.with_store(|s| s.vms()).await?;
+        let mut views = Vec::with_capacity(all.len());
+        for vm in &all {
+            views.push(vms::view(&ctx.state, vm).await?);
+        }
+        Ok(views)
+    }
+}
+
+impl Handler for methods::VmEdit {
+    async fn handle(ctx: RequestCtx, p: VmEditParams) -> Result<VmView, RpcError> {
+        let state = ctx.state.clone();
+        let vm = detached(move |_| async move { vms::edit(&state, &p).await }).await?;
+        vms::view(&ctx.state, &vm).await
+    }
+}
+
+impl Handler for methods::VmSshInfo {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<SshInfo, RpcError> {
+        let vm = vms::find(&ctx.state, &name).await?;
+        let Some(h) = ctx.state.vms.handles(&vm.id) else {
+            return Err(RpcError::new(
+                banger_proto::ErrorCode::NotRunning,
+                format!(
+                    "vm {} is not running (start it with: banger vm start {})",
+                    vm.name, vm.name
+                ),
+            ));
+        };
+        Ok(ctx.state.ssh.info(&vm.name, &h.ssh_host, h.ssh_port))
+    }
+}
+
+impl Handler for methods::VmStats {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmStats, RpcError> {
+        vms::guest::stats(&ctx.state, &name).await
+    }
+}
+
+impl Handler for methods::VmPorts {
+    async fn handle(
+        ctx: RequestCtx,
+        VmRef { name }: VmRef,
+    ) -> Result<Vec<ListeningPort>, RpcError> {
+        vms::guest::ports(&ctx.state, &name).await
+    }
+}
+
+impl Handler for methods::VmExecBegin {
+    async fn handle(ctx: RequestCtx, p: ExecBeginParams) -> Result<ExecBegun, RpcError> {
+        vms::guest::exec_begin(&ctx.state, p).await
+    }
+}
+
+impl Handler for methods::VmExecIo {
+    async fn handle(ctx: RequestCtx, p: ExecIoParams) -> Result<ExecIoResult, RpcError> {
+        vms::guest::exec_io(&ctx.state, p).await
+    }
 }
 
 /// A copy stops (and leaves nothing half-written on the host) when the
 /// client goes away: the request's future, and the copy with it, is dropped.
-pub(crate) async fn cp(ctx: RequestCtx, p: Value) -> HandlerResult {
-    let p: CpParams = params(methods::VM_CP, p)?;
-    to_value(vms::guest::cp(&ctx.state, p).await?)
+impl Handler for methods::VmCp {
+    async fn handle(ctx: RequestCtx, p: CpParams) -> Result<CpResult, RpcError> {
+        vms::guest::cp(&ctx.state, p).await
+    }
 }

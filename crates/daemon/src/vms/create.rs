@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use banger_proto::ErrorCode;
 use banger_proto::vm::{OpView, VmCreateParams};
+use banger_proto::{ErrorCode, NetworkMode, OpKind};
 use banger_store::{VmRecord, VmState};
 use rand::Rng;
 use serde_json::Value;
@@ -64,11 +64,10 @@ pub async fn begin_create(
     validate::disk_size(disk_size_bytes)?;
     let mut host_ports = HashSet::new();
     for spec in &p.publish {
-        let parsed = validate::publish(spec)?;
-        if !host_ports.insert((parsed.host, parsed.udp)) {
+        if !host_ports.insert((spec.host, spec.is_udp())) {
             return Err(RpcError::bad_params(format!(
                 "host port {} is published twice",
-                parsed.host
+                spec.host
             )));
         }
     }
@@ -78,13 +77,9 @@ pub async fn begin_create(
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
     }
-    let network = choose_network(state, p.network.as_deref()).await?;
+    let network = choose_network(state, p.network.map(NetworkMode::as_str)).await?;
     if network == NETWORK_BRIDGED {
-        if let Some(udp) = p
-            .publish
-            .iter()
-            .find(|s| validate::publish(s).is_ok_and(|p| p.udp))
-        {
+        if let Some(udp) = p.publish.iter().find(|s| s.is_udp()) {
             return Err(RpcError::bad_params(format!(
                 "publishing {udp} (udp) needs user-mode networking: add --network user"
             )));
@@ -129,14 +124,14 @@ pub async fn begin_create(
         vcpus,
         memory_mib,
         disk_size_bytes,
-        publish: p.publish.clone(),
+        publish: p.publish.iter().map(ToString::to_string).collect(),
         network,
         start: p.start.unwrap_or(true),
     };
     let state2 = Arc::clone(state);
     let op = state
         .ops
-        .begin(op_id, "vm.create", &name, move |op| async move {
+        .begin(op_id, OpKind::VmCreate, &name, move |op| async move {
             let _reserved = reserved;
             create(&state2, &op, plan).await
         });

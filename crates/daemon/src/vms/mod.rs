@@ -164,6 +164,18 @@ pub async fn find(state: &Arc<DaemonState>, name: &str) -> Result<VmRecord, RpcE
     state.with_store(move |s| s.vm(&name)).await
 }
 
+/// A wire value the store (or a VM's handles) keeps as its string, read
+/// back into its type.
+fn stored<T>(vm: &VmRecord, value: &str) -> Result<T, RpcError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| RpcError::internal(format!("vm {}: stored value: {e}", vm.name)))
+}
+
 /// The view `vm.show` and `vm.list` return.
 pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, RpcError> {
     let (image_id, kernel_id) = (vm.image_id.clone(), vm.kernel_id.clone());
@@ -182,17 +194,25 @@ pub async fn view(state: &Arc<DaemonState>, vm: &VmRecord) -> Result<VmView, Rpc
     Ok(VmView {
         id: vm.id.clone(),
         name: vm.name.clone(),
-        state: vm.state.as_str().to_owned(),
+        state: stored(vm, vm.state.as_str())?,
         image,
         kernel,
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
         disk_size_bytes: vm.disk_size_bytes,
-        network: vm.network_mode.clone(),
-        backend: vm.backend.clone(),
-        accel: handles.as_ref().map(|h| h.accel.clone()),
-        disk_strategy: vm.disk_strategy.clone(),
-        publish: vm.published_ports.clone(),
+        network: stored(vm, &vm.network_mode)?,
+        backend: vm.backend.as_deref().map(|b| stored(vm, b)).transpose()?,
+        accel: handles.as_ref().map(|h| stored(vm, &h.accel)).transpose()?,
+        disk_strategy: vm
+            .disk_strategy
+            .as_deref()
+            .map(|d| stored(vm, d))
+            .transpose()?,
+        publish: vm
+            .published_ports
+            .iter()
+            .map(|p| stored(vm, p))
+            .collect::<Result<_, _>>()?,
         last_error: vm.last_error.clone(),
         pid: handles.as_ref().map(|h| h.vmm.pid),
         ssh_port: handles
