@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use banger_proto::PublishSpec;
 use banger_proto::helper::DEFAULT_HELPER_CONFIG;
 
 use crate::exit::EXIT_CODES_HELP;
@@ -79,7 +80,7 @@ pub struct VmSpecArgs {
     pub disk_size: Option<String>,
     /// Publish a guest port on the host's loopback: HOST:GUEST[/udp].
     #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
-    pub publish: Vec<String>,
+    pub publish: Vec<PublishSpec>,
     /// bridged (own address on banger's bridge, NAME.vm in DNS; needs
     /// banger-helper) or user (rootless, ports forwarded to loopback).
     /// Default: bridged when banger-helper answers, else user.

@@ -4,9 +4,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use banger_proto::methods::Method;
 use banger_proto::{Request, Response};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::CliError;
@@ -48,20 +47,18 @@ impl Client {
         &self.socket
     }
 
-    /// Sends `method` with `params` and decodes the result as `T`.
-    pub fn call<P: Serialize, T: DeserializeOwned>(
-        &mut self,
-        method: &str,
-        params: P,
-    ) -> Result<T, CliError> {
+    /// Calls method `M` (`client.call::<methods::VmShow>(&VmRef {..})`)
+    /// and decodes its result.
+    pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, CliError> {
         let params = serde_json::to_value(params)
             .map_err(|e| CliError::BadParams(format!("encode params: {e}")))?;
-        let result = self.call_raw(Request::new(method, params))?;
+        let result = self.call_raw(Request::new(M::NAME, params))?;
         serde_json::from_value(result)
-            .map_err(|e| CliError::BadResponse(format!("{method} result: {e}")))
+            .map_err(|e| CliError::BadResponse(format!("{} result: {e}", M::NAME)))
     }
 
-    /// Sends a prepared request and returns the raw result value.
+    /// Sends a prepared request and returns the raw result value (for
+    /// `banger rpc`, which sends any method).
     pub fn call_raw(&mut self, request: Request) -> Result<Value, CliError> {
         let mut line = serde_json::to_vec(&request)
             .map_err(|e| CliError::BadParams(format!("encode request: {e}")))?;

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_paths::Layout;
-use banger_proto::methods::{self, PingResult, ShutdownResult};
+use banger_proto::daemon::PingResult;
+use banger_proto::methods::{self, NoParams};
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
 use crate::client::Client;
@@ -99,7 +100,7 @@ fn ensure_daemon_once(target: &DaemonTarget) -> Result<Connected, CliError> {
     let socket = target.layout.socket_path();
     let mut replaced_pid = None;
     match Client::connect(&socket) {
-        Ok(mut client) => match client.call::<_, PingResult>(methods::PING, ()) {
+        Ok(mut client) => match client.call::<methods::Ping>(&NoParams) {
             Ok(daemon) if daemon.build_id == target.build.build_id => {
                 return Ok(Connected {
                     client,
@@ -155,7 +156,7 @@ fn ensure_daemon_once(target: &DaemonTarget) -> Result<Connected, CliError> {
 pub fn connect_running(layout: &Layout) -> Result<Option<(Client, PingResult)>, CliError> {
     match Client::connect(&layout.socket_path()) {
         Ok(mut client) => {
-            let ping = client.call(methods::PING, ())?;
+            let ping = client.call::<methods::Ping>(&NoParams)?;
             Ok(Some((client, ping)))
         }
         Err(CliError::Connect { source, .. })
@@ -174,7 +175,7 @@ pub fn connect_running(layout: &Layout) -> Result<Option<(Client, PingResult)>, 
 /// escalating to SIGTERM and then SIGKILL if it does not.
 pub fn stop(mut client: Client, pid: u32) -> Result<(), CliError> {
     // The daemon may exit before answering; either way we wait on the pid.
-    let _ = client.call::<_, ShutdownResult>(methods::DAEMON_SHUTDOWN, ());
+    let _ = client.call::<methods::DaemonShutdown>(&NoParams);
     drop(client);
     let Some(pid_t) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return Ok(());
@@ -245,7 +246,7 @@ fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(mut client) = Client::connect(&layout.socket_path()) {
-            if let Ok(ping) = client.call::<_, PingResult>(methods::PING, ()) {
+            if let Ok(ping) = client.call::<methods::Ping>(&NoParams) {
                 return Ok((client, ping));
             }
         }

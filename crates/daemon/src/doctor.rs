@@ -4,6 +4,7 @@ use std::path::Path;
 
 use banger_proto::CheckStatus::{self, Fail, Ok as Pass, Warn};
 use banger_proto::vm::{DoctorCheck, DoctorReport};
+use banger_proto::{Backend, PlannedAccel};
 use banger_store::StoreError;
 use banger_vmm::BackendKind;
 
@@ -36,7 +37,7 @@ fn check(
 ) -> DoctorCheck {
     DoctorCheck {
         name: name.to_owned(),
-        status: status.as_str().to_owned(),
+        status,
         detail: detail.into(),
         fix: fix.map(str::to_owned),
     }
@@ -115,16 +116,20 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         }
     }
     let (accel_name, accel_reason) = match inputs.accel.choice() {
-        AccelChoice::Kvm => ("kvm".to_owned(), "forced by BANGER_ACCEL=kvm".to_owned()),
-        AccelChoice::Tcg => ("tcg".to_owned(), "forced by BANGER_ACCEL=tcg".to_owned()),
-        AccelChoice::Auto if !kvm_present => ("tcg".to_owned(), "no /dev/kvm".to_owned()),
+        AccelChoice::Kvm => (PlannedAccel::Kvm, "forced by BANGER_ACCEL=kvm".to_owned()),
+        AccelChoice::Tcg => (PlannedAccel::Tcg, "forced by BANGER_ACCEL=tcg".to_owned()),
+        AccelChoice::Auto if !kvm_present => (PlannedAccel::Tcg, "no /dev/kvm".to_owned()),
         AccelChoice::Auto => match inputs.accel.recorded() {
             Some(r) => (
-                if r.usable { "kvm" } else { "tcg" }.to_owned(),
+                if r.usable {
+                    PlannedAccel::Kvm
+                } else {
+                    PlannedAccel::Tcg
+                },
                 format!("kvm probe: {}", r.detail),
             ),
             None => (
-                "undecided".to_owned(),
+                PlannedAccel::Undecided,
                 "the first vm start probes kvm (or run: banger doctor --probe)".to_owned(),
             ),
         },
@@ -217,7 +222,10 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
     checks.push(helper_check(inputs.helper, inputs.op).await);
     Ok(DoctorReport {
         checks,
-        backend: inputs.backend.to_string(),
+        backend: match inputs.backend {
+            BackendKind::Qemu => Backend::Qemu,
+            BackendKind::Firecracker => Backend::Firecracker,
+        },
         accel: accel_name,
         accel_reason,
     })
@@ -274,12 +282,9 @@ mod tests {
         );
         let status = |name: &str| {
             let c = report.checks.iter().find(|c| c.name == name).unwrap();
-            c.status.parse::<CheckStatus>().unwrap()
+            c.status
         };
         assert_eq!(status("kernel"), Warn);
         assert_eq!(status("image"), Warn);
-        for c in &report.checks {
-            assert!(c.status.parse::<CheckStatus>().is_ok(), "{c:?}");
-        }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use banger_proto::vm::{OpView, StageView};
-use banger_proto::{ErrorBody, ErrorCode, OpKind};
+use banger_proto::{ErrorBody, ErrorCode, OpKind, OpState};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,25 +23,6 @@ use crate::op::{OpCtx, OpId};
 
 /// Finished operations are forgotten after this long.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl OpState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Stage {
@@ -153,9 +134,9 @@ impl Operation {
         let inner = self.lock();
         OpView {
             op_id: self.id.to_string(),
-            kind: self.kind.as_str().to_owned(),
+            kind: self.kind,
             target: self.target.clone(),
-            state: inner.state.as_str().to_owned(),
+            state: inner.state,
             stages: inner
                 .stages
                 .iter()
@@ -164,7 +145,7 @@ impl Operation {
                     duration_ms: s.took.map(|d| d.as_millis() as u64),
                 })
                 .collect(),
-            error: inner.error.as_ref().map(|e| e.message.clone()),
+            error: inner.error.clone(),
             result: inner.result.clone(),
             started_at_ms: inner.started_at_ms,
             ended_at_ms: inner.ended_at_ms,
@@ -221,9 +202,9 @@ impl OpRegistry {
                 let outcome = fut.await;
                 let kind = kind.as_str();
                 match &outcome {
-                    Ok(_) => tracing::info!(kind, "operation succeeded"),
+                    Ok(_) => tracing::info!(kind = %kind, "operation succeeded"),
                     Err(e) if e.code == ErrorCode::Cancelled => {
-                        tracing::info!(kind, "operation cancelled")
+                        tracing::info!(kind = %kind, "operation cancelled")
                     }
                     Err(e) => {
                         tracing::error!(kind, code = %e.code, error = %e.message, "operation failed")
@@ -323,5 +304,29 @@ mod tests {
         let kept = reg.error_of(&id("op-cccccc")).unwrap();
         assert_eq!(kept.code, ErrorCode::Conflict, "the code is kept");
         assert_eq!(kept.op_id.as_deref(), Some("op-cccccc"));
+    }
+
+    /// A failed operation keeps the error's code, not only its message, so
+    /// `op.status` tells a conflict from any other failure.
+    #[tokio::test]
+    async fn a_failed_operation_keeps_its_error_code() {
+        let reg = OpRegistry::default();
+        let id = OpId::parse("op-dddddd").unwrap();
+        let op = reg.begin(&id, OpKind::VmCreate, "dev", |_| async move {
+            Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                "host port 8080 is taken",
+            ))
+        });
+        op.wait().await;
+        let v = op.view();
+        assert_eq!(v.state, OpState::Failed);
+        assert_eq!(
+            v.error,
+            Some(
+                ErrorBody::new(ErrorCode::Conflict, "host port 8080 is taken")
+                    .with_op_id("op-dddddd")
+            )
+        );
     }
 }

@@ -255,7 +255,7 @@ pub struct CpuTimes {
     pub idle: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DiskUsage {
     pub mount: String,
     pub device: String,
@@ -263,7 +263,7 @@ pub struct DiskUsage {
     pub used_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListeningPort {
     /// `tcp` or `udp`.
     pub proto: String,

@@ -6,18 +6,20 @@
 //! and the error codes, and `tests/envelope.rs` for the pinned JSON shape.
 
 pub mod agent;
+pub mod daemon;
 mod envelope;
 mod error;
 pub mod helper;
 pub mod methods;
+pub mod schema;
 pub mod types;
 pub mod vm;
 
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode};
 pub use types::{
-    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PortProto,
-    PublishSpec, UnknownValue, VmState,
+    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
+    PortProto, PublishSpec, UnknownValue, VmState,
 };
 
 /// Protocol version carried in every request. A daemon answers any other

@@ -1,107 +1,216 @@
-//! Method names and their parameter and result types.
+//! The RPC methods: one list that names each method's wire name, params
+//! type and result type.
 //!
-//! The daemon's dispatch table (`banger_daemon::dispatch::METHODS`) maps each
-//! name here to a handler; a test there pins that table to `docs/rpc.md`.
+//! [`for_each_method!`](crate::for_each_method) holds the list. This module
+//! turns it into one marker type per method (`methods::Ping`,
+//! `methods::VmCreateBegin`...), each implementing [`Method`], and into
+//! [`ALL`]; other crates hand the same list to their own macro to build
+//! tables from it (the daemon's dispatch table, whose entries require a
+//! handler for each method, so a method without a handler does not
+//! compile). [`Method`] is sealed: a method exists only through the list.
+//! `docs/rpc.md` documents the list (a daemon test pins the two together),
+//! `docs/schemas/rpc.json` holds every method's params and result schema
+//! (`tests/schemas.rs` regenerates it) and `tests/methods.rs` pins an
+//! example of each.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
 
-/// `ping`: no params; answers [`PingResult`]. The CLI sends it first on every
-/// connection as the version/build handshake.
-pub const PING: &str = "ping";
-/// `daemon.status`: no params; answers [`DaemonStatus`].
-pub const DAEMON_STATUS: &str = "daemon.status";
-/// `daemon.shutdown`: no params; answers [`ShutdownResult`], then the daemon
-/// stops accepting, lets in-flight requests finish and exits.
-pub const DAEMON_SHUTDOWN: &str = "daemon.shutdown";
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// `vm.create.begin`: [`VmCreateParams`](crate::vm::VmCreateParams); answers
-/// an [`OpView`](crate::vm::OpView) whose `op_id` is this request's op id.
-pub const VM_CREATE_BEGIN: &str = "vm.create.begin";
-pub const VM_START: &str = "vm.start";
-pub const VM_STOP: &str = "vm.stop";
-pub const VM_KILL: &str = "vm.kill";
-pub const VM_RESTART: &str = "vm.restart";
-pub const VM_DELETE: &str = "vm.delete";
-pub const VM_SHOW: &str = "vm.show";
-pub const VM_LIST: &str = "vm.list";
-pub const VM_EDIT: &str = "vm.edit";
-pub const VM_SSH_INFO: &str = "vm.ssh_info";
-/// `vm.stats`: [`VmRef`](crate::vm::VmRef); answers [`VmStats`](crate::vm::VmStats).
-pub const VM_STATS: &str = "vm.stats";
-/// `vm.ports`: [`VmRef`](crate::vm::VmRef); answers `[ListeningPort]`.
-pub const VM_PORTS: &str = "vm.ports";
-pub const VM_EXEC_BEGIN: &str = "vm.exec.begin";
-pub const VM_EXEC_IO: &str = "vm.exec.io";
-pub const VM_CP: &str = "vm.cp";
-pub const IMAGE_BUILD_BEGIN: &str = "image.build.begin";
-pub const IMAGE_LIST: &str = "image.list";
-pub const IMAGE_SHOW: &str = "image.show";
-pub const IMAGE_DELETE: &str = "image.delete";
-pub const KERNEL_PULL_BEGIN: &str = "kernel.pull.begin";
-pub const KERNEL_LIST: &str = "kernel.list";
-pub const KERNEL_SHOW: &str = "kernel.show";
-pub const KERNEL_DELETE: &str = "kernel.delete";
-pub const OP_STATUS: &str = "op.status";
-pub const OP_CANCEL: &str = "op.cancel";
-pub const OP_LIST: &str = "op.list";
-pub const DOCTOR: &str = "doctor";
-/// `network.status`: no params; answers [`NetworkStatus`].
-pub const NETWORK_STATUS: &str = "network.status";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PingResult {
-    pub version: String,
-    pub build_id: String,
-    pub pid: u32,
+/// One RPC method: its wire name and the types of its params and result.
+///
+/// Implemented only by the marker types the method list declares.
+pub trait Method: __private::Sealed + Send + Sync + 'static {
+    /// The wire name (`"vm.create.begin"`).
+    const NAME: &'static str;
+    /// What the request's `params` decode to.
+    type Params: Serialize + DeserializeOwned + JsonSchema + fmt::Debug + Send + 'static;
+    /// What the response's `result` encodes.
+    type Result: Serialize + DeserializeOwned + JsonSchema + fmt::Debug + Send + 'static;
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    pub version: String,
-    pub build_id: String,
-    pub protocol_version: u32,
-    pub pid: u32,
-    pub uptime_s: u64,
-    pub socket: String,
-    pub log_file: String,
-    pub store: StoreStatus,
+#[doc(hidden)]
+pub mod __private {
+    /// Seals [`Method`](super::Method): only `declare_methods!` implements it.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a method of the method list",
+        label = "not in the list",
+        note = "a method is added to `for_each_method!` in `crates/proto/src/methods.rs`"
+    )]
+    pub trait Sealed {}
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStatus {
-    pub path: String,
-    pub schema_version: u32,
-    pub vms: u64,
-    pub images: u64,
-    pub kernels: u64,
+/// Hands the method list to `$callback!`, a macro of the caller's, as
+/// `$(#[doc] Type = "wire.name": ParamsType => ResultType,)*`, in the
+/// order `docs/rpc.md` lists them. Types are full paths; `Type` is the
+/// name of the method's marker type in [`methods`](crate::methods).
+///
+/// ```ignore
+/// macro_rules! names {
+///     ($($(#[$m:meta])* $ty:ident = $name:literal: $p:ty => $r:ty,)*) => {
+///         &[$($name),*]
+///     };
+/// }
+/// let all: &[&str] = banger_proto::for_each_method!(names);
+/// ```
+#[macro_export]
+macro_rules! for_each_method {
+    ($callback:ident) => {
+        $callback! {
+            /// Liveness and the build handshake: the CLI sends it first on
+            /// every connection.
+            Ping = "ping": $crate::methods::NoParams => $crate::daemon::PingResult,
+            /// What the daemon is and where its files are.
+            DaemonStatus = "daemon.status": $crate::methods::NoParams => $crate::daemon::DaemonStatus,
+            /// Stop accepting, let requests in flight finish and exit.
+            DaemonShutdown = "daemon.shutdown": $crate::methods::NoParams => $crate::daemon::ShutdownResult,
+            /// Validate, then create (and boot) a VM asynchronously; the
+            /// operation's id is this request's op id.
+            VmCreateBegin = "vm.create.begin": $crate::vm::VmCreateParams => $crate::vm::OpView,
+            /// Boot a stopped VM.
+            VmStart = "vm.start": $crate::vm::VmRef => $crate::vm::VmView,
+            /// ACPI powerdown, a bounded wait, then SIGKILL.
+            VmStop = "vm.stop": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Send a signal to the VMM and wait for it.
+            VmKill = "vm.kill": $crate::vm::VmKillParams => $crate::vm::VmView,
+            /// Stop, then start.
+            VmRestart = "vm.restart": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Kill if running, remove disks, record and host-key pin.
+            VmDelete = "vm.delete": $crate::vm::VmRef => $crate::vm::VmDeleted,
+            /// One VM.
+            VmShow = "vm.show": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Every VM.
+            VmList = "vm.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::VmView>,
+            /// Change a stopped VM; disks only grow.
+            VmEdit = "vm.edit": $crate::vm::VmEditParams => $crate::vm::VmView,
+            /// How the CLI reaches a running VM with `ssh`.
+            VmSshInfo = "vm.ssh_info": $crate::vm::VmRef => $crate::vm::SshInfo,
+            /// A fresh sample from the guest agent.
+            VmStats = "vm.stats": $crate::vm::VmRef => $crate::vm::VmStats,
+            /// Listening TCP and UDP sockets in the guest.
+            VmPorts = "vm.ports": $crate::vm::VmRef => ::std::vec::Vec<$crate::agent::ListeningPort>,
+            /// Run a command in the guest through the agent.
+            VmExecBegin = "vm.exec.begin": $crate::vm::ExecBeginParams => $crate::vm::ExecBegun,
+            /// Input in, output since the last call out, long-polled.
+            VmExecIo = "vm.exec.io": $crate::vm::ExecIoParams => $crate::vm::ExecIoResult,
+            /// Copy one file either way.
+            VmCp = "vm.cp": $crate::vm::CpParams => $crate::vm::CpResult,
+            /// Build a Debian image asynchronously.
+            ImageBuildBegin = "image.build.begin": $crate::vm::ImageBuildParams => $crate::vm::OpView,
+            /// Every image.
+            ImageList = "image.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::ImageView>,
+            /// One image.
+            ImageShow = "image.show": $crate::vm::NameParams => $crate::vm::ImageView,
+            /// Delete an image no VM uses.
+            ImageDelete = "image.delete": $crate::vm::NameParams => $crate::vm::Deleted,
+            /// Pull a catalog kernel asynchronously.
+            KernelPullBegin = "kernel.pull.begin": $crate::vm::KernelPullParams => $crate::vm::OpView,
+            /// The catalog and what is pulled.
+            KernelList = "kernel.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::KernelView>,
+            /// One kernel.
+            KernelShow = "kernel.show": $crate::vm::NameParams => $crate::vm::KernelView,
+            /// Delete a kernel no VM uses.
+            KernelDelete = "kernel.delete": $crate::vm::NameParams => $crate::vm::Deleted,
+            /// An asynchronous operation's state and stages.
+            OpStatus = "op.status": $crate::vm::OpRef => $crate::vm::OpView,
+            /// Ask an operation to stop; it rolls back and ends cancelled.
+            OpCancel = "op.cancel": $crate::vm::OpRef => $crate::vm::OpView,
+            /// Operations of the last hour.
+            OpList = "op.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::OpView>,
+            /// What works on this host.
+            Doctor = "doctor": $crate::vm::DoctorParams => $crate::vm::DoctorReport,
+            /// Bridged networking: helper, bridge, TAP pool, leases.
+            NetworkStatus = "network.status": $crate::methods::NoParams => $crate::daemon::NetworkStatus,
+        }
+    };
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShutdownResult {
-    pub pid: u32,
+/// Declares the marker types of a method list and its [`ALL`] names; what
+/// this module does with [`for_each_method!`](crate::for_each_method).
+/// Exported only for the daemon's compile-fail tests, which declare a
+/// method the daemon has no handler for.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! declare_methods {
+    ($($(#[$meta:meta])* $ty:ident = $name:literal: $params:ty => $result:ty,)*) => {
+        $(
+            $(#[$meta])*
+            #[doc = concat!("\n\nWire name `", $name, "`.")]
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub enum $ty {}
+
+            // Not offered as a candidate in "not a method" errors.
+            #[diagnostic::do_not_recommend]
+            impl $crate::methods::__private::Sealed for $ty {}
+
+            impl $crate::methods::Method for $ty {
+                const NAME: &'static str = $name;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// Every method's wire name, in list order.
+        pub const ALL: &[&str] = &[$($name),*];
+    };
 }
 
-/// Bridged networking as the daemon sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkStatus {
-    pub helper_socket: String,
-    /// Whether banger-helper answered just now.
-    pub helper: bool,
-    /// Set once the bridge is up (the helper answered at least once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    pub tap_pool_size: usize,
-    pub idle_taps: Vec<String>,
-    pub taps_in_use: Vec<String>,
-    pub leases: Vec<IpLease>,
+for_each_method!(declare_methods);
+
+/// The params of a method that takes none. On the wire: `null` (or no
+/// `params` at all) or `{}`; anything else is refused. Sent as `null`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoParams;
+
+impl Serialize for NoParams {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpLease {
-    pub vm: String,
-    pub address: String,
+impl<'de> Deserialize<'de> for NoParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NoParamsVisitor;
+
+        impl<'de> Visitor<'de> for NoParamsVisitor {
+            type Value = NoParams;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("no params (null or {})")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<NoParams, E> {
+                Ok(NoParams)
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<NoParams, E> {
+                Ok(NoParams)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoParams, A::Error> {
+                match map.next_key::<IgnoredAny>()? {
+                    None => Ok(NoParams),
+                    Some(_) => Err(serde::de::Error::custom("takes no params")),
+                }
+            }
+        }
+
+        d.deserialize_any(NoParamsVisitor)
+    }
+}
+
+impl JsonSchema for NoParams {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NoParams".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "No params: null, absent or an empty object.",
+            "type": ["null", "object"],
+            "maxProperties": 0,
+        })
+    }
 }

@@ -5,15 +5,18 @@
 //! unchanged; `as_str` and `FromStr` give the same spelling for stores and
 //! command lines.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// Declares a wire enum: its variants with their wire spellings, `as_str`,
-/// `Display`, `FromStr` (refusing anything else with the list of choices)
-/// and serde as that string (through `FromStr`, so a bad value gets the
-/// same message on the wire as on a command line).
+/// `Display`, `FromStr` (refusing anything else with the list of choices),
+/// serde as that string (through `FromStr`, so a bad value gets the
+/// same message on the wire as on a command line) and a JSON schema that
+/// is a string enum of the wire spellings.
 macro_rules! wire_enum {
     (
         $(#[$meta:meta])*
@@ -53,9 +56,30 @@ macro_rules! wire_enum {
             }
         }
 
+        /// Compares with a wire spelling (`state == "running"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "description": $what,
+                    "type": "string",
+                    "enum": [$($wire),+],
+                })
             }
         }
 
@@ -148,6 +172,16 @@ wire_enum! {
     Accel, "accelerator" {
         Kvm = "kvm",
         Tcg = "tcg",
+    }
+}
+
+wire_enum! {
+    /// The accelerator `vm create` will use, as `doctor` reports it.
+    PlannedAccel, "accelerator" {
+        Kvm = "kvm",
+        Tcg = "tcg",
+        /// Not known until the first VM start probes KVM.
+        Undecided = "undecided",
     }
 }
 
@@ -262,6 +296,20 @@ impl TryFrom<String> for PublishSpec {
 impl From<PublishSpec> for String {
     fn from(value: PublishSpec) -> Self {
         value.to_string()
+    }
+}
+
+impl JsonSchema for PublishSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "PublishSpec".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A published port: HOST:GUEST or HOST:GUEST/udp (/tcp is read too), ports 1-65535.",
+            "type": "string",
+            "pattern": "^[0-9]{1,5}:[0-9]{1,5}(/(tcp|udp))?$",
+        })
     }
 }
 

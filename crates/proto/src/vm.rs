@@ -1,10 +1,16 @@
 //! VM, image, kernel and operation types of the `vm.*`, `image.*`,
 //! `kernel.*` and `op.*` methods.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, NetworkMode, OpKind, OpState,
+    PlannedAccel, PublishSpec, VmState,
+};
+
 /// `vm.create.begin` params. Absent fields take the daemon's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreateParams {
     pub name: String,
@@ -20,24 +26,23 @@ pub struct VmCreateParams {
     pub disk_size_bytes: Option<u64>,
     /// `HOST:GUEST` or `HOST:GUEST/udp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<String>,
-    /// `bridged` or `user`; default bridged when banger-helper answers,
-    /// user mode otherwise.
+    pub publish: Vec<PublishSpec>,
+    /// Default bridged when banger-helper answers, user mode otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
+    pub network: Option<NetworkMode>,
     /// Start the VM once created (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
 }
 
 /// Params naming one VM (by name or id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmRef {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmKillParams {
     pub name: String,
@@ -46,7 +51,7 @@ pub struct VmKillParams {
     pub signal: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmEditParams {
     pub name: String,
@@ -58,27 +63,40 @@ pub struct VmEditParams {
     pub disk_size_bytes: Option<u64>,
 }
 
+/// What `vm.delete` answers: the deleted VM's name and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmDeleted {
+    pub deleted: String,
+    pub id: String,
+}
+
+/// What `image.delete` and `kernel.delete` answer: the deleted name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
 /// What `vm.show` and `vm.list` report about a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmView {
     pub id: String,
     pub name: String,
-    /// `creating`, `running`, `stopped` or `error`.
-    pub state: String,
+    pub state: VmState,
     pub image: String,
     pub kernel: String,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub disk_size_bytes: u64,
-    pub network: String,
+    pub network: NetworkMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
+    pub backend: Option<Backend>,
+    /// Only while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accel: Option<String>,
+    pub accel: Option<Accel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_strategy: Option<String>,
+    pub disk_strategy: Option<DiskStrategy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<String>,
+    pub publish: Vec<PublishSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Only while running.
@@ -101,7 +119,7 @@ pub struct VmView {
 }
 
 /// How to reach a VM over SSH; the CLI runs the `ssh` client with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SshInfo {
     pub host: String,
     pub port: u16,
@@ -140,7 +158,7 @@ impl SshInfo {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageView {
     pub id: String,
     pub name: String,
@@ -157,7 +175,7 @@ pub struct ImageView {
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageBuildParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +187,7 @@ pub struct ImageBuildParams {
     pub size_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KernelView {
     pub name: String,
     pub description: String,
@@ -185,14 +203,14 @@ pub struct KernelView {
 }
 
 /// Params naming one kernel or image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameParams {
     pub name: String,
 }
 
 /// Params of `kernel.pull.begin`; the default catalog entry when absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelPullParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,24 +218,27 @@ pub struct KernelPullParams {
 }
 
 /// Params naming one asynchronous operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpRef {
     pub op_id: String,
 }
 
 /// An asynchronous operation (`vm.create`, `image.build`, `kernel.pull`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OpView {
     pub op_id: String,
-    pub kind: String,
+    pub kind: OpKind,
     /// What it works on (a VM, image or kernel name).
     pub target: String,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
-    pub state: String,
+    pub state: OpState,
     pub stages: Vec<StageView>,
+    /// Why it failed or was cancelled: the error code and message a
+    /// synchronous request would have answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<ErrorBody>,
+    /// Once succeeded: a VM for `vm.create`, an image for `image.build`,
+    /// a kernel for `kernel.pull`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     pub started_at_ms: i64,
@@ -226,35 +247,43 @@ pub struct OpView {
 }
 
 /// One stage of an operation; `duration_ms` is set once it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StageView {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
 
+/// `doctor` params.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorParams {
+    /// Boot the default kernel under KVM to test it.
+    #[serde(default)]
+    pub probe: bool,
+}
+
 /// `doctor`'s report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DoctorReport {
     pub checks: Vec<DoctorCheck>,
     /// The backend and accelerator `vm create` will use, and why.
-    pub backend: String,
-    pub accel: String,
+    pub backend: Backend,
+    pub accel: PlannedAccel,
     pub accel_reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DoctorCheck {
     pub name: String,
-    /// `ok`, `warn` or `fail`.
-    pub status: String,
+    pub status: CheckStatus,
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
 
 /// `vm.stats`: a fresh sample from the guest agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VmStats {
     pub name: String,
     pub uptime_s: f64,
@@ -270,7 +299,7 @@ pub struct VmStats {
 }
 
 /// `vm.exec.begin` params.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBeginParams {
     pub name: String,
@@ -285,7 +314,7 @@ pub struct ExecBeginParams {
     pub env: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecBegun {
     pub exec_id: String,
     pub pid: u32,
@@ -293,7 +322,7 @@ pub struct ExecBegun {
 
 /// `vm.exec.io` params: input for the process, then a wait (up to
 /// `wait_ms`, default 500) for output or its exit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecIoParams {
     pub exec_id: String,
@@ -314,7 +343,7 @@ pub struct ExecIoParams {
 
 /// Output since the previous `vm.exec.io` (base64), and the exit once the
 /// process ended and all its output was delivered (`done`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecIoResult {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stdout: String,
@@ -330,7 +359,7 @@ pub struct ExecIoResult {
 
 /// `vm.cp` params: one side is the VM's `guest_path`, the other a host
 /// path (absolute; the CLI resolves it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpParams {
     pub name: String,
@@ -340,7 +369,7 @@ pub struct CpParams {
     pub guest_path: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CpResult {
     pub bytes: u64,
     pub mode: u32,

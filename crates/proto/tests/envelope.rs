@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
-use banger_proto::methods::{DaemonStatus, PingResult, StoreStatus};
+use banger_proto::daemon::{DaemonStatus, PingResult, StoreStatus};
 use banger_proto::{ErrorBody, ErrorCode, Request, Response};
 use serde_json::json;
 

@@ -1,11 +1,11 @@
 //! `banger image ...`, `banger kernel ...`, `banger ops`, `banger doctor`
 //! and `banger ssh-config`.
 
-use banger_proto::methods::{self, NetworkStatus};
+use banger_proto::methods::{self, Method, NoParams};
 use banger_proto::vm::{
-    DoctorReport, ImageBuildParams, ImageView, KernelPullParams, KernelView, NameParams, OpView,
+    Deleted, DoctorParams, ImageBuildParams, ImageView, KernelPullParams, KernelView, NameParams,
 };
-use serde_json::json;
+use banger_proto::{CheckStatus, OpState};
 
 use super::follow::follow;
 use super::format::{human_bytes, table};
@@ -14,22 +14,17 @@ use crate::CliError;
 use crate::args::{DoctorArgs, ImageCommand, KernelCommand};
 use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
-use serde::de::DeserializeOwned;
 
 /// Calls a `{name}` method and prints its result as JSON or with `text`.
-fn show_named<T: DeserializeOwned + serde::Serialize>(
+fn show_named<M: Method<Params = NameParams>>(
     client: &mut Client,
-    method: &str,
     name: &str,
     json: bool,
-    text: impl FnOnce(&T),
+    text: impl FnOnce(&M::Result),
 ) -> Result<(), CliError> {
-    let value: T = client.call(
-        method,
-        NameParams {
-            name: name.to_owned(),
-        },
-    )?;
+    let value = client.call::<M>(&NameParams {
+        name: name.to_owned(),
+    })?;
     if json {
         print_json(&value)
     } else {
@@ -39,14 +34,13 @@ fn show_named<T: DeserializeOwned + serde::Serialize>(
 }
 
 /// Calls a `*.delete` method and reports it.
-fn delete_named(
+fn delete_named<M: Method<Params = NameParams, Result = Deleted>>(
     client: &mut Client,
-    method: &str,
     kind: &str,
     name: &str,
     json: bool,
 ) -> Result<(), CliError> {
-    show_named::<serde_json::Value>(client, method, name, json, |_| {
+    show_named::<M>(client, name, json, |_| {
         println!("deleted {kind} {name}");
     })
 }
@@ -60,17 +54,14 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             size,
             json,
         } => {
-            let begun: OpView = client.call(
-                methods::IMAGE_BUILD_BEGIN,
-                ImageBuildParams {
-                    name: name.clone(),
-                    packages: packages.clone(),
-                    size_bytes: size
-                        .as_deref()
-                        .map(|s| super::format::parse_size("--size", s))
-                        .transpose()?,
-                },
-            )?;
+            let begun = client.call::<methods::ImageBuildBegin>(&ImageBuildParams {
+                name: name.clone(),
+                packages: packages.clone(),
+                size_bytes: size
+                    .as_deref()
+                    .map(|s| super::format::parse_size("--size", s))
+                    .transpose()?,
+            })?;
             if !json {
                 eprintln!("building image {} ({})", begun.target, begun.op_id);
             }
@@ -85,7 +76,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             }
         }
         ImageCommand::List(a) => {
-            let images: Vec<ImageView> = client.call(methods::IMAGE_LIST, ())?;
+            let images = client.call::<methods::ImageList>(&NoParams)?;
             if a.json {
                 return print_json(&images);
             }
@@ -107,15 +98,11 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             table(&["NAME", "SOURCE", "SIZE", ""], &rows);
             Ok(())
         }
-        ImageCommand::Show(a) => show_named::<ImageView>(
-            &mut client,
-            methods::IMAGE_SHOW,
-            &a.name,
-            a.json,
-            print_image,
-        ),
+        ImageCommand::Show(a) => {
+            show_named::<methods::ImageShow>(&mut client, &a.name, a.json, print_image)
+        }
         ImageCommand::Delete(a) => {
-            delete_named(&mut client, methods::IMAGE_DELETE, "image", &a.name, a.json)
+            delete_named::<methods::ImageDelete>(&mut client, "image", &a.name, a.json)
         }
     }
 }
@@ -137,7 +124,7 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
     let mut client = ensure_daemon(target)?.client;
     match cmd {
         KernelCommand::List(a) => {
-            let kernels: Vec<KernelView> = client.call(methods::KERNEL_LIST, ())?;
+            let kernels = client.call::<methods::KernelList>(&NoParams)?;
             if a.json {
                 return print_json(&kernels);
             }
@@ -160,10 +147,8 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
             Ok(())
         }
         KernelCommand::Pull { name, json } => {
-            let begun: OpView = client.call(
-                methods::KERNEL_PULL_BEGIN,
-                KernelPullParams { name: name.clone() },
-            )?;
+            let begun = client
+                .call::<methods::KernelPullBegin>(&KernelPullParams { name: name.clone() })?;
             if !json {
                 eprintln!("pulling kernel {} ({})", begun.target, begun.op_id);
             }
@@ -177,20 +162,12 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
                 Ok(())
             }
         }
-        KernelCommand::Show(a) => show_named::<KernelView>(
-            &mut client,
-            methods::KERNEL_SHOW,
-            &a.name,
-            a.json,
-            print_kernel,
-        ),
-        KernelCommand::Delete(a) => delete_named(
-            &mut client,
-            methods::KERNEL_DELETE,
-            "kernel",
-            &a.name,
-            a.json,
-        ),
+        KernelCommand::Show(a) => {
+            show_named::<methods::KernelShow>(&mut client, &a.name, a.json, print_kernel)
+        }
+        KernelCommand::Delete(a) => {
+            delete_named::<methods::KernelDelete>(&mut client, "kernel", &a.name, a.json)
+        }
     }
 }
 
@@ -210,7 +187,7 @@ fn print_kernel(k: &KernelView) {
 
 pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
-    let ops: Vec<OpView> = client.call(methods::OP_LIST, ())?;
+    let ops = client.call::<methods::OpList>(&NoParams)?;
     if json {
         return print_json(&ops);
     }
@@ -220,13 +197,16 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
             let current = o.stages.last().map(|s| s.name.clone()).unwrap_or_default();
             vec![
                 o.op_id.clone(),
-                o.kind.clone(),
+                o.kind.to_string(),
                 o.target.clone(),
-                o.state.clone(),
-                if o.state == "running" {
+                o.state.to_string(),
+                if o.state == OpState::Running {
                     current
                 } else {
-                    o.error.clone().unwrap_or_default()
+                    o.error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default()
                 },
             ]
         })
@@ -237,7 +217,7 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
 
 pub(crate) fn network(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
-    let status: NetworkStatus = client.call(methods::NETWORK_STATUS, ())?;
+    let status = client.call::<methods::NetworkStatus>(&NoParams)?;
     if json {
         return print_json(&status);
     }
@@ -276,15 +256,15 @@ pub(crate) fn network(target: &DaemonTarget, json: bool) -> Result<(), CliError>
 
 pub(crate) fn doctor(target: &DaemonTarget, args: &DoctorArgs) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
-    let report: DoctorReport = client.call(methods::DOCTOR, json!({ "probe": args.probe }))?;
+    let report = client.call::<methods::Doctor>(&DoctorParams { probe: args.probe })?;
     if args.json {
         return print_json(&report);
     }
     for c in &report.checks {
-        let mark = match c.status.as_str() {
-            "ok" => "ok  ",
-            "warn" => "warn",
-            _ => "FAIL",
+        let mark = match c.status {
+            CheckStatus::Ok => "ok  ",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "FAIL",
         };
         println!("[{mark}] {:<14} {}", c.name, c.detail);
         if let Some(fix) = &c.fix {
@@ -295,7 +275,7 @@ pub(crate) fn doctor(target: &DaemonTarget, args: &DoctorArgs) -> Result<(), Cli
         "backend: {} with {} ({})",
         report.backend, report.accel, report.accel_reason
     );
-    if report.checks.iter().any(|c| c.status == "fail") {
+    if report.checks.iter().any(|c| c.status == CheckStatus::Fail) {
         return Err(CliError::ChildExit(1));
     }
     Ok(())

@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use banger_paths::Layout;
-use banger_proto::methods::{self, DaemonStatus};
+use banger_proto::methods::{self, NoParams};
 use serde_json::{Value, json};
 
 use super::print_json;
@@ -23,7 +23,7 @@ pub(crate) fn ping(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
 
 pub(crate) fn status(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     let mut conn = ensure_daemon(target)?;
-    let s: DaemonStatus = conn.client.call(methods::DAEMON_STATUS, ())?;
+    let s = conn.client.call::<methods::DaemonStatus>(&NoParams)?;
     if json {
         return print_json(&s);
     }

@@ -1,6 +1,8 @@
 //! Following an asynchronous operation: poll `op.status`, print each stage
 //! with its duration as it completes, and turn Ctrl-C into `op.cancel`
-//! (the daemon rolls back and the command exits 130).
+//! (the daemon rolls back and the command exits 130). A failed operation
+//! ends the command with the operation's error, code included, so it exits
+//! as the same failure answered synchronously would (5 for a conflict).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -9,13 +11,13 @@ use std::time::Duration;
 
 use banger_proto::methods;
 use banger_proto::vm::{OpRef, OpView};
-use banger_proto::{ErrorBody, ErrorCode};
+use banger_proto::{ErrorBody, ErrorCode, OpState};
 
 use crate::CliError;
 use crate::client::Client;
 
 /// Polls until the operation ends; prints stages to stderr unless `quiet`.
-/// Returns the final view of a succeeded operation, or its error.
+/// Returns the final view of a succeeded operation, or its error body.
 pub(crate) fn follow(client: &mut Client, start: OpView, quiet: bool) -> Result<OpView, CliError> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
@@ -62,49 +64,78 @@ fn poll(
             }
             let _ = err.flush();
         }
-        if view.state != "running" {
+        if view.state.is_done() {
             break;
         }
         if interrupted.load(Ordering::SeqCst) && !cancel_sent {
             if !quiet {
                 eprintln!("\ninterrupted: cancelling {op_id} and rolling back...");
             }
-            let _: OpView = client.call(
-                methods::OP_CANCEL,
-                OpRef {
-                    op_id: op_id.clone(),
-                },
-            )?;
+            client.call::<methods::OpCancel>(&OpRef {
+                op_id: op_id.clone(),
+            })?;
             cancel_sent = true;
         }
         std::thread::sleep(Duration::from_millis(150));
-        view = client.call(
-            methods::OP_STATUS,
-            OpRef {
-                op_id: op_id.clone(),
-            },
-        )?;
+        view = client.call::<methods::OpStatus>(&OpRef {
+            op_id: op_id.clone(),
+        })?;
     }
     if tty && showing.is_some() && !quiet {
         eprintln!();
     }
-    match view.state.as_str() {
-        "succeeded" => Ok(view),
-        "cancelled" => Err(CliError::Daemon(
-            ErrorBody::new(
-                ErrorCode::Cancelled,
-                view.error.clone().unwrap_or_else(|| "cancelled".into()),
-            )
-            .with_op_id(op_id),
-        )),
-        _ => Err(CliError::Daemon(
-            ErrorBody::new(
-                ErrorCode::OperationFailed,
-                view.error
-                    .clone()
-                    .unwrap_or_else(|| "operation failed".into()),
-            )
-            .with_op_id(op_id),
-        )),
+    if view.state == OpState::Succeeded {
+        return Ok(view);
+    }
+    Err(CliError::Daemon(failure(view.state, view.error, op_id)))
+}
+
+/// The error of an operation that ended in `state` (not succeeded): its
+/// own error body, so the code of what failed decides the exit code; a
+/// cancelled one always reads as cancelled (it may have failed while
+/// rolling back).
+fn failure(state: OpState, error: Option<ErrorBody>, op_id: String) -> ErrorBody {
+    let mut body = match (state, error) {
+        (OpState::Cancelled, Some(e)) => ErrorBody {
+            code: ErrorCode::Cancelled,
+            ..e
+        },
+        (OpState::Cancelled, None) => ErrorBody::new(ErrorCode::Cancelled, "cancelled"),
+        (_, Some(e)) => e,
+        (_, None) => ErrorBody::new(ErrorCode::OperationFailed, "operation failed"),
+    };
+    if body.op_id.is_none() {
+        body.op_id = Some(op_id);
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Exit;
+
+    #[test]
+    fn a_failed_operation_keeps_its_code() {
+        let conflict =
+            ErrorBody::new(ErrorCode::Conflict, "host port 8080 is taken").with_op_id("op-create1");
+        let body = failure(OpState::Failed, Some(conflict.clone()), "op-create1".into());
+        assert_eq!(body, conflict);
+        assert_eq!(CliError::Daemon(body).exit(), Exit::Conflict);
+        assert_eq!(Exit::Conflict.code(), 5);
+
+        let body = failure(OpState::Failed, None, "op-create1".into());
+        assert_eq!(body.code, ErrorCode::OperationFailed);
+        assert_eq!(body.op_id.as_deref(), Some("op-create1"));
+
+        let failed_in_rollback = ErrorBody::new(ErrorCode::OperationFailed, "rollback failed");
+        let body = failure(
+            OpState::Cancelled,
+            Some(failed_in_rollback),
+            "op-create1".into(),
+        );
+        assert_eq!(body.code, ErrorCode::Cancelled);
+        assert_eq!(body.message, "rollback failed");
+        assert_eq!(body.to_string(), "rollback failed (op-create1)");
     }
 }

@@ -36,12 +36,9 @@ pub(crate) fn stats(
     let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
         .map_err(CliError::Io)?;
     let result = loop {
-        let s: VmStats = match client.call(
-            methods::VM_STATS,
-            VmRef {
-                name: name.to_owned(),
-            },
-        ) {
+        let s: VmStats = match client.call::<methods::VmStats>(&VmRef {
+            name: name.to_owned(),
+        }) {
             Ok(s) => s,
             Err(e) => break Err(e),
         };
@@ -101,12 +98,9 @@ fn print_stats(s: &VmStats) {
 }
 
 pub(crate) fn ports(client: &mut Client, name: &str, json: bool) -> Result<(), CliError> {
-    let ports: Vec<ListeningPort> = client.call(
-        methods::VM_PORTS,
-        VmRef {
-            name: name.to_owned(),
-        },
-    )?;
+    let ports: Vec<ListeningPort> = client.call::<methods::VmPorts>(&VmRef {
+        name: name.to_owned(),
+    })?;
     if json {
         return print_json(&ports);
     }
@@ -163,24 +157,21 @@ pub(crate) fn exec(
     } else {
         None
     };
-    let begun: ExecBegun = client.call(
-        methods::VM_EXEC_BEGIN,
-        ExecBeginParams {
-            name: name.to_owned(),
-            argv: command.to_vec(),
-            tty,
-            rows: size.map(|s| s.ws_row),
-            cols: size.map(|s| s.ws_col),
-            env: if tty {
-                vec![(
-                    "TERM".into(),
-                    std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-                )]
-            } else {
-                Vec::new()
-            },
+    let begun: ExecBegun = client.call::<methods::VmExecBegin>(&ExecBeginParams {
+        name: name.to_owned(),
+        argv: command.to_vec(),
+        tty,
+        rows: size.map(|s| s.ws_row),
+        cols: size.map(|s| s.ws_col),
+        env: if tty {
+            vec![(
+                "TERM".into(),
+                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+            )]
+        } else {
+            Vec::new()
         },
-    )?;
+    })?;
     let _raw = if tty && std::io::stdin().is_terminal() {
         RawMode::enter()
     } else {
@@ -224,7 +215,7 @@ pub(crate) fn exec(
         if interrupted.swap(false, Ordering::Relaxed) {
             p.signal = Some("INT".into());
         }
-        let r: ExecIoResult = match client.call(methods::VM_EXEC_IO, &p) {
+        let r: ExecIoResult = match client.call::<methods::VmExecIo>(&p) {
             Ok(r) => r,
             Err(e) => break Err(e),
         };
@@ -328,7 +319,7 @@ pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Resul
             ));
         }
     };
-    let r: CpResult = client.call(methods::VM_CP, &params)?;
+    let r: CpResult = client.call::<methods::VmCp>(&params)?;
     if json {
         return print_json(&r);
     }

@@ -5,11 +5,9 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use banger_proto::methods;
-use banger_proto::vm::{
-    OpView, SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView,
-};
-use banger_proto::{ErrorCode, Request};
+use banger_proto::methods::{self, Method, NoParams};
+use banger_proto::vm::{SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView};
+use banger_proto::{ErrorCode, NetworkMode, VmState};
 
 use super::follow::follow;
 use super::format::{human_bytes, mib, parse_size, table};
@@ -36,27 +34,21 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                 Ok(())
             }
         }
-        VmCommand::Start(a) => one(&mut client, methods::VM_START, &a.name, a.json),
-        VmCommand::Stop(a) => one(&mut client, methods::VM_STOP, &a.name, a.json),
-        VmCommand::Restart(a) => one(&mut client, methods::VM_RESTART, &a.name, a.json),
-        VmCommand::Show(a) => one(&mut client, methods::VM_SHOW, &a.name, a.json),
+        VmCommand::Start(a) => one::<methods::VmStart>(&mut client, &a.name, a.json),
+        VmCommand::Stop(a) => one::<methods::VmStop>(&mut client, &a.name, a.json),
+        VmCommand::Restart(a) => one::<methods::VmRestart>(&mut client, &a.name, a.json),
+        VmCommand::Show(a) => one::<methods::VmShow>(&mut client, &a.name, a.json),
         VmCommand::Kill { name, signal, json } => {
-            let vm: VmView = client.call(
-                methods::VM_KILL,
-                VmKillParams {
-                    name: name.clone(),
-                    signal: Some(signal.clone()),
-                },
-            )?;
+            let vm = client.call::<methods::VmKill>(&VmKillParams {
+                name: name.clone(),
+                signal: Some(signal.clone()),
+            })?;
             show(&vm, *json)
         }
         VmCommand::Delete(a) => {
-            let v: serde_json::Value = client.call(
-                methods::VM_DELETE,
-                VmRef {
-                    name: a.name.clone(),
-                },
-            )?;
+            let v = client.call::<methods::VmDelete>(&VmRef {
+                name: a.name.clone(),
+            })?;
             if a.json {
                 print_json(&v)
             } else {
@@ -65,7 +57,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             }
         }
         VmCommand::List(a) => {
-            let vms: Vec<VmView> = client.call(methods::VM_LIST, ())?;
+            let vms = client.call::<methods::VmList>(&NoParams)?;
             if a.json {
                 return print_json(&vms);
             }
@@ -74,7 +66,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                 .map(|v| {
                     vec![
                         v.name.clone(),
-                        v.state.clone(),
+                        v.state.to_string(),
                         v.image.clone(),
                         v.vcpus.to_string(),
                         format!("{} MiB", v.memory_mib),
@@ -107,16 +99,13 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                     .map(|d| parse_size("--disk-size", d))
                     .transpose()?,
             };
-            let vm: VmView = client.call(methods::VM_EDIT, p)?;
+            let vm = client.call::<methods::VmEdit>(&p)?;
             show(&vm, *json)
         }
         VmCommand::Logs(a) => {
-            let vm: VmView = client.call(
-                methods::VM_SHOW,
-                VmRef {
-                    name: a.name.clone(),
-                },
-            )?;
+            let vm = client.call::<methods::VmShow>(&VmRef {
+                name: a.name.clone(),
+            })?;
             drop(client);
             super::tail::tail(
                 std::path::Path::new(&vm.console_log),
@@ -126,7 +115,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             )
         }
         VmCommand::Ssh { name, command } => {
-            let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name: name.clone() })?;
+            let info = client.call::<methods::VmSshInfo>(&VmRef { name: name.clone() })?;
             drop(client);
             let err = ssh_command(&info, command).exec();
             Err(CliError::Spawn {
@@ -151,20 +140,21 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
         VmCommand::SshProxy { name } => {
             // ssh passes the host as written: `dev.vm`.
             let name = name.strip_suffix(".vm").unwrap_or(name).to_owned();
-            let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name })?;
+            let info = client.call::<methods::VmSshInfo>(&VmRef { name })?;
             drop(client);
             proxy(&info)
         }
     }
 }
 
-fn one(client: &mut Client, method: &str, name: &str, json: bool) -> Result<(), CliError> {
-    let vm: VmView = client.call(
-        method,
-        VmRef {
-            name: name.to_owned(),
-        },
-    )?;
+/// Calls a method that takes a VM and answers it, and shows the VM.
+fn one<M>(client: &mut Client, name: &str, json: bool) -> Result<(), CliError>
+where
+    M: Method<Params = VmRef, Result = VmView>,
+{
+    let vm = client.call::<M>(&VmRef {
+        name: name.to_owned(),
+    })?;
     show(&vm, json)
 }
 
@@ -181,20 +171,23 @@ fn print_vm(v: &VmView) {
     let mut rows = vec![
         ("name", v.name.clone()),
         ("id", v.id.clone()),
-        ("state", v.state.clone()),
+        ("state", v.state.to_string()),
         ("image", v.image.clone()),
         ("kernel", v.kernel.clone()),
         ("vcpus", v.vcpus.to_string()),
         ("memory", format!("{} MiB", v.memory_mib)),
         ("disk", human_bytes(v.disk_size_bytes)),
-        ("network", v.network.clone()),
+        ("network", v.network.to_string()),
     ];
-    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-    rows.push(("backend", opt(&v.backend)));
-    rows.push(("accel", opt(&v.accel)));
-    rows.push(("root disk", opt(&v.disk_strategy)));
+    fn opt<T: std::fmt::Display>(o: Option<T>) -> String {
+        o.map_or_else(|| "-".into(), |v| v.to_string())
+    }
+    rows.push(("backend", opt(v.backend)));
+    rows.push(("accel", opt(v.accel)));
+    rows.push(("root disk", opt(v.disk_strategy)));
     if !v.publish.is_empty() {
-        rows.push(("publish", v.publish.join(", ")));
+        let publish: Vec<String> = v.publish.iter().map(ToString::to_string).collect();
+        rows.push(("publish", publish.join(", ")));
     }
     if let Some(pid) = v.pid {
         rows.push(("pid", pid.to_string()));
@@ -237,7 +230,12 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
             .map(|d| parse_size("--disk-size", d))
             .transpose()?,
         publish: spec.publish.clone(),
-        network: spec.network.clone(),
+        network: spec
+            .network
+            .as_deref()
+            .map(str::parse::<NetworkMode>)
+            .transpose()
+            .map_err(|e| CliError::BadParams(e.to_string()))?,
         start: Some(start),
     })
 }
@@ -251,7 +249,7 @@ fn create(
     quiet: bool,
 ) -> Result<VmView, CliError> {
     let params = create_params(name, spec, start)?;
-    let begun: OpView = client.call(methods::VM_CREATE_BEGIN, params)?;
+    let begun = client.call::<methods::VmCreateBegin>(&params)?;
     if !quiet {
         eprintln!("creating vm {name} ({})", begun.op_id);
     }
@@ -297,21 +295,21 @@ fn vm_run(
         Some(n) => n.to_owned(),
         None => format!("run-{}", random_suffix()),
     };
-    let existing = match client.call::<_, VmView>(methods::VM_SHOW, VmRef { name: name.clone() }) {
+    let existing = match client.call::<methods::VmShow>(&VmRef { name: name.clone() }) {
         Ok(vm) => Some(vm),
         Err(CliError::Daemon(e)) if e.code == ErrorCode::NotFound => None,
         Err(e) => return Err(e),
     };
     match existing {
-        Some(vm) if vm.state == "running" => {}
+        Some(vm) if vm.state == VmState::Running => {}
         Some(_) => {
-            let _: VmView = client.call(methods::VM_START, VmRef { name: name.clone() })?;
+            client.call::<methods::VmStart>(&VmRef { name: name.clone() })?;
         }
         None => {
             create(client, &name, spec, true, false)?;
         }
     }
-    let info: SshInfo = client.call(methods::VM_SSH_INFO, VmRef { name: name.clone() })?;
+    let info = client.call::<methods::VmSshInfo>(&VmRef { name: name.clone() })?;
     // Ignore Ctrl-C here: it goes to ssh (and the remote command); we still
     // want to clean up with --rm afterwards.
     let status = {
@@ -326,10 +324,7 @@ fn vm_run(
         })?
     };
     if rm {
-        let deleted = client.call_raw(Request::new(
-            methods::VM_DELETE,
-            serde_json::json!({ "name": name }),
-        ));
+        let deleted = client.call::<methods::VmDelete>(&VmRef { name: name.clone() });
         if let Err(e) = deleted {
             eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
         }

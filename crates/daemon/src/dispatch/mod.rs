@@ -1,19 +1,25 @@
 //! Request dispatch: parse one request line, give it an op id, find its
 //! handler in [`METHODS`] and turn the outcome into a response line.
 //!
-//! [`METHODS`] is the single source of truth for what the daemon answers;
-//! a test pins it to the method list in `docs/rpc.md`.
+//! [`METHODS`] is built from the method list in `banger_proto::methods`,
+//! one [`Entry`] per method, each served by that method's [`Handler`]; a
+//! test pins the list to `docs/rpc.md`, and `tests/compile_fail/` shows
+//! that a method without a handler, or a handler without a method, does
+//! not compile.
 
+use std::any::TypeId;
 use std::sync::Arc;
 use std::time::Instant;
 
-use banger_proto::{ErrorBody, ErrorCode, OpId, PROTOCOL_VERSION, Response, methods};
+use banger_proto::methods::{self, Method, NoParams};
+use banger_proto::{ErrorBody, ErrorCode, OpId, PROTOCOL_VERSION, Response};
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::DaemonState;
+#[cfg(test)]
 use crate::handlers;
 
 /// A handler's failure: a wire error code and a short lowercase message.
@@ -50,145 +56,103 @@ pub struct RequestCtx {
     pub state: Arc<DaemonState>,
 }
 
+/// What a method does: implemented once for each marker type of the
+/// method list (`banger_proto::methods`), in `crate::handlers`. The table
+/// below takes an entry for every listed method and each entry requires
+/// this trait, so a listed method without a handler does not compile; a
+/// handler for a method that is not listed does not either (only the list
+/// makes [`Method`] types).
+pub trait Handler: Method {
+    /// Serves one request with its decoded params.
+    fn handle(
+        ctx: RequestCtx,
+        params: Self::Params,
+    ) -> impl Future<Output = Result<Self::Result, RpcError>> + Send;
+}
+
 pub type HandlerResult = Result<Value, RpcError>;
-pub type Handler = fn(RequestCtx, Value) -> BoxFuture<'static, HandlerResult>;
+/// A table entry's handler: raw params in, raw result out.
+pub type RawHandler = fn(RequestCtx, Value) -> BoxFuture<'static, HandlerResult>;
 
 /// One entry of the method table.
 #[derive(Debug, Clone, Copy)]
-pub struct Method {
+pub struct Entry {
     pub name: &'static str,
-    pub handler: Handler,
+    pub handler: RawHandler,
 }
 
-/// Every method the daemon answers, in the order `docs/rpc.md` lists them.
-pub static METHODS: &[Method] = &[
-    Method {
-        name: methods::PING,
-        handler: |ctx, p| Box::pin(handlers::ping(ctx, p)),
-    },
-    Method {
-        name: methods::DAEMON_STATUS,
-        handler: |ctx, p| Box::pin(handlers::daemon_status(ctx, p)),
-    },
-    Method {
-        name: methods::DAEMON_SHUTDOWN,
-        handler: |ctx, p| Box::pin(handlers::daemon_shutdown(ctx, p)),
-    },
-    Method {
-        name: methods::VM_CREATE_BEGIN,
-        handler: |ctx, p| Box::pin(handlers::vm::create_begin(ctx, p)),
-    },
-    Method {
-        name: methods::VM_START,
-        handler: |ctx, p| Box::pin(handlers::vm::start(ctx, p)),
-    },
-    Method {
-        name: methods::VM_STOP,
-        handler: |ctx, p| Box::pin(handlers::vm::stop(ctx, p)),
-    },
-    Method {
-        name: methods::VM_KILL,
-        handler: |ctx, p| Box::pin(handlers::vm::kill(ctx, p)),
-    },
-    Method {
-        name: methods::VM_RESTART,
-        handler: |ctx, p| Box::pin(handlers::vm::restart(ctx, p)),
-    },
-    Method {
-        name: methods::VM_DELETE,
-        handler: |ctx, p| Box::pin(handlers::vm::delete(ctx, p)),
-    },
-    Method {
-        name: methods::VM_SHOW,
-        handler: |ctx, p| Box::pin(handlers::vm::show(ctx, p)),
-    },
-    Method {
-        name: methods::VM_LIST,
-        handler: |ctx, p| Box::pin(handlers::vm::list(ctx, p)),
-    },
-    Method {
-        name: methods::VM_EDIT,
-        handler: |ctx, p| Box::pin(handlers::vm::edit(ctx, p)),
-    },
-    Method {
-        name: methods::VM_SSH_INFO,
-        handler: |ctx, p| Box::pin(handlers::vm::ssh_info(ctx, p)),
-    },
-    Method {
-        name: methods::VM_STATS,
-        handler: |ctx, p| Box::pin(handlers::vm::stats(ctx, p)),
-    },
-    Method {
-        name: methods::VM_PORTS,
-        handler: |ctx, p| Box::pin(handlers::vm::ports(ctx, p)),
-    },
-    Method {
-        name: methods::VM_EXEC_BEGIN,
-        handler: |ctx, p| Box::pin(handlers::vm::exec_begin(ctx, p)),
-    },
-    Method {
-        name: methods::VM_EXEC_IO,
-        handler: |ctx, p| Box::pin(handlers::vm::exec_io(ctx, p)),
-    },
-    Method {
-        name: methods::VM_CP,
-        handler: |ctx, p| Box::pin(handlers::vm::cp(ctx, p)),
-    },
-    Method {
-        name: methods::IMAGE_BUILD_BEGIN,
-        handler: |ctx, p| Box::pin(handlers::image_build_begin(ctx, p)),
-    },
-    Method {
-        name: methods::IMAGE_LIST,
-        handler: |ctx, p| Box::pin(handlers::image_list(ctx, p)),
-    },
-    Method {
-        name: methods::IMAGE_SHOW,
-        handler: |ctx, p| Box::pin(handlers::image_show(ctx, p)),
-    },
-    Method {
-        name: methods::IMAGE_DELETE,
-        handler: |ctx, p| Box::pin(handlers::image_delete(ctx, p)),
-    },
-    Method {
-        name: methods::KERNEL_PULL_BEGIN,
-        handler: |ctx, p| Box::pin(handlers::kernel_pull_begin(ctx, p)),
-    },
-    Method {
-        name: methods::KERNEL_LIST,
-        handler: |ctx, p| Box::pin(handlers::kernel_list(ctx, p)),
-    },
-    Method {
-        name: methods::KERNEL_SHOW,
-        handler: |ctx, p| Box::pin(handlers::kernel_show(ctx, p)),
-    },
-    Method {
-        name: methods::KERNEL_DELETE,
-        handler: |ctx, p| Box::pin(handlers::kernel_delete(ctx, p)),
-    },
-    Method {
-        name: methods::OP_STATUS,
-        handler: |ctx, p| Box::pin(handlers::op_status(ctx, p)),
-    },
-    Method {
-        name: methods::OP_CANCEL,
-        handler: |ctx, p| Box::pin(handlers::op_cancel(ctx, p)),
-    },
-    Method {
-        name: methods::OP_LIST,
-        handler: |ctx, p| Box::pin(handlers::op_list(ctx, p)),
-    },
-    Method {
-        name: methods::DOCTOR,
-        handler: |ctx, p| Box::pin(handlers::doctor(ctx, p)),
-    },
-    Method {
-        name: methods::NETWORK_STATUS,
-        handler: |ctx, p| Box::pin(handlers::network_status(ctx, p)),
-    },
-];
+impl Entry {
+    /// The entry of method `M`, served by its [`Handler`].
+    pub const fn of<M: Served>() -> Self {
+        M::ENTRY
+    }
+}
 
-fn lookup(name: &str) -> Option<&'static Method> {
+/// A method the table can serve: one with a [`Handler`]. (Its own trait
+/// only so that a missing handler is reported in these words, without a
+/// list of every method that has one.)
+#[diagnostic::on_unimplemented(
+    message = "method `{Self}` is in the method list but has no handler",
+    label = "no `impl Handler for {Self}`",
+    note = "implement `banger_daemon::dispatch::Handler` for it in `crates/daemon/src/handlers/`"
+)]
+pub trait Served: Method {
+    const ENTRY: Entry;
+}
+
+#[diagnostic::do_not_recommend]
+impl<M: Handler> Served for M {
+    const ENTRY: Entry = Entry {
+        name: M::NAME,
+        handler: serve::<M>,
+    };
+}
+
+/// Decodes `M`'s params once, runs its handler, encodes its result once.
+fn serve<M: Handler>(ctx: RequestCtx, params: Value) -> BoxFuture<'static, HandlerResult> {
+    Box::pin(async move {
+        let params = decode::<M>(params)?;
+        let result = M::handle(ctx, params).await?;
+        serde_json::to_value(result).map_err(|e| RpcError::internal(format!("encode result: {e}")))
+    })
+}
+
+/// `M`'s params: `METHOD takes no params` for a method without any that
+/// got some, `bad params for METHOD: ...` for anything else that does not
+/// decode.
+fn decode<M: Method>(value: Value) -> Result<M::Params, RpcError> {
+    if TypeId::of::<M::Params>() == TypeId::of::<NoParams>() {
+        match &value {
+            Value::Null => {}
+            Value::Object(o) if o.is_empty() => {}
+            _ => {
+                return Err(RpcError::bad_params(format!("{} takes no params", M::NAME)));
+            }
+        }
+    }
+    params(M::NAME, value)
+}
+
+/// Builds the method table from a method list: one [`Entry`] per method,
+/// each requiring that method's [`Handler`]. `METHODS` is this over
+/// `banger_proto::for_each_method!`; exported only for the compile-fail
+/// tests (`tests/compile_fail/`), which build it over a list with a method
+/// that has no handler. `methods` names the module of the list's marker
+/// types at the call site.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! handler_table {
+    ($($(#[$meta:meta])* $ty:ident = $name:literal: $params:ty => $result:ty,)*) => {
+        /// Every method the daemon answers, in the order of the method list
+        /// (and of `docs/rpc.md`).
+        pub static METHODS: &[$crate::dispatch::Entry] =
+            &[$($crate::dispatch::Entry::of::<methods::$ty>()),*];
+    };
+}
+
+banger_proto::for_each_method!(handler_table);
+
+fn lookup(name: &str) -> Option<&'static Entry> {
     let found = METHODS.iter().find(|m| m.name == name);
     #[cfg(test)]
     let found = found.or_else(|| {
@@ -284,7 +248,7 @@ fn error_response(op_id: &OpId, err: RpcError) -> Response {
 
 struct Envelope {
     op_id: OpId,
-    method: &'static Method,
+    method: &'static Entry,
     params: Value,
 }
 

@@ -143,7 +143,7 @@ async fn status_reports_the_store() {
         r#"{"version":1,"method":"daemon.status","params":{}}"#,
     )
     .await;
-    let s: banger_proto::methods::DaemonStatus =
+    let s: banger_proto::daemon::DaemonStatus =
         serde_json::from_value(r.into_result().unwrap()).unwrap();
     assert_eq!(s.store.schema_version, 3);
     assert_eq!((s.store.vms, s.store.images, s.store.kernels), (0, 0, 0));
@@ -182,8 +182,9 @@ fn minted_op_ids_are_valid_and_distinct() {
     assert!(a.as_str().starts_with("op-") && a.as_str().len() == 11);
 }
 
-/// The method table is the single source of truth: `docs/rpc.md` must list
-/// exactly its methods, in the same order.
+/// The method list is the single source of truth: `docs/rpc.md` must list
+/// exactly its methods, in the same order, and the table serves exactly
+/// those.
 #[test]
 fn method_table_matches_docs_rpc_md() {
     let doc = include_str!("../../../../docs/rpc.md");
@@ -197,8 +198,47 @@ fn method_table_matches_docs_rpc_md() {
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
         .collect();
+    assert_eq!(documented, methods::ALL);
     let table: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
-    assert_eq!(documented, table);
+    assert_eq!(table, methods::ALL);
+}
+
+/// Methods without params refuse any, naming the method; the others
+/// decode theirs once, naming the method and the field's problem.
+#[tokio::test]
+async fn params_are_decoded_once_with_the_methods_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    for ok in [
+        r#"{"version":1,"method":"vm.list"}"#,
+        r#"{"version":1,"method":"vm.list","params":null}"#,
+        r#"{"version":1,"method":"vm.list","params":{}}"#,
+    ] {
+        assert!(call(&state, ok).await.into_result().is_ok(), "{ok}");
+    }
+    let cases = [
+        (
+            r#"{"version":1,"method":"vm.list","params":{"x":1}}"#,
+            "vm.list takes no params",
+        ),
+        (
+            r#"{"version":1,"method":"ping","params":[]}"#,
+            "ping takes no params",
+        ),
+        (
+            r#"{"version":1,"method":"vm.create.begin","params":{"name":"dev","publish":["80"]}}"#,
+            "bad params for vm.create.begin: invalid publish \"80\": use HOST:GUEST",
+        ),
+        (
+            r#"{"version":1,"method":"doctor","params":{"probe":"yes"}}"#,
+            "bad params for doctor: invalid type",
+        ),
+    ];
+    for (line, needle) in cases {
+        let e = error_of(call(&state, line).await);
+        assert_eq!(e.code, ErrorCode::BadParams, "{line}: {}", e.message);
+        assert!(e.message.starts_with(needle), "{line}: {}", e.message);
+    }
 }
 
 #[tokio::test]

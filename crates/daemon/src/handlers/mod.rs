@@ -1,30 +1,17 @@
-//! Method handlers, one async fn per method. Each takes the request context
-//! and its raw params, and decodes the params itself with
-//! [`dispatch::params`](crate::dispatch::params).
+//! Method handlers: one [`Handler`](crate::dispatch::Handler) impl per
+//! method of the list, taking the request context and the method's
+//! decoded params and answering its typed result.
 
 mod artifacts;
 mod daemon;
 #[cfg(test)]
 pub(crate) mod test_methods;
-pub(crate) mod vm;
-
-pub(crate) use artifacts::*;
-pub(crate) use daemon::{daemon_shutdown, daemon_status, network_status, ping};
-
-use serde_json::Value;
+mod vm;
 
 use crate::dispatch::RpcError;
 
-/// Checks the params of a method that takes none: `null`, absent or `{}`.
-pub(crate) fn no_params(method: &str, params: &Value) -> Result<(), RpcError> {
-    match params {
-        Value::Null => Ok(()),
-        Value::Object(o) if o.is_empty() => Ok(()),
-        _ => Err(RpcError::bad_params(format!("{method} takes no params"))),
-    }
-}
-
-/// Encodes a handler's result.
+/// Encodes the result of an asynchronous operation (kept as JSON in its
+/// view).
 pub(crate) fn to_value<T: serde::Serialize>(v: T) -> crate::dispatch::HandlerResult {
     serde_json::to_value(v).map_err(|e| RpcError::internal(format!("encode result: {e}")))
 }

@@ -10,14 +10,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::dispatch::{HandlerResult, Method, RequestCtx, params};
+use crate::dispatch::{Entry, HandlerResult, RequestCtx, params};
 
-pub(crate) static METHODS: &[Method] = &[
-    Method {
+/// Not in the method list (they exist only here), so raw table entries.
+pub(crate) static METHODS: &[Entry] = &[
+    Entry {
         name: "test.sleep",
         handler: |ctx, p| Box::pin(sleep(ctx, p)),
     },
-    Method {
+    Entry {
         name: "test.hold",
         handler: |ctx, p| Box::pin(hold(ctx, p)),
     },

@@ -115,11 +115,7 @@ pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<Crea
     validate::vcpus(vcpus)?;
     validate::memory_mib(memory_mib)?;
     validate::disk_size(disk_size_bytes)?;
-    let publish = p
-        .publish
-        .iter()
-        .map(|s| s.parse::<PublishSpec>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let publish = p.publish.clone();
     let mut host_ports = HashSet::new();
     for spec in &publish {
         if !host_ports.insert((spec.host, spec.proto)) {
@@ -132,12 +128,7 @@ pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<Crea
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
     }
-    let asked = p
-        .network
-        .as_deref()
-        .map(str::parse::<NetworkMode>)
-        .transpose()?;
-    let network = choose_network(vms, op, asked).await?;
+    let network = choose_network(vms, op, p.network).await?;
     if network == NetworkMode::Bridged {
         if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
             return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());

@@ -236,7 +236,10 @@ async fn boot(
         vmm: handle,
         ssh_host: net.ssh_host.clone(),
         ssh_port: net.ssh_port,
-        accel: accel.as_str().to_owned(),
+        accel: match accel {
+            banger_vmm::Accel::Kvm => banger_proto::Accel::Kvm,
+            banger_vmm::Accel::Tcg => banger_proto::Accel::Tcg,
+        },
         bridged: net.bridged,
         agent: image
             .has_agent

@@ -213,7 +213,7 @@ pub struct Handles {
     pub ssh_host: String,
     pub ssh_port: u16,
     /// `kvm` or `tcg`.
-    pub accel: String,
+    pub accel: banger_proto::Accel,
     /// The TAP device and address of a bridged VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridged: Option<BridgedHandles>,
@@ -351,17 +351,17 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
     Ok(VmView {
         id: vm.id.clone(),
         name: vm.name.clone(),
-        state: vm.state.as_str().to_owned(),
+        state: vm.state,
         image,
         kernel,
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
         disk_size_bytes: vm.disk_size_bytes,
-        network: vm.network_mode.as_str().to_owned(),
-        backend: vm.backend.map(|b| b.as_str().to_owned()),
-        accel: handles.as_ref().map(|h| h.accel.clone()),
-        disk_strategy: vm.disk_strategy.map(|d| d.as_str().to_owned()),
-        publish: vm.published_ports.iter().map(ToString::to_string).collect(),
+        network: vm.network_mode,
+        backend: vm.backend,
+        accel: handles.as_ref().map(|h| h.accel),
+        disk_strategy: vm.disk_strategy,
+        publish: vm.published_ports.clone(),
         last_error: vm.last_error.clone(),
         pid: handles.as_ref().map(|h| h.vmm.pid),
         ssh_port: handles

@@ -181,7 +181,7 @@ fn handles(dir: &std::path::Path) -> Handles {
         },
         ssh_host: "127.0.0.1".into(),
         ssh_port: 2222,
-        accel: "tcg".into(),
+        accel: banger_proto::Accel::Tcg,
         bridged: None,
         agent: Some("virtio-serial".into()),
     }

@@ -1,0 +1,536 @@
+//! Golden snapshots of every RPC method's params and result, one example
+//! each, in the order of the method list. A failure means the protocol
+//! changed: if that was deliberate, review the new snapshot (`cargo insta
+//! review`, or `INSTA_UPDATE=always cargo test`) and say so in the commit.
+//! A method added to the list needs an example here, or
+//! `every_method_has_an_example` fails.
+
+#![allow(clippy::unwrap_used)] // test code
+
+use banger_proto::agent::{DiskUsage, ListeningPort};
+use banger_proto::daemon::{
+    DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
+};
+use banger_proto::methods::{self as m, Method, NoParams};
+use banger_proto::vm::{
+    CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
+    ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
+    KernelView, NameParams, OpRef, OpView, SshInfo, StageView, VmCreateParams, VmDeleted,
+    VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+};
+use banger_proto::{
+    Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
+    PlannedAccel, VmState,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One method's example: its params and result as they go on the wire.
+struct Example {
+    method: &'static str,
+    params: String,
+    result: String,
+}
+
+/// Encodes both sides, checking that each decodes back to what it was.
+fn example<M: Method>(params: M::Params, result: M::Result) -> Example {
+    Example {
+        method: M::NAME,
+        params: round_trip(&params),
+        result: round_trip(&result),
+    }
+}
+
+fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> String {
+    let wire = serde_json::to_string(value).unwrap();
+    let back: T = serde_json::from_str(&wire).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), wire);
+    wire
+}
+
+fn vm_ref() -> VmRef {
+    VmRef { name: "dev".into() }
+}
+
+fn running_vm() -> VmView {
+    VmView {
+        id: "0a1b2c3d4e5f".into(),
+        name: "dev".into(),
+        state: VmState::Running,
+        image: "debian-bookworm".into(),
+        kernel: "debian-cloud".into(),
+        vcpus: 2,
+        memory_mib: 1024,
+        disk_size_bytes: 8 << 30,
+        network: NetworkMode::Bridged,
+        backend: Some(Backend::Qemu),
+        accel: Some(Accel::Kvm),
+        disk_strategy: Some(DiskStrategy::DmSnapshot),
+        publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+        last_error: None,
+        pid: Some(4242),
+        ssh_port: None,
+        ip: Some("10.77.0.2".into()),
+        tap: Some("bgtap0".into()),
+        vm_dir: "/home/u/.local/share/banger/vms/0a1b2c3d4e5f".into(),
+        console_log: "/home/u/.local/share/banger/vms/0a1b2c3d4e5f/console.log".into(),
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn stopped_vm() -> VmView {
+    VmView {
+        state: VmState::Stopped,
+        network: NetworkMode::User,
+        accel: None,
+        disk_strategy: Some(DiskStrategy::Qcow2),
+        publish: Vec::new(),
+        pid: None,
+        ip: None,
+        tap: None,
+        ..running_vm()
+    }
+}
+
+fn failed_vm() -> VmView {
+    VmView {
+        state: VmState::Error,
+        last_error: Some("start failed: qemu exited".into()),
+        ..stopped_vm()
+    }
+}
+
+fn create_op() -> OpView {
+    OpView {
+        op_id: "op-a1b2c3".into(),
+        kind: OpKind::VmCreate,
+        target: "dev".into(),
+        state: OpState::Running,
+        stages: vec![
+            StageView {
+                name: "pull kernel".into(),
+                duration_ms: Some(12),
+            },
+            StageView {
+                name: "make disks".into(),
+                duration_ms: None,
+            },
+        ],
+        error: None,
+        result: None,
+        started_at_ms: 1_700_000_000_000,
+        ended_at_ms: None,
+    }
+}
+
+fn failed_op() -> OpView {
+    OpView {
+        state: OpState::Failed,
+        error: Some(
+            ErrorBody::new(
+                ErrorCode::Conflict,
+                "host port 8080 is already published by vm web",
+            )
+            .with_op_id("op-a1b2c3"),
+        ),
+        ended_at_ms: Some(1_700_000_001_000),
+        ..create_op()
+    }
+}
+
+fn image() -> ImageView {
+    ImageView {
+        id: "img0a1b2c3d".into(),
+        name: "debian-bookworm".into(),
+        source: "managed".into(),
+        rootfs: "/home/u/.local/share/banger/images/debian-bookworm/rootfs.ext4".into(),
+        work_seed: None,
+        size_bytes: 2 << 30,
+        managed: true,
+        fingerprint: Some("f00d".into()),
+        stale: false,
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn kernel() -> KernelView {
+    KernelView {
+        name: "debian-cloud".into(),
+        description: "Debian's cloud kernel".into(),
+        present: true,
+        default: true,
+        version: Some("6.1.0-28-cloud-amd64".into()),
+        kernel: Some("/home/u/.local/share/banger/kernels/debian-cloud/vmlinuz".into()),
+        initrd: Some("/home/u/.local/share/banger/kernels/debian-cloud/initrd.img".into()),
+    }
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        example::<m::Ping>(
+            NoParams,
+            PingResult {
+                version: "0.1.0".into(),
+                build_id: "b1d".into(),
+                pid: 42,
+            },
+        ),
+        example::<m::DaemonStatus>(
+            NoParams,
+            DaemonStatus {
+                version: "0.1.0".into(),
+                build_id: "b1d".into(),
+                protocol_version: 1,
+                pid: 42,
+                uptime_s: 7,
+                socket: "/run/user/1000/banger/bangerd.sock".into(),
+                log_file: "/home/u/.local/state/banger/bangerd.log".into(),
+                store: StoreStatus {
+                    path: "/home/u/.local/share/banger/banger.db".into(),
+                    schema_version: 3,
+                    vms: 1,
+                    images: 1,
+                    kernels: 1,
+                },
+            },
+        ),
+        example::<m::DaemonShutdown>(NoParams, ShutdownResult { pid: 42 }),
+        example::<m::VmCreateBegin>(
+            VmCreateParams {
+                name: "dev".into(),
+                image: Some("debian-bookworm".into()),
+                kernel: None,
+                vcpus: Some(2),
+                memory_mib: Some(1024),
+                disk_size_bytes: None,
+                publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+                network: Some(NetworkMode::User),
+                start: Some(true),
+            },
+            create_op(),
+        ),
+        example::<m::VmStart>(vm_ref(), running_vm()),
+        example::<m::VmStop>(vm_ref(), stopped_vm()),
+        example::<m::VmKill>(
+            VmKillParams {
+                name: "dev".into(),
+                signal: Some("TERM".into()),
+            },
+            failed_vm(),
+        ),
+        example::<m::VmRestart>(vm_ref(), running_vm()),
+        example::<m::VmDelete>(
+            vm_ref(),
+            VmDeleted {
+                deleted: "dev".into(),
+                id: "0a1b2c3d4e5f".into(),
+            },
+        ),
+        example::<m::VmShow>(vm_ref(), running_vm()),
+        example::<m::VmList>(NoParams, vec![running_vm(), stopped_vm()]),
+        example::<m::VmEdit>(
+            VmEditParams {
+                name: "dev".into(),
+                vcpus: Some(4),
+                memory_mib: None,
+                disk_size_bytes: Some(16 << 30),
+            },
+            stopped_vm(),
+        ),
+        example::<m::VmSshInfo>(
+            vm_ref(),
+            SshInfo {
+                host: "10.77.0.2".into(),
+                port: 22,
+                user: "root".into(),
+                identity_file: "/home/u/.local/share/banger/ssh/id_ed25519".into(),
+                known_hosts_file: "/home/u/.local/share/banger/ssh/known_hosts".into(),
+                host_key_alias: "banger-0a1b2c3d4e5f".into(),
+            },
+        ),
+        example::<m::VmStats>(
+            vm_ref(),
+            VmStats {
+                name: "dev".into(),
+                uptime_s: 12.5,
+                load: [0.5, 0.25, 0.125],
+                cpu_percent: Some(3.5),
+                memory_total_bytes: 1 << 30,
+                memory_used_bytes: 1 << 28,
+                disks: vec![DiskUsage {
+                    mount: "/".into(),
+                    device: "/dev/vda".into(),
+                    total_bytes: 8 << 30,
+                    used_bytes: 1 << 30,
+                }],
+                sampled_at_ms: 1_700_000_000_000,
+            },
+        ),
+        example::<m::VmPorts>(
+            vm_ref(),
+            vec![
+                ListeningPort {
+                    proto: "tcp".into(),
+                    address: "0.0.0.0".into(),
+                    port: 22,
+                    pid: Some(310),
+                    process: Some("sshd".into()),
+                },
+                ListeningPort {
+                    proto: "udp".into(),
+                    address: "127.0.0.1".into(),
+                    port: 53,
+                    pid: None,
+                    process: None,
+                },
+            ],
+        ),
+        example::<m::VmExecBegin>(
+            ExecBeginParams {
+                name: "dev".into(),
+                argv: vec!["uname".into(), "-a".into()],
+                tty: false,
+                rows: None,
+                cols: None,
+                env: vec![("LANG".into(), "C.UTF-8".into())],
+            },
+            ExecBegun {
+                exec_id: "ex-1".into(),
+                pid: 812,
+            },
+        ),
+        example::<m::VmExecIo>(
+            ExecIoParams {
+                exec_id: "ex-1".into(),
+                stdin: Some("aGkK".into()),
+                stdin_eof: true,
+                signal: None,
+                rows: None,
+                cols: None,
+                wait_ms: Some(500),
+            },
+            ExecIoResult {
+                stdout: "TGludXgK".into(),
+                stderr: String::new(),
+                done: true,
+                exit_code: Some(0),
+                signal: None,
+            },
+        ),
+        example::<m::VmCp>(
+            CpParams {
+                name: "dev".into(),
+                to_guest: true,
+                host_path: "/home/u/notes.txt".into(),
+                guest_path: "/root/".into(),
+            },
+            CpResult {
+                bytes: 1234,
+                mode: 0o644,
+                destination: "/root/notes.txt".into(),
+            },
+        ),
+        example::<m::ImageBuildBegin>(
+            ImageBuildParams {
+                name: Some("debian-bookworm".into()),
+                packages: vec!["curl".into()],
+                size_bytes: None,
+            },
+            OpView {
+                kind: OpKind::ImageBuild,
+                target: "debian-bookworm".into(),
+                stages: Vec::new(),
+                ..create_op()
+            },
+        ),
+        example::<m::ImageList>(NoParams, vec![image()]),
+        example::<m::ImageShow>(
+            NameParams {
+                name: "debian-bookworm".into(),
+            },
+            image(),
+        ),
+        example::<m::ImageDelete>(
+            NameParams {
+                name: "debian-bookworm".into(),
+            },
+            Deleted {
+                deleted: "debian-bookworm".into(),
+            },
+        ),
+        example::<m::KernelPullBegin>(
+            KernelPullParams { name: None },
+            OpView {
+                kind: OpKind::KernelPull,
+                target: "debian-cloud".into(),
+                state: OpState::Succeeded,
+                stages: vec![StageView {
+                    name: "download".into(),
+                    duration_ms: Some(900),
+                }],
+                result: Some(serde_json::to_value(kernel()).unwrap()),
+                ended_at_ms: Some(1_700_000_000_900),
+                ..create_op()
+            },
+        ),
+        example::<m::KernelList>(
+            NoParams,
+            vec![
+                kernel(),
+                KernelView {
+                    name: "other".into(),
+                    description: "another catalog kernel".into(),
+                    present: false,
+                    default: false,
+                    version: None,
+                    kernel: None,
+                    initrd: None,
+                },
+            ],
+        ),
+        example::<m::KernelShow>(
+            NameParams {
+                name: "debian-cloud".into(),
+            },
+            kernel(),
+        ),
+        example::<m::KernelDelete>(
+            NameParams {
+                name: "debian-cloud".into(),
+            },
+            Deleted {
+                deleted: "debian-cloud".into(),
+            },
+        ),
+        example::<m::OpStatus>(
+            OpRef {
+                op_id: "op-a1b2c3".into(),
+            },
+            failed_op(),
+        ),
+        example::<m::OpCancel>(
+            OpRef {
+                op_id: "op-a1b2c3".into(),
+            },
+            OpView {
+                state: OpState::Cancelled,
+                error: Some(
+                    ErrorBody::new(ErrorCode::Cancelled, "operation cancelled")
+                        .with_op_id("op-a1b2c3"),
+                ),
+                ..create_op()
+            },
+        ),
+        example::<m::OpList>(NoParams, vec![create_op(), failed_op()]),
+        example::<m::Doctor>(
+            DoctorParams { probe: false },
+            DoctorReport {
+                checks: vec![
+                    DoctorCheck {
+                        name: "kvm".into(),
+                        status: CheckStatus::Ok,
+                        detail: "/dev/kvm is usable".into(),
+                        fix: None,
+                    },
+                    DoctorCheck {
+                        name: "helper".into(),
+                        status: CheckStatus::Warn,
+                        detail: "banger-helper does not answer".into(),
+                        fix: Some("sudo banger system install".into()),
+                    },
+                    DoctorCheck {
+                        name: "qemu".into(),
+                        status: CheckStatus::Fail,
+                        detail: "qemu-system-x86_64 not found".into(),
+                        fix: Some("apt-get install qemu-system-x86".into()),
+                    },
+                ],
+                backend: Backend::Qemu,
+                accel: PlannedAccel::Tcg,
+                accel_reason: "/dev/kvm is missing".into(),
+            },
+        ),
+        example::<m::NetworkStatus>(
+            NoParams,
+            NetworkStatus {
+                helper_socket: "/run/banger-helper/helper.sock".into(),
+                helper: true,
+                bridge: Some("banger0".into()),
+                subnet: Some("10.77.0.0/24".into()),
+                gateway: Some("10.77.0.1".into()),
+                tap_pool_size: 2,
+                idle_taps: vec!["bgtap1".into()],
+                taps_in_use: vec!["bgtap0".into()],
+                leases: vec![IpLease {
+                    vm: "dev".into(),
+                    address: "10.77.0.2".into(),
+                }],
+            },
+        ),
+    ]
+}
+
+fn render(examples: &[Example]) -> String {
+    let mut text = String::new();
+    for e in examples {
+        text.push_str(&format!(
+            "== {}\nparams: {}\nresult: {}\n",
+            e.method, e.params, e.result
+        ));
+    }
+    text
+}
+
+#[test]
+fn every_method_has_an_example() {
+    let names: Vec<&str> = examples().iter().map(|e| e.method).collect();
+    assert_eq!(names, m::ALL, "one example per method, in list order");
+}
+
+#[test]
+fn every_method_is_pinned() {
+    insta::assert_snapshot!("rpc_methods", render(&examples()));
+}
+
+/// The checked-in snapshot covers the whole list, so a method cannot be
+/// added without its payloads being pinned and reviewed.
+#[test]
+fn the_snapshot_file_covers_every_method() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/methods__rpc_methods.snap"
+    );
+    let snap = std::fs::read_to_string(path).unwrap();
+    let pinned: Vec<&str> = snap.lines().filter_map(|l| l.strip_prefix("== ")).collect();
+    assert_eq!(pinned, m::ALL);
+}
+
+/// Methods without params accept `null`, no params and `{}`, nothing else.
+#[test]
+fn no_params_accepts_only_null_and_empty() {
+    for ok in ["null", "{}"] {
+        serde_json::from_str::<NoParams>(ok).unwrap();
+    }
+    for bad in [r#"{"x":1}"#, "[]", "1", r#""""#, "true"] {
+        assert!(serde_json::from_str::<NoParams>(bad).is_err(), "{bad}");
+    }
+    let e = serde_json::from_value::<NoParams>(serde_json::json!({"x": 1})).unwrap_err();
+    assert_eq!(e.to_string(), "takes no params");
+    assert_eq!(serde_json::to_string(&NoParams).unwrap(), "null");
+}
+
+/// Bad enum values and publish specs are refused with a message naming
+/// the problem, the same on the wire as on a command line.
+#[test]
+fn bad_wire_values_name_the_field_problem() {
+    let e = serde_json::from_value::<VmCreateParams>(
+        serde_json::json!({"name": "dev", "publish": ["80"]}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("invalid publish \"80\""), "{e}");
+    let e = serde_json::from_value::<VmCreateParams>(
+        serde_json::json!({"name": "dev", "network": "wifi"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("unknown network \"wifi\""), "{e}");
+}
