@@ -259,7 +259,7 @@ async fn helper_check(helper: &HelperClient, op: &OpId) -> DoctorCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::tests::test_state;
+    use crate::testing::test_state;
 
     #[tokio::test]
     async fn reports_missing_artifacts_and_the_forced_accelerator() {

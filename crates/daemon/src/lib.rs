@@ -24,13 +24,15 @@ pub mod logging;
 mod network;
 mod op;
 mod ops;
-pub mod server;
 mod ssh;
 mod state;
+#[cfg(test)]
+mod testing;
 mod validate;
 mod vms;
 
 pub use config::DaemonConfig;
+pub use dispatch::server;
 pub use error::DaemonError;
 pub use instance::Instance;
 pub use network::DEFAULT_TAP_POOL;

@@ -193,9 +193,13 @@ mod tests {
     use banger_store::ImageRecord;
 
     use super::RpcError;
+    use crate::agent::AgentError;
     use crate::artifacts::ArtifactError;
     use crate::dispatch::tests::test_state;
+    use crate::error::chain;
     use crate::op::{Cancelled, OpCtx};
+    use crate::vms::guest::GuestError;
+    use banger_proto::agent::AgentErrorCode;
 
     #[tokio::test]
     async fn artifact_errors_map_to_wire_codes() {
@@ -304,5 +308,52 @@ mod tests {
             (e.code, e.message.as_str()),
             (ErrorCode::BadParams, "invalid package name \"-oX\"")
         );
+    }
+
+    #[test]
+    fn guest_errors_map_to_their_codes() {
+        let refused = |code| {
+            GuestError::agent(
+                "dev",
+                AgentError::Refused {
+                    code,
+                    message: "nope".into(),
+                },
+            )
+        };
+        let cases = [
+            (refused(AgentErrorCode::NotFound), ErrorCode::NotFound),
+            (refused(AgentErrorCode::BadRequest), ErrorCode::BadParams),
+            (
+                GuestError::agent("dev", AgentError::Lost),
+                ErrorCode::OperationFailed,
+            ),
+            (
+                GuestError::NotRunning { vm: "dev".into() },
+                ErrorCode::NotRunning,
+            ),
+            (
+                GuestError::NoAgent { vm: "dev".into() },
+                ErrorCode::OperationFailed,
+            ),
+            (crate::op::Cancelled.into(), ErrorCode::Cancelled),
+            (GuestError::NothingToRun, ErrorCode::BadParams),
+            (
+                GuestError::NoExecSession("ex-x".into()),
+                ErrorCode::NotFound,
+            ),
+            (
+                banger_store::StoreError::NotFound {
+                    kind: "vm",
+                    name: "ghost".into(),
+                }
+                .into(),
+                ErrorCode::NotFound,
+            ),
+        ];
+        for (e, code) in cases {
+            let text = chain(&e);
+            assert_eq!(RpcError::from(e).code, code, "{text}");
+        }
     }
 }

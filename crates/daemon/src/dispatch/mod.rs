@@ -47,7 +47,6 @@ impl RpcError {
     }
 }
 
-pub use crate::error::chain as error_chain;
 
 /// What a handler gets besides its params.
 #[derive(Debug, Clone)]
@@ -163,25 +162,6 @@ fn lookup(name: &str) -> Option<&'static Entry> {
     found
 }
 
-tokio::task_local! {
-    /// The op id of the request (or async operation) a task works for, so
-    /// calls to banger-helper deep in the lifecycle can forward it.
-    static CURRENT_OP: String;
-}
-
-/// Runs `fut` with `op_id` as the current op id.
-pub async fn with_op_id<F: Future>(op_id: String, fut: F) -> F::Output {
-    CURRENT_OP.scope(op_id, fut).await
-}
-
-/// The op id of the request this task serves; a fresh one for background
-/// work that serves none (logged by the caller).
-pub fn current_op_id() -> String {
-    CURRENT_OP
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| mint_op_id().as_str().to_owned())
-}
-
 pub use crate::op::mint as mint_op_id;
 
 /// Decodes a method's params. `null` stands for "no params" and is read as
@@ -219,7 +199,7 @@ pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
     };
     let outcome = async {
         tracing::debug!("rpc started");
-        let outcome = with_op_id(op_id.as_str().to_owned(), (method.handler)(ctx, params)).await;
+        let outcome = (method.handler)(ctx, params).await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &outcome {
             Ok(_) => tracing::debug!(duration_ms, "rpc completed"),
@@ -334,5 +314,6 @@ fn bad_request(message: &str) -> RpcError {
 }
 
 mod errors;
+pub mod server;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,39 +1,6 @@
 use super::*;
-use crate::DaemonConfig;
-use banger_paths::Layout;
+pub(crate) use crate::testing::test_state;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-
-pub(crate) fn test_state(root: &std::path::Path) -> Arc<DaemonState> {
-    test_state_with(
-        root,
-        Arc::new(banger_vmm::QemuVmm::new("qemu-system-x86_64")),
-    )
-}
-
-/// A state over a temp dir with the given VMM (a fake, at the seam).
-pub(crate) fn test_state_with(
-    root: &std::path::Path,
-    vmm: Arc<dyn banger_vmm::Vmm>,
-) -> Arc<DaemonState> {
-    let layout = Layout {
-        config_dir: root.join("config"),
-        data_dir: root.join("data"),
-        state_dir: root.join("state"),
-        cache_dir: root.join("cache"),
-        runtime_dir: root.join("run"),
-    };
-    layout.ensure_dirs().unwrap();
-    let store = banger_store::Store::open(&layout.database_path()).unwrap();
-    let mut config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
-    config.accel = crate::config::AccelChoice::Tcg;
-    Arc::new(DaemonState::new(
-        config,
-        store,
-        vmm,
-        CancellationToken::new(),
-    ))
-}
 
 async fn call(state: &Arc<DaemonState>, line: &str) -> Response {
     dispatch(state, line.as_bytes()).await

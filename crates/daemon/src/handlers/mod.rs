@@ -6,6 +6,8 @@ mod artifacts;
 mod daemon;
 #[cfg(test)]
 pub(crate) mod test_methods;
+#[cfg(test)]
+mod tests;
 mod vm;
 
 use crate::dispatch::RpcError;

@@ -201,6 +201,12 @@ impl Vms {
     pub fn held_taps(&self) -> Vec<String> {
         self.table.held_taps()
     }
+
+    /// True when no create holds a name or port.
+    #[cfg(test)]
+    pub(crate) fn reserves_nothing(&self) -> bool {
+        self.reservations.is_empty()
+    }
 }
 
 /// What is true about a running VM right now.

@@ -1,5 +1,5 @@
-//! What can go wrong reaching a guest; the wire codes are given in
-//! `crate::dispatch::errors`.
+//! What can go wrong reaching a guest; the wire codes are given at the
+//! RPC edge (`dispatch/errors.rs`).
 
 use std::path::PathBuf;
 
@@ -74,7 +74,7 @@ pub enum GuestError {
 }
 
 impl GuestError {
-    pub(super) fn agent(vm: &str, source: AgentError) -> Self {
+    pub(crate) fn agent(vm: &str, source: AgentError) -> Self {
         Self::Agent {
             vm: vm.to_owned(),
             source,

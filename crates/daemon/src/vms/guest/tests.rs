@@ -1,10 +1,9 @@
-//! Guest errors as the edge sees them (chains, codes), and the service
+//! Guest errors' chains, and the service
 //! against a fake agent on the VM's agent socket: no VM needed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_proto::ErrorCode;
 use banger_proto::agent::{AGENT_PROTOCOL_VERSION, AgentErrorCode};
 use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
 use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
@@ -15,10 +14,9 @@ use super::super::Handles;
 use super::GuestError;
 use crate::DaemonState;
 use crate::agent::AgentError;
-use crate::dispatch::RpcError;
-use crate::dispatch::tests::test_state_with;
 use crate::error::chain;
 use crate::op::OpCtx;
+use crate::testing::test_state_with;
 
 #[test]
 fn an_agent_error_chain_prints_each_cause_once() {
@@ -37,61 +35,10 @@ fn an_agent_error_chain_prints_each_cause_once() {
     for part in ["vm dev", "connect to the guest agent", "no such socket"] {
         assert_eq!(text.matches(part).count(), 1, "{part:?} in {text:?}");
     }
-    let wire = RpcError::from(e);
-    assert_eq!(wire.code, ErrorCode::OperationFailed);
-    assert_eq!(wire.message, text);
-
     let e = GuestError::host_file("write", std::path::Path::new("/tmp/.x.banger-cp"))(
         std::io::Error::other("disk full"),
     );
     assert_eq!(chain(&e), "write /tmp/.x.banger-cp: disk full");
-}
-
-#[test]
-fn codes_at_the_edge() {
-    let refused = |code| {
-        GuestError::agent(
-            "dev",
-            AgentError::Refused {
-                code,
-                message: "nope".into(),
-            },
-        )
-    };
-    let cases = [
-        (refused(AgentErrorCode::NotFound), ErrorCode::NotFound),
-        (refused(AgentErrorCode::BadRequest), ErrorCode::BadParams),
-        (
-            GuestError::agent("dev", AgentError::Lost),
-            ErrorCode::OperationFailed,
-        ),
-        (
-            GuestError::NotRunning { vm: "dev".into() },
-            ErrorCode::NotRunning,
-        ),
-        (
-            GuestError::NoAgent { vm: "dev".into() },
-            ErrorCode::OperationFailed,
-        ),
-        (crate::op::Cancelled.into(), ErrorCode::Cancelled),
-        (GuestError::NothingToRun, ErrorCode::BadParams),
-        (
-            GuestError::NoExecSession("ex-x".into()),
-            ErrorCode::NotFound,
-        ),
-        (
-            banger_store::StoreError::NotFound {
-                kind: "vm",
-                name: "ghost".into(),
-            }
-            .into(),
-            ErrorCode::NotFound,
-        ),
-    ];
-    for (e, code) in cases {
-        let text = chain(&e);
-        assert_eq!(RpcError::from(e).code, code, "{text}");
-    }
 }
 
 /// A VMM that always runs (the wait for the agent asks).
@@ -193,10 +140,10 @@ async fn a_stopped_vm_is_not_running_and_an_agent_refusal_is_not_found() {
     let state = test_state_with(tmp.path(), Arc::new(Running));
     let vm = seed(&state);
 
-    let e = RpcError::from(state.guest.ports("dev").await.unwrap_err());
-    assert_eq!(e.code, ErrorCode::NotRunning, "{}", e.message);
+    let e = state.guest.ports("dev").await.unwrap_err();
+    assert!(matches!(e, GuestError::NotRunning { .. }), "{e}");
     assert_eq!(
-        e.message,
+        chain(&e),
         "vm dev is not running (start it with: banger vm start dev)"
     );
 
@@ -219,10 +166,22 @@ async fn a_stopped_vm_is_not_running_and_an_agent_refusal_is_not_found() {
     state.guest.wait_for_agent(&vm, &h, &ctx).await.unwrap();
 
     // The fake agent refuses Ports as not found; by id or name alike.
-    let e = RpcError::from(state.guest.ports("id-dev").await.unwrap_err());
-    assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
+    let e = state.guest.ports("id-dev").await.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            GuestError::Agent {
+                source: AgentError::Refused {
+                    code: AgentErrorCode::NotFound,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(
-        e.message,
+        chain(&e),
         "vm dev: the guest agent refused: nope (NotFound)"
     );
 }
@@ -243,5 +202,4 @@ async fn waiting_for_an_agent_stops_when_cancelled() {
         .await
         .unwrap_err();
     assert!(matches!(e, GuestError::Cancelled(_)), "{e}");
-    assert_eq!(RpcError::from(e).code, ErrorCode::Cancelled);
 }

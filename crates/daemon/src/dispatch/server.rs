@@ -32,7 +32,8 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{dispatch, mint_op_id};
+use super::dispatch;
+use crate::op::mint as mint_op_id;
 use crate::{DaemonError, DaemonState};
 
 type Frames = FramedRead<OwnedReadHalf, AnyDelimiterCodec>;
