@@ -120,7 +120,19 @@ mod tests {
         }
         first.release();
         assert!(!l.socket_path().exists());
-        let (again, _l2) = Instance::acquire(&l).unwrap();
+        // Other tests of this process fork children (qemu-img, mkfs): one
+        // between its fork and its exec still shares the lock's open file
+        // for a moment, so wait for the lock to be free, boundedly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (again, _l2) = loop {
+            match Instance::acquire(&l) {
+                Ok(acquired) => break acquired,
+                Err(DaemonError::AlreadyRunning { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                Err(e) => panic!("lock not free again: {e:?}"),
+            }
+        };
         again.release();
     }
 

@@ -47,7 +47,6 @@ impl RpcError {
     }
 }
 
-
 /// What a handler gets besides its params.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
