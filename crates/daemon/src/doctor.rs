@@ -247,8 +247,9 @@ async fn helper_check(helper: &HelperClient, op: &OpId) -> DoctorCheck {
         Err(e) => check(
             "helper",
             Warn,
+            // The error names the socket itself.
             format!(
-                "banger-helper does not answer at {socket} ({}): rootless mode, user-mode networking only",
+                "{}: rootless mode, user-mode networking only",
                 crate::error::chain(&e)
             ),
             Some("sudo banger system install"),
