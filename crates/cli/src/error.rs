@@ -88,13 +88,6 @@ impl CliError {
 
     /// The error and its sources, printed once: `outer: inner`.
     pub fn display_chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        banger_proto::error_chain(self)
     }
 }

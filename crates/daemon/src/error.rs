@@ -36,16 +36,4 @@ pub enum DaemonError {
     Signals(#[source] io::Error),
 }
 
-/// `outer: inner: innermost`: an error and its sources, each printed once
-/// (for log lines and wire messages; every variant's own text leaves its
-/// source out, so nothing repeats).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use banger_proto::error_chain as chain;

@@ -91,14 +91,7 @@ impl ClientError {
     /// The message and every cause after it, each once:
     /// `outer: inner: innermost`.
     pub fn display_chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        banger_proto::error_chain(self)
     }
 
     /// The helper's error line, when it refused the call.

@@ -63,14 +63,7 @@ impl Error {
     /// The message with every cause after it (`what: cause: ...`), each
     /// once: the text of the error line a caller receives.
     pub fn message(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        banger_proto::error_chain(self)
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {

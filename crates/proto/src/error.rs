@@ -95,3 +95,17 @@ impl fmt::Display for ErrorBody {
 }
 
 impl std::error::Error for ErrorBody {}
+
+/// `outer: inner: innermost`: an error's message and each of its sources,
+/// once. Every banger process prints errors this way, and every error
+/// type's own message leaves its source out, so no cause repeats.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -16,7 +16,7 @@ pub mod types;
 pub mod vm;
 
 pub use envelope::{OpId, Request, Response};
-pub use error::{ErrorBody, ErrorCode};
+pub use error::{ErrorBody, ErrorCode, error_chain};
 pub use types::{
     Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
     PortProto, PublishSpec, UnknownValue, VmState,
