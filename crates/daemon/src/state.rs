@@ -44,7 +44,7 @@ pub struct DaemonState {
     /// Guest access: readiness, stats, ports, exec, cp.
     pub guest: Arc<Guest>,
     #[cfg(test)]
-    pub probe: crate::handlers::test_methods::Probe,
+    pub probe: crate::testing::Probe,
 }
 
 impl DaemonState {

@@ -11,6 +11,9 @@ use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
 use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
 
 use banger_paths::Layout;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::vms::{Handles, vm_dir, work_disk};
@@ -203,4 +206,30 @@ pub(crate) fn vm_dirs(state: &Arc<DaemonState>) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// Counts what happened to `test.sleep` and `test.hold` calls, and what
+/// the connection loop saw meanwhile.
+#[derive(Debug, Default)]
+pub struct Probe {
+    pub started: AtomicU32,
+    pub completed: AtomicU32,
+    pub cancelled: AtomicU32,
+    /// End-of-file seen on a connection while its handler ran.
+    pub read_closed: AtomicU32,
+    pub changed: Notify,
+    pub(crate) release: Notify,
+}
+
+impl Probe {
+    /// Lets one running (or the next) `test.hold` finish.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// Called by the connection loop (`dispatch/server.rs`).
+    pub fn note_read_closed(&self) {
+        self.read_closed.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
 }

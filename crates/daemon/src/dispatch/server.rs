@@ -329,7 +329,7 @@ fn encode(response: &Response) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::dispatch::tests::test_state;
-    use crate::handlers::test_methods::Probe;
+    use crate::testing::Probe;
     use serde_json::Value;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::io::{AsyncBufReadExt, BufReader, Lines};

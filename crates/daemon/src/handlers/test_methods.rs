@@ -3,14 +3,14 @@
 //! `test.sleep` runs for a given time; `test.hold` runs until the test
 //! calls [`Probe::release`].
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use crate::dispatch::{Entry, HandlerResult, RequestCtx, params};
+use crate::testing::Probe;
 
 /// Not in the method list (they exist only here), so raw table entries.
 pub(crate) static METHODS: &[Entry] = &[
@@ -23,32 +23,6 @@ pub(crate) static METHODS: &[Entry] = &[
         handler: |ctx, p| Box::pin(hold(ctx, p)),
     },
 ];
-
-/// Counts what happened to `test.sleep` and `test.hold` calls, and what
-/// the connection loop saw meanwhile.
-#[derive(Debug, Default)]
-pub struct Probe {
-    pub started: AtomicU32,
-    pub completed: AtomicU32,
-    pub cancelled: AtomicU32,
-    /// End-of-file seen on a connection while its handler ran.
-    pub read_closed: AtomicU32,
-    pub changed: Notify,
-    release: Notify,
-}
-
-impl Probe {
-    /// Lets one running (or the next) `test.hold` finish.
-    pub fn release(&self) {
-        self.release.notify_one();
-    }
-
-    /// Called by the connection loop (`crate::server`).
-    pub fn note_read_closed(&self) {
-        self.read_closed.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
