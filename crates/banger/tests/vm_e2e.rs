@@ -564,7 +564,7 @@ fn vm_lifecycle_end_to_end() {
         dirs_before,
         "no vm directory was made"
     );
-    let ops = w.banger_json(&["ops", "--json"]);
+    let ops = w.banger_json(&["ops"]);
     let op = ops
         .as_array()
         .unwrap()
