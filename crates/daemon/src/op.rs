@@ -45,8 +45,8 @@ impl OpCtx {
         }
     }
 
-    /// A context for work with no request behind it (daemon start, the
-    /// stats sampler): a fresh id, logged by the caller.
+    /// A context for tests: a fresh id, never cancelled.
+    #[cfg(test)]
     pub fn background() -> Self {
         Self::new(mint(), CancellationToken::new())
     }
@@ -58,15 +58,6 @@ impl OpCtx {
             id: operation.id.clone(),
             cancel: operation.cancel_token().clone(),
             operation: Some(operation),
-        }
-    }
-
-    /// The same op id and operation, with another cancel token (a request
-    /// that must finish its rollback even when its client is gone).
-    pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
-        Self {
-            cancel,
-            ..self.clone()
         }
     }
 
@@ -97,9 +88,5 @@ impl OpCtx {
             Some(op) => op.stage(name),
             None => tracing::info!(stage = name, "stage started"),
         }
-    }
-
-    pub fn operation(&self) -> Option<&Arc<Operation>> {
-        self.operation.as_ref()
     }
 }
