@@ -548,19 +548,9 @@ mod tests {
     use super::*;
     use crate::error::chain;
 
-    fn service(root: &std::path::Path) -> Artifacts {
-        let layout = banger_paths::Layout {
-            config_dir: root.join("config"),
-            data_dir: root.join("data"),
-            state_dir: root.join("state"),
-            cache_dir: root.join("cache"),
-            runtime_dir: root.join("run"),
-        };
-        layout.ensure_dirs().unwrap();
-        let store = banger_store::Store::open(&layout.database_path()).unwrap();
-        let config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
-        let ssh = SshPaths::new(&config.layout);
-        Artifacts::new(Db::new(store), &config, ssh)
+    /// The artifacts service of a test state over `root`.
+    fn service(root: &std::path::Path) -> Arc<Artifacts> {
+        Arc::clone(&crate::testing::test_state(root).artifacts)
     }
 
     fn image_record(root: &std::path::Path, name: &str) -> ImageRecord {

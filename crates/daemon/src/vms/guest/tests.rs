@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_proto::agent::{AGENT_PROTOCOL_VERSION, AgentErrorCode};
-use banger_store::{ImageRecord, KernelRecord, VmRecord, VmState};
+use banger_store::{VmRecord, VmState};
 use banger_vmm::{BackendKind, Signal, VmHandle, VmRunState, VmSpec, Vmm, VmmError};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -69,54 +69,9 @@ impl Vmm for Running {
     }
 }
 
-/// A stopped VM `dev` (id `id-dev`) whose image has an agent.
+/// A stopped VM `dev` (id `id-dev`).
 fn seed(state: &Arc<DaemonState>) -> VmRecord {
-    let root = state.config.layout.data_dir.clone();
-    let kernel = KernelRecord {
-        id: "k1".into(),
-        name: "debian-cloud".into(),
-        source: "test".into(),
-        kernel_path: root.join("kernels/k/vmlinuz"),
-        initrd_path: None,
-        modules_dir: None,
-        version: None,
-        sha256: None,
-        created_at_ms: 0,
-    };
-    let image = ImageRecord {
-        id: "i1".into(),
-        name: "default".into(),
-        source: "test".into(),
-        rootfs_path: root.join("images/i/rootfs.ext4"),
-        work_seed_path: None,
-        fingerprint: None,
-        size_bytes: 1,
-        managed: false,
-        created_at_ms: 0,
-        has_agent: true,
-    };
-    let vm = VmRecord {
-        id: "id-dev".into(),
-        name: "dev".into(),
-        image_id: "i1".into(),
-        kernel_id: "k1".into(),
-        vcpus: 1,
-        memory_mib: 256,
-        disk_size_bytes: 1 << 30,
-        network_mode: banger_proto::NetworkMode::User,
-        backend: Some(banger_proto::Backend::Qemu),
-        disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
-        published_ports: vec![],
-        state: VmState::Stopped,
-        last_error: None,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    };
-    let store = state.lock_store_for_tests();
-    store.insert_kernel(&kernel).unwrap();
-    store.insert_image(&image).unwrap();
-    store.insert_vm(&vm).unwrap();
-    vm
+    crate::testing::seed(state, "dev", VmState::Stopped)
 }
 
 fn handles(dir: &std::path::Path) -> Handles {
