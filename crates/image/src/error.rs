@@ -91,16 +91,7 @@ pub type Result<T, E = ImageError> = std::result::Result<T, E>;
 mod tests {
     use super::*;
 
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
-    }
+    use banger_proto::error_chain as chain;
 
     #[test]
     fn each_cause_prints_once() {
