@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub agent_bin: Option<std::path::PathBuf>,
     /// How often running VMs' agents are asked for stats.
     pub stats_interval: Duration,
+    /// Make warm templates and restore creates from them (`BANGER_TEMPLATES`).
+    pub templates: bool,
 }
 
 /// How the accelerator is chosen.
@@ -99,6 +101,7 @@ impl DaemonConfig {
             tap_pool: crate::network::DEFAULT_TAP_POOL,
             agent_bin: None,
             stats_interval: Duration::from_secs(10),
+            templates: true,
         }
     }
 }

@@ -201,6 +201,42 @@ pub fn grow_work_disk(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
     run(Command::new("resize2fs").arg("-f").arg(path), "resize2fs")
 }
 
+/// True when `qemu-img` is on `PATH`: qcow2 layers (and so snapshots) need it.
+pub fn has_qemu_img() -> bool {
+    which("qemu-img")
+}
+
+/// Copies a disk layer (or a RAM file) to `dest`, sharing blocks where
+/// the filesystem can (reflink) and keeping holes.
+pub fn copy_layer(src: &Path, dest: &Path) -> Result<(), DiskError> {
+    run(
+        Command::new("cp")
+            .args(["--reflink=auto", "--sparse=always"])
+            .arg(src)
+            .arg(dest),
+        "copy disk layer",
+    )
+}
+
+/// Makes `dest` a qcow2 layer over `backing` (by absolute path).
+pub fn make_overlay(
+    backing: &Path,
+    backing_format: banger_vmm::DiskFormat,
+    dest: &Path,
+) -> Result<(), DiskError> {
+    let backing = backing.canonicalize().map_err(|source| DiskError::Io {
+        path: backing.to_owned(),
+        source,
+    })?;
+    run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_format.as_str(), "-b"])
+            .arg(&backing)
+            .arg(dest),
+        "qemu-img create",
+    )
+}
+
 /// True when `cp --reflink=always` works inside `dir`.
 pub fn reflink_supported(dir: &Path) -> bool {
     let probe = dir.join(".reflink-probe");

@@ -72,6 +72,10 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
         if let Err(e) = state.vms.reconcile().await {
             tracing::error!(error = %e, "reconcile failed; continuing");
         }
+        // What a crash left of snapshots: unfinished directories, helpers.
+        if let Err(e) = state.vms.collect_garbage().await {
+            tracing::error!(error = %crate::error::chain(&e), "snapshot cleanup failed; continuing");
+        }
         // Stats samples of running VMs, so `vm stats` can tell CPU usage.
         vms::guest::spawn_sampler(
             Arc::clone(&state.guest),

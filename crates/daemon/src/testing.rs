@@ -152,6 +152,7 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         last_error: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        base_snapshot_id: None,
     };
     store.insert_vm(&vm).unwrap();
     let dir = vm_dir(&state.vms, &vm.id);

@@ -12,6 +12,7 @@ mod error;
 pub mod helper;
 pub mod methods;
 pub mod schema;
+pub mod snapshot;
 pub mod types;
 pub mod vm;
 
@@ -19,7 +20,7 @@ pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode, error_chain};
 pub use types::{
     Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
-    PortProto, PublishSpec, UnknownValue, VmState,
+    PortProto, PublishSpec, SnapshotKind, UnknownValue, VmState,
 };
 
 /// Protocol version carried in every request. A daemon answers any other

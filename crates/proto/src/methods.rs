@@ -77,6 +77,18 @@ macro_rules! for_each_method {
             VmKill = "vm.kill": $crate::vm::VmKillParams => $crate::vm::VmView,
             /// Stop, then start.
             VmRestart = "vm.restart": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Stop the vCPUs; memory and processes stay as they are.
+            VmPause = "vm.pause": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Continue a paused VM; the agent steps the guest clock.
+            VmResume = "vm.resume": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Snapshot a VM (memory, devices, disks) asynchronously; it
+            /// keeps running.
+            VmSnapshotBegin = "vm.snapshot.begin": $crate::snapshot::VmSnapshotParams => $crate::vm::OpView,
+            /// Roll a VM back to one of its snapshots asynchronously.
+            VmRestoreBegin = "vm.restore.begin": $crate::snapshot::VmRestoreParams => $crate::vm::OpView,
+            /// New VMs continuing from a running VM's current state,
+            /// asynchronously; the source keeps running.
+            VmForkBegin = "vm.fork.begin": $crate::snapshot::VmForkParams => $crate::vm::OpView,
             /// Kill if running, remove disks, record and host-key pin.
             VmDelete = "vm.delete": $crate::vm::VmRef => $crate::vm::VmDeleted,
             /// One VM.
@@ -105,6 +117,14 @@ macro_rules! for_each_method {
             ImageShow = "image.show": $crate::vm::NameParams => $crate::vm::ImageView,
             /// Delete an image no VM uses.
             ImageDelete = "image.delete": $crate::vm::NameParams => $crate::vm::Deleted,
+            /// Make (or remake) an image's warm template asynchronously.
+            ImageWarmBegin = "image.warm.begin": $crate::vm::NameParams => $crate::vm::OpView,
+            /// Every snapshot, templates included.
+            SnapshotList = "snapshot.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::snapshot::SnapshotView>,
+            /// One snapshot.
+            SnapshotShow = "snapshot.show": $crate::vm::NameParams => $crate::snapshot::SnapshotView,
+            /// Delete a snapshot no VM or snapshot needs.
+            SnapshotDelete = "snapshot.delete": $crate::vm::NameParams => $crate::vm::Deleted,
             /// Pull a catalog kernel asynchronously.
             KernelPullBegin = "kernel.pull.begin": $crate::vm::KernelPullParams => $crate::vm::OpView,
             /// The catalog and what is pulled.

@@ -127,6 +127,8 @@ wire_enum! {
         Creating = "creating",
         Stopped = "stopped",
         Running = "running",
+        /// The VMM runs with its vCPUs stopped (`vm pause`).
+        Paused = "paused",
         Error = "error",
     }
 }
@@ -152,8 +154,26 @@ wire_enum! {
     /// What an asynchronous operation does.
     OpKind, "operation kind" {
         VmCreate = "vm.create",
+        VmSnapshot = "vm.snapshot",
+        VmRestore = "vm.restore",
+        VmFork = "vm.fork",
         ImageBuild = "image.build",
+        ImageWarm = "image.warm",
         KernelPull = "kernel.pull",
+    }
+}
+
+wire_enum! {
+    /// Why a snapshot exists (docs/snapshots.md).
+    SnapshotKind, "snapshot kind" {
+        /// Taken by `vm snapshot`; kept until deleted.
+        User = "user",
+        /// Taken by `vm fork` as the forks' common base; deleted with the
+        /// last VM that uses it.
+        Fork = "fork",
+        /// An image's warm template: a VM booted to agent-ready with the
+        /// default shape; rebuilt when anything it was made from changes.
+        Template = "template",
     }
 }
 

@@ -33,6 +33,13 @@ pub struct VmCreateParams {
     /// Start the VM once created (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
+    /// Continue from this snapshot (memory, processes, disks) instead of
+    /// booting; image, kernel and shape are the snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// Boot cold even when the image has a warm template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold: bool,
 }
 
 /// Params naming one VM (by name or id).

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-pub use records::{ImageRecord, KernelRecord, VmRecord, VmState};
+pub use records::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 
 use banger_proto::{Backend, DiskStrategy, PublishSpec};
 
@@ -243,8 +243,9 @@ impl Store {
             .execute(
                 "INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib,
                                   disk_size_bytes, network_mode, backend, disk_strategy,
-                                  published_ports, state, last_error, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                  published_ports, state, last_error, created_at_ms, updated_at_ms,
+                                  base_snapshot_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     vm.id,
                     vm.name,
@@ -261,6 +262,7 @@ impl Store {
                     vm.last_error,
                     vm.created_at_ms,
                     vm.updated_at_ms,
+                    vm.base_snapshot_id,
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -275,7 +277,7 @@ impl Store {
                 "UPDATE vms SET name = ?2, image_id = ?3, kernel_id = ?4, vcpus = ?5,
                         memory_mib = ?6, disk_size_bytes = ?7, network_mode = ?8, backend = ?9,
                         disk_strategy = ?10, published_ports = ?11, state = ?12, last_error = ?13,
-                        updated_at_ms = ?14
+                        updated_at_ms = ?14, base_snapshot_id = ?15
                  WHERE id = ?1",
                 params![
                     vm.id,
@@ -292,6 +294,7 @@ impl Store {
                     vm.state.as_str(),
                     vm.last_error,
                     vm.updated_at_ms,
+                    vm.base_snapshot_id,
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -315,6 +318,97 @@ impl Store {
         let vm = self.vm(name_or_id)?;
         self.delete_row("vms", "vm", &vm.id, &vm.name)?;
         Ok(vm)
+    }
+
+    // ---- snapshots -----------------------------------------------------
+
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO snapshots (id, name, kind, vm_id, vm_name, parent_id, image_id,
+                        kernel_id, vcpus, memory_mib, disk_size_bytes, network_mode, has_agent,
+                        dir, vmm_backend, vmm_version, machine, accel, template_key, size_bytes,
+                        created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                         ?17, ?18, ?19, ?20, ?21)",
+                params![
+                    s.id,
+                    s.name,
+                    s.kind.as_str(),
+                    s.vm_id,
+                    s.vm_name,
+                    s.parent_id,
+                    s.image_id,
+                    s.kernel_id,
+                    s.vcpus,
+                    s.memory_mib,
+                    s.disk_size_bytes,
+                    s.network_mode.as_str(),
+                    s.has_agent,
+                    path_str(&s.dir),
+                    s.vmm_backend.as_str(),
+                    s.vmm_version,
+                    s.machine,
+                    s.accel.as_str(),
+                    s.template_key,
+                    s.size_bytes,
+                    s.created_at_ms,
+                ],
+            )
+            .map_err(|e| classify(e, "snapshot", &s.name))?;
+        Ok(())
+    }
+
+    pub fn snapshot(&self, name_or_id: &str) -> Result<SnapshotRecord, StoreError> {
+        self.find(
+            SNAPSHOT_SELECT,
+            "snapshot",
+            name_or_id,
+            SnapshotRecord::from_row,
+        )?
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, StoreError> {
+        self.list(
+            &format!("{SNAPSHOT_SELECT} ORDER BY created_at_ms, name"),
+            SnapshotRecord::from_row,
+        )?
+        .into_iter()
+        .collect()
+    }
+
+    /// The newest template made from `key`, if any.
+    pub fn template(&self, key: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "{SNAPSHOT_SELECT} WHERE template_key = ?1 AND kind = 'template'
+                     ORDER BY created_at_ms DESC LIMIT 1"
+                ),
+                [key],
+                SnapshotRecord::from_row,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// Names of the VMs and snapshots that need snapshot `id`, sorted
+    /// (`vm NAME`, `snapshot NAME`).
+    pub fn snapshot_users(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT 'vm ' || name FROM vms WHERE base_snapshot_id = ?1
+             UNION ALL SELECT 'snapshot ' || name FROM snapshots WHERE parent_id = ?1
+             ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a snapshot's row; refused while a VM or snapshot needs it.
+    pub fn delete_snapshot(&self, name_or_id: &str) -> Result<SnapshotRecord, StoreError> {
+        let s = self.snapshot(name_or_id)?;
+        self.delete_row("snapshots", "snapshot", &s.id, &s.name)?;
+        Ok(s)
     }
 
     // ---- ip leases -----------------------------------------------------
@@ -438,24 +532,35 @@ impl Store {
         Ok(())
     }
 
-    /// Names of the VMs that refer to an image or kernel, for error text.
+    /// What refers to an image, kernel or snapshot, for error text:
+    /// `vm a, vm b, snapshot s`.
     fn users_of(&self, kind: &str, id: &str) -> String {
-        let column = if kind == "image" {
-            "image_id"
-        } else {
-            "kernel_id"
+        let sql = match kind {
+            "image" => {
+                "SELECT 'vm ' || name FROM vms WHERE image_id = ?1
+                 UNION ALL SELECT 'snapshot ' || name FROM snapshots WHERE image_id = ?1
+                 ORDER BY 1"
+            }
+            "kernel" => {
+                "SELECT 'vm ' || name FROM vms WHERE kernel_id = ?1
+                 UNION ALL SELECT 'snapshot ' || name FROM snapshots WHERE kernel_id = ?1
+                 ORDER BY 1"
+            }
+            _ => {
+                "SELECT 'vm ' || name FROM vms WHERE base_snapshot_id = ?1
+                 UNION ALL SELECT 'snapshot ' || name FROM snapshots WHERE parent_id = ?1
+                 ORDER BY 1"
+            }
         };
         let names: Vec<String> = self
             .conn
-            .prepare(&format!(
-                "SELECT name FROM vms WHERE {column} = ?1 ORDER BY name"
-            ))
+            .prepare(sql)
             .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
             .unwrap_or_default();
         if names.is_empty() {
             "other records".to_owned()
         } else {
-            format!("vm {}", names.join(", "))
+            names.join(", ")
         }
     }
 }
@@ -466,7 +571,10 @@ const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path
     size_bytes, managed, created_at_ms, has_agent FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
-    created_at_ms, updated_at_ms FROM vms";
+    created_at_ms, updated_at_ms, base_snapshot_id FROM vms";
+const SNAPSHOT_SELECT: &str = "SELECT id, name, kind, vm_id, vm_name, parent_id, image_id,
+    kernel_id, vcpus, memory_mib, disk_size_bytes, network_mode, has_agent, dir, vmm_backend,
+    vmm_version, machine, accel, template_key, size_bytes, created_at_ms FROM snapshots";
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -492,7 +600,7 @@ fn classify(e: rusqlite::Error, kind: &'static str, name: &str) -> StoreError {
             return StoreError::MissingReference {
                 kind,
                 name: name.to_owned(),
-                missing: "image or kernel",
+                missing: "image, kernel or snapshot",
             };
         }
         let unique = matches!(

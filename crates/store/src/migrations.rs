@@ -63,6 +63,39 @@ const STEPS: &[M<'static>] = &[
     // 3: images that carry the guest agent (older ones do not, and their
     // VMs boot without waiting for it).
     M::up("ALTER TABLE images ADD COLUMN has_agent INTEGER NOT NULL DEFAULT 0;"),
+    // 4: snapshots (docs/snapshots.md). A snapshot's disk layers may sit on
+    // its parent's, and a VM restored from one sits on it: both refuse
+    // the delete of what they need.
+    M::up(
+        "CREATE TABLE snapshots (
+            id              TEXT PRIMARY KEY,
+            name            TEXT NOT NULL UNIQUE,
+            kind            TEXT NOT NULL,
+            vm_id           TEXT NOT NULL,
+            vm_name         TEXT NOT NULL,
+            parent_id       TEXT REFERENCES snapshots(id) ON DELETE RESTRICT,
+            image_id        TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+            kernel_id       TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
+            vcpus           INTEGER NOT NULL CHECK (vcpus > 0),
+            memory_mib      INTEGER NOT NULL CHECK (memory_mib > 0),
+            disk_size_bytes INTEGER NOT NULL CHECK (disk_size_bytes > 0),
+            network_mode    TEXT NOT NULL,
+            has_agent       INTEGER NOT NULL,
+            dir             TEXT NOT NULL,
+            vmm_backend     TEXT NOT NULL,
+            vmm_version     TEXT NOT NULL,
+            machine         TEXT NOT NULL,
+            accel           TEXT NOT NULL,
+            template_key    TEXT,
+            size_bytes      INTEGER NOT NULL CHECK (size_bytes >= 0),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX snapshots_parent ON snapshots(parent_id);
+        CREATE INDEX snapshots_template ON snapshots(template_key);
+        ALTER TABLE vms ADD COLUMN base_snapshot_id TEXT
+            REFERENCES snapshots(id) ON DELETE RESTRICT;
+        CREATE INDEX vms_base_snapshot ON vms(base_snapshot_id);",
+    ),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

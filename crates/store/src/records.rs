@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use banger_proto::{Backend, DiskStrategy, NetworkMode, PublishSpec};
+use banger_proto::{Accel, Backend, DiskStrategy, NetworkMode, PublishSpec, SnapshotKind};
 use rusqlite::Row;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,41 @@ pub struct VmRecord {
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The snapshot whose disk layers this VM's sit on (restored, forked
+    /// or started from a template), which cannot be deleted before it.
+    pub base_snapshot_id: Option<String>,
+}
+
+/// A snapshot: device state, memory and frozen disk layers in `dir`
+/// (docs/snapshots.md, "Files"), and what it can be restored under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: SnapshotKind,
+    /// The VM it was taken from; it may be gone since.
+    pub vm_id: String,
+    pub vm_name: String,
+    /// The snapshot whose disk layers this one's sit on.
+    pub parent_id: Option<String>,
+    pub image_id: String,
+    pub kernel_id: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_size_bytes: u64,
+    pub network_mode: NetworkMode,
+    pub has_agent: bool,
+    pub dir: PathBuf,
+    pub vmm_backend: Backend,
+    /// The VMM build (`7.2.22`): a state loads only into the same build.
+    pub vmm_version: String,
+    /// The machine type (`microvm`).
+    pub machine: String,
+    pub accel: Accel,
+    /// Templates: the fingerprint of everything the template was made from.
+    pub template_key: Option<String>,
+    pub size_bytes: u64,
+    pub created_at_ms: i64,
 }
 
 impl KernelRecord {
@@ -164,6 +199,60 @@ impl VmRecord {
             last_error: r.get(12)?,
             created_at_ms: r.get(13)?,
             updated_at_ms: r.get(14)?,
+            base_snapshot_id: r.get(15)?,
+        }))
+    }
+}
+
+impl SnapshotRecord {
+    /// Reads a row; an enum value this binary does not know is reported as
+    /// [`StoreError::Corrupt`].
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let name: String = r.get(1)?;
+        let corrupt = |field: &'static str, value: String| StoreError::Corrupt {
+            kind: "snapshot",
+            name: name.clone(),
+            field,
+            value,
+        };
+        let kind: String = r.get(2)?;
+        let Ok(kind) = kind.parse::<SnapshotKind>() else {
+            return Ok(Err(corrupt("kind", kind)));
+        };
+        let network_mode: String = r.get(11)?;
+        let Ok(network_mode) = network_mode.parse::<NetworkMode>() else {
+            return Ok(Err(corrupt("network_mode", network_mode)));
+        };
+        let backend: String = r.get(14)?;
+        let Ok(vmm_backend) = backend.parse::<Backend>() else {
+            return Ok(Err(corrupt("vmm_backend", backend)));
+        };
+        let accel: String = r.get(17)?;
+        let Ok(accel) = accel.parse::<Accel>() else {
+            return Ok(Err(corrupt("accel", accel)));
+        };
+        Ok(Ok(Self {
+            id: r.get(0)?,
+            name,
+            kind,
+            vm_id: r.get(3)?,
+            vm_name: r.get(4)?,
+            parent_id: r.get(5)?,
+            image_id: r.get(6)?,
+            kernel_id: r.get(7)?,
+            vcpus: r.get(8)?,
+            memory_mib: r.get(9)?,
+            disk_size_bytes: r.get(10)?,
+            network_mode,
+            has_agent: r.get(12)?,
+            dir: r.get::<_, String>(13)?.into(),
+            vmm_backend,
+            vmm_version: r.get(15)?,
+            machine: r.get(16)?,
+            accel,
+            template_key: r.get(18)?,
+            size_bytes: r.get(19)?,
+            created_at_ms: r.get(20)?,
         }))
     }
 }

@@ -53,6 +53,7 @@ fn vm(name: &str, image: &str, kernel: &str) -> VmRecord {
         last_error: None,
         created_at_ms: 3,
         updated_at_ms: 3,
+        base_snapshot_id: None,
     }
 }
 
@@ -297,4 +298,97 @@ fn a_lease_needs_an_existing_vm() {
             .lease_address("v-ghost", "10.77.0.0/24", hosts(3), 1)
             .is_err()
     );
+}
+
+fn snapshot(name: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
+    SnapshotRecord {
+        id: format!("s-{name}"),
+        name: name.into(),
+        kind: banger_proto::SnapshotKind::User,
+        vm_id: vm.id.clone(),
+        vm_name: vm.name.clone(),
+        parent_id: parent.map(Into::into),
+        image_id: vm.image_id.clone(),
+        kernel_id: vm.kernel_id.clone(),
+        vcpus: 1,
+        memory_mib: 1024,
+        disk_size_bytes: 1 << 30,
+        network_mode: banger_proto::NetworkMode::User,
+        has_agent: true,
+        dir: format!("/data/snapshots/s-{name}").into(),
+        vmm_backend: Backend::Qemu,
+        vmm_version: "7.2.22".into(),
+        machine: "microvm".into(),
+        accel: banger_proto::Accel::Tcg,
+        template_key: None,
+        size_bytes: 42,
+        created_at_ms: 5,
+    }
+}
+
+#[test]
+fn snapshots_round_trip_and_refuse_delete_while_needed() {
+    let (_d, store) = open();
+    store.insert_kernel(&kernel("k")).unwrap();
+    store.insert_image(&image("img")).unwrap();
+    let src = vm("src", "img", "k");
+    store.insert_vm(&src).unwrap();
+    let base = snapshot("base", &src, None);
+    store.insert_snapshot(&base).unwrap();
+    assert_eq!(store.snapshot("base").unwrap(), base);
+    assert_eq!(store.snapshot("s-base").unwrap(), base);
+    let child = snapshot("child", &src, Some("s-base"));
+    store.insert_snapshot(&child).unwrap();
+    let mut fork = vm("fork", "img", "k");
+    fork.base_snapshot_id = Some("s-base".into());
+    store.insert_vm(&fork).unwrap();
+    assert_eq!(store.vm("fork").unwrap().base_snapshot_id.as_deref(), Some("s-base"));
+    assert_eq!(
+        store.snapshot_users("s-base").unwrap(),
+        ["snapshot child", "vm fork"]
+    );
+    let err = store.delete_snapshot("base").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "snapshot \"base\" is in use by snapshot child, vm fork"
+    );
+    // The image is needed by the snapshots too.
+    let err = store.delete_image("img").unwrap_err();
+    assert!(err.to_string().contains("snapshot base"), "{err}");
+    store.delete_snapshot("child").unwrap();
+    store.delete_vm("fork").unwrap();
+    assert!(store.snapshot_users("s-base").unwrap().is_empty());
+    assert_eq!(store.delete_snapshot("s-base").unwrap().name, "base");
+    assert!(matches!(
+        store.snapshot("base"),
+        Err(StoreError::NotFound { kind: "snapshot", .. })
+    ));
+    // A VM cannot name a snapshot that does not exist.
+    let mut orphan = vm("orphan", "img", "k");
+    orphan.base_snapshot_id = Some("s-gone".into());
+    assert!(matches!(
+        store.insert_vm(&orphan),
+        Err(StoreError::MissingReference { .. })
+    ));
+}
+
+#[test]
+fn newest_template_by_key() {
+    let (_d, store) = open();
+    store.insert_kernel(&kernel("k")).unwrap();
+    store.insert_image(&image("img")).unwrap();
+    let src = vm("src", "img", "k");
+    assert_eq!(store.template("key-1").unwrap(), None);
+    let mut old = snapshot("t-old", &src, None);
+    old.kind = banger_proto::SnapshotKind::Template;
+    old.template_key = Some("key-1".into());
+    let mut new = old.clone();
+    new.id = "s-t-new".into();
+    new.name = "t-new".into();
+    new.created_at_ms = 9;
+    store.insert_snapshot(&old).unwrap();
+    store.insert_snapshot(&new).unwrap();
+    assert_eq!(store.template("key-1").unwrap().unwrap().name, "t-new");
+    assert_eq!(store.template("key-2").unwrap(), None);
+    assert_eq!(store.snapshots().unwrap().len(), 2);
 }

@@ -44,6 +44,10 @@ struct Args {
         value_name = "SECONDS"
     )]
     stats_interval: f64,
+    /// Warm templates: `auto` makes an image's template after its first
+    /// cold create and restores from it; `off` always boots cold.
+    #[arg(long, env = "BANGER_TEMPLATES", default_value = "auto", value_parser = ["auto", "off"])]
+    templates: String,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.tap_pool = args.tap_pool;
     config.agent_bin = args.agent_bin;
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
+    config.templates = args.templates == "auto";
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

@@ -94,8 +94,17 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::PublishedTwice(_)
         | E::NothingToChange
         | E::Shrink { .. }
-        | E::UnknownSignal(_) => ErrorCode::BadParams,
-        E::NameTaken(_) | E::Running(_) => ErrorCode::Conflict,
+        | E::UnknownSignal(_)
+        | E::ForkCount(_)
+        | E::ShapeFixed { .. } => ErrorCode::BadParams,
+        E::NameTaken(_)
+        | E::Running(_)
+        | E::SnapshotNameTaken(_)
+        | E::Incompatible { .. }
+        | E::SnapshotOfOtherVm { .. }
+        | E::Paused(_)
+        | E::NoAgentForTemplate(_)
+        | E::LayeredWorkDisk(_) => ErrorCode::Conflict,
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::MissingFile { .. } => ErrorCode::NotFound,
         E::Cancelled(_) | E::CreateCancelled => ErrorCode::Cancelled,
@@ -113,6 +122,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::StillRunning { .. }
         | E::Io { .. }
         | E::Task(..)
+        | E::NoLayeredDisks(_)
         | E::Vmm(_)
         | E::Disk(_)
         | E::Ssh(_) => ErrorCode::OperationFailed,

@@ -4,6 +4,7 @@
 
 mod artifacts;
 mod daemon;
+mod snapshot;
 #[cfg(test)]
 pub(crate) mod test_methods;
 #[cfg(test)]

@@ -42,18 +42,59 @@ impl Handler for methods::VmCreateBegin {
         let plan = ctx.state.vms.plan_create(&ctx.op_id, p).await?;
         let vms = Arc::clone(&ctx.state.vms);
         let target = plan.name.clone();
+        let state = Arc::clone(&ctx.state);
         let op = ctx.state.ops.begin(
             &ctx.op_id,
             OpKind::VmCreate,
             &target,
             move |op| async move {
                 match vms.create(&op, plan).await {
-                    Ok(view) => to_value(view).map_err(RpcError::into_body),
+                    Ok((view, warm)) => {
+                        if let Some(job) = warm {
+                            begin_warm(&state.ops, &vms, job);
+                        }
+                        to_value(view).map_err(RpcError::into_body)
+                    }
                     Err(e) => Err(RpcError::from(e).into_body()),
                 }
             },
         );
         Ok(op.view())
+    }
+}
+
+/// Makes an image's template in the background, as an operation of its
+/// own (`image.warm`, visible in `banger ops`), after a cold create.
+fn begin_warm(ops: &crate::ops::OpRegistry, vms: &Arc<Vms>, job: crate::vms::WarmJob) {
+    let vms = Arc::clone(vms);
+    let target = job.image.name.clone();
+    ops.begin(
+        &crate::op::mint(),
+        OpKind::ImageWarm,
+        &target,
+        move |op| async move {
+            match vms.run_warm_job(&op, job).await {
+                Ok(view) => to_value(view).map_err(RpcError::into_body),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::chain(&e), "template build failed");
+                    Err(RpcError::from(e).into_body())
+                }
+            }
+        },
+    );
+}
+
+impl Handler for methods::VmPause {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let vm = detached(&ctx, |vms, _| async move { vms.pause(&name).await }).await?;
+        Ok(ctx.state.vms.view(&vm).await?)
+    }
+}
+
+impl Handler for methods::VmResume {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
+        let vm = detached(&ctx, |vms, _| async move { vms.resume(&name).await }).await?;
+        Ok(ctx.state.vms.view(&vm).await?)
     }
 }
 

@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use banger_proto::vm::{VmCreateParams, VmView};
 use banger_proto::{NetworkMode, PortProto, PublishSpec};
-use banger_store::{VmRecord, VmState};
+use banger_store::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 use rand::Rng;
 
 use super::Vms;
 use super::lifecycle::{delete_locked, start_locked};
+use super::snapshot::template::TemplateShape;
+use super::snapshot::{TemplateKey, template_key};
 use super::{VmError, view, vm_dir, work_disk};
 use crate::network::{NetworkError, ensure_port_free};
 use crate::op::{OpCtx, OpId};
@@ -38,6 +40,23 @@ impl Reservations {
     fn lock(&self) -> MutexGuard<'_, Reserved> {
         // Two sets updated together under the lock; nothing panics inside.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes every name (and nothing else), or none of them.
+    pub(crate) fn take_names(
+        this: &Arc<Self>,
+        names: &[String],
+    ) -> Result<Reservation, VmError> {
+        let mut r = this.lock();
+        if let Some(taken) = names.iter().find(|n| r.names.contains(*n)) {
+            return Err(VmError::NameTaken(taken.clone()));
+        }
+        r.names.extend(names.iter().cloned());
+        Ok(Reservation {
+            reservations: Arc::clone(this),
+            names: names.to_vec(),
+            ports: Vec::new(),
+        })
     }
 
     /// Takes the name and every host port, or nothing.
@@ -65,9 +84,11 @@ impl Reservations {
         r.names.is_empty() && r.ports.is_empty()
     }
 
-    fn release(&self, name: &str, ports: &[PublishSpec]) {
+    fn release(&self, names: &[String], ports: &[PublishSpec]) {
         let mut r = self.lock();
-        r.names.remove(name);
+        for name in names {
+            r.names.remove(name);
+        }
         for p in ports {
             r.ports.remove(&(p.host, p.proto));
         }
@@ -76,16 +97,34 @@ impl Reservations {
 
 /// Releases what a create reserved when it ends, however it ends.
 #[derive(Debug)]
-struct Reservation {
+pub(crate) struct Reservation {
     reservations: Arc<Reservations>,
-    name: String,
+    names: Vec<String>,
     ports: Vec<PublishSpec>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.reservations.release(&self.name, &self.ports);
+        self.reservations.release(&self.names, &self.ports);
     }
+}
+
+/// Where a create's VM comes from.
+#[derive(Debug)]
+enum Source {
+    /// The image's warm template when one fits, else a cold boot.
+    Image { cold: bool },
+    /// `--from-snapshot`.
+    Snapshot(Box<SnapshotRecord>),
+}
+
+/// A template to make in the background after a cold create.
+#[derive(Debug)]
+pub struct WarmJob {
+    pub image: ImageRecord,
+    kernel: KernelRecord,
+    shape: TemplateShape,
+    key: TemplateKey,
 }
 
 /// A create whose input passed every check, holding its reservations.
@@ -101,13 +140,27 @@ pub struct CreatePlan {
     publish: Vec<PublishSpec>,
     network: NetworkMode,
     start: bool,
+    source: Source,
     _reservation: Reservation,
 }
 
 /// Validates everything that can be checked up front, so bad input and
 /// conflicts known now create nothing, and reserves the name and ports.
-pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<CreatePlan, VmError> {
+pub async fn plan_create(
+    vms: &Vms,
+    op: &OpId,
+    mut p: VmCreateParams,
+) -> Result<CreatePlan, VmError> {
     validate::name("vm", &p.name)?;
+    let snapshot = match &p.from_snapshot {
+        Some(name) => {
+            let n = name.clone();
+            let s = vms.db.call(move |st| st.snapshot(&n)).await?;
+            fix_shape_to(&mut p, &s, vms).await?;
+            Some(s)
+        }
+        None => None,
+    };
     let defaults = &vms.settings.defaults;
     let vcpus = p.vcpus.unwrap_or(defaults.vcpus);
     let memory_mib = p.memory_mib.unwrap_or(defaults.memory_mib);
@@ -149,7 +202,7 @@ pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<Crea
     vms.reservations.take(&p.name, &publish)?;
     let reservation = Reservation {
         reservations: Arc::clone(&vms.reservations),
-        name: p.name.clone(),
+        names: vec![p.name.clone()],
         ports: publish.clone(),
     };
     let name = p.name.clone();
@@ -175,8 +228,59 @@ pub async fn plan_create(vms: &Vms, op: &OpId, p: VmCreateParams) -> Result<Crea
         publish,
         network,
         start: p.start.unwrap_or(true),
+        source: match snapshot {
+            Some(s) => Source::Snapshot(Box::new(s)),
+            None => Source::Image { cold: p.cold },
+        },
         _reservation: reservation,
     })
+}
+
+/// A VM made from a snapshot has the snapshot's image, kernel, shape and
+/// network: anything else asked for is refused, the rest filled in.
+async fn fix_shape_to(
+    p: &mut VmCreateParams,
+    s: &SnapshotRecord,
+    vms: &Vms,
+) -> Result<(), VmError> {
+    let fixed = |what: &'static str, recorded: String| VmError::ShapeFixed {
+        what,
+        snapshot: s.name.clone(),
+        recorded,
+    };
+    let (image_id, kernel_id) = (s.image_id.clone(), s.kernel_id.clone());
+    let (image, kernel) = vms
+        .db
+        .call(move |st| Ok((st.image(&image_id)?.name, st.kernel(&kernel_id)?.name)))
+        .await?;
+    if p.image.as_ref().is_some_and(|i| *i != image) {
+        return Err(fixed("image", image));
+    }
+    if p.kernel.as_ref().is_some_and(|k| *k != kernel) {
+        return Err(fixed("kernel", kernel));
+    }
+    if p.vcpus.is_some_and(|v| v != s.vcpus) {
+        return Err(fixed("vcpus", s.vcpus.to_string()));
+    }
+    if p.memory_mib.is_some_and(|m| m != s.memory_mib) {
+        return Err(fixed("memory", format!("{} MiB", s.memory_mib)));
+    }
+    if p.disk_size_bytes.is_some_and(|d| d != s.disk_size_bytes) {
+        return Err(fixed("disk size", format!("{} bytes", s.disk_size_bytes)));
+    }
+    if p.network.is_some_and(|n| n != s.network_mode) {
+        return Err(fixed("network", s.network_mode.to_string()));
+    }
+    if p.start == Some(false) {
+        return Err(fixed("start", "a restored vm starts".into()));
+    }
+    p.image = Some(image);
+    p.kernel = Some(kernel);
+    p.vcpus = Some(s.vcpus);
+    p.memory_mib = Some(s.memory_mib);
+    p.disk_size_bytes = Some(s.disk_size_bytes);
+    p.network = Some(s.network_mode);
+    Ok(())
 }
 
 /// `bridged` when asked or, by default, when banger-helper answers;
@@ -199,7 +303,7 @@ async fn choose_network(
     }
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let n: u64 = rand::rng().random();
     format!("{:012x}", n & 0xffff_ffff_ffff)
 }
@@ -234,13 +338,69 @@ async fn check_ports(vms: &Vms, plan: &CreatePlan) -> Result<(), VmError> {
 }
 
 /// The create operation: conflicts first (nothing is made before they are
-/// ruled out), then kernel and image, disks, the record, and the start.
-pub async fn create(vms: &Vms, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, VmError> {
+/// ruled out), then kernel and image; then either a restore from a
+/// snapshot or the image's warm template, or disks, the record and a cold
+/// boot (after which the image's template is worth making: returned as a
+/// [`WarmJob`] for the caller to run in the background).
+pub async fn create(
+    vms: &Vms,
+    ctx: &OpCtx,
+    plan: CreatePlan,
+) -> Result<(VmView, Option<WarmJob>), VmError> {
     check_ports(vms, &plan).await?;
+    let cold = match &plan.source {
+        Source::Snapshot(s) => {
+            let vm = super::snapshot::restore::create_from(
+                vms,
+                ctx,
+                s,
+                &plan.name,
+                &plan.publish,
+                "restore from snapshot",
+            )
+            .await?;
+            return Ok((view(vms, &vm).await?, None));
+        }
+        Source::Image { cold } => *cold,
+    };
     let kernel = vms.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
     ctx.check_cancelled()?;
     let image = vms.artifacts.ensure_image(&plan.image, ctx).await?;
     ctx.check_cancelled()?;
+    let shape = TemplateShape {
+        vcpus: plan.vcpus,
+        memory_mib: plan.memory_mib,
+        disk_size_bytes: plan.disk_size_bytes,
+        network: plan.network,
+    };
+    let mut warm_job = None;
+    if templates_fit(vms, &image, shape, plan.start) {
+        let key = template_key(vms, &image, &kernel, shape, ctx).await?;
+        let k = key.0.clone();
+        match vms.db.call(move |s| s.template(&k)).await? {
+            Some(template) if !cold => {
+                let vm = super::snapshot::restore::create_from(
+                    vms,
+                    ctx,
+                    &template,
+                    &plan.name,
+                    &plan.publish,
+                    "restore from template",
+                )
+                .await?;
+                return Ok((view(vms, &vm).await?, None));
+            }
+            Some(_) => {}
+            None => {
+                warm_job = Some(WarmJob {
+                    image: image.clone(),
+                    kernel: kernel.clone(),
+                    shape,
+                    key,
+                })
+            }
+        }
+    }
 
     let dir = vm_dir(vms, &plan.id);
     let lock = vms.table.lock_for(&plan.id);
@@ -302,6 +462,7 @@ pub async fn create(vms: &Vms, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, 
         last_error: None,
         created_at_ms: now,
         updated_at_ms: now,
+        base_snapshot_id: None,
     };
     {
         let record = vm.clone();
@@ -312,10 +473,10 @@ pub async fn create(vms: &Vms, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, 
     }
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");
     if !plan.start {
-        return Ok(view(vms, &vm).await?);
+        return Ok((view(vms, &vm).await?, None));
     }
     match start_locked(vms, vm.clone(), ctx).await {
-        Ok(vm) => Ok(view(vms, &vm).await?),
+        Ok(vm) => Ok((view(vms, &vm).await?, warm_job)),
         Err(e) if e.is_cancelled() || ctx.is_cancelled() => {
             // Cancelled: leave nothing behind, not even the record.
             ctx.stage("roll back");
@@ -325,4 +486,45 @@ pub async fn create(vms: &Vms, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, 
         }
         Err(e) => Err(e),
     }
+}
+
+/// Templates are made and used for images with the agent (it gives a
+/// restored VM its identity), the default shape, and VMs that start.
+fn templates_fit(vms: &Vms, image: &ImageRecord, shape: TemplateShape, start: bool) -> bool {
+    let d = &vms.settings.defaults;
+    vms.settings.templates
+        && start
+        && image.has_agent
+        && shape.vcpus == d.vcpus
+        && shape.memory_mib == d.memory_mib
+        && shape.disk_size_bytes == d.disk_size_bytes
+}
+
+/// Runs a [`WarmJob`] (the background template build after a cold create).
+pub async fn run_warm_job(
+    vms: &Vms,
+    ctx: &OpCtx,
+    job: WarmJob,
+) -> Result<SnapshotRecord, VmError> {
+    super::snapshot::warm(vms, ctx, &job.image, &job.kernel, job.shape, job.key).await
+}
+
+/// `image warm NAME`: the image's default-shape template, made if missing.
+pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRecord, VmError> {
+    validate::name("image", name)?;
+    let d = vms.settings.defaults.clone();
+    let kernel = vms.artifacts.ensure_kernel(&d.kernel, ctx).await?;
+    let image = vms.artifacts.ensure_image(name, ctx).await?;
+    if !image.has_agent {
+        return Err(VmError::NoAgentForTemplate(image.name));
+    }
+    let network = choose_network(vms, ctx.id(), None).await?;
+    let shape = TemplateShape {
+        vcpus: d.vcpus,
+        memory_mib: d.memory_mib,
+        disk_size_bytes: d.disk_size_bytes,
+        network,
+    };
+    let key = template_key(vms, &image, &kernel, shape, ctx).await?;
+    super::snapshot::warm(vms, ctx, &image, &kernel, shape, key).await
 }

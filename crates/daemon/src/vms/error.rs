@@ -83,6 +83,45 @@ pub enum VmError {
     Store(#[from] banger_store::StoreError),
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
+    #[error("a snapshot named {0:?} already exists")]
+    SnapshotNameTaken(String),
+    /// A snapshot restores only under the VMM build, machine and
+    /// accelerator it was made under (docs/snapshots.md, "Compatibility").
+    #[error(
+        "snapshot {snapshot} was made under {what} {recorded}, but this host would restore it under {what} {here}"
+    )]
+    Incompatible {
+        snapshot: String,
+        what: &'static str,
+        recorded: String,
+        here: String,
+    },
+    #[error("snapshot {snapshot} is of vm {of}, not of {vm}")]
+    SnapshotOfOtherVm {
+        snapshot: String,
+        of: String,
+        vm: String,
+    },
+    #[error(
+        "snapshots need qemu-img for their copy-on-write disk layers (install qemu-utils), but vm {0} has full-copy disks"
+    )]
+    NoLayeredDisks(String),
+    #[error("image {0} has no guest agent, which a template needs to give restored vms their identity; rebuild it")]
+    NoAgentForTemplate(String),
+    #[error("vm {0} is paused; resume it first (banger vm resume {0})")]
+    Paused(String),
+    #[error("fork count {0} is out of range: use 1 to {max}", max = super::snapshot::MAX_FORKS)]
+    ForkCount(u32),
+    #[error(
+        "vm {0}'s work disk is a copy-on-write layer over a snapshot and cannot grow yet"
+    )]
+    LayeredWorkDisk(String),
+    #[error("{what} differs from the snapshot's ({snapshot}: {recorded}); a restored vm keeps it")]
+    ShapeFixed {
+        what: &'static str,
+        snapshot: String,
+        recorded: String,
+    },
 }
 
 fn console_note(path: &Option<PathBuf>) -> String {

@@ -7,15 +7,18 @@ use std::time::{Duration, Instant};
 use banger_proto::vm::VmEditParams;
 use banger_proto::{NetworkMode, PortProto, PublishSpec};
 use banger_store::{VmRecord, VmState};
+use banger_store::SnapshotRecord;
 use banger_vmm::{
-    BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface, PortForward, Proto,
-    VmSpec,
+    BootSource, DiskFormat, MachineConfig, MemoryBacking, NetBackend, NetInterface, PortForward,
+    Proto, VmSpec,
 };
 
 use super::Vms;
 use super::rollback::Rollback;
+use super::snapshot::{self, Identity};
 use super::{
-    BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir, work_disk,
+    BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir,
+    work_drive,
 };
 use crate::network::{ensure_port_free, free_loopback_port};
 use crate::op::{Cancelled, OpCtx};
@@ -46,7 +49,7 @@ const LOOPS_PER_JIFFY: u64 = 10_000_000;
 /// Resolves `name_or_id` to the VM's id, takes the lock of that id, then
 /// reads the record again by id (it may have changed, or gone, while
 /// waiting): `vm stop ID` and `vm start NAME` of one VM take one lock.
-async fn locked(
+pub(crate) async fn locked(
     vms: &Vms,
     name_or_id: &str,
 ) -> Result<(tokio::sync::OwnedMutexGuard<()>, VmRecord), VmError> {
@@ -68,17 +71,43 @@ pub async fn start(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmErr
     start_locked(vms, vm, ctx).await
 }
 
+/// How a VM's VMM comes up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Boot<'a> {
+    /// The kernel boots.
+    Cold,
+    /// The VM continues from a snapshot's memory and devices (its disks
+    /// are already layers over the snapshot's).
+    Restore {
+        snapshot: &'a SnapshotRecord,
+        /// What the guest agent changes before the VM is reported ready.
+        identity: Identity,
+        /// The stage's name: "restore from snapshot" or "restore from template".
+        stage: &'static str,
+    },
+}
+
 /// Boots `vm`; the caller holds its lock. On failure every step done is
 /// rolled back in reverse, and the VM is left in `error` with `last_error`
 /// naming the cause and, when the VMM wrote one, the console log.
-pub(super) async fn start_locked(
+pub(crate) async fn start_locked(
+    vms: &Vms,
+    vm: VmRecord,
+    ctx: &OpCtx,
+) -> Result<VmRecord, VmError> {
+    start_locked_from(vms, vm, ctx, Boot::Cold).await
+}
+
+/// [`start_locked`], cold or from a snapshot.
+pub(crate) async fn start_locked_from(
     vms: &Vms,
     mut vm: VmRecord,
     ctx: &OpCtx,
+    from: Boot<'_>,
 ) -> Result<VmRecord, VmError> {
     let dir = vm_dir(vms, &vm.id);
     let mut rollback = Rollback::default();
-    match boot(vms, &vm, ctx, &mut rollback).await {
+    match boot(vms, &vm, ctx, &mut rollback, from).await {
         Ok(handles) => {
             rollback.disarm();
             vm.state = VmState::Running;
@@ -126,6 +155,7 @@ async fn boot(
     vm: &VmRecord,
     ctx: &OpCtx,
     rollback: &mut Rollback,
+    from: Boot<'_>,
 ) -> Result<Handles, VmError> {
     let dir = vm_dir(vms, &vm.id);
     ctx.stage("check artifacts");
@@ -139,7 +169,7 @@ async fn boot(
         .and_then(disks::RootStrategy::from_disk_strategy)
         .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?;
     let root = dir.join(strategy.file_name());
-    let work = work_disk(&dir);
+    let (work, work_format) = work_drive(&dir);
     let mut required = vec![
         ("kernel", kernel.kernel_path.clone()),
         ("image root disk", image.rootfs_path.clone()),
@@ -148,6 +178,10 @@ async fn boot(
     ];
     if let Some(initrd) = &kernel.initrd_path {
         required.push(("initramfs", initrd.clone()));
+    }
+    if let Boot::Restore { snapshot, .. } = from {
+        required.push(("snapshot state", snapshot::state_file(&snapshot.dir)));
+        required.push(("snapshot memory", snapshot::memory_file(&snapshot.dir)));
     }
     for (what, path) in required {
         if !path.exists() {
@@ -167,6 +201,9 @@ async fn boot(
     };
     let (accel, reason) = vms.accel.choose(&kernel, ctx).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
+    if let Boot::Restore { snapshot, .. } = from {
+        snapshot::check_compatible(vms, snapshot, accel).await?;
+    }
     let mut kernel_args = cmdline(&vm.name, &net.cmdline);
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
@@ -190,40 +227,50 @@ async fn boot(
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
         },
-        drives: vec![
-            Drive {
-                id: "root".into(),
-                path: root,
-                format: if strategy == disks::RootStrategy::Qcow2 {
+        drives: snapshot::drives(
+            (
+                root,
+                if strategy == disks::RootStrategy::Qcow2 {
                     DiskFormat::Qcow2
                 } else {
                     DiskFormat::Raw
                 },
-                read_only: false,
-                is_root: true,
-            },
-            Drive {
-                id: "work".into(),
-                path: work,
-                format: DiskFormat::Raw,
-                read_only: false,
-                is_root: false,
-            },
-        ],
+            ),
+            (work, work_format),
+        ),
         net: vec![net.nic],
         agent: image
             .has_agent
             .then_some(banger_vmm::AgentChannel::VirtioSerial),
         accel,
         console_log: console_log(&dir),
+        memory: MemoryBacking::Anonymous,
     };
     ctx.check_cancelled()?;
 
-    ctx.stage("launch vmm");
     let vmm = Arc::clone(&vms.vmm);
-    let handle = tokio::task::spawn_blocking(move || vmm.launch(&spec))
-        .await
-        .map_err(task_failed("launch"))??;
+    let handle = match from {
+        Boot::Cold => {
+            ctx.stage("launch vmm");
+            tokio::task::spawn_blocking(move || vmm.launch(&spec))
+                .await
+                .map_err(task_failed("launch"))??
+        }
+        Boot::Restore {
+            snapshot, stage, ..
+        } => {
+            ctx.stage(stage);
+            let mut spec = spec;
+            spec.memory = MemoryBacking::File {
+                path: snapshot::memory_file(&snapshot.dir),
+                shared: false,
+            };
+            let state = snapshot::state_file(&snapshot.dir);
+            tokio::task::spawn_blocking(move || vmm.restore(&spec, &state, true))
+                .await
+                .map_err(task_failed("restore"))??
+        }
+    };
     {
         let vmm = Arc::clone(&vms.vmm);
         let handle = handle.clone();
@@ -259,6 +306,15 @@ async fn boot(
     if handles.agent.is_some() {
         ctx.stage("wait for agent");
         vms.guest.wait_for_agent(vm, &handles, ctx).await?;
+    }
+    if let Boot::Restore { identity, .. } = from {
+        if handles.agent.is_some() {
+            ctx.stage("set identity");
+            snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref(), ctx)
+                .await?;
+        } else {
+            tracing::warn!(vm = %vm.name, "restored without an agent: hostname, clock and host key are the snapshot's");
+        }
     }
 
     ctx.stage("wait for ssh");
@@ -311,7 +367,7 @@ async fn wait_for_ssh(
     }
 }
 
-pub(super) async fn vmm_running(vms: &Vms, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
+pub(crate) async fn vmm_running(vms: &Vms, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
     let vmm = Arc::clone(&vms.vmm);
     let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
     tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
@@ -357,7 +413,14 @@ pub(super) async fn stop_locked(vms: &Vms, ctx: &OpCtx, vm: VmRecord) -> Result<
     let vmm = Arc::clone(&vms.vmm);
     let timeout = vms.settings.stop_timeout;
     let handle = handles.vmm.clone();
+    let paused = vm.state == VmState::Paused;
     let graceful = tokio::task::spawn_blocking(move || {
+        if paused {
+            // A paused guest cannot act on the power button.
+            if let Err(e) = vmm.resume(&handle) {
+                tracing::warn!(error = %e, "could not resume the paused vm to power it off");
+            }
+        }
         let asked = vmm.request_shutdown(&handle);
         if let Err(e) = &asked {
             tracing::warn!(error = %e, "powerdown request failed; killing");
@@ -414,6 +477,86 @@ pub async fn kill(
     mark_stopped(vms, ctx, vm).await
 }
 
+/// Kills the VMM if it runs (no graceful shutdown: what the VM had is
+/// being discarded) and records the VM stopped; the caller holds its lock.
+pub(crate) async fn kill_locked(
+    vms: &Vms,
+    ctx: &OpCtx,
+    vm: VmRecord,
+) -> Result<VmRecord, VmError> {
+    if let Some(handles) = vms.table.handles(&vm.id) {
+        let vmm = Arc::clone(&vms.vmm);
+        let vm_id = vm.id.clone();
+        let handle = handles.vmm.clone();
+        let exited = tokio::task::spawn_blocking(move || {
+            if !vmm.is_running(&handle, &vm_id) {
+                return true;
+            }
+            let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
+            vmm.wait_exit(&handle, Duration::from_secs(10))
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(task_failed("kill"))?;
+        if !exited {
+            return Err(VmError::KillFailed(handles.vmm.pid));
+        }
+    }
+    mark_stopped(vms, ctx, vm).await
+}
+
+/// Stops a running VM's vCPUs (idempotent). Memory, processes and open
+/// connections stay; the guest's clock stops with it.
+pub async fn pause(vms: &Vms, name: &str) -> Result<VmRecord, VmError> {
+    let (_guard, mut vm) = locked(vms, name).await?;
+    let handles = match vms.table.handles(&vm.id) {
+        Some(h) if vmm_running(vms, &h.vmm, &vm.id).await => h,
+        _ => return Err(VmError::NotRunning { name: vm.name }),
+    };
+    if vm.state == VmState::Paused {
+        return Ok(vm);
+    }
+    let vmm = Arc::clone(&vms.vmm);
+    let handle = handles.vmm.clone();
+    tokio::task::spawn_blocking(move || vmm.pause(&handle))
+        .await
+        .map_err(task_failed("pause"))??;
+    vm.state = VmState::Paused;
+    vm.updated_at_ms = now_ms();
+    let record = vm.clone();
+    vms.db.call(move |s| s.update_vm(&record)).await?;
+    tracing::info!(vm = %vm.name, "vm paused");
+    Ok(vm)
+}
+
+/// Continues a paused VM (idempotent) and has its agent step the guest
+/// clock to the host's, which stood still while paused.
+pub async fn resume(vms: &Vms, name: &str) -> Result<VmRecord, VmError> {
+    let (_guard, mut vm) = locked(vms, name).await?;
+    let handles = match vms.table.handles(&vm.id) {
+        Some(h) if vmm_running(vms, &h.vmm, &vm.id).await => h,
+        _ => return Err(VmError::NotRunning { name: vm.name }),
+    };
+    let vmm = Arc::clone(&vms.vmm);
+    let handle = handles.vmm.clone();
+    tokio::task::spawn_blocking(move || vmm.resume(&handle))
+        .await
+        .map_err(task_failed("resume"))??;
+    if handles.agent.is_some() {
+        if let Err(e) = vms.guest.set_time(&vm, &handles).await {
+            tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not set the guest clock after resume");
+        }
+    }
+    if vm.state != VmState::Running {
+        vm.state = VmState::Running;
+        vm.updated_at_ms = now_ms();
+        let record = vm.clone();
+        vms.db.call(move |s| s.update_vm(&record)).await?;
+    }
+    tracing::info!(vm = %vm.name, "vm resumed");
+    Ok(vm)
+}
+
 pub async fn restart(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(vms, name).await?;
     let vm = stop_locked(vms, ctx, vm).await?;
@@ -427,7 +570,7 @@ pub async fn delete(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmEr
     delete_locked(vms, ctx, vm).await
 }
 
-pub(super) async fn delete_locked(
+pub(crate) async fn delete_locked(
     vms: &Vms,
     ctx: &OpCtx,
     vm: VmRecord,
@@ -464,6 +607,9 @@ pub(super) async fn delete_locked(
     let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
     vms.table.forget_lock(&vm.id);
     tracing::info!(vm = %vm.name, "vm deleted");
+    if let Some(base) = &vm.base_snapshot_id {
+        super::snapshot::drop_if_unused_fork_base(vms, base).await;
+    }
     Ok(vm)
 }
 
@@ -492,7 +638,10 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
                 current: vm.disk_size_bytes,
             });
         }
-        let work = work_disk(&vm_dir(vms, &vm.id));
+        let (work, format) = work_drive(&vm_dir(vms, &vm.id));
+        if format != DiskFormat::Raw {
+            return Err(VmError::LayeredWorkDisk(vm.name));
+        }
         tokio::task::spawn_blocking(move || disks::grow_work_disk(&work, size))
             .await
             .map_err(task_failed("resize"))??;
@@ -518,6 +667,8 @@ struct NetPlan {
     ssh_host: String,
     ssh_port: u16,
     bridged: Option<BridgedHandles>,
+    /// What a restored bridged guest is told to switch its NIC to.
+    guest_net: Option<snapshot::GuestNetPlan>,
 }
 
 /// User mode: SSH and published ports forwarded from loopback by QEMU.
@@ -551,6 +702,7 @@ fn user_network(publish: &[PublishSpec]) -> Result<NetPlan, VmError> {
         ssh_host: Ipv4Addr::LOCALHOST.to_string(),
         ssh_port,
         bridged: None,
+        guest_net: None,
     })
 }
 
@@ -597,6 +749,11 @@ async fn attach_bridged(
         ssh_host: ip.to_string(),
         ssh_port: 22,
         bridged: Some(BridgedHandles { tap, ip }),
+        guest_net: Some(snapshot::GuestNetPlan {
+            mac: crate::network::mac_for(ip),
+            address_cidr: format!("{ip}/{}", bridge.subnet.prefix()),
+            gateway: bridge.gateway.to_string(),
+        }),
     })
 }
 

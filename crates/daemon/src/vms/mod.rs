@@ -13,16 +13,17 @@
 //! handles map (std mutex, leaf, never across an await), then the store
 //! (std mutex, leaf, inside spawn_blocking only).
 
-mod create;
+pub(crate) mod create;
 mod error;
 pub mod guest;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod reconcile;
 mod rollback;
+pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use create::{CreatePlan, Reservations};
+pub use create::{CreatePlan, Reservations, WarmJob};
 pub use error::VmError;
 
 use std::collections::HashMap;
@@ -62,7 +63,20 @@ pub struct Vms {
     /// Per-VM locks, handles and agent connections (shared with [`Guest`]).
     table: Arc<VmTable>,
     reservations: Arc<Reservations>,
+    /// One template build per key at a time.
+    templates: KeyedLocks,
     settings: VmSettings,
+}
+
+/// Async locks by string key, made on first use.
+#[derive(Debug, Default)]
+pub struct KeyedLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = Arc::clone(lock(&self.0).entry(key.to_owned()).or_default());
+        m.lock_owned().await
+    }
 }
 
 /// The configuration a VM's life reads.
@@ -72,6 +86,10 @@ struct VmSettings {
     defaults: VmDefaults,
     boot_timeout: Duration,
     stop_timeout: Duration,
+    /// banger's version: part of a template's key.
+    version: String,
+    /// Make and use warm templates.
+    templates: bool,
 }
 
 /// The services [`Vms`] works with.
@@ -109,11 +127,14 @@ impl Vms {
             ssh,
             table,
             reservations: Arc::default(),
+            templates: KeyedLocks::default(),
             settings: VmSettings {
                 data_dir: config.layout.data_dir.clone(),
                 defaults: config.defaults.clone(),
                 boot_timeout: config.boot_timeout,
                 stop_timeout: config.stop_timeout,
+                version: config.version.clone(),
+                templates: config.templates,
             },
         }
     }
@@ -147,6 +168,104 @@ impl Vms {
         lifecycle::delete(self, name, ctx).await
     }
 
+    /// Stops a running VM's vCPUs.
+    pub async fn pause(&self, name: &str) -> Result<VmRecord, VmError> {
+        lifecycle::pause(self, name).await
+    }
+
+    /// Continues a paused VM and steps its clock to the host's.
+    pub async fn resume(&self, name: &str) -> Result<VmRecord, VmError> {
+        lifecycle::resume(self, name).await
+    }
+
+    /// Checks a snapshot request.
+    pub async fn plan_snapshot(
+        &self,
+        p: banger_proto::snapshot::VmSnapshotParams,
+    ) -> Result<snapshot::SnapshotPlan, VmError> {
+        snapshot::plan_snapshot(self, p).await
+    }
+
+    /// Takes a snapshot; the VM keeps running.
+    pub async fn snapshot(
+        &self,
+        ctx: &OpCtx,
+        plan: snapshot::SnapshotPlan,
+    ) -> Result<banger_proto::snapshot::SnapshotView, VmError> {
+        let s = snapshot::snapshot(self, ctx, plan).await?;
+        snapshot::view(self, &s).await
+    }
+
+    /// Checks a `vm restore` request.
+    pub async fn plan_restore(
+        &self,
+        p: banger_proto::snapshot::VmRestoreParams,
+    ) -> Result<snapshot::RestorePlan, VmError> {
+        snapshot::plan_restore(self, p).await
+    }
+
+    /// Rolls a VM back to one of its snapshots.
+    pub async fn restore(
+        &self,
+        ctx: &OpCtx,
+        plan: snapshot::RestorePlan,
+    ) -> Result<VmView, VmError> {
+        let vm = snapshot::restore_vm(self, ctx, plan).await?;
+        Ok(view(self, &vm).await?)
+    }
+
+    /// Checks a `vm fork` request and reserves the new names.
+    pub async fn plan_fork(
+        &self,
+        p: banger_proto::snapshot::VmForkParams,
+    ) -> Result<snapshot::ForkPlan, VmError> {
+        snapshot::plan_fork(self, p).await
+    }
+
+    /// Forks a running VM.
+    pub async fn fork(
+        &self,
+        ctx: &OpCtx,
+        plan: snapshot::ForkPlan,
+    ) -> Result<banger_proto::snapshot::VmForked, VmError> {
+        snapshot::fork(self, ctx, plan).await
+    }
+
+    /// Every snapshot.
+    pub async fn snapshots(&self) -> Result<Vec<banger_proto::snapshot::SnapshotView>, VmError> {
+        snapshot::views(self).await
+    }
+
+    /// One snapshot.
+    pub async fn snapshot_view(
+        &self,
+        name: &str,
+    ) -> Result<banger_proto::snapshot::SnapshotView, VmError> {
+        let n = name.to_owned();
+        let s = self.db.call(move |st| st.snapshot(&n)).await?;
+        snapshot::view(self, &s).await
+    }
+
+    /// Deletes a snapshot nothing needs.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<String, VmError> {
+        Ok(snapshot::delete(self, name).await?.name)
+    }
+
+    /// Makes (or finds) the default-shape template of image `name`.
+    pub async fn warm(
+        &self,
+        ctx: &OpCtx,
+        name: &str,
+    ) -> Result<banger_proto::snapshot::SnapshotView, VmError> {
+        let s = create::warm_image(self, ctx, name).await?;
+        snapshot::view(self, &s).await
+    }
+
+    /// Removes what a crash left of snapshots; run once at start.
+    pub async fn collect_garbage(&self) -> Result<(), VmError> {
+        snapshot::collect_garbage(self).await
+    }
+
     /// Changes vcpus, memory or disk size of a stopped VM.
     pub async fn edit(&self, p: &VmEditParams) -> Result<VmRecord, VmError> {
         lifecycle::edit(self, p).await
@@ -163,8 +282,24 @@ impl Vms {
     }
 
     /// Makes and (unless asked not to) starts the VM a plan describes.
-    pub async fn create(&self, ctx: &OpCtx, plan: CreatePlan) -> Result<VmView, VmError> {
+    /// The [`WarmJob`] is the image's template to make in the background
+    /// (a cold create of a shape that templates serve, with none yet).
+    pub async fn create(
+        &self,
+        ctx: &OpCtx,
+        plan: CreatePlan,
+    ) -> Result<(VmView, Option<WarmJob>), VmError> {
         create::create(self, ctx, plan).await
+    }
+
+    /// Makes the template a cold create asked for.
+    pub async fn run_warm_job(
+        &self,
+        ctx: &OpCtx,
+        job: WarmJob,
+    ) -> Result<banger_proto::snapshot::SnapshotView, VmError> {
+        let s = create::run_warm_job(self, ctx, job).await?;
+        snapshot::view(self, &s).await
     }
 
     /// Adopts VMs whose VMM survived a daemon restart, cleans up the rest.
@@ -182,11 +317,12 @@ impl Vms {
         view(self, vm).await
     }
 
-    /// Every VM's view.
+    /// Every VM's view, except the hidden VMs templates are built in
+    /// (named `_template-ID`, a name no user can give).
     pub async fn views(&self) -> Result<Vec<VmView>, banger_store::StoreError> {
         let all = self.db.call(|s| s.vms()).await?;
         let mut views = Vec::with_capacity(all.len());
-        for vm in &all {
+        for vm in all.iter().filter(|vm| !vm.name.starts_with('_')) {
             views.push(view(self, vm).await?);
         }
         Ok(views)
@@ -307,8 +443,25 @@ pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }
 
+/// The raw work disk a cold-created VM has.
 pub fn work_disk(dir: &Path) -> PathBuf {
     dir.join("work.ext4")
+}
+
+/// The copy-on-write work disk of a VM made from a snapshot.
+pub fn layered_work_disk(dir: &Path) -> PathBuf {
+    dir.join("work.qcow2")
+}
+
+/// The VM's work disk and its format: a qcow2 layer over a snapshot's
+/// when the VM was made from one, else the raw disk.
+pub fn work_drive(dir: &Path) -> (PathBuf, banger_vmm::DiskFormat) {
+    let layered = layered_work_disk(dir);
+    if layered.exists() {
+        (layered, banger_vmm::DiskFormat::Qcow2)
+    } else {
+        (work_disk(dir), banger_vmm::DiskFormat::Raw)
+    }
 }
 
 fn handles_file(dir: &Path) -> PathBuf {

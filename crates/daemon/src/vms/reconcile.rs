@@ -44,15 +44,26 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 }
                 vms.table.set_handles(&vm.id, h);
             }
-            if vm.state != VmState::Running {
-                vm.state = VmState::Running;
+            let now = if vm.state == VmState::Paused {
+                VmState::Paused
+            } else {
+                resume_if_left_paused(vms, &vm).await;
+                VmState::Running
+            };
+            if vm.state != now {
+                vm.state = now;
                 vm.updated_at_ms = now_ms();
                 let record = vm.clone();
                 vms.db.call(move |s| s.update_vm(&record)).await?;
             }
             continue;
         }
-        if handles.is_some() || matches!(vm.state, VmState::Running | VmState::Creating) {
+        if handles.is_some()
+            || matches!(
+                vm.state,
+                VmState::Running | VmState::Creating | VmState::Paused
+            )
+        {
             remove_handles(&dir);
             if let Some(h) = &handles {
                 let _ = std::fs::remove_file(&h.vmm.control_socket);
@@ -61,7 +72,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
             if was == VmState::Creating {
                 vm.state = VmState::Error;
                 vm.last_error = Some("the daemon stopped while the vm was being created".into());
-            } else if was == VmState::Running {
+            } else if matches!(was, VmState::Running | VmState::Paused) {
                 vm.state = VmState::Stopped;
             }
             vm.updated_at_ms = now_ms();
@@ -71,4 +82,29 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
         }
     }
     Ok(())
+}
+
+/// A VM the user did not pause but whose VMM is paused was being
+/// snapshotted when the daemon died: let it run again. (Its agent thaws
+/// the guest's filesystems by itself once the freeze times out.)
+async fn resume_if_left_paused(vms: &Vms, vm: &banger_store::VmRecord) {
+    let Some(h) = vms.table.handles(&vm.id) else {
+        return;
+    };
+    let vmm = Arc::clone(&vms.vmm);
+    let handle = h.vmm.clone();
+    let name = vm.name.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        match vmm.status(&handle) {
+            Ok(banger_vmm::VmRunState::Running) => {}
+            Ok(state) => {
+                tracing::warn!(vm = %name, ?state, "vmm left paused by a crash; resuming it");
+                if let Err(e) = vmm.resume(&handle) {
+                    tracing::warn!(vm = %name, error = %e, "could not resume");
+                }
+            }
+            Err(e) => tracing::warn!(vm = %name, error = %e, "could not ask the vmm its state"),
+        }
+    })
+    .await;
 }

@@ -1,0 +1,374 @@
+//! Snapshots, restores, forks and warm templates (docs/snapshots.md).
+//!
+//! A snapshot is a directory `DATA/snapshots/ID/` and a store row: the
+//! VM's device state (`state`), its RAM as a file (`mem`), and frozen
+//! copies of its disk layers (`root.qcow2` or `root.img`, `work.img` or
+//! `work.qcow2`). A VM restored from it gets qcow2 layers over those disks
+//! and maps `mem` privately (copy-on-write), so every VM restored from one
+//! snapshot shares its unchanged pages.
+//!
+//! - [`take`]: pause, save, copy the disk layers, resume; then turn the
+//!   saved RAM stream into a RAM file ("prepare fast restore").
+//! - [`restore`]: `vm restore`, `vm fork` and the disk layers of a VM made
+//!   from a snapshot.
+//! - [`template`]: warm templates, keyed by everything they are made from.
+//!
+//! A snapshot is built in `DATA/snapshots/.tmp-ID/` and renamed into place
+//! before its row is written, so a crash never lists a half-written one;
+//! [`collect_garbage`] removes what a crash left on the next start.
+
+pub(crate) mod restore;
+mod take;
+pub(crate) mod template;
+
+pub use restore::{ForkPlan, RestorePlan, layer_over, plan_fork, plan_restore};
+pub(crate) use restore::{fork, restore_vm};
+pub use take::{SnapshotPlan, plan_snapshot};
+pub(crate) use take::{snapshot, take_locked};
+pub(crate) use template::{TemplateKey, template_key, warm};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use banger_proto::snapshot::SnapshotView;
+use banger_proto::SnapshotKind;
+use banger_store::{SnapshotRecord, VmRecord};
+use banger_vmm::{DiskFormat, Drive};
+
+use super::{Handles, VmError, Vms};
+use crate::op::OpCtx;
+
+/// Most forks one `vm fork` makes.
+pub const MAX_FORKS: u32 = 16;
+
+/// How long the guest's filesystems may stay frozen if the daemon never
+/// thaws them (it died mid-snapshot): the agent thaws by itself then.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The snapshots' directory.
+pub fn snapshots_dir(vms: &Vms) -> PathBuf {
+    vms.settings.data_dir.join("snapshots")
+}
+
+/// Device state, with the RAM left in [`memory_file`].
+pub fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
+/// The guest's RAM, mapped privately by every VM restored from it.
+pub fn memory_file(dir: &Path) -> PathBuf {
+    dir.join("mem")
+}
+
+/// The frozen layer of one disk (`root` or `work`) in a snapshot dir, and
+/// its format: a qcow2 layer when the VM's disk was one, else raw.
+pub fn layer(dir: &Path, disk: &str) -> (PathBuf, DiskFormat) {
+    let qcow2 = dir.join(format!("{disk}.qcow2"));
+    if qcow2.exists() {
+        (qcow2, DiskFormat::Qcow2)
+    } else {
+        (dir.join(format!("{disk}.img")), DiskFormat::Raw)
+    }
+}
+
+/// The two drives every VM has, root first.
+pub fn drives(root: (PathBuf, DiskFormat), work: (PathBuf, DiskFormat)) -> Vec<Drive> {
+    vec![
+        Drive {
+            id: "root".into(),
+            path: root.0,
+            format: root.1,
+            read_only: false,
+            is_root: true,
+        },
+        Drive {
+            id: "work".into(),
+            path: work.0,
+            format: work.1,
+            read_only: false,
+            is_root: false,
+        },
+    ]
+}
+
+/// What the agent changes in a restored guest before it is reported ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// A new VM (fork, template, `--from-snapshot`): its own hostname,
+    /// host key and, when bridged, MAC and address.
+    New,
+    /// The same VM rolled back (`vm restore`): only clock and RNG.
+    Same,
+}
+
+/// The NIC settings a restored bridged guest switches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetPlan {
+    pub mac: String,
+    pub address_cidr: String,
+    pub gateway: String,
+}
+
+/// Refuses a restore under another VMM build, machine or accelerator
+/// than the snapshot was made under: QEMU loads a state only into the
+/// same build and device layout.
+pub async fn check_compatible(
+    vms: &Vms,
+    snapshot: &SnapshotRecord,
+    accel: banger_vmm::Accel,
+) -> Result<(), VmError> {
+    let vmm = Arc::clone(&vms.vmm);
+    let build = tokio::task::spawn_blocking(move || vmm.build())
+        .await
+        .map_err(|e| VmError::Task("vmm build", e))??;
+    let incompatible = |what: &'static str, recorded: String, here: String| VmError::Incompatible {
+        snapshot: snapshot.name.clone(),
+        what,
+        recorded,
+        here,
+    };
+    let backend = to_proto_backend(build.backend);
+    if backend != snapshot.vmm_backend {
+        return Err(incompatible(
+            "vmm",
+            snapshot.vmm_backend.to_string(),
+            backend.to_string(),
+        ));
+    }
+    if build.version != snapshot.vmm_version {
+        return Err(incompatible(
+            "vmm build",
+            snapshot.vmm_version.clone(),
+            build.version,
+        ));
+    }
+    if build.machine != snapshot.machine {
+        return Err(incompatible(
+            "machine",
+            snapshot.machine.clone(),
+            build.machine,
+        ));
+    }
+    let accel = to_proto_accel(accel);
+    if accel != snapshot.accel {
+        return Err(incompatible(
+            "accelerator",
+            snapshot.accel.to_string(),
+            accel.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn to_proto_accel(a: banger_vmm::Accel) -> banger_proto::Accel {
+    match a {
+        banger_vmm::Accel::Kvm => banger_proto::Accel::Kvm,
+        banger_vmm::Accel::Tcg => banger_proto::Accel::Tcg,
+    }
+}
+
+pub(crate) fn to_proto_backend(b: banger_vmm::BackendKind) -> banger_proto::Backend {
+    match b {
+        banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
+        banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,
+    }
+}
+
+/// Nanoseconds since the Unix epoch, the host's clock.
+pub(crate) fn host_time_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Gives a restored guest its identity (see [`Identity`]) through its agent.
+pub(super) async fn apply_identity(
+    vms: &Vms,
+    vm: &VmRecord,
+    handles: &Handles,
+    identity: Identity,
+    net: Option<&GuestNetPlan>,
+    ctx: &OpCtx,
+) -> Result<(), VmError> {
+    let _ = ctx;
+    let request = super::guest::IdentityRequest {
+        hostname: vm.name.clone(),
+        net: match identity {
+            Identity::New => net.map(|n| super::guest::GuestNetRequest {
+                mac: n.mac.clone(),
+                address_cidr: n.address_cidr.clone(),
+                gateway: n.gateway.clone(),
+                dns: n.gateway.clone(),
+            }),
+            Identity::Same => None,
+        },
+        new_host_key: identity == Identity::New,
+    };
+    vms.guest.apply_identity(vm, handles, request).await?;
+    Ok(())
+}
+
+/// Bytes the files under `dir` take on disk.
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| {
+            if m.is_dir() {
+                0
+            } else {
+                m.blocks() * 512
+            }
+        })
+        .sum()
+}
+
+/// The view `snapshot.show` and `snapshot.list` return.
+pub async fn view(vms: &Vms, s: &SnapshotRecord) -> Result<SnapshotView, VmError> {
+    let (image_id, kernel_id, id, parent_id) = (
+        s.image_id.clone(),
+        s.kernel_id.clone(),
+        s.id.clone(),
+        s.parent_id.clone(),
+    );
+    let (image, kernel, used_by, parent) = vms
+        .db
+        .call(move |st| {
+            let parent = match parent_id {
+                Some(p) => Some(st.snapshot(&p)?.name),
+                None => None,
+            };
+            Ok((
+                st.image(&image_id)?.name,
+                st.kernel(&kernel_id)?.name,
+                st.snapshot_users(&id)?,
+                parent,
+            ))
+        })
+        .await?;
+    Ok(SnapshotView {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        kind: s.kind,
+        vm: s.vm_name.clone(),
+        image,
+        kernel,
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
+        disk_size_bytes: s.disk_size_bytes,
+        network: s.network_mode,
+        vmm: format!("{} {} {}", s.vmm_backend, s.vmm_version, s.machine),
+        accel: s.accel,
+        parent,
+        used_by,
+        size_bytes: s.size_bytes,
+        dir: s.dir.display().to_string(),
+        created_at_ms: s.created_at_ms,
+    })
+}
+
+/// Every snapshot's view, oldest first.
+pub async fn views(vms: &Vms) -> Result<Vec<SnapshotView>, VmError> {
+    let all = vms.db.call(|s| s.snapshots()).await?;
+    let mut out = Vec::with_capacity(all.len());
+    for s in &all {
+        out.push(view(vms, s).await?);
+    }
+    Ok(out)
+}
+
+/// Deletes a snapshot no VM or snapshot needs: its row first (the store
+/// refuses while something needs it), then its files.
+pub async fn delete(vms: &Vms, name: &str) -> Result<SnapshotRecord, VmError> {
+    let name = name.to_owned();
+    let s = vms.db.call(move |st| st.delete_snapshot(&name)).await?;
+    remove_dir(&s.dir);
+    tracing::info!(snapshot = %s.name, "snapshot deleted");
+    Ok(s)
+}
+
+/// Deletes snapshot `id` if it is a fork base nothing needs any more
+/// (called after the VMs that used it are deleted or rolled back).
+pub(crate) async fn drop_if_unused_fork_base(vms: &Vms, id: &str) {
+    let id = id.to_owned();
+    let found = vms
+        .db
+        .call(move |st| {
+            let s = st.snapshot(&id)?;
+            let users = st.snapshot_users(&id)?;
+            Ok((s, users))
+        })
+        .await;
+    if let Ok((s, users)) = found {
+        if s.kind == SnapshotKind::Fork && users.is_empty() {
+            if let Err(e) = delete(vms, &s.id).await {
+                tracing::warn!(snapshot = %s.name, error = %crate::error::chain(&e), "could not delete an unused fork base");
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove");
+        }
+    }
+}
+
+/// What a crash can leave behind, removed on daemon start: unfinished
+/// snapshot directories, directories without a row, RAM files staged in
+/// shared memory, helper VMMs that were turning a RAM stream into a RAM
+/// file, and fork bases nothing uses.
+pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
+    let dir = snapshots_dir(vms);
+    let known: std::collections::HashSet<String> = vms
+        .db
+        .call(|st| st.snapshots())
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for pid in banger_vmm::qemu_pids_with_arg(take::BUILDER_MARKER) {
+            let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            tracing::warn!(pid = pid.as_raw_nonzero().get(), "killing a snapshot builder left by a crash");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") || !known.contains(&name) {
+                    tracing::warn!(dir = %e.path().display(), "removing an unfinished snapshot");
+                    remove_dir(&e.path());
+                }
+            }
+        }
+        take::remove_stale_staging();
+    })
+    .await
+    .map_err(|e| VmError::Task("snapshot cleanup", e))?;
+    let forks: Vec<String> = vms
+        .db
+        .call(|st| st.snapshots())
+        .await?
+        .into_iter()
+        .filter(|s| s.kind == SnapshotKind::Fork)
+        .map(|s| s.id)
+        .collect();
+    for id in forks {
+        drop_if_unused_fork_base(vms, &id).await;
+    }
+    Ok(())
+}

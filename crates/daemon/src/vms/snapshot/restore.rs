@@ -1,0 +1,284 @@
+//! VMs continuing from a snapshot: `vm restore` rolls a VM back to one of
+//! its own, `vm fork` makes new VMs from a running one, and a create from
+//! a snapshot or template lays the new VM's disks over the snapshot's.
+
+use std::path::Path;
+
+use banger_proto::snapshot::{VmForkParams, VmForked, VmRestoreParams};
+use banger_proto::{DiskStrategy, SnapshotKind};
+use banger_store::{SnapshotRecord, VmRecord, VmState};
+
+use super::{Identity, MAX_FORKS, layer};
+use crate::op::OpCtx;
+use crate::ops::now_ms;
+use crate::validate;
+use crate::vms::lifecycle::{Boot, delete_locked, kill_locked, locked, start_locked_from};
+use crate::vms::{Reservations, VmError, Vms, layered_work_disk, view, vm_dir, work_disk};
+
+/// Makes `vm_dir`'s root and work disks qcow2 layers over the snapshot's
+/// frozen ones (removing whatever disks were there).
+pub fn layer_over(snapshot_dir: &Path, vm_dir: &Path) -> Result<(), VmError> {
+    for old in ["root.qcow2", "root.ext4", "work.ext4", "work.qcow2"] {
+        let path = vm_dir.join(old);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(VmError::Io {
+                    what: "remove",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+    let (root, root_format) = layer(snapshot_dir, "root");
+    crate::disks::make_overlay(&root, root_format, &vm_dir.join("root.qcow2"))?;
+    let (work, work_format) = layer(snapshot_dir, "work");
+    crate::disks::make_overlay(&work, work_format, &layered_work_disk(vm_dir))?;
+    debug_assert!(!work_disk(vm_dir).exists());
+    Ok(())
+}
+
+/// A `vm restore` that passed its checks.
+#[derive(Debug)]
+pub struct RestorePlan {
+    pub vm: String,
+    snapshot: SnapshotRecord,
+}
+
+/// The VM exists, the snapshot exists and is of that VM.
+pub async fn plan_restore(vms: &Vms, p: VmRestoreParams) -> Result<RestorePlan, VmError> {
+    let vm = crate::vms::find(vms, &p.name).await?;
+    let name = p.snapshot.clone();
+    let snapshot = vms.db.call(move |s| s.snapshot(&name)).await?;
+    if snapshot.vm_id != vm.id {
+        return Err(VmError::SnapshotOfOtherVm {
+            snapshot: snapshot.name,
+            of: snapshot.vm_name,
+            vm: vm.name,
+        });
+    }
+    Ok(RestorePlan {
+        vm: vm.name,
+        snapshot,
+    })
+}
+
+/// The `vm.restore` operation: the VM's VMM is killed (what it had since
+/// the snapshot is discarded), its disks become layers over the
+/// snapshot's, and it continues from the snapshot's memory.
+pub(crate) async fn restore_vm(
+    vms: &Vms,
+    ctx: &OpCtx,
+    plan: RestorePlan,
+) -> Result<VmRecord, VmError> {
+    let (_guard, vm) = locked(vms, &plan.vm).await?;
+    let snapshot = plan.snapshot;
+    ctx.stage("stop vm");
+    let mut vm = kill_locked(vms, ctx, vm).await?;
+    ctx.stage("lay disks over the snapshot");
+    let dir = vm_dir(vms, &vm.id);
+    {
+        let (sdir, dir) = (snapshot.dir.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || layer_over(&sdir, &dir))
+            .await
+            .map_err(|e| VmError::Task("disk", e))??;
+    }
+    let old_base = vm.base_snapshot_id.replace(snapshot.id.clone());
+    vm.disk_strategy = Some(DiskStrategy::Qcow2);
+    vm.updated_at_ms = now_ms();
+    let record = vm.clone();
+    vms.db.call(move |s| s.update_vm(&record)).await?;
+    if let Some(old) = old_base.filter(|o| *o != snapshot.id) {
+        super::drop_if_unused_fork_base(vms, &old).await;
+    }
+    start_locked_from(
+        vms,
+        vm,
+        ctx,
+        Boot::Restore {
+            snapshot: &snapshot,
+            identity: Identity::Same,
+            stage: "restore from snapshot",
+        },
+    )
+    .await
+}
+
+/// A `vm fork` that passed its checks, holding its names.
+#[derive(Debug)]
+pub struct ForkPlan {
+    pub source: String,
+    names: Vec<String>,
+    base_name: String,
+    _reservation: crate::vms::create::Reservation,
+}
+
+/// Names (`NEW`, or `NEW-1`...`NEW-N`) valid, free and reserved; the
+/// source exists.
+pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> {
+    let count = p.count.unwrap_or(1);
+    if !(1..=MAX_FORKS).contains(&count) {
+        return Err(VmError::ForkCount(count));
+    }
+    validate::name("vm", &p.new_name)?;
+    let source = crate::vms::find(vms, &p.name).await?;
+    let names: Vec<String> = if count == 1 {
+        vec![p.new_name.clone()]
+    } else {
+        (1..=count).map(|i| format!("{}-{i}", p.new_name)).collect()
+    };
+    for n in &names {
+        validate::name("vm", n)?;
+    }
+    let base_name = format!("{}-base", p.new_name);
+    validate::name("snapshot", &base_name)?;
+    super::take::check_name_free(vms, &base_name).await?;
+    let reservation = Reservations::take_names(&vms.reservations, &names)?;
+    for n in &names {
+        let n2 = n.clone();
+        let exists = vms
+            .db
+            .call(move |s| match s.vm(&n2) {
+                Ok(_) => Ok(true),
+                Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            })
+            .await?;
+        if exists {
+            return Err(VmError::NameTaken(n.clone()));
+        }
+    }
+    Ok(ForkPlan {
+        source: source.name,
+        names,
+        base_name,
+        _reservation: reservation,
+    })
+}
+
+/// The `vm.fork` operation: a snapshot of the source (which keeps
+/// running), then each fork restored from it with an identity of its own.
+/// A failure deletes every fork made and the snapshot.
+pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmForked, VmError> {
+    let base = {
+        let (_guard, source) = locked(vms, &plan.source).await?;
+        if source.state == VmState::Paused {
+            return Err(VmError::Paused(source.name));
+        }
+        super::take_locked(vms, ctx, &source, &plan.base_name, SnapshotKind::Fork, None).await?
+    };
+    let mut made: Vec<VmRecord> = Vec::new();
+    let mut result = Ok(());
+    for name in &plan.names {
+        ctx.check_cancelled().map_err(VmError::from).and_then(|()| Ok(()))?;
+        match create_from(vms, ctx, &base, name, &[], "restore from snapshot").await {
+            Ok(vm) => made.push(vm),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        ctx.stage("roll back");
+        for vm in made {
+            let lock = vms.table.lock_for(&vm.id);
+            let _g = lock.lock().await;
+            let current = crate::vms::find(vms, &vm.id).await.unwrap_or(vm);
+            let _ = delete_locked(vms, ctx, current).await;
+        }
+        super::drop_if_unused_fork_base(vms, &base.id).await;
+        return Err(e);
+    }
+    let mut views = Vec::with_capacity(made.len());
+    for vm in &made {
+        views.push(view(vms, vm).await?);
+    }
+    Ok(VmForked {
+        snapshot: base.name,
+        vms: views,
+    })
+}
+
+/// Makes VM `name` from `snapshot` and starts it from the snapshot's
+/// memory with a new identity; rolled back entirely on failure.
+pub(crate) async fn create_from(
+    vms: &Vms,
+    ctx: &OpCtx,
+    snapshot: &SnapshotRecord,
+    name: &str,
+    publish: &[banger_proto::PublishSpec],
+    stage: &'static str,
+) -> Result<VmRecord, VmError> {
+    let id = crate::vms::create::new_id();
+    let dir = vm_dir(vms, &id);
+    let lock = vms.table.lock_for(&id);
+    let _guard = lock.lock().await;
+    {
+        let (sdir, d) = (snapshot.dir.clone(), dir.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
+                what: "create",
+                path: d.clone(),
+                source,
+            })?;
+            layer_over(&sdir, &d)
+        })
+        .await
+        .map_err(|e| VmError::Task("disk", e))
+        .and_then(|r| r);
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    }
+    let now = now_ms();
+    let vm = VmRecord {
+        id: id.clone(),
+        name: name.to_owned(),
+        image_id: snapshot.image_id.clone(),
+        kernel_id: snapshot.kernel_id.clone(),
+        vcpus: snapshot.vcpus,
+        memory_mib: snapshot.memory_mib,
+        disk_size_bytes: snapshot.disk_size_bytes,
+        network_mode: snapshot.network_mode,
+        backend: Some(snapshot.vmm_backend),
+        disk_strategy: Some(DiskStrategy::Qcow2),
+        published_ports: publish.to_vec(),
+        state: VmState::Creating,
+        last_error: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+        base_snapshot_id: Some(snapshot.id.clone()),
+    };
+    {
+        let record = vm.clone();
+        if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    }
+    tracing::info!(vm = %vm.name, id = %vm.id, snapshot = %snapshot.name, "vm created from a snapshot");
+    let started = start_locked_from(
+        vms,
+        vm.clone(),
+        ctx,
+        Boot::Restore {
+            snapshot,
+            identity: Identity::New,
+            stage,
+        },
+    )
+    .await;
+    match started {
+        Ok(vm) => Ok(vm),
+        Err(e) => {
+            // A VM that never ran is not kept: remove it entirely.
+            let current = crate::vms::find(vms, &vm.id).await.unwrap_or(vm);
+            let _ = delete_locked(vms, ctx, current).await;
+            Err(e)
+        }
+    }
+}
