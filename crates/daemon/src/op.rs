@@ -83,10 +83,28 @@ impl OpCtx {
     }
 
     /// Reports a stage on the operation, or just logs it.
+    ///
+    /// Fault injection for crash tests: when `BANGER_FAULT_STALL_STAGE`
+    /// names this stage, the work stops here for good (after reporting
+    /// it), so a test can kill the daemon at exactly that point.
     pub fn stage(&self, name: &str) {
         match &self.operation {
             Some(op) => op.stage(name),
             None => tracing::info!(stage = name, "stage started"),
         }
+        if stall_stage().is_some_and(|s| s == name) {
+            tracing::warn!(stage = name, "stalling here (BANGER_FAULT_STALL_STAGE)");
+            loop {
+                std::thread::park();
+            }
+        }
     }
+}
+
+/// `BANGER_FAULT_STALL_STAGE`, read once.
+fn stall_stage() -> Option<&'static str> {
+    static STAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    STAGE
+        .get_or_init(|| std::env::var("BANGER_FAULT_STALL_STAGE").ok())
+        .as_deref()
 }

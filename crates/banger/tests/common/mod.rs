@@ -80,6 +80,9 @@ impl World {
             ("XDG_CACHE_HOME", r.join("cache")),
             ("XDG_RUNTIME_DIR", r.join("run")),
             ("BANGER_DAEMON_BIN", PathBuf::from(BANGERD)),
+            // No background template builds competing with a test's own
+            // guests for the CPU; snapshot_e2e turns them on.
+            ("BANGER_TEMPLATES", PathBuf::from("off")),
         ]
         .into_iter()
         .filter(|(k, _)| !self.extra_env.iter().any(|(e, _)| e == k))

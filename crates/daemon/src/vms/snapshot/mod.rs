@@ -359,6 +359,23 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
     })
     .await
     .map_err(|e| VmError::Task("snapshot cleanup", e))?;
+    // A template build the daemon died in: its hidden VM is not kept.
+    let hidden: Vec<VmRecord> = vms
+        .db
+        .call(|st| st.vms())
+        .await?
+        .into_iter()
+        .filter(|vm| vm.name.starts_with("_template-"))
+        .collect();
+    for vm in hidden {
+        tracing::warn!(vm = %vm.name, "removing the vm of an unfinished template build");
+        let ctx = OpCtx::new(crate::op::mint(), tokio_util::sync::CancellationToken::new());
+        let lock = vms.table.lock_for(&vm.id);
+        let _guard = lock.lock().await;
+        if let Err(e) = super::lifecycle::delete_locked(vms, &ctx, vm).await {
+            tracing::warn!(error = %crate::error::chain(&e), "could not remove it");
+        }
+    }
     let forks: Vec<String> = vms
         .db
         .call(|st| st.snapshots())
