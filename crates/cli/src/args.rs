@@ -36,7 +36,12 @@ pub enum Command {
     /// Pull and manage guest kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
-    /// List asynchronous operations (creates, builds, pulls).
+    /// List, show and delete saved VM states (snapshots, fork bases, warm
+    /// templates).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// List asynchronous operations (creates, snapshots, restores, forks,
+    /// builds, warm-ups, pulls).
     Ops(JsonFlag),
     /// Check what works on this host and what to do about it.
     Doctor(DoctorArgs),
@@ -86,6 +91,13 @@ pub struct VmSpecArgs {
     /// Default: bridged when banger-helper answers, else user.
     #[arg(long, value_parser = ["bridged", "user"])]
     pub network: Option<String>,
+    /// Continue from this snapshot (memory, processes, disks) instead of
+    /// booting; image, kernel and shape are the snapshot's.
+    #[arg(long, value_name = "SNAP", conflicts_with = "cold")]
+    pub from_snapshot: Option<String>,
+    /// Boot cold even when the image has a warm template.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +129,40 @@ pub enum VmCommand {
     },
     /// Stop and start a VM.
     Restart(VmNameJson),
+    /// Freeze a running VM; its memory and processes wait as they are.
+    Pause(VmNameJson),
+    /// Continue a paused VM where it stopped.
+    Resume(VmNameJson),
+    /// Save a VM's memory, processes and disks; it keeps running.
+    Snapshot {
+        name: String,
+        /// The snapshot's name (default: VM-YYYYMMDD-HHMMSS).
+        #[arg(long = "name", value_name = "SNAP")]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll a VM back to one of its snapshots (what it did since is lost).
+    Restore {
+        name: String,
+        #[arg(value_name = "SNAP")]
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make new VMs that continue from a running VM's current state; it
+    /// keeps running.
+    Fork {
+        name: String,
+        /// The new VM's name; with --count above 1, NEW-1 ... NEW-N.
+        #[arg(long = "name", value_name = "NEW")]
+        new_name: String,
+        /// How many forks (1 to 16).
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a VM, its disks and its host-key pin.
     #[command(alias = "rm")]
     Delete(VmNameJson),
@@ -236,6 +282,20 @@ pub enum ImageCommand {
     /// Show one image.
     Show(VmNameJson),
     /// Delete an image no VM uses.
+    #[command(alias = "rm")]
+    Delete(VmNameJson),
+    /// Make the image's warm template now, so new VMs of it start from it.
+    Warm(VmNameJson),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots, fork bases and warm templates.
+    #[command(alias = "ls")]
+    List(JsonFlag),
+    /// Show one snapshot.
+    Show(VmNameJson),
+    /// Delete a snapshot no VM or snapshot needs.
     #[command(alias = "rm")]
     Delete(VmNameJson),
 }
@@ -383,4 +443,179 @@ pub struct SystemStatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let argv = std::iter::once("banger").chain(args.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.command,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn refused(args: &[&str]) -> clap::error::ErrorKind {
+        let argv = std::iter::once("banger").chain(args.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => panic!("{args:?} parsed as {:?}", cli.command),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        let Command::Vm(VmCommand::Pause(a)) = parse(&["vm", "pause", "dev"]) else {
+            panic!("not vm pause");
+        };
+        assert_eq!((a.name.as_str(), a.json), ("dev", false));
+        let Command::Vm(VmCommand::Resume(a)) = parse(&["vm", "resume", "dev", "--json"]) else {
+            panic!("not vm resume");
+        };
+        assert_eq!((a.name.as_str(), a.json), ("dev", true));
+    }
+
+    #[test]
+    fn snapshot_restore_and_fork() {
+        let Command::Vm(VmCommand::Snapshot {
+            name,
+            snapshot,
+            json,
+        }) = parse(&["vm", "snapshot", "dev"])
+        else {
+            panic!("not vm snapshot");
+        };
+        assert_eq!((name.as_str(), snapshot, json), ("dev", None, false));
+        let Command::Vm(VmCommand::Snapshot { name, snapshot, .. }) =
+            parse(&["vm", "snapshot", "dev", "--name", "before", "--json"])
+        else {
+            panic!("not vm snapshot");
+        };
+        assert_eq!(
+            (name.as_str(), snapshot.as_deref()),
+            ("dev", Some("before"))
+        );
+
+        let Command::Vm(VmCommand::Restore {
+            name,
+            snapshot,
+            json,
+        }) = parse(&["vm", "restore", "dev", "before"])
+        else {
+            panic!("not vm restore");
+        };
+        assert_eq!(
+            (name.as_str(), snapshot.as_str(), json),
+            ("dev", "before", false)
+        );
+        assert_eq!(
+            refused(&["vm", "restore", "dev"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+
+        let Command::Vm(VmCommand::Fork {
+            name,
+            new_name,
+            count,
+            json,
+        }) = parse(&[
+            "vm", "fork", "dev", "--name", "try", "--count", "3", "--json",
+        ])
+        else {
+            panic!("not vm fork");
+        };
+        assert_eq!(
+            (name.as_str(), new_name.as_str(), count, json),
+            ("dev", "try", Some(3), true)
+        );
+        assert_eq!(
+            refused(&["vm", "fork", "dev"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            refused(&["vm", "fork", "dev", "--name", "try", "--count", "two"]),
+            clap::error::ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn create_and_run_from_a_snapshot_or_cold() {
+        let Command::Vm(VmCommand::Create { name, spec, .. }) =
+            parse(&["vm", "create", "--name", "b", "--from-snapshot", "before"])
+        else {
+            panic!("not vm create");
+        };
+        assert_eq!(name, "b");
+        assert_eq!(spec.from_snapshot.as_deref(), Some("before"));
+        assert!(!spec.cold);
+        let Command::Vm(VmCommand::Create { spec, .. }) =
+            parse(&["vm", "create", "--name", "b", "--cold"])
+        else {
+            panic!("not vm create");
+        };
+        assert!(spec.cold && spec.from_snapshot.is_none());
+        assert_eq!(
+            refused(&[
+                "vm",
+                "create",
+                "--name",
+                "b",
+                "--cold",
+                "--from-snapshot",
+                "s"
+            ]),
+            clap::error::ErrorKind::ArgumentConflict
+        );
+
+        let Command::Vm(VmCommand::Run { spec, command, .. }) =
+            parse(&["vm", "run", "--cold", "--", "true"])
+        else {
+            panic!("not vm run");
+        };
+        assert!(spec.cold);
+        assert_eq!(command, ["true"]);
+        let Command::Vm(VmCommand::Run { spec, .. }) =
+            parse(&["vm", "run", "--from-snapshot", "s", "--", "true"])
+        else {
+            panic!("not vm run");
+        };
+        assert_eq!(spec.from_snapshot.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn snapshots_and_warm_images() {
+        for list in [["snapshot", "list"], ["snapshot", "ls"]] {
+            let Command::Snapshot(SnapshotCommand::List(a)) = parse(&list) else {
+                panic!("not snapshot list");
+            };
+            assert!(!a.json);
+        }
+        let Command::Snapshot(SnapshotCommand::Show(a)) =
+            parse(&["snapshot", "show", "before", "--json"])
+        else {
+            panic!("not snapshot show");
+        };
+        assert_eq!((a.name.as_str(), a.json), ("before", true));
+        for delete in ["delete", "rm"] {
+            let Command::Snapshot(SnapshotCommand::Delete(a)) =
+                parse(&["snapshot", delete, "before"])
+            else {
+                panic!("not snapshot delete");
+            };
+            assert_eq!(a.name, "before");
+        }
+        let Command::Image(ImageCommand::Warm(a)) = parse(&["image", "warm", "default"]) else {
+            panic!("not image warm");
+        };
+        assert_eq!((a.name.as_str(), a.json), ("default", false));
+    }
 }

@@ -16,7 +16,7 @@ use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
 
 /// Calls a `{name}` method and prints its result as JSON or with `text`.
-fn show_named<M: Method<Params = NameParams>>(
+pub(super) fn show_named<M: Method<Params = NameParams>>(
     client: &mut Client,
     name: &str,
     json: bool,
@@ -34,7 +34,7 @@ fn show_named<M: Method<Params = NameParams>>(
 }
 
 /// Calls a `*.delete` method and reports it.
-fn delete_named<M: Method<Params = NameParams, Result = Deleted>>(
+pub(super) fn delete_named<M: Method<Params = NameParams, Result = Deleted>>(
     client: &mut Client,
     kind: &str,
     name: &str,
@@ -104,6 +104,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
         ImageCommand::Delete(a) => {
             delete_named::<methods::ImageDelete>(&mut client, "image", &a.name, a.json)
         }
+        ImageCommand::Warm(a) => super::snapshot::warm(&mut client, &a.name, a.json),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use banger_proto::methods;
 use banger_proto::vm::{OpRef, OpView};
 use banger_proto::{ErrorBody, ErrorCode, OpState};
+use serde::de::DeserializeOwned;
 
 use crate::CliError;
 use crate::client::Client;
@@ -25,6 +26,19 @@ pub(crate) fn follow(client: &mut Client, start: OpView, quiet: bool) -> Result<
     let result = poll(client, start, quiet, &interrupted);
     signal_hook::low_level::unregister(sig);
     result
+}
+
+/// Follows an operation to the end like [`follow`] and decodes its
+/// result (a VM, snapshot, image... depending on its kind) as `T`.
+pub(crate) fn follow_result<T: DeserializeOwned>(
+    client: &mut Client,
+    start: OpView,
+    quiet: bool,
+) -> Result<T, CliError> {
+    let kind = start.kind;
+    let done = follow(client, start, quiet)?;
+    serde_json::from_value(done.result.unwrap_or_default())
+        .map_err(|e| CliError::BadResponse(format!("{kind} result: {e}")))
 }
 
 fn poll(

@@ -52,6 +52,51 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch, by the host's clock (0 if it is
+/// set before 1970).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How long before `now_ms` the time `ms` was, roughly: `12 s ago`,
+/// `5 min ago`, `3 h ago`, `2 d ago` (`just now` for a time ahead of the
+/// clock).
+pub(crate) fn ago(ms: i64, now_ms: i64) -> String {
+    let s = now_ms.saturating_sub(ms) / 1000;
+    match s {
+        i64::MIN..=0 => "just now".into(),
+        1..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a proleptic Gregorian date (Howard
+    // Hinnant's `civil_from_days`; the CLI has no date crate).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Prints rows as left-aligned columns under a header.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -93,5 +138,20 @@ mod tests {
             assert!(parse_size("--m", bad).is_err(), "{bad}");
         }
         assert_eq!(mib("--m", "1G").unwrap(), 1024);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_143_705_999), "2026-12-01 16:48:25 UTC");
+        assert_eq!(utc(-1000), "1969-12-31 23:59:59 UTC");
+        let now = 1_796_143_705_000;
+        assert_eq!(ago(now + 5000, now), "just now");
+        assert_eq!(ago(now, now), "just now");
+        assert_eq!(ago(now - 12_000, now), "12 s ago");
+        assert_eq!(ago(now - 5 * 60_000 - 1, now), "5 min ago");
+        assert_eq!(ago(now - 3 * 3_600_000, now), "3 h ago");
+        assert_eq!(ago(now - 2 * 86_400_000, now), "2 d ago");
     }
 }

@@ -6,6 +6,7 @@ mod follow;
 mod format;
 mod guest;
 mod rpc;
+mod snapshot;
 mod system;
 mod tail;
 mod vm;
@@ -39,6 +40,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Vm(c) => vm::run(&target()?, c),
         Command::Image(c) => artifacts::image(&target()?, c),
         Command::Kernel(c) => artifacts::kernel(&target()?, c),
+        Command::Snapshot(c) => snapshot::run(&target()?, c),
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
         Command::SshConfig => artifacts::ssh_config(&target()?),

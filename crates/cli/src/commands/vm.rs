@@ -37,6 +37,27 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
         VmCommand::Start(a) => one::<methods::VmStart>(&mut client, &a.name, a.json),
         VmCommand::Stop(a) => one::<methods::VmStop>(&mut client, &a.name, a.json),
         VmCommand::Restart(a) => one::<methods::VmRestart>(&mut client, &a.name, a.json),
+        VmCommand::Pause(a) => one::<methods::VmPause>(&mut client, &a.name, a.json),
+        VmCommand::Resume(a) => one::<methods::VmResume>(&mut client, &a.name, a.json),
+        VmCommand::Snapshot {
+            name,
+            snapshot,
+            json,
+        } => super::snapshot::take(&mut client, name, snapshot.as_deref(), *json),
+        VmCommand::Restore {
+            name,
+            snapshot,
+            json,
+        } => {
+            let vm = super::snapshot::restore(&mut client, name, snapshot, *json)?;
+            show(&vm, *json)
+        }
+        VmCommand::Fork {
+            name,
+            new_name,
+            count,
+            json,
+        } => super::snapshot::fork(&mut client, name, new_name, *count, *json),
         VmCommand::Show(a) => one::<methods::VmShow>(&mut client, &a.name, a.json),
         VmCommand::Kill { name, signal, json } => {
             let vm = client.call::<methods::VmKill>(&VmKillParams {
@@ -61,26 +82,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             if a.json {
                 return print_json(&vms);
             }
-            let rows: Vec<Vec<String>> = vms
-                .iter()
-                .map(|v| {
-                    vec![
-                        v.name.clone(),
-                        v.state.to_string(),
-                        v.image.clone(),
-                        v.vcpus.to_string(),
-                        format!("{} MiB", v.memory_mib),
-                        human_bytes(v.disk_size_bytes),
-                        v.ssh_port
-                            .map(|p| format!("127.0.0.1:{p}"))
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            table(
-                &["NAME", "STATE", "IMAGE", "VCPUS", "MEMORY", "DISK", "SSH"],
-                &rows,
-            );
+            print_vm_table(&vms);
             Ok(())
         }
         VmCommand::Edit {
@@ -145,6 +147,30 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             proxy(&info)
         }
     }
+}
+
+/// Prints VMs as the table of `vm list`.
+pub(super) fn print_vm_table(vms: &[VmView]) {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.state.to_string(),
+                v.image.clone(),
+                v.vcpus.to_string(),
+                format!("{} MiB", v.memory_mib),
+                human_bytes(v.disk_size_bytes),
+                v.ssh_port
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "IMAGE", "VCPUS", "MEMORY", "DISK", "SSH"],
+        &rows,
+    );
 }
 
 /// Calls a method that takes a VM and answers it, and shows the VM.
@@ -237,6 +263,8 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
             .transpose()
             .map_err(|e| CliError::BadParams(e.to_string()))?,
         start: Some(start),
+        from_snapshot: spec.from_snapshot.clone(),
+        cold: spec.cold,
     })
 }
 
@@ -251,7 +279,10 @@ fn create(
     let params = create_params(name, spec, start)?;
     let begun = client.call::<methods::VmCreateBegin>(&params)?;
     if !quiet {
-        eprintln!("creating vm {name} ({})", begun.op_id);
+        match &params.from_snapshot {
+            Some(s) => eprintln!("creating vm {name} from snapshot {s} ({})", begun.op_id),
+            None => eprintln!("creating vm {name} ({})", begun.op_id),
+        }
     }
     let done = follow(client, begun, quiet)?;
     let result = done.result.unwrap_or_default();
@@ -302,6 +333,9 @@ fn vm_run(
     };
     match existing {
         Some(vm) if vm.state == VmState::Running => {}
+        Some(vm) if vm.state == VmState::Paused => {
+            client.call::<methods::VmResume>(&VmRef { name: name.clone() })?;
+        }
         Some(_) => {
             client.call::<methods::VmStart>(&VmRef { name: name.clone() })?;
         }
@@ -400,5 +434,27 @@ mod tests {
         assert_eq!(shell_quote("exit 7"), "'exit 7'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn create_params_carry_the_snapshot_and_cold() {
+        let spec = VmSpecArgs {
+            from_snapshot: Some("before".into()),
+            ..VmSpecArgs::default()
+        };
+        let p = create_params("b", &spec, true).unwrap();
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"name": "b", "start": true, "from_snapshot": "before"})
+        );
+        let spec = VmSpecArgs {
+            cold: true,
+            ..VmSpecArgs::default()
+        };
+        let p = create_params("b", &spec, false).unwrap();
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"name": "b", "start": false, "cold": true})
+        );
     }
 }
