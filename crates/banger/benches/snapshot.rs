@@ -40,7 +40,8 @@ fn main() {
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env.push(("BANGER_TEMPLATES", PathBuf::from("auto")));
+    w.extra_env
+        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
     w.extra_env
         .push(("BANGER_AGENT_BIN", common::static_agent()));
 
@@ -54,10 +55,15 @@ fn main() {
     let mut cold = Vec::new();
     for i in 1..=runs {
         eprintln!("--- run {i}/{runs}");
-        warm.push(timed_ok(&w, &["vm", "run", "--rm", "--image", IMAGE, "--", "true"]));
+        warm.push(timed_ok(
+            &w,
+            &["vm", "run", "--rm", "--image", IMAGE, "--", "true"],
+        ));
         cold.push(timed_ok(
             &w,
-            &["vm", "run", "--rm", "--cold", "--image", IMAGE, "--", "true"],
+            &[
+                "vm", "run", "--rm", "--cold", "--image", IMAGE, "--", "true",
+            ],
         ));
         eprintln!("    template {:?}, cold {:?}", warm[i - 1], cold[i - 1]);
     }
@@ -77,7 +83,9 @@ fn main() {
 
     // 3. memory: src (template-restored) + 4 forks vs one cold VM.
     w.banger_json(&["vm", "fork", "src", "--name", "mem", "--count", "4"]);
-    w.banger_json(&["vm", "create", "--name", "coldvm", "--cold", "--image", IMAGE]);
+    w.banger_json(&[
+        "vm", "create", "--name", "coldvm", "--cold", "--image", IMAGE,
+    ]);
     // Let the guests settle after their start (the measured state is the idle one).
     std::thread::sleep(Duration::from_secs(5));
     let mut pss_total = 0u64;
@@ -107,19 +115,39 @@ fn main() {
         "banger snapshot benchmark (QEMU TCG, 1 vCPU, 1024 MiB, image {IMAGE}; {runs} runs per series; medians)"
     );
     println!("1. `vm run --rm -- true`");
-    println!("   from the template        {mw:>7.3} s   target <= 1.0 s   {}", ok(mw <= 1.0));
+    println!(
+        "   from the template        {mw:>7.3} s   target <= 1.0 s   {}",
+        ok(mw <= 1.0)
+    );
     println!("   --cold                   {mc:>7.3} s");
-    println!("   template / cold          {:>7.3}     target <= 0.1     {}", mw / mc, ok(mw / mc <= 0.1));
+    println!(
+        "   template / cold          {:>7.3}     target <= 0.1     {}",
+        mw / mc,
+        ok(mw / mc <= 0.1)
+    );
     let mf = s(median_of(&forks));
     println!("2. `vm fork SRC --name N` + `vm exec N -- true`");
-    println!("   fork to exec-ready       {mf:>7.3} s   target <= 1.0 s   {}", ok(mf <= 1.0));
+    println!(
+        "   fork to exec-ready       {mf:>7.3} s   target <= 1.0 s   {}",
+        ok(mf <= 1.0)
+    );
     let ratio = pss_total as f64 / cold_rss as f64;
     println!("3. memory, template-restored VM + 4 forks vs one cold VM");
-    println!("   total PSS of the five    {:>7.1} MiB (total RSS {:.1} MiB)", mib(pss_total), mib(rss_total));
+    println!(
+        "   total PSS of the five    {:>7.1} MiB (total RSS {:.1} MiB)",
+        mib(pss_total),
+        mib(rss_total)
+    );
     println!("   RSS of one cold VM       {:>7.1} MiB", mib(cold_rss));
-    println!("   PSS total / cold RSS     {ratio:>7.3}     target <= 2.5     {}", ok(ratio <= 2.5));
+    println!(
+        "   PSS total / cold RSS     {ratio:>7.3}     target <= 2.5     {}",
+        ok(ratio <= 2.5)
+    );
     println!("4. `vm pause` + `vm resume`");
-    println!("   round trip               {:>7.3} s", s(median_of(&rounds)));
+    println!(
+        "   round trip               {:>7.3} s",
+        s(median_of(&rounds))
+    );
 }
 
 fn ok(b: bool) -> &'static str {

@@ -26,7 +26,8 @@ fn world() -> World {
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env.push(("BANGER_TEMPLATES", PathBuf::from("auto")));
+    w.extra_env
+        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
     w.extra_env
         .push(("BANGER_AGENT_BIN", common::static_agent()));
     w
@@ -44,7 +45,10 @@ fn sh(w: &World, vm: &str, script: &str) -> String {
 }
 
 fn ops(w: &World) -> Vec<Value> {
-    w.banger_json(&["ops"]).as_array().cloned().unwrap_or_default()
+    w.banger_json(&["ops"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Waits (bounded) until an operation of `kind` on `target` has ended and
@@ -52,13 +56,17 @@ fn ops(w: &World) -> Vec<Value> {
 fn wait_op_done(w: &World, kind: &str, target: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let found = ops(w).into_iter().find(|o| {
-            o["kind"] == kind && o["target"] == target && o["state"] != "running"
-        });
+        let found = ops(w)
+            .into_iter()
+            .find(|o| o["kind"] == kind && o["target"] == target && o["state"] != "running");
         if let Some(op) = found {
             return op;
         }
-        assert!(Instant::now() < deadline, "no finished {kind} of {target}: {:?}", ops(w));
+        assert!(
+            Instant::now() < deadline,
+            "no finished {kind} of {target}: {:?}",
+            ops(w)
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -77,7 +85,11 @@ fn wait_stage(w: &World, kind: &str, stage: &str, within: Duration) {
         if at {
             return;
         }
-        assert!(Instant::now() < deadline, "{kind} never reached {stage:?}: {:?}", ops(w));
+        assert!(
+            Instant::now() < deadline,
+            "{kind} never reached {stage:?}: {:?}",
+            ops(w)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -134,7 +146,8 @@ fn kill_daemon(w: &mut World, stalled: Child) {
     let mut stalled = stalled;
     let _ = stalled.kill();
     let _ = stalled.wait();
-    w.extra_env.retain(|(k, _)| *k != "BANGER_FAULT_STALL_STAGE");
+    w.extra_env
+        .retain(|(k, _)| *k != "BANGER_FAULT_STALL_STAGE");
 }
 
 /// Starts a daemon that stalls at `stage`, and `banger ARGS` in the
@@ -180,17 +193,34 @@ fn snapshots_end_to_end() {
         .cloned()
         .collect();
     assert_eq!(templates.len(), 1, "{templates:?}");
-    assert_eq!(vm_names(&w), ["src"], "the template's vm is gone and hidden");
+    assert_eq!(
+        vm_names(&w),
+        ["src"],
+        "the template's vm is gone and hidden"
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("vm run --rm restored from the template: prints hi, exits 3, leaves nothing");
     let started = Instant::now();
     let out = w.banger(&[
-        "vm", "run", "--rm", "--image", IMAGE, "--", "sh", "-c", "echo hi; exit 3",
+        "vm",
+        "run",
+        "--rm",
+        "--image",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 3",
     ]);
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hi",
+        "{}",
+        text(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("restore from template"),
         "{}",
@@ -201,7 +231,11 @@ fn snapshots_end_to_end() {
     eprintln!("    run from template took {took:?}");
 
     let t2 = step("state in src: a file on each disk and a running process");
-    sh(&w, "src", "echo from-src > /root/marker; echo root-disk > /etc/marker; sync");
+    sh(
+        &w,
+        "src",
+        "echo from-src > /root/marker; echo root-disk > /etc/marker; sync",
+    );
     sh(
         &w,
         "src",
@@ -211,7 +245,9 @@ fn snapshots_end_to_end() {
     eprintln!("    {:?} {:?}", t.elapsed(), t2.elapsed());
 
     let t = step("snapshot src (it keeps running), then fork 3 VMs from it");
-    let src_pid = w.banger_json(&["vm", "show", "src"])["pid"].as_i64().unwrap();
+    let src_pid = w.banger_json(&["vm", "show", "src"])["pid"]
+        .as_i64()
+        .unwrap();
     let snap = w.banger_json(&["vm", "snapshot", "src", "--name", "s1"]);
     assert_eq!(snap["name"], "s1", "{snap}");
     let src = w.banger_json(&["vm", "show", "src"]);
@@ -232,7 +268,10 @@ fn snapshots_end_to_end() {
     let mut keys = vec![src_key.clone()];
     let mut ports = vec![w.banger_json(&["vm", "show", "src"])["ssh_port"].clone()];
     for f in &forks {
-        assert_eq!(sh(&w, f, "cat /root/marker /etc/marker"), "from-src\nroot-disk");
+        assert_eq!(
+            sh(&w, f, "cat /root/marker /etc/marker"),
+            "from-src\nroot-disk"
+        );
         assert!(
             sh(&w, f, "pgrep -f 'sleep 4242' || true").lines().count() >= 1,
             "{f} has the process"
@@ -258,7 +297,10 @@ fn snapshots_end_to_end() {
     let t = step("a write in one fork is not seen by the others or the source");
     sh(&w, "f-1", "echo only-f1 > /root/f1-file; sync");
     for other in ["f-2", "f-3", "src"] {
-        assert_eq!(sh(&w, other, "test -e /root/f1-file && echo yes || echo no"), "no");
+        assert_eq!(
+            sh(&w, other, "test -e /root/f1-file && echo yes || echo no"),
+            "no"
+        );
     }
     eprintln!("    {:?}", t.elapsed());
 
@@ -293,7 +335,11 @@ fn snapshots_end_to_end() {
 
     let t = step("a snapshot in use cannot be deleted; deleting the forks drops their base");
     let out = w.banger(&["snapshot", "delete", "s1"]);
-    assert!(!out.status.success(), "s1 is src's base now: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "s1 is src's base now: {}",
+        text(&out)
+    );
     assert!(snapshot_names(&w).contains(&"f-base".to_owned()));
     for f in &forks {
         w.banger_ok(&["vm", "delete", f]);
@@ -306,7 +352,11 @@ fn snapshots_end_to_end() {
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("crash: kill -9 while a snapshot has src paused; the next start resumes it");
-    let child = start_stalling(&mut w, "copy disks", &["vm", "snapshot", "src", "--name", "crash1"]);
+    let child = start_stalling(
+        &mut w,
+        "copy disks",
+        &["vm", "snapshot", "src", "--name", "crash1"],
+    );
     wait_stage(&w, "vm.snapshot", "copy disks", Duration::from_secs(60));
     kill_daemon(&mut w, child);
     let src = w.banger_json(&["vm", "show", "src"]);
@@ -325,7 +375,11 @@ fn snapshots_end_to_end() {
         if out.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "src never ran again: {}", text(&out));
+        assert!(
+            Instant::now() < deadline,
+            "src never ran again: {}",
+            text(&out)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("    {:?}", t.elapsed());
@@ -336,10 +390,18 @@ fn snapshots_end_to_end() {
         "prepare fast restore",
         &["vm", "fork", "src", "--name", "g"],
     );
-    wait_stage(&w, "vm.fork", "prepare fast restore", Duration::from_secs(60));
+    wait_stage(
+        &w,
+        "vm.fork",
+        "prepare fast restore",
+        Duration::from_secs(60),
+    );
     kill_daemon(&mut w, child);
     w.banger_ok(&["ping"]);
-    assert!(qemu_pids_with("banger-snap-").is_empty(), "a snapshot builder is left");
+    assert!(
+        qemu_pids_with("banger-snap-").is_empty(),
+        "a snapshot builder is left"
+    );
     assert!(!snapshot_names(&w).contains(&"g-base".to_owned()));
     assert_eq!(vm_names(&w), ["src"]);
     assert!(
@@ -363,17 +425,29 @@ fn snapshots_end_to_end() {
     let dirs_before = vm_dirs(&w);
     let child = start_stalling(&mut w, "wait for ssh", &["image", "warm", IMAGE]);
     wait_stage(&w, "image.warm", "wait for ssh", Duration::from_secs(120));
-    assert_eq!(vm_dirs(&w), dirs_before + 1, "the hidden vm exists while it builds");
+    assert_eq!(
+        vm_dirs(&w),
+        dirs_before + 1,
+        "the hidden vm exists while it builds"
+    );
     kill_daemon(&mut w, child);
     w.banger_ok(&["ping"]);
-    assert_eq!(vm_dirs(&w), dirs_before, "the hidden vm's directory is gone");
+    assert_eq!(
+        vm_dirs(&w),
+        dirs_before,
+        "the hidden vm's directory is gone"
+    );
     assert_eq!(vm_names(&w), ["src"]);
     assert_eq!(
         common::processes_mentioning(&w.root().join("data/banger/vms")).len(),
         1,
         "only src's qemu runs"
     );
-    assert!(snapshot_names(&w).iter().all(|n| !n.starts_with("template-")));
+    assert!(
+        snapshot_names(&w)
+            .iter()
+            .all(|n| !n.starts_with("template-"))
+    );
     eprintln!("    {:?}", t.elapsed());
 
     w.banger_ok(&["vm", "delete", "src"]);

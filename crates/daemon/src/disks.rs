@@ -230,7 +230,15 @@ pub fn make_overlay(
     })?;
     run(
         Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", backing_format.as_str(), "-b"])
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                backing_format.as_str(),
+                "-b",
+            ])
             .arg(&backing)
             .arg(dest),
         "qemu-img create",

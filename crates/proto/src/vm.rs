@@ -244,8 +244,9 @@ pub struct OpView {
     /// synchronous request would have answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
-    /// Once succeeded: a VM for `vm.create`, an image for `image.build`,
-    /// a kernel for `kernel.pull`.
+    /// Once succeeded: a VM for `vm.create` and `vm.restore`, a snapshot
+    /// for `vm.snapshot` and `image.warm`, the forks (`VmForked`) for
+    /// `vm.fork`, an image for `image.build`, a kernel for `kernel.pull`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     pub started_at_ms: i64,

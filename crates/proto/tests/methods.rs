@@ -12,6 +12,7 @@ use banger_proto::daemon::{
     DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
 };
 use banger_proto::methods::{self as m, Method, NoParams};
+use banger_proto::snapshot::{SnapshotView, VmForkParams, VmRestoreParams, VmSnapshotParams};
 use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
@@ -20,7 +21,7 @@ use banger_proto::vm::{
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
-    PlannedAccel, VmState,
+    PlannedAccel, SnapshotKind, VmState,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -138,6 +139,46 @@ fn failed_op() -> OpView {
     }
 }
 
+/// A just-begun operation of `kind` on `dev`.
+fn op_of(kind: OpKind) -> OpView {
+    OpView {
+        op_id: "op-snap0001".into(),
+        kind,
+        target: "dev".into(),
+        state: OpState::Running,
+        stages: vec![StageView {
+            name: "pause vm".into(),
+            duration_ms: None,
+        }],
+        error: None,
+        result: None,
+        started_at_ms: 1_700_000_000_000,
+        ended_at_ms: None,
+    }
+}
+
+fn snapshot() -> SnapshotView {
+    SnapshotView {
+        id: "5a1b2c3d4e5f".into(),
+        name: "before-upgrade".into(),
+        kind: SnapshotKind::User,
+        vm: "dev".into(),
+        image: "default".into(),
+        kernel: "debian-cloud".into(),
+        vcpus: 1,
+        memory_mib: 1024,
+        disk_size_bytes: 8 << 30,
+        network: NetworkMode::User,
+        vmm: "qemu 7.2.22 microvm".into(),
+        accel: Accel::Tcg,
+        parent: None,
+        used_by: vec!["vm try-1".into()],
+        size_bytes: 180 << 20,
+        dir: "/home/u/.local/share/banger/snapshots/5a1b2c3d4e5f".into(),
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
 fn image() -> ImageView {
     ImageView {
         id: "img0a1b2c3d".into(),
@@ -206,6 +247,8 @@ fn examples() -> Vec<Example> {
                 publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
                 network: Some(NetworkMode::User),
                 start: Some(true),
+                from_snapshot: None,
+                cold: true,
             },
             create_op(),
         ),
@@ -219,6 +262,34 @@ fn examples() -> Vec<Example> {
             failed_vm(),
         ),
         example::<m::VmRestart>(vm_ref(), running_vm()),
+        example::<m::VmPause>(vm_ref(), {
+            let mut vm = running_vm();
+            vm.state = VmState::Paused;
+            vm
+        }),
+        example::<m::VmResume>(vm_ref(), running_vm()),
+        example::<m::VmSnapshotBegin>(
+            VmSnapshotParams {
+                name: "dev".into(),
+                snapshot: Some("before-upgrade".into()),
+            },
+            op_of(OpKind::VmSnapshot),
+        ),
+        example::<m::VmRestoreBegin>(
+            VmRestoreParams {
+                name: "dev".into(),
+                snapshot: "before-upgrade".into(),
+            },
+            op_of(OpKind::VmRestore),
+        ),
+        example::<m::VmForkBegin>(
+            VmForkParams {
+                name: "dev".into(),
+                new_name: "try".into(),
+                count: Some(3),
+            },
+            op_of(OpKind::VmFork),
+        ),
         example::<m::VmDelete>(
             vm_ref(),
             VmDeleted {
@@ -356,6 +427,30 @@ fn examples() -> Vec<Example> {
             },
             Deleted {
                 deleted: "debian-bookworm".into(),
+            },
+        ),
+        example::<m::ImageWarmBegin>(
+            NameParams {
+                name: "default".into(),
+            },
+            OpView {
+                target: "default".into(),
+                ..op_of(OpKind::ImageWarm)
+            },
+        ),
+        example::<m::SnapshotList>(NoParams, vec![snapshot()]),
+        example::<m::SnapshotShow>(
+            NameParams {
+                name: "before-upgrade".into(),
+            },
+            snapshot(),
+        ),
+        example::<m::SnapshotDelete>(
+            NameParams {
+                name: "before-upgrade".into(),
+            },
+            Deleted {
+                deleted: "before-upgrade".into(),
             },
         ),
         example::<m::KernelPullBegin>(

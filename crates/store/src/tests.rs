@@ -342,7 +342,10 @@ fn snapshots_round_trip_and_refuse_delete_while_needed() {
     let mut fork = vm("fork", "img", "k");
     fork.base_snapshot_id = Some("s-base".into());
     store.insert_vm(&fork).unwrap();
-    assert_eq!(store.vm("fork").unwrap().base_snapshot_id.as_deref(), Some("s-base"));
+    assert_eq!(
+        store.vm("fork").unwrap().base_snapshot_id.as_deref(),
+        Some("s-base")
+    );
     assert_eq!(
         store.snapshot_users("s-base").unwrap(),
         ["snapshot child", "vm fork"]
@@ -361,7 +364,10 @@ fn snapshots_round_trip_and_refuse_delete_while_needed() {
     assert_eq!(store.delete_snapshot("s-base").unwrap().name, "base");
     assert!(matches!(
         store.snapshot("base"),
-        Err(StoreError::NotFound { kind: "snapshot", .. })
+        Err(StoreError::NotFound {
+            kind: "snapshot",
+            ..
+        })
     ));
     // A VM cannot name a snapshot that does not exist.
     let mut orphan = vm("orphan", "img", "k");

@@ -16,15 +16,17 @@ impl Handler for methods::VmSnapshotBegin {
         let plan = ctx.state.vms.plan_snapshot(p).await?;
         let vms = Arc::clone(&ctx.state.vms);
         let target = plan.vm.clone();
-        let op = ctx
-            .state
-            .ops
-            .begin(&ctx.op_id, OpKind::VmSnapshot, &target, move |op| async move {
+        let op = ctx.state.ops.begin(
+            &ctx.op_id,
+            OpKind::VmSnapshot,
+            &target,
+            move |op| async move {
                 match vms.snapshot(&op, plan).await {
                     Ok(view) => to_value(view).map_err(RpcError::into_body),
                     Err(e) => Err(RpcError::from(e).into_body()),
                 }
-            });
+            },
+        );
         Ok(op.view())
     }
 }
@@ -34,15 +36,17 @@ impl Handler for methods::VmRestoreBegin {
         let plan = ctx.state.vms.plan_restore(p).await?;
         let vms = Arc::clone(&ctx.state.vms);
         let target = plan.vm.clone();
-        let op = ctx
-            .state
-            .ops
-            .begin(&ctx.op_id, OpKind::VmRestore, &target, move |op| async move {
+        let op = ctx.state.ops.begin(
+            &ctx.op_id,
+            OpKind::VmRestore,
+            &target,
+            move |op| async move {
                 match vms.restore(&op, plan).await {
                     Ok(view) => to_value(view).map_err(RpcError::into_body),
                     Err(e) => Err(RpcError::from(e).into_body()),
                 }
-            });
+            },
+        );
         Ok(op.view())
     }
 }
@@ -70,15 +74,17 @@ impl Handler for methods::ImageWarmBegin {
         crate::validate::name("image", &name)?;
         let vms = Arc::clone(&ctx.state.vms);
         let target = name.clone();
-        let op = ctx
-            .state
-            .ops
-            .begin(&ctx.op_id, OpKind::ImageWarm, &target, move |op| async move {
+        let op = ctx.state.ops.begin(
+            &ctx.op_id,
+            OpKind::ImageWarm,
+            &target,
+            move |op| async move {
                 match vms.warm(&op, &name).await {
                     Ok(view) => to_value(view).map_err(RpcError::into_body),
                     Err(e) => Err(RpcError::from(e).into_body()),
                 }
-            });
+            },
+        );
         Ok(op.view())
     }
 }

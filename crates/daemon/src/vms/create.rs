@@ -43,10 +43,7 @@ impl Reservations {
     }
 
     /// Takes every name (and nothing else), or none of them.
-    pub(crate) fn take_names(
-        this: &Arc<Self>,
-        names: &[String],
-    ) -> Result<Reservation, VmError> {
+    pub(crate) fn take_names(this: &Arc<Self>, names: &[String]) -> Result<Reservation, VmError> {
         let mut r = this.lock();
         if let Some(taken) = names.iter().find(|n| r.names.contains(*n)) {
             return Err(VmError::NameTaken(taken.clone()));
@@ -501,11 +498,7 @@ fn templates_fit(vms: &Vms, image: &ImageRecord, shape: TemplateShape, start: bo
 }
 
 /// Runs a [`WarmJob`] (the background template build after a cold create).
-pub async fn run_warm_job(
-    vms: &Vms,
-    ctx: &OpCtx,
-    job: WarmJob,
-) -> Result<SnapshotRecord, VmError> {
+pub async fn run_warm_job(vms: &Vms, ctx: &OpCtx, job: WarmJob) -> Result<SnapshotRecord, VmError> {
     super::snapshot::warm(vms, ctx, &job.image, &job.kernel, job.shape, job.key).await
 }
 

@@ -106,15 +106,15 @@ pub enum VmError {
         "snapshots need qemu-img for their copy-on-write disk layers (install qemu-utils), but vm {0} has full-copy disks"
     )]
     NoLayeredDisks(String),
-    #[error("image {0} has no guest agent, which a template needs to give restored vms their identity; rebuild it")]
+    #[error(
+        "image {0} has no guest agent, which a template needs to give restored vms their identity; rebuild it"
+    )]
     NoAgentForTemplate(String),
     #[error("vm {0} is paused; resume it first (banger vm resume {0})")]
     Paused(String),
     #[error("fork count {0} is out of range: use 1 to {max}", max = super::snapshot::MAX_FORKS)]
     ForkCount(u32),
-    #[error(
-        "vm {0}'s work disk is a copy-on-write layer over a snapshot and cannot grow yet"
-    )]
+    #[error("vm {0}'s work disk is a copy-on-write layer over a snapshot and cannot grow yet")]
     LayeredWorkDisk(String),
     #[error("{what} differs from the snapshot's ({snapshot}: {recorded}); a restored vm keeps it")]
     ShapeFixed {

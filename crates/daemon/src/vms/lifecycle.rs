@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use banger_proto::vm::VmEditParams;
 use banger_proto::{NetworkMode, PortProto, PublishSpec};
-use banger_store::{VmRecord, VmState};
 use banger_store::SnapshotRecord;
+use banger_store::{VmRecord, VmState};
 use banger_vmm::{
     BootSource, DiskFormat, MachineConfig, MemoryBacking, NetBackend, NetInterface, PortForward,
     Proto, VmSpec,
@@ -17,8 +17,7 @@ use super::Vms;
 use super::rollback::Rollback;
 use super::snapshot::{self, Identity};
 use super::{
-    BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir,
-    work_drive,
+    BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir, work_drive,
 };
 use crate::network::{ensure_port_free, free_loopback_port};
 use crate::op::{Cancelled, OpCtx};
@@ -479,11 +478,7 @@ pub async fn kill(
 
 /// Kills the VMM if it runs (no graceful shutdown: what the VM had is
 /// being discarded) and records the VM stopped; the caller holds its lock.
-pub(crate) async fn kill_locked(
-    vms: &Vms,
-    ctx: &OpCtx,
-    vm: VmRecord,
-) -> Result<VmRecord, VmError> {
+pub(crate) async fn kill_locked(vms: &Vms, ctx: &OpCtx, vm: VmRecord) -> Result<VmRecord, VmError> {
     if let Some(handles) = vms.table.handles(&vm.id) {
         let vmm = Arc::clone(&vms.vmm);
         let vm_id = vm.id.clone();

@@ -94,17 +94,15 @@ async fn resume_if_left_paused(vms: &Vms, vm: &banger_store::VmRecord) {
     let vmm = Arc::clone(&vms.vmm);
     let handle = h.vmm.clone();
     let name = vm.name.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        match vmm.status(&handle) {
-            Ok(banger_vmm::VmRunState::Running) => {}
-            Ok(state) => {
-                tracing::warn!(vm = %name, ?state, "vmm left paused by a crash; resuming it");
-                if let Err(e) = vmm.resume(&handle) {
-                    tracing::warn!(vm = %name, error = %e, "could not resume");
-                }
+    let _ = tokio::task::spawn_blocking(move || match vmm.status(&handle) {
+        Ok(banger_vmm::VmRunState::Running) => {}
+        Ok(state) => {
+            tracing::warn!(vm = %name, ?state, "vmm left paused by a crash; resuming it");
+            if let Err(e) = vmm.resume(&handle) {
+                tracing::warn!(vm = %name, error = %e, "could not resume");
             }
-            Err(e) => tracing::warn!(vm = %name, error = %e, "could not ask the vmm its state"),
         }
+        Err(e) => tracing::warn!(vm = %name, error = %e, "could not ask the vmm its state"),
     })
     .await;
 }

@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use banger_proto::snapshot::SnapshotView;
 use banger_proto::SnapshotKind;
+use banger_proto::snapshot::SnapshotView;
 use banger_store::{SnapshotRecord, VmRecord};
 use banger_vmm::{DiskFormat, Drive};
 
@@ -219,13 +219,7 @@ pub(crate) fn disk_usage(dir: &Path) -> u64 {
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())
-        .map(|m| {
-            if m.is_dir() {
-                0
-            } else {
-                m.blocks() * 512
-            }
-        })
+        .map(|m| if m.is_dir() { 0 } else { m.blocks() * 512 })
         .sum()
 }
 
@@ -343,7 +337,10 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
             else {
                 continue;
             };
-            tracing::warn!(pid = pid.as_raw_nonzero().get(), "killing a snapshot builder left by a crash");
+            tracing::warn!(
+                pid = pid.as_raw_nonzero().get(),
+                "killing a snapshot builder left by a crash"
+            );
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -369,7 +366,10 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
         .collect();
     for vm in hidden {
         tracing::warn!(vm = %vm.name, "removing the vm of an unfinished template build");
-        let ctx = OpCtx::new(crate::op::mint(), tokio_util::sync::CancellationToken::new());
+        let ctx = OpCtx::new(
+            crate::op::mint(),
+            tokio_util::sync::CancellationToken::new(),
+        );
         let lock = vms.table.lock_for(&vm.id);
         let _guard = lock.lock().await;
         if let Err(e) = super::lifecycle::delete_locked(vms, &ctx, vm).await {

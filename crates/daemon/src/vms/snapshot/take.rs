@@ -23,17 +23,17 @@ use banger_proto::snapshot::VmSnapshotParams;
 use banger_store::{SnapshotRecord, VmRecord, VmState};
 use banger_vmm::{
     AgentChannel, BootSource, MachineConfig, MemoryBacking, NetBackend, NetInterface, RamSave,
-    Vmm, VmSpec,
+    VmSpec, Vmm,
 };
 
 use super::{
     FREEZE_TIMEOUT, drives, layer, memory_file, snapshots_dir, state_file, to_proto_accel,
     to_proto_backend,
 };
+use crate::op::OpCtx;
 use crate::ops::now_ms;
 use crate::validate;
 use crate::vms::{Handles, VmError, Vms, vm_dir, work_drive};
-use crate::op::OpCtx;
 
 /// On the command line of a helper QEMU that builds a snapshot's RAM file.
 pub(super) const BUILDER_MARKER: &str = "process=banger-snap-";
@@ -305,7 +305,11 @@ async fn save_and_copy(
         vmm.pause(&handle)?;
         ctx2.stage("save memory");
         let report = vmm.save_state(&handle, &stream, RamSave::IntoState)?;
-        tracing::debug!(bytes = report.bytes, elapsed_ms = report.elapsed.as_millis() as u64, "vm state saved");
+        tracing::debug!(
+            bytes = report.bytes,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "vm state saved"
+        );
         ctx2.stage("copy disks");
         let root_dest = if root.extension().is_some_and(|e| e == "qcow2") {
             tmp.join("root.qcow2")
