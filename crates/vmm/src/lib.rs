@@ -36,8 +36,9 @@ pub use probe::{KvmProbe, QemuInfo, probe_kvm_boot, probe_qemu, probe_qemu_at};
 pub use proc::{qemu_pids_with_arg, session_id};
 pub use qemu::{QemuVmm, VmFiles, qemu_args};
 pub use spec::{
-    Accel, AgentChannel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, NetBackend,
-    NetInterface, PortForward, Proto, Signal, UnknownSignal, VmHandle, VmRunState, VmSpec,
+    Accel, AgentChannel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, MemoryBacking,
+    NetBackend, NetInterface, PortForward, Proto, Signal, UnknownSignal, VmHandle, VmRunState,
+    VmSpec,
 };
 
 /// A virtual machine monitor backend. Every method blocks; none takes

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use banger_vmm::{
-    Accel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface,
-    PortForward, Proto, QemuVmm, Signal, VmFiles, VmHandle, VmRunState, VmSpec, Vmm, VmmError,
-    qemu_pids_with_arg, session_id, testkit,
+    Accel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, MemoryBacking, NetBackend,
+    NetInterface, PortForward, Proto, QemuVmm, Signal, VmFiles, VmHandle, VmRunState, VmSpec, Vmm,
+    VmmError, qemu_pids_with_arg, session_id, testkit,
 };
 
 const HELPER_ENV: &str = "BANGER_VMM_TEST_LAUNCH_SPEC";
@@ -71,6 +71,7 @@ fn test_vm(tag: &str) -> TestVm {
             vcpus: 1,
             memory_mib: 64,
         },
+        memory: MemoryBacking::Anonymous,
         drives: vec![Drive {
             id: "root".into(),
             path: disk,

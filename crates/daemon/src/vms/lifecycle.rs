@@ -190,6 +190,7 @@ async fn boot(
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
         },
+        memory: banger_vmm::MemoryBacking::Anonymous,
         drives: vec![
             Drive {
                 id: "root".into(),

@@ -59,6 +59,8 @@ use crate::{Vmm, probe};
 pub(crate) use args::{boot_args, machine_args};
 pub use args::{name_arg, qemu_args};
 pub(crate) use diagnose::{log_tail, tail_lines};
+#[cfg(test)]
+pub(crate) use test_spec::sample as test_spec_sample;
 
 /// The QEMU system emulator banger runs.
 pub const QEMU_BINARY_NAME: &str = "qemu-system-x86_64";
