@@ -89,7 +89,7 @@ pub fn probe_qemu_at(binary: &Path) -> Result<QemuInfo, VmmError> {
     }
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

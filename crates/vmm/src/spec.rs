@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +78,7 @@ pub enum MemoryBacking {
     ///
     /// `shared: true` (`share=on`): the file *is* the RAM; guest writes land
     /// in it (created if missing; its directory must exist). Only such a VM
-    /// can save its state without its RAM.
+    /// can save its state without its RAM ([`crate::RamSave::KeptInSharedFile`]).
     ///
     /// `shared: false` (`share=off`): the file is mapped copy-on-write;
     /// the guest reads it, its writes stay in the process, and the file is
@@ -252,6 +253,44 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// Where [`crate::Vmm::save_state`] puts the guest's RAM; a restore must be
+/// told the same (QEMU refuses a state saved the other way: "Capability
+/// x-ignore-shared is on, but received capability is off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RamSave {
+    /// The RAM is written into the state (as big as the guest's non-zero
+    /// RAM: zero pages take a few bytes each).
+    IntoState,
+    /// The RAM stays in the VM's shared memory file
+    /// ([`MemoryBacking::File`] with `shared: true`) and only device state
+    /// is written (tens of KiB). The file is part of the snapshot: restore
+    /// into a VM whose memory maps that file (or a copy of it).
+    KeptInSharedFile,
+}
+
+/// What a completed [`crate::Vmm::save_state`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveReport {
+    /// The size of the state file.
+    pub bytes: u64,
+    /// From the start of the save to the state file being complete.
+    pub elapsed: Duration,
+}
+
+/// Which VMM build a state was saved by ([`crate::Vmm::build`]). A state
+/// loads only into the same build (device state layouts change between
+/// versions) and the same VM shape (spec: memory size, vCPUs, devices,
+/// accelerator), which the daemon records next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VmmBuild {
+    pub backend: BackendKind,
+    /// The VMM's version (`7.2.22` for QEMU).
+    pub version: String,
+    /// The machine type (`microvm`).
+    pub machine: String,
+}
+
 /// What the daemon keeps about a running VMM (in its `handles.json`) to find
 /// it again after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,7 +388,12 @@ impl FromStr for Signal {
 #[serde(rename_all = "snake_case")]
 pub enum VmRunState {
     Running,
-    /// Stopped by QMP `stop` or started with `-S`.
+    /// Not running, and [`crate::Vmm::resume`] runs it again: paused
+    /// ([`crate::Vmm::pause`], QMP `stop`), restored and not resumed yet,
+    /// or paused after a completed [`crate::Vmm::save_state`] (QEMU's
+    /// `postmigrate`: QEMU let go of its disk images until it runs again,
+    /// and refuses to save it again before that:
+    /// [`crate::VmmError::SavedAlready`]).
     Paused,
     /// Not started yet.
     Prelaunch,
@@ -427,6 +471,10 @@ mod tests {
         spec.as_object_mut().unwrap().remove("memory");
         let spec: VmSpec = serde_json::from_value(spec).unwrap();
         assert_eq!(spec.memory, MemoryBacking::Anonymous);
+        assert_eq!(
+            serde_json::to_string(&RamSave::KeptInSharedFile).unwrap(),
+            r#""kept_in_shared_file""#
+        );
     }
 
     #[test]
