@@ -2,7 +2,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::spec::{Proto, Signal};
+use crate::spec::{BackendKind, Proto, Signal, VmRunState};
 
 /// Everything that can go wrong in this crate. Messages are short and
 /// lowercase; launch failures carry the tail of the VMM's own log and name
@@ -97,4 +97,38 @@ pub enum VmmError {
 
     #[error("the {0} backend is not implemented")]
     Unsupported(&'static str),
+
+    /// This backend has no such call (the trait's default).
+    #[error("the {backend} backend cannot {call}")]
+    NotSupported {
+        backend: BackendKind,
+        call: &'static str,
+    },
+
+    /// A state file path QEMU cannot be handed (not absolute, not UTF-8).
+    #[error("state file {path}: {reason}")]
+    StatePath { path: PathBuf, reason: &'static str },
+
+    /// [`crate::Vmm::save_state`] needs a paused VM, so that the state is
+    /// one instant and the guest's disks are not written meanwhile.
+    #[error("the vm is {state}, not paused: pause it before saving its state")]
+    NotPaused { state: VmRunState },
+
+    /// QEMU keeps a VM that a save paused (its `postmigrate`) from being
+    /// saved again until it ran: the save let go of its disk images.
+    #[error(
+        "the vm was paused by a save and cannot be saved again before it runs: resume it first"
+    )]
+    SavedAlready,
+
+    /// Saving or loading a VM's state failed or took too long. `message`
+    /// is QEMU's reason: its `error-desc`, or what it wrote to `vmm.log`
+    /// before it exited (a restore into a VM of another shape fails with,
+    /// for instance, "Size mismatch: mem: 0x4000000 != 0x8000000").
+    #[error("{what}: {message} (vmm log: {log})")]
+    Migration {
+        what: String,
+        message: String,
+        log: PathBuf,
+    },
 }

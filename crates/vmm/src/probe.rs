@@ -89,7 +89,7 @@ pub fn probe_qemu_at(binary: &Path) -> Result<QemuInfo, VmmError> {
     }
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -200,7 +200,7 @@ pub(crate) fn probe_boot(
     };
     let console = dir.path().join("console.log");
     let qemu_log = dir.path().join("qemu.log");
-    let mut args = machine_args(accel, 1, 512, &console);
+    let mut args = machine_args(accel, 1, 512, None, &console);
     args.extend(boot_args(kernel, initrd, PROBE_CMDLINE));
     let log = match fs::File::create(&qemu_log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok(pair) => pair,

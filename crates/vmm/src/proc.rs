@@ -115,6 +115,25 @@ pub fn qemu_pids_with_arg(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Pids of the live (not zombie) children of `pid`, from every
+/// `/proc/*/stat` (a child forked by any of its threads names the process
+/// as its parent).
+pub(crate) fn live_children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parent = pid.to_string();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            stat_fields(child).is_some_and(|f| {
+                f.get(1) == Some(&parent)
+                    && !matches!(f.first().map(String::as_str), Some("Z" | "X"))
+            })
+        })
+        .collect()
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -165,6 +184,24 @@ mod tests {
         assert!(!exe_is_qemu(me));
         let argv = cmdline(me).unwrap();
         assert!(!argv.is_empty());
+    }
+
+    #[test]
+    fn live_children_lists_a_running_child_only() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(live_children(std::process::id()).contains(&child.id()));
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie, which no longer counts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while live_children(std::process::id()).contains(&child.id()) {
+            assert!(std::time::Instant::now() < deadline, "still listed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(live_children(u32::MAX).is_empty());
     }
 
     #[test]

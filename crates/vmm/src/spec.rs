@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,10 @@ pub struct VmSpec {
     pub vm_dir: PathBuf,
     pub boot: BootSource,
     pub machine: MachineConfig,
+    /// Where guest RAM lives (anonymous memory unless a snapshot needs a
+    /// file). Absent in older records, which means anonymous.
+    #[serde(default)]
+    pub memory: MemoryBacking,
     /// Attached in this order, except that the root drive (if any) always
     /// comes first so the guest sees it as `/dev/vda`.
     pub drives: Vec<Drive>,
@@ -52,6 +57,40 @@ pub struct MachineConfig {
     /// Use 1 under TCG: with 2 the guest marks the TSC unstable and boots far slower.
     pub vcpus: u32,
     pub memory_mib: u32,
+}
+
+/// Where the guest's RAM lives. QEMU always gets a memory backend object
+/// named `mem`, because a saved state names its RAM blocks: a VM started
+/// without one has the block `microvm.ram`, which a VM with a file-backed
+/// RAM could not load.
+///
+/// Firecracker's guest memory is anonymous; its snapshot load maps the
+/// memory file privately, which is [`MemoryBacking::File`] with
+/// `shared: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MemoryBacking {
+    /// Private anonymous memory (`memory-backend-ram`).
+    #[default]
+    Anonymous,
+    /// Memory mapped from `path` (`memory-backend-file`), which must be
+    /// exactly the VM's memory size if it exists.
+    ///
+    /// `shared: true` (`share=on`): the file *is* the RAM; guest writes land
+    /// in it (created if missing; its directory must exist). Only such a VM
+    /// can save its state without its RAM ([`crate::RamSave::KeptInSharedFile`]).
+    ///
+    /// `shared: false` (`share=off`): the file is mapped copy-on-write;
+    /// the guest reads it, its writes stay in the process, and the file is
+    /// never written, so many VMs can start from one file. It must exist:
+    /// it is how a restore maps the RAM a state was saved with.
+    File { path: PathBuf, shared: bool },
+}
+
+impl MemoryBacking {
+    pub fn is_file(&self) -> bool {
+        matches!(self, MemoryBacking::File { .. })
+    }
 }
 
 /// Firecracker's `drives/{drive_id}`.
@@ -101,6 +140,21 @@ pub enum NetBackend {
     User { forwards: Vec<PortForward> },
     /// An existing TAP device (made by the helper).
     Tap { tap_name: String },
+    /// A NIC with nothing behind it (QEMU: a port on a hub of its own):
+    /// the guest sees its link, and nothing it sends goes anywhere. For
+    /// loading a bridged VM's saved state without a TAP (for instance to
+    /// move its RAM into a file and save it again).
+    ///
+    /// A saved state holds the state of the network backends that have
+    /// any, and QEMU's user-mode network (slirp, [`NetBackend::User`]) has
+    /// its own section (`Tap` and `Detached` have none): a state saved from
+    /// a VM with a `User` NIC loads only into a VM with a `User` NIC (QEMU:
+    /// "Unknown savevm section or instance 'slirp'"), while a state saved
+    /// with a `Tap` or `Detached` NIC loads into any of the three (a `User`
+    /// NIC then starts with no connections). Measured with QEMU 7.2.
+    /// QEMU warns in `vmm.log` that the hub "is not connected to host
+    /// network"; that is the point.
+    Detached,
 }
 
 /// How the daemon reaches the guest agent (docs/agent.md, "Transport"). Firecracker's
@@ -197,6 +251,44 @@ impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Where [`crate::Vmm::save_state`] puts the guest's RAM; a restore must be
+/// told the same (QEMU refuses a state saved the other way: "Capability
+/// x-ignore-shared is on, but received capability is off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RamSave {
+    /// The RAM is written into the state (as big as the guest's non-zero
+    /// RAM: zero pages take a few bytes each).
+    IntoState,
+    /// The RAM stays in the VM's shared memory file
+    /// ([`MemoryBacking::File`] with `shared: true`) and only device state
+    /// is written (tens of KiB). The file is part of the snapshot: restore
+    /// into a VM whose memory maps that file (or a copy of it).
+    KeptInSharedFile,
+}
+
+/// What a completed [`crate::Vmm::save_state`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveReport {
+    /// The size of the state file.
+    pub bytes: u64,
+    /// From the start of the save to the state file being complete.
+    pub elapsed: Duration,
+}
+
+/// Which VMM build a state was saved by ([`crate::Vmm::build`]). A state
+/// loads only into the same build (device state layouts change between
+/// versions) and the same VM shape (spec: memory size, vCPUs, devices,
+/// accelerator), which the daemon records next to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VmmBuild {
+    pub backend: BackendKind,
+    /// The VMM's version (`7.2.22` for QEMU).
+    pub version: String,
+    /// The machine type (`microvm`).
+    pub machine: String,
 }
 
 /// What the daemon keeps about a running VMM (in its `handles.json`) to find
@@ -296,7 +388,12 @@ impl FromStr for Signal {
 #[serde(rename_all = "snake_case")]
 pub enum VmRunState {
     Running,
-    /// Stopped by QMP `stop` or started with `-S`.
+    /// Not running, and [`crate::Vmm::resume`] runs it again: paused
+    /// ([`crate::Vmm::pause`], QMP `stop`), restored and not resumed yet,
+    /// or paused after a completed [`crate::Vmm::save_state`] (QEMU's
+    /// `postmigrate`: QEMU let go of its disk images until it runs again,
+    /// and refuses to save it again before that:
+    /// [`crate::VmmError::SavedAlready`]).
     Paused,
     /// Not started yet.
     Prelaunch,
@@ -353,6 +450,31 @@ mod tests {
             r#"{"pid":4242,"control_socket":"/run/banger/vms/abc/qmp.sock","backend":"qemu"}"#
         );
         assert_eq!(serde_json::from_str::<VmHandle>(&json).unwrap(), handle);
+    }
+
+    #[test]
+    fn memory_backing_is_tagged_and_defaults_to_anonymous() {
+        let file = MemoryBacking::File {
+            path: PathBuf::from("/d/ram"),
+            shared: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&file).unwrap(),
+            r#"{"type":"file","path":"/d/ram","shared":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&MemoryBacking::Anonymous).unwrap(),
+            r#"{"type":"anonymous"}"#
+        );
+        // A spec written before the field existed reads as anonymous.
+        let mut spec = serde_json::to_value(crate::qemu::test_spec_sample()).unwrap();
+        spec.as_object_mut().unwrap().remove("memory");
+        let spec: VmSpec = serde_json::from_value(spec).unwrap();
+        assert_eq!(spec.memory, MemoryBacking::Anonymous);
+        assert_eq!(
+            serde_json::to_string(&RamSave::KeptInSharedFile).unwrap(),
+            r#""kept_in_shared_file""#
+        );
     }
 
     #[test]

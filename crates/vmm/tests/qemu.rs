@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use banger_vmm::{
-    Accel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface,
-    PortForward, Proto, QemuVmm, Signal, VmFiles, VmHandle, VmRunState, VmSpec, Vmm, VmmError,
-    qemu_pids_with_arg, session_id, testkit,
+    Accel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, MemoryBacking, NetBackend,
+    NetInterface, PortForward, Proto, QemuVmm, RamSave, Signal, VmFiles, VmHandle, VmRunState,
+    VmSpec, Vmm, VmmError, qemu_pids_with_arg, session_id, testkit,
 };
 
 const HELPER_ENV: &str = "BANGER_VMM_TEST_LAUNCH_SPEC";
@@ -71,6 +71,7 @@ fn test_vm(tag: &str) -> TestVm {
             vcpus: 1,
             memory_mib: 64,
         },
+        memory: MemoryBacking::Anonymous,
         drives: vec![Drive {
             id: "root".into(),
             path: disk,
@@ -405,4 +406,316 @@ fn real_kernel_boots_panics_and_qemu_exits() {
     assert!(console.contains("Kernel panic"), "{console}");
     assert!(!vmm.is_running(&handle, &vm.spec.vm_id));
     drop(vm.cleanup);
+}
+
+// Snapshots: pause, resume, save and restore with the stub kernel.
+
+/// Kills a VM at the end of a test and waits until it is gone.
+fn stop(vmm: &QemuVmm, handle: &VmHandle) {
+    vmm.kill(handle, Signal::Kill).unwrap();
+    assert!(vmm.wait_exit(handle, Duration::from_secs(5)).unwrap());
+}
+
+/// Guest physical memory `[at, at + len)`, dumped by QEMU (QMP `pmemsave`).
+fn guest_memory(handle: &VmHandle, at: u64, len: u64, into: &Path) -> Vec<u8> {
+    let stream = std::os::unix::net::UnixStream::connect(&handle.control_socket).unwrap();
+    let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut qmp = qapi::Qmp::new(qapi::Stream::new(reader, stream));
+    qmp.handshake().unwrap();
+    qmp.execute(&qapi::qmp::pmemsave {
+        val: at,
+        size: len,
+        filename: into.to_str().unwrap().into(),
+    })
+    .unwrap();
+    std::fs::read(into).unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The same VM shape in a directory of its own (its own disk copy and
+/// forwarded port), for restoring a state saved from `of`.
+fn twin_of(of: &TestVm, tag: &str) -> TestVm {
+    let mut twin = test_vm(tag);
+    twin.spec.machine = of.spec.machine;
+    twin.spec.memory = of.spec.memory.clone();
+    if of.spec.net[0].backend == NetBackend::Detached {
+        twin.spec.net[0].backend = NetBackend::Detached;
+    }
+    twin
+}
+
+#[test]
+fn snapshot_pause_save_resume_and_restore() {
+    let vm = test_vm("snap");
+    let qemu = vmm();
+    let vmm: &dyn Vmm = &qemu;
+    let build = vmm.build().unwrap();
+    assert_eq!(build.backend, BackendKind::Qemu);
+    assert_eq!(build.machine, "microvm");
+    assert_eq!(
+        build.version,
+        banger_vmm::probe_qemu_at(&qemu.binary).unwrap().version
+    );
+    assert_eq!(vmm.build().unwrap(), build);
+
+    let handle = vmm.launch(&vm.spec).unwrap();
+    let state = vm.dir.path().join("state");
+    let err = vmm
+        .save_state(&handle, &state, RamSave::IntoState)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmmError::NotPaused {
+                state: VmRunState::Running
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the vm is running, not paused: pause it before saving its state"
+    );
+
+    // Saved after the stub printed its banner, so a restored copy, which
+    // carries on from there, never prints it.
+    let console = wait_for_console(&vm.spec.console_log, testkit::STUB_KERNEL_BANNER);
+    assert!(console.contains(testkit::STUB_KERNEL_BANNER), "{console}");
+    let t = Instant::now();
+    vmm.pause(&handle).unwrap();
+    vmm.pause(&handle).unwrap(); // already paused: fine
+    eprintln!("pause: {:?}", t.elapsed());
+    assert_eq!(vmm.status(&handle).unwrap(), VmRunState::Paused);
+
+    let report = vmm.save_state(&handle, &state, RamSave::IntoState).unwrap();
+    eprintln!("save into state: {report:?}");
+    assert!(report.bytes > 0);
+    assert_eq!(report.bytes, std::fs::metadata(&state).unwrap().len());
+    // Saved and left paused (QEMU's postmigrate), which QEMU does not
+    // save again before it ran.
+    assert_eq!(vmm.status(&handle).unwrap(), VmRunState::Paused);
+    let err = vmm
+        .save_state(&handle, &vm.dir.path().join("twice"), RamSave::IntoState)
+        .unwrap_err();
+    assert!(matches!(err, VmmError::SavedAlready), "{err:?}");
+
+    let t = Instant::now();
+    vmm.resume(&handle).unwrap();
+    eprintln!("resume after save: {:?}", t.elapsed());
+    assert_eq!(vmm.status(&handle).unwrap(), VmRunState::Running);
+
+    // Again, into a path the shell would misread unquoted.
+    vmm.pause(&handle).unwrap();
+    let again = vm.dir.path().join("it's a $(state)");
+    let report = vmm.save_state(&handle, &again, RamSave::IntoState).unwrap();
+    eprintln!("second save: {report:?}");
+    assert_eq!(report.bytes, std::fs::metadata(&again).unwrap().len());
+    vmm.resume(&handle).unwrap();
+    assert_eq!(vmm.status(&handle).unwrap(), VmRunState::Running);
+
+    // Restored into another VM directory, it runs, and is that VM's.
+    let twin = twin_of(&vm, "snaptwin");
+    let t = Instant::now();
+    let restored = vmm
+        .restore(&twin.spec, &state, RamSave::IntoState, true)
+        .unwrap();
+    eprintln!("restore (launch and load): {:?}", t.elapsed());
+    assert_eq!(vmm.status(&restored).unwrap(), VmRunState::Running);
+    assert!(vmm.is_running(&restored, &twin.spec.vm_id));
+    assert_ne!(restored.pid, handle.pid);
+    // Its RAM is the saved guest's: the stub kernel's banner is in it,
+    // though this VM never booted.
+    let ram = guest_memory(&restored, 0, 1 << 20, &twin.dir.path().join("low-ram"));
+    assert!(contains(&ram, testkit::STUB_KERNEL_BANNER.as_bytes()));
+    let twin_console = std::fs::read_to_string(&twin.spec.console_log).unwrap_or_default();
+    assert!(
+        !twin_console.contains(testkit::STUB_KERNEL_BANNER),
+        "{twin_console}"
+    );
+
+    // Restored without resume, it stays paused until resumed.
+    let paused_twin = twin_of(&vm, "snappaused");
+    let held = vmm
+        .restore(&paused_twin.spec, &state, RamSave::IntoState, false)
+        .unwrap();
+    assert_eq!(vmm.status(&held).unwrap(), VmRunState::Paused);
+    vmm.resume(&held).unwrap();
+    assert_eq!(vmm.status(&held).unwrap(), VmRunState::Running);
+
+    for h in [&handle, &restored, &held] {
+        stop(&qemu, h);
+    }
+    drop((vm.cleanup, twin.cleanup, paused_twin.cleanup));
+}
+
+/// `len` bytes that no page-level compression shrinks (xorshift64).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn snapshot_ram_kept_in_a_shared_file_restores_copy_on_write() {
+    const MIB: usize = 1 << 20;
+    let mut vm = test_vm("snapfile");
+    // The RAM file exists already, full of noise: QEMU maps it as it is
+    // (loading the kernel over its first pages), so the guest's RAM is
+    // mostly incompressible and a save with the RAM is large.
+    let ram_file = vm.dir.path().join("ram");
+    std::fs::write(&ram_file, noise(64 * MIB)).unwrap();
+    vm.spec.memory = MemoryBacking::File {
+        path: ram_file.clone(),
+        shared: true,
+    };
+    // No host network behind the NIC (and no slirp state in the save).
+    vm.spec.net[0].backend = NetBackend::Detached;
+    let qemu = vmm();
+    let vmm: &dyn Vmm = &qemu;
+    let handle = vmm.launch(&vm.spec).unwrap();
+    let console = wait_for_console(&vm.spec.console_log, testkit::STUB_KERNEL_BANNER);
+    assert!(console.contains(testkit::STUB_KERNEL_BANNER), "{console}");
+
+    // With the RAM: the whole 64 MiB, and the file is complete when the
+    // call returns (the report's size is the file's).
+    vmm.pause(&handle).unwrap();
+    let full_state = vm.dir.path().join("full");
+    let full = vmm
+        .save_state(&handle, &full_state, RamSave::IntoState)
+        .unwrap();
+    assert!(full.bytes > 64 * MIB as u64, "{full:?}");
+    assert_eq!(full.bytes, std::fs::metadata(&full_state).unwrap().len());
+    vmm.resume(&handle).unwrap();
+
+    // Without: device state only.
+    vmm.pause(&handle).unwrap();
+    let state = vm.dir.path().join("state");
+    let kept = vmm
+        .save_state(&handle, &state, RamSave::KeptInSharedFile)
+        .unwrap();
+    eprintln!("shared-file vm: ram into the state {full:?}, ram kept in the file {kept:?}");
+    assert!(kept.bytes < 128 * 1024, "{kept:?}");
+    stop(&qemu, &handle);
+    let ram_before = std::fs::read(&ram_file).unwrap();
+    assert_eq!(ram_before.len(), 64 * MIB);
+    let probe_at = 32 * MIB; // above the kernel: still the noise
+    let expected = &ram_before[probe_at..probe_at + MIB];
+
+    // Restored over the same file mapped copy-on-write: the guest sees
+    // the file's bytes, and the stub's banner where it left it.
+    let mut twin = twin_of(&vm, "snapfiletwin");
+    twin.spec.memory = MemoryBacking::File {
+        path: ram_file.clone(),
+        shared: false,
+    };
+    let t = Instant::now();
+    let restored = vmm
+        .restore(&twin.spec, &state, RamSave::KeptInSharedFile, true)
+        .unwrap();
+    eprintln!("restore over the ram file: {:?}", t.elapsed());
+    assert_eq!(vmm.status(&restored).unwrap(), VmRunState::Running);
+    let dump = twin.dir.path().join("dump");
+    let low = guest_memory(&restored, 0, MIB as u64, &dump);
+    assert!(contains(&low, testkit::STUB_KERNEL_BANNER.as_bytes()));
+    assert!(guest_memory(&restored, probe_at as u64, MIB as u64, &dump) == expected);
+    // It ran, and paused and ran again; share=off never wrote the file.
+    vmm.pause(&restored).unwrap();
+    vmm.resume(&restored).unwrap();
+    stop(&qemu, &restored);
+    assert!(
+        std::fs::read(&ram_file).unwrap() == ram_before,
+        "the ram file changed"
+    );
+
+    // The state with the RAM restores into anonymous memory, the same bytes.
+    let mut anonymous = twin_of(&vm, "snapanon");
+    anonymous.spec.memory = MemoryBacking::Anonymous;
+    let t = Instant::now();
+    let loaded = vmm
+        .restore(&anonymous.spec, &full_state, RamSave::IntoState, true)
+        .unwrap();
+    eprintln!("restore 64 MiB of ram from the state: {:?}", t.elapsed());
+    let dump = anonymous.dir.path().join("dump");
+    assert!(guest_memory(&loaded, probe_at as u64, MIB as u64, &dump) == expected);
+    stop(&qemu, &loaded);
+
+    // A state without RAM needs a file to map; a private file must exist.
+    let err = vmm
+        .restore(&anonymous.spec, &state, RamSave::KeptInSharedFile, true)
+        .unwrap_err();
+    assert!(matches!(err, VmmError::InvalidSpec(_)), "{err:?}");
+    anonymous.spec.memory = MemoryBacking::File {
+        path: vm.dir.path().join("no-such-ram"),
+        shared: false,
+    };
+    let err = vmm
+        .restore(&anonymous.spec, &state, RamSave::KeptInSharedFile, true)
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmmError::MissingFile { what, .. } if what == "memory file"),
+        "{err:?}"
+    );
+    assert!(qemu_pids_with_arg(&format!("banger-{}", anonymous.spec.vm_id)).is_empty());
+    drop((vm.cleanup, twin.cleanup, anonymous.cleanup));
+}
+
+#[test]
+fn snapshot_restore_into_another_shape_fails_and_leaves_nothing() {
+    let vm = test_vm("snapshape");
+    let qemu = vmm();
+    let vmm: &dyn Vmm = &qemu;
+    let handle = vmm.launch(&vm.spec).unwrap();
+    vmm.pause(&handle).unwrap();
+    let state = vm.dir.path().join("state");
+    vmm.save_state(&handle, &state, RamSave::IntoState).unwrap();
+    stop(&qemu, &handle);
+
+    let mut bigger = twin_of(&vm, "snapbigger");
+    bigger.spec.machine.memory_mib = 128;
+    let t = Instant::now();
+    let err = vmm
+        .restore(&bigger.spec, &state, RamSave::IntoState, true)
+        .unwrap_err();
+    let message = err.to_string();
+    eprintln!("restore into 128 MiB: {message} (after {:?})", t.elapsed());
+    assert!(matches!(err, VmmError::Migration { .. }), "{err:?}");
+    assert!(message.contains("mismatch: mem: 0x4000000"), "{message}");
+    assert!(qemu_pids_with_arg(&format!("banger-{}", bigger.spec.vm_id)).is_empty());
+
+    // Told the RAM was kept out when it was not: QEMU names the capability.
+    let mut filed = twin_of(&vm, "snapcap");
+    let ram = filed.dir.path().join("ram");
+    std::fs::write(&ram, vec![0u8; 64 << 20]).unwrap();
+    filed.spec.memory = MemoryBacking::File {
+        path: ram,
+        shared: false,
+    };
+    let err = vmm
+        .restore(&filed.spec, &state, RamSave::KeptInSharedFile, true)
+        .unwrap_err();
+    eprintln!("restore with the wrong ram mode: {err}");
+    assert!(err.to_string().contains("x-ignore-shared"), "{err}");
+    assert!(qemu_pids_with_arg(&format!("banger-{}", filed.spec.vm_id)).is_empty());
+
+    // A missing state is named before anything starts.
+    let err = vmm
+        .restore(
+            &bigger.spec,
+            &vm.dir.path().join("nothing"),
+            RamSave::IntoState,
+            true,
+        )
+        .unwrap_err();
+    assert!(matches!(err, VmmError::MissingFile { .. }), "{err:?}");
+    drop((vm.cleanup, bigger.cleanup, filed.cleanup));
 }

@@ -265,7 +265,9 @@ async fn boot(
                 shared: false,
             };
             let state = snapshot::state_file(&snapshot.dir);
-            tokio::task::spawn_blocking(move || vmm.restore(&spec, &state, true))
+            tokio::task::spawn_blocking(move || {
+                vmm.restore(&spec, &state, banger_vmm::RamSave::KeptInSharedFile, true)
+            })
                 .await
                 .map_err(task_failed("restore"))??
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::VmFiles;
 use super::check::check_spec;
 use crate::error::VmmError;
-use crate::spec::{Accel, AgentChannel, Drive, NetBackend, PortForward, VmSpec};
+use crate::spec::{Accel, AgentChannel, Drive, MemoryBacking, NetBackend, PortForward, VmSpec};
 
 /// The chardev id of the serial console.
 const CONSOLE_CHARDEV: &str = "console";
@@ -64,21 +64,47 @@ pub(super) fn hostfwd_rule(f: &PortForward) -> String {
     )
 }
 
-/// The machine, CPU and console part shared by VMs and the KVM probe.
+/// The id of the RAM's memory backend object. A saved state names RAM
+/// blocks by it; without a backend the block is `microvm.ram`, which a VM
+/// with a file-backed RAM cannot load ("Unknown ramblock").
+pub(crate) const MEMORY_BACKEND_ID: &str = "mem";
+
+/// `memory-backend-ram,id=mem,size=NM` or
+/// `memory-backend-file,id=mem,size=NM,mem-path=PATH,share=on|off`.
+fn memory_backend_arg(memory: &MemoryBacking, memory_mib: u32) -> OsString {
+    let common = format!("id={MEMORY_BACKEND_ID},size={memory_mib}M");
+    match memory {
+        MemoryBacking::Anonymous => format!("memory-backend-ram,{common}").into(),
+        MemoryBacking::File { path, shared } => opt_with_path(
+            &format!("memory-backend-file,{common},mem-path="),
+            path,
+            if *shared { ",share=on" } else { ",share=off" },
+        ),
+    }
+}
+
+/// The machine, CPU, memory and console part shared by VMs and the KVM
+/// probe. `memory: None` (the probe) gives QEMU's default RAM, with no
+/// backend object.
 pub(crate) fn machine_args(
     accel: Accel,
     vcpus: u32,
     memory_mib: u32,
+    memory: Option<&MemoryBacking>,
     console_log: &Path,
 ) -> Vec<OsString> {
     let cpu = match accel {
         Accel::Kvm => "host",
         Accel::Tcg => "max",
     };
+    let machine = match memory {
+        Some(_) => format!("microvm,acpi=on,rtc=on,memory-backend={MEMORY_BACKEND_ID}"),
+        None => "microvm,acpi=on,rtc=on".to_owned(),
+    };
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
     push("-M");
-    push("microvm,acpi=on,rtc=on");
+    push(&machine);
     push("-accel");
     push(accel.as_str());
     push("-cpu");
@@ -87,8 +113,12 @@ pub(crate) fn machine_args(
     push(&vcpus.to_string());
     push("-m");
     push(&format!("{memory_mib}M"));
+    if let Some(memory) = memory {
+        a.push("-object".into());
+        a.push(memory_backend_arg(memory, memory_mib));
+    }
     for flag in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
-        push(flag);
+        a.push(flag.into());
     }
     a.push("-chardev".into());
     a.push(opt_with_path(
@@ -136,6 +166,7 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
         spec.accel,
         spec.machine.vcpus,
         spec.machine.memory_mib,
+        Some(&spec.memory),
         &spec.console_log,
     ));
     a.extend(boot_args(
@@ -148,7 +179,7 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
     for drive in roots.chain(others) {
         a.extend(drive_args(drive));
     }
-    for nic in &spec.net {
+    for (index, nic) in spec.net.iter().enumerate() {
         let netdev = match &nic.backend {
             NetBackend::User { forwards } => {
                 let mut s = format!("user,id={}", nic.id);
@@ -164,6 +195,9 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
                     nic.id
                 )
             }
+            // A hub of its own per NIC: on a shared hub two detached NICs
+            // would reach each other.
+            NetBackend::Detached => format!("hubport,id={},hubid={index}", nic.id),
         };
         let mut device = format!("virtio-net-device,netdev={}", nic.id);
         if let Some(mac) = &nic.mac {
@@ -220,7 +254,7 @@ mod tests {
             "-name",
             "guest=banger-0f3a9c,process=banger-0f3a9c",
             "-M",
-            "microvm,acpi=on,rtc=on",
+            "microvm,acpi=on,rtc=on,memory-backend=mem",
             "-accel",
             "tcg",
             "-cpu",
@@ -229,6 +263,8 @@ mod tests {
             "1",
             "-m",
             "1024M",
+            "-object",
+            "memory-backend-ram,id=mem,size=1024M",
             "-nodefaults",
             "-no-user-config",
             "-nographic",
@@ -285,6 +321,52 @@ mod tests {
         assert!(joined.contains(
             "-netdev tap,id=net0,ifname=bgr-tap0,script=no,downscript=no -device virtio-net-device,netdev=net0 -qmp"
         ));
+    }
+
+    #[test]
+    fn file_memory_and_detached_nics() {
+        let mut spec = sample();
+        spec.memory = MemoryBacking::File {
+            path: "/tmp/snap,1/ram".into(),
+            shared: true,
+        };
+        spec.net[0].backend = NetBackend::Detached;
+        spec.net.push(crate::spec::NetInterface {
+            id: "net1".into(),
+            mac: None,
+            backend: NetBackend::Detached,
+        });
+        let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
+        assert!(
+            joined.contains(
+                "-M microvm,acpi=on,rtc=on,memory-backend=mem -accel tcg -cpu max -smp 1 -m 1024M \
+                 -object memory-backend-file,id=mem,size=1024M,mem-path=/tmp/snap,,1/ram,share=on -nodefaults"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "-netdev hubport,id=net0,hubid=0 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56 \
+                 -netdev hubport,id=net1,hubid=1 -device virtio-net-device,netdev=net1 -qmp"
+            ),
+            "{joined}"
+        );
+        spec.memory = MemoryBacking::File {
+            path: "/tmp/ram".into(),
+            shared: false,
+        };
+        let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
+        assert!(
+            joined.contains("memory-backend-file,id=mem,size=1024M,mem-path=/tmp/ram,share=off"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn the_probe_has_no_memory_backend() {
+        let args = strings(&machine_args(Accel::Kvm, 1, 512, None, Path::new("/c.log")));
+        assert_eq!(args[..2], ["-M", "microvm,acpi=on,rtc=on"]);
+        assert!(!args.iter().any(|a| a == "-object"), "{args:?}");
     }
 
     #[test]

@@ -6,13 +6,15 @@ use std::path::Path;
 use super::VmFiles;
 use crate::error::VmmError;
 use crate::proc;
-use crate::spec::{NetBackend, VmSpec};
+use crate::spec::{MemoryBacking, NetBackend, VmSpec};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Kernel, initrd and drives must exist before QEMU is started, so that
-/// the error names the file rather than QEMU's phrasing of it.
+/// the error names the file rather than QEMU's phrasing of it; so must a
+/// memory file mapped copy-on-write (it holds the RAM a restore starts
+/// from), and a shared one's directory (QEMU creates the file).
 pub(super) fn check_files(spec: &VmSpec) -> Result<(), VmmError> {
     let mut wanted: Vec<(String, &Path)> = vec![("kernel".into(), &spec.boot.kernel)];
     if let Some(initrd) = &spec.boot.initrd {
@@ -20,6 +22,20 @@ pub(super) fn check_files(spec: &VmSpec) -> Result<(), VmmError> {
     }
     for drive in &spec.drives {
         wanted.push((format!("drive {}", drive.id), &drive.path));
+    }
+    match &spec.memory {
+        MemoryBacking::Anonymous => {}
+        MemoryBacking::File {
+            path,
+            shared: false,
+        } => wanted.push(("memory file".into(), path)),
+        MemoryBacking::File { path, shared: true } => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            wanted.push((
+                "directory of the memory file".into(),
+                dir.unwrap_or(Path::new(".")),
+            ));
+        }
     }
     for (what, path) in wanted {
         match proc::exists(path) {
@@ -154,6 +170,7 @@ pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
                     ));
                 }
             }
+            NetBackend::Detached => {}
         }
     }
     Ok(())

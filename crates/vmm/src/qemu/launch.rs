@@ -23,7 +23,25 @@ impl QemuVmm {
     /// [`crate::Vmm::launch`] for QEMU.
     pub(super) fn launch_qemu(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         let started = Instant::now();
-        let args = qemu_args(spec)?;
+        let handle = self.start_qemu(spec, &[])?.into_handle();
+        tracing::debug!(
+            vm_id = %spec.vm_id,
+            name = %spec.name,
+            pid = handle.pid,
+            accel = spec.accel.as_str(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "qemu answered on qmp"
+        );
+        Ok(handle)
+    }
+
+    /// Starts QEMU for `spec` with `extra` arguments appended and waits
+    /// for QMP to answer. The QEMU stays our child and is killed and
+    /// reaped when the returned [`Started`] is dropped, unless
+    /// [`Started::into_handle`] lets it go.
+    pub(super) fn start_qemu(&self, spec: &VmSpec, extra: &[&str]) -> Result<Started, VmmError> {
+        let mut args = qemu_args(spec)?;
+        args.extend(extra.iter().map(OsString::from));
         check_files(spec)?;
         let files = VmFiles::in_dir(&spec.vm_dir);
         prepare_dirs(spec, &files)?;
@@ -63,24 +81,14 @@ impl QemuVmm {
             binary: self.binary.clone(),
             source,
         })?;
-        let mut guard = ChildGuard { child, armed: true };
-        self.wait_ready(spec, &files, &mut guard.child, log_start)?;
-        guard.armed = false;
-        let pid = guard.child.id();
-        spawn_reaper(pid);
-        tracing::debug!(
-            vm_id = %spec.vm_id,
-            name = %spec.name,
-            pid,
-            accel = spec.accel.as_str(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "qemu answered on qmp"
-        );
-        Ok(VmHandle {
-            pid,
-            control_socket: files.control_socket,
-            backend: BackendKind::Qemu,
-        })
+        let mut started = Started {
+            child,
+            armed: true,
+            files,
+            log_start,
+        };
+        self.wait_ready(spec, &started.files, &mut started.child, log_start)?;
+        Ok(started)
     }
 
     fn wait_ready(
@@ -155,14 +163,60 @@ impl QemuVmm {
     }
 }
 
-/// Kills and reaps the child on drop while armed (every early return and
-/// panic of `launch`).
-struct ChildGuard {
+/// A QEMU we started that answers on QMP. Killed and reaped on drop while
+/// armed (every early return and panic of `launch` and `restore`).
+pub(super) struct Started {
     child: Child,
     armed: bool,
+    pub(super) files: VmFiles,
+    /// Where this launch's output starts in `vmm.log`.
+    log_start: u64,
 }
 
-impl Drop for ChildGuard {
+impl Started {
+    /// Whether QEMU has exited, and how.
+    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own.
+    pub(super) fn exits_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills and reaps QEMU now, then returns the tail of what it wrote to
+    /// `vmm.log` (final, since it is gone).
+    pub(super) fn kill_for_tail(mut self) -> String {
+        self.armed = false;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        log_tail(&self.files.vmm_log, self.log_start)
+    }
+
+    /// Lets QEMU run on, reaped by a thread of its own, and returns its
+    /// handle.
+    pub(super) fn into_handle(mut self) -> VmHandle {
+        self.armed = false;
+        let pid = self.child.id();
+        spawn_reaper(pid);
+        VmHandle {
+            pid,
+            control_socket: self.files.control_socket.clone(),
+            backend: BackendKind::Qemu,
+        }
+    }
+}
+
+impl Drop for Started {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.child.kill();

@@ -32,20 +32,43 @@
 //! `panic=-1`) end the QEMU process, as Firecracker does; the daemon sees a
 //! stopped VM and restarts it itself if asked.
 //!
+//! **Snapshots.** Guest RAM is always a memory backend object named `mem`
+//! (`memory-backend-ram`, or `memory-backend-file` for
+//! [`MemoryBacking::File`](crate::MemoryBacking)), because a saved state
+//! names its RAM blocks. `pause`/`resume` are QMP `stop`/`cont`.
+//! `save_state` is a migration to a file: on a paused VM it sets the
+//! `x-ignore-shared` capability (on: the RAM of a `share=on` backend is
+//! left out, it stays in its file), lifts the 128 MiB/s default bandwidth
+//! limit, runs `migrate` to `exec:cat > 'DEST'`, polls `query-migrate`
+//! every 5 ms until `completed` or `failed` (bounded by
+//! [`QemuVmm::migrate_timeout`]), then waits for the `cat` to exit: QEMU
+//! sets `completed` before the cleanup that closes the pipe and reaps
+//! `cat`, and nothing keeps a poll from landing in between. The VM
+//! stays paused (QEMU's `postmigrate`, reported as paused; it lets go of
+//! its disk images until `cont`). `restore` is `launch` with `-S
+//! -incoming defer`, the same capability, `migrate-incoming` from `exec:cat
+//! 'STATE'` and the same polling; QEMU 7.2 exits when a load fails, so
+//! the error is the tail of `vmm.log` (where it says why: a RAM size or
+//! device mismatch), and any failure kills and reaps it. `build` is the
+//! binary's version (probed once per binary file) and machine `microvm`.
+//!
 //! **Files.** `args` builds the argv (pure), `check` refuses bad specs
 //! and missing files up front, `launch` starts QEMU and waits for QMP,
-//! `diagnose` explains a failed start from `vmm.log`, and `ownership`
-//! tells our QEMU from a process that reused its pid.
+//! `snapshot` pauses, resumes, saves and restores, `diagnose` explains a
+//! failed start from `vmm.log`, and `ownership` tells our QEMU from a
+//! process that reused its pid.
 
 mod args;
 mod check;
 mod diagnose;
 mod launch;
 mod ownership;
+mod snapshot;
 #[cfg(test)]
 mod test_spec;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qapi::qmp;
@@ -53,12 +76,16 @@ use qapi::qmp;
 use crate::error::VmmError;
 use crate::proc;
 use crate::qmp::QmpClient;
-use crate::spec::{BackendKind, Signal, VmHandle, VmRunState, VmSpec};
+use crate::spec::{
+    BackendKind, RamSave, SaveReport, Signal, VmHandle, VmRunState, VmSpec, VmmBuild,
+};
 use crate::{Vmm, probe};
 
 pub(crate) use args::{boot_args, machine_args};
 pub use args::{name_arg, qemu_args};
 pub(crate) use diagnose::{log_tail, tail_lines};
+#[cfg(test)]
+pub(crate) use test_spec::sample as test_spec_sample;
 
 /// The QEMU system emulator banger runs.
 pub const QEMU_BINARY_NAME: &str = "qemu-system-x86_64";
@@ -96,6 +123,22 @@ pub struct QemuVmm {
     pub start_timeout: Duration,
     /// Bounds each QMP read and write.
     pub qmp_timeout: Duration,
+    /// Bounds one `save_state` or the loading part of one `restore`
+    /// (a 1 GiB guest's state saves in well under a second).
+    pub migrate_timeout: Duration,
+    /// The binary's version, with the file it was asked of (shared by
+    /// clones).
+    version: Arc<Mutex<Option<(BinaryStamp, String)>>>,
+}
+
+/// Identifies one version of the binary file: a package upgrade replaces
+/// the file, which changes these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BinaryStamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
 impl QemuVmm {
@@ -104,6 +147,8 @@ impl QemuVmm {
             binary: binary.into(),
             start_timeout: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(5),
+            migrate_timeout: Duration::from_secs(120),
+            version: Arc::default(),
         }
     }
 
@@ -187,13 +232,88 @@ impl Vmm for QemuVmm {
             .execute(&qmp::query_status {})?;
         Ok(run_state(info.status))
     }
+
+    fn pause(&self, handle: &VmHandle) -> Result<(), VmmError> {
+        self.pause_qemu(handle)
+    }
+
+    fn resume(&self, handle: &VmHandle) -> Result<(), VmmError> {
+        self.resume_qemu(handle)
+    }
+
+    fn save_state(
+        &self,
+        handle: &VmHandle,
+        dest: &Path,
+        ram: RamSave,
+    ) -> Result<SaveReport, VmmError> {
+        self.save_qemu(handle, dest, ram)
+    }
+
+    fn restore(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+        ram: RamSave,
+        resume: bool,
+    ) -> Result<VmHandle, VmmError> {
+        self.restore_qemu(spec, state, ram, resume)
+    }
+
+    /// The version is asked of the binary once per binary file (about
+    /// 10 ms), and again after the file was replaced.
+    fn build(&self) -> Result<VmmBuild, VmmError> {
+        Ok(VmmBuild {
+            backend: BackendKind::Qemu,
+            version: self.version()?,
+            machine: "microvm".into(),
+        })
+    }
+}
+
+impl QemuVmm {
+    fn version(&self) -> Result<String, VmmError> {
+        let stamp = self.binary_stamp();
+        let cached = |cache: &Option<(BinaryStamp, String)>| match (cache, stamp) {
+            (Some((seen, version)), Some(now)) if *seen == now => Some(version.clone()),
+            _ => None,
+        };
+        // A poisoned lock only means a panic elsewhere while it was held;
+        // the cache is a plain value, still usable.
+        let mut cache = self.version.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(version) = cached(&cache) {
+            return Ok(version);
+        }
+        let version = probe::probe_qemu_at(&self.binary)?.version;
+        *cache = stamp.map(|stamp| (stamp, version.clone()));
+        Ok(version)
+    }
+
+    /// The binary file's identity, or `None` when it cannot be looked at
+    /// (then the version is asked every time).
+    fn binary_stamp(&self) -> Option<BinaryStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let path = if self.binary.components().count() > 1 {
+            self.binary.clone()
+        } else {
+            probe::find_on_path(self.binary.to_str()?)?
+        };
+        let meta = std::fs::metadata(path).ok()?;
+        Some(BinaryStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        })
+    }
 }
 
 fn run_state(state: qmp::RunState) -> VmRunState {
     use qmp::RunState as R;
     match state {
         R::running => VmRunState::Running,
-        R::paused => VmRunState::Paused,
+        // After a completed save; `cont` runs it again (see VmRunState::Paused).
+        R::paused | R::postmigrate => VmRunState::Paused,
         R::prelaunch => VmRunState::Prelaunch,
         R::shutdown => VmRunState::Shutdown,
         R::guest_panicked => VmRunState::GuestPanicked,

@@ -1,11 +1,11 @@
 //! The sample spec the unit tests of this module start from.
 
 use crate::spec::{
-    Accel, BootSource, DiskFormat, Drive, MachineConfig, NetBackend, NetInterface, PortForward,
-    Proto, VmSpec,
+    Accel, BootSource, DiskFormat, Drive, MachineConfig, MemoryBacking, NetBackend, NetInterface,
+    PortForward, Proto, VmSpec,
 };
 
-pub(super) fn sample() -> VmSpec {
+pub(crate) fn sample() -> VmSpec {
     VmSpec {
         vm_id: "0f3a9c".into(),
         name: "dev".into(),
@@ -19,6 +19,7 @@ pub(super) fn sample() -> VmSpec {
             vcpus: 1,
             memory_mib: 1024,
         },
+        memory: MemoryBacking::Anonymous,
         drives: vec![
             Drive {
                 id: "work".into(),

@@ -431,7 +431,7 @@ fn make_ram_file(
         shared: true,
     };
     let result = (|| -> Result<(), VmError> {
-        let handle = vmm.restore(&spec, stream, false)?;
+        let handle = vmm.restore(&spec, stream, RamSave::IntoState, false)?;
         let saved = vmm.save_state(&handle, &state_file(tmp), RamSave::KeptInSharedFile);
         let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
         let _ = vmm.wait_exit(&handle, std::time::Duration::from_secs(10));
