@@ -129,6 +129,7 @@ impl AgentConn {
         let hello = encode(&Frame::new(Message::Hello {
             protocol: AGENT_PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: Vec::new(),
         }));
         let deadline = tokio::time::Instant::now() + timeout;
         let agent_version = loop {
@@ -144,7 +145,9 @@ impl AgentConn {
                 m = tokio::time::timeout(Duration::from_secs(1), hello_rx.recv()) => m,
             };
             match got {
-                Ok(Some(Message::Hello { protocol, version })) => {
+                Ok(Some(Message::Hello {
+                    protocol, version, ..
+                })) => {
                     if protocol != AGENT_PROTOCOL_VERSION {
                         closed.cancel();
                         return Err(AgentError::Version {
@@ -269,6 +272,7 @@ pub(crate) mod tests {
                     Message::Hello { .. } => Message::Hello {
                         protocol,
                         version: "test".into(),
+                        capabilities: Vec::new(),
                     },
                     Message::Health { id } => Message::HealthOk { id, uptime_s: 1.0 },
                     Message::Ports { id } => Message::Error {
