@@ -4,8 +4,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use banger_proto::agent::{AGENT_PROTOCOL_VERSION, AgentErrorCode, Frame, FrameDecoder, Message};
+use banger_proto::agent::{
+    AGENT_PROTOCOL_VERSION, AgentErrorCode, Frame, FrameDecoder, FrameError, Message, capability,
+};
 
+use crate::guest_ops::{IdentityRequest, Job, Worker};
+use crate::host::Host;
 use crate::outbox::Sink;
 use crate::{exec, files, log, sysinfo};
 
@@ -39,13 +43,15 @@ pub(crate) fn send_error(out: &Out, id: Option<u64>, code: AgentErrorCode, messa
 }
 
 /// The agent's state: the decoder, whether the peer's protocol matches,
-/// and the requests in progress.
+/// the requests in progress, and the worker for the requests that change
+/// the machine (clock, freezing, identity) through its [`Host`].
 pub struct Agent {
     decoder: FrameDecoder,
     out: Out,
     peer_ok: bool,
     sessions: Arc<Sessions>,
     queries: Arc<AtomicUsize>,
+    guest_ops: Worker,
 }
 
 impl std::fmt::Debug for Agent {
@@ -58,22 +64,27 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// An agent whose replies and events go to `out`.
-    pub fn new(out: Arc<dyn Sink>) -> Self {
+    /// An agent whose replies and events go to `out` and whose clock,
+    /// freeze and identity requests act on `host`: the machine
+    /// ([`crate::host::RealHost`]) or, in tests, [`crate::fake::FakeHost`].
+    pub fn new(out: Arc<dyn Sink>, host: Arc<dyn Host>) -> Self {
         Self {
             decoder: FrameDecoder::new(),
             out,
             peer_ok: true,
             sessions: Arc::new(Sessions::default()),
             queries: Arc::new(AtomicUsize::new(0)),
+            guest_ops: Worker::new(host),
         }
     }
 
-    /// Sends the agent's `Hello`.
+    /// Sends the agent's `Hello`, with the requests it answers beyond
+    /// protocol 1's first set.
     pub fn hello(&self) {
         self.out.send(Frame::new(Message::Hello {
             protocol: AGENT_PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: capability::ALL.iter().map(|c| (*c).to_owned()).collect(),
         }));
     }
 
@@ -84,6 +95,21 @@ impl Agent {
         while let Some(next) = self.decoder.next_frame() {
             match next {
                 Ok(frame) => self.handle(frame),
+                Err(e @ FrameError::UnknownRequest { .. }) if !self.peer_ok => {
+                    log!("ignoring {e} from a peer of another protocol");
+                }
+                Err(FrameError::UnknownRequest { id, kind }) => {
+                    log!("unknown request type {kind:?} (id {id}): the host is newer");
+                    send_error(
+                        &self.out,
+                        Some(id),
+                        AgentErrorCode::Unsupported,
+                        format!(
+                            "banger-agent {} does not know the request {kind:?} (rebuild the image)",
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    );
+                }
                 Err(e) => {
                     log!("bad frame: {e}");
                     send_error(&self.out, None, AgentErrorCode::BadFrame, e.to_string());
@@ -111,12 +137,15 @@ impl Agent {
     /// Handles one frame.
     pub fn handle(&mut self, frame: Frame) {
         let Frame { msg, body } = frame;
-        if let Message::Hello { protocol, version } = &msg {
+        if let Message::Hello {
+            protocol, version, ..
+        } = &msg
+        {
             self.on_hello(*protocol, version);
             return;
         }
         if !self.peer_ok {
-            log!("ignoring {} from a peer of another protocol", kind(&msg));
+            log!("ignoring {} from a peer of another protocol", msg.kind());
             return;
         }
         let out = &self.out;
@@ -198,6 +227,17 @@ impl Agent {
                     id_in_use(out, id);
                     return;
                 }
+                if self.guest_ops.is_frozen() {
+                    // Creating the temporary file would block this thread
+                    // until the thaw.
+                    send_error(
+                        out,
+                        Some(id),
+                        AgentErrorCode::Failed,
+                        "the filesystems are frozen (a snapshot is being taken): write after the thaw".into(),
+                    );
+                    return;
+                }
                 if let Some(upload) = files::start_upload(id, &path, mode, out) {
                     self.sessions.lock().insert(id, Session::Upload(upload));
                 }
@@ -234,6 +274,35 @@ impl Agent {
                 }
             }
             Message::ReadFile { id, path } => files::start_download(id, path, out),
+            Message::SetTime { id, unix_ns } => {
+                self.guest_ops.submit(Job::SetTime { id, unix_ns }, out);
+            }
+            Message::Freeze { id, timeout_ms } => {
+                self.guest_ops.submit(Job::Freeze { id, timeout_ms }, out);
+            }
+            Message::Thaw { id } => self.guest_ops.submit(Job::Thaw { id }, out),
+            Message::Identity {
+                id,
+                hostname,
+                unix_ns,
+                net,
+                new_host_key,
+            } => {
+                let req = IdentityRequest {
+                    hostname,
+                    unix_ns,
+                    net,
+                    new_host_key,
+                };
+                self.guest_ops.submit(
+                    Job::Identity {
+                        id,
+                        req,
+                        random: body,
+                    },
+                    out,
+                );
+            }
             Message::Error { id, code, message } => {
                 log!("host reports an error (id {id:?}, {code:?}): {message}");
             }
@@ -246,12 +315,13 @@ impl Agent {
             | Message::Stderr { .. }
             | Message::Exited { .. }
             | Message::FileInfo { .. }
-            | Message::Done { .. }) => {
+            | Message::Done { .. }
+            | Message::IdentityDone { .. }) => {
                 send_error(
                     out,
                     other.id(),
                     AgentErrorCode::BadRequest,
-                    format!("{} is not a request", kind(&other)),
+                    format!("{} is not a request", other.kind()),
                 );
             }
         }
@@ -290,6 +360,12 @@ impl Agent {
                 format!("agent speaks protocol {AGENT_PROTOCOL_VERSION}, peer {protocol}"),
             );
         }
+    }
+
+    /// Thaws at once (tests: whatever one left frozen).
+    #[cfg(test)]
+    pub(crate) fn guest_ops_thaw_for_tests(&self) -> Result<usize, String> {
+        self.guest_ops.thaw_now()
     }
 
     fn exec_session(&self, id: u64) -> Option<Arc<exec::Control>> {
@@ -349,33 +425,4 @@ pub(crate) fn id_in_use(out: &Out, id: u64) {
         AgentErrorCode::BadRequest,
         format!("id {id} is in use by a request in progress"),
     );
-}
-
-/// The message's `type` as on the wire.
-fn kind(msg: &Message) -> &'static str {
-    use Message as M;
-    match msg {
-        M::Hello { .. } => "hello",
-        M::Health { .. } => "health",
-        M::Stats { .. } => "stats",
-        M::Ports { .. } => "ports",
-        M::Exec { .. } => "exec",
-        M::Stdin { .. } => "stdin",
-        M::Signal { .. } => "signal",
-        M::Resize { .. } => "resize",
-        M::WriteFile { .. } => "write_file",
-        M::ReadFile { .. } => "read_file",
-        M::FileData { .. } => "file_data",
-        M::FileEnd { .. } => "file_end",
-        M::HealthOk { .. } => "health_ok",
-        M::StatsReply { .. } => "stats_reply",
-        M::PortsReply { .. } => "ports_reply",
-        M::Started { .. } => "started",
-        M::Stdout { .. } => "stdout",
-        M::Stderr { .. } => "stderr",
-        M::Exited { .. } => "exited",
-        M::FileInfo { .. } => "file_info",
-        M::Done { .. } => "done",
-        M::Error { .. } => "error",
-    }
 }

@@ -3,7 +3,10 @@
 //! It speaks the framed protocol of [`banger_proto::agent`] over the
 //! virtio-serial port named [`banger_proto::agent::AGENT_PORT_NAME`]
 //! (or stdin/stdout, or any device path, for tests): health, stats,
-//! listening ports, exec (pipes or a pty) and file copy in and out.
+//! listening ports, exec (pipes or a pty) and file copy in and out; and,
+//! for pause/resume, snapshots and restores, setting the clock, freezing
+//! and thawing filesystems and a restored guest's new identity, through
+//! the [`host::Host`] seam (faked in tests).
 //!
 //! Threads: the caller's thread reads the port and dispatches frames
 //! ([`Agent::feed`]); one writer thread owns writing ([`Outbox`]);
@@ -14,7 +17,10 @@ pub mod log;
 
 mod dispatch;
 mod exec;
+pub mod fake;
 mod files;
+mod guest_ops;
+pub mod host;
 mod outbox;
 pub mod procfs;
 pub mod sysinfo;

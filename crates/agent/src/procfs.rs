@@ -172,6 +172,43 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
     out
 }
 
+/// One line of `/proc/self/mountinfo` (what `Freeze` needs of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// The filesystem's device number: major 0 for filesystems on no
+    /// block device (proc, tmpfs, overlay…).
+    pub dev: (u32, u32),
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// The lines of `/proc/self/mountinfo`, in order (parents before their
+/// children). A line reads `ID PARENT MAJOR:MINOR ROOT MOUNT_POINT
+/// OPTIONS [OPTIONAL…] - FSTYPE SOURCE SUPER_OPTIONS`; unreadable lines
+/// are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_id, _parent, dev, _root, mp) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let (major, minor) = dev.split_once(':')?;
+            let dev = (major.parse().ok()?, minor.parse().ok()?);
+            // Skip the options and optional fields up to the separator.
+            f.by_ref().find(|x| *x == "-")?;
+            let fstype = f.next()?.to_owned();
+            let source = unescape_mount(f.next().unwrap_or(""));
+            Some(MountInfo {
+                dev,
+                mount_point: unescape_mount(mp),
+                fstype,
+                source,
+            })
+        })
+        .collect()
+}
+
 /// Undoes the kernel's octal escapes in `/proc/mounts` (`\040` is a space).
 fn unescape_mount(s: &str) -> String {
     let b = s.as_bytes();
@@ -435,6 +472,37 @@ short line
                 ("/dev/vdb", "/root", "ext4"),
                 ("/dev/vdc", "/mnt/with space", "xfs"),
                 ("overlay", "/var/lib/docker/x", "overlay"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = "\
+21 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+25 21 0:23 / /run rw,nosuid,nodev shared:5 master:2 - tmpfs tmpfs rw,size=100k
+40 21 254:16 / /mnt/with\\040space rw,relatime shared:9 - ext4 /dev/vdb rw
+41 21 254:16 / /short
+42 21 x:1 / /bad rw - ext4 /dev/vdc rw
+";
+        let m = parse_mountinfo(text);
+        let got: Vec<((u32, u32), &str, &str, &str)> = m
+            .iter()
+            .map(|m| {
+                (
+                    m.dev,
+                    m.mount_point.as_str(),
+                    m.fstype.as_str(),
+                    m.source.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ((254, 0), "/", "ext4", "/dev/vda"),
+                ((0, 23), "/run", "tmpfs", "tmpfs"),
+                ((254, 16), "/mnt/with space", "ext4", "/dev/vdb"),
             ]
         );
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use banger_proto::agent::AGENT_PORT_NAME;
 
+use crate::host::RealHost;
 use crate::log;
 use crate::{Agent, Outbox};
 
@@ -160,7 +161,7 @@ fn serve_port(t: &Transport) -> io::Result<()> {
         Some(f) => (&*f).write_all(bytes),
         None => Err(io::Error::other("the port is being reopened")),
     })?;
-    let mut agent = Agent::new(Arc::new(outbox));
+    let mut agent = Agent::new(Arc::new(outbox), Arc::new(RealHost));
     agent.hello();
     let mut buf = vec![0u8; READ_BUF];
     let mut connected = false;
@@ -221,7 +222,7 @@ fn serve_stdio() -> io::Result<()> {
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
     let mut stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
     let outbox = Outbox::start(move |bytes| (&stdout).write_all(bytes))?;
-    let mut agent = Agent::new(Arc::new(outbox.clone()));
+    let mut agent = Agent::new(Arc::new(outbox.clone()), Arc::new(RealHost));
     agent.hello();
     let mut buf = vec![0u8; READ_BUF];
     loop {

@@ -106,7 +106,8 @@ impl Agent {
             f.msg,
             Message::Hello {
                 protocol: AGENT_PROTOCOL_VERSION,
-                version: env!("CARGO_PKG_VERSION").into()
+                version: env!("CARGO_PKG_VERSION").into(),
+                capabilities: vec!["set_time".into(), "freeze".into(), "identity".into()],
             }
         );
     }
@@ -239,6 +240,7 @@ fn hello_and_a_peer_of_another_protocol() {
     a.send(Frame::new(Message::Hello {
         protocol: AGENT_PROTOCOL_VERSION + 98,
         version: "9.9.9".into(),
+        capabilities: Vec::new(),
     }));
     let f = a.take(|f| matches!(f.msg, Message::Error { .. }));
     assert_eq!(
@@ -262,6 +264,7 @@ fn hello_and_a_peer_of_another_protocol() {
     a.send(Frame::new(Message::Hello {
         protocol: AGENT_PROTOCOL_VERSION,
         version: "test".into(),
+        capabilities: Vec::new(),
     }));
     a.expect_hello();
     a.health(2);
@@ -648,6 +651,7 @@ fn files_round_trip() {
     a.send(Frame::new(Message::Hello {
         protocol: AGENT_PROTOCOL_VERSION,
         version: "test".into(),
+        capabilities: Vec::new(),
     }));
     a.expect_hello();
     a.send(Frame::with_body(
@@ -803,6 +807,7 @@ fn device_transport_on_a_pty() {
     a.send(Frame::new(Message::Hello {
         protocol: AGENT_PROTOCOL_VERSION,
         version: "test".into(),
+        capabilities: Vec::new(),
     }));
     a.expect_hello();
     a.health(1);

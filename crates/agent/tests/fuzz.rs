@@ -1,7 +1,9 @@
 //! Bounded-time fuzzing of the agent's input handling, in process: random
 //! bytes and mutated valid frames go to [`Agent::feed`] with a sink that
 //! only counts. Nothing may panic (in the dispatcher or any thread it
-//! starts), and a valid Health is answered afterwards.
+//! starts), and a valid Health is answered afterwards. The clock, freeze
+//! and identity requests act on a [`FakeHost`]: mutated input never
+//! touches the machine running the test.
 //!
 //! `BANGER_FUZZ_SECS` sets the duration (default 3), `BANGER_FUZZ_SEED`
 //! replays a run (the seed is printed).
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use banger_agent::fake::FakeHost;
 use banger_agent::{Agent, Sink};
 use banger_proto::agent::{
     AGENT_PROTOCOL_VERSION, FRAME_MAGIC, FRAME_PREFIX, Frame, MAX_BODY_BYTES, MAX_HEADER_BYTES,
@@ -69,10 +72,12 @@ fn corpus(dir: &str) -> Vec<Vec<u8>> {
         f(Message::Hello {
             protocol: AGENT_PROTOCOL_VERSION,
             version: "fuzz".into(),
+            capabilities: Vec::new(),
         }),
         f(Message::Hello {
             protocol: AGENT_PROTOCOL_VERSION + 1,
             version: "fuzz".into(),
+            capabilities: Vec::new(),
         }),
         f(Message::Health { id: 1 }),
         f(Message::Stats { id: 2 }),
@@ -107,6 +112,30 @@ fn corpus(dir: &str) -> Vec<Vec<u8>> {
             id: 6,
             path: format!("{dir}/small"),
         }),
+        f(Message::SetTime {
+            id: 8,
+            unix_ns: 1_700_000_000_000_000_000,
+        }),
+        f(Message::Freeze {
+            id: 9,
+            timeout_ms: 50,
+        }),
+        f(Message::Thaw { id: 10 }),
+        fb(
+            Message::Identity {
+                id: 11,
+                hostname: "fuzzed".into(),
+                unix_ns: 1_700_000_000_000_000_000,
+                net: Some(banger_proto::agent::GuestNet {
+                    mac: "52:54:00:12:34:56".into(),
+                    address_cidr: "10.0.2.15/24".into(),
+                    gateway: "10.0.2.2".into(),
+                    dns: vec!["10.0.2.3".into()],
+                }),
+                new_host_key: true,
+            },
+            &[7u8; 64],
+        ),
         f(Message::Exited {
             id: 7,
             code: Some(1),
@@ -204,7 +233,7 @@ fn random_input_never_panics_and_health_is_answered_after() {
     // Set BANGER_FUZZ_LOG to see the agent's log lines (very many).
     banger_agent::log::set_quiet(std::env::var_os("BANGER_FUZZ_LOG").is_none());
     let sink = Arc::new(Recorder::default());
-    let mut agent = Agent::new(sink.clone());
+    let mut agent = Agent::new(sink.clone(), Arc::new(FakeHost::guest()));
     let mut rng = Rng(seed);
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut rounds = 0u64;
@@ -242,6 +271,7 @@ fn random_input_never_panics_and_health_is_answered_after() {
     let hello = encode(&Frame::new(Message::Hello {
         protocol: AGENT_PROTOCOL_VERSION,
         version: "fuzz".into(),
+        capabilities: Vec::new(),
     }));
     let limit = FRAME_PREFIX + MAX_HEADER_BYTES + MAX_BODY_BYTES + 2 * 1024;
     let mut sent = 0usize;

@@ -9,7 +9,10 @@
 //! The first frame each side sends is `Hello`: the daemon repeats its own
 //! every second until the agent's arrives (the agent may still be booting,
 //! or may have been running since before this daemon started); an agent of
-//! another protocol version is refused with a clear error.
+//! another protocol version is refused with a clear error. The agent's
+//! `Hello` lists the requests it answers beyond protocol 1's first set
+//! (`capabilities`); [`AgentConn::require`] refuses, with
+//! [`AgentError::TooOld`], to ask an agent for one it did not list.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,14 @@ pub enum AgentError {
     },
     #[error("the guest agent answered {0}")]
     Unexpected(String),
+    /// The agent (built into the VM's image) predates the request.
+    #[error(
+        "the guest agent (banger-agent {version}) is too old for {request} requests: rebuild the image"
+    )]
+    TooOld {
+        version: String,
+        request: &'static str,
+    },
 }
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
@@ -59,6 +70,8 @@ pub struct AgentConn {
     closed: CancellationToken,
     /// The agent's software version, from its `Hello`.
     pub agent_version: String,
+    /// The `capabilities` of its `Hello` (`proto::agent::capability`).
+    pub capabilities: Vec<String>,
 }
 
 impl Drop for AgentConn {
@@ -129,9 +142,10 @@ impl AgentConn {
         let hello = encode(&Frame::new(Message::Hello {
             protocol: AGENT_PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: Vec::new(),
         }));
         let deadline = tokio::time::Instant::now() + timeout;
-        let agent_version = loop {
+        let (agent_version, capabilities) = loop {
             if wtx.send(hello.clone()).await.is_err() {
                 return Err(AgentError::Lost);
             }
@@ -144,7 +158,11 @@ impl AgentConn {
                 m = tokio::time::timeout(Duration::from_secs(1), hello_rx.recv()) => m,
             };
             match got {
-                Ok(Some(Message::Hello { protocol, version })) => {
+                Ok(Some(Message::Hello {
+                    protocol,
+                    version,
+                    capabilities,
+                })) => {
                     if protocol != AGENT_PROTOCOL_VERSION {
                         closed.cancel();
                         return Err(AgentError::Version {
@@ -152,7 +170,7 @@ impl AgentConn {
                             ours: AGENT_PROTOCOL_VERSION,
                         });
                     }
-                    break version;
+                    break (version, capabilities);
                 }
                 Ok(Some(Message::Error { code, message, .. })) => {
                     closed.cancel();
@@ -169,11 +187,30 @@ impl AgentConn {
             next_id: AtomicU64::new(1),
             closed,
             agent_version,
+            capabilities,
         }))
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// Whether the agent listed `capability` in its `Hello`.
+    pub fn supports(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+
+    /// `Ok` if the agent listed `capability`; else [`AgentError::TooOld`]
+    /// naming `request`.
+    pub fn require(&self, capability: &str, request: &'static str) -> Result<(), AgentError> {
+        if self.supports(capability) {
+            Ok(())
+        } else {
+            Err(AgentError::TooOld {
+                version: self.agent_version.clone(),
+                request,
+            })
+        }
     }
 
     /// Sends the request `make(id)` and returns its id and the receiver of
@@ -213,12 +250,41 @@ impl AgentConn {
         make: impl FnOnce(u64) -> Message,
         timeout: Duration,
     ) -> Result<Frame, AgentError> {
-        let (id, mut rx) = self.start(make, Vec::new()).await?;
+        self.call_with_body(make, Vec::new(), timeout).await
+    }
+
+    /// [`AgentConn::call`] for a request with a body. An `unsupported`
+    /// answer (an agent that does not know the request) is
+    /// [`AgentError::TooOld`].
+    pub async fn call_with_body(
+        &self,
+        make: impl FnOnce(u64) -> Message,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Frame, AgentError> {
+        let mut kind = "";
+        let make = |id| {
+            let msg = make(id);
+            kind = msg.kind();
+            msg
+        };
+        let (id, mut rx) = self.start(make, body).await?;
         let got = tokio::time::timeout(timeout, rx.recv()).await;
         self.finish(id);
         match got {
             Err(_) => Err(AgentError::Timeout(timeout.as_secs())),
             Ok(None) => Err(AgentError::Lost),
+            Ok(Some(Frame {
+                msg:
+                    Message::Error {
+                        code: AgentErrorCode::Unsupported,
+                        ..
+                    },
+                ..
+            })) => Err(AgentError::TooOld {
+                version: self.agent_version.clone(),
+                request: kind,
+            }),
             Ok(Some(Frame {
                 msg: Message::Error { code, message, .. },
                 ..
@@ -255,9 +321,26 @@ pub(crate) mod tests {
     /// A fake agent: answers Hello with `protocol`, Health with HealthOk,
     /// and refuses Ports (not found).
     pub(crate) async fn fake_agent(listener: UnixListener, protocol: u32) {
+        fake_agent_with(listener, protocol, Vec::new(), Arc::default()).await;
+    }
+
+    /// [`fake_agent`] that lists `capabilities` in its Hello and keeps
+    /// every request it gets in `seen`. It answers SetTime, Freeze and
+    /// Thaw with Done and Identity with IdentityDone (the key names the
+    /// body's length), each only if the capability is listed, else
+    /// `unsupported` (as an agent newer than capabilities but older than
+    /// the request does). Identity with hostname `refuse-me` is refused.
+    pub(crate) async fn fake_agent_with(
+        listener: UnixListener,
+        protocol: u32,
+        capabilities: Vec<String>,
+        seen: Arc<Mutex<Vec<Frame>>>,
+    ) {
+        use banger_proto::agent::capability;
         let (mut s, _) = listener.accept().await.unwrap();
         let mut d = FrameDecoder::new();
         let mut buf = vec![0u8; 4096];
+        let has = |c: &str| capabilities.iter().any(|x| x == c);
         loop {
             let n = match s.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -265,10 +348,17 @@ pub(crate) mod tests {
             };
             d.push(&buf[..n]);
             while let Some(Ok(f)) = d.next_frame() {
+                seen.lock().unwrap().push(f.clone());
+                let unsupported = |id| Message::Error {
+                    id: Some(id),
+                    code: AgentErrorCode::Unsupported,
+                    message: "unknown request".into(),
+                };
                 let reply = match f.msg {
                     Message::Hello { .. } => Message::Hello {
                         protocol,
                         version: "test".into(),
+                        capabilities: capabilities.clone(),
                     },
                     Message::Health { id } => Message::HealthOk { id, uptime_s: 1.0 },
                     Message::Ports { id } => Message::Error {
@@ -276,6 +366,32 @@ pub(crate) mod tests {
                         code: AgentErrorCode::NotFound,
                         message: "nope".into(),
                     },
+                    Message::SetTime { id, .. } if has(capability::SET_TIME) => {
+                        Message::Done { id }
+                    }
+                    Message::Freeze { id, .. } | Message::Thaw { id }
+                        if has(capability::FREEZE) =>
+                    {
+                        Message::Done { id }
+                    }
+                    Message::Identity { id, hostname, .. } if has(capability::IDENTITY) => {
+                        if hostname == "refuse-me" {
+                            Message::Error {
+                                id: Some(id),
+                                code: AgentErrorCode::BadRequest,
+                                message: format!("bad hostname {hostname:?}"),
+                            }
+                        } else {
+                            Message::IdentityDone {
+                                id,
+                                host_key: format!("ssh-ed25519 AAAA{}", f.body.len()),
+                            }
+                        }
+                    }
+                    Message::SetTime { id, .. }
+                    | Message::Freeze { id, .. }
+                    | Message::Thaw { id }
+                    | Message::Identity { id, .. } => unsupported(id),
                     _ => continue,
                 };
                 // Garbage between frames is skipped by the daemon's decoder.
@@ -314,6 +430,54 @@ pub(crate) mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn capabilities_are_kept_and_an_unsupported_answer_is_too_old() {
+        use banger_proto::agent::capability;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(fake_agent_with(
+            listener,
+            AGENT_PROTOCOL_VERSION,
+            vec![capability::SET_TIME.into()],
+            Arc::default(),
+        ));
+        let conn = AgentConn::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(conn.supports(capability::SET_TIME));
+        assert!(!conn.supports(capability::FREEZE));
+        conn.require(capability::SET_TIME, "set_time").unwrap();
+        let e = conn.require(capability::FREEZE, "freeze").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the guest agent (banger-agent test) is too old for freeze requests: rebuild the image"
+        );
+        // Asked anyway, it answers unsupported: too old, naming the request.
+        let e = conn
+            .call(|id| Message::Thaw { id }, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::TooOld {
+                    request: "thaw",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let f = conn
+            .call(
+                |id| Message::SetTime { id, unix_ns: 1 },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(f.msg, Message::Done { .. }), "{f:?}");
     }
 
     #[tokio::test]

@@ -11,6 +11,15 @@
 //! that request carries the same id. The first frame each side sends is a
 //! [`Message::Hello`]; a peer of another `protocol` is refused with a clear
 //! error. [`FrameDecoder`] never panics on any input (fuzzed in tests).
+//!
+//! Requests added within one protocol version are announced as
+//! [`capability`] names in the agent's `Hello`: a daemon asks only for what
+//! the agent announced, so an agent baked into an older image keeps
+//! working for everything else and its VMs get a clear "agent too old"
+//! error instead of a silent timeout. (An agent that predates a request
+//! could not answer it with its id: it sees a header it cannot read.
+//! Agents since capabilities answer an unknown request `type` that has an
+//! `id` with [`AgentErrorCode::Unsupported`] and that id.)
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +40,27 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Name of the virtio-serial port the agent talks on.
 pub const AGENT_PORT_NAME: &str = "banger.agent";
+
+/// Fewest bytes of host randomness an [`Message::Identity`] body carries.
+pub const IDENTITY_RANDOM_MIN: usize = 32;
+
+/// Most bytes of host randomness an [`Message::Identity`] body carries.
+pub const IDENTITY_RANDOM_MAX: usize = 512;
+
+/// The names an agent lists in its `Hello` (`capabilities`) for the
+/// requests added since protocol 1 first shipped. An agent without a name
+/// does not know the request: do not send it.
+pub mod capability {
+    /// [`super::Message::SetTime`].
+    pub const SET_TIME: &str = "set_time";
+    /// [`super::Message::Freeze`] and [`super::Message::Thaw`].
+    pub const FREEZE: &str = "freeze";
+    /// [`super::Message::Identity`].
+    pub const IDENTITY: &str = "identity";
+
+    /// Everything this crate's agent does.
+    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY];
+}
 
 /// One frame: a message and its raw body (empty for most messages).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +92,11 @@ pub enum Message {
         protocol: u32,
         /// The sender's software version (for logs and errors).
         version: String,
+        /// The [`capability`] names of the requests the sender answers
+        /// beyond protocol 1's first set (the agent's; the daemon sends
+        /// none). Absent from older agents: they answer none of them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
 
     // ---- requests (daemon → agent) ----
@@ -126,6 +161,53 @@ pub enum Message {
         id: u64,
         path: String,
     },
+    /// Steps the guest's clock (`CLOCK_REALTIME`) to `unix_ns`
+    /// (nanoseconds since the epoch), as after a resume: a paused guest's
+    /// clock is behind. Answered with [`Message::Done`]. Capability
+    /// [`capability::SET_TIME`].
+    SetTime {
+        id: u64,
+        unix_ns: u64,
+    },
+    /// `sync()`, then freezes (`FIFREEZE`) every mounted filesystem on a
+    /// block device, innermost mount first, so a snapshot of the disks is
+    /// consistent. Answered with [`Message::Done`] once all are frozen (or
+    /// an error, with none left frozen). If no [`Message::Thaw`] arrives
+    /// within `timeout_ms` (1..=600000) the agent thaws them by itself: a
+    /// daemon that dies mid-snapshot never leaves the guest frozen. A
+    /// `Freeze` while frozen only sets the new deadline. Capability
+    /// [`capability::FREEZE`].
+    Freeze {
+        id: u64,
+        timeout_ms: u32,
+    },
+    /// Thaws (`FITHAW`) every filesystem on a block device (one that is not
+    /// frozen is fine). Answered with [`Message::Done`]. Capability
+    /// [`capability::FREEZE`].
+    Thaw {
+        id: u64,
+    },
+    /// Makes a guest restored from a snapshot its own: thaws all
+    /// filesystems, steps the clock to `unix_ns`, mixes the body
+    /// ([`IDENTITY_RANDOM_MIN`]..=[`IDENTITY_RANDOM_MAX`] bytes of host
+    /// randomness) into the kernel's random pool and reseeds it, sets the
+    /// hostname (`/etc/hostname`, and the `127.0.1.1` line of `/etc/hosts`
+    /// if there is one), with `net` gives `eth0` a new MAC and address,
+    /// default route and `/etc/resolv.conf`, and with `new_host_key`
+    /// replaces the SSH host keys by a new ed25519 key (the running sshd
+    /// re-reads it; open sessions stay). Answered with
+    /// [`Message::IdentityDone`], or an error naming the step that failed
+    /// (bad input is refused before anything changes). Capability
+    /// [`capability::IDENTITY`].
+    Identity {
+        id: u64,
+        hostname: String,
+        unix_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        net: Option<GuestNet>,
+        #[serde(default)]
+        new_host_key: bool,
+    },
 
     // ---- both ways: file contents ----
     /// A chunk of file contents (the body).
@@ -177,6 +259,13 @@ pub enum Message {
     Done {
         id: u64,
     },
+    /// [`Message::Identity`] is applied; `host_key` is the guest's SSH
+    /// host public key line (`ssh-ed25519 AAAA… comment`): the new one, or
+    /// the one it had.
+    IdentityDone {
+        id: u64,
+        host_key: String,
+    },
     /// A request failed (`id` set) or a frame could not be read (`id`
     /// absent).
     Error {
@@ -203,6 +292,10 @@ impl Message {
             | M::Resize { id, .. }
             | M::WriteFile { id, .. }
             | M::ReadFile { id, .. }
+            | M::SetTime { id, .. }
+            | M::Freeze { id, .. }
+            | M::Thaw { id }
+            | M::Identity { id, .. }
             | M::FileData { id }
             | M::FileEnd { id }
             | M::HealthOk { id, .. }
@@ -213,9 +306,90 @@ impl Message {
             | M::Stderr { id }
             | M::Exited { id, .. }
             | M::FileInfo { id, .. }
-            | M::Done { id } => Some(*id),
+            | M::Done { id }
+            | M::IdentityDone { id, .. } => Some(*id),
         }
     }
+
+    /// The message's `type` as on the wire.
+    pub fn kind(&self) -> &'static str {
+        use Message as M;
+        match self {
+            M::Hello { .. } => "hello",
+            M::Health { .. } => "health",
+            M::Stats { .. } => "stats",
+            M::Ports { .. } => "ports",
+            M::Exec { .. } => "exec",
+            M::Stdin { .. } => "stdin",
+            M::Signal { .. } => "signal",
+            M::Resize { .. } => "resize",
+            M::WriteFile { .. } => "write_file",
+            M::ReadFile { .. } => "read_file",
+            M::SetTime { .. } => "set_time",
+            M::Freeze { .. } => "freeze",
+            M::Thaw { .. } => "thaw",
+            M::Identity { .. } => "identity",
+            M::FileData { .. } => "file_data",
+            M::FileEnd { .. } => "file_end",
+            M::HealthOk { .. } => "health_ok",
+            M::StatsReply { .. } => "stats_reply",
+            M::PortsReply { .. } => "ports_reply",
+            M::Started { .. } => "started",
+            M::Stdout { .. } => "stdout",
+            M::Stderr { .. } => "stderr",
+            M::Exited { .. } => "exited",
+            M::FileInfo { .. } => "file_info",
+            M::Done { .. } => "done",
+            M::IdentityDone { .. } => "identity_done",
+            M::Error { .. } => "error",
+        }
+    }
+
+    /// Every [`Message::kind`] (tests check the two agree).
+    pub const KINDS: &'static [&'static str] = &[
+        "hello",
+        "health",
+        "stats",
+        "ports",
+        "exec",
+        "stdin",
+        "signal",
+        "resize",
+        "write_file",
+        "read_file",
+        "set_time",
+        "freeze",
+        "thaw",
+        "identity",
+        "file_data",
+        "file_end",
+        "health_ok",
+        "stats_reply",
+        "ports_reply",
+        "started",
+        "stdout",
+        "stderr",
+        "exited",
+        "file_info",
+        "done",
+        "identity_done",
+        "error",
+    ];
+}
+
+/// How a restored guest's `eth0` is set up ([`Message::Identity`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNet {
+    /// `aa:bb:cc:dd:ee:ff`, a unicast address.
+    pub mac: String,
+    /// IPv4 address and prefix length, `10.0.2.15/24`.
+    pub address_cidr: String,
+    /// IPv4 address of the default route.
+    pub gateway: String,
+    /// Name servers (IPv4 or IPv6) for `/etc/resolv.conf`; none leaves it
+    /// as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +403,10 @@ pub enum AgentErrorCode {
     NotFound,
     /// The request ran and failed (spawn, I/O); the message says why.
     Failed,
+    /// A request `type` this agent does not know: it is older than the
+    /// daemon (the daemon checks `capabilities` first; this is the answer
+    /// when it did not).
+    Unsupported,
     #[serde(other)]
     Unknown,
 }
@@ -285,6 +463,9 @@ pub enum FrameError {
     TooLarge { header: usize, body: usize },
     /// The header is not a message this side knows.
     BadHeader(String),
+    /// The header is a request of a `type` this side does not know (the
+    /// peer is newer), with an `id` to answer.
+    UnknownRequest { id: u64, kind: String },
 }
 
 impl std::fmt::Display for FrameError {
@@ -296,6 +477,9 @@ impl std::fmt::Display for FrameError {
                 "frame too large (header {header} bytes, body {body} bytes; limits {MAX_HEADER_BYTES} and {MAX_BODY_BYTES})"
             ),
             Self::BadHeader(e) => write!(f, "unreadable frame header: {e}"),
+            Self::UnknownRequest { id, kind } => {
+                write!(f, "unknown request type {kind:?} (id {id})")
+            }
         }
     }
 }
@@ -391,11 +575,30 @@ impl FrameDecoder {
                 msg,
                 body: self.buf[FRAME_PREFIX + header_len..total].to_vec(),
             }),
-            Err(e) => Err(FrameError::BadHeader(e.to_string())),
+            Err(e) => Err(unknown_request(header).unwrap_or(FrameError::BadHeader(e.to_string()))),
         };
         self.buf.drain(..total);
         Some(result)
     }
+}
+
+/// A header that is a JSON object with a string `type` no [`Message`] has
+/// and a numeric `id`: a newer peer's request, answerable by id.
+fn unknown_request(header: &[u8]) -> Option<FrameError> {
+    #[derive(Deserialize)]
+    struct Tagged {
+        #[serde(rename = "type")]
+        kind: String,
+        id: u64,
+    }
+    let t: Tagged = serde_json::from_slice(header).ok()?;
+    if Message::KINDS.contains(&t.kind.as_str()) {
+        return None;
+    }
+    Some(FrameError::UnknownRequest {
+        id: t.id,
+        kind: t.kind,
+    })
 }
 
 /// Index of the first byte that may start a frame: a whole magic, or a
@@ -432,6 +635,7 @@ mod tests {
             Frame::new(Message::Hello {
                 protocol: AGENT_PROTOCOL_VERSION,
                 version: "0.1.0".into(),
+                capabilities: vec![capability::FREEZE.into()],
             }),
             Frame::with_body(Message::Stdout { id: 7 }, b"hello\n".to_vec()),
             Frame::new(Message::Exited {
@@ -515,12 +719,51 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_request_type_is_answerable_by_id() {
+        let mut bytes = Vec::new();
+        for header in [
+            &br#"{"type":"teleport","id":12,"to":"mars"}"#[..],
+            br#"{"type":"teleport"}"#,
+            br#"{"type":"health","id":"x"}"#,
+            br#"{"type":"health","id":3}"#,
+        ] {
+            bytes.extend_from_slice(&FRAME_MAGIC);
+            bytes.extend_from_slice(&u32::try_from(header.len()).unwrap().to_be_bytes());
+            bytes.extend_from_slice(&0u32.to_be_bytes());
+            bytes.extend_from_slice(header);
+        }
+        let mut d = FrameDecoder::new();
+        d.push(&bytes);
+        let out = all(&mut d);
+        assert_eq!(
+            out[0],
+            Err(FrameError::UnknownRequest {
+                id: 12,
+                kind: "teleport".into()
+            })
+        );
+        // No id, or a known type with bad fields: a plain bad header.
+        assert!(matches!(out[1], Err(FrameError::BadHeader(_))), "{out:?}");
+        assert!(matches!(out[2], Err(FrameError::BadHeader(_))), "{out:?}");
+        assert_eq!(
+            out[3].as_ref().unwrap().msg,
+            Message::Health { id: 3 },
+            "reading goes on"
+        );
+        assert_eq!(
+            out[0].as_ref().unwrap_err().to_string(),
+            "unknown request type \"teleport\" (id 12)"
+        );
+    }
+
+    #[test]
     fn ids_are_found() {
         assert_eq!(Message::Stdin { id: 4 }.id(), Some(4));
         assert_eq!(
             Message::Hello {
                 protocol: 1,
-                version: String::new()
+                version: String::new(),
+                capabilities: Vec::new(),
             }
             .id(),
             None

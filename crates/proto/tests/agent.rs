@@ -5,15 +5,22 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use banger_proto::agent::{
-    AgentErrorCode, CpuTimes, DiskUsage, Frame, GuestStats, ListeningPort, Message, encode,
+    AgentErrorCode, CpuTimes, DiskUsage, Frame, GuestNet, GuestStats, ListeningPort, Message,
+    capability, encode,
 };
 
-#[test]
-fn messages_are_pinned() {
-    let messages = vec![
+/// One message of every kind.
+fn messages() -> Vec<Message> {
+    vec![
         Message::Hello {
             protocol: 1,
             version: "0.1.0".into(),
+            capabilities: Vec::new(),
+        },
+        Message::Hello {
+            protocol: 1,
+            version: "0.2.0".into(),
+            capabilities: capability::ALL.iter().map(|c| (*c).to_owned()).collect(),
         },
         Message::Health { id: 1 },
         Message::Stats { id: 2 },
@@ -45,6 +52,34 @@ fn messages_are_pinned() {
         Message::ReadFile {
             id: 6,
             path: "/root/f".into(),
+        },
+        Message::SetTime {
+            id: 7,
+            unix_ns: 1_700_000_000_123_456_789,
+        },
+        Message::Freeze {
+            id: 8,
+            timeout_ms: 30_000,
+        },
+        Message::Thaw { id: 9 },
+        Message::Identity {
+            id: 10,
+            hostname: "fork-1".into(),
+            unix_ns: 1_700_000_000_000_000_000,
+            net: Some(GuestNet {
+                mac: "52:54:00:12:34:56".into(),
+                address_cidr: "10.0.2.15/24".into(),
+                gateway: "10.0.2.2".into(),
+                dns: vec!["10.0.2.3".into()],
+            }),
+            new_host_key: true,
+        },
+        Message::Identity {
+            id: 11,
+            hostname: "fork-2".into(),
+            unix_ns: 1_700_000_000_000_000_000,
+            net: None,
+            new_host_key: false,
         },
         Message::FileData { id: 5 },
         Message::FileEnd { id: 5 },
@@ -95,12 +130,26 @@ fn messages_are_pinned() {
             size: 42,
         },
         Message::Done { id: 5 },
+        Message::IdentityDone {
+            id: 10,
+            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE root@fork-1".into(),
+        },
         Message::Error {
             id: Some(4),
             code: AgentErrorCode::NotFound,
             message: "no such file".into(),
         },
-    ];
+        Message::Error {
+            id: Some(12),
+            code: AgentErrorCode::Unsupported,
+            message: "unknown request type \"teleport\"".into(),
+        },
+    ]
+}
+
+#[test]
+fn messages_are_pinned() {
+    let messages = messages();
     let lines: Vec<String> = messages
         .iter()
         .map(|m| serde_json::to_string(m).unwrap())
@@ -108,4 +157,49 @@ fn messages_are_pinned() {
     insta::assert_snapshot!("agent_messages", lines.join("\n"));
     let frame = encode(&Frame::with_body(Message::Stdout { id: 4 }, b"hi".to_vec()));
     insta::assert_snapshot!("agent_frame_bytes", format!("{frame:?}"));
+}
+
+#[test]
+fn every_kind_is_listed_and_is_the_wire_type() {
+    let messages = messages();
+    let mut seen: Vec<&str> = Vec::new();
+    for m in &messages {
+        let json: serde_json::Value = serde_json::to_value(m).unwrap();
+        assert_eq!(json["type"], m.kind(), "{m:?}");
+        assert!(Message::KINDS.contains(&m.kind()), "{m:?}");
+        if !seen.contains(&m.kind()) {
+            seen.push(m.kind());
+        }
+    }
+    let mut kinds = Message::KINDS.to_vec();
+    kinds.sort_unstable();
+    seen.sort_unstable();
+    assert_eq!(seen, kinds, "messages() has one message of every kind");
+}
+
+#[test]
+fn an_old_daemons_hello_reads_as_no_capabilities() {
+    let m: Message =
+        serde_json::from_str(r#"{"type":"hello","protocol":1,"version":"0.1.0"}"#).unwrap();
+    assert_eq!(
+        m,
+        Message::Hello {
+            protocol: 1,
+            version: "0.1.0".into(),
+            capabilities: Vec::new()
+        }
+    );
+    // An error code a peer does not know reads as `unknown`.
+    let m: Message =
+        serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"x"}"#).unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: AgentErrorCode::Unknown,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
 }

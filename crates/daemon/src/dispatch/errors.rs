@@ -141,7 +141,7 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         E::Store(e) => store_code(e),
         E::Cancelled(_) => ErrorCode::Cancelled,
         E::NotRunning { .. } => ErrorCode::NotRunning,
-        E::Agent { source, .. } => agent_code(source),
+        E::Agent { source, .. } | E::Step { source, .. } => agent_code(source),
         E::NothingToRun
         | E::Stdin(_)
         | E::NotAbsolute { .. }

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use banger_store::VmRecord;
+
+use super::identity::GuestStep;
 use crate::agent::AgentError;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,15 @@ pub enum GuestError {
     #[error("vm {vm}")]
     Agent {
         vm: String,
+        #[source]
+        source: AgentError,
+    },
+    /// A step around a pause, snapshot or restore failed in the guest
+    /// (or its agent is too old for it).
+    #[error("vm {vm}: {step}")]
+    Step {
+        vm: String,
+        step: GuestStep,
         #[source]
         source: AgentError,
     },
@@ -77,6 +89,14 @@ impl GuestError {
     pub(crate) fn agent(vm: &str, source: AgentError) -> Self {
         Self::Agent {
             vm: vm.to_owned(),
+            source,
+        }
+    }
+
+    pub(super) fn step(vm: &VmRecord, step: GuestStep, source: AgentError) -> Self {
+        Self::Step {
+            vm: vm.name.clone(),
+            step,
             source,
         }
     }

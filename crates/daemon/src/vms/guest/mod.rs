@@ -1,6 +1,7 @@
 //! What the daemon does through a VM's guest agent (docs/agent.md):
-//! readiness, stats, listening ports, exec sessions and file copy, behind
-//! one service, [`Guest`].
+//! readiness, stats, listening ports, exec sessions and file copy, and
+//! the guest's side of pause/resume, snapshots and restores (clock,
+//! freeze/thaw, identity: `identity.rs`), behind one service, [`Guest`].
 //!
 //! Exec is a session the CLI drives with `vm.exec.io` calls (input in,
 //! output since the last call out, long-polled), so it fits the daemon's
@@ -10,6 +11,9 @@
 mod cp;
 mod error;
 mod exec;
+/// Clock, freeze/thaw and identity: `Guest::set_time`, `Guest::freeze`,
+/// `Guest::thaw`, `Guest::apply_identity`.
+pub mod identity;
 mod ready;
 mod stats;
 #[cfg(test)]
