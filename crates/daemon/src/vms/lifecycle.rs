@@ -268,8 +268,8 @@ async fn boot(
             tokio::task::spawn_blocking(move || {
                 vmm.restore(&spec, &state, banger_vmm::RamSave::KeptInSharedFile, true)
             })
-                .await
-                .map_err(task_failed("restore"))??
+            .await
+            .map_err(task_failed("restore"))??
         }
     };
     {
@@ -311,8 +311,7 @@ async fn boot(
     if let Boot::Restore { identity, .. } = from {
         if handles.agent.is_some() {
             ctx.stage("set identity");
-            snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref(), ctx)
-                .await?;
+            snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref()).await?;
         } else {
             tracing::warn!(vm = %vm.name, "restored without an agent: hostname, clock and host key are the snapshot's");
         }

@@ -21,7 +21,7 @@ pub(crate) mod restore;
 mod take;
 pub(crate) mod template;
 
-pub use restore::{ForkPlan, RestorePlan, layer_over, plan_fork, plan_restore};
+pub use restore::{ForkPlan, RestorePlan, plan_fork, plan_restore};
 pub(crate) use restore::{fork, restore_vm};
 pub use take::{SnapshotPlan, plan_snapshot};
 pub(crate) use take::{snapshot, take_locked};
@@ -29,7 +29,7 @@ pub(crate) use template::{TemplateKey, template_key, warm};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use banger_proto::SnapshotKind;
 use banger_proto::snapshot::SnapshotView;
@@ -175,14 +175,6 @@ pub(crate) fn to_proto_backend(b: banger_vmm::BackendKind) -> banger_proto::Back
     }
 }
 
-/// Nanoseconds since the Unix epoch, the host's clock.
-pub(crate) fn host_time_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Gives a restored guest its identity (see [`Identity`]) through its agent.
 pub(super) async fn apply_identity(
     vms: &Vms,
@@ -190,23 +182,21 @@ pub(super) async fn apply_identity(
     handles: &Handles,
     identity: Identity,
     net: Option<&GuestNetPlan>,
-    ctx: &OpCtx,
 ) -> Result<(), VmError> {
-    let _ = ctx;
-    let request = super::guest::IdentityRequest {
+    let request = super::guest::identity::Identity {
         hostname: vm.name.clone(),
         net: match identity {
-            Identity::New => net.map(|n| super::guest::GuestNetRequest {
+            Identity::New => net.map(|n| banger_proto::agent::GuestNet {
                 mac: n.mac.clone(),
                 address_cidr: n.address_cidr.clone(),
                 gateway: n.gateway.clone(),
-                dns: n.gateway.clone(),
+                dns: vec![n.gateway.clone()],
             }),
             Identity::Same => None,
         },
         new_host_key: identity == Identity::New,
     };
-    vms.guest.apply_identity(vm, handles, request).await?;
+    vms.guest.apply_identity(vm, handles, &request).await?;
     Ok(())
 }
 

@@ -172,9 +172,7 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
     let mut made: Vec<VmRecord> = Vec::new();
     let mut result = Ok(());
     for name in &plan.names {
-        ctx.check_cancelled()
-            .map_err(VmError::from)
-            .and_then(|()| Ok(()))?;
+        ctx.check_cancelled()?;
         match create_from(vms, ctx, &base, name, &[], "restore from snapshot").await {
             Ok(vm) => made.push(vm),
             Err(e) => {

@@ -15,7 +15,6 @@
 //! slower here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use banger_proto::SnapshotKind;
@@ -27,8 +26,7 @@ use banger_vmm::{
 };
 
 use super::{
-    FREEZE_TIMEOUT, drives, layer, memory_file, snapshots_dir, state_file, to_proto_accel,
-    to_proto_backend,
+    FREEZE_TIMEOUT, drives, layer, memory_file, snapshots_dir, state_file, to_proto_backend,
 };
 use crate::op::OpCtx;
 use crate::ops::now_ms;
@@ -151,9 +149,7 @@ pub(crate) async fn take_locked(
                     .await
                     .map_err(|e| VmError::Task("vmm build", e))??
             };
-            let image_id = vm.image_id.clone();
             let has_agent = handles.agent.is_some();
-            let _ = image_id;
             SnapshotRecord {
                 id: id.clone(),
                 name: name.to_owned(),
@@ -465,9 +461,6 @@ fn sync_dir_files(dir: &Path) -> std::io::Result<()> {
     }
     std::fs::File::open(dir)?.sync_all()
 }
-
-#[allow(dead_code)]
-fn unused(_: Command, _: Stdio) {}
 
 #[cfg(test)]
 mod tests {
