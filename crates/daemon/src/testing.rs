@@ -66,6 +66,13 @@ impl Vmm for FakeVmm {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
     }
+    fn build(&self) -> Result<banger_vmm::VmmBuild, VmmError> {
+        Ok(banger_vmm::VmmBuild {
+            backend: BackendKind::Qemu,
+            version: "7.2.22".into(),
+            machine: "microvm".into(),
+        })
+    }
     fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         self.launched.lock().unwrap().push(spec.vm_id.clone());
         // A real VMM opens its console log first thing.

@@ -379,3 +379,93 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeVmm, test_state_with};
+
+    fn state(root: &Path) -> Arc<crate::state::DaemonState> {
+        test_state_with(root, Arc::new(FakeVmm::default()))
+    }
+
+    /// A snapshot as one made on this host under TCG would be recorded.
+    fn recorded() -> SnapshotRecord {
+        SnapshotRecord {
+            id: "s1id".into(),
+            name: "s1".into(),
+            kind: SnapshotKind::User,
+            vm_id: "id-dev".into(),
+            vm_name: "dev".into(),
+            parent_id: None,
+            image_id: "i".into(),
+            kernel_id: "k".into(),
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_size_bytes: 1 << 30,
+            network_mode: banger_proto::NetworkMode::User,
+            has_agent: true,
+            dir: "/nowhere".into(),
+            vmm_backend: banger_proto::Backend::Qemu,
+            vmm_version: "7.2.22".into(),
+            machine: "microvm".into(),
+            accel: banger_proto::Accel::Tcg,
+            template_key: None,
+            size_bytes: 0,
+            created_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn restores_are_refused_under_another_build_machine_or_accelerator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path());
+        let vms = &state.vms;
+        check_compatible(vms, &recorded(), banger_vmm::Accel::Tcg)
+            .await
+            .unwrap();
+
+        let mut other_build = recorded();
+        other_build.vmm_version = "8.0.0".into();
+        let err = check_compatible(vms, &other_build, banger_vmm::Accel::Tcg)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "snapshot s1 was made under vmm build 8.0.0, but this host would restore it under vmm build 7.2.22"
+        );
+        assert_eq!(
+            crate::dispatch::RpcError::from(err).code,
+            banger_proto::ErrorCode::Conflict
+        );
+
+        let err = check_compatible(vms, &recorded(), banger_vmm::Accel::Kvm)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "snapshot s1 was made under accelerator tcg, but this host would restore it under accelerator kvm"
+        );
+
+        let mut other_machine = recorded();
+        other_machine.machine = "q35".into();
+        let err = check_compatible(vms, &other_machine, banger_vmm::Accel::Tcg)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("machine q35"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restart_removes_what_a_crashed_snapshot_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path());
+        let vms = &state.vms;
+        let dir = snapshots_dir(vms);
+        std::fs::create_dir_all(dir.join(".tmp-abc")).unwrap();
+        std::fs::write(dir.join(".tmp-abc/ram.stream"), b"x").unwrap();
+        std::fs::create_dir_all(dir.join("norow")).unwrap();
+        collect_garbage(vms).await.unwrap();
+        assert!(!dir.join(".tmp-abc").exists());
+        assert!(!dir.join("norow").exists());
+    }
+}
