@@ -94,8 +94,16 @@ impl OpCtx {
         }
         if stall_stage().is_some_and(|s| s == name) {
             tracing::warn!(stage = name, "stalling here (BANGER_FAULT_STALL_STAGE)");
-            loop {
+            let park = || loop {
                 std::thread::park();
+            };
+            match tokio::runtime::Handle::try_current() {
+                // On a runtime worker: hand its other tasks to another
+                // worker first, so the daemon keeps serving.
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(park)
+                }
+                _ => park(),
             }
         }
     }

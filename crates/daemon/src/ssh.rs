@@ -36,6 +36,14 @@ pub enum SshError {
         code: i32,
         stderr: String,
     },
+    #[error("the guest reported a malformed ssh host key: \"{0}\"")]
+    BadHostKey(String),
+    #[error("write {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the key and the pins live.
@@ -140,6 +148,47 @@ impl SshPaths {
         })
     }
 
+    /// Pins `public_key` (`ssh-ed25519 BASE64 [comment]`, as the guest's
+    /// agent reported it over its own channel) for the VM, replacing any
+    /// earlier pin: no SSH connection needed. The line comes from the
+    /// guest, so only a known key type and base64 are accepted.
+    pub fn pin_known_key(&self, vm_name: &str, public_key: &str) -> Result<(), SshError> {
+        if public_key.trim_end().chars().any(char::is_control) {
+            return Err(SshError::BadHostKey(shown(public_key)));
+        }
+        let mut fields = public_key.split_ascii_whitespace();
+        let (Some(kind), Some(key)) = (fields.next(), fields.next()) else {
+            return Err(SshError::BadHostKey(shown(public_key)));
+        };
+        let kind_ok = matches!(
+            kind,
+            "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ssh-rsa"
+        );
+        let key_ok = !key.is_empty()
+            && key.len() <= 4096
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+        if !kind_ok || !key_ok {
+            return Err(SshError::BadHostKey(shown(public_key)));
+        }
+        static PINS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // Pins are rewritten by ssh-keygen -R: one writer at a time.
+        let _guard = PINS.lock().unwrap_or_else(|p| p.into_inner());
+        self.forget(vm_name);
+        let line = format!("{} {kind} {key}\n", host_key_alias(vm_name));
+        let io = |source| SshError::Io {
+            path: self.known_hosts.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.known_hosts)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut file, line.as_bytes()).map_err(io)
+    }
+
     /// Removes the pins of a VM (on delete). Missing pins are fine.
     pub fn forget(&self, vm_name: &str) {
         if !self.known_hosts.exists() {
@@ -184,6 +233,14 @@ pub fn banner_ready(addr: SocketAddr, timeout: Duration) -> bool {
     buf.starts_with(b"SSH-")
 }
 
+/// At most 80 characters of untrusted text, escaped for a terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect()
+}
+
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("; ")
@@ -192,6 +249,36 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reported_host_key_is_pinned_once_and_bad_ones_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = SshPaths {
+            identity: tmp.path().join("id_ed25519"),
+            known_hosts: tmp.path().join("known_hosts"),
+        };
+        std::fs::write(&paths.known_hosts, "other.vm ssh-ed25519 AAAAother\n").unwrap();
+        paths
+            .pin_known_key("dev", "ssh-ed25519 AAAAC3Nza1 root@old")
+            .unwrap();
+        paths
+            .pin_known_key("dev", "ssh-ed25519 AAAAC3Nza2 root@new")
+            .unwrap();
+        let text = std::fs::read_to_string(&paths.known_hosts).unwrap();
+        assert!(text.contains("other.vm ssh-ed25519 AAAAother"), "{text}");
+        assert!(text.contains("dev.vm ssh-ed25519 AAAAC3Nza2\n"), "{text}");
+        assert!(!text.contains("AAAAC3Nza1"), "{text}");
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "evil AAAA",
+            "ssh-ed25519 AA\u{1b}[2J",
+            "ssh-ed25519 a\nb",
+        ] {
+            let err = paths.pin_known_key("dev", bad).unwrap_err();
+            assert!(matches!(err, SshError::BadHostKey(_)), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn client_args_use_the_alias_and_banger_files() {

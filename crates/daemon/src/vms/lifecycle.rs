@@ -308,10 +308,14 @@ async fn boot(
         ctx.stage("wait for agent");
         vms.guest.wait_for_agent(vm, &handles, ctx).await?;
     }
+    let mut host_key = None;
     if let Boot::Restore { identity, .. } = from {
         if handles.agent.is_some() {
             ctx.stage("set identity");
-            snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref()).await?;
+            host_key = Some(
+                snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref())
+                    .await?,
+            );
         } else {
             tracing::warn!(vm = %vm.name, "restored without an agent: hostname, clock and host key are the snapshot's");
         }
@@ -324,9 +328,13 @@ async fn boot(
     let ssh = vms.ssh.clone();
     let name = vm.name.clone();
     let (host, port) = (handles.ssh_host.clone(), handles.ssh_port);
-    tokio::task::spawn_blocking(move || ssh.pin_host_key(&name, &host, port))
-        .await
-        .map_err(task_failed("ssh"))??;
+    tokio::task::spawn_blocking(move || match host_key {
+        // The agent reported the key over its own channel: no connection.
+        Some(key) => ssh.pin_known_key(&name, &key),
+        None => ssh.pin_host_key(&name, &host, port),
+    })
+    .await
+    .map_err(task_failed("ssh"))??;
     Ok(handles)
 }
 

@@ -94,15 +94,32 @@ async fn resume_if_left_paused(vms: &Vms, vm: &banger_store::VmRecord) {
     let vmm = Arc::clone(&vms.vmm);
     let handle = h.vmm.clone();
     let name = vm.name.clone();
-    let _ = tokio::task::spawn_blocking(move || match vmm.status(&handle) {
-        Ok(banger_vmm::VmRunState::Running) => {}
+    let resumed = tokio::task::spawn_blocking(move || match vmm.status(&handle) {
+        Ok(banger_vmm::VmRunState::Running) => false,
         Ok(state) => {
             tracing::warn!(vm = %name, ?state, "vmm left paused by a crash; resuming it");
             if let Err(e) = vmm.resume(&handle) {
                 tracing::warn!(vm = %name, error = %e, "could not resume");
             }
+            true
         }
-        Err(e) => tracing::warn!(vm = %name, error = %e, "could not ask the vmm its state"),
+        Err(e) => {
+            tracing::warn!(vm = %name, error = %e, "could not ask the vmm its state");
+            false
+        }
     })
-    .await;
+    .await
+    .unwrap_or(false);
+    if resumed && h.agent.is_some() {
+        // The snapshot may have frozen its filesystems: thaw them now
+        // rather than at the agent's own deadline. In the background, so
+        // the daemon starts serving meanwhile.
+        let guest = Arc::clone(&vms.guest);
+        let vm = vm.clone();
+        tokio::spawn(async move {
+            if let Err(e) = guest.thaw(&vm, &h).await {
+                tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not thaw after the crash (the agent thaws by itself)");
+            }
+        });
+    }
 }

@@ -175,14 +175,15 @@ pub(crate) fn to_proto_backend(b: banger_vmm::BackendKind) -> banger_proto::Back
     }
 }
 
-/// Gives a restored guest its identity (see [`Identity`]) through its agent.
+/// Gives a restored guest its identity (see [`Identity`]) through its
+/// agent; returns its SSH host public key line.
 pub(super) async fn apply_identity(
     vms: &Vms,
     vm: &VmRecord,
     handles: &Handles,
     identity: Identity,
     net: Option<&GuestNetPlan>,
-) -> Result<(), VmError> {
+) -> Result<String, VmError> {
     let request = super::guest::identity::Identity {
         hostname: vm.name.clone(),
         net: match identity {
@@ -196,8 +197,7 @@ pub(super) async fn apply_identity(
         },
         new_host_key: identity == Identity::New,
     };
-    vms.guest.apply_identity(vm, handles, &request).await?;
-    Ok(())
+    Ok(vms.guest.apply_identity(vm, handles, &request).await?)
 }
 
 /// Bytes the files under `dir` take on disk.
