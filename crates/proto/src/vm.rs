@@ -123,6 +123,9 @@ pub struct VmView {
     pub vm_dir: String,
     pub console_log: String,
     pub created_at_ms: i64,
+    /// A running VM whose guest agent is reachable (`vm exec`, `vm cp`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
 }
 
 /// How to reach a VM over SSH; the CLI runs the `ssh` client with it.
@@ -320,6 +323,9 @@ pub struct ExecBeginParams {
     pub cols: Option<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// The working directory (absolute; default: the agent's, `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -76,12 +76,14 @@ fn running_vm() -> VmView {
         vm_dir: "/home/u/.local/share/banger/vms/0a1b2c3d4e5f".into(),
         console_log: "/home/u/.local/share/banger/vms/0a1b2c3d4e5f/console.log".into(),
         created_at_ms: 1_700_000_000_000,
+        agent: true,
     }
 }
 
 fn stopped_vm() -> VmView {
     VmView {
         state: VmState::Stopped,
+        agent: false,
         network: NetworkMode::User,
         accel: None,
         disk_strategy: Some(DiskStrategy::Qcow2),
@@ -364,6 +366,7 @@ fn examples() -> Vec<Example> {
                 rows: None,
                 cols: None,
                 env: vec![("LANG".into(), "C.UTF-8".into())],
+                cwd: Some("/root".into()),
             },
             ExecBegun {
                 exec_id: "ex-1".into(),

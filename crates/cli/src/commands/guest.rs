@@ -152,6 +152,18 @@ pub(crate) fn exec(
     tty: bool,
     command: &[String],
 ) -> Result<(), CliError> {
+    exec_in(client, name, tty, command, None, Vec::new())
+}
+
+/// [`exec`] in working directory `cwd` with `env` added.
+pub(crate) fn exec_in(
+    client: &mut Client,
+    name: &str,
+    tty: bool,
+    command: &[String],
+    cwd: Option<String>,
+    mut env: Vec<(String, String)>,
+) -> Result<(), CliError> {
     let size = if tty {
         rustix::termios::tcgetwinsize(std::io::stdout()).ok()
     } else {
@@ -163,14 +175,16 @@ pub(crate) fn exec(
         tty,
         rows: size.map(|s| s.ws_row),
         cols: size.map(|s| s.ws_col),
-        env: if tty {
-            vec![(
-                "TERM".into(),
-                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-            )]
-        } else {
-            Vec::new()
+        env: {
+            if tty {
+                env.push((
+                    "TERM".into(),
+                    std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+                ));
+            }
+            env
         },
+        cwd,
     })?;
     let _raw = if tty && std::io::stdin().is_terminal() {
         RawMode::enter()

@@ -534,5 +534,6 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         vm_dir: dir.display().to_string(),
         console_log: console_log(&dir).display().to_string(),
         created_at_ms: vm.created_at_ms,
+        agent: handles.as_ref().is_some_and(|h| h.agent.is_some()),
     })
 }

@@ -60,6 +60,12 @@ impl Guest {
         if p.argv.is_empty() || p.argv[0].is_empty() {
             return Err(GuestError::NothingToRun);
         }
+        if let Some(cwd) = p.cwd.as_ref().filter(|c| !c.starts_with('/')) {
+            return Err(GuestError::NotAbsolute {
+                side: "working directory",
+                path: cwd.clone(),
+            });
+        }
         self.reap_idle_execs();
         let (vm, conn) = self.agent_for(&p.name).await?;
         let (id, mut rx) = conn
@@ -68,7 +74,7 @@ impl Guest {
                     id,
                     argv: p.argv.clone(),
                     env: p.env.clone(),
-                    cwd: None,
+                    cwd: p.cwd.clone(),
                     tty: p.tty,
                     rows: p.rows.unwrap_or(24),
                     cols: p.cols.unwrap_or(80),
