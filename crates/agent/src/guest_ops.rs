@@ -171,7 +171,7 @@ impl GuestOps {
         // The snapshot may have been taken frozen.
         self.freezer
             .thaw_all()
-            .map_err(|e| (AgentErrorCode::Failed, e))?;
+            .map_err(|e| failed("thaw the filesystems", e))?;
         host.set_clock(req.unix_ns)
             .map_err(|e| failed("set the clock", e))?;
         host.add_randomness(random)

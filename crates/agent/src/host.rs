@@ -231,3 +231,50 @@ impl Host for RealHost {
         Ok(names)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Only what cannot change the machine: the ioctl numbers, and files
+    //! and programs in a temporary directory.
+
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        // include/uapi/linux/fs.h and include/uapi/linux/random.h.
+        assert_eq!(u64::from(FIFREEZE), 0xC004_5877);
+        assert_eq!(u64::from(FITHAW), 0xC004_5878);
+        assert_eq!(u64::from(RNDRESEEDCRNG), 0x5207);
+    }
+
+    #[test]
+    fn files_and_programs() {
+        let dir = std::env::temp_dir().join(format!("banger-agent-host-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let h = RealHost;
+        let f = dir.join("hostname");
+        h.write(&f, b"one\n", 0o644).unwrap();
+        h.write(&f, b"two\n", 0o640).unwrap();
+        assert_eq!(h.read(&f).unwrap(), b"two\n");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        assert_eq!(h.list(&dir).unwrap(), vec!["hostname"], "no temporary left");
+        h.rename(&f, &dir.join("moved")).unwrap();
+        h.remove(&dir.join("moved")).unwrap();
+        assert_eq!(
+            h.remove(&dir.join("moved")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        h.run(&["true"]).unwrap();
+        let e = h
+            .run(&["sh", "-c", "echo oops >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "exit status: 3: oops");
+        assert!(h.run(&[]).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
