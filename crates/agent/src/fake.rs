@@ -102,6 +102,8 @@ impl FakeHost {
         h.put("/etc/ssh/sshd_config", "# config\n");
         h.put("/run/sshd.pid", "321\n");
         h.put("/proc/321/comm", "sshd\n");
+        // An sshd that loads its host keys once (OpenSSH 9.8 and later).
+        h.put("/usr/lib/openssh/sshd-session", "ELF\n");
         h
     }
 

@@ -675,10 +675,24 @@ fn new_host_key(host: &dyn Host) -> Result<(), Failure> {
     reload_sshd(host).map_err(|e| failed("signal sshd", e))
 }
 
-/// SIGHUP to the running sshd (it re-executes itself and loads the keys
-/// again; open sessions are other processes and stay). No sshd running,
-/// or a stale pid file: nothing to do.
+/// Where OpenSSH 9.8 and later keep the per-connection binary; their
+/// listener loads the host keys once, so it must be told.
+const SSHD_SESSION_DIR: &str = "/usr/lib/openssh";
+
+/// Makes the running sshd use the new key. OpenSSH before 9.8 (Debian
+/// bookworm's 9.2) re-executes itself for every connection and reads the
+/// host keys then: nothing to do, and no restart gap in which connections
+/// are refused (measured: 0.8 s under TCG). A newer sshd (it has
+/// `sshd-session`) gets SIGHUP: it re-executes itself and loads the keys
+/// again; open sessions are other processes and stay. No sshd running, or
+/// a stale pid file: nothing to do.
 fn reload_sshd(host: &dyn Host) -> Result<(), String> {
+    let splits_sessions = host
+        .list(Path::new(SSHD_SESSION_DIR))
+        .is_ok_and(|names| names.iter().any(|n| n == "sshd-session"));
+    if !splits_sessions {
+        return Ok(());
+    }
     let text = match host.read(Path::new(SSHD_PID)) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -480,6 +480,18 @@ fn sshd_is_signalled_only_when_it_runs_under_its_pid() {
 }
 
 #[test]
+fn an_sshd_that_reads_keys_per_connection_is_not_restarted() {
+    // OpenSSH before 9.8 (no sshd-session) reads the host keys for every
+    // connection: a SIGHUP would only open a gap with no listener.
+    let mut h = Harness::new();
+    h.host.unput("/usr/lib/openssh/sshd-session");
+    let r = h.ask_with(identity(1, None, true), vec![0; 32]);
+    assert!(matches!(r, Message::IdentityDone { .. }), "{r:?}");
+    assert!(!h.host.calls().iter().any(|c| matches!(c, Call::Hangup(_))));
+    assert!(h.host.calls().iter().any(|c| matches!(c, Call::Rename(..))));
+}
+
+#[test]
 fn bad_identity_input_is_refused_before_anything_changes() {
     let mut h = Harness::new();
     let with_net = |f: &dyn Fn(&mut GuestNet)| {

@@ -355,8 +355,7 @@ fn vm_run(
             ("USER".to_owned(), "root".to_owned()),
             ("LOGNAME".to_owned(), "root".to_owned()),
         ];
-        let result =
-            super::guest::exec_in(client, &name, tty, command, Some("/root".into()), env);
+        let result = super::guest::exec_in(client, &name, tty, command, Some("/root".into()), env);
         if rm {
             let deleted = client.call::<methods::VmDelete>(&VmRef { name: name.clone() });
             if let Err(e) = deleted {
