@@ -309,20 +309,30 @@ async fn boot(
         vms.guest.wait_for_agent(vm, &handles, ctx).await?;
     }
     let mut host_key = None;
-    if let Boot::Restore { identity, .. } = from {
-        if handles.agent.is_some() {
+    match from {
+        Boot::Restore { identity, .. } if handles.agent.is_some() => {
+            // No wait for SSH: the snapshot was taken of a VM whose sshd
+            // answered, and it runs on in the restored guest (the agent
+            // just answered from it). Probing costs a third of a second
+            // of the guest's one CPU under TCG (sshd re-executes itself
+            // for every connection) and, done alongside, slowed the
+            // identity by more than that.
             ctx.stage("set identity");
             host_key = Some(
                 snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref())
                     .await?,
             );
-        } else {
+        }
+        Boot::Restore { .. } => {
             tracing::warn!(vm = %vm.name, "restored without an agent: hostname, clock and host key are the snapshot's");
+            ctx.stage("wait for ssh");
+            wait_for_ssh(vms, vm, &handles, ctx).await?;
+        }
+        Boot::Cold => {
+            ctx.stage("wait for ssh");
+            wait_for_ssh(vms, vm, &handles, ctx).await?;
         }
     }
-
-    ctx.stage("wait for ssh");
-    wait_for_ssh(vms, vm, &handles, ctx).await?;
 
     ctx.stage("pin host key");
     let ssh = vms.ssh.clone();
