@@ -104,6 +104,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::SnapshotOfOtherVm { .. }
         | E::Paused(_)
         | E::NoAgentForTemplate(_)
+        | E::NoAgentForIdentity(_)
         | E::LayeredWorkDisk(_) => ErrorCode::Conflict,
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::MissingFile { .. } => ErrorCode::NotFound,

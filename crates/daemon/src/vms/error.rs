@@ -110,6 +110,10 @@ pub enum VmError {
         "image {0} has no guest agent, which a template needs to give restored vms their identity; rebuild it"
     )]
     NoAgentForTemplate(String),
+    #[error(
+        "snapshot {0} is of a bridged vm without a guest agent: a new vm from it would keep the source's address"
+    )]
+    NoAgentForIdentity(String),
     #[error("vm {0} is paused; resume it first (banger vm resume {0})")]
     Paused(String),
     #[error("fork count {0} is out of range: use 1 to {max}", max = super::snapshot::MAX_FORKS)]

@@ -468,4 +468,81 @@ mod tests {
         assert!(!dir.join(".tmp-abc").exists());
         assert!(!dir.join("norow").exists());
     }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_anything_is_made() {
+        use banger_proto::snapshot::{VmForkParams, VmRestoreParams, VmSnapshotParams};
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path());
+        let vms = &state.vms;
+        crate::testing::seed(&state, "dev", banger_store::VmState::Running);
+        crate::testing::seed(&state, "off", banger_store::VmState::Stopped);
+        let mut s1 = recorded();
+        s1.image_id = "i1".into();
+        s1.kernel_id = "k1".into();
+        s1.vm_id = "id-dev".into();
+        let row = s1.clone();
+        state.lock_store_for_tests().insert_snapshot(&row).unwrap();
+        let snap = |vm: &str, name: Option<&str>| VmSnapshotParams {
+            name: vm.into(),
+            snapshot: name.map(Into::into),
+        };
+        let code = |e: VmError| crate::dispatch::RpcError::from(e).code;
+        use banger_proto::ErrorCode as C;
+
+        let e = take::plan_snapshot(vms, snap("off", None))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, VmError::NotRunning { .. }), "{e}");
+        let e = take::plan_snapshot(vms, snap("dev", Some("Bad Name")))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), C::BadParams);
+        let e = take::plan_snapshot(vms, snap("dev", Some("s1")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "a snapshot named \"s1\" already exists");
+        let e = take::plan_snapshot(vms, snap("ghost", None))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), C::NotFound);
+        let plan = take::plan_snapshot(vms, snap("dev", None)).await.unwrap();
+        assert!(plan.name.starts_with("dev-"), "{}", plan.name);
+
+        let fork = |count: Option<u32>, new: &str, src: &str| VmForkParams {
+            name: src.into(),
+            new_name: new.into(),
+            count,
+        };
+        for bad in [0, MAX_FORKS + 1] {
+            let e = plan_fork(vms, fork(Some(bad), "x", "dev"))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, VmError::ForkCount(_)), "{e}");
+        }
+        let e = plan_fork(vms, fork(None, "x", "off")).await.unwrap_err();
+        assert!(matches!(e, VmError::NotRunning { .. }), "{e}");
+        let e = plan_fork(vms, fork(None, "off", "dev")).await.unwrap_err();
+        assert_eq!(code(e), C::Conflict);
+        // Names are held while a fork's plan lives.
+        let held = plan_fork(vms, fork(Some(2), "try", "dev")).await.unwrap();
+        let e = plan_fork(vms, fork(None, "try-2", "dev"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, VmError::NameTaken(_)), "{e}");
+        drop(held);
+        assert!(vms.reserves_nothing());
+
+        let e = plan_restore(
+            vms,
+            VmRestoreParams {
+                name: "off".into(),
+                snapshot: "s1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "snapshot s1 is of vm dev, not of off");
+        assert_eq!(code(e), C::Conflict);
+    }
 }

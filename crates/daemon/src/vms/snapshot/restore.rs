@@ -124,6 +124,11 @@ pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> 
     }
     validate::name("vm", &p.new_name)?;
     let source = crate::vms::find(vms, &p.name).await?;
+    match source.state {
+        VmState::Running => {}
+        VmState::Paused => return Err(VmError::Paused(source.name)),
+        _ => return Err(VmError::NotRunning { name: source.name }),
+    }
     let names: Vec<String> = if count == 1 {
         vec![p.new_name.clone()]
     } else {
@@ -212,6 +217,11 @@ pub(crate) async fn create_from(
     publish: &[banger_proto::PublishSpec],
     stage: &'static str,
 ) -> Result<VmRecord, VmError> {
+    if snapshot.network_mode == banger_proto::NetworkMode::Bridged && !snapshot.has_agent {
+        // Without an agent the new VM would keep the source's MAC and
+        // address on the bridge.
+        return Err(VmError::NoAgentForIdentity(snapshot.name.clone()));
+    }
     let id = crate::vms::create::new_id();
     let dir = vm_dir(vms, &id);
     let lock = vms.table.lock_for(&id);

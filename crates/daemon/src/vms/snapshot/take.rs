@@ -46,6 +46,9 @@ pub struct SnapshotPlan {
 /// Checks the snapshot's name (defaulting it) and that the VM exists.
 pub async fn plan_snapshot(vms: &Vms, p: VmSnapshotParams) -> Result<SnapshotPlan, VmError> {
     let vm = crate::vms::find(vms, &p.name).await?;
+    if !matches!(vm.state, VmState::Running | VmState::Paused) {
+        return Err(VmError::NotRunning { name: vm.name });
+    }
     let name = match p.snapshot {
         Some(n) => n,
         None => default_name(&vm.name),
