@@ -22,10 +22,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{World, cache_home, median};
+use common::{World, median};
 use serde_json::Value;
 
 const IMAGE: &str = "agentpy";
@@ -35,15 +34,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
+    let w = common::template_world();
 
     eprintln!("--- preparing: kernel, image with the agent, its template");
     w.banger_json(&["kernel", "pull"]);

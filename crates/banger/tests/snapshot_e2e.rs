@@ -14,23 +14,14 @@ use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{World, cache_home, is_root, qemu_pids_with, signal, step, text, wait_gone};
+use common::{World, is_root, qemu_pids_with, signal, step, text, wait_gone};
 use serde_json::Value;
 
 /// The image every VM here uses (the agent_e2e image: cached after one build).
 const IMAGE: &str = "agentpy";
 
 fn world() -> World {
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
-    w
+    common::template_world()
 }
 
 fn exec(w: &World, vm: &str, script: &str) -> Output {

@@ -13,6 +13,7 @@ pub mod helper;
 pub mod methods;
 pub mod schema;
 pub mod snapshot;
+pub mod time;
 pub mod types;
 pub mod vm;
 

@@ -73,7 +73,7 @@ pub struct VmRecord {
 }
 
 /// A snapshot: device state, memory and frozen disk layers in `dir`
-/// (docs/snapshots.md, "Files"), and what it can be restored under.
+/// (docs/snapshots.md, "Model"), and what it can be restored under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
     pub id: String,

@@ -375,6 +375,21 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// A world for snapshot tests and benchmarks: TCG, user-mode networking
+/// even where a banger-helper is installed, warm templates on, and the
+/// static agent baked into the images it builds.
+pub fn template_world() -> World {
+    let mut w = World::new();
+    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
+    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
+    w.extra_env
+        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
+    w.extra_env
+        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
+    w.extra_env.push(("BANGER_AGENT_BIN", static_agent()));
+    w
+}
+
 /// The statically linked guest agent, built once into the user's cache
 /// (`BANGER_AGENT_BIN` wins when set): images built by tests bake it in.
 pub fn static_agent() -> PathBuf {

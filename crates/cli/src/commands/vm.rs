@@ -356,14 +356,7 @@ fn vm_run(
             ("LOGNAME".to_owned(), "root".to_owned()),
         ];
         let result = super::guest::exec_in(client, &name, tty, command, Some("/root".into()), env);
-        if rm {
-            let deleted = client.call::<methods::VmDelete>(&VmRef { name: name.clone() });
-            if let Err(e) = deleted {
-                eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
-            }
-        } else if existing_was_new(&name) {
-            eprintln!("vm {name} keeps running; remove it with: banger vm delete {name}");
-        }
+        after_run(client, &name, rm);
         return result;
     }
     let info = client.call::<methods::VmSshInfo>(&VmRef { name: name.clone() })?;
@@ -380,19 +373,27 @@ fn vm_run(
             source,
         })?
     };
-    if rm {
-        let deleted = client.call::<methods::VmDelete>(&VmRef { name: name.clone() });
-        if let Err(e) = deleted {
-            eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
-        }
-    } else if existing_was_new(&name) {
-        eprintln!("vm {name} keeps running; remove it with: banger vm delete {name}");
-    }
+    after_run(client, &name, rm);
     let code = status.code().unwrap_or(255);
     if code == 0 {
         Ok(())
     } else {
         Err(CliError::ChildExit(code))
+    }
+}
+
+/// Deletes the VM with `--rm`, or says that a VM `vm run` made keeps
+/// running.
+fn after_run(client: &mut Client, name: &str, rm: bool) {
+    if rm {
+        let deleted = client.call::<methods::VmDelete>(&VmRef {
+            name: name.to_owned(),
+        });
+        if let Err(e) = deleted {
+            eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
+        }
+    } else if existing_was_new(name) {
+        eprintln!("vm {name} keeps running; remove it with: banger vm delete {name}");
     }
 }
 

@@ -202,16 +202,7 @@ pub async fn plan_create(
         names: vec![p.name.clone()],
         ports: publish.clone(),
     };
-    let name = p.name.clone();
-    let exists = vms
-        .db
-        .call(move |s| match s.vm(&name) {
-            Ok(_) => Ok(true),
-            Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        })
-        .await?;
-    if exists {
+    if super::vm_exists(vms, &p.name).await? {
         return Err(VmError::NameTaken(p.name));
     }
     Ok(CreatePlan {
@@ -461,13 +452,7 @@ pub async fn create(
         updated_at_ms: now,
         base_snapshot_id: None,
     };
-    {
-        let record = vm.clone();
-        if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-    }
+    crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");
     if !plan.start {
         return Ok((view(vms, &vm).await?, None));

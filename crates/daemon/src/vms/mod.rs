@@ -485,6 +485,26 @@ fn remove_handles(dir: &Path) {
     let _ = std::fs::remove_file(handles_file(dir));
 }
 
+/// Writes a new VM's row; if that fails, its directory (made just
+/// before) is removed, so a failed create leaves nothing.
+pub(crate) async fn insert_new_vm(vms: &Vms, vm: &VmRecord, dir: &Path) -> Result<(), VmError> {
+    let record = vm.clone();
+    if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// True when a VM of this name (or id) exists.
+pub(crate) async fn vm_exists(vms: &Vms, name: &str) -> Result<bool, banger_store::StoreError> {
+    match find(vms, name).await {
+        Ok(_) => Ok(true),
+        Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Looks a VM up by name or id.
 async fn find(vms: &Vms, name: &str) -> Result<VmRecord, banger_store::StoreError> {
     let name = name.to_owned();

@@ -142,16 +142,7 @@ pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> 
     super::take::check_name_free(vms, &base_name).await?;
     let reservation = Reservations::take_names(&vms.reservations, &names)?;
     for n in &names {
-        let n2 = n.clone();
-        let exists = vms
-            .db
-            .call(move |s| match s.vm(&n2) {
-                Ok(_) => Ok(true),
-                Err(banger_store::StoreError::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e),
-            })
-            .await?;
-        if exists {
+        if crate::vms::vm_exists(vms, n).await? {
             return Err(VmError::NameTaken(n.clone()));
         }
     }
@@ -263,13 +254,7 @@ pub(crate) async fn create_from(
         updated_at_ms: now,
         base_snapshot_id: Some(snapshot.id.clone()),
     };
-    {
-        let record = vm.clone();
-        if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-    }
+    crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, snapshot = %snapshot.name, "vm created from a snapshot");
     let started = start_locked_from(
         vms,

@@ -60,34 +60,14 @@ pub async fn plan_snapshot(vms: &Vms, p: VmSnapshotParams) -> Result<SnapshotPla
 
 /// `VM-YYYYMMDD-HHMMSS` (UTC), cut to a valid name's length.
 fn default_name(vm: &str) -> String {
-    let secs = now_ms() / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let t = banger_proto::time::UtcTime::from_unix_ms(now_ms());
     let stamp = format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
     let keep = 63 - stamp.len() - 1;
     let prefix: String = vm.chars().take(keep).collect();
     format!("{}-{stamp}", prefix.trim_end_matches('-'))
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`; written out because the daemon has no date crate).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 pub(super) async fn check_name_free(vms: &Vms, name: &str) -> Result<(), VmError> {
@@ -476,7 +456,5 @@ mod tests {
         assert!(n.starts_with("dev-20"), "{n}");
         let long = default_name(&"a".repeat(63));
         assert!(validate::name("snapshot", &long).is_ok(), "{long}");
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
     }
 }

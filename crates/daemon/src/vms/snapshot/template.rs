@@ -130,13 +130,7 @@ pub(crate) async fn warm(
         updated_at_ms: now,
         base_snapshot_id: None,
     };
-    {
-        let record = vm.clone();
-        if let Err(e) = vms.db.call(move |s| s.insert_vm(&record)).await {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-    }
+    crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     let made = async {
         let vm = start_locked(vms, vm.clone(), ctx).await?;
         let snap_name = format!("template-{}-{id}", image.name);
