@@ -81,10 +81,13 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     let mut pss_total = 0u64;
     let mut rss_total = 0u64;
+    let mut per_vm = Vec::new();
     for name in ["src", "mem-1", "mem-2", "mem-3", "mem-4"] {
         let pid = pid_of(&w, name);
-        pss_total += rollup(pid, "Pss:");
-        rss_total += rollup(pid, "Rss:");
+        let (pss, rss) = (rollup(pid, "Pss:"), rollup(pid, "Rss:"));
+        pss_total += pss;
+        rss_total += rss;
+        per_vm.push(format!("{name} {:.0}/{:.0}", mib(pss), mib(rss)));
     }
     let cold_rss = rollup(pid_of(&w, "coldvm"), "Rss:");
 
@@ -129,6 +132,7 @@ fn main() {
         mib(pss_total),
         mib(rss_total)
     );
+    println!("   per VM, PSS/RSS MiB      {}", per_vm.join(", "));
     println!("   RSS of one cold VM       {:>7.1} MiB", mib(cold_rss));
     println!(
         "   PSS total / cold RSS     {ratio:>7.3}     target <= 2.5     {}",
