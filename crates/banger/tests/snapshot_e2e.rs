@@ -235,7 +235,9 @@ fn snapshots_end_to_end() {
     let src_key = sh(&w, "src", "cat /etc/ssh/ssh_host_ed25519_key.pub");
     eprintln!("    {:?} {:?}", t.elapsed(), t2.elapsed());
 
-    let t = step("snapshot src (it keeps running), then fork 3 VMs from it");
+    let t = step(
+        "snapshot src (it keeps running), then fork 3 VMs from it (src continues from the fork)",
+    );
     let src_pid = w.banger_json(&["vm", "show", "src"])["pid"]
         .as_i64()
         .unwrap();
@@ -253,6 +255,23 @@ fn snapshots_end_to_end() {
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(forks, ["f-1", "f-2", "f-3"], "{forked}");
+    // The source continues from the fork's snapshot in a new QEMU, with
+    // its files, processes and host key.
+    let src = w.banger_json(&["vm", "show", "src"]);
+    assert_eq!(src["state"], "running", "{src}");
+    assert_ne!(src["pid"].as_i64().unwrap(), src_pid, "a new qemu process");
+    assert_eq!(sh(&w, "src", "cat /root/marker"), "from-src");
+    assert!(
+        sh(&w, "src", "pgrep -f 'sleep 4242' || true")
+            .lines()
+            .count()
+            >= 1,
+        "src keeps its process"
+    );
+    assert_eq!(
+        sh(&w, "src", "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+        src_key
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("each fork: the file and the process, its own hostname, ssh port and host key");

@@ -8,6 +8,7 @@ use banger_proto::snapshot::{VmForkParams, VmForked, VmRestoreParams};
 use banger_proto::{DiskStrategy, SnapshotKind};
 use banger_store::{SnapshotRecord, VmRecord, VmState};
 
+use super::take::AfterSave;
 use super::{Identity, MAX_FORKS, layer};
 use crate::op::OpCtx;
 use crate::ops::now_ms;
@@ -74,7 +75,19 @@ pub(crate) async fn restore_vm(
     plan: RestorePlan,
 ) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(vms, &plan.vm).await?;
-    let snapshot = plan.snapshot;
+    continue_from(vms, ctx, vm, &plan.snapshot, "restore from snapshot").await
+}
+
+/// Replaces `vm`'s VMM (the caller holds its lock): the old one is killed,
+/// the disks become layers over the snapshot's, and the VM continues from
+/// the snapshot's memory with its own identity kept.
+async fn continue_from(
+    vms: &Vms,
+    ctx: &OpCtx,
+    vm: VmRecord,
+    snapshot: &SnapshotRecord,
+    stage: &'static str,
+) -> Result<VmRecord, VmError> {
     ctx.stage("stop vm");
     let mut vm = kill_locked(vms, ctx, vm).await?;
     ctx.stage("lay disks over the snapshot");
@@ -98,9 +111,9 @@ pub(crate) async fn restore_vm(
         vm,
         ctx,
         Boot::Restore {
-            snapshot: &snapshot,
+            snapshot,
             identity: Identity::Same,
-            stage: "restore from snapshot",
+            stage,
         },
     )
     .await
@@ -154,16 +167,42 @@ pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> 
     })
 }
 
-/// The `vm.fork` operation: a snapshot of the source (which keeps
-/// running), then each fork restored from it with an identity of its own.
-/// A failure deletes every fork made and the snapshot.
+/// The `vm.fork` operation: a snapshot of the source, which then
+/// continues from that snapshot itself in a new VMM process (so it maps
+/// the same frozen RAM file as the forks and shares its pages with them:
+/// a source that ran on after its save would have faulted in every page
+/// of its own RAM mapping, see docs/benchmarks.md), then each fork
+/// restored from it with an identity of its own. The source keeps its
+/// processes, files and identity; its user-mode connections are reset.
+/// A failure deletes every fork made and the snapshot, and leaves the
+/// source running.
 pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmForked, VmError> {
     let base = {
         let (_guard, source) = locked(vms, &plan.source).await?;
         if source.state == VmState::Paused {
             return Err(VmError::Paused(source.name));
         }
-        super::take_locked(vms, ctx, &source, &plan.base_name, SnapshotKind::Fork, None).await?
+        let taken = super::take_locked(
+            vms,
+            ctx,
+            &source,
+            &plan.base_name,
+            SnapshotKind::Fork,
+            None,
+            AfterSave::StayPaused,
+        )
+        .await;
+        let base = match taken {
+            Ok(base) => base,
+            Err(e) => {
+                if let Some(h) = vms.table.handles(&source.id) {
+                    let _ = super::take::resume_best_effort(vms, &source, &h).await;
+                }
+                return Err(e);
+            }
+        };
+        continue_from(vms, ctx, source, &base, "continue source from the snapshot").await?;
+        base
     };
     let mut made: Vec<VmRecord> = Vec::new();
     let mut result = Ok(());

@@ -93,11 +93,31 @@ pub(crate) async fn snapshot(
     plan: SnapshotPlan,
 ) -> Result<SnapshotRecord, VmError> {
     let (_guard, vm) = crate::vms::lifecycle::locked(vms, &plan.vm).await?;
-    take_locked(vms, ctx, &vm, &plan.name, SnapshotKind::User, None).await
+    take_locked(
+        vms,
+        ctx,
+        &vm,
+        &plan.name,
+        SnapshotKind::User,
+        None,
+        AfterSave::Resume,
+    )
+    .await
+}
+
+/// What a running VM does once its state is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterSave {
+    /// Runs on in its QEMU (snapshot, template).
+    Resume,
+    /// Stays paused, its filesystems frozen, for the caller to replace
+    /// (a fork's source continues from the fork's snapshot); if taking
+    /// the snapshot fails it may be left paused: see [`resume_best_effort`].
+    StayPaused,
 }
 
 /// Takes a snapshot of `vm` (running or paused; the caller holds its
-/// lock). The VM is left as it was found.
+/// lock). With [`AfterSave::Resume`] the VM is left as it was found.
 pub(crate) async fn take_locked(
     vms: &Vms,
     ctx: &OpCtx,
@@ -105,6 +125,7 @@ pub(crate) async fn take_locked(
     name: &str,
     kind: SnapshotKind,
     template_key: Option<String>,
+    after: AfterSave,
 ) -> Result<SnapshotRecord, VmError> {
     check_name_free(vms, name).await?;
     let handles = match vms.table.handles(&vm.id) {
@@ -123,7 +144,7 @@ pub(crate) async fn take_locked(
     let tmp = root.join(format!(".tmp-{id}"));
     let dest = root.join(&id);
     mkdir(&tmp)?;
-    let result = build(vms, ctx, vm, &handles, &id, &tmp).await;
+    let result = build(vms, ctx, vm, &handles, &id, &tmp, after).await;
     let record = match result {
         Ok(()) => {
             let build = {
@@ -206,6 +227,7 @@ async fn build(
     handles: &Handles,
     id: &str,
     tmp: &Path,
+    after: AfterSave,
 ) -> Result<(), VmError> {
     let stream = tmp.join("ram.stream");
     let was_paused = vm.state == VmState::Paused;
@@ -219,23 +241,9 @@ async fn build(
         }
     }
     let saved = save_and_copy(vms, ctx, vm, handles, &stream, tmp, was_paused).await;
-    if !was_paused {
+    if !was_paused && (after == AfterSave::Resume || saved.is_err()) {
         ctx.stage("resume vm");
-        let vmm = Arc::clone(&vms.vmm);
-        let handle = handles.vmm.clone();
-        let resumed = tokio::task::spawn_blocking(move || vmm.resume(&handle))
-            .await
-            .map_err(|e| VmError::Task("resume", e))
-            .and_then(|r| r.map_err(VmError::from));
-        if has_agent {
-            if let Err(e) = vms.guest.thaw(vm, handles).await {
-                tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not thaw the guest's filesystems (its agent thaws them by itself)");
-            }
-            if let Err(e) = vms.guest.set_time(vm, handles).await {
-                tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not set the guest clock");
-            }
-        }
-        resumed?;
+        resume_best_effort(vms, vm, handles).await?;
     }
     saved?;
     ctx.check_cancelled()?;
@@ -253,6 +261,31 @@ async fn build(
     })
     .await
     .map_err(|e| VmError::Task("prepare fast restore", e))?
+}
+
+/// Resumes a VM a snapshot paused, thaws its filesystems and steps its
+/// clock (the last two only logged when they fail: the agent thaws by
+/// itself). The resume's own failure is returned.
+pub(crate) async fn resume_best_effort(
+    vms: &Vms,
+    vm: &VmRecord,
+    handles: &Handles,
+) -> Result<(), VmError> {
+    let vmm = Arc::clone(&vms.vmm);
+    let handle = handles.vmm.clone();
+    let resumed = tokio::task::spawn_blocking(move || vmm.resume(&handle))
+        .await
+        .map_err(|e| VmError::Task("resume", e))
+        .and_then(|r| r.map_err(VmError::from));
+    if handles.agent.is_some() {
+        if let Err(e) = vms.guest.thaw(vm, handles).await {
+            tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not thaw the guest's filesystems (its agent thaws them by itself)");
+        }
+        if let Err(e) = vms.guest.set_time(vm, handles).await {
+            tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not set the guest clock");
+        }
+    }
+    resumed
 }
 
 /// Pauses (unless already paused), saves the RAM stream and copies the

@@ -142,6 +142,7 @@ pub(crate) async fn warm(
             snap_name.trim_end_matches('-'),
             SnapshotKind::Template,
             Some(key.0.clone()),
+            super::take::AfterSave::Resume,
         )
         .await
     }
