@@ -248,7 +248,7 @@ impl Vms {
 
     /// Deletes a snapshot nothing needs.
     pub async fn delete_snapshot(&self, name: &str) -> Result<String, VmError> {
-        Ok(snapshot::delete(self, name).await?.name)
+        Ok(snapshot::delete_requested(self, name).await?.name)
     }
 
     /// Makes (or finds) the default-shape template of image `name`.

@@ -277,21 +277,38 @@ pub async fn delete(vms: &Vms, name: &str) -> Result<SnapshotRecord, VmError> {
     Ok(s)
 }
 
+/// `snapshot delete`: [`delete`], then the fork base it sat on if that is
+/// now unused.
+pub async fn delete_requested(vms: &Vms, name: &str) -> Result<SnapshotRecord, VmError> {
+    let s = delete(vms, name).await?;
+    if let Some(parent) = &s.parent_id {
+        drop_if_unused_fork_base(vms, parent).await;
+    }
+    Ok(s)
+}
+
 /// Deletes snapshot `id` if it is a fork base nothing needs any more
 /// (called after the VMs that used it are deleted or rolled back).
 pub(crate) async fn drop_if_unused_fork_base(vms: &Vms, id: &str) {
-    let id = id.to_owned();
-    let found = vms
-        .db
-        .call(move |st| {
-            let s = st.snapshot(&id)?;
-            let users = st.snapshot_users(&id)?;
-            Ok((s, users))
-        })
-        .await;
-    if let Ok((s, users)) = found {
-        if s.kind == SnapshotKind::Fork && users.is_empty() {
-            if let Err(e) = delete(vms, &s.id).await {
+    // A fork base's layers may sit on an older fork base (its parent),
+    // which its deletion can leave unused in turn: walk up the chain.
+    let mut next = Some(id.to_owned());
+    while let Some(id) = next.take() {
+        let found = vms
+            .db
+            .call(move |st| {
+                let s = st.snapshot(&id)?;
+                let users = st.snapshot_users(&id)?;
+                Ok((s, users))
+            })
+            .await;
+        let Ok((s, users)) = found else { return };
+        if s.kind != SnapshotKind::Fork || !users.is_empty() {
+            return;
+        }
+        match delete(vms, &s.id).await {
+            Ok(_) => next = s.parent_id,
+            Err(e) => {
                 tracing::warn!(snapshot = %s.name, error = %crate::error::chain(&e), "could not delete an unused fork base");
             }
         }
@@ -544,5 +561,48 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "snapshot s1 is of vm dev, not of off");
         assert_eq!(code(e), C::Conflict);
+    }
+
+    #[tokio::test]
+    async fn an_unused_fork_base_goes_with_the_unused_bases_below_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path());
+        let vms = &state.vms;
+        crate::testing::seed(&state, "dev", banger_store::VmState::Running);
+        let fork_base = |id: &str, parent: Option<&str>, kind: SnapshotKind| {
+            let mut s = recorded();
+            s.id = id.into();
+            s.name = format!("{id}-base");
+            s.kind = kind;
+            s.image_id = "i1".into();
+            s.kernel_id = "k1".into();
+            s.parent_id = parent.map(Into::into);
+            s.dir = snapshots_dir(vms).join(id);
+            std::fs::create_dir_all(&s.dir).unwrap();
+            state.lock_store_for_tests().insert_snapshot(&s).unwrap();
+            s
+        };
+        fork_base("t", None, SnapshotKind::Template);
+        let a = fork_base("a", Some("t"), SnapshotKind::Fork);
+        let b = fork_base("b", Some("a"), SnapshotKind::Fork);
+        // A user snapshot on b keeps it (and so a).
+        let mut user = recorded();
+        user.id = "u".into();
+        user.image_id = "i1".into();
+        user.kernel_id = "k1".into();
+        user.parent_id = Some("b".into());
+        state.lock_store_for_tests().insert_snapshot(&user).unwrap();
+        drop_if_unused_fork_base(vms, "b").await;
+        assert!(b.dir.exists());
+        delete_requested(vms, "s1").await.unwrap();
+        assert!(!b.dir.exists(), "b went with the user snapshot");
+        assert!(!a.dir.exists(), "and a, which only b needed");
+        let left: Vec<String> = views(vms)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(left, ["t-base"], "a template is never dropped this way");
     }
 }

@@ -231,6 +231,10 @@ async fn build(
 ) -> Result<(), VmError> {
     let stream = tmp.join("ram.stream");
     let was_paused = vm.state == VmState::Paused;
+    if let Some(base) = &vm.base_snapshot_id {
+        ctx.stage("read base memory ahead");
+        warm_base_memory(vms, base).await;
+    }
     let has_agent = handles.agent.is_some() && !was_paused;
     if has_agent {
         ctx.stage("sync guest filesystems");
@@ -261,6 +265,36 @@ async fn build(
     })
     .await
     .map_err(|e| VmError::Task("prepare fast restore", e))?
+}
+
+/// Reads the RAM file a VM made from a snapshot maps, so that the save
+/// (which reads every page of guest RAM) finds it in the page cache:
+/// otherwise each untouched page, holes included, faults in one at a time
+/// while the VM is paused (measured: save 1.8-3.7 s instead of 0.4 s; the
+/// sequential read took 0.17 s for 1 GiB, before the pause). The pages
+/// are clean page cache, reclaimable.
+async fn warm_base_memory(vms: &Vms, base_id: &str) {
+    let id = base_id.to_owned();
+    let Ok(base) = vms.db.call(move |s| s.snapshot(&id)).await else {
+        return;
+    };
+    let file = memory_file(&base.dir);
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&file)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match f.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    })
+    .await;
+    if let Ok(Err(e)) = read {
+        tracing::debug!(snapshot = %base.name, error = %e, "could not read the base's ram file ahead");
+    }
 }
 
 /// Resumes a VM a snapshot paused, thaws its filesystems and steps its
