@@ -485,6 +485,30 @@ fn remove_handles(dir: &Path) {
     let _ = std::fs::remove_file(handles_file(dir));
 }
 
+/// Makes a new VM's directory and, in a blocking task, its disks with
+/// `make`; if anything fails the directory is removed.
+pub(crate) async fn prepare_vm_dir<F>(dir: &Path, make: F) -> Result<(), VmError>
+where
+    F: FnOnce(&Path) -> Result<(), VmError> + Send + 'static,
+{
+    let d = dir.to_path_buf();
+    let made = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
+            what: "create",
+            path: d.clone(),
+            source,
+        })?;
+        make(&d)
+    })
+    .await
+    .map_err(|e| VmError::Task("disk", e))
+    .and_then(|r| r);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    made
+}
+
 /// Writes a new VM's row; if that fails, its directory (made just
 /// before) is removed, so a failed create leaves nothing.
 pub(crate) async fn insert_new_vm(vms: &Vms, vm: &VmRecord, dir: &Path) -> Result<(), VmError> {

@@ -256,24 +256,8 @@ pub(crate) async fn create_from(
     let dir = vm_dir(vms, &id);
     let lock = vms.table.lock_for(&id);
     let _guard = lock.lock().await;
-    {
-        let (sdir, d) = (snapshot.dir.clone(), dir.clone());
-        let made = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
-                what: "create",
-                path: d.clone(),
-                source,
-            })?;
-            layer_over(&sdir, &d)
-        })
-        .await
-        .map_err(|e| VmError::Task("disk", e))
-        .and_then(|r| r);
-        if let Err(e) = made {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    }
+    let sdir = snapshot.dir.clone();
+    crate::vms::prepare_vm_dir(&dir, move |d| layer_over(&sdir, d)).await?;
     let now = now_ms();
     let vm = VmRecord {
         id: id.clone(),

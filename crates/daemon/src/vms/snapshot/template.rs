@@ -87,29 +87,18 @@ pub(crate) async fn warm(
     let _guard = lock.lock().await;
     ctx.stage("prepare disks");
     {
-        let (d, rootfs) = (dir.clone(), image.rootfs_path.clone());
+        let rootfs = image.rootfs_path.clone();
         let seed = image
             .work_seed_path
             .clone()
             .ok_or_else(|| VmError::NoWorkSeed(image.name.clone()))?;
         let size = shape.disk_size_bytes;
-        let made = tokio::task::spawn_blocking(move || -> Result<(), VmError> {
-            std::fs::create_dir_all(&d).map_err(|source| VmError::Io {
-                what: "create",
-                path: d.clone(),
-                source,
-            })?;
-            crate::disks::make_root_disk(crate::disks::RootStrategy::Qcow2, &rootfs, &d)?;
-            crate::disks::make_work_disk(&seed, &crate::vms::work_disk(&d), size)?;
+        crate::vms::prepare_vm_dir(&dir, move |d| {
+            crate::disks::make_root_disk(crate::disks::RootStrategy::Qcow2, &rootfs, d)?;
+            crate::disks::make_work_disk(&seed, &crate::vms::work_disk(d), size)?;
             Ok(())
         })
-        .await
-        .map_err(|e| VmError::Task("disk", e))
-        .and_then(|r| r);
-        if let Err(e) = made {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        .await?;
     }
     let now = now_ms();
     let vm = VmRecord {
