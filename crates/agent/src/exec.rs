@@ -634,13 +634,6 @@ impl Finish {
         }
         // Closes stdin (ends the writer thread once it is done).
         *self.ctl.stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        {
-            let mut sessions = self.sessions.lock();
-            if matches!(sessions.get(&self.id), Some(Session::Exec(c)) if Arc::ptr_eq(c, &self.ctl))
-            {
-                sessions.remove(&self.id);
-            }
-        }
         let (code, signal) = match status {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => (Some(c), None),
@@ -667,6 +660,13 @@ impl Finish {
             code,
             signal,
         }));
+        // Only now: input (a stdin EOF, a signal) the host sent while the
+        // process was ending still finds the session, so no "no process"
+        // error reaches the host ahead of `Exited`.
+        let mut sessions = self.sessions.lock();
+        if matches!(sessions.get(&self.id), Some(Session::Exec(c)) if Arc::ptr_eq(c, &self.ctl)) {
+            sessions.remove(&self.id);
+        }
     }
 }
 

@@ -148,6 +148,13 @@ async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::UnboundedReceiver<Frame>) 
                     out.stderr.extend_from_slice(&frame.body)
                 }
                 Message::Exited { code, signal, .. } => out.exited = Some((code, signal)),
+                // Input sent while the process was ending, answered by an
+                // agent that had already let go of it: its `Exited` is
+                // sent regardless (older agents send it just after).
+                Message::Error {
+                    code: banger_proto::agent::AgentErrorCode::NotFound,
+                    ..
+                } => {}
                 Message::Error { message, .. } => out.lost = Some(message),
                 _ => {}
             }
