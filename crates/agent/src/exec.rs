@@ -85,6 +85,11 @@ impl Control {
     pub(crate) fn stdin(&self, body: Vec<u8>) -> Result<(), String> {
         let mut tx = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sender) = tx.as_ref() else {
+            // Closing twice is no error: the host's end-of-file can cross
+            // the process's own end.
+            if body.is_empty() {
+                return Ok(());
+            }
             return Err("stdin is closed".into());
         };
         if body.is_empty() {
@@ -632,8 +637,6 @@ impl Finish {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        // Closes stdin (ends the writer thread once it is done).
-        *self.ctl.stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let (code, signal) = match status {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => (Some(c), None),
@@ -660,6 +663,10 @@ impl Finish {
             code,
             signal,
         }));
+        // Closes stdin (ends the writer thread once it is done), after
+        // `Exited`: input the host sent while the process was ending is
+        // dropped by the writer, not answered with an error ahead of it.
+        *self.ctl.stdin.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // Only now: input (a stdin EOF, a signal) the host sent while the
         // process was ending still finds the session, so no "no process"
         // error reaches the host ahead of `Exited`.
