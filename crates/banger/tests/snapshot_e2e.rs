@@ -236,7 +236,7 @@ fn snapshots_end_to_end() {
     eprintln!("    {:?} {:?}", t.elapsed(), t2.elapsed());
 
     let t = step(
-        "snapshot src (it keeps running), then fork 3 VMs from it (src continues from the fork)",
+        "snapshot src (it keeps running), then fork 3 VMs from it (src keeps running in its QEMU)",
     );
     let src_pid = w.banger_json(&["vm", "show", "src"])["pid"]
         .as_i64()
@@ -255,11 +255,16 @@ fn snapshots_end_to_end() {
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(forks, ["f-1", "f-2", "f-3"], "{forked}");
-    // The source continues from the fork's snapshot in a new QEMU, with
-    // its files, processes and host key.
+    // src booted cold, so its RAM is a file of its own: the fork saved
+    // device state only and src ran on, with its files, processes and
+    // host key.
     let src = w.banger_json(&["vm", "show", "src"]);
     assert_eq!(src["state"], "running", "{src}");
-    assert_ne!(src["pid"].as_i64().unwrap(), src_pid, "a new qemu process");
+    assert_eq!(
+        src["pid"].as_i64().unwrap(),
+        src_pid,
+        "the same qemu process"
+    );
     assert_eq!(sh(&w, "src", "cat /root/marker"), "from-src");
     assert!(
         sh(&w, "src", "pgrep -f 'sleep 4242' || true")
@@ -343,6 +348,37 @@ fn snapshots_end_to_end() {
     );
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step(
+        "src has a RAM file of its own now: a fork keeps it in its QEMU, and it is removed with the vm",
+    );
+    let src_id = w.banger_json(&["vm", "show", "src"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ram_files_of(&src_id).len(), 1, "src's RAM file");
+    let src_pid = w.banger_json(&["vm", "show", "src"])["pid"]
+        .as_i64()
+        .unwrap();
+    sh(&w, "src", "echo second > /root/marker2; sync");
+    let forked = w.banger_json(&["vm", "fork", "src", "--name", "h"]);
+    assert_eq!(forked["vms"][0]["name"], "h", "{forked}");
+    let src = w.banger_json(&["vm", "show", "src"]);
+    assert_eq!(src["state"], "running", "{src}");
+    assert_eq!(
+        src["pid"].as_i64().unwrap(),
+        src_pid,
+        "the same qemu process"
+    );
+    assert_eq!(sh(&w, "h", "cat /root/marker2; hostname"), "second\nh");
+    assert!(
+        sh(&w, "h", "pgrep -f 'sleep 4242' || true").lines().count() >= 1,
+        "h has the process"
+    );
+    assert_eq!(sh(&w, "src", "cat /root/marker2"), "second");
+    w.banger_ok(&["vm", "delete", "h"]);
+    assert!(!snapshot_names(&w).contains(&"h-base".to_owned()));
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("a snapshot in use cannot be deleted; deleting the forks drops their base");
     let out = w.banger(&["snapshot", "delete", "s1"]);
     assert!(
@@ -394,15 +430,26 @@ fn snapshots_end_to_end() {
     }
     eprintln!("    {:?}", t.elapsed());
 
-    let t = step("crash: kill -9 while a snapshot's ram file is being made; no builder is left");
+    let t = step(
+        "crash: kill -9 while a snapshot streams the RAM of a vm restored from the template; no builder is left",
+    );
+    w.banger_ok(&["vm", "create", "--name", "t2", "--image", IMAGE]);
+    let t2_id = w.banger_json(&["vm", "show", "t2"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        ram_files_of(&t2_id).is_empty(),
+        "t2 maps the template's RAM"
+    );
     let child = start_stalling(
         &mut w,
         "prepare fast restore",
-        &["vm", "fork", "src", "--name", "g"],
+        &["vm", "snapshot", "t2", "--name", "g"],
     );
     wait_stage(
         &w,
-        "vm.fork",
+        "vm.snapshot",
         "prepare fast restore",
         Duration::from_secs(60),
     );
@@ -412,14 +459,35 @@ fn snapshots_end_to_end() {
         qemu_pids_with("banger-snap-").is_empty(),
         "a snapshot builder is left"
     );
-    assert!(!snapshot_names(&w).contains(&"g-base".to_owned()));
-    assert_eq!(vm_names(&w), ["src"]);
+    assert!(!snapshot_names(&w).contains(&"g".to_owned()));
+    assert_eq!(vm_names(&w), ["src", "t2"]);
     assert!(
         snapshot_dirs(&w).iter().all(|d| !d.starts_with(".tmp-")),
         "{:?}",
         snapshot_dirs(&w)
     );
     assert_eq!(w.banger_json(&["vm", "show", "src"])["state"], "running");
+    assert_eq!(w.banger_json(&["vm", "show", "t2"])["state"], "running");
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step(
+        "a fork of t2 streams its RAM, and t2 continues from the fork's snapshot on a RAM file of its own",
+    );
+    let t2_pid = w.banger_json(&["vm", "show", "t2"])["pid"]
+        .as_i64()
+        .unwrap();
+    sh(&w, "t2", "echo in-t2 > /root/t2-marker; sync");
+    let forked = w.banger_json(&["vm", "fork", "t2", "--name", "t2f"]);
+    assert_eq!(forked["vms"][0]["name"], "t2f", "{forked}");
+    let t2 = w.banger_json(&["vm", "show", "t2"]);
+    assert_eq!(t2["state"], "running", "{t2}");
+    assert_ne!(t2["pid"].as_i64().unwrap(), t2_pid, "a new qemu process");
+    assert_eq!(ram_files_of(&t2_id).len(), 1, "t2's own RAM file");
+    assert_eq!(sh(&w, "t2", "cat /root/t2-marker"), "in-t2");
+    assert_eq!(sh(&w, "t2f", "cat /root/t2-marker; hostname"), "in-t2\nt2f");
+    w.banger_ok(&["vm", "delete", "t2f"]);
+    w.banger_ok(&["vm", "delete", "t2"]);
+    assert!(ram_files_of(&t2_id).is_empty(), "t2's RAM file is gone");
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("crash: kill -9 during a template build; its hidden vm is removed on start");
@@ -462,4 +530,18 @@ fn snapshots_end_to_end() {
 
     w.banger_ok(&["vm", "delete", "src"]);
     assert_eq!(vm_dirs(&w), 0);
+    assert!(ram_files_of(&src_id).is_empty(), "src's RAM file is gone");
+}
+
+/// The RAM files named after VM `id` in any daemon's directory of them
+/// (`/dev/shm/banger-UID-ram-HASH/ID.mem`, crates/daemon/src/vms/ram.rs).
+fn ram_files_of(id: &str) -> Vec<PathBuf> {
+    let Ok(dirs) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    dirs.filter_map(Result::ok)
+        .filter(|d| d.file_name().to_string_lossy().contains("-ram-"))
+        .map(|d| d.path().join(format!("{id}.mem")))
+        .filter(|p| p.exists())
+        .collect()
 }

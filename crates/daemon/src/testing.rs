@@ -180,6 +180,7 @@ pub(crate) fn handles(pid: u32, dir: &std::path::Path) -> Handles {
         accel: banger_proto::Accel::Tcg,
         bridged: None,
         agent: None,
+        ram_file: None,
     }
 }
 

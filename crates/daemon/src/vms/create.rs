@@ -345,6 +345,7 @@ pub async fn create(
                 &plan.name,
                 &plan.publish,
                 "restore from snapshot",
+                super::ram::RestoredRam::Own,
             )
             .await?;
             return Ok((view(vms, &vm).await?, None));
@@ -374,6 +375,7 @@ pub async fn create(
                     &plan.name,
                     &plan.publish,
                     "restore from template",
+                    super::ram::RestoredRam::MapSnapshot,
                 )
                 .await?;
                 return Ok((view(vms, &vm).await?, None));

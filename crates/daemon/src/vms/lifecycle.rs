@@ -14,6 +14,7 @@ use banger_vmm::{
 };
 
 use super::Vms;
+use super::ram::RestoredRam;
 use super::rollback::Rollback;
 use super::snapshot::{self, Identity};
 use super::{
@@ -83,6 +84,8 @@ pub(crate) enum Boot<'a> {
         identity: Identity,
         /// The stage's name: "restore from snapshot" or "restore from template".
         stage: &'static str,
+        /// A RAM file of the VM's own, or the snapshot's mapped privately.
+        ram: RestoredRam,
     },
 }
 
@@ -247,10 +250,34 @@ async fn boot(
     };
     ctx.check_cancelled()?;
 
+    // The RAM file of the VM's own, if it gets one: removed again if the
+    // boot fails (and by `mark_stopped` once the VMM is gone).
+    let ram_file = match from {
+        Boot::Cold
+        | Boot::Restore {
+            ram: RestoredRam::Own,
+            ..
+        } => vms.ram.prepare(&vm.id),
+        Boot::Restore {
+            ram: RestoredRam::MapSnapshot,
+            ..
+        } => None,
+    };
+    if let Some(path) = &ram_file {
+        let (ram, path) = (vms.ram.clone(), path.clone());
+        rollback.push("ram file", move || ram.remove(&path));
+    }
     let vmm = Arc::clone(&vms.vmm);
     let handle = match from {
         Boot::Cold => {
             ctx.stage("launch vmm");
+            let mut spec = spec;
+            if let Some(path) = &ram_file {
+                spec.memory = MemoryBacking::File {
+                    path: path.clone(),
+                    shared: true,
+                };
+            }
             tokio::task::spawn_blocking(move || vmm.launch(&spec))
                 .await
                 .map_err(task_failed("launch"))??
@@ -258,12 +285,26 @@ async fn boot(
         Boot::Restore {
             snapshot, stage, ..
         } => {
-            ctx.stage(stage);
+            let frozen = snapshot::memory_file(&snapshot.dir);
             let mut spec = spec;
-            spec.memory = MemoryBacking::File {
-                path: snapshot::memory_file(&snapshot.dir),
-                shared: false,
+            spec.memory = match &ram_file {
+                Some(path) => {
+                    ctx.stage("copy memory");
+                    let (from, to) = (frozen, path.clone());
+                    tokio::task::spawn_blocking(move || disks::copy_layer(&from, &to))
+                        .await
+                        .map_err(task_failed("copy memory"))??;
+                    MemoryBacking::File {
+                        path: path.clone(),
+                        shared: true,
+                    }
+                }
+                None => MemoryBacking::File {
+                    path: frozen,
+                    shared: false,
+                },
             };
+            ctx.stage(stage);
             let state = snapshot::state_file(&snapshot.dir);
             tokio::task::spawn_blocking(move || {
                 vmm.restore(&spec, &state, banger_vmm::RamSave::KeptInSharedFile, true)
@@ -292,6 +333,7 @@ async fn boot(
         agent: image
             .has_agent
             .then(|| banger_vmm::AgentChannel::VirtioSerial.as_str().to_owned()),
+        ram_file,
     };
     save_handles(&dir, &handles).map_err(|source| VmError::Io {
         what: "write",
@@ -405,14 +447,23 @@ async fn is_alive(vms: &Vms, vm: &VmRecord) -> bool {
 async fn mark_stopped(vms: &Vms, ctx: &OpCtx, mut vm: VmRecord) -> Result<VmRecord, VmError> {
     let dir = vm_dir(vms, &vm.id);
     let handles = vms.table.handles(&vm.id);
-    detach_network(vms, ctx, &vm.id, handles.as_ref()).await;
+    release_runtime(vms, ctx, &vm.id, handles.as_ref()).await;
     remove_handles(&dir);
-    vms.table.clear_handles(&vm.id);
     vm.state = VmState::Stopped;
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
     vms.db.call(move |s| s.update_vm(&record)).await?;
     Ok(vm)
+}
+
+/// What a VM whose VMM is gone held: its network, its RAM file, its
+/// handles in memory.
+async fn release_runtime(vms: &Vms, ctx: &OpCtx, vm_id: &str, handles: Option<&Handles>) {
+    detach_network(vms, ctx, vm_id, handles).await;
+    if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
+        vms.ram.remove(path);
+    }
+    vms.table.clear_handles(vm_id);
 }
 
 /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
@@ -602,8 +653,7 @@ pub(crate) async fn delete_locked(
         .await
         .map_err(task_failed("delete"))?;
     }
-    detach_network(vms, ctx, &vm.id, handles.as_ref()).await;
-    vms.table.clear_handles(&vm.id);
+    release_runtime(vms, ctx, &vm.id, handles.as_ref()).await;
     let dir = vm_dir(vms, &vm.id);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {

@@ -17,6 +17,7 @@ pub(crate) mod create;
 mod error;
 pub mod guest;
 pub(crate) mod lifecycle;
+mod ram;
 mod reconcile;
 mod rollback;
 pub(crate) mod snapshot;
@@ -65,6 +66,8 @@ pub struct Vms {
     reservations: Arc<Reservations>,
     /// One template build per key at a time.
     templates: KeyedLocks,
+    /// VMs' own guest RAM files (see `ram.rs`).
+    ram: ram::RamFiles,
     settings: VmSettings,
 }
 
@@ -128,6 +131,7 @@ impl Vms {
             table,
             reservations: Arc::default(),
             templates: KeyedLocks::default(),
+            ram: ram::RamFiles::for_data_dir(&config.layout.data_dir),
             settings: VmSettings {
                 data_dir: config.layout.data_dir.clone(),
                 defaults: config.defaults.clone(),
@@ -362,6 +366,11 @@ pub struct Handles {
     /// How the guest agent is reached (`virtio-serial`), if the guest has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The guest RAM file of the VM's own, mapped shared (see `ram.rs`);
+    /// none when its RAM is anonymous or a snapshot's file mapped
+    /// privately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +414,11 @@ impl VmTable {
             .values()
             .filter_map(|h| Some(h.bridged.as_ref()?.tap.clone()))
             .collect()
+    }
+
+    /// Ids of the VMs with handles (running or paused).
+    pub fn running_ids(&self) -> std::collections::HashSet<String> {
+        lock(&self.handles).keys().cloned().collect()
     }
 
     fn set_handles(&self, vm_id: &str, h: Handles) {

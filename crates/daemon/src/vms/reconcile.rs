@@ -67,6 +67,9 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
             remove_handles(&dir);
             if let Some(h) = &handles {
                 let _ = std::fs::remove_file(&h.vmm.control_socket);
+                if let Some(ram) = &h.ram_file {
+                    vms.ram.remove(ram);
+                }
             }
             let was = vm.state;
             if was == VmState::Creating {

@@ -23,6 +23,7 @@ fn handles_written_before_bridged_networking_still_load() {
             tap: "bgtap0".into(),
             ip: "10.77.0.2".parse().unwrap(),
         }),
+        ram_file: Some("/dev/shm/banger-0-ram-0/x.mem".into()),
         ..h
     };
     let text = serde_json::to_string(&bridged).unwrap();

@@ -86,6 +86,7 @@ fn handles(dir: &std::path::Path) -> Handles {
         accel: banger_proto::Accel::Tcg,
         bridged: None,
         agent: Some("virtio-serial".into()),
+        ram_file: None,
     }
 }
 

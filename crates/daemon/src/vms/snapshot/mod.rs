@@ -325,7 +325,7 @@ fn remove_dir(dir: &Path) {
 
 /// What a crash can leave behind, removed on daemon start: unfinished
 /// snapshot directories, directories without a row, RAM files staged in
-/// shared memory, helper VMMs that were turning a RAM stream into a RAM
+/// shared memory, RAM files of VMs that no longer run, helper VMMs that were turning a RAM stream into a RAM
 /// file, and fork bases nothing uses.
 pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
     let dir = snapshots_dir(vms);
@@ -336,7 +336,12 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
         .into_iter()
         .map(|s| s.id)
         .collect();
+    // Called at start, after reconcile and before any request: a VM
+    // without handles has no VMM that could map its RAM file.
+    let running = vms.table.running_ids();
+    let ram = vms.ram.clone();
     tokio::task::spawn_blocking(move || {
+        ram.remove_unused(&running);
         for pid in banger_vmm::qemu_pids_with_arg(take::BUILDER_MARKER) {
             let Some(pid) = i32::try_from(pid)
                 .ok()

@@ -14,6 +14,7 @@ use crate::op::OpCtx;
 use crate::ops::now_ms;
 use crate::validate;
 use crate::vms::lifecycle::{Boot, delete_locked, kill_locked, locked, start_locked_from};
+use crate::vms::ram::RestoredRam;
 use crate::vms::{Reservations, VmError, Vms, layered_work_disk, view, vm_dir, work_disk};
 
 /// Makes `vm_dir`'s root and work disks qcow2 layers over the snapshot's
@@ -114,6 +115,7 @@ async fn continue_from(
             snapshot,
             identity: Identity::Same,
             stage,
+            ram: RestoredRam::Own,
         },
     )
     .await
@@ -182,6 +184,21 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
         if source.state == VmState::Paused {
             return Err(VmError::Paused(source.name));
         }
+        // A source with a RAM file of its own is paused only while its
+        // device state is saved and the file copied, and runs on in its
+        // QEMU, connections and all. One that maps a snapshot's RAM
+        // privately must stream all of its RAM, and then continues from
+        // the fork's snapshot on a RAM file of its own: its next fork is
+        // the quick kind.
+        let owns_ram = vms
+            .table
+            .handles(&source.id)
+            .is_some_and(|h| h.ram_file.is_some());
+        let after = if owns_ram {
+            AfterSave::Resume
+        } else {
+            AfterSave::StayPaused
+        };
         let taken = super::take_locked(
             vms,
             ctx,
@@ -189,7 +206,7 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
             &plan.base_name,
             SnapshotKind::Fork,
             None,
-            AfterSave::StayPaused,
+            after,
         )
         .await;
         let base = match taken {
@@ -201,14 +218,26 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
                 return Err(e);
             }
         };
-        continue_from(vms, ctx, source, &base, "continue source from the snapshot").await?;
+        if !owns_ram {
+            continue_from(vms, ctx, source, &base, "continue source from the snapshot").await?;
+        }
         base
     };
     let mut made: Vec<VmRecord> = Vec::new();
     let mut result = Ok(());
     for name in &plan.names {
         ctx.check_cancelled()?;
-        match create_from(vms, ctx, &base, name, &[], "restore from snapshot").await {
+        let made_one = create_from(
+            vms,
+            ctx,
+            &base,
+            name,
+            &[],
+            "restore from snapshot",
+            RestoredRam::MapSnapshot,
+        )
+        .await;
+        match made_one {
             Ok(vm) => made.push(vm),
             Err(e) => {
                 result = Err(e);
@@ -246,6 +275,7 @@ pub(crate) async fn create_from(
     name: &str,
     publish: &[banger_proto::PublishSpec],
     stage: &'static str,
+    ram: RestoredRam,
 ) -> Result<VmRecord, VmError> {
     if snapshot.network_mode == banger_proto::NetworkMode::Bridged && !snapshot.has_agent {
         // Without an agent the new VM would keep the source's MAC and
@@ -287,6 +317,7 @@ pub(crate) async fn create_from(
             snapshot,
             identity: Identity::New,
             stage,
+            ram,
         },
     )
     .await;

@@ -231,7 +231,7 @@ async fn build(
 ) -> Result<(), VmError> {
     let stream = tmp.join("ram.stream");
     let was_paused = vm.state == VmState::Paused;
-    if let Some(base) = &vm.base_snapshot_id {
+    if let (Some(base), None) = (&vm.base_snapshot_id, &handles.ram_file) {
         ctx.stage("read base memory ahead");
         warm_base_memory(vms, base).await;
     }
@@ -250,6 +250,10 @@ async fn build(
         resume_best_effort(vms, vm, handles).await?;
     }
     saved?;
+    if handles.ram_file.is_some() {
+        // The device state and the RAM file are in `tmp` already.
+        return Ok(());
+    }
     ctx.check_cancelled()?;
 
     ctx.stage("prepare fast restore");
@@ -322,8 +326,11 @@ pub(crate) async fn resume_best_effort(
     resumed
 }
 
-/// Pauses (unless already paused), saves the RAM stream and copies the
-/// disk layers. Leaves the VM paused; the caller resumes it.
+/// Pauses (unless already paused), saves the VM's state and copies the
+/// disk layers. A VM with a RAM file of its own saves its device state
+/// alone (`state`) and its RAM file is copied (`mem`, holes kept); any
+/// other streams device state and RAM to `stream`. Leaves the VM paused;
+/// the caller resumes it.
 async fn save_and_copy(
     vms: &Vms,
     ctx: &OpCtx,
@@ -338,6 +345,7 @@ async fn save_and_copy(
     }
     let vmm = Arc::clone(&vms.vmm);
     let handle = handles.vmm.clone();
+    let ram_file = handles.ram_file.clone();
     let (stream, tmp) = (stream.to_path_buf(), tmp.to_path_buf());
     let dir = vm_dir(vms, &vm.id);
     let root = dir.join(
@@ -350,10 +358,19 @@ async fn save_and_copy(
     tokio::task::spawn_blocking(move || -> Result<(), VmError> {
         vmm.pause(&handle)?;
         ctx2.stage("save memory");
-        let report = vmm.save_state(&handle, &stream, RamSave::IntoState)?;
+        let report = match &ram_file {
+            Some(ram) => {
+                let report =
+                    vmm.save_state(&handle, &state_file(&tmp), RamSave::KeptInSharedFile)?;
+                crate::disks::copy_layer(ram, &memory_file(&tmp))?;
+                report
+            }
+            None => vmm.save_state(&handle, &stream, RamSave::IntoState)?,
+        };
         tracing::debug!(
             bytes = report.bytes,
             elapsed_ms = report.elapsed.as_millis() as u64,
+            own_ram_file = ram_file.is_some(),
             "vm state saved"
         );
         ctx2.stage("copy disks");
