@@ -176,6 +176,7 @@ impl Guest {
                     unix_ns,
                     net,
                     new_host_key,
+                    host_key: None,
                 },
                 random,
                 IDENTITY_TIMEOUT,
