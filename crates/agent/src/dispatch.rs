@@ -287,12 +287,14 @@ impl Agent {
                 unix_ns,
                 net,
                 new_host_key,
+                host_key,
             } => {
                 let req = IdentityRequest {
                     hostname,
                     unix_ns,
                     net,
                     new_host_key,
+                    host_key,
                 };
                 self.guest_ops.submit(
                     Job::Identity {

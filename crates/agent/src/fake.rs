@@ -19,6 +19,7 @@ use crate::host::Host;
 pub enum Call {
     SetClock(u64),
     Sync,
+    Fsync(PathBuf),
     Freeze(PathBuf),
     Thaw(PathBuf),
     AddRandomness(Vec<u8>),
@@ -30,19 +31,25 @@ pub enum Call {
         data: Vec<u8>,
         mode: u32,
     },
+    Create {
+        path: PathBuf,
+        data: Vec<u8>,
+        mode: u32,
+    },
     Rename(PathBuf, PathBuf),
     Remove(PathBuf),
 }
 
 impl Call {
     /// What [`FakeHost::fail`] matches: `set_clock`, `sync`,
-    /// `freeze:/root`, `thaw:/`, `add_randomness`, `set_hostname`,
-    /// `run:ip`, `hangup`, `write:/etc/hostname`, `rename:/from`,
-    /// `remove:/path`.
+    /// `fsync:/path`, `freeze:/root`, `thaw:/`, `add_randomness`,
+    /// `set_hostname`, `run:ip`, `hangup`, `write:/etc/hostname`,
+    /// `create:/path`, `rename:/from`, `remove:/path`.
     fn key(&self) -> String {
         match self {
             Self::SetClock(_) => "set_clock".into(),
             Self::Sync => "sync".into(),
+            Self::Fsync(p) => format!("fsync:{}", p.display()),
             Self::Freeze(p) => format!("freeze:{}", p.display()),
             Self::Thaw(p) => format!("thaw:{}", p.display()),
             Self::AddRandomness(_) => "add_randomness".into(),
@@ -50,6 +57,7 @@ impl Call {
             Self::Run(argv) => format!("run:{}", argv.first().map_or("", String::as_str)),
             Self::Hangup(_) => "hangup".into(),
             Self::Write { path, .. } => format!("write:{}", path.display()),
+            Self::Create { path, .. } => format!("create:{}", path.display()),
             Self::Rename(from, _) => format!("rename:{}", from.display()),
             Self::Remove(p) => format!("remove:{}", p.display()),
         }
@@ -211,6 +219,17 @@ impl Host for FakeHost {
         let _ = self.record(Call::Sync, |_| Ok(()));
     }
 
+    fn fsync(&self, path: &Path) -> io::Result<()> {
+        self.record(Call::Fsync(path.to_owned()), |st| {
+            // A file, or a directory holding some.
+            if st.files.keys().any(|p| p.starts_with(path)) {
+                Ok(())
+            } else {
+                Err(not_found(path))
+            }
+        })
+    }
+
     fn freeze(&self, mount: &Path) -> io::Result<()> {
         self.record(Call::Freeze(mount.to_owned()), |st| {
             if st.frozen.insert(mount.to_owned()) {
@@ -287,6 +306,24 @@ impl Host for FakeHost {
             mode,
         };
         self.record(call, |st| {
+            st.files.insert(path.to_owned(), data.to_vec());
+            Ok(())
+        })
+    }
+
+    fn create(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+        let call = Call::Create {
+            path: path.to_owned(),
+            data: data.to_vec(),
+            mode,
+        };
+        self.record(call, |st| {
+            if st.files.contains_key(path) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{}: file exists", path.display()),
+                ));
+            }
             st.files.insert(path.to_owned(), data.to_vec());
             Ok(())
         })

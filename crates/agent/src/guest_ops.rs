@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use banger_proto::agent::{
-    AgentErrorCode, Frame, GuestNet, IDENTITY_RANDOM_MAX, IDENTITY_RANDOM_MIN, Message,
+    AgentErrorCode, Frame, GuestNet, HostKeyPair, IDENTITY_RANDOM_MAX, IDENTITY_RANDOM_MIN, Message,
 };
 
 use crate::dispatch::Out;
@@ -40,7 +40,8 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 const SSH_DIR: &str = "/etc/ssh";
 const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 const HOST_KEY_PUB: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
-/// Where `ssh-keygen` makes the new key before it replaces the old one.
+/// Where the new key is made (by `ssh-keygen`, or from the daemon's pair)
+/// before it replaces the old one.
 const NEW_KEY: &str = "/etc/ssh/.banger-new-host-key";
 const NEW_KEY_PUB: &str = "/etc/ssh/.banger-new-host-key.pub";
 const SSHD_PID: &str = "/run/sshd.pid";
@@ -75,6 +76,8 @@ pub(crate) struct IdentityRequest {
     pub unix_ns: u64,
     pub net: Option<GuestNet>,
     pub new_host_key: bool,
+    /// The new key pair the daemon made (with `new_host_key` only).
+    pub host_key: Option<HostKeyPair>,
 }
 
 /// A refusal or failure: the error code and message of the reply.
@@ -166,6 +169,12 @@ impl GuestOps {
         check_time(req.unix_ns)?;
         check_hostname(&req.hostname).map_err(bad)?;
         let net = req.net.as_ref().map(check_net).transpose().map_err(bad)?;
+        if let Some(pair) = &req.host_key {
+            if !req.new_host_key {
+                return Err(bad("a host key pair without new_host_key".into()));
+            }
+            pair.check().map_err(bad)?;
+        }
 
         let host = &*self.host;
         // The snapshot may have been taken frozen.
@@ -181,7 +190,7 @@ impl GuestOps {
             set_net(host, net)?;
         }
         if req.new_host_key {
-            new_host_key(host)?;
+            new_host_key(host, req.host_key.as_ref())?;
         }
         let key = read_host_key(host, HOST_KEY_PUB).map_err(|e| failed("read the host key", e))?;
         log!(
@@ -190,10 +199,10 @@ impl GuestOps {
             net.as_ref()
                 .map(|n| format!(", {} on {NIC} ({})", n.address, n.mac))
                 .unwrap_or_default(),
-            if req.new_host_key {
-                ", new SSH host key"
-            } else {
-                ""
+            match (req.new_host_key, &req.host_key) {
+                (true, Some(_)) => ", new SSH host key (the host's)",
+                (true, None) => ", new SSH host key (made here)",
+                (false, _) => "",
             }
         );
         Ok(key)
@@ -623,9 +632,10 @@ fn set_net(host: &dyn Host, net: &Net) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A new ed25519 host key replaces every `ssh_host_*` key, and the
-/// running sshd is told to re-read it.
-fn new_host_key(host: &dyn Host) -> Result<(), Failure> {
+/// A new ed25519 host key (`pair`, checked already; else one made with
+/// `ssh-keygen`) replaces every `ssh_host_*` key, and the running sshd
+/// is told to re-read it.
+fn new_host_key(host: &dyn Host, pair: Option<&HostKeyPair>) -> Result<(), Failure> {
     let step = "new host key";
     for p in [NEW_KEY, NEW_KEY_PUB] {
         match host.remove(Path::new(p)) {
@@ -634,21 +644,45 @@ fn new_host_key(host: &dyn Host) -> Result<(), Failure> {
             Err(e) => return Err(failed(step, format!("remove {p}: {e}"))),
         }
     }
-    // `-C ""`: as the image's first-boot key (banger-ssh-hostkey.service).
-    host.run(&[
-        "ssh-keygen",
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-C",
-        "",
-        "-f",
-        NEW_KEY,
-    ])
-    .map_err(|e| failed(step, format!("ssh-keygen: {e}")))?;
+    match pair {
+        Some(pair) => {
+            // Modes as ssh-keygen makes them; the private key is never
+            // readable by others, not even for a moment.
+            let public = format!("{}\n", pair.public.trim_end());
+            for (path, data, mode) in [
+                (NEW_KEY, pair.private_openssh.as_bytes(), 0o600),
+                (NEW_KEY_PUB, public.as_bytes(), 0o644),
+            ] {
+                host.create(Path::new(path), data, mode)
+                    .map_err(|e| failed(step, format!("create {path}: {e}")))?;
+            }
+        }
+        None => {
+            // `-C ""`: as the image's first-boot key (banger-ssh-hostkey.service).
+            host.run(&[
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "",
+                "-f",
+                NEW_KEY,
+            ])
+            .map_err(|e| failed(step, format!("ssh-keygen: {e}")))?;
+        }
+    }
     read_host_key(host, NEW_KEY_PUB).map_err(|e| failed(step, e))?;
+    // The new pair on the disk before it replaces the old one: a crash
+    // leaves the old key or the new one, never an empty file. Only these
+    // files and /etc/ssh, not a global `sync()`: that writes back all
+    // that is dirty (slow under an emulated CPU).
+    for p in [NEW_KEY, NEW_KEY_PUB] {
+        host.fsync(Path::new(p))
+            .map_err(|e| failed(step, format!("fsync {p}: {e}")))?;
+    }
     // Forks of one snapshot must share no key: the image makes only
     // ed25519, but whatever else is there goes too.
     let names = host
@@ -668,10 +702,10 @@ fn new_host_key(host: &dyn Host) -> Result<(), Failure> {
         host.rename(Path::new(from), Path::new(to))
             .map_err(|e| failed(step, format!("rename {from} to {to}: {e}")))?;
     }
-    // As the image's first-boot unit: the key reaches the disk now, or a
-    // VM killed soon after would come back with the key banger does not
-    // know.
-    host.sync();
+    // The renames and removals reach the disk now, or a VM killed soon
+    // after would come back with the key banger does not know.
+    host.fsync(Path::new(SSH_DIR))
+        .map_err(|e| failed(step, format!("fsync {SSH_DIR}: {e}")))?;
     reload_sshd(host).map_err(|e| failed("signal sshd", e))
 }
 

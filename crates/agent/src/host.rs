@@ -25,8 +25,13 @@ const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 pub trait Host: Send + Sync + fmt::Debug {
     /// Steps `CLOCK_REALTIME` to `unix_ns` nanoseconds after the epoch.
     fn set_clock(&self, unix_ns: u64) -> io::Result<()>;
-    /// `sync()`: dirty data to the disks.
+    /// `sync()`: dirty data to the disks (all of them: slow when much is
+    /// dirty; see [`Host::fsync`]).
     fn sync(&self);
+    /// `fsync()` of one file or directory: its data and metadata (a
+    /// directory's: the names created, renamed or removed in it) on the
+    /// disk.
+    fn fsync(&self, path: &Path) -> io::Result<()>;
     /// `FIFREEZE` on the filesystem mounted at `mount` (`EBUSY` if it is
     /// frozen already).
     fn freeze(&self, mount: &Path) -> io::Result<()>;
@@ -49,6 +54,10 @@ pub trait Host: Send + Sync + fmt::Debug {
     /// Replaces `path` with `data` (mode `mode`): written to a temporary
     /// file beside it, synced and renamed over it.
     fn write(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()>;
+    /// Creates `path` holding `data`, mode `mode` from the start (no
+    /// moment with a wider one); `AlreadyExists` if anything (a symlink
+    /// too) is there. Not synced: see [`Host::fsync`].
+    fn create(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()>;
     /// `rename()`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file (`NotFound` if there is none).
@@ -91,6 +100,11 @@ impl Host for RealHost {
 
     fn sync(&self) {
         rustix::fs::sync();
+    }
+
+    fn fsync(&self, path: &Path) -> io::Result<()> {
+        // Read-only works for directories too; fsync() needs no write access.
+        File::open(path)?.sync_all()
     }
 
     fn freeze(&self, mount: &Path) -> io::Result<()> {
@@ -214,6 +228,25 @@ impl Host for RealHost {
         written
     }
 
+    fn create(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+        let mode = mode & 0o7777;
+        // O_EXCL: never through a symlink, never over another file.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
+        let written = (|| {
+            f.write_all(data)?;
+            // The umask may have narrowed the mode.
+            f.set_permissions(fs::Permissions::from_mode(mode))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(path);
+        }
+        written
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
@@ -262,6 +295,34 @@ mod tests {
             0o640
         );
         assert_eq!(h.list(&dir).unwrap(), vec!["hostname"], "no temporary left");
+        h.fsync(&f).unwrap();
+        h.fsync(&dir).unwrap();
+        assert_eq!(
+            h.fsync(&dir.join("none")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let key = dir.join("key");
+        h.create(&key, b"secret\n", 0o600).unwrap();
+        assert_eq!(h.read(&key).unwrap(), b"secret\n");
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        assert_eq!(
+            h.create(&key, b"again\n", 0o600).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists,
+            "never over a file"
+        );
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("target"), &link).unwrap();
+        assert_eq!(
+            h.create(&link, b"x", 0o644).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists,
+            "never through a symlink"
+        );
+        assert!(!dir.join("target").exists());
+        h.remove(&link).unwrap();
+        h.remove(&key).unwrap();
         h.rename(&f, &dir.join("moved")).unwrap();
         h.remove(&dir.join("moved")).unwrap();
         assert_eq!(

@@ -107,7 +107,12 @@ impl Agent {
             Message::Hello {
                 protocol: AGENT_PROTOCOL_VERSION,
                 version: env!("CARGO_PKG_VERSION").into(),
-                capabilities: vec!["set_time".into(), "freeze".into(), "identity".into()],
+                capabilities: vec![
+                    "set_time".into(),
+                    "freeze".into(),
+                    "identity".into(),
+                    "identity_host_key".into()
+                ],
             }
         );
     }

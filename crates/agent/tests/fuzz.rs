@@ -133,6 +133,7 @@ fn corpus(dir: &str) -> Vec<Vec<u8>> {
                     dns: vec!["10.0.2.3".into()],
                 }),
                 new_host_key: true,
+                host_key: None,
             },
             &[7u8; 64],
         ),

@@ -327,9 +327,11 @@ pub(crate) mod tests {
     /// [`fake_agent`] that lists `capabilities` in its Hello and keeps
     /// every request it gets in `seen`. It answers SetTime, Freeze and
     /// Thaw with Done and Identity with IdentityDone (the key names the
-    /// body's length), each only if the capability is listed, else
-    /// `unsupported` (as an agent newer than capabilities but older than
-    /// the request does). Identity with hostname `refuse-me` is refused.
+    /// body's length, or is the public key sent), each only if the
+    /// capability is listed, else `unsupported` (as an agent newer than
+    /// capabilities but older than the request does). Identity with
+    /// hostname `refuse-me` is refused; with `swap-key` it answers
+    /// another key than the one sent.
     pub(crate) async fn fake_agent_with(
         listener: UnixListener,
         protocol: u32,
@@ -374,7 +376,12 @@ pub(crate) mod tests {
                     {
                         Message::Done { id }
                     }
-                    Message::Identity { id, hostname, .. } if has(capability::IDENTITY) => {
+                    Message::Identity {
+                        id,
+                        hostname,
+                        host_key,
+                        ..
+                    } if has(capability::IDENTITY) => {
                         if hostname == "refuse-me" {
                             Message::Error {
                                 id: Some(id),
@@ -384,7 +391,13 @@ pub(crate) mod tests {
                         } else {
                             Message::IdentityDone {
                                 id,
-                                host_key: format!("ssh-ed25519 AAAA{}", f.body.len()),
+                                host_key: match host_key {
+                                    Some(_) if hostname == "swap-key" => {
+                                        "ssh-ed25519 AAAAswapped".into()
+                                    }
+                                    Some(pair) => pair.public,
+                                    None => format!("ssh-ed25519 AAAA{}", f.body.len()),
+                                },
                             }
                         }
                     }

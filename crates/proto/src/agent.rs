@@ -47,6 +47,14 @@ pub const IDENTITY_RANDOM_MIN: usize = 32;
 /// Most bytes of host randomness an [`Message::Identity`] body carries.
 pub const IDENTITY_RANDOM_MAX: usize = 512;
 
+/// Longest private key file a [`HostKeyPair`] may carry (an ed25519 one
+/// made with `ssh-keygen -C ''` is 387 bytes; a long comment adds to it).
+pub const HOST_KEY_PRIVATE_MAX: usize = 1024;
+
+/// Longest public key line a [`HostKeyPair`] may carry (81 bytes without
+/// a comment).
+pub const HOST_KEY_PUBLIC_MAX: usize = 512;
+
 /// The names an agent lists in its `Hello` (`capabilities`) for the
 /// requests added since protocol 1 first shipped. An agent without a name
 /// does not know the request: do not send it.
@@ -57,9 +65,13 @@ pub mod capability {
     pub const FREEZE: &str = "freeze";
     /// [`super::Message::Identity`].
     pub const IDENTITY: &str = "identity";
+    /// The `host_key` of [`super::Message::Identity`]: the agent installs
+    /// the key pair the daemon made. An agent without it would ignore the
+    /// field (and make a key of its own): do not send it one.
+    pub const IDENTITY_HOST_KEY: &str = "identity_host_key";
 
     /// Everything this crate's agent does.
-    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY];
+    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY, IDENTITY_HOST_KEY];
 }
 
 /// One frame: a message and its raw body (empty for most messages).
@@ -195,7 +207,9 @@ pub enum Message {
     /// if there is one), with `net` gives `eth0` a new MAC and address,
     /// default route and `/etc/resolv.conf`, and with `new_host_key`
     /// replaces the SSH host keys by a new ed25519 key (the running sshd
-    /// re-reads it; open sessions stay). Answered with
+    /// re-reads it; open sessions stay): `host_key` when given (capability
+    /// [`capability::IDENTITY_HOST_KEY`]; only with `new_host_key`), else
+    /// one the guest makes with `ssh-keygen`. Answered with
     /// [`Message::IdentityDone`], or an error naming the step that failed
     /// (bad input is refused before anything changes). Capability
     /// [`capability::IDENTITY`].
@@ -207,6 +221,10 @@ pub enum Message {
         net: Option<GuestNet>,
         #[serde(default)]
         new_host_key: bool,
+        /// The new host key pair, made by the daemon (saves the guest an
+        /// `ssh-keygen` and a `sync()`: slow under an emulated CPU).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_key: Option<HostKeyPair>,
     },
 
     // ---- both ways: file contents ----
@@ -390,6 +408,90 @@ pub struct GuestNet {
     /// as it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+}
+
+/// An SSH host key pair for a restored guest ([`Message::Identity`]),
+/// as `ssh-keygen -t ed25519 -N ''` writes it. Its `Debug` leaves the
+/// private key out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeyPair {
+    /// The private key file, unencrypted: `-----BEGIN OPENSSH PRIVATE
+    /// KEY-----` to `-----END OPENSSH PRIVATE KEY-----`, at most
+    /// [`HOST_KEY_PRIVATE_MAX`] bytes.
+    pub private_openssh: String,
+    /// The public key line, `ssh-ed25519 AAAA…[ comment]` (no newline),
+    /// at most [`HOST_KEY_PUBLIC_MAX`] bytes.
+    pub public: String,
+}
+
+/// First line of an OpenSSH private key file.
+pub const OPENSSH_PRIVATE_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+/// Last line of an OpenSSH private key file.
+pub const OPENSSH_PRIVATE_END: &str = "-----END OPENSSH PRIVATE KEY-----";
+
+impl HostKeyPair {
+    /// Whether the pair is shaped as it must be (the agent refuses it
+    /// otherwise): sizes within the limits, an ed25519 public line of
+    /// printable ASCII, a private key file of base64 lines between the
+    /// OpenSSH markers. It does not check that the two halves belong
+    /// together.
+    pub fn check(&self) -> Result<(), String> {
+        let public = &self.public;
+        if public.len() > HOST_KEY_PUBLIC_MAX {
+            return Err(format!(
+                "host public key of {} bytes: at most {HOST_KEY_PUBLIC_MAX}",
+                public.len()
+            ));
+        }
+        let mut fields = public.split(' ');
+        let key_ok = fields.next() == Some("ssh-ed25519")
+            && fields.next().is_some_and(|k| {
+                k.starts_with("AAAA") && k.bytes().all(|b| is_base64(b) || b == b'=')
+            });
+        if !key_ok || !public.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return Err("host public key is not one line `ssh-ed25519 AAAA…`".into());
+        }
+        let private = &self.private_openssh;
+        if private.len() > HOST_KEY_PRIVATE_MAX {
+            return Err(format!(
+                "host private key of {} bytes: at most {HOST_KEY_PRIVATE_MAX}",
+                private.len()
+            ));
+        }
+        let lines: Vec<&str> = private
+            .strip_suffix('\n')
+            .unwrap_or(private)
+            .split('\n')
+            .collect();
+        let shaped = lines.len() >= 3
+            && lines.first() == Some(&OPENSSH_PRIVATE_BEGIN)
+            && lines.last() == Some(&OPENSSH_PRIVATE_END)
+            && lines[1..lines.len() - 1]
+                .iter()
+                .all(|l| !l.is_empty() && l.bytes().all(|b| is_base64(b) || b == b'='));
+        if !shaped {
+            return Err(format!(
+                "host private key is not an OpenSSH private key file ({OPENSSH_PRIVATE_BEGIN} …)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
+}
+
+impl std::fmt::Debug for HostKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeyPair")
+            .field(
+                "private_openssh",
+                &format_args!("<{} bytes>", self.private_openssh.len()),
+            )
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -754,6 +856,91 @@ mod tests {
             out[0].as_ref().unwrap_err().to_string(),
             "unknown request type \"teleport\" (id 12)"
         );
+    }
+
+    /// A key pair as `ssh-keygen -t ed25519 -N '' -C ''` writes it.
+    fn key_pair() -> HostKeyPair {
+        HostKeyPair {
+            private_openssh: format!(
+                "{OPENSSH_PRIVATE_BEGIN}\n{}\n{}==\n{OPENSSH_PRIVATE_END}\n",
+                "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW",
+                "QyNTUxOQAAACBXkXq1"
+            ),
+            public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU".into(),
+        }
+    }
+
+    #[test]
+    fn host_key_pairs_are_checked_and_debug_hides_the_private_key() {
+        let good = key_pair();
+        good.check().unwrap();
+        let mut with_comment = good.clone();
+        with_comment.public.push_str(" root@fork-1");
+        with_comment.check().unwrap();
+        let mut trailing_space = good.clone();
+        trailing_space.public.push(' ');
+        trailing_space.check().unwrap();
+
+        let bad_public = [
+            "ssh-rsa AAAAB3NzaC1yc2E",
+            "ssh-ed25519",
+            "ssh-ed25519 ",
+            "ssh-ed25519 BBBB",
+            "ssh-ed25519 AAAA!",
+            "ssh-ed25519 AAAAC3Nz\nssh-ed25519 AAAAC3Nz",
+            " ssh-ed25519 AAAAC3Nz",
+            "ssh-ed25519 AAAAC3Nz \u{7f}",
+        ];
+        for public in bad_public {
+            let pair = HostKeyPair {
+                public: public.into(),
+                ..good.clone()
+            };
+            let e = pair.check().unwrap_err();
+            assert!(e.contains("ssh-ed25519 AAAA"), "{public:?}: {e}");
+        }
+        let huge = HostKeyPair {
+            public: format!("ssh-ed25519 AAAA{}", "A".repeat(HOST_KEY_PUBLIC_MAX)),
+            ..good.clone()
+        };
+        assert!(huge.check().unwrap_err().contains("at most 512"));
+
+        let body = good
+            .private_openssh
+            .strip_prefix(OPENSSH_PRIVATE_BEGIN)
+            .unwrap()
+            .to_owned();
+        let bad_private = [
+            String::new(),
+            body.clone(),
+            format!("{OPENSSH_PRIVATE_BEGIN}\n{OPENSSH_PRIVATE_END}\n"),
+            format!("-----BEGIN RSA PRIVATE KEY-----{body}"),
+            format!("{OPENSSH_PRIVATE_BEGIN}\nAAAA\n\n{OPENSSH_PRIVATE_END}\n"),
+            format!("{OPENSSH_PRIVATE_BEGIN}\nAA AA\n{OPENSSH_PRIVATE_END}\n"),
+            format!("{OPENSSH_PRIVATE_BEGIN}\nAAAA\n{OPENSSH_PRIVATE_END}\nextra\n"),
+            format!("{OPENSSH_PRIVATE_BEGIN}\r\nAAAA\r\n{OPENSSH_PRIVATE_END}\r\n"),
+        ];
+        for private in bad_private {
+            let pair = HostKeyPair {
+                private_openssh: private.clone(),
+                ..good.clone()
+            };
+            let e = pair.check().unwrap_err();
+            assert!(e.contains("not an OpenSSH private key"), "{private:?}: {e}");
+        }
+        let huge = HostKeyPair {
+            private_openssh: format!(
+                "{OPENSSH_PRIVATE_BEGIN}\n{}\n{OPENSSH_PRIVATE_END}\n",
+                "A".repeat(HOST_KEY_PRIVATE_MAX)
+            ),
+            ..good.clone()
+        };
+        assert!(huge.check().unwrap_err().contains("at most 1024"));
+
+        let shown = format!("{good:?}");
+        assert!(!shown.contains("b3BlbnNzaC1rZXkt"), "{shown}");
+        assert!(shown.contains("private_openssh: <"), "{shown}");
+        assert!(shown.contains(&good.public), "{shown}");
     }
 
     #[test]

@@ -5,9 +5,22 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use banger_proto::agent::{
-    AgentErrorCode, CpuTimes, DiskUsage, Frame, GuestNet, GuestStats, ListeningPort, Message,
-    capability, encode,
+    AgentErrorCode, CpuTimes, DiskUsage, Frame, FrameDecoder, GuestNet, GuestStats, HostKeyPair,
+    ListeningPort, Message, capability, encode,
 };
+
+/// A key pair shaped as `ssh-keygen -t ed25519 -N '' -C ''` writes it
+/// (not a real key).
+fn key_pair() -> HostKeyPair {
+    HostKeyPair {
+        private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\n\
+            b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n\
+            QyNTUxOQAAACBXkXq1==\n\
+            -----END OPENSSH PRIVATE KEY-----\n"
+            .into(),
+        public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU".into(),
+    }
+}
 
 /// One message of every kind.
 fn messages() -> Vec<Message> {
@@ -73,6 +86,7 @@ fn messages() -> Vec<Message> {
                 dns: vec!["10.0.2.3".into()],
             }),
             new_host_key: true,
+            host_key: None,
         },
         Message::Identity {
             id: 11,
@@ -80,6 +94,15 @@ fn messages() -> Vec<Message> {
             unix_ns: 1_700_000_000_000_000_000,
             net: None,
             new_host_key: false,
+            host_key: None,
+        },
+        Message::Identity {
+            id: 13,
+            hostname: "fork-3".into(),
+            unix_ns: 1_700_000_000_000_000_000,
+            net: None,
+            new_host_key: true,
+            host_key: Some(key_pair()),
         },
         Message::FileData { id: 5 },
         Message::FileEnd { id: 5 },
@@ -175,6 +198,43 @@ fn every_kind_is_listed_and_is_the_wire_type() {
     kinds.sort_unstable();
     seen.sort_unstable();
     assert_eq!(seen, kinds, "messages() has one message of every kind");
+}
+
+#[test]
+fn an_identity_with_a_key_pair_round_trips_and_one_without_reads_as_none() {
+    let msg = Message::Identity {
+        id: 3,
+        hostname: "fork-1".into(),
+        unix_ns: 1_700_000_000_000_000_000,
+        net: None,
+        new_host_key: true,
+        host_key: Some(key_pair()),
+    };
+    key_pair().check().unwrap();
+    let mut d = FrameDecoder::new();
+    d.push(&encode(&Frame::with_body(msg.clone(), vec![7; 64])));
+    let frame = d.next_frame().unwrap().unwrap();
+    assert_eq!(frame.msg, msg);
+    assert_eq!(frame.body, vec![7; 64]);
+    // What an older daemon sends: no key pair.
+    let m: Message = serde_json::from_str(
+        r#"{"type":"identity","id":4,"hostname":"a","unix_ns":1,"new_host_key":true}"#,
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Identity {
+                new_host_key: true,
+                host_key: None,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    // The private key stays out of logs of the request.
+    let shown = format!("{msg:?}");
+    assert!(!shown.contains("b3BlbnNzaC1rZXkt"), "{shown}");
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use banger_proto::agent::{
-    AgentErrorCode, FRAME_MAGIC, Frame, GuestNet, Message, capability, encode,
+    AgentErrorCode, FRAME_MAGIC, Frame, GuestNet, HOST_KEY_PRIVATE_MAX, HostKeyPair, Message,
+    capability, encode,
 };
 
 use super::{check_hostname, check_mac, freezable, hosts_with_name};
@@ -125,6 +126,33 @@ fn identity(id: u64, net: Option<GuestNet>, new_host_key: bool) -> Message {
         unix_ns: NOW_NS,
         net,
         new_host_key,
+        host_key: None,
+    }
+}
+
+/// A key pair shaped as `ssh-keygen -t ed25519 -N '' -C ''` writes it
+/// (not a real key: the agent checks the shape only).
+fn key_pair() -> HostKeyPair {
+    HostKeyPair {
+        private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\n\
+            b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n\
+            QyNTUxOQAAACBXkXq1==\n\
+            -----END OPENSSH PRIVATE KEY-----\n"
+            .into(),
+        // As ssh-keygen writes it with `-C ''`: a space at the end.
+        public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU ".into(),
+    }
+}
+
+/// An identity carrying the host's key pair `pair`.
+fn identity_with_key(id: u64, pair: HostKeyPair) -> Message {
+    Message::Identity {
+        id,
+        hostname: "fork-2".into(),
+        unix_ns: NOW_NS,
+        net: None,
+        new_host_key: true,
+        host_key: Some(pair),
     }
 }
 
@@ -394,6 +422,8 @@ fn identity_applies_everything_in_order() {
                 "-f",
                 "/etc/ssh/.banger-new-host-key"
             ]),
+            Call::Fsync(p("/etc/ssh/.banger-new-host-key")),
+            Call::Fsync(p("/etc/ssh/.banger-new-host-key.pub")),
             Call::Remove(p("/etc/ssh/ssh_host_rsa_key")),
             Call::Remove(p("/etc/ssh/ssh_host_rsa_key.pub")),
             Call::Rename(
@@ -404,7 +434,8 @@ fn identity_applies_everything_in_order() {
                 p("/etc/ssh/.banger-new-host-key.pub"),
                 p("/etc/ssh/ssh_host_ed25519_key.pub")
             ),
-            Call::Sync,
+            // Only what changed reaches the disk, no global sync().
+            Call::Fsync(p("/etc/ssh")),
             Call::Hangup(321),
         ]
     );
@@ -459,6 +490,156 @@ fn identity_without_net_or_key_keeps_them_and_a_frozen_guest_is_thawed() {
 }
 
 #[test]
+fn the_hosts_key_pair_is_installed_with_its_modes_and_fsynced_not_synced() {
+    let mut h = Harness::new();
+    h.host.put("/etc/ssh/ssh_host_rsa_key", "PRIVATE rsa\n");
+    h.host
+        .put("/etc/ssh/ssh_host_rsa_key.pub", "ssh-rsa AAAA\n");
+    // Left over by an identity that died half-way.
+    h.host
+        .put("/etc/ssh/.banger-new-host-key", "PRIVATE stale\n");
+    let pair = key_pair();
+    let r = h.ask_with(identity_with_key(1, pair.clone()), vec![0; 32]);
+    assert_eq!(
+        r,
+        Message::IdentityDone {
+            id: 1,
+            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU".into()
+        }
+    );
+    let calls = h.host.calls();
+    let from = calls
+        .iter()
+        .position(|c| *c == Call::Remove(p("/etc/ssh/.banger-new-host-key")))
+        .unwrap();
+    assert_eq!(
+        calls[from..],
+        [
+            Call::Remove(p("/etc/ssh/.banger-new-host-key")),
+            Call::Remove(p("/etc/ssh/.banger-new-host-key.pub")),
+            Call::Create {
+                path: p("/etc/ssh/.banger-new-host-key"),
+                data: pair.private_openssh.clone().into_bytes(),
+                mode: 0o600,
+            },
+            Call::Create {
+                path: p("/etc/ssh/.banger-new-host-key.pub"),
+                data: b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU\n".to_vec(),
+                mode: 0o644,
+            },
+            Call::Fsync(p("/etc/ssh/.banger-new-host-key")),
+            Call::Fsync(p("/etc/ssh/.banger-new-host-key.pub")),
+            Call::Remove(p("/etc/ssh/ssh_host_rsa_key")),
+            Call::Remove(p("/etc/ssh/ssh_host_rsa_key.pub")),
+            Call::Rename(
+                p("/etc/ssh/.banger-new-host-key"),
+                p("/etc/ssh/ssh_host_ed25519_key")
+            ),
+            Call::Rename(
+                p("/etc/ssh/.banger-new-host-key.pub"),
+                p("/etc/ssh/ssh_host_ed25519_key.pub")
+            ),
+            Call::Fsync(p("/etc/ssh")),
+            Call::Hangup(321),
+        ]
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Run(_)) || *c == Call::Sync),
+        "no ssh-keygen and no global sync: {calls:?}"
+    );
+    assert_eq!(
+        h.host.file("/etc/ssh/ssh_host_ed25519_key").unwrap(),
+        pair.private_openssh
+    );
+    assert_eq!(
+        h.host.file("/etc/ssh/ssh_host_ed25519_key.pub").unwrap(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFeRerU\n"
+    );
+    assert_eq!(h.host.file("/etc/ssh/ssh_host_rsa_key"), None);
+    assert_eq!(h.host.file("/etc/ssh/.banger-new-host-key"), None);
+    assert_eq!(h.host.file("/etc/ssh/.banger-new-host-key.pub"), None);
+}
+
+#[test]
+fn a_bad_key_pair_is_refused_before_anything_changes() {
+    let mut h = Harness::new();
+    let good = key_pair();
+    let with = |f: &dyn Fn(&mut HostKeyPair)| {
+        let mut pair = good.clone();
+        f(&mut pair);
+        identity_with_key(1, pair)
+    };
+    let mut without_new_key = identity_with_key(1, good.clone());
+    if let Message::Identity { new_host_key, .. } = &mut without_new_key {
+        *new_host_key = false;
+    }
+    let cases: Vec<(Message, &str)> = vec![
+        (without_new_key, "without new_host_key"),
+        (
+            with(&|k| {
+                k.private_openssh = format!(
+                    "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+                    "A".repeat(HOST_KEY_PRIVATE_MAX)
+                );
+            }),
+            "at most 1024",
+        ),
+        (
+            with(&|k| k.private_openssh = "PRIVATE\n".into()),
+            "not an OpenSSH private key",
+        ),
+        (
+            with(&|k| {
+                k.private_openssh = k.private_openssh.replace("OPENSSH PRIVATE", "RSA PRIVATE");
+            }),
+            "not an OpenSSH private key",
+        ),
+        (
+            with(&|k| k.public = "ssh-rsa AAAAB3NzaC1yc2E".into()),
+            "ssh-ed25519 AAAA",
+        ),
+        (
+            with(&|k| k.public = "ssh-ed25519 AAAAC3Nz\nssh-ed25519 AAAAC3Nz".into()),
+            "ssh-ed25519 AAAA",
+        ),
+        (
+            with(&|k| k.public = format!("ssh-ed25519 AAAA{}", "A".repeat(600))),
+            "at most 512",
+        ),
+    ];
+    for (msg, wanted) in cases {
+        let r = h.ask_with(msg, vec![0; 32]);
+        let m = refused(&r, AgentErrorCode::BadRequest);
+        assert!(m.contains(wanted), "{wanted}: {m}");
+    }
+    assert_eq!(h.host.calls(), vec![], "bad input changes nothing");
+    assert_eq!(
+        h.host.file("/etc/ssh/ssh_host_ed25519_key").unwrap(),
+        "PRIVATE old\n"
+    );
+}
+
+#[test]
+fn a_failed_key_pair_write_is_named_and_replaces_nothing() {
+    let mut h = Harness::new();
+    h.host
+        .fail("create:/etc/ssh/.banger-new-host-key.pub", "No space left");
+    let r = h.ask_with(identity_with_key(1, key_pair()), vec![0; 32]);
+    assert_eq!(
+        refused(&r, AgentErrorCode::Failed),
+        "new host key: create /etc/ssh/.banger-new-host-key.pub: No space left"
+    );
+    assert_eq!(
+        h.host.file("/etc/ssh/ssh_host_ed25519_key.pub").unwrap(),
+        "ssh-ed25519 AAAAold \n",
+        "the old key stays"
+    );
+    assert!(!h.host.calls().iter().any(|c| matches!(c, Call::Rename(..))));
+}
+
+#[test]
 fn sshd_is_signalled_only_when_it_runs_under_its_pid() {
     let mut h = Harness::new();
     // A stale pid file naming another process: left alone.
@@ -505,6 +686,7 @@ fn bad_identity_input_is_refused_before_anything_changes() {
         unix_ns: NOW_NS,
         net: None,
         new_host_key: false,
+        host_key: None,
     };
     let long = "a".repeat(64);
     let mut cases: Vec<(Message, Vec<u8>, &str)> = vec![
@@ -522,6 +704,7 @@ fn bad_identity_input_is_refused_before_anything_changes() {
                 unix_ns: 5,
                 net: None,
                 new_host_key: false,
+                host_key: None,
             },
             vec![0; 32],
             "not between 2020 and 2100",
@@ -609,6 +792,11 @@ fn a_failed_identity_step_is_named() {
         ("run:ip", "ip link set dev eth0 down: boom"),
         ("write:/etc/resolv.conf", "write /etc/resolv.conf: boom"),
         ("run:ssh-keygen", "new host key: ssh-keygen: boom"),
+        (
+            "fsync:/etc/ssh/.banger-new-host-key",
+            "new host key: fsync /etc/ssh/.banger-new-host-key: boom",
+        ),
+        ("fsync:/etc/ssh", "new host key: fsync /etc/ssh: boom"),
         ("hangup", "signal sshd: SIGHUP 321: boom"),
     ] {
         let mut h = Harness::new();

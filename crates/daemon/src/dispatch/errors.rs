@@ -158,6 +158,7 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::ExecLost { .. }
         | E::HostFile { .. }
         | E::HostWriterGone
+        | E::HostKey { .. }
         | E::Task(..) => ErrorCode::OperationFailed,
     }
 }

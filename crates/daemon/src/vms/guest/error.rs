@@ -34,6 +34,14 @@ pub enum GuestError {
         #[source]
         source: AgentError,
     },
+    /// A restored guest's new SSH host key could not be made on the
+    /// host, or the guest installed another.
+    #[error("vm {vm}: new SSH host key")]
+    HostKey {
+        vm: String,
+        #[source]
+        source: super::identity::HostKeyError,
+    },
     #[error("the guest agent did not answer within {secs} s")]
     BootTimeout { secs: u64 },
     #[error("the vmm exited during boot")]

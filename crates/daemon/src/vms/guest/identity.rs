@@ -10,11 +10,19 @@
 //! and the step, at once. None takes an `OpCtx`: each is short and
 //! bounded, and [`Guest::thaw`] must work in a rollback whose cancel
 //! token has already fired.
+//!
+//! A new SSH host key is made here, with the host's `ssh-keygen`, and
+//! sent in the request when the agent takes one
+//! ([`capability::IDENTITY_HOST_KEY`]): under an emulated CPU the guest's
+//! own `ssh-keygen` costs most of a fork's time.
 
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use banger_proto::agent::{GuestNet, Message, capability};
+use banger_proto::agent::{GuestNet, HostKeyPair, Message, capability};
 use banger_store::VmRecord;
 use rand::RngCore;
 
@@ -29,7 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `Freeze` may take: `sync()` first writes back what is dirty.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `Identity` may take: `ip` and `ssh-keygen` run, under TCG too.
+/// How long `Identity` may take: `ip` (and, in an older agent,
+/// `ssh-keygen`) run, under TCG too.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of host randomness an identity carries (the agent takes
 /// `IDENTITY_RANDOM_MIN..=IDENTITY_RANDOM_MAX`).
@@ -50,6 +59,26 @@ pub struct Identity {
     /// Whether to replace the SSH host key by a new one (forks of one
     /// snapshot should not share it).
     pub new_host_key: bool,
+}
+
+/// Why a new host key could not be made on the host, or was not the one
+/// the guest installed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    #[error("make a private directory in {}", .0.display())]
+    TempDir(PathBuf, #[source] io::Error),
+    #[error("run ssh-keygen")]
+    Spawn(#[source] io::Error),
+    #[error("ssh-keygen failed ({status}): {stderr}")]
+    Keygen { status: String, stderr: String },
+    #[error("read {}", .0.display())]
+    Read(PathBuf, #[source] io::Error),
+    #[error("ssh-keygen made a key pair the agent would refuse: {0}")]
+    Malformed(String),
+    #[error("the key generation task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("the guest reports the host key {got:?}, not the one sent ({sent:?})")]
+    Mismatch { sent: String, got: String },
 }
 
 /// A step of the work around snapshots, as errors name it.
@@ -142,8 +171,10 @@ impl Guest {
     /// its clock to the host's, mixes fresh host randomness into its
     /// kernel's random pool (and reseeds it), sets the hostname, with
     /// `identity.net` gives `eth0` the new MAC and address, and with
-    /// `identity.new_host_key` makes a new SSH host key that the running
-    /// sshd uses from then on (open sessions stay).
+    /// `identity.new_host_key` installs a new SSH host key that the
+    /// running sshd uses from then on (open sessions stay): one made here
+    /// when the agent takes it (the guest must then report that very
+    /// key), else one the guest makes.
     ///
     /// Returns the guest's SSH host public key line (`ssh-ed25519 …`):
     /// the new one, or the one it kept. Bad input (hostname, MAC,
@@ -168,6 +199,22 @@ impl Guest {
             net,
             new_host_key,
         } = identity.clone();
+        // An agent without the capability would ignore the pair and make
+        // a key of its own: it gets `new_host_key` alone.
+        let host_key = if new_host_key && conn.supports(capability::IDENTITY_HOST_KEY) {
+            let pair = tokio::task::spawn_blocking(make_host_key)
+                .await
+                .map_err(HostKeyError::Task)
+                .and_then(|made| made)
+                .map_err(|source| GuestError::HostKey {
+                    vm: vm.name.clone(),
+                    source,
+                })?;
+            Some(pair)
+        } else {
+            None
+        };
+        let sent = host_key.as_ref().map(|p| p.public.clone());
         let frame = conn
             .call_with_body(
                 |id| Message::Identity {
@@ -176,6 +223,7 @@ impl Guest {
                     unix_ns,
                     net,
                     new_host_key,
+                    host_key,
                 },
                 random,
                 IDENTITY_TIMEOUT,
@@ -184,7 +232,21 @@ impl Guest {
             .map_err(|e| GuestError::step(vm, step, e))?;
         match frame.msg {
             Message::IdentityDone { host_key, .. } => {
-                tracing::info!(vm = %vm.name, new_host_key = identity.new_host_key, "guest identity applied");
+                if let Some(sent) = sent.as_ref().filter(|s| host_key.trim() != s.as_str()) {
+                    return Err(GuestError::HostKey {
+                        vm: vm.name.clone(),
+                        source: HostKeyError::Mismatch {
+                            sent: sent.clone(),
+                            got: host_key,
+                        },
+                    });
+                }
+                tracing::info!(
+                    vm = %vm.name,
+                    new_host_key = identity.new_host_key,
+                    host_made_key = sent.is_some(),
+                    "guest identity applied"
+                );
                 Ok(host_key)
             }
             other => Err(GuestError::step(
@@ -228,6 +290,74 @@ impl Guest {
         conn.require(capability, request)
             .map_err(|e| GuestError::step(vm, step, e))?;
         Ok(conn)
+    }
+}
+
+/// A new ed25519 SSH host key pair, made by the host's `ssh-keygen` (as
+/// the image's first-boot unit makes one: no passphrase, no comment) in a
+/// private directory under the temporary directory, removed right after.
+/// Blocking: run it off the runtime.
+fn make_host_key() -> Result<HostKeyPair, HostKeyError> {
+    make_host_key_in(&std::env::temp_dir())
+}
+
+fn make_host_key_in(parent: &Path) -> Result<HostKeyPair, HostKeyError> {
+    let dir = PrivateDir::new(parent)?;
+    let key = dir.path.join("key");
+    let public_path = dir.path.join("key.pub");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(HostKeyError::Spawn)?;
+    if !out.status.success() {
+        return Err(HostKeyError::Keygen {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| HostKeyError::Read(p.into(), e));
+    let pair = HostKeyPair {
+        private_openssh: read(&key)?,
+        public: read(&public_path)?.trim().to_owned(),
+    };
+    drop(dir);
+    pair.check().map_err(HostKeyError::Malformed)?;
+    Ok(pair)
+}
+
+/// A directory only this user can enter, removed with what it holds
+/// when dropped.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    fn new(parent: &Path) -> Result<Self, HostKeyError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut attempts = 0;
+        loop {
+            let path = parent.join(format!("banger-hostkey-{:016x}", rand::rng().next_u64()));
+            // mkdir() makes it or fails: never one someone else made.
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(HostKeyError::TempDir(parent.to_owned(), e)),
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the host key's temporary directory");
+        }
     }
 }
 
@@ -329,7 +459,6 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(key, "ssh-ed25519 AAAA64", "64 bytes of randomness went");
 
         let got = requests(&seen);
         assert_eq!(got.len(), 4, "{got:?}");
@@ -355,16 +484,157 @@ mod tests {
                 net: Some(n),
                 new_host_key: true,
                 unix_ns,
+                host_key: Some(pair),
                 ..
             } => {
                 assert_eq!(hostname, "fork-1");
                 assert_eq!(n, &net);
                 assert!(*unix_ns >= before);
+                // The host made the key; the guest's answer is its line.
+                pair.check().unwrap();
+                assert_eq!(key, pair.public);
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(got[3].body.len(), 64);
         assert!(got[3].body.iter().any(|b| *b != 0), "random, not zeros");
+    }
+
+    fn new_key(hostname: &str) -> Identity {
+        Identity {
+            hostname: hostname.into(),
+            net: None,
+            new_host_key: true,
+        }
+    }
+
+    fn sent_key_pair(seen: &Mutex<Vec<Frame>>) -> Option<banger_proto::agent::HostKeyPair> {
+        match requests(seen).pop().map(|f| f.msg) {
+            Some(Message::Identity { host_key, .. }) => host_key,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_the_host_key_capability_makes_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let caps = [
+            capability::SET_TIME,
+            capability::FREEZE,
+            capability::IDENTITY,
+        ];
+        let (state, vm, h, seen) = running(tmp.path(), &caps).await;
+        let key = state
+            .guest
+            .apply_identity(&vm, &h, &new_key("fork-1"))
+            .await
+            .unwrap();
+        assert_eq!(key, "ssh-ed25519 AAAA64", "the agent's own key");
+        assert!(
+            matches!(
+                requests(&seen)[0].msg,
+                Message::Identity {
+                    new_host_key: true,
+                    host_key: None,
+                    ..
+                }
+            ),
+            "{:?}",
+            requests(&seen)
+        );
+    }
+
+    #[tokio::test]
+    async fn no_key_pair_is_made_when_the_key_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (state, vm, h, seen) = running(tmp.path(), capability::ALL).await;
+        let same = Identity {
+            new_host_key: false,
+            ..new_key("fork-1")
+        };
+        state.guest.apply_identity(&vm, &h, &same).await.unwrap();
+        assert_eq!(sent_key_pair(&seen), None);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_installs_another_key_fails_clearly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (state, vm, h, seen) = running(tmp.path(), capability::ALL).await;
+        let e = state
+            .guest
+            .apply_identity(&vm, &h, &new_key("swap-key"))
+            .await
+            .unwrap_err();
+        let sent = sent_key_pair(&seen).unwrap().public;
+        assert!(
+            matches!(
+                &e,
+                GuestError::HostKey {
+                    source: super::HostKeyError::Mismatch { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            chain(&e),
+            format!(
+                "vm dev: new SSH host key: the guest reports the host key \"ssh-ed25519 AAAAswapped\", not the one sent ({sent:?})"
+            )
+        );
+    }
+
+    #[test]
+    fn the_host_makes_a_valid_pair_and_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = super::make_host_key_in(tmp.path()).unwrap();
+        a.check().unwrap();
+        assert!(a.public.starts_with("ssh-ed25519 AAAA"), "{a:?}");
+        assert_eq!(a.public, a.public.trim(), "one line, trimmed");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "the key files are gone"
+        );
+        // The public line is the private key's.
+        let key = tmp.path().join("check");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key)
+                .unwrap();
+            f.write_all(a.private_openssh.as_bytes()).unwrap();
+        }
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-y", "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a.public);
+        // Each call a new pair.
+        let b = super::make_host_key_in(tmp.path()).unwrap();
+        assert_ne!(a.public, b.public);
+        assert_ne!(a.private_openssh, b.private_openssh);
+    }
+
+    #[test]
+    fn a_host_key_that_cannot_be_made_says_where() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("none");
+        let e = super::make_host_key_in(&missing).unwrap_err();
+        assert!(matches!(e, super::HostKeyError::TempDir(..)), "{e:?}");
+        assert_eq!(
+            chain(&e),
+            format!(
+                "make a private directory in {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
     }
 
     #[tokio::test]
