@@ -92,6 +92,38 @@ fn failed(step: &str, e: impl std::fmt::Display) -> Failure {
     (AgentErrorCode::Failed, format!("{step}: {e}"))
 }
 
+/// A request's reply, and the files it changed that are to be fsynced
+/// once the reply is sent.
+///
+/// A restored guest answers its identity before making it durable: under
+/// an emulated CPU each fsync is a journal commit and a flush through the
+/// VMM, about 50 ms each here, and they were most of a fork's identity
+/// step. The files are replaced by rename, so a crash in between leaves
+/// the old or the new contents (ext4 writes a file's data before a rename
+/// over another commits). The worker runs the fsyncs before its next
+/// request, so a `Freeze` for a snapshot finds them done.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) msg: Message,
+    pub(crate) then_fsync: Vec<PathBuf>,
+}
+
+/// `paths` once each, files before directories (a file's directory entry
+/// is durable only with its directory).
+fn durable_order(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut unique: Vec<PathBuf> = Vec::with_capacity(paths.len());
+    for p in paths {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
+    let holds_another = |d: &PathBuf| unique.iter().any(|p| p.parent() == Some(d.as_path()));
+    let (dirs, mut files): (Vec<PathBuf>, Vec<PathBuf>) =
+        unique.iter().cloned().partition(|p| holds_another(p));
+    files.extend(dirs);
+    files
+}
+
 /// The agent's side of the requests: the host seam and the freeze state.
 #[derive(Debug)]
 pub(crate) struct GuestOps {
@@ -112,8 +144,10 @@ impl GuestOps {
         self.freezer.is_frozen()
     }
 
-    /// Does one request and returns its reply.
-    pub(crate) fn run(&self, job: Job) -> Message {
+    /// Does one request and returns its reply, with what is to be made
+    /// durable once the reply is sent (see [`Reply::then_fsync`]).
+    pub(crate) fn run(&self, job: Job) -> Reply {
+        let mut then_fsync = Vec::new();
         let (id, result) = match job {
             Job::SetTime { id, unix_ns } => (id, self.set_time(unix_ns).map(|()| None)),
             Job::Freeze { id, timeout_ms } => (id, self.freeze(timeout_ms).map(|()| None)),
@@ -124,9 +158,11 @@ impl GuestOps {
                     .map(|_| None)
                     .map_err(|e| (AgentErrorCode::Failed, e)),
             ),
-            Job::Identity { id, req, random } => (id, self.identity(&req, &random).map(Some)),
+            Job::Identity { id, req, random } => {
+                (id, self.identity(&req, &random, &mut then_fsync).map(Some))
+            }
         };
-        match result {
+        let msg = match result {
             Ok(None) => Message::Done { id },
             Ok(Some(host_key)) => Message::IdentityDone { id, host_key },
             Err((code, message)) => Message::Error {
@@ -134,6 +170,20 @@ impl GuestOps {
                 code,
                 message,
             },
+        };
+        Reply {
+            msg,
+            then_fsync: durable_order(then_fsync),
+        }
+    }
+
+    /// fsyncs `paths` (files, then the directories that name them),
+    /// logging what fails: the reply has gone already.
+    pub(crate) fn make_durable(&self, paths: &[PathBuf]) {
+        for p in paths {
+            if let Err(e) = self.host.fsync(p) {
+                log!("fsync {}: {e}", p.display());
+            }
         }
     }
 
@@ -158,7 +208,12 @@ impl GuestOps {
 
     /// Validates everything, then applies it step by step; the host key
     /// line on success.
-    fn identity(&self, req: &IdentityRequest, random: &[u8]) -> Result<String, Failure> {
+    fn identity(
+        &self,
+        req: &IdentityRequest,
+        random: &[u8],
+        then_fsync: &mut Vec<PathBuf>,
+    ) -> Result<String, Failure> {
         // Nothing changes unless all of it is valid.
         if !(IDENTITY_RANDOM_MIN..=IDENTITY_RANDOM_MAX).contains(&random.len()) {
             return Err(bad(format!(
@@ -185,12 +240,12 @@ impl GuestOps {
             .map_err(|e| failed("set the clock", e))?;
         host.add_randomness(random)
             .map_err(|e| failed("mix in randomness", e))?;
-        set_hostname(host, &req.hostname)?;
+        set_hostname(host, &req.hostname, then_fsync)?;
         if let Some(net) = &net {
-            set_net(host, net)?;
+            set_net(host, net, then_fsync)?;
         }
         if req.new_host_key {
-            new_host_key(host, req.host_key.as_ref())?;
+            new_host_key(host, req.host_key.as_ref(), then_fsync)?;
         }
         let key = read_host_key(host, HOST_KEY_PUB).map_err(|e| failed("read the host key", e))?;
         log!(
@@ -561,7 +616,7 @@ pub(crate) fn check_mac(mac: &str) -> Result<String, String> {
 
 /// `sethostname`, `/etc/hostname`, and the `127.0.1.1` line of
 /// `/etc/hosts` when it has one.
-fn set_hostname(host: &dyn Host, name: &str) -> Result<(), Failure> {
+fn set_hostname(host: &dyn Host, name: &str, then_fsync: &mut Vec<PathBuf>) -> Result<(), Failure> {
     host.set_hostname(name)
         .map_err(|e| failed("set the hostname", e))?;
     host.write(
@@ -570,15 +625,21 @@ fn set_hostname(host: &dyn Host, name: &str) -> Result<(), Failure> {
         0o644,
     )
     .map_err(|e| failed("write /etc/hostname", e))?;
+    then_fsync.push("/etc/hostname".into());
     let hosts = match host.read(Path::new("/etc/hosts")) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            then_fsync.push("/etc".into());
+            return Ok(());
+        }
         Err(e) => return Err(failed("read /etc/hosts", e)),
     };
     if let Some(new) = hosts_with_name(&hosts, name) {
         host.write(Path::new("/etc/hosts"), new.as_bytes(), 0o644)
             .map_err(|e| failed("write /etc/hosts", e))?;
+        then_fsync.push("/etc/hosts".into());
     }
+    then_fsync.push("/etc".into());
     Ok(())
 }
 
@@ -602,7 +663,7 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
 
 /// `eth0`: down, the new MAC, up, its IPv4 addresses flushed, the new
 /// address and default route; then `/etc/resolv.conf`.
-fn set_net(host: &dyn Host, net: &Net) -> Result<(), Failure> {
+fn set_net(host: &dyn Host, net: &Net, then_fsync: &mut Vec<PathBuf>) -> Result<(), Failure> {
     let cidr = format!("{}/{}", net.address, net.prefix);
     let gateway = net.gateway.to_string();
     let steps: [&[&str]; 6] = [
@@ -628,6 +689,7 @@ fn set_net(host: &dyn Host, net: &Net) -> Result<(), Failure> {
             .collect();
         host.write(Path::new("/etc/resolv.conf"), text.as_bytes(), 0o644)
             .map_err(|e| failed("write /etc/resolv.conf", e))?;
+        then_fsync.extend(["/etc/resolv.conf".into(), "/etc".into()]);
     }
     Ok(())
 }
@@ -635,7 +697,11 @@ fn set_net(host: &dyn Host, net: &Net) -> Result<(), Failure> {
 /// A new ed25519 host key (`pair`, checked already; else one made with
 /// `ssh-keygen`) replaces every `ssh_host_*` key, and the running sshd
 /// is told to re-read it.
-fn new_host_key(host: &dyn Host, pair: Option<&HostKeyPair>) -> Result<(), Failure> {
+fn new_host_key(
+    host: &dyn Host,
+    pair: Option<&HostKeyPair>,
+    then_fsync: &mut Vec<PathBuf>,
+) -> Result<(), Failure> {
     let step = "new host key";
     for p in [NEW_KEY, NEW_KEY_PUB] {
         match host.remove(Path::new(p)) {
@@ -675,14 +741,6 @@ fn new_host_key(host: &dyn Host, pair: Option<&HostKeyPair>) -> Result<(), Failu
         }
     }
     read_host_key(host, NEW_KEY_PUB).map_err(|e| failed(step, e))?;
-    // The new pair on the disk before it replaces the old one: a crash
-    // leaves the old key or the new one, never an empty file. Only these
-    // files and /etc/ssh, not a global `sync()`: that writes back all
-    // that is dirty (slow under an emulated CPU).
-    for p in [NEW_KEY, NEW_KEY_PUB] {
-        host.fsync(Path::new(p))
-            .map_err(|e| failed(step, format!("fsync {p}: {e}")))?;
-    }
     // Forks of one snapshot must share no key: the image makes only
     // ed25519, but whatever else is there goes too.
     let names = host
@@ -702,10 +760,12 @@ fn new_host_key(host: &dyn Host, pair: Option<&HostKeyPair>) -> Result<(), Failu
         host.rename(Path::new(from), Path::new(to))
             .map_err(|e| failed(step, format!("rename {from} to {to}: {e}")))?;
     }
-    // The renames and removals reach the disk now, or a VM killed soon
-    // after would come back with the key banger does not know.
-    host.fsync(Path::new(SSH_DIR))
-        .map_err(|e| failed(step, format!("fsync {SSH_DIR}: {e}")))?;
+    // The pair, the renames and the removals reach the disk once the
+    // reply is sent (see `Reply`), or a VM killed after that would come
+    // back with a key banger does not know. Only these files and
+    // /etc/ssh, not a global `sync()`: that writes back all that is dirty
+    // (slow under an emulated CPU).
+    then_fsync.extend([HOST_KEY.into(), HOST_KEY_PUB.into(), SSH_DIR.into()]);
     reload_sshd(host).map_err(|e| failed("signal sshd", e))
 }
 
@@ -829,7 +889,8 @@ impl Worker {
         crate::spawn("guest-ops", move || {
             for job in rx {
                 let reply = ops.run(job);
-                out.send(Frame::new(reply));
+                out.send(Frame::new(reply.msg));
+                ops.make_durable(&reply.then_fsync);
             }
         })?;
         self.tx = Some(tx.clone());

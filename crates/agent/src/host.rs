@@ -52,7 +52,7 @@ pub trait Host: Send + Sync + fmt::Debug {
     /// table, `/etc/hosts`, pid files, public keys).
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Replaces `path` with `data` (mode `mode`): written to a temporary
-    /// file beside it, synced and renamed over it.
+    /// file beside it and renamed over it. Not synced: see [`Host::fsync`].
     fn write(&self, path: &Path, data: &[u8], mode: u32) -> io::Result<()>;
     /// Creates `path` holding `data`, mode `mode` from the start (no
     /// moment with a wider one); `AlreadyExists` if anything (a symlink
@@ -217,10 +217,8 @@ impl Host for RealHost {
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&temp)?;
             f.write_all(data)?;
-            f.sync_all()?;
             f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-            fs::rename(&temp, path)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&temp, path)
         })();
         if written.is_err() {
             let _ = fs::remove_file(&temp);

@@ -66,9 +66,14 @@ fn main() {
         let name = format!("fk-{i}");
         let t = Instant::now();
         w.banger_json(&["vm", "fork", "src", "--name", &name]);
+        let forked = t.elapsed();
         w.banger_ok(&["vm", "exec", &name, "--", "true"]);
         forks.push(t.elapsed());
-        eprintln!("--- fork {i}/{runs}: {:?}", forks[i - 1]);
+        eprintln!(
+            "--- fork {i}/{runs}: {:?} (fork {forked:?}); stages: {}",
+            forks[i - 1],
+            last_op_stages(&w, "vm.fork")
+        );
         w.banger_ok(&["vm", "delete", &name]);
     }
 
@@ -125,6 +130,18 @@ fn main() {
         "   fork to exec-ready       {mf:>7.3} s   target <= 1.0 s   {}",
         ok(mf <= 1.0)
     );
+    println!(
+        "   first fork               {:>7.3} s   (src maps the template's RAM: it is streamed, and src moves to a RAM file of its own)",
+        s(forks[0])
+    );
+    println!(
+        "   all                      {}",
+        forks
+            .iter()
+            .map(|d| format!("{:.3}", s(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let ratio = pss_total as f64 / cold_rss as f64;
     println!("3. memory, template-restored VM + 4 forks vs one cold VM");
     println!(
@@ -143,6 +160,26 @@ fn main() {
         "   round trip               {:>7.3} s",
         s(median_of(&rounds))
     );
+}
+
+/// The stages of the newest operation of `kind`, `name ms` each.
+fn last_op_stages(w: &World, kind: &str) -> String {
+    let ops = w.banger_json(&["ops"]);
+    let Some(op) = ops
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|o| o["kind"] == kind))
+    else {
+        return "?".into();
+    };
+    op["stages"]
+        .as_array()
+        .map(|st| {
+            st.iter()
+                .map(|x| format!("{} {}", x["name"].as_str().unwrap_or("?"), x["duration_ms"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn ok(b: bool) -> &'static str {
