@@ -232,10 +232,12 @@ impl GuestOps {
         }
 
         let host = &*self.host;
+        let started = Instant::now();
         // The snapshot may have been taken frozen.
         self.freezer
             .thaw_all()
             .map_err(|e| failed("thaw the filesystems", e))?;
+        let thawed = started.elapsed();
         host.set_clock(req.unix_ns)
             .map_err(|e| failed("set the clock", e))?;
         host.add_randomness(random)
@@ -249,7 +251,9 @@ impl GuestOps {
         }
         let key = read_host_key(host, HOST_KEY_PUB).map_err(|e| failed("read the host key", e))?;
         log!(
-            "identity applied: hostname {}{}{}",
+            "identity applied in {} ms (thaw {} ms): hostname {}{}{}",
+            started.elapsed().as_millis(),
+            thawed.as_millis(),
             req.hostname,
             net.as_ref()
                 .map(|n| format!(", {} on {NIC} ({})", n.address, n.mac))

@@ -348,14 +348,12 @@ fn snapshots_end_to_end() {
     );
     eprintln!("    {:?}", t.elapsed());
 
-    let t = step(
-        "src has a RAM file of its own now: a fork keeps it in its QEMU, and it is removed with the vm",
-    );
+    let t = step("src (booted cold) has a RAM file of its own: a fork keeps it in its QEMU");
     let src_id = w.banger_json(&["vm", "show", "src"])["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(ram_files_of(&src_id).len(), 1, "src's RAM file");
+    assert_eq!(ram_files_of(&w, &src_id).len(), 1, "src's RAM file");
     let src_pid = w.banger_json(&["vm", "show", "src"])["pid"]
         .as_i64()
         .unwrap();
@@ -430,6 +428,24 @@ fn snapshots_end_to_end() {
     }
     eprintln!("    {:?}", t.elapsed());
 
+    let t =
+        step("crash: kill -9 while a fork has src paused; src runs again, no fork or base is left");
+    let child = start_stalling(&mut w, "save memory", &["vm", "fork", "src", "--name", "g"]);
+    wait_stage(&w, "vm.fork", "save memory", Duration::from_secs(60));
+    kill_daemon(&mut w, child);
+    w.banger_ok(&["ping"]);
+    assert_eq!(w.banger_json(&["vm", "show", "src"])["state"], "running");
+    assert_eq!(vm_names(&w), ["src"]);
+    assert!(!snapshot_names(&w).contains(&"g-base".to_owned()));
+    assert!(
+        snapshot_dirs(&w).iter().all(|d| !d.starts_with(".tmp-")),
+        "{:?}",
+        snapshot_dirs(&w)
+    );
+    let out = exec(&w, "src", "touch /root/after-fork-crash && echo ok");
+    assert!(out.status.success(), "src runs: {}", text(&out));
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step(
         "crash: kill -9 while a snapshot streams the RAM of a vm restored from the template; no builder is left",
     );
@@ -439,7 +455,7 @@ fn snapshots_end_to_end() {
         .unwrap()
         .to_owned();
     assert!(
-        ram_files_of(&t2_id).is_empty(),
+        ram_files_of(&w, &t2_id).is_empty(),
         "t2 maps the template's RAM"
     );
     let child = start_stalling(
@@ -482,12 +498,12 @@ fn snapshots_end_to_end() {
     let t2 = w.banger_json(&["vm", "show", "t2"]);
     assert_eq!(t2["state"], "running", "{t2}");
     assert_ne!(t2["pid"].as_i64().unwrap(), t2_pid, "a new qemu process");
-    assert_eq!(ram_files_of(&t2_id).len(), 1, "t2's own RAM file");
+    assert_eq!(ram_files_of(&w, &t2_id).len(), 1, "t2's own RAM file");
     assert_eq!(sh(&w, "t2", "cat /root/t2-marker"), "in-t2");
     assert_eq!(sh(&w, "t2f", "cat /root/t2-marker; hostname"), "in-t2\nt2f");
     w.banger_ok(&["vm", "delete", "t2f"]);
     w.banger_ok(&["vm", "delete", "t2"]);
-    assert!(ram_files_of(&t2_id).is_empty(), "t2's RAM file is gone");
+    assert!(ram_files_of(&w, &t2_id).is_empty(), "t2's RAM file is gone");
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("crash: kill -9 during a template build; its hidden vm is removed on start");
@@ -530,18 +546,20 @@ fn snapshots_end_to_end() {
 
     w.banger_ok(&["vm", "delete", "src"]);
     assert_eq!(vm_dirs(&w), 0);
-    assert!(ram_files_of(&src_id).is_empty(), "src's RAM file is gone");
+    assert!(
+        ram_files_of(&w, &src_id).is_empty(),
+        "src's RAM file is gone"
+    );
+    w.banger_ok(&["daemon", "stop"]);
+    assert!(
+        !w.ram_dir().exists(),
+        "the daemon removes its empty RAM directory when it exits"
+    );
 }
 
-/// The RAM files named after VM `id` in any daemon's directory of them
-/// (`/dev/shm/banger-UID-ram-HASH/ID.mem`, crates/daemon/src/vms/ram.rs).
-fn ram_files_of(id: &str) -> Vec<PathBuf> {
-    let Ok(dirs) = std::fs::read_dir("/dev/shm") else {
-        return Vec::new();
-    };
-    dirs.filter_map(Result::ok)
-        .filter(|d| d.file_name().to_string_lossy().contains("-ram-"))
-        .map(|d| d.path().join(format!("{id}.mem")))
-        .filter(|p| p.exists())
-        .collect()
+/// VM `id`'s own RAM file in the world's RAM directory, if it has one
+/// (crates/daemon/src/vms/ram.rs).
+fn ram_files_of(w: &World, id: &str) -> Vec<PathBuf> {
+    let p = w.ram_dir().join(format!("{id}.mem"));
+    if p.exists() { vec![p] } else { Vec::new() }
 }

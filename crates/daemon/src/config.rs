@@ -38,6 +38,9 @@ pub struct DaemonConfig {
     pub stats_interval: Duration,
     /// Make warm templates and restore creates from them (`BANGER_TEMPLATES`).
     pub templates: bool,
+    /// Where VMs' own RAM files go (`BANGER_RAM_DIR`); `None`: a directory
+    /// of this data directory's in `/dev/shm` (see `vms/ram.rs`).
+    pub ram_dir: Option<std::path::PathBuf>,
 }
 
 /// How the accelerator is chosen.
@@ -102,6 +105,7 @@ impl DaemonConfig {
             agent_bin: None,
             stats_interval: Duration::from_secs(10),
             templates: true,
+            ram_dir: None,
         }
     }
 }

@@ -119,8 +119,9 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
             "daemon started"
         );
         let signals = server::signals(shutdown.clone())?;
-        server::run(listener, state, shutdown).await;
+        server::run(listener, Arc::clone(&state), shutdown).await;
         signals.abort();
+        state.vms.remove_ram_dir_if_empty();
         // Remove the socket while still holding the lock, so a daemon that
         // starts next never sees our socket as its own.
         instance.release();

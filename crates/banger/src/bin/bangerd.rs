@@ -48,6 +48,11 @@ struct Args {
     /// cold create and restores from it; `off` always boots cold.
     #[arg(long, env = "BANGER_TEMPLATES", default_value = "auto", value_parser = ["auto", "off"])]
     templates: String,
+    /// Where VMs keep guest RAM files of their own, on a memory-backed
+    /// filesystem (default: a directory of this data directory's in
+    /// /dev/shm).
+    #[arg(long, env = "BANGER_RAM_DIR", value_name = "DIR")]
+    ram_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +83,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.agent_bin = args.agent_bin;
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
     config.templates = args.templates == "auto";
+    config.ram_dir = args.ram_dir;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

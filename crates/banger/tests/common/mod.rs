@@ -53,6 +53,18 @@ impl World {
         self.dir.path()
     }
 
+    /// Where this world's VMs keep their own RAM files: in /dev/shm as
+    /// the daemon's default is, named after the world.
+    pub fn ram_dir(&self) -> PathBuf {
+        let name = self.root().file_name().unwrap_or_default();
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            shm.join(name)
+        } else {
+            self.root().join("ram")
+        }
+    }
+
     pub fn runtime_dir(&self) -> PathBuf {
         self.root().join("run/banger")
     }
@@ -83,6 +95,9 @@ impl World {
             // No background template builds competing with a test's own
             // guests for the CPU; snapshot_e2e turns them on.
             ("BANGER_TEMPLATES", PathBuf::from("off")),
+            // VMs' own RAM files: removed with the world, whatever its
+            // daemon managed to do.
+            ("BANGER_RAM_DIR", self.ram_dir()),
         ]
         .into_iter()
         .filter(|(k, _)| !self.extra_env.iter().any(|(e, _)| e == k))
@@ -211,6 +226,7 @@ impl Drop for World {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             wait_gone(pid);
         }
+        let _ = std::fs::remove_dir_all(self.ram_dir());
     }
 }
 

@@ -131,7 +131,10 @@ impl Vms {
             table,
             reservations: Arc::default(),
             templates: KeyedLocks::default(),
-            ram: ram::RamFiles::for_data_dir(&config.layout.data_dir),
+            ram: match &config.ram_dir {
+                Some(dir) => ram::RamFiles::at(dir),
+                None => ram::RamFiles::for_data_dir(&config.layout.data_dir),
+            },
             settings: VmSettings {
                 data_dir: config.layout.data_dir.clone(),
                 defaults: config.defaults.clone(),
@@ -263,6 +266,11 @@ impl Vms {
     ) -> Result<banger_proto::snapshot::SnapshotView, VmError> {
         let s = create::warm_image(self, ctx, name).await?;
         snapshot::view(self, &s).await
+    }
+
+    /// Removes the RAM files' directory if no VM uses it (daemon exit).
+    pub fn remove_ram_dir_if_empty(&self) {
+        self.ram.remove_dir_if_empty();
     }
 
     /// Removes what a crash left of snapshots; run once at start.

@@ -14,7 +14,9 @@
 //!
 //! The files live in `/dev/shm/banger-UID-ram-HASH/VM_ID.mem`, HASH naming
 //! the daemon's data directory, so that daemons of different data
-//! directories (tests, a second instance) never collect each other's.
+//! directories (tests, a second instance) never collect each other's;
+//! `BANGER_RAM_DIR` puts them elsewhere. The directory goes when the
+//! daemon exits with no VM running.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,23 @@ impl RamFiles {
     /// streams RAM).
     pub fn for_data_dir(data_dir: &Path) -> Self {
         Self::under(Path::new("/dev/shm"), data_dir)
+    }
+
+    /// RAM files in `dir` (made when first needed), which should be on a
+    /// memory-backed filesystem (tmpfs, hugetlbfs): guest writes land in
+    /// it.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            root: Some(dir.to_path_buf()),
+        }
+    }
+
+    /// Removes the directory if no RAM file is left in it (daemon exit).
+    pub fn remove_dir_if_empty(&self) {
+        if let Some(root) = &self.root {
+            // Fails, as it should, while a file is there.
+            let _ = std::fs::remove_dir(root);
+        }
     }
 
     fn under(shm: &Path, data_dir: &Path) -> Self {
