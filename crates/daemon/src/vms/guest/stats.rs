@@ -29,6 +29,13 @@ const MIN_CPU_WINDOW_TICKS: u64 = 50;
 /// long and samples again, so every answer carries CPU usage.
 const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
 
+/// [`Guest::wait_until_idle`]: the window, the ticks it must count, and
+/// the busy share below which the guest is idle (the agent's own
+/// sampling included).
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+const IDLE_WINDOW_MIN_TICKS: u64 = 25;
+const IDLE_BUSY_PERCENT: u64 = 10;
+
 #[derive(Debug, Clone, Copy)]
 struct CpuWindow {
     baseline: CpuTimes,
@@ -101,6 +108,31 @@ impl Guest {
                 cache.insert(vm_id.to_owned(), CpuWindow::new(now));
                 None
             }
+        }
+    }
+
+    /// Waits until the guest's CPU is mostly idle over a short window
+    /// (what a boot started has finished: a template taken then does not
+    /// hand that work to every VM restored from it), at most `limit`.
+    /// True when it settled, false when `limit` passed first.
+    pub async fn wait_until_idle(&self, name: &str, limit: Duration) -> Result<bool, GuestError> {
+        let (vm, conn) = self.agent_for(name).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut before = sample(&conn, &vm.name).await?.cpu;
+        loop {
+            tokio::time::sleep(IDLE_WINDOW).await;
+            let now = sample(&conn, &vm.name).await?.cpu;
+            let busy = now.busy.saturating_sub(before.busy);
+            let total = busy + now.idle.saturating_sub(before.idle);
+            // Enough ticks to judge (USER_HZ is 100): a guest the host
+            // starves of CPU has barely counted any.
+            if total >= IDLE_WINDOW_MIN_TICKS && busy * 100 <= total * IDLE_BUSY_PERCENT {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            before = now;
         }
     }
 

@@ -144,14 +144,15 @@ pub(crate) async fn take_locked(
     let tmp = root.join(format!(".tmp-{id}"));
     let dest = root.join(&id);
     mkdir(&tmp)?;
-    // A fork's snapshot pairs memory with disks and every fork continues
-    // from both, so it needs no freeze; a snapshot or template may be
-    // read for its disks alone, and its filesystems are made clean
-    // first. (The freeze also cost forks: 0.1 s here, and as much again
-    // for each fork's thaw, a superblock write through a new disk layer.)
+    // Forks and templates pair memory with disks and every VM made from
+    // them continues from both, so they need no freeze. A user's
+    // snapshot is made clean on disk too (its disks may be read alone).
+    // The freeze costs 0.1 s, and every VM restored from a frozen
+    // snapshot as much again for its thaw (a superblock write through a
+    // new disk layer) before it is ready.
     let how = SaveHow {
         after,
-        freeze: kind != SnapshotKind::Fork,
+        freeze: kind == SnapshotKind::User,
     };
     let result = build(vms, ctx, vm, &handles, &id, &tmp, how).await;
     let record = match result {

@@ -66,6 +66,9 @@ pub(crate) async fn template_key(
 /// ready, then deleted. Older templates of the image that nothing uses
 /// are deleted after. Only one build per key runs at a time; a second
 /// caller gets the first's result by looking again afterwards.
+/// How long a template build waits for its guest to go idle.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub(crate) async fn warm(
     vms: &Vms,
     ctx: &OpCtx,
@@ -122,6 +125,16 @@ pub(crate) async fn warm(
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     let made = async {
         let vm = start_locked(vms, vm.clone(), ctx).await?;
+        // Taken in the middle of the boot's last work (units finishing,
+        // the SSH session that pinned the host key closing), the template
+        // would hand it to every VM restored from it, on their one vCPU
+        // and while they are made ready.
+        ctx.stage("wait for the guest to settle");
+        match vms.guest.wait_until_idle(&vm.id, SETTLE_LIMIT).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(vm = %vm.name, "the guest is still busy; taking the template anyway"),
+            Err(e) => tracing::warn!(vm = %vm.name, error = %crate::error::chain(&e), "could not watch the guest's CPU"),
+        }
         let snap_name = format!("template-{}-{id}", image.name);
         let snap_name: String = snap_name.chars().take(63).collect();
         super::take_locked(
