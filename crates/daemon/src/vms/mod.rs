@@ -9,9 +9,10 @@
 //! keyed by the VM's id (a request naming the VM resolves the name first);
 //! different VMs proceed in parallel.
 //!
-//! Lock order: a VM lock (tokio mutex, may be held across awaits), then the
-//! handles map (std mutex, leaf, never across an await), then the store
-//! (std mutex, leaf, inside spawn_blocking only).
+//! Lock order: a VM lock (tokio mutex, may be held across awaits), then a
+//! VM's agent-connect lock (tokio mutex, held across the connect), then
+//! the handles map (std mutex, leaf, never across an await), then the
+//! store (std mutex, leaf, inside spawn_blocking only).
 
 pub(crate) mod create;
 mod error;
@@ -79,6 +80,10 @@ impl KeyedLocks {
     pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = Arc::clone(lock(&self.0).entry(key.to_owned()).or_default());
         m.lock_owned().await
+    }
+
+    fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
     }
 }
 
@@ -397,6 +402,9 @@ pub struct VmTable {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<String, Handles>>,
     agents: Mutex<HashMap<String, Arc<crate::agent::AgentConn>>>,
+    /// One agent connect at a time per VM: the VMM's agent socket serves
+    /// one client, and a second connect would wait unanswered.
+    connecting: KeyedLocks,
 }
 
 impl VmTable {
@@ -407,9 +415,10 @@ impl VmTable {
         Arc::clone(locks.entry(vm_id.to_owned()).or_default())
     }
 
-    /// Drops the lock entry of a deleted VM.
+    /// Drops the lock entries of a deleted VM.
     pub fn forget_lock(&self, vm_id: &str) {
         lock(&self.locks).remove(vm_id);
+        self.connecting.forget(vm_id);
     }
 
     pub fn handles(&self, vm_id: &str) -> Option<Handles> {

@@ -271,16 +271,10 @@ impl Guest {
                 vm: vm.name.clone(),
             });
         }
-        let conn = match self.vms.agent(&vm.id) {
-            Some(conn) => conn,
-            None => {
-                let conn = AgentConn::connect(&self.agent_socket(&vm.id), CONNECT_TIMEOUT)
-                    .await
-                    .map_err(|e| GuestError::step(vm, step, e))?;
-                self.vms.set_agent(&vm.id, Arc::clone(&conn));
-                conn
-            }
-        };
+        let conn = self
+            .open_agent(&vm.id, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| GuestError::step(vm, step, e))?;
         let request = match step {
             GuestStep::SetTime => "set_time",
             GuestStep::Freeze => "freeze",

@@ -95,13 +95,29 @@ impl Guest {
         if handles.agent.is_none() {
             return Err(GuestError::NoAgent { vm: vm.name });
         }
-        if let Some(conn) = self.vms.agent(&vm.id) {
-            return Ok((vm, conn));
-        }
-        let conn = AgentConn::connect(&self.agent_socket(&vm.id), Duration::from_secs(10))
+        let conn = self
+            .open_agent(&vm.id, Duration::from_secs(10))
             .await
             .map_err(|e| GuestError::agent(&vm.name, e))?;
-        self.vms.set_agent(&vm.id, Arc::clone(&conn));
         Ok((vm, conn))
+    }
+
+    /// The VM's open agent connection, or a new one; concurrent callers
+    /// share one (see `VmTable::connecting`).
+    pub(crate) async fn open_agent(
+        &self,
+        vm_id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<AgentConn>, crate::agent::AgentError> {
+        if let Some(conn) = self.vms.agent(vm_id) {
+            return Ok(conn);
+        }
+        let _connecting = self.vms.connecting.lock(vm_id).await;
+        if let Some(conn) = self.vms.agent(vm_id) {
+            return Ok(conn);
+        }
+        let conn = AgentConn::connect(&self.agent_socket(vm_id), timeout).await?;
+        self.vms.set_agent(vm_id, Arc::clone(&conn));
+        Ok(conn)
     }
 }

@@ -39,8 +39,10 @@ impl Guest {
                 });
             }
             let attempt = async {
+                let _connecting = self.vms.connecting.lock(&vm.id).await;
                 let conn = AgentConn::connect(&socket, remaining).await?;
                 conn.call(|id| Message::Health { id }, CALL_TIMEOUT).await?;
+                self.vms.set_agent(&vm.id, Arc::clone(&conn));
                 Ok::<_, AgentError>(conn)
             };
             tokio::pin!(attempt);
@@ -58,7 +60,6 @@ impl Guest {
             match outcome {
                 Ok(conn) => {
                     tracing::info!(vm = %vm.name, agent = %conn.agent_version, "guest agent ready");
-                    self.vms.set_agent(&vm.id, conn);
                     return Ok(());
                 }
                 Err(e @ (AgentError::Version { .. } | AgentError::Timeout(_))) => {

@@ -159,3 +159,27 @@ async fn waiting_for_an_agent_stops_when_cancelled() {
         .unwrap_err();
     assert!(matches!(e, GuestError::Cancelled(_)), "{e}");
 }
+
+#[tokio::test]
+async fn concurrent_callers_share_one_agent_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(Running));
+    let vm = seed(&state);
+    let dir = super::super::vm_dir(&state.vms, &vm.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Like QEMU's agent socket, the fake serves its first client only: a
+    // second connection would never be answered.
+    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
+    tokio::spawn(crate::agent::tests::fake_agent(
+        listener,
+        AGENT_PROTOCOL_VERSION,
+    ));
+    let t = Duration::from_secs(3);
+    let (a, b, c) = tokio::join!(
+        state.guest.open_agent(&vm.id, t),
+        state.guest.open_agent(&vm.id, t),
+        state.guest.open_agent(&vm.id, t),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
+}
