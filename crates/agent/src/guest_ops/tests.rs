@@ -392,9 +392,7 @@ fn identity_applies_everything_in_order() {
     assert_eq!(
         h.host.calls(),
         vec![
-            // Thaw (nothing frozen: EINVAL, fine).
-            Call::Thaw(p("/")),
-            Call::Thaw(p("/root")),
+            // Nothing frozen: no thaw.
             Call::SetClock(NOW_NS),
             Call::AddRandomness(random),
             Call::SetHostname("fork-2".into()),

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banger_proto::agent::Message;
 use banger_store::VmRecord;
 
 use super::super::Handles;
-use super::{CALL_TIMEOUT, Guest, GuestError};
+use super::{Guest, GuestError};
 use crate::agent::{AgentConn, AgentError};
 use crate::op::{Cancelled, OpCtx};
 
@@ -40,8 +39,10 @@ impl Guest {
             }
             let attempt = async {
                 let _connecting = self.vms.connecting.lock(&vm.id).await;
+                // The agent's Hello, which connect waits for, is the
+                // answer: no further round trip (a restored guest's
+                // first ones are slow under TCG).
                 let conn = AgentConn::connect(&socket, remaining).await?;
-                conn.call(|id| Message::Health { id }, CALL_TIMEOUT).await?;
                 self.vms.set_agent(&vm.id, Arc::clone(&conn));
                 Ok::<_, AgentError>(conn)
             };
