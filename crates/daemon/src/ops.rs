@@ -51,6 +51,8 @@ pub struct Operation {
     cancel: CancellationToken,
     inner: Mutex<Inner>,
     done: tokio::sync::Notify,
+    /// Fired when a stage starts and when the operation ends.
+    changed: tokio::sync::Notify,
 }
 
 impl Operation {
@@ -78,7 +80,22 @@ impl Operation {
             took: None,
         });
         drop(inner);
+        self.changed.notify_waiters();
         tracing::info!(stage = name, "stage started");
+    }
+
+    /// The operation's view once it changes (a stage starts, or it ends)
+    /// or `limit` passes; at once when it has ended.
+    pub async fn view_after_change(&self, limit: Duration) -> OpView {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        // Registered before the state is read: a change in between is
+        // not missed.
+        changed.as_mut().enable();
+        if self.state() == OpState::Running {
+            let _ = tokio::time::timeout(limit, changed).await;
+        }
+        self.view()
     }
 
     /// The token the work watches; fired by `op.cancel`.
@@ -113,6 +130,7 @@ impl Operation {
         inner.ended = Some(Instant::now());
         drop(inner);
         self.done.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     pub fn state(&self) -> OpState {
@@ -193,6 +211,7 @@ impl OpRegistry {
                 ended: None,
             }),
             done: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
         });
         self.lock().insert(op_id.clone(), Arc::clone(&op));
         let fut = work(OpCtx::for_operation(Arc::clone(&op)));
@@ -262,6 +281,52 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_status_wait_ends_at_the_next_change() {
+        let reg = OpRegistry::default();
+        let id = OpId::parse("op-dddddd").unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let op = reg.begin(&id, OpKind::VmCreate, "w", |op| async move {
+            op.stage("one");
+            let _ = go_rx.await;
+            op.stage("two");
+            let _ = end_rx.await;
+            Ok(Value::Null)
+        });
+        // Nothing changes: the wait ends at its limit, still at "one".
+        let t = Instant::now();
+        let v = loop {
+            let v = op.view_after_change(Duration::from_millis(50)).await;
+            if !v.stages.is_empty() {
+                break v;
+            }
+        };
+        assert_eq!(v.stages.len(), 1);
+        let v = op.view_after_change(Duration::from_millis(100)).await;
+        assert_eq!(v.stages.len(), 1);
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        // A stage starts: the wait ends with it, long before its limit.
+        let waiter = {
+            let op = Arc::clone(&op);
+            tokio::spawn(async move { op.view_after_change(Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        go_tx.send(()).unwrap();
+        let v = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the wait ended with the stage")
+            .unwrap();
+        assert!(v.stages.len() >= 2 || v.state != "running", "{v:?}");
+        // The end too; and a finished operation is answered at once.
+        end_tx.send(()).unwrap();
+        op.wait().await;
+        let t = Instant::now();
+        let v = op.view_after_change(Duration::from_secs(30)).await;
+        assert_eq!(v.state, "succeeded");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
 
     #[tokio::test]
     async fn stages_results_and_cancellation() {

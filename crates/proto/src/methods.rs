@@ -134,7 +134,7 @@ macro_rules! for_each_method {
             /// Delete a kernel no VM uses.
             KernelDelete = "kernel.delete": $crate::vm::NameParams => $crate::vm::Deleted,
             /// An asynchronous operation's state and stages.
-            OpStatus = "op.status": $crate::vm::OpRef => $crate::vm::OpView,
+            OpStatus = "op.status": $crate::vm::OpStatusParams => $crate::vm::OpView,
             /// Ask an operation to stop; it rolls back and ends cancelled.
             OpCancel = "op.cancel": $crate::vm::OpRef => $crate::vm::OpView,
             /// Operations of the last hour.

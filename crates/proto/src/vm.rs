@@ -234,6 +234,22 @@ pub struct OpRef {
     pub op_id: String,
 }
 
+/// `op.status` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpStatusParams {
+    pub op_id: String,
+    /// Answer when the operation changes (a stage starts, or it ends), or
+    /// after this many milliseconds (at most [`OP_STATUS_MAX_WAIT_MS`]),
+    /// instead of at once: a client follows an operation without polling
+    /// at a fixed rate. A finished operation is answered at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u32>,
+}
+
+/// The longest `op.status` wait.
+pub const OP_STATUS_MAX_WAIT_MS: u32 = 10_000;
+
 /// An asynchronous operation (`vm.create`, `image.build`, `kernel.pull`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OpView {

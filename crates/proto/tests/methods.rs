@@ -16,8 +16,8 @@ use banger_proto::snapshot::{SnapshotView, VmForkParams, VmRestoreParams, VmSnap
 use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
-    KernelView, NameParams, OpRef, OpView, SshInfo, StageView, VmCreateParams, VmDeleted,
-    VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageView, VmCreateParams,
+    VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
@@ -501,8 +501,9 @@ fn examples() -> Vec<Example> {
             },
         ),
         example::<m::OpStatus>(
-            OpRef {
+            OpStatusParams {
                 op_id: "op-a1b2c3".into(),
+                wait_ms: Some(250),
             },
             failed_op(),
         ),

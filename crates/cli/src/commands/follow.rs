@@ -7,10 +7,9 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use banger_proto::methods;
-use banger_proto::vm::{OpRef, OpView};
+use banger_proto::vm::{OpRef, OpStatusParams, OpView};
 use banger_proto::{ErrorBody, ErrorCode, OpState};
 use serde::de::DeserializeOwned;
 
@@ -90,9 +89,11 @@ fn poll(
             })?;
             cancel_sent = true;
         }
-        std::thread::sleep(Duration::from_millis(150));
-        view = client.call::<methods::OpStatus>(&OpRef {
+        // Answered as soon as a stage starts or the operation ends; the
+        // bound keeps a Ctrl-C noticed within a quarter of a second.
+        view = client.call::<methods::OpStatus>(&OpStatusParams {
             op_id: op_id.clone(),
+            wait_ms: Some(250),
         })?;
     }
     if tty && showing.is_some() && !quiet {

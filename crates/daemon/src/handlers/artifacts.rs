@@ -6,7 +6,7 @@ use banger_proto::OpKind;
 use banger_proto::methods::{self, NoParams};
 use banger_proto::vm::{
     Deleted, DoctorParams, DoctorReport, ImageBuildParams, ImageView, KernelPullParams, KernelView,
-    NameParams, OpRef, OpView,
+    NameParams, OpRef, OpStatusParams, OpView,
 };
 
 use super::to_value;
@@ -116,8 +116,19 @@ impl Handler for methods::KernelDelete {
 }
 
 impl Handler for methods::OpStatus {
-    async fn handle(ctx: RequestCtx, OpRef { op_id }: OpRef) -> Result<OpView, RpcError> {
-        Ok(ctx.state.ops.get(&op_id)?.view())
+    async fn handle(
+        ctx: RequestCtx,
+        OpStatusParams { op_id, wait_ms }: OpStatusParams,
+    ) -> Result<OpView, RpcError> {
+        let op = ctx.state.ops.get(&op_id)?;
+        Ok(match wait_ms {
+            Some(ms) => {
+                let ms = ms.min(banger_proto::vm::OP_STATUS_MAX_WAIT_MS);
+                op.view_after_change(std::time::Duration::from_millis(u64::from(ms)))
+                    .await
+            }
+            None => op.view(),
+        })
     }
 }
 
