@@ -42,6 +42,8 @@ pub(crate) fn test_state_with(
     let store = banger_store::Store::open(&layout.database_path()).unwrap();
     let mut config = DaemonConfig::new(layout, "0.0.0-test", "test-build");
     config.accel = crate::config::AccelChoice::Tcg;
+    // VMs' RAM files with the test's other files, not in /dev/shm.
+    config.ram_dir = Some(root.join("ram"));
     Arc::new(DaemonState::new(
         config,
         store,
