@@ -30,6 +30,24 @@ pub struct BuildInfo {
 
 /// Runs one parsed command line and prints errors as
 /// `error: MESSAGE (op-XXXXXX)`, returning the documented exit code.
+/// Lets a write to a closed pipe end the CLI quietly, killed by SIGPIPE
+/// (status 141 in a shell), as `seq 1 100000 | head -1` ends `seq`.
+/// Rust ignores SIGPIPE by default, and then `println!` panics ("failed
+/// printing to stdout: Broken pipe"). `vm exec` ignores it again for its
+/// own loop, to stop the remote command first (`commands/guest.rs`).
+pub fn die_on_closed_pipe() {
+    set_sigpipe(libc::SIG_DFL);
+}
+
+pub(crate) fn set_sigpipe(action: libc::sighandler_t) {
+    // SAFETY: SIG_DFL and SIG_IGN are dispositions, not handlers: no code
+    // of ours runs in signal context, and changing a disposition is
+    // async-signal-safe and thread-safe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, action);
+    }
+}
+
 pub fn run(cli: Cli, build: BuildInfo) -> ExitCode {
     match commands::run(cli, build) {
         Ok(()) => ExitCode::SUCCESS,

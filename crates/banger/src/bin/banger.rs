@@ -7,6 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    banger_cli::die_on_closed_pipe();
     let cli = banger_cli::Cli::parse();
     // Quiet by default: the CLI's own diagnostics show with BANGER_CLI_LOG=debug.
     let filter =

@@ -197,6 +197,9 @@ pub(crate) fn exec_in(
         .map_err(CliError::Io)?;
     let stdin = spawn_stdin_reader();
     let mut eof_sent = false;
+    // A closed stdout is an error to handle here, not a SIGPIPE death:
+    // the remote command is told to end first.
+    crate::set_sigpipe(libc::SIG_IGN);
     let result = loop {
         let mut p = ExecIoParams {
             exec_id: begun.exec_id.clone(),
@@ -233,7 +236,22 @@ pub(crate) fn exec_in(
             Ok(r) => r,
             Err(e) => break Err(e),
         };
-        write_out(&mut std::io::stdout(), &r.stdout)?;
+        if let Err(e) = write_out(&mut std::io::stdout(), &r.stdout) {
+            if matches!(&e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+                // What reads our output has gone, as `| head -1` does: the
+                // remote command ends as a local one would (SIGPIPE is not
+                // a signal the agent sends; TERM is), and so do we,
+                // quietly, with the status a shell shows for SIGPIPE.
+                let _ = client.call::<methods::VmExecIo>(&ExecIoParams {
+                    exec_id: begun.exec_id.clone(),
+                    signal: Some("TERM".into()),
+                    wait_ms: Some(0),
+                    ..Default::default()
+                });
+                break Err(CliError::ChildExit(128 + signal_number("PIPE")));
+            }
+            break Err(e);
+        }
         write_out(&mut std::io::stderr(), &r.stderr)?;
         if r.done {
             break match (r.exit_code, r.signal) {
