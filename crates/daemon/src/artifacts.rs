@@ -132,8 +132,8 @@ pub fn validate_packages(packages: &[String]) -> Result<(), ArtifactError> {
     Ok(())
 }
 
-/// Runs blocking `banger-image` work after starting the stage `title`,
-/// reporting the stages it names on `ctx` as they happen.
+/// Runs blocking `banger-image` work in the stage group `title`,
+/// reporting the stages it names on `ctx` as its parts, as they happen.
 async fn with_stages<T, F>(
     ctx: &OpCtx,
     title: &str,
@@ -143,7 +143,7 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn Fn(&str)) -> Result<T, ImageError> + Send + 'static,
 {
-    ctx.stage(title);
+    let _group = ctx.stage_group(title);
     let ctx = ctx.clone();
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {

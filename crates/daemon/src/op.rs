@@ -109,6 +109,38 @@ impl OpCtx {
     }
 }
 
+impl OpCtx {
+    /// Starts the stage `name` as a group whose parts are the stages
+    /// reported until the returned guard is dropped; the group's duration
+    /// covers them (an image build inside a create). Without an operation
+    /// it only logs.
+    pub fn stage_group(&self, name: &str) -> StageGroup {
+        match &self.operation {
+            Some(op) => op.begin_group(name),
+            None => tracing::info!(stage = name, "stage started"),
+        }
+        StageGroup {
+            operation: self.operation.clone(),
+        }
+    }
+}
+
+/// An open stage group (see [`OpCtx::stage_group`]); dropping it ends the
+/// group, also when the work fails or is cancelled part-way.
+#[derive(Debug)]
+#[must_use = "the group ends when this is dropped"]
+pub struct StageGroup {
+    operation: Option<Arc<Operation>>,
+}
+
+impl Drop for StageGroup {
+    fn drop(&mut self) {
+        if let Some(op) = &self.operation {
+            op.end_group();
+        }
+    }
+}
+
 /// `BANGER_FAULT_STALL_STAGE`, read once.
 fn stall_stage() -> Option<&'static str> {
     static STAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

@@ -27,6 +27,9 @@ const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 struct Stage {
     name: String,
+    /// 0 for the operation's own stages, 1 for those of a group inside
+    /// it (an image build within a create), and so on.
+    depth: u32,
     started: Instant,
     took: Option<Duration>,
 }
@@ -35,6 +38,8 @@ struct Stage {
 struct Inner {
     state: OpState,
     stages: Vec<Stage>,
+    /// The depth new stages get: one per group open.
+    depth: u32,
     error: Option<ErrorBody>,
     result: Option<Value>,
     started_at_ms: i64,
@@ -55,6 +60,27 @@ pub struct Operation {
     changed: tokio::sync::Notify,
 }
 
+impl Inner {
+    /// Ends the running stages at `depth` or deeper: the tail of the list
+    /// down to the first stage of a shallower depth.
+    fn end_stages_from(&mut self, depth: u32) {
+        for stage in self.stages.iter_mut().rev() {
+            if stage.depth < depth {
+                break;
+            }
+            if stage.took.is_none() {
+                let took = stage.started.elapsed();
+                stage.took = Some(took);
+                tracing::info!(
+                    stage = %stage.name,
+                    duration_ms = took.as_millis() as u64,
+                    "stage done"
+                );
+            }
+        }
+    }
+}
+
 impl Operation {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding this lock; recover the data if so.
@@ -64,24 +90,37 @@ impl Operation {
     /// Ends the current stage (recording its duration) and starts `name`.
     pub fn stage(&self, name: &str) {
         let mut inner = self.lock();
-        if let Some(last) = inner.stages.last_mut() {
-            if last.took.is_none() {
-                last.took = Some(last.started.elapsed());
-                tracing::info!(
-                    stage = %last.name,
-                    duration_ms = last.took.map(|d| d.as_millis() as u64),
-                    "stage done"
-                );
-            }
-        }
+        let depth = inner.depth;
+        inner.end_stages_from(depth);
         inner.stages.push(Stage {
             name: name.to_owned(),
+            depth,
             started: Instant::now(),
             took: None,
         });
         drop(inner);
         self.changed.notify_waiters();
-        tracing::info!(stage = name, "stage started");
+        tracing::info!(stage = name, depth, "stage started");
+    }
+
+    /// Starts the stage `name` as a group: the stages that follow, until
+    /// [`end_group`](Self::end_group), are its parts, and its duration
+    /// covers them all.
+    pub fn begin_group(&self, name: &str) {
+        self.stage(name);
+        self.lock().depth += 1;
+    }
+
+    /// Ends the group begun last: its last part and the group's stage.
+    pub fn end_group(&self) {
+        let mut inner = self.lock();
+        let depth = inner.depth;
+        inner.end_stages_from(depth);
+        inner.depth = depth.saturating_sub(1);
+        let depth = inner.depth;
+        inner.end_stages_from(depth);
+        drop(inner);
+        self.changed.notify_waiters();
     }
 
     /// The operation's view once it changes (a stage starts, or it ends)
@@ -107,11 +146,8 @@ impl Operation {
     /// edge made of the work's error, so `op.status` carries its code.
     fn finish(&self, outcome: Result<Value, ErrorBody>) {
         let mut inner = self.lock();
-        if let Some(last) = inner.stages.last_mut() {
-            if last.took.is_none() {
-                last.took = Some(last.started.elapsed());
-            }
-        }
+        inner.end_stages_from(0);
+        inner.depth = 0;
         match outcome {
             Ok(v) => {
                 inner.state = OpState::Succeeded;
@@ -161,6 +197,7 @@ impl Operation {
                 .map(|s| StageView {
                     name: s.name.clone(),
                     duration_ms: s.took.map(|d| d.as_millis() as u64),
+                    depth: s.depth,
                 })
                 .collect(),
             error: inner.error.clone(),
@@ -204,6 +241,7 @@ impl OpRegistry {
             inner: Mutex::new(Inner {
                 state: OpState::Running,
                 stages: Vec::new(),
+                depth: 0,
                 error: None,
                 result: None,
                 started_at_ms: now_ms(),
@@ -369,6 +407,48 @@ mod tests {
         let kept = reg.error_of(&id("op-cccccc")).unwrap();
         assert_eq!(kept.code, ErrorCode::Conflict, "the code is kept");
         assert_eq!(kept.op_id.as_deref(), Some("op-cccccc"));
+    }
+
+    /// A group's stage lasts until its parts are done: a create's "build
+    /// image" covers the build's own stages instead of ending as the first
+    /// one starts (it showed 0.0 s).
+    #[tokio::test]
+    async fn a_group_stage_lasts_as_long_as_its_parts() {
+        let reg = OpRegistry::default();
+        let id = OpId::parse("op-gggggg").unwrap();
+        let op = reg.begin(&id, OpKind::VmCreate, "dev", |op| async move {
+            op.stage("check artifacts");
+            {
+                let _group = op.stage_group("build image default");
+                op.stage("debootstrap");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                op.stage("install agent");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            op.stage("launch vmm");
+            Ok(Value::Null)
+        });
+        op.wait().await;
+        let v = op.view();
+        let shape: Vec<(&str, u32)> = v
+            .stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.depth))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("check artifacts", 0),
+                ("build image default", 0),
+                ("debootstrap", 1),
+                ("install agent", 1),
+                ("launch vmm", 0)
+            ]
+        );
+        let ms = |i: usize| v.stages[i].duration_ms.unwrap();
+        assert!(ms(1) >= 60, "the group covers its parts: {v:?}");
+        assert!(ms(1) >= ms(2) + ms(3), "{v:?}");
+        assert!(ms(2) >= 30 && ms(3) >= 30, "{v:?}");
     }
 
     /// A failed operation keeps the error's code, not only its message, so

@@ -71,12 +71,16 @@ macro_rules! for_each_method {
             VmCreateBegin = "vm.create.begin": $crate::vm::VmCreateParams => $crate::vm::OpView,
             /// Boot a stopped VM.
             VmStart = "vm.start": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Boot a stopped VM asynchronously, with stages as it goes.
+            VmStartBegin = "vm.start.begin": $crate::vm::VmRef => $crate::vm::OpView,
             /// ACPI powerdown, a bounded wait, then SIGKILL.
             VmStop = "vm.stop": $crate::vm::VmRef => $crate::vm::VmView,
             /// Send a signal to the VMM and wait for it.
             VmKill = "vm.kill": $crate::vm::VmKillParams => $crate::vm::VmView,
             /// Stop, then start.
             VmRestart = "vm.restart": $crate::vm::VmRef => $crate::vm::VmView,
+            /// Stop, then start, asynchronously, with stages as it goes.
+            VmRestartBegin = "vm.restart.begin": $crate::vm::VmRef => $crate::vm::OpView,
             /// Stop the vCPUs; memory and processes stay as they are.
             VmPause = "vm.pause": $crate::vm::VmRef => $crate::vm::VmView,
             /// Continue a paused VM; the agent steps the guest clock.

@@ -154,6 +154,8 @@ wire_enum! {
     /// What an asynchronous operation does.
     OpKind, "operation kind" {
         VmCreate = "vm.create",
+        VmStart = "vm.start",
+        VmRestart = "vm.restart",
         VmSnapshot = "vm.snapshot",
         VmRestore = "vm.restore",
         VmFork = "vm.fork",

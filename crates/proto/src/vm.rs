@@ -279,6 +279,15 @@ pub struct StageView {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// 0 for the operation's own stages; a stage of depth N+1 is a part
+    /// of the closest stage of depth N before it (an image build's steps
+    /// within a create), whose duration covers its parts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `doctor` params.

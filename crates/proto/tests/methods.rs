@@ -111,12 +111,19 @@ fn create_op() -> OpView {
         state: OpState::Running,
         stages: vec![
             StageView {
-                name: "pull kernel".into(),
+                name: "pull kernel debian-cloud".into(),
                 duration_ms: Some(12),
+                depth: 0,
+            },
+            StageView {
+                name: "download".into(),
+                duration_ms: Some(10),
+                depth: 1,
             },
             StageView {
                 name: "make disks".into(),
                 duration_ms: None,
+                depth: 0,
             },
         ],
         error: None,
@@ -151,6 +158,7 @@ fn op_of(kind: OpKind) -> OpView {
         stages: vec![StageView {
             name: "pause vm".into(),
             duration_ms: None,
+            depth: 0,
         }],
         error: None,
         result: None,
@@ -255,6 +263,7 @@ fn examples() -> Vec<Example> {
             create_op(),
         ),
         example::<m::VmStart>(vm_ref(), running_vm()),
+        example::<m::VmStartBegin>(vm_ref(), op_of(OpKind::VmStart)),
         example::<m::VmStop>(vm_ref(), stopped_vm()),
         example::<m::VmKill>(
             VmKillParams {
@@ -264,6 +273,7 @@ fn examples() -> Vec<Example> {
             failed_vm(),
         ),
         example::<m::VmRestart>(vm_ref(), running_vm()),
+        example::<m::VmRestartBegin>(vm_ref(), op_of(OpKind::VmRestart)),
         example::<m::VmPause>(vm_ref(), {
             let mut vm = running_vm();
             vm.state = VmState::Paused;
@@ -465,6 +475,7 @@ fn examples() -> Vec<Example> {
                 stages: vec![StageView {
                     name: "download".into(),
                     duration_ms: Some(900),
+                    depth: 0,
                 }],
                 result: Some(serde_json::to_value(kernel()).unwrap()),
                 ended_at_ms: Some(1_700_000_000_900),

@@ -192,6 +192,7 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     if json {
         return print_json(&ops);
     }
+    let now = super::format::now_ms();
     let rows: Vec<Vec<String>> = ops
         .iter()
         .map(|o| {
@@ -201,6 +202,8 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
                 o.kind.to_string(),
                 o.target.clone(),
                 o.state.to_string(),
+                super::format::ago(o.started_at_ms, now),
+                op_duration(o.started_at_ms, o.ended_at_ms, now),
                 if o.state == OpState::Running {
                     current
                 } else {
@@ -212,8 +215,36 @@ pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
             ]
         })
         .collect();
-    table(&["OP", "KIND", "TARGET", "STATE", "STAGE / ERROR"], &rows);
+    table(
+        &[
+            "OP",
+            "KIND",
+            "TARGET",
+            "STATE",
+            "STARTED",
+            "TOOK",
+            "STAGE / ERROR",
+        ],
+        &rows,
+    );
     Ok(())
+}
+
+/// How long an operation took (`12.3 s`), or has been running so far
+/// (`12.3 s…`).
+fn op_duration(started_ms: i64, ended_ms: Option<i64>, now_ms: i64) -> String {
+    let end = ended_ms.unwrap_or(now_ms);
+    let secs = end.saturating_sub(started_ms).max(0) as f64 / 1000.0;
+    let running = if ended_ms.is_none() { "…" } else { "" };
+    if secs < 60.0 {
+        format!("{secs:.1} s{running}")
+    } else {
+        format!(
+            "{}m{:02}s{running}",
+            (secs / 60.0) as u64,
+            (secs % 60.0) as u64
+        )
+    }
 }
 
 pub(crate) fn network(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
@@ -298,4 +329,21 @@ pub(crate) fn ssh_config(target: &DaemonTarget) -> Result<(), CliError> {
     println!("    HashKnownHosts no");
     println!("    ProxyCommand {} vm ssh-proxy %n", exe.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod op_time_tests {
+    use super::op_duration;
+
+    #[test]
+    fn durations_of_operations() {
+        assert_eq!(op_duration(1_000, Some(13_300), 99_000), "12.3 s");
+        assert_eq!(op_duration(1_000, None, 3_500), "2.5 s…");
+        assert_eq!(op_duration(0, Some(125_000), 0), "2m05s");
+        assert_eq!(
+            op_duration(5_000, Some(1_000), 0),
+            "0.0 s",
+            "a clock step back"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use banger_proto::methods;
-use banger_proto::vm::{OpRef, OpStatusParams, OpView};
+use banger_proto::vm::{OpRef, OpStatusParams, OpView, StageView};
 use banger_proto::{ErrorBody, ErrorCode, OpState};
 use serde::de::DeserializeOwned;
 
@@ -46,35 +46,13 @@ fn poll(
     quiet: bool,
     interrupted: &AtomicBool,
 ) -> Result<OpView, CliError> {
-    let tty = std::io::stderr().is_terminal();
-    let mut printed = 0; // stages whose completion was printed
-    let mut showing: Option<String> = None; // running stage shown on a tty
+    let mut printer = StagePrinter::new(std::io::stderr().is_terminal());
     let mut cancel_sent = false;
     let op_id = view.op_id.clone();
     loop {
         if !quiet {
             let mut err = std::io::stderr().lock();
-            while printed < view.stages.len() {
-                let stage = &view.stages[printed];
-                match stage.duration_ms {
-                    Some(ms) => {
-                        if tty && showing.is_some() {
-                            let _ = write!(err, "\r\x1b[2K");
-                        }
-                        let _ =
-                            writeln!(err, "  ✓ {:<38} {:>7.1} s", stage.name, ms as f64 / 1000.0);
-                        showing = None;
-                        printed += 1;
-                    }
-                    None => {
-                        if tty && showing.as_deref() != Some(&stage.name) {
-                            let _ = write!(err, "\r\x1b[2K  … {}", stage.name);
-                            showing = Some(stage.name.clone());
-                        }
-                        break;
-                    }
-                }
-            }
+            printer.render(&view.stages, &mut err);
             let _ = err.flush();
         }
         if view.state.is_done() {
@@ -96,13 +74,121 @@ fn poll(
             wait_ms: Some(250),
         })?;
     }
-    if tty && showing.is_some() && !quiet {
-        eprintln!();
+    if !quiet {
+        printer.finish(&mut std::io::stderr().lock());
     }
     if view.state == OpState::Succeeded {
         return Ok(view);
     }
     Err(CliError::Daemon(failure(view.state, view.error, op_id)))
+}
+
+/// Prints an operation's stages as they complete, each with its duration:
+/// a group's parts indented under a `▸ NAME` heading, then the group's own
+/// line with the time it took in all. On a terminal the running stage
+/// shows on a line that is rewritten.
+#[derive(Debug)]
+struct StagePrinter {
+    tty: bool,
+    /// Per stage: its heading (groups) and its completion line printed.
+    headed: Vec<bool>,
+    done: Vec<bool>,
+    /// The running stage shown on a terminal.
+    showing: Option<usize>,
+}
+
+/// The width of a top-level stage's name column, so durations line up.
+const NAME_WIDTH: usize = 38;
+
+impl StagePrinter {
+    fn new(tty: bool) -> Self {
+        Self {
+            tty,
+            headed: Vec::new(),
+            done: Vec::new(),
+            showing: None,
+        }
+    }
+
+    fn render(&mut self, stages: &[StageView], out: &mut dyn Write) {
+        self.headed.resize(stages.len(), false);
+        self.done.resize(stages.len(), false);
+        let mut open_groups: Vec<usize> = Vec::new();
+        for (i, stage) in stages.iter().enumerate() {
+            while let Some(&g) = open_groups.last() {
+                if stages[g].depth < stage.depth {
+                    break;
+                }
+                open_groups.pop();
+                if !self.complete(stages, g, out) {
+                    return;
+                }
+            }
+            let is_group = stages
+                .get(i + 1)
+                .is_some_and(|next| next.depth > stage.depth);
+            if is_group {
+                if !self.headed[i] {
+                    self.clear_running(out);
+                    let _ = writeln!(out, "{}▸ {}", indent(stage.depth), stage.name);
+                    self.headed[i] = true;
+                }
+                open_groups.push(i);
+                continue;
+            }
+            if !self.complete(stages, i, out) {
+                if self.tty && self.showing != Some(i) {
+                    let _ = write!(out, "\r\x1b[2K{}… {}", indent(stage.depth), stage.name);
+                    self.showing = Some(i);
+                }
+                return;
+            }
+        }
+        while let Some(g) = open_groups.pop() {
+            if !self.complete(stages, g, out) {
+                return;
+            }
+        }
+    }
+
+    /// Prints stage `i`'s completion line once it has a duration; false
+    /// while it runs.
+    fn complete(&mut self, stages: &[StageView], i: usize, out: &mut dyn Write) -> bool {
+        let stage = &stages[i];
+        let Some(ms) = stage.duration_ms else {
+            return false;
+        };
+        if !self.done[i] {
+            self.clear_running(out);
+            let width = NAME_WIDTH.saturating_sub(2 * stage.depth as usize);
+            let _ = writeln!(
+                out,
+                "{}✓ {:<width$} {:>7.1} s",
+                indent(stage.depth),
+                stage.name,
+                ms as f64 / 1000.0
+            );
+            self.done[i] = true;
+        }
+        true
+    }
+
+    fn clear_running(&mut self, out: &mut dyn Write) {
+        if self.tty && self.showing.take().is_some() {
+            let _ = write!(out, "\r\x1b[2K");
+        }
+    }
+
+    /// Ends a running line left on the terminal.
+    fn finish(&mut self, out: &mut dyn Write) {
+        if self.tty && self.showing.take().is_some() {
+            let _ = writeln!(out);
+        }
+    }
+}
+
+fn indent(depth: u32) -> String {
+    " ".repeat(2 + 2 * depth as usize)
 }
 
 /// The error of an operation that ended in `state` (not succeeded): its
@@ -129,6 +215,49 @@ fn failure(state: OpState, error: Option<ErrorBody>, op_id: String) -> ErrorBody
 mod tests {
     use super::*;
     use crate::Exit;
+
+    fn stage(name: &str, depth: u32, ms: Option<u64>) -> StageView {
+        StageView {
+            name: name.into(),
+            duration_ms: ms,
+            depth,
+        }
+    }
+
+    /// A group's parts print indented under its heading as they end, and
+    /// the group's own line comes after them with its whole duration.
+    #[test]
+    fn nested_stages_print_under_their_group() {
+        let mut printer = StagePrinter::new(false);
+        let mut out = Vec::new();
+        let mut stages = vec![
+            stage("check artifacts", 0, Some(5)),
+            stage("build image default", 0, None),
+            stage("debootstrap", 1, Some(23_000)),
+            stage("install agent", 1, None),
+        ];
+        printer.render(&stages, &mut out);
+        stages[3].duration_ms = Some(200);
+        stages[1].duration_ms = Some(23_300);
+        stages.push(stage("launch vmm", 0, None));
+        printer.render(&stages, &mut out);
+        stages[4].duration_ms = Some(100);
+        printer.render(&stages, &mut out);
+        printer.render(&stages, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            [
+                "  ✓ check artifacts                            0.0 s",
+                "  ▸ build image default",
+                "    ✓ debootstrap                             23.0 s",
+                "    ✓ install agent                            0.2 s",
+                "  ✓ build image default                       23.3 s",
+                "  ✓ launch vmm                                 0.1 s",
+            ]
+        );
+    }
 
     #[test]
     fn a_failed_operation_keeps_its_code() {

@@ -6,7 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use banger_proto::methods::{self, Method, NoParams};
-use banger_proto::vm::{SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView};
+use banger_proto::vm::{
+    OpView, SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView,
+};
 use banger_proto::{ErrorCode, NetworkMode, VmState};
 
 use super::follow::follow;
@@ -34,9 +36,16 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                 Ok(())
             }
         }
-        VmCommand::Start(a) => one::<methods::VmStart>(&mut client, &a.name, a.json),
+        VmCommand::Start(a) => {
+            let vm = followed::<methods::VmStartBegin>(&mut client, "starting", &a.name, a.json)?;
+            show(&vm, a.json)
+        }
         VmCommand::Stop(a) => one::<methods::VmStop>(&mut client, &a.name, a.json),
-        VmCommand::Restart(a) => one::<methods::VmRestart>(&mut client, &a.name, a.json),
+        VmCommand::Restart(a) => {
+            let vm =
+                followed::<methods::VmRestartBegin>(&mut client, "restarting", &a.name, a.json)?;
+            show(&vm, a.json)
+        }
         VmCommand::Pause(a) => one::<methods::VmPause>(&mut client, &a.name, a.json),
         VmCommand::Resume(a) => one::<methods::VmResume>(&mut client, &a.name, a.json),
         VmCommand::Snapshot {
@@ -182,6 +191,26 @@ where
         name: name.to_owned(),
     })?;
     show(&vm, json)
+}
+
+/// Begins lifecycle method `M` on VM `name` and follows its stages to the
+/// end (printed unless `quiet`), like a create.
+fn followed<M>(
+    client: &mut Client,
+    doing: &str,
+    name: &str,
+    quiet: bool,
+) -> Result<VmView, CliError>
+where
+    M: Method<Params = VmRef, Result = OpView>,
+{
+    let begun = client.call::<M>(&VmRef {
+        name: name.to_owned(),
+    })?;
+    if !quiet {
+        eprintln!("{doing} vm {name} ({})", begun.op_id);
+    }
+    super::follow::follow_result(client, begun, quiet)
 }
 
 fn show(vm: &VmView, json: bool) -> Result<(), CliError> {
@@ -337,7 +366,7 @@ fn vm_run(
             client.call::<methods::VmResume>(&VmRef { name: name.clone() })?;
         }
         Some(_) => {
-            client.call::<methods::VmStart>(&VmRef { name: name.clone() })?;
+            followed::<methods::VmStartBegin>(client, "starting", &name, false)?;
         }
         None => {
             create(client, &name, spec, true, false)?;

@@ -133,3 +133,43 @@ async fn a_port_something_else_listens_on_fails_the_create_with_a_conflict() {
     );
     assert_eq!(vm_dirs(&state), before, "nothing was made");
 }
+
+/// `vm.start.begin` runs the start as an operation whose stages a client
+/// can follow (here up to a launch that fails, which the operation keeps);
+/// an unknown VM is `not_found` at once, with no operation.
+#[tokio::test]
+async fn a_start_is_an_operation_with_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm {
+        fail_launch: true,
+        ..Default::default()
+    });
+    let state = test_state_with(tmp.path(), fake);
+    seed(&state, "dev", VmState::Stopped);
+    let begin = |name: &str, op: &str| {
+        format!(
+            r#"{{"version":1,"method":"vm.start.begin","op_id":"{op}","params":{{"name":"{name}"}}}}"#
+        )
+    };
+    let missing = request(&state, begin("nope", "op-start-a"))
+        .await
+        .into_result();
+    assert_eq!(missing.unwrap_err().code, banger_proto::ErrorCode::NotFound);
+    assert!(state.ops.get("op-start-a").is_err(), "no operation for it");
+
+    let begun = request(&state, begin("dev", "op-start-b"))
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(begun["kind"], "vm.start");
+    assert_eq!(begun["target"], "dev");
+    let op = state.ops.get("op-start-b").unwrap();
+    op.wait().await;
+    let view = op.view();
+    let stages: Vec<&str> = view.stages.iter().map(|s| s.name.as_str()).collect();
+    assert!(stages.contains(&"check artifacts"), "{view:?}");
+    assert!(
+        view.stages.iter().all(|s| s.duration_ms.is_some()),
+        "{view:?}"
+    );
+}

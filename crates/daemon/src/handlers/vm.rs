@@ -37,6 +37,36 @@ where
         .map_err(RpcError::from)
 }
 
+/// Begins lifecycle work on VM `name` as an asynchronous operation of
+/// `kind` whose stages the client follows; an unknown VM fails at once.
+async fn lifecycle_op<F, Fut>(
+    ctx: &RequestCtx,
+    kind: OpKind,
+    name: String,
+    work: F,
+) -> Result<OpView, RpcError>
+where
+    F: FnOnce(Arc<Vms>, String, OpCtx) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<banger_store::VmRecord, VmError>> + Send + 'static,
+{
+    let target = ctx.state.vms.find(&name).await?.name;
+    let vms = Arc::clone(&ctx.state.vms);
+    let op = ctx
+        .state
+        .ops
+        .begin(&ctx.op_id, kind, &target.clone(), move |op| async move {
+            let done = work(Arc::clone(&vms), target, op).await;
+            match done {
+                Ok(vm) => match vms.view(&vm).await {
+                    Ok(view) => to_value(view).map_err(RpcError::into_body),
+                    Err(e) => Err(RpcError::from(e).into_body()),
+                },
+                Err(e) => Err(RpcError::from(e).into_body()),
+            }
+        });
+    Ok(op.view())
+}
+
 impl Handler for methods::VmCreateBegin {
     async fn handle(ctx: RequestCtx, p: VmCreateParams) -> Result<OpView, RpcError> {
         let plan = ctx.state.vms.plan_create(&ctx.op_id, p).await?;
@@ -105,6 +135,15 @@ impl Handler for methods::VmStart {
     }
 }
 
+impl Handler for methods::VmStartBegin {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<OpView, RpcError> {
+        lifecycle_op(&ctx, OpKind::VmStart, name, |vms, name, op| async move {
+            vms.start(&name, &op).await
+        })
+        .await
+    }
+}
+
 impl Handler for methods::VmStop {
     async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
         let vm = detached(&ctx, |vms, op| async move { vms.stop(&name, &op).await }).await?;
@@ -129,6 +168,15 @@ impl Handler for methods::VmRestart {
     async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmView, RpcError> {
         let vm = detached(&ctx, |vms, op| async move { vms.restart(&name, &op).await }).await?;
         Ok(ctx.state.vms.view(&vm).await?)
+    }
+}
+
+impl Handler for methods::VmRestartBegin {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<OpView, RpcError> {
+        lifecycle_op(&ctx, OpKind::VmRestart, name, |vms, name, op| async move {
+            vms.restart(&name, &op).await
+        })
+        .await
     }
 }
 

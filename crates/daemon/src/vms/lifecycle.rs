@@ -624,6 +624,7 @@ pub async fn resume(vms: &Vms, name: &str) -> Result<VmRecord, VmError> {
 
 pub async fn restart(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(vms, name).await?;
+    ctx.stage("stop vm");
     let vm = stop_locked(vms, ctx, vm).await?;
     start_locked(vms, vm, ctx).await
 }
