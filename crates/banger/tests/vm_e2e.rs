@@ -319,7 +319,13 @@ fn vm_lifecycle_end_to_end() {
 
     step("restart");
     let before = show(&w, "e2e-a")["pid"].as_i64().unwrap();
-    let restarted = w.banger_json(&["vm", "restart", "e2e-a"]);
+    let out = w.banger(&["vm", "restart", "e2e-a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for stage in ["restarting vm e2e-a", "stop vm", "launch vmm"] {
+        assert!(stderr.contains(stage), "{stage:?} not printed:\n{stderr}");
+    }
+    let restarted = show(&w, "e2e-a");
     assert_eq!(restarted["state"], "running");
     assert_ne!(restarted["pid"].as_i64().unwrap(), before);
     assert_eq!(
@@ -531,6 +537,60 @@ fn vm_lifecycle_end_to_end() {
         2,
         "nothing created"
     );
+
+    step(
+        "config.toml: defaults for creates, explained by config show; a flag wins; a bad line is named",
+    );
+    let config = w.root().join("config/banger/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "# my defaults\nmemory = \"2G\"\n").unwrap();
+    w.banger_ok(&["vm", "create", "--name", "e2e-cfg", "--no-start"]);
+    assert_eq!(show(&w, "e2e-cfg")["memory_mib"], 2048, "the file's memory");
+    w.banger_ok(&[
+        "vm",
+        "create",
+        "--name",
+        "e2e-flag",
+        "--no-start",
+        "--memory",
+        "512M",
+    ]);
+    assert_eq!(show(&w, "e2e-flag")["memory_mib"], 512, "the flag wins");
+    let shown = w.banger_json(&["config", "show", "--json"]);
+    let setting = |key: &str| {
+        shown["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in {shown}"))
+    };
+    let memory = setting("memory");
+    assert_eq!(memory["value"], "2G", "{shown}");
+    assert_eq!(memory["source"], "file", "{shown}");
+    assert_eq!(memory["line"], 2, "{shown}");
+    assert!(
+        memory["overridden_by"]
+            .as_str()
+            .unwrap()
+            .contains("--memory"),
+        "{shown}"
+    );
+    assert_eq!(setting("vcpus")["source"], "default", "{shown}");
+    let table = w.banger_ok(&["config", "show"]);
+    assert!(table.contains("file, line 2"), "{table}");
+    std::fs::write(&config, "memory = \"2G\"\nvcpus = \"many\"\n").unwrap();
+    assert_bad_input(
+        &w,
+        &["vm", "create", "--name", "e2e-bad", "--no-start"],
+        2,
+        "line 2",
+    );
+    assert_bad_input(&w, &["config", "show"], 2, "config.toml, line 2");
+    std::fs::remove_file(&config).unwrap();
+    w.banger_ok(&["vm", "delete", "e2e-cfg"]);
+    w.banger_ok(&["vm", "delete", "e2e-flag"]);
 
     step(
         "fault: a published port already taken fails the create with a conflict before anything is made",

@@ -54,6 +54,16 @@ pub enum Command {
     /// Install, remove or inspect banger-helper, the root helper.
     #[command(subcommand)]
     System(SystemCommand),
+    /// Show banger's configuration (~/.config/banger/config.toml).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting's effective value and where it came from
+    /// (default, the config file, the environment), and what overrides it.
+    Show(JsonFlag),
 }
 
 #[derive(Debug, Args)]

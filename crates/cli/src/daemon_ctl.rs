@@ -211,6 +211,9 @@ fn wait_exit(pid: Pid, timeout: Duration) -> bool {
 /// Starts `bangerd` detached and waits until it answers `ping`.
 fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
     let layout = &target.layout;
+    // A config file the daemon would refuse is reported here, with its
+    // line, rather than as a daemon that exited during start.
+    banger_config::ConfigFile::load(&banger_config::config_path(&layout.config_dir))?;
     layout.ensure_dirs()?;
     let log_file = layout.log_file();
     let log = OpenOptions::new()

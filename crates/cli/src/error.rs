@@ -61,6 +61,8 @@ pub enum CliError {
     },
     #[error("invalid params: {0}")]
     BadParams(String),
+    #[error(transparent)]
+    Config(#[from] banger_config::ConfigError),
     /// A command run in the guest (or a check) exited with this status;
     /// banger exits with it too and prints nothing more.
     #[error("exit status {0}")]
@@ -80,7 +82,7 @@ impl CliError {
             | Self::StartTimeout { .. }
             | Self::StartExited { .. }
             | Self::StopTimeout { .. } => Exit::DaemonUnavailable,
-            Self::BadParams(_) => Exit::BadInput,
+            Self::BadParams(_) | Self::Config(_) => Exit::BadInput,
             Self::ChildExit(_) => Exit::Failed,
             Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
         }

@@ -26,7 +26,11 @@ pub struct DaemonConfig {
     pub boot_timeout: Duration,
     /// How long `vm stop` waits for the guest to power off before SIGKILL.
     pub stop_timeout: Duration,
+    /// The VM defaults when `config_file` is `None` or missing.
     pub defaults: VmDefaults,
+    /// The user's config.toml, read again at each create so an edit
+    /// applies to the next one (see crates/config/src/lib.rs).
+    pub config_file: Option<std::path::PathBuf>,
     /// Where banger-helper listens (`BANGER_HELPER_SOCKET`).
     pub helper_socket: std::path::PathBuf,
     /// Idle TAP devices kept ready for bridged VMs (`BANGER_TAP_POOL`).
@@ -62,29 +66,9 @@ impl AccelChoice {
     }
 }
 
-/// What `vm create` uses when the user does not say.
-#[derive(Debug, Clone)]
-pub struct VmDefaults {
-    pub image: String,
-    pub kernel: String,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    pub disk_size_bytes: u64,
-}
-
-impl Default for VmDefaults {
-    fn default() -> Self {
-        Self {
-            image: "default".into(),
-            kernel: "debian-cloud".into(),
-            // One vCPU: under TCG a second one makes the clock unstable
-            // and boot far slower (docs/vms.md, "Accelerator").
-            vcpus: 1,
-            memory_mib: 1024,
-            disk_size_bytes: 8 * 1024 * 1024 * 1024,
-        }
-    }
-}
+/// What `vm create` uses when the user does not say: built-in, or from
+/// the configuration file (`config_file`).
+pub use banger_config::VmDefaults;
 
 impl DaemonConfig {
     pub fn new(layout: Layout, version: impl Into<String>, build_id: impl Into<String>) -> Self {
@@ -99,9 +83,10 @@ impl DaemonConfig {
             accel: AccelChoice::Auto,
             boot_timeout: Duration::from_secs(180),
             stop_timeout: Duration::from_secs(30),
-            defaults: VmDefaults::default(),
+            defaults: VmDefaults::built_in(),
+            config_file: None,
             helper_socket: std::path::PathBuf::from(banger_proto::helper::DEFAULT_HELPER_SOCKET),
-            tap_pool: crate::network::DEFAULT_TAP_POOL,
+            tap_pool: banger_config::DEFAULT_TAP_POOL,
             agent_bin: None,
             stats_interval: Duration::from_secs(10),
             templates: true,

@@ -14,24 +14,27 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "bangerd", version, about = "The banger daemon")]
 struct Args {
-    /// Log level or filter (error, warn, info, debug, trace).
-    #[arg(long, env = "BANGER_LOG", default_value = logging::DEFAULT_LEVEL)]
-    log_level: String,
+    /// Log level or filter (error, warn, info, debug, trace; default: the
+    /// config file's log_level, else info).
+    #[arg(long, env = "BANGER_LOG")]
+    log_level: Option<String>,
     /// Seconds a started request line may take to arrive in full.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     read_timeout: f64,
     /// Seconds a connection may stay idle before it is closed.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     idle_timeout: f64,
-    /// Accelerator for guests: auto (probe KVM once), kvm or tcg.
-    #[arg(long, env = "BANGER_ACCEL", default_value = "auto")]
-    accel: String,
+    /// Accelerator for guests: auto (probe KVM once), kvm or tcg (default:
+    /// the config file's accel, else auto).
+    #[arg(long, env = "BANGER_ACCEL")]
+    accel: Option<String>,
     /// Where banger-helper listens (bridged networking needs it).
     #[arg(long, env = "BANGER_HELPER_SOCKET", value_name = "PATH")]
     helper_socket: Option<std::path::PathBuf>,
-    /// Idle TAP devices kept ready for bridged VMs (0: make one per start).
-    #[arg(long, env = "BANGER_TAP_POOL", default_value_t = banger_daemon::DEFAULT_TAP_POOL)]
-    tap_pool: usize,
+    /// Idle TAP devices kept ready for bridged VMs (0: make one per start;
+    /// default: the config file's tap_pool, else 4).
+    #[arg(long, env = "BANGER_TAP_POOL")]
+    tap_pool: Option<usize>,
     /// The statically linked guest agent to bake into images
     /// (default: found next to bangerd, or in cargo's static build dir).
     #[arg(long, env = "BANGER_AGENT_BIN", value_name = "PATH")]
@@ -69,17 +72,33 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let layout = Layout::from_env()?;
-    let filter = logging::filter(&args.log_level)?;
+    // The user's config.toml: a flag or environment variable wins over it
+    // (crates/config/src/lib.rs).
+    let config_file = banger_config::config_path(&layout.config_dir);
+    let file = banger_config::ConfigFile::load(&config_file)?;
+    let log_level = args
+        .log_level
+        .or_else(|| file.log_level.as_ref().map(|l| l.value.clone()))
+        .unwrap_or_else(|| logging::DEFAULT_LEVEL.to_owned());
+    let filter = logging::filter(&log_level)?;
     logging::init(&layout.log_file(), filter)?;
     let mut config = DaemonConfig::new(layout, env!("CARGO_PKG_VERSION"), env!("BANGER_BUILD_ID"));
     config.read_timeout = seconds(args.read_timeout, "--read-timeout")?;
     config.idle_timeout = seconds(args.idle_timeout, "--idle-timeout")?;
-    config.accel = AccelChoice::parse(&args.accel)
-        .with_context(|| format!("--accel must be auto, kvm or tcg, got {:?}", args.accel))?;
+    let accel = args
+        .accel
+        .or_else(|| file.accel.as_ref().map(|a| a.value.as_str().to_owned()))
+        .unwrap_or_else(|| banger_config::DEFAULT_ACCEL.to_owned());
+    config.accel = AccelChoice::parse(&accel)
+        .with_context(|| format!("--accel must be auto, kvm or tcg, got {accel:?}"))?;
     if let Some(socket) = args.helper_socket {
         config.helper_socket = socket;
     }
-    config.tap_pool = args.tap_pool;
+    config.tap_pool = args
+        .tap_pool
+        .or_else(|| file.tap_pool.as_ref().map(|t| t.value))
+        .unwrap_or(banger_config::DEFAULT_TAP_POOL);
+    config.config_file = Some(config_file);
     config.agent_bin = args.agent_bin;
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
     config.templates = args.templates == "auto";

@@ -5,30 +5,11 @@ use crate::CliError;
 /// Parses `1024`, `512M`, `2G`, `1T` (binary units) into bytes; a plain
 /// number means MiB.
 pub(crate) fn parse_size(flag: &str, text: &str) -> Result<u64, CliError> {
-    let t = text.trim();
-    let bad = || {
+    banger_config::parse_size(text).ok_or_else(|| {
         CliError::BadParams(format!(
             "{flag} {text:?}: use a number of MiB or a size like 512M, 2G"
         ))
-    };
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, "M"),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        "K" => 1 << 10,
-        "M" | "" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
+    })
 }
 
 pub(crate) fn mib(flag: &str, text: &str) -> Result<u32, CliError> {

@@ -1,6 +1,7 @@
 //! One function per command; each connects, calls and prints.
 
 mod artifacts;
+mod config;
 mod daemon;
 mod follow;
 mod format;
@@ -46,6 +47,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::SshConfig => artifacts::ssh_config(&target()?),
         Command::Network(a) => artifacts::network(&target()?, a.json),
         Command::System(c) => system::run(c),
+        Command::Config(crate::args::ConfigCommand::Show(a)) => config::show(&layout, a.json),
     }
 }
 

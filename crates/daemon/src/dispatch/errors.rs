@@ -96,7 +96,8 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::Shrink { .. }
         | E::UnknownSignal(_)
         | E::ForkCount(_)
-        | E::ShapeFixed { .. } => ErrorCode::BadParams,
+        | E::ShapeFixed { .. }
+        | E::Config(_) => ErrorCode::BadParams,
         E::NameTaken(_)
         | E::Running(_)
         | E::SnapshotNameTaken(_)

@@ -39,7 +39,7 @@ pub use pool::TapPool;
 pub use subnet::{Subnet, mac_for};
 
 /// Idle TAPs kept ready unless `BANGER_TAP_POOL` says otherwise.
-pub const DEFAULT_TAP_POOL: usize = 4;
+pub const DEFAULT_TAP_POOL: usize = banger_config::DEFAULT_TAP_POOL;
 
 /// How long "is the helper there?" may take when choosing a VM's network.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -137,6 +137,9 @@ pub struct CreatePlan {
     publish: Vec<PublishSpec>,
     network: NetworkMode,
     start: bool,
+    /// The defaults' vcpus, memory and disk size when planned: the shape
+    /// warm templates are made in.
+    default_shape: (u32, u32, u64),
     source: Source,
     _reservation: Reservation,
 }
@@ -158,7 +161,7 @@ pub async fn plan_create(
         }
         None => None,
     };
-    let defaults = &vms.settings.defaults;
+    let defaults = vms.defaults().await?;
     let vcpus = p.vcpus.unwrap_or(defaults.vcpus);
     let memory_mib = p.memory_mib.unwrap_or(defaults.memory_mib);
     let disk_size_bytes = p.disk_size_bytes.unwrap_or(defaults.disk_size_bytes);
@@ -178,7 +181,7 @@ pub async fn plan_create(
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
     }
-    let network = choose_network(vms, op, p.network).await?;
+    let network = choose_network(vms, op, p.network.or(defaults.network)).await?;
     if network == NetworkMode::Bridged {
         if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
             return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());
@@ -186,12 +189,14 @@ pub async fn plan_create(
     }
     let image_name = p.image.clone().unwrap_or_else(|| defaults.image.clone());
     let kernel_name = p.kernel.clone().unwrap_or_else(|| defaults.kernel.clone());
-    // A named image must exist; the default one is built on demand.
-    if p.image.is_some() {
+    // A named image must exist; the managed default one is built on demand.
+    if image_name != vms.artifacts.default_image() {
+        validate::name("image", &image_name)?;
         let name = image_name.clone();
         vms.db.call(move |s| s.image(&name)).await?;
     }
-    if p.kernel.is_some() {
+    if p.kernel.is_some() || kernel_name != vms.artifacts.default_kernel() {
+        validate::name("kernel", &kernel_name)?;
         vms.artifacts.check_kernel_known(&kernel_name).await?;
     }
     // Reserve first, then look at the store: a create that ends between
@@ -216,6 +221,11 @@ pub async fn plan_create(
         publish,
         network,
         start: p.start.unwrap_or(true),
+        default_shape: (
+            defaults.vcpus,
+            defaults.memory_mib,
+            defaults.disk_size_bytes,
+        ),
         source: match snapshot {
             Some(s) => Source::Snapshot(Box::new(s)),
             None => Source::Image { cold: p.cold },
@@ -363,7 +373,7 @@ pub async fn create(
         network: plan.network,
     };
     let mut warm_job = None;
-    if templates_fit(vms, &image, shape, plan.start) {
+    if templates_fit(vms, &image, shape, plan.default_shape, plan.start) {
         let key = template_key(vms, &image, &kernel, shape, ctx).await?;
         let k = key.0.clone();
         match vms.db.call(move |s| s.template(&k)).await? {
@@ -474,14 +484,17 @@ pub async fn create(
 
 /// Templates are made and used for images with the agent (it gives a
 /// restored VM its identity), the default shape, and VMs that start.
-fn templates_fit(vms: &Vms, image: &ImageRecord, shape: TemplateShape, start: bool) -> bool {
-    let d = &vms.settings.defaults;
+fn templates_fit(
+    vms: &Vms,
+    image: &ImageRecord,
+    shape: TemplateShape,
+    default_shape: (u32, u32, u64),
+    start: bool,
+) -> bool {
     vms.settings.templates
         && start
         && image.has_agent
-        && shape.vcpus == d.vcpus
-        && shape.memory_mib == d.memory_mib
-        && shape.disk_size_bytes == d.disk_size_bytes
+        && (shape.vcpus, shape.memory_mib, shape.disk_size_bytes) == default_shape
 }
 
 /// Runs a [`WarmJob`] (the background template build after a cold create).
@@ -492,13 +505,13 @@ pub async fn run_warm_job(vms: &Vms, ctx: &OpCtx, job: WarmJob) -> Result<Snapsh
 /// `image warm NAME`: the image's default-shape template, made if missing.
 pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRecord, VmError> {
     validate::name("image", name)?;
-    let d = vms.settings.defaults.clone();
+    let d = vms.defaults().await?;
     let kernel = vms.artifacts.ensure_kernel(&d.kernel, ctx).await?;
     let image = vms.artifacts.ensure_image(name, ctx).await?;
     if !image.has_agent {
         return Err(VmError::NoAgentForTemplate(image.name));
     }
-    let network = choose_network(vms, ctx.id(), None).await?;
+    let network = choose_network(vms, ctx.id(), d.network).await?;
     let shape = TemplateShape {
         vcpus: d.vcpus,
         memory_mib: d.memory_mib,

@@ -15,6 +15,8 @@ pub enum VmError {
     BadPublish(#[from] banger_proto::types::BadPublish),
     #[error(transparent)]
     BadNetwork(#[from] banger_proto::UnknownValue),
+    #[error("the configuration file is not usable")]
+    Config(#[from] banger_config::ConfigError),
     #[error("create cancelled; nothing was kept")]
     CreateCancelled,
     #[error("host port {0} is published twice")]

@@ -92,6 +92,7 @@ impl KeyedLocks {
 struct VmSettings {
     data_dir: PathBuf,
     defaults: VmDefaults,
+    config_file: Option<PathBuf>,
     boot_timeout: Duration,
     stop_timeout: Duration,
     /// banger's version: part of a template's key.
@@ -114,6 +115,20 @@ pub struct VmDeps {
 }
 
 impl Vms {
+    /// What a create uses when the request does not say: the config file
+    /// as it is now (an edit applies to the next create), else the
+    /// built-in defaults.
+    pub(crate) async fn defaults(&self) -> Result<VmDefaults, VmError> {
+        let Some(path) = &self.settings.config_file else {
+            return Ok(self.settings.defaults.clone());
+        };
+        let path = path.clone();
+        let file = tokio::task::spawn_blocking(move || banger_config::ConfigFile::load(&path))
+            .await
+            .map_err(|e| VmError::Task("read the config file", e))??;
+        Ok(file.vm_defaults())
+    }
+
     pub fn new(deps: VmDeps, config: &DaemonConfig) -> Self {
         let VmDeps {
             db,
@@ -143,6 +158,7 @@ impl Vms {
             settings: VmSettings {
                 data_dir: config.layout.data_dir.clone(),
                 defaults: config.defaults.clone(),
+                config_file: config.config_file.clone(),
                 boot_timeout: config.boot_timeout,
                 stop_timeout: config.stop_timeout,
                 version: config.version.clone(),
