@@ -235,8 +235,10 @@ impl Artifacts {
         let dest = self.kernel_dir(name);
         let cache = self.cache_dir.clone();
         let package = entry.package.to_owned();
+        let for_bytes = ctx.clone();
         let pulled = with_stages(ctx, &format!("pull kernel {name}"), move |progress| {
-            banger_image::pull_debian_kernel(&package, &cache, &dest, progress)
+            let bytes = |done, total| for_bytes.progress(done, total);
+            banger_image::pull_debian_kernel(&package, &cache, &dest, progress, &bytes)
         })
         .await?
         .map_err(|source| ArtifactError::Pull {

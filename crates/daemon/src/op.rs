@@ -110,6 +110,13 @@ impl OpCtx {
 }
 
 impl OpCtx {
+    /// Reports the bytes the running stage has moved, of `total` if known.
+    pub fn progress(&self, done_bytes: u64, total_bytes: Option<u64>) {
+        if let Some(op) = &self.operation {
+            op.progress(done_bytes, total_bytes);
+        }
+    }
+
     /// Starts the stage `name` as a group whose parts are the stages
     /// reported until the returned guard is dropped; the group's duration
     /// covers them (an image build inside a create). Without an operation

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use banger_proto::vm::{OpView, StageView};
+use banger_proto::vm::{OpView, StageProgress, StageView};
 use banger_proto::{ErrorBody, ErrorCode, OpKind, OpState};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ struct Stage {
     depth: u32,
     started: Instant,
     took: Option<Duration>,
+    progress: Option<StageProgress>,
 }
 
 #[derive(Debug)]
@@ -97,10 +98,24 @@ impl Operation {
             depth,
             started: Instant::now(),
             took: None,
+            progress: None,
         });
         drop(inner);
         self.changed.notify_waiters();
         tracing::info!(stage = name, depth, "stage started");
+    }
+
+    /// Records how many bytes the running stage has moved (of `total`).
+    /// Not a change that wakes waiting pollers: they look again within
+    /// their bound (a quarter of a second for the CLI).
+    pub fn progress(&self, done_bytes: u64, total_bytes: Option<u64>) {
+        let mut inner = self.lock();
+        if let Some(stage) = inner.stages.last_mut().filter(|s| s.took.is_none()) {
+            stage.progress = Some(StageProgress {
+                done_bytes,
+                total_bytes,
+            });
+        }
     }
 
     /// Starts the stage `name` as a group: the stages that follow, until
@@ -198,6 +213,7 @@ impl Operation {
                     name: s.name.clone(),
                     duration_ms: s.took.map(|d| d.as_millis() as u64),
                     depth: s.depth,
+                    progress: s.progress,
                 })
                 .collect(),
             error: inner.error.clone(),
@@ -449,6 +465,44 @@ mod tests {
         assert!(ms(1) >= 60, "the group covers its parts: {v:?}");
         assert!(ms(1) >= ms(2) + ms(3), "{v:?}");
         assert!(ms(2) >= 30 && ms(3) >= 30, "{v:?}");
+    }
+
+    /// Progress belongs to the running stage and stays with it once done.
+    #[tokio::test]
+    async fn progress_is_the_running_stages() {
+        let reg = OpRegistry::default();
+        let id = OpId::parse("op-pppppp").unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let op = reg.begin(&id, OpKind::KernelPull, "k", |op| async move {
+            op.stage("download kernel package");
+            op.progress(10, Some(100));
+            op.progress(40, Some(100));
+            let _ = go_rx.await;
+            op.stage("extract");
+            Ok(Value::Null)
+        });
+        let v = loop {
+            let v = op.view_after_change(Duration::from_millis(50)).await;
+            if v.stages
+                .first()
+                .is_some_and(|s| s.progress.map(|p| p.done_bytes) == Some(40))
+            {
+                break v;
+            }
+        };
+        assert_eq!(
+            v.stages[0].progress,
+            Some(StageProgress {
+                done_bytes: 40,
+                total_bytes: Some(100)
+            })
+        );
+        go_tx.send(()).unwrap();
+        op.wait().await;
+        let v = op.view();
+        assert_eq!(v.stages[1].progress, None, "a new stage starts without");
+        op.progress(99, None);
+        assert_eq!(op.view().stages[1].progress, None, "nothing runs: ignored");
     }
 
     /// A failed operation keeps the error's code, not only its message, so

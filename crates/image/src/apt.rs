@@ -17,7 +17,15 @@ pub(crate) struct Candidate {
     pub architecture: String,
     /// The names in `Depends:`, first alternative of each, in order.
     pub depends: Vec<String>,
+    /// The `.deb`'s size in bytes (`Size:`), when apt says.
+    pub size: Option<u64>,
 }
+
+/// Called with the bytes downloaded so far and the total when known.
+pub type BytesProgress<'a> = &'a dyn Fn(u64, Option<u64>);
+
+/// How often a download's size on disk is looked at.
+const DOWNLOAD_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Candidate {
     /// The file name `apt-get download` gives this version
@@ -38,6 +46,7 @@ pub(crate) fn parse_show(text: &str) -> Option<Candidate> {
     let mut version = None;
     let mut architecture = None;
     let mut depends = Vec::new();
+    let mut size = None;
     for line in text.lines() {
         if line.trim().is_empty() {
             if name.is_some() {
@@ -57,6 +66,7 @@ pub(crate) fn parse_show(text: &str) -> Option<Candidate> {
             "Version" => version = Some(value.to_owned()),
             "Architecture" => architecture = Some(value.to_owned()),
             "Depends" | "Pre-Depends" => depends.extend(parse_depends(value)),
+            "Size" => size = value.parse().ok(),
             _ => {}
         }
     }
@@ -65,6 +75,7 @@ pub(crate) fn parse_show(text: &str) -> Option<Candidate> {
         version: version?,
         architecture: architecture?,
         depends,
+        size,
     })
 }
 
@@ -118,13 +129,17 @@ pub(crate) fn update() -> Result<()> {
 /// and are renamed into place, so a cached file is always complete.
 /// A failed download is retried once after `apt-get update` (as root):
 /// stale lists name versions the mirror no longer has.
-pub(crate) fn fetch(candidate: &Candidate, debs_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn fetch(
+    candidate: &Candidate,
+    debs_dir: &Path,
+    bytes: BytesProgress<'_>,
+) -> Result<PathBuf> {
     let target = debs_dir.join(candidate.deb_file_name());
     if target.is_file() {
         return Ok(target);
     }
     fs::create_dir_all(debs_dir).map_err(|e| ImageError::io("create", debs_dir, e))?;
-    match download(candidate, debs_dir, &target) {
+    match download(candidate, debs_dir, &target, bytes) {
         Ok(()) => Ok(target),
         Err(first) if cmd::is_root() => {
             update()?;
@@ -133,24 +148,47 @@ pub(crate) fn fetch(candidate: &Candidate, debs_dir: &Path) -> Result<PathBuf> {
             if target.is_file() {
                 return Ok(target);
             }
-            download(&fresh, debs_dir, &target).map_err(|_| first)?;
+            download(&fresh, debs_dir, &target, bytes).map_err(|_| first)?;
             Ok(target)
         }
         Err(first) => Err(first),
     }
 }
 
-fn download(candidate: &Candidate, debs_dir: &Path, target: &Path) -> Result<()> {
+/// Runs `apt-get download` in a temp dir, reporting the bytes it has
+/// written so far (apt has no machine-readable progress; the files it
+/// writes do) against the size apt announced.
+fn download(
+    candidate: &Candidate,
+    debs_dir: &Path,
+    target: &Path,
+    bytes: BytesProgress<'_>,
+) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix(".download-")
         .tempdir_in(debs_dir)
         .map_err(|e| ImageError::io("create temp dir in", debs_dir, e))?;
     let spec = format!("{}={}", candidate.name, candidate.version);
-    cmd::run(
-        cmd::command("apt-get")
-            .args(["download", "-q", &spec])
-            .current_dir(tmp.path()),
-    )?;
+    let mut command = cmd::command("apt-get");
+    command
+        .args(["download", "-q", &spec])
+        .current_dir(tmp.path());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let apt = scope.spawn(move || {
+            let result = cmd::run(&mut command);
+            let _ = done_tx.send(());
+            result
+        });
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            done_rx.recv_timeout(DOWNLOAD_POLL)
+        {
+            bytes(dir_bytes(tmp.path()), candidate.size);
+        }
+        apt.join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    bytes(dir_bytes(tmp.path()), candidate.size);
     let got = tmp.path().join(candidate.deb_file_name());
     if !got.is_file() {
         return Err(ImageError::Command {
@@ -160,6 +198,22 @@ fn download(candidate: &Candidate, debs_dir: &Path, target: &Path) -> Result<()>
         });
     }
     fs::rename(&got, target).map_err(|e| ImageError::io("rename", &got, e))
+}
+
+/// The bytes in the regular files of `dir` and its directories (apt keeps
+/// a partial download under `partial/`).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// `dpkg-deb -x DEB DIR`.
@@ -177,6 +231,7 @@ Package: linux-image-cloud-amd64
 Source: linux-signed-amd64 (6.1.172+1)
 Version: 6.1.172-1
 Installed-Size: 13
+Size: 1480
 Maintainer: Debian Kernel Team <debian-kernel@lists.debian.org>
 Architecture: amd64
 Provides: linux-latest-modules-6.1.0-48-cloud-amd64
@@ -198,6 +253,17 @@ Depends: linux-image-6.1.0-47-cloud-amd64 (= 6.1.170-3)
         assert_eq!(c.version, "6.1.172-1");
         assert_eq!(c.architecture, "amd64");
         assert_eq!(c.depends, ["linux-image-6.1.0-48-cloud-amd64"]);
+        assert_eq!(c.size, Some(1480));
+    }
+
+    #[test]
+    fn a_download_dir_counts_partial_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a.deb"), [0u8; 100]).unwrap();
+        fs::create_dir(tmp.path().join("partial")).unwrap();
+        fs::write(tmp.path().join("partial/b.deb"), [0u8; 23]).unwrap();
+        assert_eq!(dir_bytes(tmp.path()), 123);
+        assert_eq!(dir_bytes(&tmp.path().join("missing")), 0);
     }
 
     #[test]
@@ -217,6 +283,7 @@ Depends: linux-image-6.1.0-47-cloud-amd64 (= 6.1.170-3)
             version: "1:1.35.0-4+deb12u1+b1".into(),
             architecture: "amd64".into(),
             depends: vec![],
+            size: None,
         };
         assert_eq!(
             c.deb_file_name(),

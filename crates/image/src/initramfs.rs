@@ -191,7 +191,7 @@ pub fn build_initramfs(
 pub(crate) fn fetch_busybox(cache_dir: &Path) -> Result<Vec<u8>> {
     let candidate = apt::candidate(BUSYBOX_PACKAGE)?;
     let debs = cache_dir.join("debs");
-    let deb = apt::fetch(&candidate, &debs)?;
+    let deb = apt::fetch(&candidate, &debs, &|_, _| {})?;
     let tmp = tempfile::Builder::new()
         .prefix(".busybox-")
         .tempdir_in(&debs)

@@ -77,18 +77,20 @@ pub struct KernelArtifacts {
 /// leaves `dest_dir` as it was, and the temp dir is removed either way
 /// (one left by a killed process is removed by a later pull).
 /// Stages reported: "resolve package", "download kernel package",
-/// "extract", "build initramfs", "install".
+/// "extract", "build initramfs", "install"; `bytes` hears how the
+/// download goes.
 pub fn pull_debian_kernel(
     package: &str,
     cache_dir: &Path,
     dest_dir: &Path,
     progress: &dyn Fn(&str),
+    bytes: apt::BytesProgress<'_>,
 ) -> Result<KernelArtifacts> {
     progress("resolve package");
     let image = resolve_image_package(package)?;
 
     progress("download kernel package");
-    let deb = apt::fetch(&image, &cache_dir.join("debs"))?;
+    let deb = apt::fetch(&image, &cache_dir.join("debs"), bytes)?;
 
     progress("extract");
     fs::create_dir_all(dest_dir).map_err(|e| ImageError::io("create", dest_dir, e))?;

@@ -45,6 +45,7 @@ pub mod rootfs;
 mod sources;
 
 pub use agent::AgentBinary;
+pub use apt::BytesProgress;
 pub use error::{ImageError, Result};
 pub use guest::CUSTOMIZE_VERSION;
 pub use initramfs::build_initramfs;

@@ -213,6 +213,7 @@ fn boots_debian_cloud_kernel_with_bookworm_image() {
         &cache,
         &artifacts.join("kernel-debian-cloud"),
         &progress,
+        &|_, _| {},
     )
     .unwrap_or_else(|e| panic!("kernel pull: {e:?}"));
     eprintln!(

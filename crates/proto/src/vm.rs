@@ -284,6 +284,18 @@ pub struct StageView {
     /// within a create), whose duration covers its parts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub depth: u32,
+    /// How far a running stage that moves bytes (a download, a copy) has
+    /// got, when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StageProgress>,
+}
+
+/// Bytes a stage has moved so far, and how many it will move when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StageProgress {
+    pub done_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -16,8 +16,8 @@ use banger_proto::snapshot::{SnapshotView, VmForkParams, VmRestoreParams, VmSnap
 use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
-    KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageView, VmCreateParams,
-    VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView,
+    VmCreateParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
@@ -114,16 +114,22 @@ fn create_op() -> OpView {
                 name: "pull kernel debian-cloud".into(),
                 duration_ms: Some(12),
                 depth: 0,
+                progress: None,
             },
             StageView {
                 name: "download".into(),
                 duration_ms: Some(10),
                 depth: 1,
+                progress: None,
             },
             StageView {
                 name: "make disks".into(),
                 duration_ms: None,
                 depth: 0,
+                progress: Some(StageProgress {
+                    done_bytes: 1 << 20,
+                    total_bytes: Some(8 << 20),
+                }),
             },
         ],
         error: None,
@@ -159,6 +165,7 @@ fn op_of(kind: OpKind) -> OpView {
             name: "pause vm".into(),
             duration_ms: None,
             depth: 0,
+            progress: None,
         }],
         error: None,
         result: None,
@@ -476,6 +483,7 @@ fn examples() -> Vec<Example> {
                     name: "download".into(),
                     duration_ms: Some(900),
                     depth: 0,
+                    progress: None,
                 }],
                 result: Some(serde_json::to_value(kernel()).unwrap()),
                 ended_at_ms: Some(1_700_000_000_900),

@@ -1,5 +1,6 @@
 //! Following an asynchronous operation: poll `op.status`, print each stage
-//! with its duration as it completes, and turn Ctrl-C into `op.cancel`
+//! with its duration as it completes (on a terminal the running one shows
+//! as a spinner, or a bar with bytes and rate when it reports progress), and turn Ctrl-C into `op.cancel`
 //! (the daemon rolls back and the command exits 130). A failed operation
 //! ends the command with the operation's error, code included, so it exits
 //! as the same failure answered synchronously would (5 for a conflict).
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use banger_proto::methods;
 use banger_proto::vm::{OpRef, OpStatusParams, OpView, StageView};
 use banger_proto::{ErrorBody, ErrorCode, OpState};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 
 use crate::CliError;
@@ -93,8 +95,8 @@ struct StagePrinter {
     /// Per stage: its heading (groups) and its completion line printed.
     headed: Vec<bool>,
     done: Vec<bool>,
-    /// The running stage shown on a terminal.
-    showing: Option<usize>,
+    /// The running stage shown on a terminal, and its spinner or bar.
+    showing: Option<(usize, ProgressBar)>,
 }
 
 /// The width of a top-level stage's name column, so durations line up.
@@ -137,9 +139,8 @@ impl StagePrinter {
                 continue;
             }
             if !self.complete(stages, i, out) {
-                if self.tty && self.showing != Some(i) {
-                    let _ = write!(out, "\r\x1b[2K{}… {}", indent(stage.depth), stage.name);
-                    self.showing = Some(i);
+                if self.tty {
+                    self.show_running(i, stage);
                 }
                 return;
             }
@@ -173,17 +174,62 @@ impl StagePrinter {
         true
     }
 
-    fn clear_running(&mut self, out: &mut dyn Write) {
-        if self.tty && self.showing.take().is_some() {
-            let _ = write!(out, "\r\x1b[2K");
+    /// Shows running stage `i` on the terminal: a spinner with the time
+    /// it has taken, or a bar with bytes, rate and time left once the
+    /// stage reports progress.
+    fn show_running(&mut self, i: usize, stage: &StageView) {
+        if self.showing.as_ref().is_some_and(|(shown, _)| *shown != i) {
+            self.clear_running(&mut std::io::sink());
+        }
+        let (_, bar) = self.showing.get_or_insert_with(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(running_style(stage.depth, None));
+            bar.set_message(stage.name.clone());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            (i, bar)
+        });
+        if let Some(p) = stage.progress {
+            if bar.length() != p.total_bytes || bar.position() == 0 {
+                bar.set_style(running_style(stage.depth, Some(p.total_bytes)));
+                if let Some(total) = p.total_bytes {
+                    bar.set_length(total);
+                }
+            }
+            bar.set_position(p.done_bytes);
         }
     }
 
-    /// Ends a running line left on the terminal.
-    fn finish(&mut self, out: &mut dyn Write) {
-        if self.tty && self.showing.take().is_some() {
-            let _ = writeln!(out);
+    fn clear_running(&mut self, _out: &mut dyn Write) {
+        if let Some((_, bar)) = self.showing.take() {
+            bar.finish_and_clear();
         }
+    }
+
+    /// Clears a running line left on the terminal.
+    fn finish(&mut self, out: &mut dyn Write) {
+        self.clear_running(out);
+    }
+}
+
+/// The look of a running stage: a spinner and its time so far; with
+/// progress, bytes and rate (`Some(None)`: total unknown), and a bar and
+/// time left when the total is known.
+fn running_style(depth: u32, progress: Option<Option<u64>>) -> ProgressStyle {
+    // The templates are fixed; a bad one is a bug caught by the tests,
+    // and the default style is a fine fallback anyway.
+    ProgressStyle::with_template(&running_template(depth, progress))
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .progress_chars("=> ")
+}
+
+fn running_template(depth: u32, progress: Option<Option<u64>>) -> String {
+    let indent = indent(depth);
+    match progress {
+        None => format!("{indent}{{spinner}} {{msg}} {{elapsed}}"),
+        Some(None) => format!("{indent}{{spinner}} {{msg}} {{bytes}} {{bytes_per_sec}}"),
+        Some(Some(_)) => format!(
+            "{indent}{{spinner}} {{msg}} [{{bar:24}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}} left"
+        ),
     }
 }
 
@@ -221,11 +267,23 @@ mod tests {
             name: name.into(),
             duration_ms: ms,
             depth,
+            progress: None,
         }
     }
 
     /// A group's parts print indented under its heading as they end, and
     /// the group's own line comes after them with its whole duration.
+    #[test]
+    fn running_styles_parse() {
+        for progress in [None, Some(None), Some(Some(10))] {
+            let template = running_template(1, progress);
+            assert!(
+                ProgressStyle::with_template(&template).is_ok(),
+                "{template}"
+            );
+        }
+    }
+
     #[test]
     fn nested_stages_print_under_their_group() {
         let mut printer = StagePrinter::new(false);
