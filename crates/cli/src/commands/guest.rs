@@ -355,7 +355,7 @@ pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Resul
     if json {
         return print_json(&r);
     }
-    eprintln!(
+    crate::output::note!(
         "copied {} to {} (mode {:o})",
         human_bytes(r.bytes),
         r.destination,
