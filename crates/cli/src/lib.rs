@@ -55,7 +55,10 @@ pub fn run(cli: Cli, build: BuildInfo) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::ChildExit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {}", e.display_chain());
+            // A message may quote a guest (a path, a process's words):
+            // no control character of it reaches the terminal.
+            let chain = e.display_chain();
+            eprintln!("error: {}", commands::format::escape_control(&chain, true));
             ExitCode::from(e.exit().code())
         }
     }

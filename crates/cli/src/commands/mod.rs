@@ -3,7 +3,7 @@
 mod artifacts;
 mod daemon;
 mod follow;
-mod format;
+pub(crate) mod format;
 mod guest;
 mod rpc;
 mod snapshot;
