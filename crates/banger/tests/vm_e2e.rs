@@ -291,9 +291,7 @@ fn vm_lifecycle_end_to_end() {
             "ssh",
             "e2e-a",
             "--",
-            "awk",
-            "/MemTotal/{print $2}",
-            "/proc/meminfo",
+            "awk '/MemTotal/{print $2}' /proc/meminfo",
         ])
         .trim()
         .parse()
@@ -356,9 +354,7 @@ fn vm_lifecycle_end_to_end() {
         "ssh",
         "e2e-a",
         "--",
-        "bash",
-        "-c",
-        &format!("echo from-guest > /dev/tcp/10.0.2.2/{outside_port}"),
+        &format!("bash -c 'echo from-guest > /dev/tcp/10.0.2.2/{outside_port}'"),
     ]);
     assert_eq!(accepted.join().unwrap().trim(), "from-guest");
 
