@@ -417,7 +417,8 @@ pub struct LogsArgs {
     /// How many of the last lines to print first (0: all).
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
-    /// Print the raw JSON lines.
+    /// Print the log's JSON lines as they are (a line that is not JSON as
+    /// `{"text": LINE}`).
     #[arg(long)]
     pub json: bool,
 }

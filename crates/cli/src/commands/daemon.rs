@@ -104,6 +104,8 @@ pub(crate) fn logs(layout: &Layout, args: &LogsArgs) -> Result<(), CliError> {
 
 /// Renders one JSON log line as `TIME LEVEL [op-id method] message k=v`;
 /// anything that is not a JSON object (a panic message) is printed as is.
+/// On a terminal, control characters are escaped. `raw` (`--json`) prints
+/// JSON lines: the log's own, and `{"text": LINE}` for any other line.
 fn print_log_line(out: &mut dyn Write, line: &str, raw: bool) {
     if raw {
         // Each line a JSON value: the log's own lines as they are, anything
