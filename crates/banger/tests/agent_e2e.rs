@@ -170,6 +170,39 @@ fn guest_agent_end_to_end() {
     );
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step("ports: a process name with control characters reaches no terminal raw");
+    // A listener whose name (comm) the guest chose: ESC [31m would turn a
+    // terminal red; the table shows it escaped.
+    let out = exec(
+        &w,
+        &[
+            "sh",
+            "-c",
+            r#"cd /tmp && nohup python3 -c "import ctypes, socket, time; ctypes.CDLL(None).prctl(15, b'ev\x1b[31mil', 0, 0, 0); s = socket.socket(); s.bind(('0.0.0.0', 8081)); s.listen(); time.sleep(600)" >/dev/null 2>&1 &"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        let ports = w.banger_json(&["vm", "ports", "ag"]);
+        let hit = ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == 8081)
+            .cloned();
+        if let Some(hit) = hit {
+            break hit;
+        }
+        assert!(Instant::now() < deadline, "8081 not in vm ports: {ports}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found["process"], "ev\u{1b}[31mil", "{found}");
+    let table = w.banger_ok(&["vm", "ports", "ag"]);
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains(r"ev\x1b[31mil"), "{table}");
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("cp: 100 MiB both ways keeps its sha256 and mode");
     let host = tempfile::tempdir().unwrap();
     let big = host.path().join("big.bin");

@@ -134,15 +134,22 @@ fn vm_lifecycle_end_to_end() {
             .trim(),
         "e2e-a"
     );
+    // As with ssh, the words after `--` are one command line for the
+    // guest's shell.
     w.banger_ok(&[
         "vm",
         "ssh",
         "e2e-a",
         "--",
-        "sh",
-        "-c",
         "echo persisted > /root/marker && sync",
     ]);
+    let out = w.banger(&["vm", "ssh", "e2e-a", "--", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let out = w.banger(&[
+        "vm", "ssh", "e2e-a", "--", "echo", "two", "words;", "exit", "3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two words\n");
     assert!(known_hosts(&w).contains("e2e-a.vm"), "host key pinned");
 
     step("logs, ops, kernel and image listings, in-use conflicts, doctor");
@@ -151,6 +158,9 @@ fn vm_lifecycle_end_to_end() {
         logs.contains("e2e-a login:") || logs.contains("Debian"),
         "console log: {logs}"
     );
+    let logs = w.banger_json_lines(&["vm", "logs", "e2e-a", "-n", "5"]);
+    assert_eq!(logs.len(), 5, "{logs:?}");
+    assert!(logs.iter().all(|l| l["line"].is_string()), "{logs:?}");
     let ops = w.banger_json(&["ops"]);
     let create_op = ops
         .as_array()
@@ -189,8 +199,11 @@ fn vm_lifecycle_end_to_end() {
         5,
         "in use by vm e2e-a",
     );
-    let doctor = w.banger_json(&["doctor", "--probe"]);
+    // A FAIL exits 1, with --json as without.
+    let (code, doctor) = w.banger_json_status(&["doctor", "--probe"]);
     let checks = doctor["checks"].as_array().unwrap();
+    let failed = checks.iter().any(|c| c["status"] == "fail");
+    assert_eq!(code, Some(i32::from(failed)), "{doctor}");
     let status_of = |name: &str| {
         checks
             .iter()
@@ -278,9 +291,7 @@ fn vm_lifecycle_end_to_end() {
             "ssh",
             "e2e-a",
             "--",
-            "awk",
-            "/MemTotal/{print $2}",
-            "/proc/meminfo",
+            "awk '/MemTotal/{print $2}' /proc/meminfo",
         ])
         .trim()
         .parse()
@@ -349,9 +360,7 @@ fn vm_lifecycle_end_to_end() {
         "ssh",
         "e2e-a",
         "--",
-        "bash",
-        "-c",
-        &format!("echo from-guest > /dev/tcp/10.0.2.2/{outside_port}"),
+        &format!("bash -c 'echo from-guest > /dev/tcp/10.0.2.2/{outside_port}'"),
     ]);
     assert_eq!(accepted.join().unwrap().trim(), "from-guest");
 

@@ -8,13 +8,40 @@ use banger_proto::helper::DEFAULT_HELPER_CONFIG;
 use crate::exit::EXIT_CODES_HELP;
 
 /// banger: disposable Linux microVMs for developers and coding agents.
+///
+/// The CLI starts bangerd when none answers: the one named by
+/// BANGER_DAEMON_BIN (or --bangerd PATH, accepted by every command),
+/// else the one beside this banger, else bangerd on PATH.
 #[derive(Debug, Parser)]
 #[command(name = "banger", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// The bangerd binary to start when no daemon runs
-    /// (default: beside this banger, then PATH).
-    #[arg(long, global = true, env = "BANGER_DAEMON_BIN", value_name = "PATH")]
+    /// (default: beside this banger, then PATH). Hidden from the help of
+    /// every command: the top-level description mentions it.
+    #[arg(
+        long,
+        global = true,
+        env = "BANGER_DAEMON_BIN",
+        value_name = "PATH",
+        hide = true
+    )]
     pub bangerd: Option<PathBuf>,
+
+    /// Print only results and errors: no stage lines, progress or notes
+    /// (exit codes are the same).
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 900
+    )]
+    pub quiet: bool,
+
+    /// Print more: the op id and time of every request to bangerd, and
+    /// the CLI's debug log (BANGER_CLI_LOG, when set, wins).
+    #[arg(short, long, global = true, display_order = 901)]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -46,7 +73,7 @@ pub enum Command {
     /// Check what works on this host and what to do about it.
     Doctor(DoctorArgs),
     /// Print a block for ~/.ssh/config so `ssh NAME.vm` reaches VMs.
-    SshConfig,
+    SshConfig(JsonFlag),
     /// Show bridged networking: banger-helper, bridge, TAP pool, leases.
     Network(JsonFlag),
     /// Send one raw RPC request and print its result (for debugging).
@@ -122,6 +149,7 @@ pub enum VmCommand {
         /// Create it stopped.
         #[arg(long)]
         no_start: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -131,9 +159,12 @@ pub enum VmCommand {
     Stop(VmNameJson),
     /// Send a signal to a VM's VMM process (default KILL).
     Kill {
+        /// The VM's name.
         name: String,
+        /// The signal, by name (KILL, TERM, INT, HUP...).
         #[arg(long, short, default_value = "KILL")]
         signal: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -145,24 +176,30 @@ pub enum VmCommand {
     Resume(VmNameJson),
     /// Save a VM's memory, processes and disks; it keeps running.
     Snapshot {
+        /// The VM's name.
         name: String,
         /// The snapshot's name (default: VM-YYYYMMDD-HHMMSS).
         #[arg(long = "name", value_name = "SNAP")]
         snapshot: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Roll a VM back to one of its snapshots (what it did since is lost).
     Restore {
+        /// The VM's name.
         name: String,
+        /// The snapshot to go back to.
         #[arg(value_name = "SNAP")]
         snapshot: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Make new VMs that continue from a running VM's current state; it
     /// keeps running.
     Fork {
+        /// The running VM to fork.
         name: String,
         /// The new VM's name; with --count above 1, NEW-1 ... NEW-N.
         #[arg(long = "name", value_name = "NEW")]
@@ -170,6 +207,7 @@ pub enum VmCommand {
         /// How many forks (1 to 16).
         #[arg(long, value_name = "N")]
         count: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -183,27 +221,44 @@ pub enum VmCommand {
     List(JsonFlag),
     /// Change a stopped VM's vcpus, memory or disk size (disks only grow).
     Edit {
+        /// The VM's name.
         name: String,
+        /// Virtual CPUs.
         #[arg(long)]
         vcpus: Option<u32>,
+        /// Memory, e.g. 1024, 512M, 2G (plain numbers are MiB).
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Work disk size, e.g. 20G (plain numbers are MiB; it only grows).
         #[arg(long, value_name = "SIZE")]
         disk_size: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Print a VM's console log.
     Logs(LogsOfVm),
     /// Open a shell in a VM, or run a command in it.
+    ///
+    /// As with ssh, the words after `--` are joined with spaces into one
+    /// command line for the guest's shell: `vm ssh dev -- 'exit 7'` exits
+    /// 7 and `vm ssh dev -- 'cd /tmp && ls'` works; quote what the local
+    /// shell must not expand. The exit status is the command's.
     Ssh {
+        /// The VM's name.
         name: String,
-        /// Command to run instead of a shell.
+        /// Command line to run instead of a shell (joined with spaces).
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Create (or reuse) a VM, run a command in it over SSH and exit with
-    /// the command's exit code.
+    /// Create (or reuse) a VM, run a command in it and exit with the
+    /// command's exit code.
+    ///
+    /// Unlike `vm ssh`, the words after `--` are the program and its
+    /// arguments, passed as they are (no shell, as `docker run` and
+    /// `vm exec` do): `vm run -- sh -c 'exit 7'` exits 7. It runs through
+    /// the guest agent, or over SSH (arguments quoted) when the image has
+    /// no agent.
     Run {
         /// Reuse or create the VM of this name (default: a new run-XXXXXX).
         #[arg(long)]
@@ -219,10 +274,12 @@ pub enum VmCommand {
     },
     /// Resource use inside a VM, from its guest agent.
     Stats {
+        /// The VM's name.
         name: String,
         /// Print a new sample every 2 s until interrupted.
         #[arg(long, short)]
         watch: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -231,6 +288,7 @@ pub enum VmCommand {
     /// Run a command in a VM through its guest agent (no SSH): stdout and
     /// stderr apart, stdin forwarded, its exit code returned.
     Exec {
+        /// The VM's name.
         name: String,
         /// Run on a pseudo-terminal (interactive programs).
         #[arg(long, short)]
@@ -242,25 +300,34 @@ pub enum VmCommand {
     /// Copy a file into or out of a VM: `cp FILE NAME:/path` or
     /// `cp NAME:/path FILE` (a directory destination keeps the name).
     Cp {
+        /// What to copy: a host path or NAME:/path.
         src: String,
+        /// Where to: NAME:/path or a host path.
         dst: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Relay stdin/stdout to a VM's SSH port (ProxyCommand for ssh-config).
     #[command(hide = true)]
-    SshProxy { name: String },
+    SshProxy {
+        /// The VM's name (NAME or NAME.vm).
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct VmNameJson {
+    /// Its name.
     pub name: String,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct LogsOfVm {
+    /// The VM's name.
     pub name: String,
     /// Keep printing new lines.
     #[arg(short, long)]
@@ -268,6 +335,9 @@ pub struct LogsOfVm {
     /// How many of the last lines to print first (0: all).
     #[arg(short = 'n', long, default_value_t = 100)]
     pub lines: usize,
+    /// Print JSON lines, one `{"line": TEXT}` object per console line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +353,7 @@ pub enum ImageCommand {
         /// Root filesystem size, e.g. 2G (default: contents plus headroom).
         #[arg(long, value_name = "SIZE")]
         size: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -317,7 +388,9 @@ pub enum KernelCommand {
     List(JsonFlag),
     /// Pull a kernel from the catalog (default: debian-cloud).
     Pull {
+        /// The catalog entry (see `kernel list`).
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -330,7 +403,8 @@ pub enum KernelCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
-    /// Show what the daemon is and where its files are.
+    /// Show what the daemon is and where its files are; never starts one
+    /// (exits 7 when none runs).
     Status(JsonFlag),
     /// Stop the daemon (running VMs keep running).
     Stop(JsonFlag),
@@ -353,7 +427,8 @@ pub struct LogsArgs {
     /// How many of the last lines to print first (0: all).
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
-    /// Print the raw JSON lines.
+    /// Print the log's JSON lines as they are (a line that is not JSON as
+    /// `{"text": LINE}`).
     #[arg(long)]
     pub json: bool,
 }
@@ -480,6 +555,61 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command's path (`vm list`) and the command, depth first.
+    fn all_commands(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.to_owned(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name()).trim().to_owned();
+            all_commands(sub, &p, out);
+        }
+    }
+
+    #[test]
+    fn every_option_and_argument_has_a_description() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = Vec::new();
+        all_commands(&cli, "", &mut commands);
+        let mut missing = Vec::new();
+        for (path, cmd) in &commands {
+            if cmd.get_about().is_none() && !path.is_empty() && cmd.get_name() != "help" {
+                missing.push(format!("`banger {path}` itself"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("`banger {path}`: {}", arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without a description: {missing:#?}");
+    }
+
+    #[test]
+    fn bangerd_is_hidden_from_every_help_but_still_works() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = Vec::new();
+        all_commands(&cli, "", &mut commands);
+        for (path, mut cmd) in commands {
+            let help = cmd.render_long_help().to_string();
+            let options = help.split("Options:").nth(1).unwrap_or_default();
+            assert!(!options.contains("--bangerd"), "`banger {path}`:\n{help}");
+        }
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("BANGER_DAEMON_BIN"), "{top}");
+        let cli =
+            Cli::try_parse_from(["banger", "vm", "list", "--bangerd", "/x/bangerd", "-q"]).unwrap();
+        assert_eq!(
+            cli.bangerd.as_deref(),
+            Some(std::path::Path::new("/x/bangerd"))
+        );
+        assert!(cli.quiet && !cli.verbose);
+        let cli = Cli::try_parse_from(["banger", "-v", "ops"]).unwrap();
+        assert!(cli.verbose);
+        assert!(Cli::try_parse_from(["banger", "-q", "-v", "ops"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 use banger_proto::methods::Method;
 use banger_proto::{Request, Response};
@@ -59,8 +61,30 @@ impl Client {
 
     /// Sends a prepared request and returns the raw result value (for
     /// `banger rpc`, which sends any method).
-    pub fn call_raw(&mut self, request: Request) -> Result<Value, CliError> {
-        let mut line = serde_json::to_vec(&request)
+    pub fn call_raw(&mut self, mut request: Request) -> Result<Value, CliError> {
+        if !crate::output::verbose() {
+            return self.exchange(&request);
+        }
+        // -v: our own op id on each request, so the line printed here
+        // finds the daemon's log lines of that request.
+        let op_id = request.op_id.get_or_insert_with(mint_op_id).clone();
+        let started = Instant::now();
+        let result = self.exchange(&request);
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(CliError::Daemon(e)) => e.code.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        eprintln!(
+            "banger: {} {op_id}: {outcome} in {ms:.1} ms",
+            request.method
+        );
+        result
+    }
+
+    fn exchange(&mut self, request: &Request) -> Result<Value, CliError> {
+        let mut line = serde_json::to_vec(request)
             .map_err(|e| CliError::BadParams(format!("encode request: {e}")))?;
         line.push(b'\n');
         // The daemon may answer and close before reading our request (it
@@ -78,5 +102,32 @@ impl Client {
         let response: Response =
             serde_json::from_str(&answer).map_err(|e| CliError::BadResponse(e.to_string()))?;
         response.into_result().map_err(CliError::Daemon)
+    }
+}
+
+/// A fresh op id for a request of `-v`: `op-c` and 12 hex digits from the
+/// clock, the process id and a counter (unique enough to grep a log by).
+fn mint_op_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mixed = (u64::from(nanos) << 16) ^ (u64::from(std::process::id()) << 4) ^ u64::from(n);
+    format!("op-c{:012x}", mixed & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_op_ids_are_valid_and_differ() {
+        let a = mint_op_id();
+        let b = mint_op_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert!(banger_proto::OpId::parse(&id).is_some(), "{id}");
+        }
     }
 }

@@ -139,7 +139,7 @@ fn ensure_daemon_once(target: &DaemonTarget) -> Result<Connected, CliError> {
             target.build.build_id
         );
     } else if let Some(old) = replaced_pid {
-        eprintln!(
+        crate::output::note!(
             "note: restarted bangerd built from other sources (pid {old} -> {})",
             daemon.pid
         );

@@ -17,6 +17,8 @@ pub enum Exit {
     PermissionDenied,
     /// 130: cancelled or interrupted.
     Cancelled,
+    /// 7: `daemon status` found no daemon running (and started none).
+    NoDaemon,
 }
 
 impl Exit {
@@ -29,6 +31,7 @@ impl Exit {
             Self::Conflict => 5,
             Self::PermissionDenied => 6,
             Self::Cancelled => 130,
+            Self::NoDaemon => 7,
         }
     }
 
@@ -57,4 +60,5 @@ Exit codes:
   4    the named object does not exist
   5    the request clashes with current state (conflict, not running)
   6    permission denied
+  7    `daemon status`: no daemon runs (it starts none)
   130  cancelled or interrupted";

@@ -14,6 +14,7 @@ mod commands;
 pub mod daemon_ctl;
 mod error;
 mod exit;
+mod output;
 
 use std::process::ExitCode;
 
@@ -28,8 +29,6 @@ pub struct BuildInfo {
     pub build_id: &'static str,
 }
 
-/// Runs one parsed command line and prints errors as
-/// `error: MESSAGE (op-XXXXXX)`, returning the documented exit code.
 /// Lets a write to a closed pipe end the CLI quietly, killed by SIGPIPE
 /// (status 141 in a shell), as `seq 1 100000 | head -1` ends `seq`.
 /// Rust ignores SIGPIPE by default, and then `println!` panics ("failed
@@ -48,12 +47,18 @@ pub(crate) fn set_sigpipe(action: libc::sighandler_t) {
     }
 }
 
+/// Runs one parsed command line and prints errors as
+/// `error: MESSAGE (op-XXXXXX)`, returning the documented exit code.
 pub fn run(cli: Cli, build: BuildInfo) -> ExitCode {
+    output::set(cli.quiet, cli.verbose);
     match commands::run(cli, build) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::ChildExit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {}", e.display_chain());
+            // A message may quote a guest (a path, a process's words):
+            // no control character of it reaches the terminal.
+            let chain = e.display_chain();
+            eprintln!("error: {}", commands::format::escape_control(&chain, true));
             ExitCode::from(e.exit().code())
         }
     }

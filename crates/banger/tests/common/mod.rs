@@ -150,6 +150,38 @@ impl World {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Runs `banger ARGS --json` and parses stdout whatever the exit
+    /// status (`doctor --json` exits 1 on a FAIL), returning both.
+    pub fn banger_json_status(&self, args: &[&str]) -> (Option<i32>, Value) {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.banger(&all);
+        let value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("banger {all:?}: not JSON ({e}):\n{}", text(&out)));
+        (out.status.code(), value)
+    }
+
+    /// Runs `banger ARGS --json` for a command printing JSON lines (one
+    /// value per line), asserting success, and parses each line.
+    pub fn banger_json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.banger(&all);
+        assert!(
+            out.status.success(),
+            "banger {all:?} failed: {}",
+            text(&out)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("banger {all:?}: {e}: a line is not JSON: {l:?}"))
+            })
+            .collect()
+    }
+
     /// Starts `bangerd ARGS` directly (not through the CLI) and waits for
     /// its socket to answer.
     pub fn start_daemon(&mut self, args: &[&str]) {

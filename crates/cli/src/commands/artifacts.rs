@@ -8,12 +8,15 @@ use banger_proto::vm::{
 use banger_proto::{CheckStatus, OpState};
 
 use super::follow::follow;
-use super::format::{human_bytes, table};
+use banger_paths::Layout;
+
+use super::format::{escape_control, human_bytes, key_values, table};
 use super::print_json;
 use crate::CliError;
 use crate::args::{DoctorArgs, ImageCommand, KernelCommand};
 use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+use crate::output::note;
 
 /// Calls a `{name}` method and prints its result as JSON or with `text`.
 pub(super) fn show_named<M: Method<Params = NameParams>>(
@@ -63,7 +66,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                     .transpose()?,
             })?;
             if !json {
-                eprintln!("building image {} ({})", begun.target, begun.op_id);
+                note!("building image {} ({})", begun.target, begun.op_id);
             }
             let done = follow(&mut client, begun, *json)?;
             let image: ImageView = serde_json::from_value(done.result.unwrap_or_default())
@@ -109,16 +112,19 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
 }
 
 fn print_image(i: &ImageView) {
-    println!("name       {}", i.name);
-    println!("source     {}", i.source);
-    println!("size       {}", human_bytes(i.size_bytes));
-    println!("rootfs     {}", i.rootfs);
+    let mut rows = vec![
+        ("name", i.name.clone()),
+        ("source", i.source.clone()),
+        ("size", human_bytes(i.size_bytes)),
+        ("rootfs", i.rootfs.clone()),
+    ];
     if let Some(seed) = &i.work_seed {
-        println!("work seed  {seed}");
+        rows.push(("work seed", seed.clone()));
     }
     if i.stale {
-        println!("stale      built from an older recipe");
+        rows.push(("stale", "built from an older recipe".into()));
     }
+    key_values(&rows);
 }
 
 pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), CliError> {
@@ -151,7 +157,7 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
             let begun = client
                 .call::<methods::KernelPullBegin>(&KernelPullParams { name: name.clone() })?;
             if !json {
-                eprintln!("pulling kernel {} ({})", begun.target, begun.op_id);
+                note!("pulling kernel {} ({})", begun.target, begun.op_id);
             }
             let done = follow(&mut client, begun, *json)?;
             let k: KernelView = serde_json::from_value(done.result.unwrap_or_default())
@@ -173,17 +179,20 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
 }
 
 fn print_kernel(k: &KernelView) {
-    println!("name       {}", k.name);
-    println!("pulled     {}", if k.present { "yes" } else { "no" });
+    let mut rows = vec![
+        ("name", k.name.clone()),
+        ("pulled", if k.present { "yes" } else { "no" }.to_owned()),
+    ];
     if let Some(v) = &k.version {
-        println!("version    {v}");
+        rows.push(("version", v.clone()));
     }
     if let Some(p) = &k.kernel {
-        println!("kernel     {p}");
+        rows.push(("kernel", p.clone()));
     }
     if let Some(p) = &k.initrd {
-        println!("initrd     {p}");
+        rows.push(("initrd", p.clone()));
     }
+    key_values(&rows);
 }
 
 pub(crate) fn ops(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
@@ -289,8 +298,15 @@ pub(crate) fn network(target: &DaemonTarget, json: bool) -> Result<(), CliError>
 pub(crate) fn doctor(target: &DaemonTarget, args: &DoctorArgs) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
     let report = client.call::<methods::Doctor>(&DoctorParams { probe: args.probe })?;
+    // Text or JSON, a FAIL exits 1.
+    let failed = report.checks.iter().any(|c| c.status == CheckStatus::Fail);
     if args.json {
-        return print_json(&report);
+        print_json(&report)?;
+        return if failed {
+            Err(CliError::ChildExit(1))
+        } else {
+            Ok(())
+        };
     }
     for c in &report.checks {
         let mark = match c.status {
@@ -298,36 +314,63 @@ pub(crate) fn doctor(target: &DaemonTarget, args: &DoctorArgs) -> Result<(), Cli
             CheckStatus::Warn => "warn",
             CheckStatus::Fail => "FAIL",
         };
-        println!("[{mark}] {:<14} {}", c.name, c.detail);
+        println!(
+            "[{mark}] {:<14} {}",
+            c.name,
+            escape_control(&c.detail, false)
+        );
         if let Some(fix) = &c.fix {
-            println!("       {:<14} fix: {fix}", "");
+            println!("       {:<14} fix: {}", "", escape_control(fix, false));
         }
     }
     println!(
         "backend: {} with {} ({})",
         report.backend, report.accel, report.accel_reason
     );
-    if report.checks.iter().any(|c| c.status == CheckStatus::Fail) {
+    if failed {
         return Err(CliError::ChildExit(1));
     }
     Ok(())
 }
 
-pub(crate) fn ssh_config(target: &DaemonTarget) -> Result<(), CliError> {
+/// `ssh-config`: a `Host *.vm` block for `~/.ssh/config` whose
+/// ProxyCommand is `banger vm ssh-proxy`. With `--json`: `{"host":
+/// "*.vm", "options": {OPTION: VALUE...}, "block": TEXT}`.
+pub(crate) fn ssh_config(layout: &Layout, json: bool) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(CliError::Io)?;
-    let data = &target.layout.data_dir;
-    println!("# banger VMs: ssh NAME.vm (paste into ~/.ssh/config)");
-    println!("Host *.vm");
-    println!("    User root");
-    println!("    IdentityFile {}", data.join("ssh/id_ed25519").display());
-    println!("    IdentitiesOnly yes");
-    println!(
-        "    UserKnownHostsFile {}",
-        data.join("ssh/known_hosts").display()
-    );
-    println!("    StrictHostKeyChecking accept-new");
-    println!("    HashKnownHosts no");
-    println!("    ProxyCommand {} vm ssh-proxy %n", exe.display());
+    let data = &layout.data_dir;
+    let options = [
+        ("User", "root".to_owned()),
+        (
+            "IdentityFile",
+            data.join("ssh/id_ed25519").display().to_string(),
+        ),
+        ("IdentitiesOnly", "yes".to_owned()),
+        (
+            "UserKnownHostsFile",
+            data.join("ssh/known_hosts").display().to_string(),
+        ),
+        ("StrictHostKeyChecking", "accept-new".to_owned()),
+        ("HashKnownHosts", "no".to_owned()),
+        ("ProxyCommand", format!("{} vm ssh-proxy %n", exe.display())),
+    ];
+    let mut block =
+        String::from("# banger VMs: ssh NAME.vm (paste into ~/.ssh/config)\nHost *.vm\n");
+    for (k, v) in &options {
+        block.push_str(&format!("    {k} {v}\n"));
+    }
+    if json {
+        let options: serde_json::Map<String, serde_json::Value> = options
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.clone())))
+            .collect();
+        return print_json(&serde_json::json!({
+            "host": "*.vm",
+            "options": options,
+            "block": block,
+        }));
+    }
+    print!("{block}");
     Ok(())
 }
 

@@ -4,10 +4,11 @@ use banger_paths::Layout;
 use banger_proto::methods::{self, NoParams};
 use serde_json::{Value, json};
 
+use super::format::{key_values, terminal_safe};
 use super::print_json;
-use crate::CliError;
 use crate::args::LogsArgs;
 use crate::daemon_ctl::{self, DaemonTarget, ensure_daemon};
+use crate::{BuildInfo, CliError, Exit};
 
 pub(crate) fn ping(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     let conn = ensure_daemon(target)?;
@@ -21,15 +22,43 @@ pub(crate) fn ping(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub(crate) fn status(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
-    let mut conn = ensure_daemon(target)?;
-    let s = conn.client.call::<methods::DaemonStatus>(&NoParams)?;
+/// `daemon status`: asks the running daemon, never starts one. With
+/// none running it says so (`{"running": false}` with `--json`) and
+/// exits with [`Exit::NoDaemon`].
+pub(crate) fn status(layout: &Layout, build: BuildInfo, json: bool) -> Result<(), CliError> {
+    let Some((mut client, _)) = daemon_ctl::connect_running(layout)? else {
+        let socket = layout.socket_path();
+        if json {
+            print_json(&json!({ "running": false, "socket": socket }))?;
+        } else {
+            println!(
+                "no bangerd running (socket {}); the next command that needs it starts it",
+                socket.display()
+            );
+        }
+        return Err(CliError::ChildExit(i32::from(Exit::NoDaemon.code())));
+    };
+    let s = client.call::<methods::DaemonStatus>(&NoParams)?;
+    let other_build = s.build_id != build.build_id;
     if json {
-        return print_json(&s);
+        let mut value = serde_json::to_value(&s)
+            .map_err(|e| CliError::BadResponse(format!("encode output: {e}")))?;
+        if let Value::Object(fields) = &mut value {
+            fields.insert("running".into(), Value::Bool(true));
+        }
+        return print_json(&value);
     }
+    let build_note = if other_build {
+        format!(
+            "{} (another build than this banger's {}: the next command replaces it)",
+            s.build_id, build.build_id
+        )
+    } else {
+        s.build_id
+    };
     let rows = [
         ("version", s.version),
-        ("build", s.build_id),
+        ("build", build_note),
         ("pid", s.pid.to_string()),
         ("uptime", format!("{} s", s.uptime_s)),
         ("socket", s.socket),
@@ -44,9 +73,7 @@ pub(crate) fn status(target: &DaemonTarget, json: bool) -> Result<(), CliError> 
             ),
         ),
     ];
-    for (k, v) in rows {
-        println!("{k:<10} {v}");
-    }
+    key_values(&rows);
     Ok(())
 }
 
@@ -77,13 +104,21 @@ pub(crate) fn logs(layout: &Layout, args: &LogsArgs) -> Result<(), CliError> {
 
 /// Renders one JSON log line as `TIME LEVEL [op-id method] message k=v`;
 /// anything that is not a JSON object (a panic message) is printed as is.
+/// On a terminal, control characters are escaped. `raw` (`--json`) prints
+/// JSON lines: the log's own, and `{"text": LINE}` for any other line.
 fn print_log_line(out: &mut dyn Write, line: &str, raw: bool) {
     if raw {
-        let _ = writeln!(out, "{line}");
+        // Each line a JSON value: the log's own lines as they are, anything
+        // else (a panic message) as a string in one.
+        if serde_json::from_str::<Value>(line).is_ok() {
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = writeln!(out, "{}", json!({ "text": line }));
+        }
         return;
     }
     let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", terminal_safe(line));
         return;
     };
     let s = |v: Option<&Value>| match v {
@@ -107,7 +142,8 @@ fn print_log_line(out: &mut dyn Write, line: &str, raw: bool) {
             text.push_str(&format!(" {k}={}", s(Some(v))));
         }
     }
-    let _ = writeln!(out, "{text}");
+    // Field values are the daemon's, but some of them quote a guest.
+    let _ = writeln!(out, "{}", terminal_safe(&text));
 }
 
 #[cfg(test)]
@@ -127,5 +163,18 @@ mod tests {
         let mut raw = Vec::new();
         print_log_line(&mut raw, "thread 'main' panicked", false);
         assert_eq!(raw, b"thread 'main' panicked\n");
+        let mut json_lines = Vec::new();
+        print_log_line(&mut json_lines, line, true);
+        print_log_line(&mut json_lines, "thread 'main' panicked\x1b[2J", true);
+        let text = String::from_utf8(json_lines).unwrap();
+        let parsed: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            parsed[1],
+            json!({"text": "thread 'main' panicked\u{1b}[2J"})
+        );
+        assert!(!text.contains('\x1b'), "{text:?}");
     }
 }

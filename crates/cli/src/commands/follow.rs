@@ -24,6 +24,7 @@ pub(crate) fn follow(client: &mut Client, start: OpView, quiet: bool) -> Result<
     let interrupted = Arc::new(AtomicBool::new(false));
     let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted))
         .map_err(CliError::Io)?;
+    let quiet = quiet || crate::output::quiet();
     let result = poll(client, start, quiet, &interrupted);
     signal_hook::low_level::unregister(sig);
     result

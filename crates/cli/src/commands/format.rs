@@ -1,5 +1,10 @@
 //! Small helpers for text output and size arguments.
 
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
+
+use comfy_table::{Cell, ContentArrangement, Table, presets};
+
 use crate::CliError;
 
 /// Parses `1024`, `512M`, `2G`, `1T` (binary units) into bytes; a plain
@@ -64,30 +69,96 @@ pub(crate) fn utc(ms: i64) -> String {
     )
 }
 
-/// Prints rows as left-aligned columns under a header.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
+/// `text` with every control character (ESC, CR, BEL, DEL, C1 controls...)
+/// written as a visible escape (`\x1b`, `\u{9b}`), so text a guest chose
+/// (a process name, a disk label, a console line) cannot move the cursor,
+/// recolour or retitle the user's terminal. `keep_lines` keeps `\n` and
+/// `\t` as they are (logs); a table cell escapes them too.
+pub(crate) fn escape_control(text: &str, keep_lines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(keep_lines && (c == '\n' || c == '\t'));
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if c.is_ascii() {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
+    Cow::Owned(out)
+}
+
+/// [`escape_control`] of a log line when stdout is a terminal; the line
+/// as it is when the output goes to a file or a pipe (which keeps the
+/// bytes; `--json` escapes anyway).
+pub(crate) fn terminal_safe(line: &str) -> Cow<'_, str> {
+    if std::io::stdout().is_terminal() {
+        escape_control(line, true)
+    } else {
+        Cow::Borrowed(line)
+    }
+}
+
+/// The terminal's width when stdout is one, for [`render_table`].
+fn terminal_width() -> Option<u16> {
+    let out = std::io::stdout();
+    if !out.is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&out)
+        .ok()
+        .map(|w| w.ws_col)
+        .filter(|&c| c > 0)
+}
+
+/// Rows as left-aligned columns under a header, two spaces apart; cells'
+/// control characters escaped; fitted to `width` columns (long cells
+/// wrap) when given, else as wide as the content (a pipe gets one line
+/// per row).
+pub(crate) fn render_table(header: &[&str], rows: &[Vec<String>], width: Option<u16>) -> String {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    match width {
+        Some(w) => {
+            t.set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(w);
         }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
+        None => {
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    let cell = |s: &str| Cell::new(escape_control(s, false));
+    t.set_header(header.iter().map(|h| cell(h)).collect::<Vec<_>>());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        t.add_row(row.iter().map(|c| cell(c)).collect::<Vec<_>>());
+    }
+    let last = t.column_count().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
+    }
+    t.trim_fmt()
+}
+
+/// Prints rows as a table (see [`render_table`]) fitted to the terminal.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    println!("{}", render_table(header, rows, terminal_width()));
+}
+
+/// Prints `key value` lines, keys in a column, values' control
+/// characters escaped.
+pub(crate) fn key_values<K: AsRef<str>, V: AsRef<str>>(rows: &[(K, V)]) {
+    let mut out = std::io::stdout().lock();
+    for (k, v) in rows {
+        let _ = writeln!(
+            out,
+            "{:<10} {}",
+            k.as_ref(),
+            escape_control(v.as_ref(), false)
+        );
     }
 }
 
@@ -120,5 +191,65 @@ mod tests {
         assert_eq!(ago(now - 5 * 60_000 - 1, now), "5 min ago");
         assert_eq!(ago(now - 3 * 3_600_000, now), "3 h ago");
         assert_eq!(ago(now - 2 * 86_400_000, now), "2 d ago");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_control("plain text", false), "plain text");
+        assert!(matches!(escape_control("plain", false), Cow::Borrowed(_)));
+        assert_eq!(escape_control("\x1b[31mred", false), "\\x1b[31mred");
+        assert_eq!(escape_control("a\tb\nc\r", true), "a\tb\nc\\x0d");
+        assert_eq!(escape_control("a\tb\n", false), "a\\x09b\\x0a");
+        assert_eq!(escape_control("\u{9b}2J\u{7f}", false), "\\u{9b}2J\\x7f");
+        assert_eq!(escape_control("été ✓", false), "été ✓");
+    }
+
+    #[test]
+    fn table_cells_never_carry_control_characters() {
+        let rows = vec![vec!["tcp".to_owned(), "\x1b[31mevil\x07".to_owned()]];
+        let text = render_table(&["PROTO", "PROCESS"], &rows, None);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\x1b[31mevil\\x07"), "{text}");
+    }
+
+    #[test]
+    fn tables_line_up_like_before() {
+        let rows = vec![
+            vec!["dev".to_owned(), "running".to_owned(), String::new()],
+            vec![
+                "a-longer-name".to_owned(),
+                "stopped".to_owned(),
+                "x".to_owned(),
+            ],
+        ];
+        let text = render_table(&["NAME", "STATE", "SSH"], &rows, None);
+        assert_eq!(
+            text,
+            "NAME           STATE    SSH\n\
+             dev            running\n\
+             a-longer-name  stopped  x"
+        );
+    }
+
+    #[test]
+    fn a_narrow_terminal_wraps_without_panicking() {
+        let long = "a-process-name-much-longer-than-the-terminal-is-wide ".repeat(3);
+        let rows = vec![vec!["udp".to_owned(), long.clone(), "1234".to_owned()]];
+        for width in [0, 1, 5, 20, 40, 80, u16::MAX] {
+            // However narrow, every character is still there, wrapped.
+            let text = render_table(&["PROTO", "PROCESS", "PID"], &rows, Some(width));
+            let letters = |t: &str| t.chars().filter(|c| !c.is_whitespace()).count();
+            assert_eq!(
+                letters(&text),
+                letters("PROTO PROCESS PID udp 1234") + letters(&long),
+                "{width}: {text}"
+            );
+        }
+        let text = render_table(&["PROTO", "PROCESS", "PID"], &rows, Some(40));
+        assert!(text.lines().count() > 2, "wrapped:\n{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= 40), "{text}");
     }
 }

@@ -21,7 +21,7 @@ use banger_proto::vm::{
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::format::{human_bytes, table};
+use super::format::{escape_control, human_bytes, table};
 use super::print_json;
 use crate::CliError;
 use crate::client::Client;
@@ -355,10 +355,10 @@ pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Resul
     if json {
         return print_json(&r);
     }
-    eprintln!(
+    crate::output::note!(
         "copied {} to {} (mode {:o})",
         human_bytes(r.bytes),
-        r.destination,
+        escape_control(&r.destination, false),
         r.mode
     );
     Ok(())

@@ -4,7 +4,7 @@ mod artifacts;
 mod config;
 mod daemon;
 mod follow;
-mod format;
+pub(crate) mod format;
 mod guest;
 mod rpc;
 mod snapshot;
@@ -24,7 +24,8 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         return system::run(c);
     }
     let layout = Layout::from_env()?;
-    // Resolved lazily: `daemon logs` and `daemon stop` never start bangerd.
+    // Resolved lazily: `daemon status`, `daemon logs`, `daemon stop` and
+    // `ssh-config` never start bangerd.
     let target = || -> Result<DaemonTarget, CliError> {
         Ok(DaemonTarget {
             layout: layout.clone(),
@@ -34,7 +35,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
     };
     match &cli.command {
         Command::Ping(a) => daemon::ping(&target()?, a.json),
-        Command::Daemon(DaemonCommand::Status(a)) => daemon::status(&target()?, a.json),
+        Command::Daemon(DaemonCommand::Status(a)) => daemon::status(&layout, build, a.json),
         Command::Daemon(DaemonCommand::Stop(a)) => daemon::stop(&layout, a.json),
         Command::Daemon(DaemonCommand::Logs(a)) => daemon::logs(&layout, a),
         Command::Rpc(a) => rpc::run(&target()?, a),
@@ -44,7 +45,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Snapshot(c) => snapshot::run(&target()?, c),
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
-        Command::SshConfig => artifacts::ssh_config(&target()?),
+        Command::SshConfig(a) => artifacts::ssh_config(&layout, a.json),
         Command::Network(a) => artifacts::network(&target()?, a.json),
         Command::System(c) => system::run(c),
         Command::Config(crate::args::ConfigCommand::Show(a)) => config::show(&layout, a.json),

@@ -11,12 +11,13 @@ use banger_proto::vm::{NameParams, VmView};
 
 use super::artifacts::{delete_named, show_named};
 use super::follow::follow_result;
-use super::format::{ago, human_bytes, now_ms, table, utc};
+use super::format::{ago, human_bytes, key_values, now_ms, table, utc};
 use super::print_json;
 use crate::CliError;
 use crate::args::SnapshotCommand;
 use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+use crate::output::note;
 
 pub(crate) fn run(target: &DaemonTarget, cmd: &SnapshotCommand) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
@@ -68,15 +69,17 @@ pub(crate) fn take(
         snapshot: snapshot.map(str::to_owned),
     })?;
     if !json {
-        eprintln!("snapshotting vm {vm} ({})", begun.op_id);
+        note!("snapshotting vm {vm} ({})", begun.op_id);
     }
     let s: SnapshotView = follow_result(client, begun, json)?;
     if json {
         return print_json(&s);
     }
-    println!("snapshot   {}", s.name);
-    println!("vm         {}", s.vm);
-    println!("size       {}", human_bytes(s.size_bytes));
+    key_values(&[
+        ("snapshot", s.name),
+        ("vm", s.vm),
+        ("size", human_bytes(s.size_bytes)),
+    ]);
     Ok(())
 }
 
@@ -92,7 +95,7 @@ pub(crate) fn restore(
         snapshot: snapshot.to_owned(),
     })?;
     if !json {
-        eprintln!("restoring vm {vm} to snapshot {snapshot} ({})", begun.op_id);
+        note!("restoring vm {vm} to snapshot {snapshot} ({})", begun.op_id);
     }
     follow_result(client, begun, json)
 }
@@ -111,7 +114,7 @@ pub(crate) fn fork(
         count,
     })?;
     if !json {
-        eprintln!("forking vm {vm} ({})", begun.op_id);
+        note!("forking vm {vm} ({})", begun.op_id);
     }
     let forked: VmForked = follow_result(client, begun, json)?;
     if json {
@@ -131,7 +134,7 @@ pub(crate) fn warm(client: &mut Client, image: &str, json: bool) -> Result<(), C
         name: image.to_owned(),
     })?;
     if !json {
-        eprintln!("warming image {image} ({})", begun.op_id);
+        note!("warming image {image} ({})", begun.op_id);
     }
     let s: SnapshotView = follow_result(client, begun, json)?;
     if json {
@@ -173,7 +176,5 @@ fn print_snapshot(s: &SnapshotView) {
         ),
     ));
     rows.push(("dir", s.dir.clone()));
-    for (k, val) in rows {
-        println!("{k:<10} {val}");
-    }
+    key_values(&rows);
 }

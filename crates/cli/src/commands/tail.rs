@@ -29,7 +29,7 @@ pub(crate) fn tail(
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !follow => {
-            eprintln!("no log yet at {}", path.display());
+            crate::output::note!("no log yet at {}", path.display());
             return Ok(());
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -105,7 +105,13 @@ pub(crate) fn tail(
     }
 }
 
-/// Renders a line as it is.
-pub(crate) fn plain(out: &mut dyn Write, line: &str) {
-    let _ = writeln!(out, "{line}");
+/// Renders a line as it is, control characters escaped when stdout is a
+/// terminal (a console log is the guest's text).
+pub(crate) fn terminal_safe(out: &mut dyn Write, line: &str) {
+    let _ = writeln!(out, "{}", super::format::terminal_safe(line));
+}
+
+/// Renders a line as a JSON object `{"line": TEXT}` (JSON lines).
+pub(crate) fn json_line(out: &mut dyn Write, line: &str) {
+    let _ = writeln!(out, "{}", serde_json::json!({ "line": line }));
 }

@@ -12,12 +12,13 @@ use banger_proto::vm::{
 use banger_proto::{ErrorCode, NetworkMode, VmState};
 
 use super::follow::follow;
-use super::format::{human_bytes, mib, parse_size, table};
+use super::format::{human_bytes, key_values, mib, parse_size, table};
 use super::print_json;
 use crate::CliError;
 use crate::args::{VmCommand, VmSpecArgs};
 use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
+use crate::output::note;
 
 pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError> {
     let mut client = ensure_daemon(target)?.client;
@@ -118,17 +119,22 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                 name: a.name.clone(),
             })?;
             drop(client);
+            let render: super::tail::Render<'_> = if a.json {
+                &super::tail::json_line
+            } else {
+                &super::tail::terminal_safe
+            };
             super::tail::tail(
                 std::path::Path::new(&vm.console_log),
                 a.lines,
                 a.follow,
-                &super::tail::plain,
+                render,
             )
         }
         VmCommand::Ssh { name, command } => {
             let info = client.call::<methods::VmSshInfo>(&VmRef { name: name.clone() })?;
             drop(client);
-            let err = ssh_command(&info, command).exec();
+            let err = ssh_command(&info, command, Remote::CommandLine).exec();
             Err(CliError::Spawn {
                 binary: "ssh".into(),
                 source: err,
@@ -263,9 +269,7 @@ fn print_vm(v: &VmView) {
     if let Some(e) = &v.last_error {
         rows.push(("last error", e.clone()));
     }
-    for (k, val) in rows {
-        println!("{k:<10} {val}");
-    }
+    key_values(&rows);
 }
 
 fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateParams, CliError> {
@@ -309,8 +313,8 @@ fn create(
     let begun = client.call::<methods::VmCreateBegin>(&params)?;
     if !quiet {
         match &params.from_snapshot {
-            Some(s) => eprintln!("creating vm {name} from snapshot {s} ({})", begun.op_id),
-            None => eprintln!("creating vm {name} ({})", begun.op_id),
+            Some(s) => note!("creating vm {name} from snapshot {s} ({})", begun.op_id),
+            None => note!("creating vm {name} ({})", begun.op_id),
         }
     }
     let done = follow(client, begun, quiet)?;
@@ -319,16 +323,36 @@ fn create(
         .map_err(|e| CliError::BadResponse(format!("vm.create result: {e}")))
 }
 
-fn ssh_command(info: &SshInfo, command: &[String]) -> Command {
+/// How the words after `--` reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remote {
+    /// `vm ssh`: as ssh passes them, joined with spaces into one command
+    /// line for the guest's shell (`-- 'exit 7'` exits 7).
+    CommandLine,
+    /// `vm run`: a program and its arguments, each quoted so it arrives
+    /// as one word, as through the agent (`-- sh -c 'exit 7'` exits 7).
+    Argv,
+}
+
+fn ssh_command(info: &SshInfo, command: &[String], remote: Remote) -> Command {
     let mut cmd = Command::new("ssh");
     cmd.args(info.client_args());
-    if !command.is_empty() {
-        // ssh joins its arguments with spaces for the remote shell; quote
-        // each so `-- sh -c 'exit 7'` arrives as written.
-        cmd.arg("--");
-        cmd.args(command.iter().map(|a| shell_quote(a)));
-    }
+    cmd.args(remote_words(command, remote));
     cmd
+}
+
+/// What follows ssh's own options: nothing for a shell, else `--` and
+/// the words (ssh joins them with spaces for the remote shell).
+fn remote_words(command: &[String], remote: Remote) -> Vec<String> {
+    if command.is_empty() {
+        return Vec::new();
+    }
+    std::iter::once("--".to_owned())
+        .chain(command.iter().map(|a| match remote {
+            Remote::CommandLine => a.clone(),
+            Remote::Argv => shell_quote(a),
+        }))
+        .collect()
 }
 
 fn shell_quote(arg: &str) -> String {
@@ -395,7 +419,7 @@ fn vm_run(
         let ignore = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, ignore)
             .map_err(CliError::Io)?;
-        let status = ssh_command(&info, command).status();
+        let status = ssh_command(&info, command, Remote::Argv).status();
         signal_hook::low_level::unregister(sig);
         status.map_err(|source| CliError::Spawn {
             binary: "ssh".into(),
@@ -422,7 +446,7 @@ fn after_run(client: &mut Client, name: &str, rm: bool) {
             eprintln!("warning: could not delete vm {name}: {}", e.display_chain());
         }
     } else if existing_was_new(name) {
-        eprintln!("vm {name} keeps running; remove it with: banger vm delete {name}");
+        note!("vm {name} keeps running; remove it with: banger vm delete {name}");
     }
 }
 
@@ -480,6 +504,24 @@ fn pump(mut from: impl Read, mut to: impl Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_ssh_passes_its_command_line_as_ssh_does() {
+        let words = |c: &[&str], r| {
+            let c: Vec<String> = c.iter().map(|s| (*s).to_owned()).collect();
+            remote_words(&c, r)
+        };
+        assert!(words(&[], Remote::CommandLine).is_empty());
+        assert_eq!(words(&["exit 7"], Remote::CommandLine), ["--", "exit 7"]);
+        assert_eq!(
+            words(&["echo", "a b", "&&", "true"], Remote::CommandLine),
+            ["--", "echo", "a b", "&&", "true"]
+        );
+        assert_eq!(
+            words(&["sh", "-c", "exit 7"], Remote::Argv),
+            ["--", "sh", "-c", "'exit 7'"]
+        );
+    }
 
     #[test]
     fn remote_arguments_are_quoted_once() {

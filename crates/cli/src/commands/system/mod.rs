@@ -78,7 +78,8 @@ fn require_root(what: &str) -> Result<(), CliError> {
     ))
 }
 
-/// Progress lines: stdout, or stderr when stdout carries JSON.
+/// Progress lines: stdout, or stderr when stdout carries JSON; none with
+/// `-q`.
 #[derive(Debug, Clone, Copy)]
 struct Out {
     json: bool,
@@ -86,6 +87,9 @@ struct Out {
 
 impl Out {
     fn step(self, text: impl Display) {
+        if crate::output::quiet() {
+            return;
+        }
         if self.json {
             eprintln!("{text}");
         } else {
