@@ -214,7 +214,7 @@ where
         name: name.to_owned(),
     })?;
     if !quiet {
-        eprintln!("{doing} vm {name} ({})", begun.op_id);
+        crate::output::note!("{doing} vm {name} ({})", begun.op_id);
     }
     super::follow::follow_result(client, begun, quiet)
 }
