@@ -11,7 +11,7 @@ use banger_proto::agent::{
 use crate::guest_ops::{IdentityRequest, Job, Worker};
 use crate::host::Host;
 use crate::outbox::Sink;
-use crate::{exec, files, log, sysinfo};
+use crate::{exec, files, log, sysinfo, tree};
 
 /// Stats and Ports requests running at once (each in a thread of its own,
 /// as `statvfs` or a `/proc` scan may be slow); more are refused.
@@ -242,6 +242,25 @@ impl Agent {
                     self.sessions.lock().insert(id, Session::Upload(upload));
                 }
             }
+            Message::WriteTree { id, path, name } => {
+                if self.sessions.lock().contains_key(&id) {
+                    id_in_use(out, id);
+                    return;
+                }
+                if self.guest_ops.is_frozen() {
+                    send_error(
+                        out,
+                        Some(id),
+                        AgentErrorCode::Failed,
+                        "the filesystems are frozen (a snapshot is being taken): write after the thaw".into(),
+                    );
+                    return;
+                }
+                if let Some(upload) = tree::start_unpack(id, &path, &name, out) {
+                    self.sessions.lock().insert(id, Session::Upload(upload));
+                }
+            }
+            Message::ReadTree { id, path } => tree::start_pack(id, path, out),
             Message::FileData { id } => {
                 let sessions = self.sessions.lock();
                 match sessions.get(&id) {
@@ -318,6 +337,7 @@ impl Agent {
             | Message::Exited { .. }
             | Message::FileInfo { .. }
             | Message::Done { .. }
+            | Message::TreeDone { .. }
             | Message::IdentityDone { .. }) => {
                 send_error(
                     out,

@@ -22,7 +22,7 @@ const _: () = assert!(READ_CHUNK <= MAX_BODY_BYTES);
 /// Makes temporary names unique within the agent.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-enum Chunk {
+pub(crate) enum Chunk {
     Data(Vec<u8>),
     End,
 }
@@ -36,6 +36,12 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
+    /// The handle of a writer thread that receives from `tx`'s channel
+    /// (`WriteTree`'s unpacker, `crates/agent/src/tree.rs`).
+    pub(crate) fn new(tx: mpsc::SyncSender<Chunk>) -> Self {
+        Self { tx }
+    }
+
     /// Hands a chunk to the writer thread (waits while it writes the
     /// previous one: the disk paces the host).
     pub(crate) fn data(&self, body: Vec<u8>) {
@@ -51,10 +57,10 @@ impl Upload {
     }
 }
 
-type Refusal = (AgentErrorCode, String);
+pub(crate) type Refusal = (AgentErrorCode, String);
 
 /// An absolute path without NUL bytes.
-fn check_path(path: &str) -> Result<PathBuf, Refusal> {
+pub(crate) fn check_path(path: &str) -> Result<PathBuf, Refusal> {
     if path.is_empty() || !path.starts_with('/') {
         return Err((
             AgentErrorCode::BadRequest,
@@ -70,7 +76,7 @@ fn check_path(path: &str) -> Result<PathBuf, Refusal> {
     Ok(PathBuf::from(path))
 }
 
-fn io_refusal(what: &str, path: &Path, e: &io::Error) -> Refusal {
+pub(crate) fn io_refusal(what: &str, path: &Path, e: &io::Error) -> Refusal {
     let code = match e.kind() {
         io::ErrorKind::NotFound => AgentErrorCode::NotFound,
         _ => AgentErrorCode::Failed,
@@ -254,6 +260,12 @@ fn download(id: u64, path: &str, out: &Out) -> Result<(), Refusal> {
     // Follows a final symlink (fine inside the guest) but only to a
     // regular file: a FIFO or device would block or never end.
     let meta = fs::metadata(&path).map_err(|e| io_refusal("stat", &path, &e))?;
+    if meta.is_dir() {
+        return Err((
+            AgentErrorCode::IsDirectory,
+            format!("{} is a directory", path.display()),
+        ));
+    }
     if !meta.is_file() {
         return Err((
             AgentErrorCode::BadRequest,

@@ -3,7 +3,8 @@
 //! It speaks the framed protocol of [`banger_proto::agent`] over the
 //! virtio-serial port named [`banger_proto::agent::AGENT_PORT_NAME`]
 //! (or stdin/stdout, or any device path, for tests): health, stats,
-//! listening ports, exec (pipes or a pty) and file copy in and out; and,
+//! listening ports, exec (pipes or a pty) and file and directory copy in
+//! and out; and,
 //! for pause/resume, snapshots and restores, setting the clock, freezing
 //! and thawing filesystems and a restored guest's new identity, through
 //! the [`host::Host`] seam (faked in tests).
@@ -25,6 +26,7 @@ mod outbox;
 pub mod procfs;
 pub mod sysinfo;
 pub mod transport;
+mod tree;
 
 pub use dispatch::Agent;
 pub use outbox::{Outbox, Sink};

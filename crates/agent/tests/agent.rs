@@ -111,7 +111,8 @@ impl Agent {
                     "set_time".into(),
                     "freeze".into(),
                     "identity".into(),
-                    "identity_host_key".into()
+                    "identity_host_key".into(),
+                    "tree".into()
                 ],
             }
         );
@@ -619,7 +620,7 @@ fn files_round_trip() {
         id: 37,
         path: dir.display().to_string(),
     }));
-    assert_eq!(a.error_for(37).0, AgentErrorCode::BadRequest);
+    assert_eq!(a.error_for(37).0, AgentErrorCode::IsDirectory);
     // A symlink to a FIFO is refused (reading it would block).
     let fifo = dir.join("fifo");
     assert!(
@@ -681,6 +682,145 @@ fn files_round_trip() {
 
 /// Sends Health frames until one is answered: after a frame cut short the
 /// next bytes are taken as its rest, so the first may be swallowed.
+/// Collects a `read_tree` answer: the tar stream, or the error.
+fn read_tree(a: &mut Agent, id: u64, path: &std::path::Path) -> Result<Vec<u8>, AgentErrorCode> {
+    a.send(Frame::new(Message::ReadTree {
+        id,
+        path: path.display().to_string(),
+    }));
+    let mut stream = Vec::new();
+    loop {
+        let f = a.next_for(id);
+        match f.msg {
+            Message::FileData { .. } => stream.extend_from_slice(&f.body),
+            Message::FileEnd { .. } => return Ok(stream),
+            Message::Error { code, .. } => return Err(code),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn trees_round_trip() {
+    let dir = tmpdir("trees");
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    let big = random_bytes(3 * 1024 * 1024 + 7, 0x0bad_cafe_dead_beef);
+    std::fs::write(src.join("sub/big.bin"), &big).unwrap();
+    std::fs::write(src.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink("sub/big.bin", src.join("link")).unwrap();
+    let long = "n".repeat(150);
+    std::fs::write(src.join("sub/deeper").join(&long), b"long name").unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(src.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let mut a = Agent::stdio();
+    let stream = read_tree(&mut a, 50, &src).unwrap();
+    let names: Vec<String> = tar::Archive::new(stream.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names[0], ".", "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("fifo")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(&long)), "{names:?}");
+
+    // Back in under another name (the path does not exist: it is the top).
+    let copy = dir.join("copy");
+    a.send(Frame::new(Message::WriteTree {
+        id: 51,
+        path: copy.display().to_string(),
+        name: "src".into(),
+    }));
+    for chunk in stream.chunks(MAX_BODY_BYTES / 3) {
+        a.send(Frame::with_body(
+            Message::FileData { id: 51 },
+            chunk.to_vec(),
+        ));
+    }
+    a.send(Frame::new(Message::FileEnd { id: 51 }));
+    let Message::TreeDone {
+        root,
+        entries,
+        bytes,
+        ..
+    } = a.next_for(51).msg
+    else {
+        panic!("no tree_done");
+    };
+    assert_eq!(root, copy.display().to_string());
+    assert_eq!(
+        entries, 7,
+        "., link, run.sh, sub, sub/big.bin, sub/deeper, its file"
+    );
+    assert_eq!(bytes, big.len() as u64 + 18 + 9);
+    assert_eq!(std::fs::read(copy.join("sub/big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::metadata(copy.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o751
+    );
+    assert_eq!(
+        std::fs::read_link(copy.join("link")).unwrap(),
+        std::path::Path::new("sub/big.bin")
+    );
+    assert_eq!(
+        std::fs::read(copy.join("sub/deeper").join(&long)).unwrap(),
+        b"long name"
+    );
+
+    // Into an existing directory: it lands inside, under its name.
+    a.send(Frame::new(Message::WriteTree {
+        id: 52,
+        path: copy.display().to_string(),
+        name: "again".into(),
+    }));
+    for chunk in stream.chunks(MAX_BODY_BYTES) {
+        a.send(Frame::with_body(
+            Message::FileData { id: 52 },
+            chunk.to_vec(),
+        ));
+    }
+    a.send(Frame::new(Message::FileEnd { id: 52 }));
+    assert!(matches!(a.next_for(52).msg, Message::TreeDone { .. }));
+    assert_eq!(
+        std::fs::read(copy.join("again/sub/big.bin")).unwrap().len(),
+        big.len()
+    );
+
+    // Errors: not a directory, absent, a missing parent, a bad name.
+    assert_eq!(
+        read_tree(&mut a, 53, &src.join("run.sh")),
+        Err(AgentErrorCode::NotDirectory)
+    );
+    assert_eq!(
+        read_tree(&mut a, 54, &src.join("absent")),
+        Err(AgentErrorCode::NotFound)
+    );
+    a.send(Frame::new(Message::WriteTree {
+        id: 55,
+        path: dir.join("no/such").display().to_string(),
+        name: "x".into(),
+    }));
+    assert_eq!(a.error_for(55).0, AgentErrorCode::NotFound);
+    a.send(Frame::new(Message::WriteTree {
+        id: 56,
+        path: dir.display().to_string(),
+        name: "../up".into(),
+    }));
+    assert_eq!(a.error_for(56).0, AgentErrorCode::BadRequest);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn health_eventually(a: &mut Agent, base: u64) {
     for k in 0..8 {
         a.send(Frame::new(Message::Health { id: base + k }));

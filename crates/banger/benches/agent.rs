@@ -70,5 +70,5 @@ fn main() {
     );
     println!("  ssh/exec {:>8.2}x", s / e);
     println!("agent in the guest: {}", rss.trim());
-    w.banger_ok(&["vm", "delete", "bench"]);
+    w.banger_ok(&["vm", "delete", "--force", "bench"]);
 }

@@ -94,7 +94,7 @@ fn main() {
     );
     println!("preparing the kernel and image (outside the namespace)...");
     w.banger_ok(&["vm", "create", "--name", "warmup", "--no-start"]);
-    w.banger_ok(&["vm", "delete", "warmup"]);
+    w.banger_ok(&["vm", "delete", "--force", "warmup"]);
     w.banger_ok(&["daemon", "stop"]);
     set_env(&mut w, "BANGER_HELPER_SOCKET", helper.socket.clone());
     w.wrapper = ["ip", "netns", "exec", net.ns.as_str()]
@@ -120,7 +120,7 @@ fn main() {
             series.attach_ms.push(attach);
             series.to_launch_ms.push(to_launch);
             series.total_s.push(total);
-            w.banger_ok(&["vm", "delete", &name]);
+            w.banger_ok(&["vm", "delete", "--force", &name]);
         }
     }
     println!();

@@ -74,7 +74,7 @@ fn main() {
             forks[i - 1],
             last_op_stages(&w, "vm.fork")
         );
-        w.banger_ok(&["vm", "delete", &name]);
+        w.banger_ok(&["vm", "delete", "--force", &name]);
     }
 
     // 3. memory: src (template-restored) + 4 forks vs one cold VM.
@@ -105,7 +105,7 @@ fn main() {
         rounds.push(t.elapsed());
     }
     for name in ["src", "mem-1", "mem-2", "mem-3", "mem-4", "coldvm"] {
-        w.banger_ok(&["vm", "delete", name]);
+        w.banger_ok(&["vm", "delete", "--force", name]);
     }
 
     let s = |d: Duration| d.as_secs_f64();

@@ -504,7 +504,7 @@ struct VmGuard<'a> {
 
 impl Drop for VmGuard<'_> {
     fn drop(&mut self) {
-        let out = self.world.banger(&["vm", "delete", &self.name]);
+        let out = self.world.banger(&["vm", "delete", "--force", &self.name]);
         if !out.status.success() && !std::thread::panicking() {
             panic!(
                 "vm delete {}: {}",
@@ -555,7 +555,7 @@ fn banger_create(world: &World, name: &str, extra: &[&str]) -> Option<CreateSamp
              interrupted (exit {:?}); console:\n{console}",
             out.status.code()
         );
-        let _ = world.banger(&["vm", "delete", name]);
+        let _ = world.banger(&["vm", "delete", "--force", name]);
         settle(world);
         return None;
     }

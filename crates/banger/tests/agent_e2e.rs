@@ -1,7 +1,10 @@
 //! End to end, the guest agent (docs/agent.md): a real guest under QEMU (TCG)
 //! with `banger-agent` baked into its image, reached over virtio-serial
 //! (these hosts have no vhost-vsock), driven through the real CLI: create
-//! waits for the agent, stats, ports, exec and cp.
+//! waits for the agent, stats, ports, exec (with -e and -w, and into a
+//! closed pipe), cp (files, and trees with -r), then delete's refusal of a
+//! running VM, edit's published ports while stopped, and a delete of
+//! several names.
 //!
 //! Needs root for the image build (mmdebstrap), like `vm_e2e`.
 
@@ -260,6 +263,174 @@ fn guest_agent_end_to_end() {
     assert_eq!(leftovers.len(), 2, "only big.bin and evil: {leftovers:?}");
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step("exec -e and -w: environment and working directory");
+    let out = w.banger(&[
+        "vm",
+        "exec",
+        "ag",
+        "-e",
+        "GREETING=hello world",
+        "--env",
+        "EQ=a=b",
+        "-w",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s|%s' \"$GREETING\" \"$EQ\" \"$PWD\"",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world|a=b|/tmp");
+    let out = w.banger(&["vm", "exec", "ag", "-e", "=x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("empty variable name"),
+        "{}",
+        text(&out)
+    );
+    let out = w.banger(&["vm", "exec", "ag", "-w", "/no/such/dir", "--", "true"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/dir: no such directory"),
+        "{}",
+        text(&out)
+    );
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("exec into a closed pipe: `seq 1 200000 | head -1` prints 1, no error");
+    let out = w
+        .command("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{}' vm exec ag -- seq 1 200000 | head -1; echo \"banger=${{PIPESTATUS[0]}}\" >&2",
+            common::BANGER
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "banger=141\n",
+        "no message, the status of SIGPIPE: {}",
+        text(&out)
+    );
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("cp -r: trees both ways keep modes and symlinks; guests' special bits dropped");
+    let tree = host.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deep")).unwrap();
+    std::fs::write(tree.join("sub/run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/run.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::fs::write(tree.join("sub/deep/secret"), "s").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/deep/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/run.sh", tree.join("link")).unwrap();
+    let status = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "count=3", "status=none"])
+        .arg(format!("of={}", tree.join("sub/big.bin").display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let big_sum = sha256(&tree.join("sub/big.bin"));
+    // Without -r: a clear error that says -r.
+    let out = w.banger(&["vm", "cp", tree.to_str().unwrap(), "ag:/root/"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a directory: copy it with -r"),
+        "{}",
+        text(&out)
+    );
+    let started = Instant::now();
+    let r: Value = w.banger_json(&["vm", "cp", "-r", tree.to_str().unwrap(), "ag:/root/"]);
+    eprintln!("    a tree to the guest: {:?}", started.elapsed());
+    assert_eq!(r["destination"], "/root/tree", "{r}");
+    assert_eq!(
+        r["entries"], 7,
+        "., link, sub, big.bin, deep, secret, run.sh: {r}"
+    );
+    let out = exec(
+        &w,
+        &[
+            "sh",
+            "-c",
+            "cd /root/tree && stat -c '%a %n' sub/run.sh sub/deep/secret && readlink link \
+             && sub/run.sh && sha256sum sub/big.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let guest = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        guest.starts_with("750 sub/run.sh\n600 sub/deep/secret\nsub/run.sh\nran\n"),
+        "{guest}"
+    );
+    assert!(guest.contains(&big_sum), "{guest}");
+    // And back, into a new directory: the same tree.
+    let back_tree = host.path().join("tree-back");
+    w.banger_ok(&[
+        "vm",
+        "cp",
+        "-r",
+        "ag:/root/tree",
+        back_tree.to_str().unwrap(),
+    ]);
+    assert_eq!(sha256(&back_tree.join("sub/big.bin")), big_sum);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&back_tree.join("sub/run.sh")), 0o750);
+    assert_eq!(mode(&back_tree.join("sub/deep/secret")), 0o600);
+    assert_eq!(
+        std::fs::read_link(back_tree.join("link")).unwrap(),
+        std::path::Path::new("sub/run.sh")
+    );
+    // A guest tree with a setuid file, a setgid directory, a symlink out
+    // of the tree and a FIFO.
+    let out = exec(
+        &w,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /root/gt/d && echo hi > /root/gt/d/f && chmod 4755 /root/gt/d/f \
+             && chmod 2750 /root/gt/d && ln -s /etc /root/gt/etc-link && mkfifo /root/gt/fifo",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = w.banger(&["vm", "cp", "ag:/root/gt", host.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a directory: copy it with -r"),
+        "{}",
+        text(&out)
+    );
+    // Into an existing directory: it lands inside, under its own name.
+    let into = host.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    let r: Value = w.banger_json(&["vm", "cp", "-r", "ag:/root/gt", into.to_str().unwrap()]);
+    assert_eq!(r["skipped"], 1, "the FIFO: {r}");
+    let gt = into.join("gt");
+    assert_eq!(r["destination"], gt.display().to_string(), "{r}");
+    assert_eq!(std::fs::read_to_string(gt.join("d/f")).unwrap(), "hi\n");
+    assert_eq!(mode(&gt.join("d/f")), 0o755, "no setuid bit from a guest");
+    assert_eq!(mode(&gt.join("d")), 0o750, "no setgid bit from a guest");
+    let link = std::fs::symlink_metadata(gt.join("etc-link")).unwrap();
+    assert!(link.file_type().is_symlink(), "kept as a symlink");
+    assert!(!gt.join("fifo").exists());
+    // -r with a file source copies the file.
+    w.banger_ok(&["vm", "cp", "-r", "ag:/root/gt/d/f", into.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(into.join("f")).unwrap(), "hi\n");
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("after a daemon restart the agent is reached again");
     let pid = w.daemon_pid().unwrap();
     common::signal(pid, "KILL");
@@ -268,5 +439,86 @@ fn guest_agent_end_to_end() {
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("    {:?}", t.elapsed());
 
-    w.banger_ok(&["vm", "delete", "ag"]);
+    let t = step("delete refuses a running vm without --force");
+    let out = w.banger(&["vm", "delete", "ag"]);
+    assert_eq!(out.status.code(), Some(5), "a conflict: {}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vm ag is running") && err.contains("--force"),
+        "{err}"
+    );
+    let out = exec(&w, &["true"]);
+    assert!(out.status.success(), "still running: {}", text(&out));
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("edit -p while stopped: replaced, refused twice, cleared, then forwarded");
+    w.banger_ok(&["vm", "stop", "ag"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("{port}:8080");
+    let udp_spec = format!("{udp}:53/udp");
+    let v: Value = w.banger_json(&["vm", "edit", "ag", "-p", &spec, "-p", &udp_spec]);
+    assert_eq!(v["publish"], serde_json::json!([spec, udp_spec]), "{v}");
+    let out = w.banger(&["vm", "edit", "ag", "-p", &spec, "-p", &spec]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "published twice: {}",
+        text(&out)
+    );
+    let v: Value = w.banger_json(&["vm", "edit", "ag", "--no-publish"]);
+    assert!(v.get("publish").is_none(), "cleared: {v}");
+    w.banger_ok(&["vm", "edit", "ag", "-p", &spec]);
+    w.banger_ok(&["vm", "start", "ag"]);
+    let out = exec(
+        &w,
+        &[
+            "sh",
+            "-c",
+            "cd /tmp && echo edited > index.html \
+             && nohup python3 -m http.server 8080 >/dev/null 2>&1 &",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+            use std::io::Read;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok(s)
+        });
+        match got {
+            Ok(s) if s.contains("edited") => break s,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} never served: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("delete of several names: each reported, the first failure's exit code");
+    let out = w.banger(&["vm", "delete", "no-such-vm", "ag", "--force", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "not found: {}", text(&out));
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results[0]["name"], "no-such-vm", "{results}");
+    assert_eq!(results[0]["error"]["code"], "not_found", "{results}");
+    assert_eq!(results[1]["deleted"], "ag", "{results}");
+    let vms: Value = w.banger_json(&["vm", "list"]);
+    assert_eq!(vms, serde_json::json!([]), "ag is gone");
+    eprintln!("    {:?}", t.elapsed());
 }

@@ -148,7 +148,7 @@ fn bridged_networking_end_to_end() {
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", scratch.path().join("none.sock")));
     w.banger_ok(&["vm", "create", "--name", "warmup", "--no-start"]);
-    w.banger_ok(&["vm", "delete", "warmup"]);
+    w.banger_ok(&["vm", "delete", "--force", "warmup"]);
     w.banger_ok(&["daemon", "stop"]);
     w.extra_env.pop();
     eprintln!("    {:?}", t.elapsed());
@@ -306,7 +306,7 @@ fn bridged_networking_end_to_end() {
         .as_str()
         .unwrap()
         .to_owned();
-    w.banger_ok(&["vm", "delete", "b"]);
+    w.banger_ok(&["vm", "delete", "--force", "b"]);
     let n = assert_no_orphans(&w, &net);
     assert!(strings(&n["idle_taps"]).contains(&tap_b), "{n}");
     let leased: Vec<&str> = n["leases"]
@@ -331,7 +331,7 @@ fn bridged_networking_end_to_end() {
     assert!(stopped["tap"].is_null(), "{stopped}");
     w.banger_ok(&["vm", "start", "a"]);
     assert_eq!(w.banger_json(&["vm", "show", "a"])["ip"], ip_a.as_str());
-    w.banger_ok(&["vm", "delete", "a"]);
+    w.banger_ok(&["vm", "delete", "--force", "a"]);
     let n = assert_no_orphans(&w, &net);
     assert!(n["leases"].as_array().unwrap().is_empty(), "{n}");
     assert!(n["taps_in_use"].as_array().unwrap().is_empty(), "{n}");

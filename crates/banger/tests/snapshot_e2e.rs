@@ -373,7 +373,7 @@ fn snapshots_end_to_end() {
         "h has the process"
     );
     assert_eq!(sh(&w, "src", "cat /root/marker2"), "second");
-    w.banger_ok(&["vm", "delete", "h"]);
+    w.banger_ok(&["vm", "delete", "--force", "h"]);
     assert!(!snapshot_names(&w).contains(&"h-base".to_owned()));
     eprintln!("    {:?}", t.elapsed());
 
@@ -386,7 +386,7 @@ fn snapshots_end_to_end() {
     );
     assert!(snapshot_names(&w).contains(&"f-base".to_owned()));
     for f in &forks {
-        w.banger_ok(&["vm", "delete", f]);
+        w.banger_ok(&["vm", "delete", "--force", f]);
     }
     assert!(
         !snapshot_names(&w).contains(&"f-base".to_owned()),
@@ -501,8 +501,8 @@ fn snapshots_end_to_end() {
     assert_eq!(ram_files_of(&w, &t2_id).len(), 1, "t2's own RAM file");
     assert_eq!(sh(&w, "t2", "cat /root/t2-marker"), "in-t2");
     assert_eq!(sh(&w, "t2f", "cat /root/t2-marker; hostname"), "in-t2\nt2f");
-    w.banger_ok(&["vm", "delete", "t2f"]);
-    w.banger_ok(&["vm", "delete", "t2"]);
+    w.banger_ok(&["vm", "delete", "--force", "t2f"]);
+    w.banger_ok(&["vm", "delete", "--force", "t2"]);
     assert!(ram_files_of(&w, &t2_id).is_empty(), "t2's RAM file is gone");
     eprintln!("    {:?}", t.elapsed());
 
@@ -544,7 +544,7 @@ fn snapshots_end_to_end() {
     );
     eprintln!("    {:?}", t.elapsed());
 
-    w.banger_ok(&["vm", "delete", "src"]);
+    w.banger_ok(&["vm", "delete", "--force", "src"]);
     assert_eq!(vm_dirs(&w), 0);
     assert!(
         ram_files_of(&w, &src_id).is_empty(),

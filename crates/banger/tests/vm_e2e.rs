@@ -764,8 +764,8 @@ fn vm_lifecycle_end_to_end() {
     );
 
     step("delete everything: no files, processes or pins are left");
-    w.banger_ok(&["vm", "delete", "e2e-a"]);
-    w.banger_ok(&["vm", "delete", "e2e-b"]);
+    w.banger_ok(&["vm", "delete", "--force", "e2e-a"]);
+    w.banger_ok(&["vm", "delete", "--force", "e2e-b"]);
     assert!(common::qemu_pids_with(&a_id).is_empty());
     let left: Vec<_> = std::fs::read_dir(vms_dir(&w)).unwrap().flatten().collect();
     assert!(left.is_empty(), "vm dirs left: {left:?}");

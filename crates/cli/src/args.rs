@@ -211,15 +211,17 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a VM, its disks and its host-key pin.
+    /// Delete VMs, their disks and host-key pins (a running one only with
+    /// --force).
     #[command(alias = "rm")]
-    Delete(VmNameJson),
+    Delete(VmDeleteArgs),
     /// Show one VM.
     Show(VmNameJson),
     /// List VMs.
     #[command(alias = "ls")]
     List(JsonFlag),
-    /// Change a stopped VM's vcpus, memory or disk size (disks only grow).
+    /// Change a stopped VM's vcpus, memory, disk size (disks only grow) or
+    /// published ports.
     Edit {
         /// The VM's name.
         name: String,
@@ -232,6 +234,13 @@ pub enum VmCommand {
         /// Work disk size, e.g. 20G (plain numbers are MiB; it only grows).
         #[arg(long, value_name = "SIZE")]
         disk_size: Option<String>,
+        /// Publish these ports instead of the VM's current ones:
+        /// HOST:GUEST[/udp], repeatable.
+        #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST")]
+        publish: Vec<PublishSpec>,
+        /// Publish no ports any more.
+        #[arg(long, conflicts_with = "publish")]
+        no_publish: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -293,17 +302,27 @@ pub enum VmCommand {
         /// Run on a pseudo-terminal (interactive programs).
         #[arg(long, short)]
         tty: bool,
+        /// Set an environment variable for the command (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Run the command in this guest directory (absolute; default /root).
+        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
         /// The command and its arguments (no shell).
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
     /// Copy a file into or out of a VM: `cp FILE NAME:/path` or
-    /// `cp NAME:/path FILE` (a directory destination keeps the name).
+    /// `cp NAME:/path FILE` (a directory destination keeps the name);
+    /// with -r, a directory and everything in it.
     Cp {
         /// What to copy: a host path or NAME:/path.
         src: String,
         /// Where to: NAME:/path or a host path.
         dst: String,
+        /// Copy a directory, recursively (modes and symlinks kept).
+        #[arg(short = 'r', long)]
+        recursive: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -323,6 +342,33 @@ pub struct VmNameJson {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmDeleteArgs {
+    /// The VMs to delete.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Delete running VMs too (killed first).
+    #[arg(long, short)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `KEY=VALUE` for `vm exec -e`: a name that is not empty and has no NUL
+/// (the first `=` ends it).
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("{s:?} is not KEY=VALUE"));
+    };
+    if key.is_empty() {
+        return Err(format!("{s:?} has an empty variable name"));
+    }
+    if s.contains('\0') {
+        return Err(format!("{s:?} contains a NUL byte"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -729,6 +775,70 @@ mod tests {
             panic!("not vm run");
         };
         assert_eq!(spec.from_snapshot.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn delete_several_exec_env_and_workdir_cp_recursive_edit_ports() {
+        let Command::Vm(VmCommand::Delete(a)) = parse(&["vm", "rm", "a", "b", "-f", "--json"])
+        else {
+            panic!("not vm delete");
+        };
+        assert_eq!(a.names, ["a", "b"]);
+        assert!(a.force && a.json);
+        assert_eq!(
+            refused(&["vm", "delete"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+
+        let Command::Vm(VmCommand::Exec {
+            env,
+            workdir,
+            command,
+            ..
+        }) = parse(&[
+            "vm", "exec", "dev", "-e", "A=1", "--env", "B=x=y", "-w", "/tmp", "--", "env",
+        ])
+        else {
+            panic!("not vm exec");
+        };
+        assert_eq!(env, [("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(workdir.as_deref(), Some("/tmp"));
+        assert_eq!(command, ["env"]);
+        for bad in ["NOVALUE", "=x"] {
+            assert_eq!(
+                refused(&["vm", "exec", "dev", "-e", bad, "--", "env"]),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}"
+            );
+        }
+
+        let Command::Vm(VmCommand::Cp { recursive, .. }) =
+            parse(&["vm", "cp", "-r", "dir", "dev:/root/"])
+        else {
+            panic!("not vm cp");
+        };
+        assert!(recursive);
+
+        let Command::Vm(VmCommand::Edit {
+            publish,
+            no_publish,
+            ..
+        }) = parse(&["vm", "edit", "dev", "-p", "8080:80", "-p", "53:53/udp"])
+        else {
+            panic!("not vm edit");
+        };
+        assert_eq!(publish.len(), 2);
+        assert!(!no_publish);
+        let Command::Vm(VmCommand::Edit { no_publish, .. }) =
+            parse(&["vm", "edit", "dev", "--no-publish"])
+        else {
+            panic!("not vm edit");
+        };
+        assert!(no_publish);
+        assert_eq!(
+            refused(&["vm", "edit", "dev", "--no-publish", "-p", "1:1"]),
+            clap::error::ErrorKind::ArgumentConflict
+        );
     }
 
     #[test]

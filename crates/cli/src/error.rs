@@ -63,6 +63,15 @@ pub enum CliError {
     BadParams(String),
     #[error(transparent)]
     Config(#[from] banger_config::ConfigError),
+    /// A command on several objects failed for some of them (each was
+    /// reported already); banger exits as for the first failure.
+    #[error("could not {what} {failed} of {total}")]
+    SomeFailed {
+        what: &'static str,
+        failed: usize,
+        total: usize,
+        exit: Exit,
+    },
     /// A command run in the guest (or a check) exited with this status;
     /// banger exits with it too and prints nothing more.
     #[error("exit status {0}")]
@@ -83,6 +92,7 @@ impl CliError {
             | Self::StartExited { .. }
             | Self::StopTimeout { .. } => Exit::DaemonUnavailable,
             Self::BadParams(_) | Self::Config(_) => Exit::BadInput,
+            Self::SomeFailed { exit, .. } => *exit,
             Self::ChildExit(_) => Exit::Failed,
             Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
         }

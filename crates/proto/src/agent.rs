@@ -69,9 +69,12 @@ pub mod capability {
     /// the key pair the daemon made. An agent without it would ignore the
     /// field (and make a key of its own): do not send it one.
     pub const IDENTITY_HOST_KEY: &str = "identity_host_key";
+    /// [`super::Message::WriteTree`] and [`super::Message::ReadTree`]:
+    /// directory copies as tar streams.
+    pub const TREE: &str = "tree";
 
     /// Everything this crate's agent does.
-    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY, IDENTITY_HOST_KEY];
+    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY, IDENTITY_HOST_KEY, TREE];
 }
 
 /// One frame: a message and its raw body (empty for most messages).
@@ -170,6 +173,29 @@ pub enum Message {
     /// Sends `path`: answered with [`Message::FileInfo`], then
     /// [`Message::FileData`] frames and [`Message::FileEnd`].
     ReadFile {
+        id: u64,
+        path: String,
+    },
+    /// Unpacks a directory tree into the guest: the contents follow as a
+    /// tar stream (ustar/GNU: directories, regular files and symlinks,
+    /// names relative to the tree's top, `.` being the top itself) in
+    /// [`Message::FileData`] frames, then [`Message::FileEnd`]. The top is
+    /// `path/name` when `path` is an existing directory (as `cp -r`
+    /// does), else `path` itself, made new (its parent must exist) or
+    /// merged into. Names with `..` or a leading `/` are refused, and
+    /// nothing is written through a symlink. Answered with
+    /// [`Message::TreeDone`]. Capability [`capability::TREE`].
+    WriteTree {
+        id: u64,
+        path: String,
+        name: String,
+    },
+    /// Sends the directory `path` as a tar stream (as for
+    /// [`Message::WriteTree`]; symlinks are sent as symlinks, never
+    /// followed; sockets, devices and FIFOs are left out) in
+    /// [`Message::FileData`] frames, then [`Message::FileEnd`] (or an
+    /// error). Capability [`capability::TREE`].
+    ReadTree {
         id: u64,
         path: String,
     },
@@ -277,6 +303,14 @@ pub enum Message {
     Done {
         id: u64,
     },
+    /// [`Message::WriteTree`] is complete: where the tree's top is, how
+    /// many entries were written and how many bytes of file contents.
+    TreeDone {
+        id: u64,
+        root: String,
+        entries: u64,
+        bytes: u64,
+    },
     /// [`Message::Identity`] is applied; `host_key` is the guest's SSH
     /// host public key line (`ssh-ed25519 AAAA… comment`): the new one, or
     /// the one it had.
@@ -310,6 +344,8 @@ impl Message {
             | M::Resize { id, .. }
             | M::WriteFile { id, .. }
             | M::ReadFile { id, .. }
+            | M::WriteTree { id, .. }
+            | M::ReadTree { id, .. }
             | M::SetTime { id, .. }
             | M::Freeze { id, .. }
             | M::Thaw { id }
@@ -325,6 +361,7 @@ impl Message {
             | M::Exited { id, .. }
             | M::FileInfo { id, .. }
             | M::Done { id }
+            | M::TreeDone { id, .. }
             | M::IdentityDone { id, .. } => Some(*id),
         }
     }
@@ -343,6 +380,8 @@ impl Message {
             M::Resize { .. } => "resize",
             M::WriteFile { .. } => "write_file",
             M::ReadFile { .. } => "read_file",
+            M::WriteTree { .. } => "write_tree",
+            M::ReadTree { .. } => "read_tree",
             M::SetTime { .. } => "set_time",
             M::Freeze { .. } => "freeze",
             M::Thaw { .. } => "thaw",
@@ -358,6 +397,7 @@ impl Message {
             M::Exited { .. } => "exited",
             M::FileInfo { .. } => "file_info",
             M::Done { .. } => "done",
+            M::TreeDone { .. } => "tree_done",
             M::IdentityDone { .. } => "identity_done",
             M::Error { .. } => "error",
         }
@@ -375,6 +415,8 @@ impl Message {
         "resize",
         "write_file",
         "read_file",
+        "write_tree",
+        "read_tree",
         "set_time",
         "freeze",
         "thaw",
@@ -390,6 +432,7 @@ impl Message {
         "exited",
         "file_info",
         "done",
+        "tree_done",
         "identity_done",
         "error",
     ];
@@ -503,6 +546,11 @@ pub enum AgentErrorCode {
     /// A well-formed request the agent refuses (bad path, unknown signal).
     BadRequest,
     NotFound,
+    /// A file was asked for and the path is a directory (`ReadFile`).
+    IsDirectory,
+    /// A directory was asked for and the path is something else
+    /// (`ReadTree`).
+    NotDirectory,
     /// The request ran and failed (spawn, I/O); the message says why.
     Failed,
     /// A request `type` this agent does not know: it is older than the

@@ -93,13 +93,14 @@ macro_rules! for_each_method {
             /// New VMs continuing from a running VM's current state,
             /// asynchronously; the source keeps running.
             VmForkBegin = "vm.fork.begin": $crate::snapshot::VmForkParams => $crate::vm::OpView,
-            /// Kill if running, remove disks, record and host-key pin.
-            VmDelete = "vm.delete": $crate::vm::VmRef => $crate::vm::VmDeleted,
+            /// Remove disks, record and host-key pin; a running VM only
+            /// with `force` (killed first).
+            VmDelete = "vm.delete": $crate::vm::VmDeleteParams => $crate::vm::VmDeleted,
             /// One VM.
             VmShow = "vm.show": $crate::vm::VmRef => $crate::vm::VmView,
             /// Every VM.
             VmList = "vm.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::VmView>,
-            /// Change a stopped VM; disks only grow.
+            /// Change a stopped VM (shape, published ports); disks only grow.
             VmEdit = "vm.edit": $crate::vm::VmEditParams => $crate::vm::VmView,
             /// How the CLI reaches a running VM with `ssh`.
             VmSshInfo = "vm.ssh_info": $crate::vm::VmRef => $crate::vm::SshInfo,
@@ -111,7 +112,7 @@ macro_rules! for_each_method {
             VmExecBegin = "vm.exec.begin": $crate::vm::ExecBeginParams => $crate::vm::ExecBegun,
             /// Input in, output since the last call out, long-polled.
             VmExecIo = "vm.exec.io": $crate::vm::ExecIoParams => $crate::vm::ExecIoResult,
-            /// Copy one file either way.
+            /// Copy one file, or a directory tree, either way.
             VmCp = "vm.cp": $crate::vm::CpParams => $crate::vm::CpResult,
             /// Build a Debian image asynchronously.
             ImageBuildBegin = "image.build.begin": $crate::vm::ImageBuildParams => $crate::vm::OpView,

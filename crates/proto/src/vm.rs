@@ -58,6 +58,17 @@ pub struct VmKillParams {
     pub signal: Option<String>,
 }
 
+/// `vm.delete` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDeleteParams {
+    pub name: String,
+    /// Delete a running (or paused) VM too, killing it first; without it
+    /// such a VM is refused with a `conflict` error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmEditParams {
@@ -68,6 +79,10 @@ pub struct VmEditParams {
     pub memory_mib: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size_bytes: Option<u64>,
+    /// The new set of published ports (`HOST:GUEST` or `HOST:GUEST/udp`),
+    /// replacing the old one; an empty list publishes none. Absent: kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<PublishSpec>>,
 }
 
 /// What `vm.delete` answers: the deleted VM's name and id.
@@ -418,12 +433,25 @@ pub struct CpParams {
     pub to_guest: bool,
     pub host_path: String,
     pub guest_path: String,
+    /// Copy a directory and everything in it (like `cp -r`); without it a
+    /// directory source is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CpResult {
+    /// File contents copied (for a directory: of all its files).
     pub bytes: u64,
+    /// The file's mode (for a directory: the top directory's).
     pub mode: u32,
     /// Where the file ended up (a directory destination gets the source's name).
     pub destination: String,
+    /// A directory copy: how many entries (directories, files, symlinks)
+    /// were copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// A directory copy: entries left out (sockets, devices, FIFOs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
 }

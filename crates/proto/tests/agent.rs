@@ -66,6 +66,15 @@ fn messages() -> Vec<Message> {
             id: 6,
             path: "/root/f".into(),
         },
+        Message::WriteTree {
+            id: 11,
+            path: "/root".into(),
+            name: "src".into(),
+        },
+        Message::ReadTree {
+            id: 12,
+            path: "/root/src".into(),
+        },
         Message::SetTime {
             id: 7,
             unix_ns: 1_700_000_000_123_456_789,
@@ -153,6 +162,12 @@ fn messages() -> Vec<Message> {
             size: 42,
         },
         Message::Done { id: 5 },
+        Message::TreeDone {
+            id: 11,
+            root: "/root/src".into(),
+            entries: 3,
+            bytes: 42,
+        },
         Message::IdentityDone {
             id: 10,
             host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE root@fork-1".into(),

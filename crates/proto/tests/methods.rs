@@ -17,7 +17,7 @@ use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
     KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView,
-    VmCreateParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
@@ -310,7 +310,10 @@ fn examples() -> Vec<Example> {
             op_of(OpKind::VmFork),
         ),
         example::<m::VmDelete>(
-            vm_ref(),
+            VmDeleteParams {
+                name: "dev".into(),
+                force: true,
+            },
             VmDeleted {
                 deleted: "dev".into(),
                 id: "0a1b2c3d4e5f".into(),
@@ -324,6 +327,7 @@ fn examples() -> Vec<Example> {
                 vcpus: Some(4),
                 memory_mib: None,
                 disk_size_bytes: Some(16 << 30),
+                publish: Some(vec!["8080:80".parse().unwrap()]),
             },
             stopped_vm(),
         ),
@@ -412,13 +416,16 @@ fn examples() -> Vec<Example> {
             CpParams {
                 name: "dev".into(),
                 to_guest: true,
-                host_path: "/home/u/notes.txt".into(),
+                host_path: "/home/u/src".into(),
                 guest_path: "/root/".into(),
+                recursive: true,
             },
             CpResult {
                 bytes: 1234,
-                mode: 0o644,
-                destination: "/root/notes.txt".into(),
+                mode: 0o755,
+                destination: "/root/src".into(),
+                entries: Some(12),
+                skipped: Some(0),
             },
         ),
         example::<m::ImageBuildBegin>(

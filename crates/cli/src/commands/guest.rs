@@ -146,16 +146,8 @@ impl Drop for RawMode {
     }
 }
 
-pub(crate) fn exec(
-    client: &mut Client,
-    name: &str,
-    tty: bool,
-    command: &[String],
-) -> Result<(), CliError> {
-    exec_in(client, name, tty, command, None, Vec::new())
-}
-
-/// [`exec`] in working directory `cwd` with `env` added.
+/// Runs `command` in the VM, in working directory `cwd` (the agent's
+/// default, `/root`, when `None`) with `env` added.
 pub(crate) fn exec_in(
     client: &mut Client,
     name: &str,
@@ -331,19 +323,27 @@ fn absolute(path: &str) -> Result<PathBuf, CliError> {
     Ok(std::env::current_dir().map_err(CliError::Io)?.join(p))
 }
 
-pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Result<(), CliError> {
+pub(crate) fn cp(
+    client: &mut Client,
+    src: &str,
+    dst: &str,
+    recursive: bool,
+    json: bool,
+) -> Result<(), CliError> {
     let params = match (split_remote(src), split_remote(dst)) {
         (None, Some((name, guest))) => CpParams {
             name: name.to_owned(),
             to_guest: true,
             host_path: absolute(src)?.display().to_string(),
             guest_path: guest.to_owned(),
+            recursive,
         },
         (Some((name, guest)), None) => CpParams {
             name: name.to_owned(),
             to_guest: false,
             host_path: absolute(dst)?.display().to_string(),
             guest_path: guest.to_owned(),
+            recursive,
         },
         _ => {
             return Err(CliError::BadParams(
@@ -355,12 +355,23 @@ pub(crate) fn cp(client: &mut Client, src: &str, dst: &str, json: bool) -> Resul
     if json {
         return print_json(&r);
     }
-    crate::output::note!(
-        "copied {} to {} (mode {:o})",
-        human_bytes(r.bytes),
-        escape_control(&r.destination, false),
-        r.mode
-    );
+    match r.entries {
+        Some(entries) => crate::output::note!(
+            "copied {entries} entries ({}) to {}{}",
+            human_bytes(r.bytes),
+            escape_control(&r.destination, false),
+            match r.skipped {
+                Some(n) if n > 0 => format!("; left out {n} sockets, devices or FIFOs"),
+                _ => String::new(),
+            }
+        ),
+        None => crate::output::note!(
+            "copied {} to {} (mode {:o})",
+            human_bytes(r.bytes),
+            escape_control(&r.destination, false),
+            r.mode
+        ),
+    }
     Ok(())
 }
 

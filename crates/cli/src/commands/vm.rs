@@ -7,7 +7,8 @@ use std::process::Command;
 
 use banger_proto::methods::{self, Method, NoParams};
 use banger_proto::vm::{
-    OpView, SshInfo, VmCreateParams, VmEditParams, VmKillParams, VmRef, VmView,
+    OpView, SshInfo, VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef,
+    VmView,
 };
 use banger_proto::{ErrorCode, NetworkMode, VmState};
 
@@ -76,17 +77,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             })?;
             show(&vm, *json)
         }
-        VmCommand::Delete(a) => {
-            let v = client.call::<methods::VmDelete>(&VmRef {
-                name: a.name.clone(),
-            })?;
-            if a.json {
-                print_json(&v)
-            } else {
-                println!("deleted {}", a.name);
-                Ok(())
-            }
-        }
+        VmCommand::Delete(a) => delete(&mut client, &a.names, a.force, a.json),
         VmCommand::List(a) => {
             let vms = client.call::<methods::VmList>(&NoParams)?;
             if a.json {
@@ -100,6 +91,8 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             vcpus,
             memory,
             disk_size,
+            publish,
+            no_publish,
             json,
         } => {
             let p = VmEditParams {
@@ -110,6 +103,13 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                     .as_deref()
                     .map(|d| parse_size("--disk-size", d))
                     .transpose()?,
+                publish: if *no_publish {
+                    Some(Vec::new())
+                } else if publish.is_empty() {
+                    None
+                } else {
+                    Some(publish.clone())
+                },
             };
             let vm = client.call::<methods::VmEdit>(&p)?;
             show(&vm, *json)
@@ -150,10 +150,26 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             super::guest::stats(&mut client, name, *watch, *json)
         }
         VmCommand::Ports(a) => super::guest::ports(&mut client, &a.name, a.json),
-        VmCommand::Exec { name, tty, command } => {
-            super::guest::exec(&mut client, name, *tty, command)
-        }
-        VmCommand::Cp { src, dst, json } => super::guest::cp(&mut client, src, dst, *json),
+        VmCommand::Exec {
+            name,
+            tty,
+            env,
+            workdir,
+            command,
+        } => super::guest::exec_in(
+            &mut client,
+            name,
+            *tty,
+            command,
+            workdir.clone(),
+            env.clone(),
+        ),
+        VmCommand::Cp {
+            src,
+            dst,
+            recursive,
+            json,
+        } => super::guest::cp(&mut client, src, dst, *recursive, *json),
         VmCommand::SshProxy { name } => {
             // ssh passes the host as written: `dev.vm`.
             let name = name.strip_suffix(".vm").unwrap_or(name).to_owned();
@@ -161,6 +177,70 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             drop(client);
             proxy(&info)
         }
+    }
+}
+
+/// One answer of `vm delete --json` per name, in order.
+#[derive(Debug, serde::Serialize)]
+struct DeleteOutcome {
+    name: String,
+    #[serde(flatten)]
+    deleted: Option<VmDeleted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<banger_proto::ErrorBody>,
+}
+
+/// Deletes each VM named, going on past failures: each is reported
+/// (`error: NAME: ...`, or an `error` in its JSON entry) and the exit
+/// code is the first failure's.
+fn delete(client: &mut Client, names: &[String], force: bool, json: bool) -> Result<(), CliError> {
+    let mut outcomes = Vec::with_capacity(names.len());
+    let mut first_failure: Option<CliError> = None;
+    let mut failed = 0;
+    for name in names {
+        let answer = client.call::<methods::VmDelete>(&VmDeleteParams {
+            name: name.clone(),
+            force,
+        });
+        let mut outcome = DeleteOutcome {
+            name: name.clone(),
+            deleted: None,
+            error: None,
+        };
+        match answer {
+            Ok(v) => {
+                if !json {
+                    println!("deleted {name}");
+                }
+                outcome.deleted = Some(v);
+            }
+            // Only the daemon's refusals are per VM; a lost daemon ends it.
+            Err(CliError::Daemon(body)) => {
+                failed += 1;
+                if names.len() == 1 && !json {
+                    return Err(CliError::Daemon(body));
+                }
+                if !json {
+                    eprintln!("error: {name}: {body}");
+                }
+                outcome.error = Some(body.clone());
+                first_failure.get_or_insert(CliError::Daemon(body));
+            }
+            Err(e) => return Err(e),
+        }
+        outcomes.push(outcome);
+    }
+    if json {
+        print_json(&outcomes)?;
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(first) => Err(CliError::SomeFailed {
+            what: "delete",
+            failed,
+            total: names.len(),
+            exit: first.exit(),
+        }),
     }
 }
 
@@ -439,8 +519,10 @@ fn vm_run(
 /// running.
 fn after_run(client: &mut Client, name: &str, rm: bool) {
     if rm {
-        let deleted = client.call::<methods::VmDelete>(&VmRef {
+        // The run's own VM, still running: force.
+        let deleted = client.call::<methods::VmDelete>(&VmDeleteParams {
             name: name.to_owned(),
+            force: true,
         });
         if let Err(e) = deleted {
             eprintln!("warning: could not delete vm {name}: {}", e.display_chain());

@@ -100,6 +100,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::Config(_) => ErrorCode::BadParams,
         E::NameTaken(_)
         | E::Running(_)
+        | E::DeleteRunning(_)
         | E::SnapshotNameTaken(_)
         | E::Incompatible { .. }
         | E::SnapshotOfOtherVm { .. }
@@ -145,13 +146,18 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::Agent { source, .. } | E::Step { source, .. } => agent_code(source),
         E::NothingToRun
+        | E::BadEnvName(_)
+        | E::BadEnvValue(_)
         | E::Stdin(_)
         | E::NotAbsolute { .. }
         | E::GuestNamesNoFile(_)
         | E::HostNamesNoFile(_)
         | E::Symlink(_)
         | E::BadDestination(_)
-        | E::NotAFile(_) => ErrorCode::BadParams,
+        | E::NotAFile(_)
+        | E::IsDirectory { .. }
+        | E::HostNotDirectory(_)
+        | E::HostIsDirectory(_) => ErrorCode::BadParams,
         E::NoExecSession(_) | E::NoHostFile { .. } => ErrorCode::NotFound,
         E::NoAgent { .. }
         | E::BootTimeout { .. }
@@ -160,6 +166,8 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::HostFile { .. }
         | E::HostWriterGone
         | E::HostKey { .. }
+        | E::TreeName(_)
+        | E::TreeStream(_)
         | E::Task(..) => ErrorCode::OperationFailed,
     }
 }

@@ -312,7 +312,7 @@ fn bad_request(message: &str) -> RpcError {
     RpcError::new(ErrorCode::BadRequest, message)
 }
 
-mod errors;
+pub(crate) mod errors;
 pub mod server;
 #[cfg(test)]
 pub(crate) mod tests;

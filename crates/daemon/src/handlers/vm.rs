@@ -8,7 +8,7 @@ use banger_proto::agent::ListeningPort;
 use banger_proto::methods::{self, NoParams};
 use banger_proto::vm::{
     CpParams, CpResult, ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult, OpView, SshInfo,
-    VmCreateParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -181,8 +181,14 @@ impl Handler for methods::VmRestartBegin {
 }
 
 impl Handler for methods::VmDelete {
-    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<VmDeleted, RpcError> {
-        let vm = detached(&ctx, |vms, op| async move { vms.delete(&name, &op).await }).await?;
+    async fn handle(
+        ctx: RequestCtx,
+        VmDeleteParams { name, force }: VmDeleteParams,
+    ) -> Result<VmDeleted, RpcError> {
+        let vm = detached(&ctx, |vms, op| async move {
+            vms.delete(&name, force, &op).await
+        })
+        .await?;
         Ok(VmDeleted {
             deleted: vm.name,
             id: vm.id,

@@ -74,6 +74,19 @@ impl Reservations {
         Ok(())
     }
 
+    /// Fails when a create in flight holds one of `ports` (takes nothing).
+    pub(crate) fn check_ports(&self, ports: &[PublishSpec]) -> Result<(), VmError> {
+        let r = self.lock();
+        match ports.iter().find(|p| r.ports.contains(&(p.host, p.proto))) {
+            Some(p) => Err(NetworkError::PortReserved {
+                port: p.host,
+                proto: p.proto,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
     /// True when no create holds anything.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
@@ -169,12 +182,7 @@ pub async fn plan_create(
     validate::memory_mib(memory_mib)?;
     validate::disk_size(disk_size_bytes)?;
     let publish = p.publish.clone();
-    let mut host_ports = HashSet::new();
-    for spec in &publish {
-        if !host_ports.insert((spec.host, spec.proto)) {
-            return Err(VmError::PublishedTwice(spec.host));
-        }
-    }
+    check_publish_twice(&publish)?;
     if let Some(image) = &p.image {
         validate::name("image", image)?;
     }
@@ -182,11 +190,7 @@ pub async fn plan_create(
         validate::name("kernel", kernel)?;
     }
     let network = choose_network(vms, op, p.network.or(defaults.network)).await?;
-    if network == NetworkMode::Bridged {
-        if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
-            return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());
-        }
-    }
+    check_publish_network(&publish, network)?;
     let image_name = p.image.clone().unwrap_or_else(|| defaults.image.clone());
     let kernel_name = p.kernel.clone().unwrap_or_else(|| defaults.kernel.clone());
     // A named image must exist; the managed default one is built on demand.
@@ -306,17 +310,53 @@ pub(crate) fn new_id() -> String {
     format!("{:012x}", n & 0xffff_ffff_ffff)
 }
 
+/// A host port published twice (per protocol) is refused.
+pub(crate) fn check_publish_twice(publish: &[PublishSpec]) -> Result<(), VmError> {
+    let mut host_ports = HashSet::new();
+    for spec in publish {
+        if !host_ports.insert((spec.host, spec.proto)) {
+            return Err(VmError::PublishedTwice(spec.host));
+        }
+    }
+    Ok(())
+}
+
+/// A bridged VM publishes TCP ports only.
+pub(crate) fn check_publish_network(
+    publish: &[PublishSpec],
+    network: NetworkMode,
+) -> Result<(), VmError> {
+    if network == NetworkMode::Bridged {
+        if let Some(udp) = publish.iter().find(|s| s.is_udp()) {
+            return Err(NetworkError::UdpNeedsUserMode { port: udp.host }.into());
+        }
+    }
+    Ok(())
+}
+
 /// Host ports the plan publishes that are taken right now: by a VM that
 /// runs (or is being created) with the same port, or by anything else
 /// listening on this host.
 async fn check_ports(vms: &Vms, plan: &CreatePlan) -> Result<(), VmError> {
-    if plan.publish.is_empty() {
+    check_host_ports(vms, &plan.publish, None).await
+}
+
+/// `publish`'s host ports that are taken right now: by a VM other than
+/// `except` (an id) that runs or is being created with the same port, or
+/// by anything else listening on this host.
+pub(crate) async fn check_host_ports(
+    vms: &Vms,
+    publish: &[PublishSpec],
+    except: Option<&str>,
+) -> Result<(), VmError> {
+    if publish.is_empty() {
         return Ok(());
     }
     let others = vms.db.call(|s| s.vms()).await?;
-    for spec in &plan.publish {
+    for spec in publish {
         let holder = others.iter().find(|vm| {
-            matches!(vm.state, VmState::Running | VmState::Creating)
+            Some(vm.id.as_str()) != except
+                && matches!(vm.state, VmState::Running | VmState::Creating)
                 && vm
                     .published_ports
                     .iter()

@@ -21,7 +21,7 @@ pub enum VmError {
     CreateCancelled,
     #[error("host port {0} is published twice")]
     PublishedTwice(u16),
-    #[error("nothing to change: give vcpus, memory or disk size")]
+    #[error("nothing to change: give vcpus, memory, disk size or published ports")]
     NothingToChange,
     #[error("disk size {requested} is smaller than the current {current} bytes; disks only grow")]
     Shrink { requested: u64, current: u64 },
@@ -31,6 +31,10 @@ pub enum VmError {
     NameTaken(String),
     #[error("vm {0} is running; stop it before editing")]
     Running(String),
+    #[error(
+        "vm {0} is running; stop it first (banger vm stop {0}) or delete it anyway with --force"
+    )]
+    DeleteRunning(String),
     #[error("vm {name} is not running (start it with: banger vm start {name})")]
     NotRunning { name: String },
     #[error("{what} file {} is missing", path.display())]

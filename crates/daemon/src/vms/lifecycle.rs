@@ -629,10 +629,13 @@ pub async fn restart(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmE
     start_locked(vms, vm, ctx).await
 }
 
-/// Deletes a VM: kills it if running, removes its files, its record and
-/// its host-key pin.
-pub async fn delete(vms: &Vms, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+/// Deletes a VM: removes its files, its record and its host-key pin. A
+/// running (or paused) VM is refused unless `force`, which kills it first.
+pub async fn delete(vms: &Vms, name: &str, force: bool, ctx: &OpCtx) -> Result<VmRecord, VmError> {
     let (_guard, vm) = locked(vms, name).await?;
+    if !force && is_alive(vms, &vm).await {
+        return Err(VmError::DeleteRunning(vm.name));
+    }
     delete_locked(vms, ctx, vm).await
 }
 
@@ -678,7 +681,9 @@ pub(crate) async fn delete_locked(
     Ok(vm)
 }
 
-/// Changes vcpus, memory or disk size of a stopped VM.
+/// Changes vcpus, memory, disk size or published ports of a stopped VM.
+/// New ports are checked as a create's are (twice, UDP on a bridged VM,
+/// held by another VM or a create in flight, or by anything listening).
 pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
     if let Some(v) = p.vcpus {
         validate::vcpus(v)?;
@@ -689,12 +694,24 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
     if let Some(d) = p.disk_size_bytes {
         validate::disk_size(d)?;
     }
-    if p.vcpus.is_none() && p.memory_mib.is_none() && p.disk_size_bytes.is_none() {
+    if let Some(publish) = &p.publish {
+        super::create::check_publish_twice(publish)?;
+    }
+    if p.vcpus.is_none()
+        && p.memory_mib.is_none()
+        && p.disk_size_bytes.is_none()
+        && p.publish.is_none()
+    {
         return Err(VmError::NothingToChange);
     }
     let (_guard, mut vm) = locked(vms, &p.name).await?;
     if is_alive(vms, &vm).await {
         return Err(VmError::Running(vm.name));
+    }
+    if let Some(publish) = &p.publish {
+        super::create::check_publish_network(publish, vm.network_mode)?;
+        vms.reservations.check_ports(publish)?;
+        super::create::check_host_ports(vms, publish, Some(&vm.id)).await?;
     }
     if let Some(size) = p.disk_size_bytes {
         if size < vm.disk_size_bytes {
@@ -717,6 +734,9 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
     }
     if let Some(m) = p.memory_mib {
         vm.memory_mib = m;
+    }
+    if let Some(publish) = &p.publish {
+        vm.published_ports = publish.clone();
     }
     vm.updated_at_ms = now_ms();
     let record = vm.clone();

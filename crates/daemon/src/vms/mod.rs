@@ -191,9 +191,10 @@ impl Vms {
         lifecycle::restart(self, name, ctx).await
     }
 
-    /// Deletes a VM: its VMM, files, record and host-key pin.
-    pub async fn delete(&self, name: &str, ctx: &OpCtx) -> Result<VmRecord, VmError> {
-        lifecycle::delete(self, name, ctx).await
+    /// Deletes a VM: its files, record and host-key pin; a running one
+    /// only with `force` (its VMM is killed first).
+    pub async fn delete(&self, name: &str, force: bool, ctx: &OpCtx) -> Result<VmRecord, VmError> {
+        lifecycle::delete(self, name, force, ctx).await
     }
 
     /// Stops a running VM's vCPUs.
@@ -299,7 +300,7 @@ impl Vms {
         snapshot::collect_garbage(self).await
     }
 
-    /// Changes vcpus, memory or disk size of a stopped VM.
+    /// Changes vcpus, memory, disk size or published ports of a stopped VM.
     pub async fn edit(&self, p: &VmEditParams) -> Result<VmRecord, VmError> {
         lifecycle::edit(self, p).await
     }

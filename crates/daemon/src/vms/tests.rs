@@ -138,3 +138,138 @@ async fn stop_by_id_and_start_by_name_take_one_lock() {
     assert!(err.contains("fake launch failure"), "{err}");
     assert_eq!(*fake.launched.lock().unwrap(), vec![vm.id.clone()]);
 }
+
+#[tokio::test]
+async fn a_running_vm_is_deleted_only_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = seed(&state, "busy", VmState::Running);
+    let dir = vm_dir(&state.vms, &vm.id);
+    state.vms.table.set_handles(&vm.id, handles(88, &dir));
+    fake.alive.lock().unwrap().insert(88);
+
+    let e = state
+        .vms
+        .delete("busy", false, &OpCtx::background())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, VmError::DeleteRunning(ref n) if n == "busy"),
+        "{e}"
+    );
+    assert_eq!(
+        crate::dispatch::errors::vm_code(&e),
+        banger_proto::ErrorCode::Conflict
+    );
+    let text = e.to_string();
+    assert!(text.contains("busy") && text.contains("--force"), "{text}");
+    assert!(fake.alive.lock().unwrap().contains(&88), "not killed");
+    assert!(dir.exists(), "nothing removed");
+    state.vms.find("busy").await.unwrap();
+
+    let deleted = state
+        .vms
+        .delete("busy", true, &OpCtx::background())
+        .await
+        .unwrap();
+    assert_eq!(deleted.id, vm.id);
+    assert!(!fake.alive.lock().unwrap().contains(&88), "killed");
+    assert!(!dir.exists());
+    assert!(state.vms.find("busy").await.is_err());
+
+    // A stopped VM needs no force.
+    seed(&state, "idle", VmState::Stopped);
+    state
+        .vms
+        .delete("idle", false, &OpCtx::background())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn edit_replaces_and_clears_published_ports_with_creates_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    seed(&state, "web", VmState::Stopped);
+    let edit = |publish: &[&str]| banger_proto::vm::VmEditParams {
+        name: "web".into(),
+        publish: Some(publish.iter().map(|p| p.parse().unwrap()).collect()),
+        ..Default::default()
+    };
+    // A free port: bound, then released, so nothing listens on it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let free_udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("{free}:80");
+    let udp_spec = format!("{free_udp}:53/udp");
+    let vm = state.vms.edit(&edit(&[&spec, &udp_spec])).await.unwrap();
+    assert_eq!(
+        vm.published_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![spec.clone(), udp_spec.clone()]
+    );
+    assert_eq!(
+        state.vms.find("web").await.unwrap().published_ports,
+        vm.published_ports,
+        "stored"
+    );
+
+    // Twice: refused as bad params, nothing changed.
+    let e = state.vms.edit(&edit(&[&spec, &spec])).await.unwrap_err();
+    assert!(matches!(e, VmError::PublishedTwice(p) if p == free), "{e}");
+
+    // Held by another running VM: a conflict.
+    let other = seed(&state, "other", VmState::Running);
+    let mut o = other.clone();
+    o.published_ports = vec!["8181:80".parse().unwrap()];
+    state.lock_store_for_tests().update_vm(&o).unwrap();
+    let e = state.vms.edit(&edit(&["8181:80"])).await.unwrap_err();
+    assert_eq!(
+        crate::dispatch::errors::vm_code(&e),
+        banger_proto::ErrorCode::Conflict,
+        "{e}"
+    );
+    assert!(e.to_string().contains("other"), "names the holder: {e}");
+
+    // Something listening on the host: a conflict too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = format!("{}:80", busy.local_addr().unwrap().port());
+    let e = state.vms.edit(&edit(&[&taken])).await.unwrap_err();
+    assert_eq!(
+        crate::dispatch::errors::vm_code(&e),
+        banger_proto::ErrorCode::Conflict,
+        "{e}"
+    );
+
+    // Not while running.
+    let dir = vm_dir(&state.vms, "id-web");
+    state.vms.table.set_handles("id-web", handles(99, &dir));
+    fake.alive.lock().unwrap().insert(99);
+    let e = state.vms.edit(&edit(&[])).await.unwrap_err();
+    assert!(matches!(e, VmError::Running(_)), "{e}");
+    fake.alive.lock().unwrap().remove(&99);
+
+    // An empty set clears them.
+    let vm = state.vms.edit(&edit(&[])).await.unwrap();
+    assert!(vm.published_ports.is_empty());
+    assert!(
+        state
+            .vms
+            .find("web")
+            .await
+            .unwrap()
+            .published_ports
+            .is_empty()
+    );
+}

@@ -1,6 +1,7 @@
 //! File copy between the host and the guest, streamed; a host file is
 //! written to a temporary file beside its destination (created with
-//! `O_NOFOLLOW`) and renamed over it once complete.
+//! `O_NOFOLLOW`) and renamed over it once complete. Directories
+//! (`recursive`): `tree.rs`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -31,11 +32,48 @@ impl Guest {
                 path: p.host_path,
             });
         }
-        let (vm, conn) = self.agent_for(&p.name).await?;
         if p.to_guest {
-            to_guest(&vm.name, &conn, &host, &p.guest_path).await
+            let meta = std::fs::metadata(&host).map_err(|source| GuestError::NoHostFile {
+                path: host.clone(),
+                source,
+            })?;
+            if meta.is_dir() && !p.recursive {
+                return Err(GuestError::IsDirectory {
+                    side: "host",
+                    path: p.host_path,
+                });
+            }
+            let (vm, conn) = self.agent_for(&p.name).await?;
+            if meta.is_dir() {
+                super::tree::to_guest(&vm.name, &conn, &host, &p.guest_path).await
+            } else {
+                to_guest(&vm.name, &conn, &host, &p.guest_path).await
+            }
         } else {
-            from_guest(&vm.name, &conn, &p.guest_path, &host).await
+            let (vm, conn) = self.agent_for(&p.name).await?;
+            if p.recursive {
+                if let Some(r) =
+                    super::tree::from_guest(&vm.name, &conn, &p.guest_path, &host).await?
+                {
+                    return Ok(r);
+                }
+            }
+            from_guest(&vm.name, &conn, &p.guest_path, &host)
+                .await
+                .map_err(|e| match e {
+                    GuestError::Agent {
+                        source:
+                            AgentError::Refused {
+                                code: agent::AgentErrorCode::IsDirectory,
+                                ..
+                            },
+                        ..
+                    } => GuestError::IsDirectory {
+                        side: "guest",
+                        path: p.guest_path.clone(),
+                    },
+                    e => e,
+                })
         }
     }
 }
@@ -131,6 +169,8 @@ async fn to_guest(
             bytes,
             mode,
             destination: guest,
+            entries: None,
+            skipped: None,
         }),
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
@@ -252,13 +292,15 @@ async fn from_guest(
         return Err(e);
     }
     let (bytes, file) = written?;
-    tokio::task::spawn_blocking(move || file.finish(&name))
+    tokio::task::spawn_blocking(move || file.finish(&name, true))
         .await
         .map_err(|e| GuestError::Task("rename", e))??;
     Ok(CpResult {
         bytes,
         mode,
         destination: dir.join(&dest_name).display().to_string(),
+        entries: None,
+        skipped: None,
     })
 }
 
@@ -306,7 +348,7 @@ fn temp_name(name: &str) -> String {
 /// A temporary file beside the destination, created without following
 /// symlinks; removed on drop unless [`HostFile::finish`] renamed it.
 #[derive(Debug)]
-struct HostFile {
+pub(super) struct HostFile {
     path: PathBuf,
     file: std::fs::File,
     mode: u32,
@@ -314,7 +356,7 @@ struct HostFile {
 }
 
 impl HostFile {
-    fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, GuestError> {
+    pub(super) fn create(dir: &Path, name: &str, mode: u32) -> Result<Self, GuestError> {
         let path = dir.join(temp_name(name));
         let _ = std::fs::remove_file(&path);
         let file = std::fs::OpenOptions::new()
@@ -332,12 +374,15 @@ impl HostFile {
         })
     }
 
-    /// Flushes, sets the guest file's mode (the umask may have cut bits)
-    /// and renames over `name` in the same directory.
-    fn finish(mut self, name: &str) -> Result<(), GuestError> {
-        self.file
-            .sync_all()
-            .map_err(GuestError::host_file("sync", &self.path))?;
+    /// Flushes (with `sync`, to the disk), sets the guest file's mode
+    /// (the umask may have cut bits) and renames over `name` in the same
+    /// directory. A tree's files are not synced one by one.
+    pub(super) fn finish(mut self, name: &str, sync: bool) -> Result<(), GuestError> {
+        if sync {
+            self.file
+                .sync_all()
+                .map_err(GuestError::host_file("sync", &self.path))?;
+        }
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(self.mode))
             .map_err(GuestError::host_file("chmod", &self.path))?;
         let dest = self.path.with_file_name(name);
@@ -346,7 +391,7 @@ impl HostFile {
         Ok(())
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), GuestError> {
+    pub(super) fn write(&mut self, data: &[u8]) -> Result<(), GuestError> {
         self.file
             .write_all(data)
             .map_err(GuestError::host_file("write", &self.path))

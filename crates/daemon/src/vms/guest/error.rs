@@ -50,6 +50,10 @@ pub enum GuestError {
     // Bad input.
     #[error("nothing to run: give a command after --")]
     NothingToRun,
+    #[error("bad environment variable name {0:?}: it must be non-empty, without '=' or NUL")]
+    BadEnvName(String),
+    #[error("environment variable {0}: its value contains a NUL byte")]
+    BadEnvValue(String),
     #[error("stdin is not base64")]
     Stdin(#[source] base64::DecodeError),
     /// `side` is `guest` or `host`.
@@ -65,6 +69,20 @@ pub enum GuestError {
     BadDestination(String),
     #[error("{} is not a regular file", .0.display())]
     NotAFile(PathBuf),
+    /// A directory to copy without `recursive`; `side` is `host` or
+    /// `guest`.
+    #[error("{side} path {path} is a directory: copy it with -r (banger vm cp -r)")]
+    IsDirectory { side: &'static str, path: String },
+    #[error("{} exists and is not a directory", .0.display())]
+    HostNotDirectory(PathBuf),
+    #[error("refusing to replace the directory {} by a file", .0.display())]
+    HostIsDirectory(PathBuf),
+    /// A name in a guest's directory stream that would leave the
+    /// destination (absolute, or with `..`).
+    #[error("refusing the guest's entry {0:?}: it names a place outside the destination")]
+    TreeName(String),
+    #[error("reading the guest's directory stream")]
+    TreeStream(#[source] std::io::Error),
 
     #[error("no exec session {0:?}")]
     NoExecSession(String),

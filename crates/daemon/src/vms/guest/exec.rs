@@ -53,12 +53,27 @@ impl ExecSession {
     }
 }
 
+/// An environment variable the guest can take: a name that is not empty
+/// and has no `=` or NUL, a value without NUL.
+pub(super) fn check_env(key: &str, value: &str) -> Result<(), GuestError> {
+    if key.is_empty() || key.contains('=') || key.contains('\0') {
+        return Err(GuestError::BadEnvName(key.to_owned()));
+    }
+    if value.contains('\0') {
+        return Err(GuestError::BadEnvValue(key.to_owned()));
+    }
+    Ok(())
+}
+
 impl Guest {
     /// Starts `p.argv` in the VM `p.name` (name or id): a session the
     /// client then drives with [`Guest::exec_io`].
     pub async fn exec_begin(&self, p: ExecBeginParams) -> Result<ExecBegun, GuestError> {
         if p.argv.is_empty() || p.argv[0].is_empty() {
             return Err(GuestError::NothingToRun);
+        }
+        for (key, value) in &p.env {
+            check_env(key, value)?;
         }
         if let Some(cwd) = p.cwd.as_ref().filter(|c| !c.starts_with('/')) {
             return Err(GuestError::NotAbsolute {

@@ -1,5 +1,6 @@
 //! What the daemon does through a VM's guest agent (docs/agent.md):
-//! readiness, stats, listening ports, exec sessions and file copy, and
+//! readiness, stats, listening ports, exec sessions and file and
+//! directory copy, and
 //! the guest's side of pause/resume, snapshots and restores (clock,
 //! freeze/thaw, identity: `identity.rs`), behind one service, [`Guest`].
 //!
@@ -18,6 +19,7 @@ mod ready;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 pub use error::GuestError;
 pub use stats::spawn_sampler;

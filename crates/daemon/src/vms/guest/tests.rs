@@ -183,3 +183,37 @@ async fn concurrent_callers_share_one_agent_connection() {
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
 }
+
+#[tokio::test]
+async fn bad_environment_variables_are_refused_before_the_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(Running));
+    seed(&state);
+    let begin = |k: &str, v: &str| banger_proto::vm::ExecBeginParams {
+        name: "dev".into(),
+        argv: vec!["env".into()],
+        tty: false,
+        rows: None,
+        cols: None,
+        env: vec![(k.into(), v.into())],
+        cwd: None,
+    };
+    for key in ["", "A=B", "A\0B"] {
+        let e = state.guest.exec_begin(begin(key, "x")).await.unwrap_err();
+        assert!(matches!(e, GuestError::BadEnvName(_)), "{key:?}: {e}");
+        assert!(e.to_string().contains("'='"), "{e}");
+        assert_eq!(
+            crate::dispatch::errors::guest_code(&e),
+            banger_proto::ErrorCode::BadParams
+        );
+    }
+    let e = state
+        .guest
+        .exec_begin(begin("K", "a\0b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GuestError::BadEnvValue(_)), "{e}");
+    // A good one gets as far as the VM (which is stopped).
+    let e = state.guest.exec_begin(begin("K", "a=b")).await.unwrap_err();
+    assert!(matches!(e, GuestError::NotRunning { .. }), "{e}");
+}
