@@ -12,8 +12,10 @@ mod args;
 pub mod client;
 mod commands;
 pub mod daemon_ctl;
+pub mod daemon_unit;
 mod error;
 mod exit;
+pub mod reference;
 
 use std::process::ExitCode;
 
