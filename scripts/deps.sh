@@ -59,12 +59,52 @@ ensure_rust() {
 # Everything the build, the VMs and the test suite use: QEMU and qemu-img
 # (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
 # the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
-# bridge, TAPs and NAT), python3 (the bridged test's "outside" server).
+# bridge, TAPs and NAT), python3 (the bridged test's "outside" server),
+# ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
+# (the man pages and completions quickstart installs).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
-    qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
-    iproute2 nftables python3
+    binutils qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
+    iproute2 nftables python3 shellcheck man-db bash-completion
+  check_tools
   ensure_rust
+}
+
+# TOOL:PACKAGE for every program banger, its tests and its scripts run.
+# An installed package does not prove its programs are there: installing
+# qemu-system-x86 from backports can remove a stock qemu-utils' qemu-img.
+BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
+  mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs resize2fs:e2fsprogs
+  ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 nft:nftables
+  python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
+  git:git readelf:binutils apt-get:apt setsid:util-linux
+  shellcheck:shellcheck man:man-db"
+
+# Finds TOOL on PATH or in the sbin directories (ip and nft live there,
+# and a user's PATH may not have them).
+have_tool() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# Fails, naming each missing program and its package, when a program of
+# BANGER_TOOLS is not there (exits: deps.sh is sourced by scripts that
+# cannot go on without them).
+check_tools() {
+  local entry tool pkg absent=0
+  for entry in $BANGER_TOOLS; do
+    tool=${entry%%:*}
+    pkg=${entry#*:}
+    if ! have_tool "$tool"; then
+      echo "error: $tool (package $pkg) is missing after installing packages;" \
+        "another package may have removed it (as qemu-system-x86 from backports" \
+        "removes qemu-img); fix: apt-get install --reinstall $pkg" >&2
+      absent=1
+    fi
+  done
+  if [ "$absent" -ne 0 ]; then
+    echo "error: programs banger needs are missing (see above)" >&2
+    exit 1
+  fi
 }
 
 # Build outputs live in the user's cache so a fresh clone builds fast.

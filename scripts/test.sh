@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs banger's whole test suite: formatting, lints and every test (unit,
-# integration against the real binaries, golden protocol snapshots).
+# Runs banger's whole test suite: formatting, lints (clippy, and ShellCheck
+# on scripts/*.sh and .ci/run) and every test (unit, integration against
+# the real binaries, golden protocol snapshots).
 # Installs what it needs first. Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ ensure_deps
 use_cached_target_dir
 echo "==> $(cargo --version), target dir $CARGO_TARGET_DIR"
 
+echo "==> shellcheck scripts/*.sh .ci/run"
+shellcheck -x scripts/*.sh .ci/run
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"

@@ -19,6 +19,14 @@ use serde_json::Value;
 
 const BANGER: &str = env!("CARGO_BIN_EXE_banger");
 
+/// Some of the man pages and completions install puts under PREFIX/share.
+const SHARE_FILES: [&str; 4] = [
+    "man/man1/banger.1",
+    "man/man1/banger-vm-create.1",
+    "bash-completion/completions/banger",
+    "zsh/site-functions/_banger",
+];
+
 fn euid() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -322,6 +330,10 @@ fn install_status_reinstall_uninstall_as_root() {
     assert_eq!(report["helper"]["subnet"], s.subnet.as_str(), "{report}");
     let first_pid = report["helper"]["pid"].as_u64().unwrap() as u32;
     assert!(alive(first_pid));
+    for file in SHARE_FILES {
+        let path = s.prefix().join("share").join(file);
+        assert!(path.is_file(), "{} not installed", path.display());
+    }
     for name in ["banger", "bangerd", "banger-helper"] {
         let path = s.prefix().join("bin").join(name);
         let meta = std::fs::metadata(&path).unwrap();
@@ -426,6 +438,9 @@ fn install_status_reinstall_uninstall_as_root() {
     }
     for name in ["banger", "bangerd", "banger-helper"] {
         assert!(!s.prefix().join("bin").join(name).exists(), "{name}");
+    }
+    for page in SHARE_FILES {
+        assert!(!s.prefix().join("share").join(page).exists(), "{page}");
     }
     assert!(!link_exists(&tap), "teardown left {tap}:\n{text}");
     assert!(!link_exists(&s.bridge), "teardown left {}", s.bridge);

@@ -84,6 +84,12 @@ pub enum Command {
     /// Show banger's configuration (~/.config/banger/config.toml).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script, e.g. `source <(banger completions
+    /// bash)`; scripts/quickstart.sh and `system install` install them.
+    Completions(CompletionsArgs),
+    /// Write a man page for every command and subcommand into a directory
+    /// (banger.1, banger-vm.1, banger-vm-create.1, ...).
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +97,21 @@ pub enum ConfigCommand {
     /// Print every setting's effective value and where it came from
     /// (default, the config file, the environment), and what overrides it.
     Show(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing), e.g.
+    /// ~/.local/share/man/man1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -456,6 +477,23 @@ pub enum DaemonCommand {
     Stop(JsonFlag),
     /// Print the daemon's log.
     Logs(LogsArgs),
+    /// Run bangerd as a systemd user service: write
+    /// ~/.config/systemd/user/bangerd.service and enable it; banger then
+    /// starts the daemon through systemd.
+    Install(DaemonUnitArgs),
+    /// Stop and disable the systemd user service and remove its unit.
+    Uninstall(DaemonUnitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonUnitArgs {
+    /// A unit of the user's own systemd instance (`systemctl --user`), the
+    /// only kind banger writes.
+    #[arg(long, required = true)]
+    pub user: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ use banger_proto::methods::{self, NoParams};
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
 use crate::client::Client;
+use crate::daemon_unit::{self, UNIT_NAME};
 use crate::{BuildInfo, CliError};
 
 /// How long a freshly started daemon gets to answer.
@@ -208,13 +209,21 @@ fn wait_exit(pid: Pid, timeout: Duration) -> bool {
     }
 }
 
-/// Starts `bangerd` detached and waits until it answers `ping`.
+/// Starts `bangerd` and waits until it answers `ping`: through its
+/// systemd user unit when one is installed for this `bangerd`
+/// ([`daemon_unit`]), else (or when systemd cannot) detached in its own
+/// session.
 fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
     let layout = &target.layout;
     // A config file the daemon would refuse is reported here, with its
     // line, rather than as a daemon that exited during start.
     banger_config::ConfigFile::load(&banger_config::config_path(&layout.config_dir))?;
     layout.ensure_dirs()?;
+    if daemon_unit::installed_for(layout, &target.bangerd) {
+        if let Some(connected) = start_with_systemd(layout)? {
+            return Ok(connected);
+        }
+    }
     let log_file = layout.log_file();
     let log = OpenOptions::new()
         .create(true)
@@ -266,6 +275,57 @@ fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
             });
         }
         if Instant::now() >= deadline {
+            return Err(CliError::StartTimeout {
+                waited_s: START_TIMEOUT.as_secs(),
+                tail: log_tail(&log_file, log_start),
+                log_file,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `systemctl --user start bangerd.service`, then waits for the daemon to
+/// answer. `None` when systemd cannot start it (no user instance, no
+/// systemctl, the unit failed): the caller spawns bangerd itself.
+fn start_with_systemd(layout: &Layout) -> Result<Option<(Client, PingResult)>, CliError> {
+    let log_file = layout.log_file();
+    let log_start = std::fs::metadata(&log_file).map(|m| m.len()).unwrap_or(0);
+    if let Err(e) = daemon_unit::systemctl_user(&["start", UNIT_NAME]) {
+        tracing::warn!(
+            error = %banger_proto::error_chain(&e),
+            "cannot start bangerd through systemd; starting it directly"
+        );
+        return Ok(None);
+    }
+    tracing::debug!("started {UNIT_NAME} through systemctl --user");
+    wait_for_unit(layout, log_start)
+}
+
+/// Waits for the daemon systemd starts to answer `ping`; `None` when the
+/// unit fails first. `log_start` is where the log file ended before.
+pub fn wait_for_unit(
+    layout: &Layout,
+    log_start: u64,
+) -> Result<Option<(Client, PingResult)>, CliError> {
+    let log_file = layout.log_file();
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut next_check = Instant::now() + Duration::from_millis(500);
+    loop {
+        if let Ok(mut client) = Client::connect(&layout.socket_path()) {
+            if let Ok(ping) = client.call::<methods::Ping>(&NoParams) {
+                return Ok(Some((client, ping)));
+            }
+        }
+        let now = Instant::now();
+        if now >= next_check {
+            if daemon_unit::unit_failed() {
+                tracing::warn!("{UNIT_NAME} failed; starting bangerd directly");
+                return Ok(None);
+            }
+            next_check = now + Duration::from_millis(500);
+        }
+        if now >= deadline {
             return Err(CliError::StartTimeout {
                 waited_s: START_TIMEOUT.as_secs(),
                 tail: log_tail(&log_file, log_start),

@@ -72,6 +72,23 @@ pub enum CliError {
         total: usize,
         exit: Exit,
     },
+    #[error("write {path}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "bangerd.service failed to start; see `journalctl --user -u bangerd.service` and {log_file}"
+    )]
+    UnitFailed { log_file: PathBuf },
+    /// `systemctl --user` failed; `context` says what that leaves.
+    #[error("{context}")]
+    Systemd {
+        context: String,
+        #[source]
+        source: crate::daemon_unit::SystemctlError,
+    },
     /// A command run in the guest (or a check) exited with this status;
     /// banger exits with it too and prints nothing more.
     #[error("exit status {0}")]
@@ -90,11 +107,16 @@ impl CliError {
             | Self::Spawn { .. }
             | Self::StartTimeout { .. }
             | Self::StartExited { .. }
-            | Self::StopTimeout { .. } => Exit::DaemonUnavailable,
+            | Self::StopTimeout { .. }
+            | Self::UnitFailed { .. } => Exit::DaemonUnavailable,
             Self::BadParams(_) | Self::Config(_) => Exit::BadInput,
             Self::SomeFailed { exit, .. } => *exit,
             Self::ChildExit(_) => Exit::Failed,
             Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
+            Self::WriteFile { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                Exit::PermissionDenied
+            }
+            Self::WriteFile { .. } | Self::Systemd { .. } => Exit::Failed,
         }
     }
 

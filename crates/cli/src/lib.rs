@@ -12,9 +12,11 @@ mod args;
 pub mod client;
 mod commands;
 pub mod daemon_ctl;
+pub mod daemon_unit;
 mod error;
 mod exit;
 mod output;
+pub mod reference;
 
 use std::process::ExitCode;
 

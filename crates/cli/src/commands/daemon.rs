@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use banger_paths::Layout;
 use banger_proto::methods::{self, NoParams};
@@ -8,6 +9,7 @@ use super::format::{key_values, terminal_safe};
 use super::print_json;
 use crate::args::LogsArgs;
 use crate::daemon_ctl::{self, DaemonTarget, ensure_daemon};
+use crate::daemon_unit::{self, UNIT_NAME};
 use crate::{BuildInfo, CliError, Exit};
 
 pub(crate) fn ping(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
@@ -92,6 +94,133 @@ pub(crate) fn stop(layout: &Layout, json: bool) -> Result<(), CliError> {
         Some(pid) => println!("stopped bangerd (pid {pid})"),
         None => println!("no bangerd running"),
     }
+    Ok(())
+}
+
+/// `banger man --dir DIR`.
+pub(crate) fn man(dir: &Path) -> Result<(), CliError> {
+    let written = crate::reference::write_man_pages(dir).map_err(|source| CliError::WriteFile {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    println!("wrote {} man pages to {}", written.len(), dir.display());
+    Ok(())
+}
+
+/// `banger daemon install --user`: writes the unit, hands the daemon over
+/// to systemd and waits for it to answer.
+pub(crate) fn install_unit(target: &DaemonTarget, json: bool) -> Result<(), CliError> {
+    let layout = &target.layout;
+    let bangerd = std::fs::canonicalize(&target.bangerd)
+        .map_err(|e| CliError::BadParams(format!("{}: {e}", target.bangerd.display())))?;
+    let env = |name: &str| std::env::var_os(name);
+    let mut checked = vec![bangerd.clone(), layout.log_file()];
+    for name in [
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "XDG_STATE_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_RUNTIME_DIR",
+    ] {
+        checked.extend(env(name).filter(|v| !v.is_empty()).map(PathBuf::from));
+    }
+    if let Some(why) = checked.iter().find_map(|p| daemon_unit::unit_unsafe(p)) {
+        return Err(CliError::BadParams(why));
+    }
+    layout.ensure_dirs()?;
+    let text = daemon_unit::render_unit(&bangerd, layout, env);
+    let path = daemon_unit::unit_path(layout);
+    let write = |p: &Path| -> std::io::Result<()> {
+        std::fs::create_dir_all(daemon_unit::unit_dir(layout))?;
+        let tmp = p.with_extension("service.tmp");
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, p)
+    };
+    write(&path).map_err(|source| CliError::WriteFile {
+        path: path.clone(),
+        source,
+    })?;
+    if !json {
+        println!("wrote {}", path.display());
+    }
+    // A daemon banger started itself holds the lock the unit's would need.
+    let mut replaced = None;
+    if let Some((client, ping)) = daemon_ctl::connect_running(layout)? {
+        daemon_ctl::stop(client, ping.pid)?;
+        replaced = Some(ping.pid);
+        if !json {
+            println!(
+                "stopped bangerd (pid {}) so that systemd runs it; VMs keep running",
+                ping.pid
+            );
+        }
+    }
+    let left = format!(
+        "{} is written, but the user's systemd did not take it; until it does, banger          starts bangerd itself",
+        path.display()
+    );
+    let log_start = std::fs::metadata(layout.log_file())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    for args in [&["daemon-reload"][..], &["enable", "--now", UNIT_NAME]] {
+        daemon_unit::systemctl_user(args).map_err(|source| CliError::Systemd {
+            context: left.clone(),
+            source,
+        })?;
+    }
+    let Some((_, ping)) = daemon_ctl::wait_for_unit(layout, log_start)? else {
+        return Err(CliError::UnitFailed {
+            log_file: layout.log_file(),
+        });
+    };
+    if json {
+        return print_json(&json!({
+            "unit": path,
+            "bangerd": bangerd,
+            "pid": ping.pid,
+            "replaced_pid": replaced,
+        }));
+    }
+    println!(
+        "enabled {UNIT_NAME}: bangerd (pid {}) runs under systemd --user and starts with your session",
+        ping.pid
+    );
+    Ok(())
+}
+
+/// `banger daemon uninstall --user`: stops and disables the unit, then
+/// removes it. A daemon still running is stopped by systemd; the next
+/// command starts one the usual way.
+pub(crate) fn uninstall_unit(layout: &Layout, json: bool) -> Result<(), CliError> {
+    let path = daemon_unit::unit_path(layout);
+    if !path.exists() {
+        if json {
+            return print_json(&json!({ "unit": path, "removed": false }));
+        }
+        println!("no unit at {}: nothing to do", path.display());
+        return Ok(());
+    }
+    let disabled = daemon_unit::systemctl_user(&["disable", "--now", UNIT_NAME]);
+    if let Err(e) = &disabled {
+        eprintln!(
+            "warning: {}; removing the unit anyway",
+            banger_proto::error_chain(e)
+        );
+    }
+    std::fs::remove_file(&path).map_err(|source| CliError::WriteFile {
+        path: path.clone(),
+        source,
+    })?;
+    if disabled.is_ok() {
+        let _ = daemon_unit::systemctl_user(&["daemon-reload"]);
+    }
+    if json {
+        return print_json(&json!({ "unit": path, "removed": true, "disabled": disabled.is_ok() }));
+    }
+    if disabled.is_ok() {
+        println!("stopped and disabled {UNIT_NAME}");
+    }
+    println!("removed {}", path.display());
     Ok(())
 }
 

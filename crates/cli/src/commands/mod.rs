@@ -23,6 +23,14 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
     if let Command::System(c) = &cli.command {
         return system::run(c);
     }
+    // Generated from the arguments alone: no home, no daemon.
+    if let Command::Completions(a) = &cli.command {
+        crate::reference::completions(a.shell, &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Man(a) = &cli.command {
+        return daemon::man(&a.dir);
+    }
     let layout = Layout::from_env()?;
     // Resolved lazily: `daemon status`, `daemon logs`, `daemon stop` and
     // `ssh-config` never start bangerd.
@@ -38,6 +46,8 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Daemon(DaemonCommand::Status(a)) => daemon::status(&layout, build, a.json),
         Command::Daemon(DaemonCommand::Stop(a)) => daemon::stop(&layout, a.json),
         Command::Daemon(DaemonCommand::Logs(a)) => daemon::logs(&layout, a),
+        Command::Daemon(DaemonCommand::Install(a)) => daemon::install_unit(&target()?, a.json),
+        Command::Daemon(DaemonCommand::Uninstall(a)) => daemon::uninstall_unit(&layout, a.json),
         Command::Rpc(a) => rpc::run(&target()?, a),
         Command::Vm(c) => vm::run(&target()?, c),
         Command::Image(c) => artifacts::image(&target()?, c),
@@ -49,6 +59,8 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Network(a) => artifacts::network(&target()?, a.json),
         Command::System(c) => system::run(c),
         Command::Config(crate::args::ConfigCommand::Show(a)) => config::show(&layout, a.json),
+        // Answered above, before the layout.
+        Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }
 

@@ -17,8 +17,8 @@ use super::ping::{Ping, ping};
 use super::process::{is_helper_process, start_background, stop_background, stop_pid};
 use super::units::{start_systemd, systemctl, unit_files, unit_safe, wait_for_answer};
 use super::{
-    BINARIES, HELPER_BIN, HELPER_PATH, Out, SERVICE_UNIT, SOCKET_UNIT, fail, io_fail, print_json,
-    require_root,
+    AGENT_BIN, BINARIES, HELPER_BIN, HELPER_PATH, Out, SERVICE_UNIT, SOCKET_UNIT, fail, io_fail,
+    print_json, require_root,
 };
 use crate::CliError;
 use crate::args::SystemInstallArgs;
@@ -111,7 +111,32 @@ pub(super) fn install(args: &SystemInstallArgs) -> Result<(), CliError> {
         }
         binaries.push(dst);
     }
+    let agent = src_dir.join(AGENT_BIN);
+    if agent.is_file() {
+        let dst = dst_dir.join(AGENT_BIN);
+        if copy_binary(&agent, &dst)? {
+            out.step(format!("installed {}", dst.display()));
+        }
+        binaries.push(dst);
+    }
     let helper_bin = dst_dir.join(HELPER_BIN);
+    let share = args.prefix.join("share");
+    let docs = crate::reference::install_share(&share).map_err(|e| {
+        io_fail(
+            format_args!(
+                "install man pages and completions under {}",
+                share.display()
+            ),
+            &e,
+        )
+    })?;
+    out.step(format!(
+        "installed {} man pages and the bash, zsh and fish completions under {}",
+        docs.iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "1"))
+            .count(),
+        share.display()
+    ));
 
     // 2. Config, checked by the helper itself before it replaces the old one.
     let config_dir = socket_dir(&args.config);

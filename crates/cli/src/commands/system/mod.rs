@@ -1,8 +1,10 @@
 //! `banger system install|uninstall|status`: putting `banger-helper`, the
 //! root helper, in place, taking it away again, and saying how it is.
 //!
-//! Install copies `banger`, `bangerd` and `banger-helper` from the running
-//! binary's directory into `PREFIX/bin`, writes the helper's config
+//! Install copies `banger`, `bangerd` and `banger-helper` (and
+//! `banger-agent` when it is there) from the running binary's directory
+//! into `PREFIX/bin`, the man pages and shell completions into
+//! `PREFIX/share` (crates/cli/src/reference.rs), writes the helper's config
 //! ([`HelperConfig`](banger_proto::helper::HelperConfig)) and starts the helper: with systemd, through a
 //! `banger-helper.socket` + `banger-helper.service` pair; without, as a
 //! background process in its own session whose pid is kept next to the
@@ -36,6 +38,9 @@ use crate::args::SystemCommand;
 /// The binaries install copies, in this order.
 const BINARIES: [&str; 3] = ["banger", "bangerd", "banger-helper"];
 const HELPER_BIN: &str = "banger-helper";
+/// The static guest agent bangerd bakes into images; copied with the
+/// binaries when it is beside them (scripts/quickstart.sh puts it there).
+const AGENT_BIN: &str = "banger-agent";
 const SERVICE_UNIT: &str = "banger-helper.service";
 const SOCKET_UNIT: &str = "banger-helper.socket";
 /// How long a freshly started helper gets to answer `ping`.

@@ -16,8 +16,8 @@ use super::ping::{Ping, ping};
 use super::process::{is_helper_process, stop_background, stop_pid};
 use super::units::{systemctl, unit_files};
 use super::{
-    BINARIES, HELPER_BIN, HELPER_PATH, Out, SERVICE_UNIT, SOCKET_UNIT, fail, io_fail, print_json,
-    require_root,
+    AGENT_BIN, BINARIES, HELPER_BIN, HELPER_PATH, Out, SERVICE_UNIT, SOCKET_UNIT, fail, io_fail,
+    print_json, require_root,
 };
 use crate::CliError;
 use crate::args::SystemUninstallArgs;
@@ -139,11 +139,24 @@ pub(super) fn uninstall(args: &SystemUninstallArgs) -> Result<(), CliError> {
         }
     }
     if !args.keep_binaries {
-        for name in BINARIES {
+        for name in BINARIES.iter().chain([&AGENT_BIN]) {
             let path = bin_dir(&args.prefix).join(name);
             if remove_if_present(&path)? {
                 removed.push(path);
             }
+        }
+        let share = args.prefix.join("share");
+        let docs = crate::reference::remove_share(&share).map_err(|e| {
+            io_fail(
+                format_args!("remove man pages and completions under {}", share.display()),
+                &e,
+            )
+        })?;
+        if !docs.is_empty() {
+            out.step(format!(
+                "removed banger's man pages and completions under {}",
+                share.display()
+            ));
         }
     }
     found |= !removed.is_empty();
