@@ -373,6 +373,7 @@ pub struct VmDeleteArgs {
     /// Delete running VMs too (killed first).
     #[arg(long, short)]
     pub force: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
