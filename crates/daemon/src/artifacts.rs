@@ -406,6 +406,8 @@ impl Artifacts {
             managed: true,
             created_at_ms: now_ms(),
             has_agent: recipe.agent.is_some(),
+            recipe: None,
+            replaced_by: None,
         };
         let r = record.clone();
         self.db.call(move |s| s.insert_image(&r)).await?;
@@ -570,6 +572,8 @@ mod tests {
             managed: false,
             created_at_ms: 0,
             has_agent: false,
+            recipe: None,
+            replaced_by: None,
         }
     }
 

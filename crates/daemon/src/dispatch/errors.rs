@@ -244,6 +244,8 @@ mod tests {
                 managed: false,
                 created_at_ms: 0,
                 has_agent: false,
+                recipe: None,
+                replaced_by: None,
             })
             .unwrap();
         let dup = state
