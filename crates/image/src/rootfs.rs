@@ -545,23 +545,17 @@ mod tests {
     #[test]
     fn stale_reasons_name_the_parts_that_changed() {
         let base = recipe().parts();
-        assert_eq!(
-            base.keys().map(String::as_str).collect::<Vec<_>>(),
-            {
-                let mut names: Vec<&str> = RECIPE_PARTS.iter().map(|(n, _)| *n).collect();
-                names.sort_unstable();
-                names
-            }
-        );
+        assert_eq!(base.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut names: Vec<&str> = RECIPE_PARTS.iter().map(|(n, _)| *n).collect();
+            names.sort_unstable();
+            names
+        });
         assert!(stale_reasons(&base, &base).is_empty());
         let more = ImageRecipe {
             packages: vec!["jq".into()],
             ..recipe()
         };
-        assert_eq!(
-            stale_reasons(&base, &more.parts()),
-            ["package set changed"]
-        );
+        assert_eq!(stale_reasons(&base, &more.parts()), ["package set changed"]);
         let agent = crate::agent::AgentBinary {
             path: "/x/banger-agent".into(),
             sha256: "ab".repeat(32),

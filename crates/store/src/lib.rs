@@ -201,28 +201,27 @@ impl Store {
     }
 
     fn insert_image_on(conn: &Connection, i: &ImageRecord) -> Result<(), StoreError> {
-        conn
-            .execute(
-                "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
+        conn.execute(
+            "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
                                      size_bytes, managed, created_at_ms, has_agent, recipe,
                                      replaced_by)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    i.id,
-                    i.name,
-                    i.source,
-                    path_str(&i.rootfs_path),
-                    i.work_seed_path.as_deref().map(path_str),
-                    i.fingerprint,
-                    i.size_bytes,
-                    i.managed,
-                    i.created_at_ms,
-                    i.has_agent,
-                    i.recipe,
-                    i.replaced_by,
-                ],
-            )
-            .map_err(|e| classify(e, "image", &i.name))?;
+            params![
+                i.id,
+                i.name,
+                i.source,
+                path_str(&i.rootfs_path),
+                i.work_seed_path.as_deref().map(path_str),
+                i.fingerprint,
+                i.size_bytes,
+                i.managed,
+                i.created_at_ms,
+                i.has_agent,
+                i.recipe,
+                i.replaced_by,
+            ],
+        )
+        .map_err(|e| classify(e, "image", &i.name))?;
         Ok(())
     }
 

@@ -87,10 +87,10 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                         i.name.clone(),
                         i.source.clone(),
                         human_bytes(i.size_bytes),
-                        if i.stale {
-                            "stale".into()
-                        } else {
-                            String::new()
+                        match (&i.stale_reason, i.stale) {
+                            (Some(why), _) => format!("stale: {why}"),
+                            (None, true) => "stale".into(),
+                            (None, false) => String::new(),
                         },
                     ]
                 })
@@ -116,8 +116,10 @@ fn print_image(i: &ImageView) {
     if let Some(seed) = &i.work_seed {
         println!("work seed  {seed}");
     }
-    if i.stale {
-        println!("stale      built from an older recipe");
+    match (&i.stale_reason, i.stale) {
+        (Some(why), _) => println!("stale      {why}"),
+        (None, true) => println!("stale      built from an older recipe"),
+        (None, false) => {}
     }
 }
 

@@ -193,6 +193,7 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         E::NotFound { .. } | E::UnknownKernel { .. } | E::Broken { .. } => ErrorCode::NotFound,
         E::ImageExists { .. } => ErrorCode::Conflict,
         E::InvalidPackage { .. } => ErrorCode::BadParams,
+        E::NoAgent { .. } => ErrorCode::OperationFailed,
         E::Pull { .. } | E::Build { .. } | E::Task { .. } | E::Ssh(_) => ErrorCode::OperationFailed,
         E::Cancelled(_) => ErrorCode::Cancelled,
         E::Store(e) => store_code(e),

@@ -674,6 +674,7 @@ pub(crate) async fn delete_locked(
     if let Some(base) = &vm.base_snapshot_id {
         super::snapshot::drop_if_unused_fork_base(vms, base).await;
     }
+    super::snapshot::template::prune_replaced_images(vms).await;
     Ok(vm)
 }
 
