@@ -97,15 +97,6 @@ struct BuiltFrom {
     parts: BTreeMap<String, String>,
 }
 
-/// Why a managed image is stale.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Staleness {
-    /// For people: "package set changed, new agent".
-    reason: String,
-    /// banger knows how to build it again (its recipe is known).
-    rebuildable: bool,
-}
-
 /// Why a legacy default image (built before images recorded their
 /// recipe) is stale: every such image lacks the everyday tools that
 /// `banger_image::rootfs::BASE_PACKAGES` added with the recipe record.
@@ -373,10 +364,8 @@ impl Artifacts {
                 }
             }
             return match self.staleness(&i).await? {
-                Some(stale) if stale.rebuildable => {
-                    self.rebuild_locked(i, &stale.reason, ctx).await
-                }
-                _ => Ok(i),
+                Some(reason) => self.rebuild_locked(i, &reason, ctx).await,
+                None => Ok(i),
             };
         }
         if name != self.default_image {
@@ -516,21 +505,19 @@ impl Artifacts {
         })
     }
 
-    /// Why the managed image `i` is stale, if it is: the recipe parts that
-    /// differ from how banger would build it now (the agent not compared
-    /// when there is no static one to hash). Images built before images
-    /// recorded their recipe: only the default image (its recipe is known)
-    /// is judged, and rebuilt.
-    async fn staleness(&self, i: &ImageRecord) -> Result<Option<Staleness>, ArtifactError> {
+    /// Why the managed image `i` is stale, if it is (for people: "package
+    /// set changed, new agent"): the recipe parts that differ from how
+    /// banger would build it now (the agent not compared when there is no
+    /// static one to hash). A stale image can be rebuilt: of the images
+    /// built before images recorded their recipe, only the default image
+    /// (whose recipe is known) is judged.
+    async fn staleness(&self, i: &ImageRecord) -> Result<Option<String>, ArtifactError> {
         if !i.managed || i.replaced_by.is_some() {
             return Ok(None);
         }
         let Some(Ok(from)) = i.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) else {
             let legacy_default = i.name == self.default_image && i.source == "debian:bookworm";
-            return Ok(legacy_default.then(|| Staleness {
-                reason: LEGACY_REASON.to_owned(),
-                rebuildable: true,
-            }));
+            return Ok(legacy_default.then(|| LEGACY_REASON.to_owned()));
         };
         let recipe = self.recipe(from.packages, from.size_bytes, false).await?;
         let mut now = recipe.parts();
@@ -538,10 +525,7 @@ impl Artifacts {
             now.remove("agent");
         }
         let reasons = banger_image::stale_reasons(&from.parts, &now);
-        Ok((!reasons.is_empty()).then(|| Staleness {
-            reason: reasons.join(", "),
-            rebuildable: true,
-        }))
+        Ok((!reasons.is_empty()).then(|| reasons.join(", ")))
     }
 
     /// Deletes the images replaced by a rebuild that nothing uses any more
@@ -599,7 +583,7 @@ impl Artifacts {
         let stale_reason = if i.replaced_by.is_some() {
             Some("replaced by a rebuild; kept while VMs or snapshots use it".to_owned())
         } else {
-            self.staleness(i).await?.map(|s| s.reason)
+            self.staleness(i).await?
         };
         Ok(ImageView {
             id: i.id.clone(),
