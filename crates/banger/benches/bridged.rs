@@ -87,6 +87,8 @@ fn main() {
     let helper = Helper::new(scratch.path(), &w, &net.ns);
     set_env(&mut w, "XDG_CACHE_HOME", cache_home());
     set_env(&mut w, "BANGER_ACCEL", PathBuf::from("tcg"));
+    // Images are never built without the guest agent.
+    set_env(&mut w, "BANGER_AGENT_BIN", common::static_agent());
     set_env(
         &mut w,
         "BANGER_HELPER_SOCKET",

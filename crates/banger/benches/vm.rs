@@ -68,6 +68,10 @@ fn main() {
     let mut world = World::new();
     world.extra_env.push(("XDG_CACHE_HOME", cache_home()));
     world.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
+    // Images are never built without the guest agent.
+    world
+        .extra_env
+        .push(("BANGER_AGENT_BIN", common::static_agent()));
 
     // Artifacts first, outside every timed region.
     eprintln!("--- preparing kernel and images (cached bases)");

@@ -138,6 +138,9 @@ fn bridged_networking_end_to_end() {
     let mut helper = Helper::new(scratch.path(), &w, &net.ns);
     w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
+    // Images are never built without the guest agent.
+    w.extra_env
+        .push(("BANGER_AGENT_BIN", common::static_agent()));
     // Debug logs name every request's op id ("rpc started"), even of
     // requests that succeed quietly (doctor, network): the last step checks
     // every helper call's op id against them.

@@ -25,6 +25,9 @@ fn world() -> World {
     // User-mode networking even where a banger-helper is installed.
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
+    // Images are never built without the guest agent.
+    w.extra_env
+        .push(("BANGER_AGENT_BIN", common::static_agent()));
     w
 }
 

@@ -4,12 +4,22 @@
 //! | what | files |
 //! |---|---|
 //! | kernel NAME | `DATA/kernels/NAME/{vmlinuz, initrd.img, modules/}` |
-//! | image NAME | `DATA/images/NAME/{rootfs.ext4, work-seed.ext4}` |
+//! | image NAME | `DATA/images/NAME/{rootfs.ext4, work-seed.ext4}` (a rebuild: `DATA/images/NAME.ID/`) |
 //!
 //! One build or pull per name at a time: concurrent creates that both need
 //! the default image wait for the one build.
+//!
+//! A managed image records what it was built from (extra packages, size,
+//! a digest per part of the recipe: `banger_image::RECIPE_PARTS`). When
+//! banger would now build it differently (new package set, agent, guest
+//! setup...) it is stale, and the next create from it rebuilds it in the
+//! foreground, with a stage naming why. The rebuild goes into a new
+//! directory and a new row; the old row is renamed `NAME@ID` and kept,
+//! files and all, while VMs or snapshots use it (their qcow2 root disks
+//! name its `rootfs.ext4` as their backing file), then pruned
+//! ([`Artifacts::prune_replaced`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +53,12 @@ pub enum ArtifactError {
     ImageExists { name: String },
     #[error("invalid package name {package:?}")]
     InvalidPackage { package: String },
+    /// No static guest agent to bake in: an image without one would boot
+    /// VMs on which exec, cp, stats and ports never work.
+    #[error(
+        "no static banger-agent to bake into the image ({tried}); build one with scripts/build-agent.sh, or set BANGER_AGENT_BIN to a static banger-agent"
+    )]
+    NoAgent { tried: String },
     #[error("pull kernel {name}")]
     Pull {
         name: String,
@@ -70,6 +86,21 @@ pub enum ArtifactError {
     #[error(transparent)]
     Cancelled(#[from] Cancelled),
 }
+
+/// What a managed image was built from, as recorded in its row (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct BuiltFrom {
+    /// The recipe's extra packages.
+    packages: Vec<String>,
+    size_bytes: Option<u64>,
+    /// A digest per part of the recipe (`ImageRecipe::parts`).
+    parts: BTreeMap<String, String>,
+}
+
+/// Why a legacy default image (built before images recorded their
+/// recipe) is stale: every such image lacks the everyday tools that
+/// `banger_image::rootfs::BASE_PACKAGES` added with the recipe record.
+const LEGACY_REASON: &str = "package set changed";
 
 /// Locks that serialise work on one kernel or image name.
 #[derive(Debug, Default)]
@@ -265,12 +296,20 @@ impl Artifacts {
         Ok(record)
     }
 
-    /// The recipe of a managed image.
+    /// The recipe of a managed image. Without a static agent it is an
+    /// error when `need_agent`, else a recipe without one (only good to
+    /// compare with, never to build).
     async fn recipe(
         &self,
         packages: Vec<String>,
         size_bytes: Option<u64>,
+        need_agent: bool,
     ) -> Result<ImageRecipe, ArtifactError> {
+        let agent = match self.agent_binary().await {
+            Ok(a) => Some(a),
+            Err(e) if need_agent => return Err(e),
+            Err(_) => None,
+        };
         let ssh = self.ssh.clone();
         let key = tokio::task::spawn_blocking(move || ssh.public_key())
             .await
@@ -278,7 +317,6 @@ impl Artifacts {
                 what: "read ssh public key".into(),
                 source,
             })??;
-        let agent = self.agent_binary().await;
         Ok(ImageRecipe {
             suite: "bookworm".into(),
             packages,
@@ -288,40 +326,20 @@ impl Artifacts {
         })
     }
 
-    /// The static guest agent to bake into images: `BANGER_AGENT_BIN`, else
-    /// `banger-agent` next to bangerd if it is static, else cargo's static
-    /// build (`target/x86_64-unknown-linux-gnu/release/`, what
-    /// scripts/build-agent.sh makes) beside bangerd's build dir. `None` (with
-    /// a warning) builds images without an agent; their VMs boot without
-    /// waiting for one.
-    pub async fn agent_binary(&self) -> Option<banger_image::AgentBinary> {
+    /// The static guest agent to bake into images (see [`find_agent`]).
+    pub async fn agent_binary(&self) -> Result<banger_image::AgentBinary, ArtifactError> {
         let configured = self.agent_bin.clone();
         tokio::task::spawn_blocking(move || {
-            let mut candidates = Vec::new();
-            if let Some(p) = configured {
-                candidates.push(p);
-            } else if let Some(dir) = std::env::current_exe()
+            let exe_dir = std::env::current_exe()
                 .ok()
-                .and_then(|e| e.parent().map(PathBuf::from))
-            {
-                candidates.push(dir.join("banger-agent"));
-                if let Some(target) = dir.parent() {
-                    candidates.push(target.join("x86_64-unknown-linux-gnu/release/banger-agent"));
-                }
-            }
-            let mut why = Vec::new();
-            for c in &candidates {
-                match banger_image::AgentBinary::load(c) {
-                    Ok(a) => return Some(a),
-                    Err(e) => why.push(chain(&e)),
-                }
-            }
-            tracing::warn!(tried = ?why, "no static banger-agent found; images are built without the guest agent");
-            None
+                .and_then(|e| e.parent().map(PathBuf::from));
+            find_agent(configured, exe_dir)
         })
         .await
-        .ok()
-        .flatten()
+        .map_err(|source| ArtifactError::Task {
+            what: "find banger-agent".into(),
+            source,
+        })?
     }
 
     /// The image `name`; the default image is built on first use.
@@ -347,7 +365,10 @@ impl Artifacts {
                     }
                 }
             }
-            return Ok(i);
+            return match self.staleness(&i).await? {
+                Some(reason) => self.rebuild_locked(i, &reason, ctx).await,
+                None => Ok(i),
+            };
         }
         if name != self.default_image {
             return Err(ArtifactError::NotFound {
@@ -355,7 +376,45 @@ impl Artifacts {
                 name: name.to_owned(),
             });
         }
-        self.build_locked(name, Vec::new(), None, ctx).await
+        let record = self
+            .build_new(name, Vec::new(), None, &format!("build image {name}"), ctx)
+            .await?;
+        let r = record.clone();
+        self.db.call(move |s| s.insert_image(&r)).await?;
+        tracing::info!(image = name, "image built");
+        Ok(record)
+    }
+
+    /// Rebuilds the stale image `old` under its name; its row and files
+    /// stay (renamed `NAME@ID`) for the VMs that use them. A rebuild that
+    /// fails for another reason than a cancel leaves `old` in use, saying
+    /// so in a stage and the log: a stale image still boots.
+    async fn rebuild_locked(
+        &self,
+        old: ImageRecord,
+        reason: &str,
+        ctx: &OpCtx,
+    ) -> Result<ImageRecord, ArtifactError> {
+        let name = old.name.clone();
+        let (packages, size) = match old.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) {
+            Some(Ok(b)) => (b.packages, b.size_bytes),
+            _ => (Vec::new(), None),
+        };
+        let title = format!("rebuild image {name} (stale: {reason})");
+        let built = match self.build_new(&name, packages, size, &title, ctx).await {
+            Ok(b) => b,
+            Err(ArtifactError::Cancelled(c)) => return Err(c.into()),
+            Err(e) => {
+                let why = chain(&e);
+                tracing::warn!(image = %name, error = %why, "rebuild of a stale image failed; using the stale one");
+                ctx.stage(&format!("use stale image {name}: rebuild failed: {why}"));
+                return Ok(old);
+            }
+        };
+        let (old_id, r) = (old.id.clone(), built.clone());
+        self.db.call(move |s| s.replace_image(&old_id, &r)).await?;
+        tracing::info!(image = %name, old = %old.id, new = %built.id, reason, "stale image rebuilt");
+        Ok(built)
     }
 
     /// `image.build`: builds a new managed image (check `packages` with
@@ -374,31 +433,65 @@ impl Artifacts {
                 name: name.to_owned(),
             });
         }
-        self.build_locked(name, packages, size_bytes, ctx).await
+        let record = self
+            .build_new(
+                name,
+                packages,
+                size_bytes,
+                &format!("build image {name}"),
+                ctx,
+            )
+            .await?;
+        let r = record.clone();
+        self.db.call(move |s| s.insert_image(&r)).await?;
+        tracing::info!(image = name, "image built");
+        Ok(record)
     }
 
-    async fn build_locked(
+    /// Builds the files of a new version of image `name` into a directory
+    /// of its own (`DATA/images/NAME/`, or `NAME.ID/` when that is taken by
+    /// an older version), under the stage `title`; returns its record, not
+    /// stored yet. Refuses before any work without a static agent.
+    async fn build_new(
         &self,
         name: &str,
         packages: Vec<String>,
         size_bytes: Option<u64>,
+        title: &str,
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
-        let recipe = self.recipe(packages, size_bytes).await?;
+        let recipe = self.recipe(packages, size_bytes, true).await?;
         ctx.check_cancelled()?;
-        let dest = self.image_dir(name);
+        let id = new_id("i-");
+        let mut dest = self.image_dir(name);
+        if dest.exists() {
+            // Not a valid image name: no other image's directory.
+            dest = self.data_dir.join("images").join(format!("{name}.{id}"));
+        }
         let cache = self.cache_dir.clone();
-        let r = recipe.clone();
-        let built = with_stages(ctx, &format!("build image {name}"), move |progress| {
-            banger_image::build_rootfs(&r, &cache, &dest, progress)
+        let (r, d) = (recipe.clone(), dest.clone());
+        let built = with_stages(ctx, title, move |progress| {
+            banger_image::build_rootfs(&r, &cache, &d, progress)
         })
         .await?
         .map_err(|source| ArtifactError::Build {
             name: name.to_owned(),
             source,
-        })?;
-        let record = ImageRecord {
-            id: new_id("i-"),
+        });
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                remove_dir(dest).await;
+                return Err(e);
+            }
+        };
+        let from = BuiltFrom {
+            packages: recipe.packages.clone(),
+            size_bytes: recipe.size_bytes,
+            parts: recipe.parts(),
+        };
+        Ok(ImageRecord {
+            id,
             name: name.to_owned(),
             source: format!("debian:{}", recipe.suite),
             rootfs_path: built.rootfs,
@@ -408,11 +501,67 @@ impl Artifacts {
             managed: true,
             created_at_ms: now_ms(),
             has_agent: recipe.agent.is_some(),
+            // Plain data of strings and numbers: serialising cannot fail.
+            recipe: serde_json::to_string(&from).ok(),
+            replaced_by: None,
+        })
+    }
+
+    /// Why the managed image `i` is stale, if it is (for people: "package
+    /// set changed, new agent"): the recipe parts that differ from how
+    /// banger would build it now (the agent not compared when there is no
+    /// static one to hash). A stale image can be rebuilt: of the images
+    /// built before images recorded their recipe, only the default image
+    /// (whose recipe is known) is judged.
+    async fn staleness(&self, i: &ImageRecord) -> Result<Option<String>, ArtifactError> {
+        if !i.managed || i.replaced_by.is_some() {
+            return Ok(None);
+        }
+        let Some(Ok(from)) = i.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) else {
+            let legacy_default = i.name == self.default_image && i.source == "debian:bookworm";
+            return Ok(legacy_default.then(|| LEGACY_REASON.to_owned()));
         };
-        let r = record.clone();
-        self.db.call(move |s| s.insert_image(&r)).await?;
-        tracing::info!(image = name, "image built");
-        Ok(record)
+        let recipe = self.recipe(from.packages, from.size_bytes, false).await?;
+        let mut now = recipe.parts();
+        if recipe.agent.is_none() {
+            now.remove("agent");
+        }
+        let reasons = banger_image::stale_reasons(&from.parts, &now);
+        Ok((!reasons.is_empty()).then(|| reasons.join(", ")))
+    }
+
+    /// Deletes the images replaced by a rebuild that nothing uses any more
+    /// (the store refuses while a VM or snapshot refers to one), files and
+    /// all. Best effort: what fails is logged and tried again next time.
+    pub async fn prune_replaced(&self) {
+        let Ok(images) = self.db.call(|s| s.images()).await else {
+            return;
+        };
+        for i in images.into_iter().filter(|i| i.replaced_by.is_some()) {
+            let lock = self.locks.get(format!("image:{}", i.name));
+            let _guard = lock.lock().await;
+            let id = i.id.clone();
+            match self.db.call(move |s| s.delete_image(&id)).await {
+                Ok(record) => {
+                    remove_dir(self.files_dir(&record)).await;
+                    tracing::info!(image = %record.name, "replaced image pruned: nothing uses it");
+                }
+                Err(StoreError::InUse { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(image = %i.name, error = %chain(&e), "could not prune a replaced image")
+                }
+            }
+        }
+    }
+
+    /// The directory of an image's own files: the one its root disk is in
+    /// when that is an image directory of ours, else `DATA/images/NAME`.
+    fn files_dir(&self, i: &ImageRecord) -> PathBuf {
+        let images = self.data_dir.join("images");
+        match i.rootfs_path.parent() {
+            Some(dir) if dir.parent() == Some(images.as_path()) => dir.to_owned(),
+            _ => self.image_dir(&i.name),
+        }
     }
 
     /// The image `name` as shown to users.
@@ -433,10 +582,10 @@ impl Artifacts {
     }
 
     pub async fn image_view(&self, i: &ImageRecord) -> Result<ImageView, ArtifactError> {
-        let current = if i.managed {
-            Some(self.recipe(Vec::new(), None).await?.fingerprint())
+        let stale_reason = if i.replaced_by.is_some() {
+            Some("replaced by a rebuild; kept while VMs or snapshots use it".to_owned())
         } else {
-            None
+            self.staleness(i).await?
         };
         Ok(ImageView {
             id: i.id.clone(),
@@ -447,12 +596,9 @@ impl Artifacts {
             size_bytes: i.size_bytes,
             managed: i.managed,
             fingerprint: i.fingerprint.clone(),
-            // Only images built without extra packages share the default recipe.
-            stale: i.managed
-                && i.source == "debian:bookworm"
-                && current.is_some()
-                && i.fingerprint != current
-                && i.name == self.default_image,
+            stale: stale_reason.is_some(),
+            stale_reason,
+            replaced_by: i.replaced_by.clone(),
             created_at_ms: i.created_at_ms,
         })
     }
@@ -462,7 +608,7 @@ impl Artifacts {
         let _guard = lock.lock().await;
         let n = name.to_owned();
         let record = self.db.call(move |s| s.delete_image(&n)).await?;
-        remove_dir(self.image_dir(&record.name)).await;
+        remove_dir(self.files_dir(&record)).await;
         Ok(record)
     }
 
@@ -497,6 +643,40 @@ impl Artifacts {
         remove_dir(self.kernel_dir(&record.name)).await;
         Ok(record)
     }
+}
+
+/// The static guest agent to bake into images: `configured`
+/// (`BANGER_AGENT_BIN`) alone when set, else `banger-agent` in `exe_dir`
+/// (bangerd's) if it is static, else cargo's static build beside bangerd's
+/// build dir (`target/x86_64-unknown-linux-gnu/release/`, what
+/// scripts/build-agent.sh makes). None static: [`ArtifactError::NoAgent`],
+/// naming what was tried and why each was refused, and how to fix it.
+pub fn find_agent(
+    configured: Option<PathBuf>,
+    exe_dir: Option<PathBuf>,
+) -> Result<banger_image::AgentBinary, ArtifactError> {
+    let mut candidates = Vec::new();
+    if let Some(p) = configured {
+        candidates.push(p);
+    } else if let Some(dir) = exe_dir {
+        candidates.push(dir.join("banger-agent"));
+        if let Some(target) = dir.parent() {
+            candidates.push(target.join("x86_64-unknown-linux-gnu/release/banger-agent"));
+        }
+    }
+    let mut why = Vec::new();
+    for c in &candidates {
+        match banger_image::AgentBinary::load(c) {
+            Ok(a) => return Ok(a),
+            Err(e) => why.push(chain(&e)),
+        }
+    }
+    if why.is_empty() {
+        why.push("no place to look".to_owned());
+    }
+    Err(ArtifactError::NoAgent {
+        tried: why.join("; "),
+    })
 }
 
 /// Removes a deleted artifact's files; what cannot be removed is logged
@@ -572,6 +752,8 @@ mod tests {
             managed: false,
             created_at_ms: 0,
             has_agent: false,
+            recipe: None,
+            replaced_by: None,
         }
     }
 
@@ -684,6 +866,243 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().ends_with(" is missing"), "{err}");
+    }
+
+    /// `a` with another agent setting (`BANGER_AGENT_BIN`).
+    fn with_agent(a: &Artifacts, agent_bin: Option<PathBuf>) -> Artifacts {
+        Artifacts {
+            db: a.db.clone(),
+            data_dir: a.data_dir.clone(),
+            cache_dir: a.cache_dir.clone(),
+            default_image: a.default_image.clone(),
+            default_kernel: a.default_kernel.clone(),
+            ssh: a.ssh.clone(),
+            agent_bin,
+            locks: ArtifactLocks::default(),
+        }
+    }
+
+    /// A managed image as an earlier banger recorded it: no recipe.
+    fn legacy_default(root: &std::path::Path) -> ImageRecord {
+        ImageRecord {
+            source: "debian:bookworm".into(),
+            managed: true,
+            fingerprint: Some("built-before-recipes-were-recorded".into()),
+            ..image_record(root, "default")
+        }
+    }
+
+    #[test]
+    fn without_a_static_agent_the_error_says_how_to_get_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        // /bin/sh is dynamically linked on Debian.
+        let err = find_agent(Some("/bin/sh".into()), None).unwrap_err();
+        assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
+        let text = chain(&err);
+        assert!(text.contains("/bin/sh"), "{text}");
+        assert!(text.contains("dynamically linked"), "{text}");
+        assert!(text.contains("scripts/build-agent.sh"), "{text}");
+        assert!(text.contains("BANGER_AGENT_BIN"), "{text}");
+        // Next to bangerd: both places named.
+        let err = find_agent(None, Some(tmp.path().join("debug"))).unwrap_err();
+        let text = chain(&err);
+        assert!(text.contains("debug/banger-agent"), "{text}");
+        assert!(
+            text.contains("x86_64-unknown-linux-gnu/release/banger-agent"),
+            "{text}"
+        );
+        let err = find_agent(None, None).unwrap_err();
+        assert!(chain(&err).contains("no place to look"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_image_is_never_built_without_the_agent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = with_agent(&service(tmp.path()), Some("/bin/sh".into()));
+        let ctx = OpCtx::background();
+        let err = artifacts.ensure_image("default", &ctx).await.unwrap_err();
+        assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
+        let err = artifacts
+            .build_image("mine", Vec::new(), None, &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
+        // Refused before any work: no record, no files.
+        assert!(artifacts.db.call(|s| s.images()).await.unwrap().is_empty());
+        assert!(!tmp.path().join("data/images/default").exists());
+        assert!(!tmp.path().join("data/images/mine").exists());
+    }
+
+    #[tokio::test]
+    async fn stale_images_say_why_and_a_failed_rebuild_keeps_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = with_agent(&service(tmp.path()), Some("/bin/sh".into()));
+        let legacy = legacy_default(tmp.path());
+        let r = legacy.clone();
+        artifacts
+            .db
+            .call(move |s| s.insert_image(&r))
+            .await
+            .unwrap();
+        let view = artifacts.image("default").await.unwrap();
+        assert!(view.stale);
+        assert_eq!(view.stale_reason.as_deref(), Some("package set changed"));
+
+        // The rebuild cannot happen (no static agent): the stale image is
+        // still what the create gets, untouched.
+        let got = artifacts
+            .ensure_image("default", &OpCtx::background())
+            .await
+            .unwrap();
+        assert_eq!(got, legacy);
+        assert_eq!(
+            artifacts.db.call(|s| s.images()).await.unwrap(),
+            vec![legacy]
+        );
+
+        // A recorded recipe: the parts that differ are named.
+        let key = artifacts.ssh.public_key().unwrap();
+        let mut old_recipe = ImageRecipe::new("bookworm", key);
+        old_recipe.packages = vec!["jq".into()];
+        let from = BuiltFrom {
+            packages: Vec::new(),
+            size_bytes: None,
+            parts: old_recipe.parts(),
+        };
+        let mine = ImageRecord {
+            recipe: Some(serde_json::to_string(&from).unwrap()),
+            ..legacy_default(tmp.path())
+        };
+        let mine = ImageRecord {
+            id: "i-mine".into(),
+            name: "mine".into(),
+            ..mine
+        };
+        let r = mine.clone();
+        artifacts
+            .db
+            .call(move |s| s.insert_image(&r))
+            .await
+            .unwrap();
+        let view = artifacts.image("mine").await.unwrap();
+        assert_eq!(view.stale_reason.as_deref(), Some("package set changed"));
+        // The same recipe as now: not stale (the agent, unknown here, is
+        // not compared).
+        let current = BuiltFrom {
+            packages: Vec::new(),
+            size_bytes: None,
+            parts: artifacts
+                .recipe(Vec::new(), None, false)
+                .await
+                .unwrap()
+                .parts(),
+        };
+        let fresh = ImageRecord {
+            id: "i-fresh".into(),
+            name: "fresh".into(),
+            recipe: Some(serde_json::to_string(&current).unwrap()),
+            ..mine
+        };
+        let r = fresh.clone();
+        artifacts
+            .db
+            .call(move |s| s.insert_image(&r))
+            .await
+            .unwrap();
+        let view = artifacts.image("fresh").await.unwrap();
+        assert!(!view.stale && view.stale_reason.is_none(), "{view:?}");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_image_stays_while_a_vm_uses_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = crate::testing::test_state(tmp.path());
+        let artifacts = &state.artifacts;
+        let old = legacy_default(tmp.path());
+        let r = old.clone();
+        artifacts
+            .db
+            .call(move |s| s.insert_image(&r))
+            .await
+            .unwrap();
+        let kernel = KernelRecord {
+            id: "k-1".into(),
+            name: "k".into(),
+            source: "test".into(),
+            kernel_path: tmp.path().join("vmlinuz"),
+            initrd_path: None,
+            modules_dir: None,
+            version: None,
+            sha256: None,
+            created_at_ms: 0,
+        };
+        let vm = banger_store::VmRecord {
+            id: "v-old".into(),
+            name: "old".into(),
+            image_id: old.id.clone(),
+            kernel_id: kernel.id.clone(),
+            vcpus: 1,
+            memory_mib: 256,
+            disk_size_bytes: 1 << 30,
+            network_mode: banger_proto::NetworkMode::User,
+            backend: None,
+            disk_strategy: None,
+            published_ports: vec![],
+            state: banger_store::VmState::Stopped,
+            last_error: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            base_snapshot_id: None,
+        };
+        artifacts
+            .db
+            .call(move |s| {
+                s.insert_kernel(&kernel)?;
+                s.insert_vm(&vm)
+            })
+            .await
+            .unwrap();
+        // The rebuild's files go into a directory of their own.
+        let new_dir = tmp.path().join("data/images/default.i-new");
+        std::fs::create_dir_all(&new_dir).unwrap();
+        std::fs::write(new_dir.join("rootfs.ext4"), b"y").unwrap();
+        let new = ImageRecord {
+            id: "i-new".into(),
+            rootfs_path: new_dir.join("rootfs.ext4"),
+            work_seed_path: None,
+            ..old.clone()
+        };
+        let (id, r) = (old.id.clone(), new.clone());
+        artifacts
+            .db
+            .call(move |s| s.replace_image(&id, &r))
+            .await
+            .unwrap();
+        let view = artifacts.image(&old.id).await.unwrap();
+        assert_eq!(view.name, "default@i-default");
+        assert!(view.stale);
+        assert_eq!(view.replaced_by.as_deref(), Some("i-new"));
+        assert!(
+            view.stale_reason
+                .unwrap()
+                .starts_with("replaced by a rebuild")
+        );
+
+        artifacts.prune_replaced().await;
+        assert!(old.rootfs_path.exists(), "a VM's backing file was removed");
+        assert_eq!(artifacts.db.call(|s| s.images()).await.unwrap().len(), 2);
+
+        artifacts.db.call(|s| s.delete_vm("old")).await.unwrap();
+        artifacts.prune_replaced().await;
+        assert!(!old.rootfs_path.parent().unwrap().exists());
+        assert!(new.rootfs_path.exists());
+        assert_eq!(
+            artifacts.db.call(|s| s.images()).await.unwrap(),
+            vec![new.clone()]
+        );
+        // Deleting the rebuilt image removes its own directory.
+        artifacts.delete_image("default").await.unwrap();
+        assert!(!new_dir.exists());
     }
 
     #[tokio::test]

@@ -141,6 +141,8 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         managed: false,
         created_at_ms: 0,
         has_agent: false,
+        recipe: None,
+        replaced_by: None,
     };
     let store = state.lock_store_for_tests();
     let _ = store.insert_kernel(&kernel);

@@ -30,15 +30,9 @@ impl AgentBinary {
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| ImageError::io("read agent binary", path, e))?;
-        check_static_elf(&bytes).map_err(|why| {
-            ImageError::io(
-                "use agent binary",
-                path,
-                std::io::Error::other(format!(
-                    "{why}; build it with scripts/build-agent.sh (a static binary)"
-                )),
-            )
-        })?;
+        // The caller says how to get a static one (scripts/build-agent.sh).
+        check_static_elf(&bytes)
+            .map_err(|why| ImageError::io("use agent binary", path, std::io::Error::other(why)))?;
         Ok(Self {
             path: path.to_owned(),
             sha256: format!("{:x}", Sha256::digest(&bytes)),

@@ -40,6 +40,28 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// The part of the recipe (`rootfs::RECIPE_PARTS`) this change belongs
+    /// to, so a stale image can say what changed.
+    pub(crate) fn part(&self) -> &'static str {
+        let path = match self {
+            Self::Copy { .. } => return "agent",
+            Self::Dir { path, .. }
+            | Self::File { path, .. }
+            | Self::Symlink { path, .. }
+            | Self::Remove { path } => path.as_str(),
+            Self::RemovePrefixed { dir, .. } => dir.as_str(),
+        };
+        if path.contains("banger-agent") {
+            "agent"
+        } else if path.contains("banger-guest-setup") {
+            "nic"
+        } else if path == "etc/ssh/authorized_keys/root" {
+            "ssh-key"
+        } else {
+            "customize"
+        }
+    }
+
     /// A stable text form for fingerprinting.
     pub(crate) fn describe(&self) -> String {
         match self {

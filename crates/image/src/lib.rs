@@ -50,4 +50,4 @@ pub use error::{ImageError, Result};
 pub use guest::CUSTOMIZE_VERSION;
 pub use initramfs::build_initramfs;
 pub use kernel::{CatalogEntry, KernelArtifacts, catalog, pull_debian_kernel};
-pub use rootfs::{ImageRecipe, RootfsArtifacts, build_rootfs};
+pub use rootfs::{ImageRecipe, RECIPE_PARTS, RootfsArtifacts, build_rootfs, stale_reasons};

@@ -14,7 +14,7 @@
 //!    `work-seed.ext4`. Both are renamed into `dest_dir` at the end; the
 //!    staging dir is removed on success and failure alike.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,12 +27,21 @@ use crate::error::{ImageError, Result};
 use crate::guest::{self, CUSTOMIZE_VERSION};
 use crate::sources;
 
-/// Packages every image has, besides minbase and the recipe's extras.
+/// Packages every image has, besides minbase and the recipe's extras:
+/// what banger's guest contract needs (SSH, systemd, `ip`), then the
+/// everyday tools of a development machine, so the first command a
+/// developer types in a new VM works.
 pub const BASE_PACKAGES: &[&str] = &[
     "openssh-server",
     "systemd-sysv",
     "iproute2",
     "ca-certificates",
+    "curl",
+    "git",
+    "python3",
+    "iputils-ping",
+    "procps",
+    "less",
 ];
 
 /// How long a cached base tarball is reused.
@@ -134,6 +143,46 @@ impl ImageRecipe {
         hex(&h.finalize())
     }
 
+    /// A digest per part of the recipe that can make an image stale (see
+    /// [`RECIPE_PARTS`]): recorded with an image, compared with the
+    /// current recipe's by [`stale_reasons`] to say why it is stale.
+    pub fn parts(&self) -> BTreeMap<String, String> {
+        let mut parts: BTreeMap<&'static str, Sha256> = RECIPE_PARTS
+            .iter()
+            .map(|(name, _)| (*name, Sha256::new()))
+            .collect();
+        let mut put = |part: &'static str, value: &str| {
+            if let Some(h) = parts.get_mut(part) {
+                h.update((value.len() as u64).to_le_bytes());
+                h.update(value.as_bytes());
+            }
+        };
+        put("format", "banger-image rootfs 1, minbase");
+        put(
+            "format",
+            &format!("ext4 -T default, seed {WORK_SEED_BYTES} bytes with root 0700"),
+        );
+        put("suite", &self.suite);
+        for p in self.all_packages() {
+            put("packages", &p);
+        }
+        put("ssh-key", self.ssh_public_key.trim());
+        put(
+            "size",
+            &self
+                .size_bytes
+                .map_or_else(|| "auto".to_owned(), |s| s.to_string()),
+        );
+        put("customize", &CUSTOMIZE_VERSION.to_string());
+        for change in guest::changes(&self.ssh_public_key, self.agent.as_ref()) {
+            put(change.part(), &change.describe());
+        }
+        parts
+            .into_iter()
+            .map(|(name, h)| (name.to_owned(), hex(&h.finalize())[..16].to_owned()))
+            .collect()
+    }
+
     /// Checks what would otherwise fail late, or be passed to a shell or apt unchecked.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(ImageError::InvalidRecipe { reason });
@@ -170,6 +219,38 @@ impl ImageRecipe {
         }
         Ok(())
     }
+}
+
+/// The parts of [`ImageRecipe::parts`], each with why an image is stale
+/// when its recorded digest differs from the current recipe's.
+pub const RECIPE_PARTS: &[(&str, &str)] = &[
+    ("format", "new image format"),
+    ("suite", "Debian suite changed"),
+    ("packages", "package set changed"),
+    ("ssh-key", "new SSH key"),
+    ("size", "size changed"),
+    ("agent", "new agent"),
+    ("nic", "new guest setup (NIC, hostname, work disk)"),
+    ("customize", "guest customisation changed"),
+];
+
+/// Why an image built with the `recorded` parts is stale against the
+/// `current` ones, in [`RECIPE_PARTS`] order; empty: it is not. A part
+/// missing from `current` (not known now, e.g. no agent to hash) is not
+/// compared; one missing from `recorded` differs.
+pub fn stale_reasons(
+    recorded: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<&'static str> {
+    RECIPE_PARTS
+        .iter()
+        .filter(|(name, _)| {
+            current
+                .get(*name)
+                .is_some_and(|now| recorded.get(*name) != Some(now))
+        })
+        .map(|(_, reason)| *reason)
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -396,7 +477,7 @@ mod tests {
     fn recipe() -> ImageRecipe {
         ImageRecipe {
             suite: "bookworm".into(),
-            packages: vec!["curl".into(), "git".into()],
+            packages: vec!["jq".into(), "make".into()],
             ssh_public_key: KEY.into(),
             size_bytes: None,
             agent: None,
@@ -412,7 +493,7 @@ mod tests {
         // Package order, duplicates, base packages named again and
         // surrounding whitespace on the key do not matter.
         let mut r = recipe();
-        r.packages = vec!["git".into(), "curl".into(), "git".into(), "iproute2".into()];
+        r.packages = vec!["make".into(), "jq".into(), "make".into(), "curl".into()];
         r.ssh_public_key = format!("  {KEY}\n");
         assert_eq!(r.fingerprint(), a);
     }
@@ -426,7 +507,7 @@ mod tests {
                 ..recipe()
             },
             ImageRecipe {
-                packages: vec!["curl".into()],
+                packages: vec!["jq".into()],
                 ..recipe()
             },
             ImageRecipe {
@@ -443,6 +524,74 @@ mod tests {
         for v in variants {
             assert!(all.insert(v.fingerprint()), "{v:?} collides");
         }
+    }
+
+    #[test]
+    fn the_everyday_tools_are_in_every_image() {
+        let all = ImageRecipe::new("bookworm", KEY).all_packages();
+        for tool in [
+            "curl",
+            "ca-certificates",
+            "git",
+            "python3",
+            "iputils-ping",
+            "procps",
+            "less",
+        ] {
+            assert!(all.iter().any(|p| p == tool), "{tool} missing from {all:?}");
+        }
+    }
+
+    #[test]
+    fn stale_reasons_name_the_parts_that_changed() {
+        let base = recipe().parts();
+        assert_eq!(base.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut names: Vec<&str> = RECIPE_PARTS.iter().map(|(n, _)| *n).collect();
+            names.sort_unstable();
+            names
+        });
+        assert!(stale_reasons(&base, &base).is_empty());
+        let more = ImageRecipe {
+            packages: vec!["jq".into()],
+            ..recipe()
+        };
+        assert_eq!(stale_reasons(&base, &more.parts()), ["package set changed"]);
+        let agent = crate::agent::AgentBinary {
+            path: "/x/banger-agent".into(),
+            sha256: "ab".repeat(32),
+        };
+        let with_agent = ImageRecipe {
+            agent: Some(agent.clone()),
+            ..recipe()
+        };
+        assert_eq!(stale_reasons(&base, &with_agent.parts()), ["new agent"]);
+        let newer_agent = ImageRecipe {
+            agent: Some(crate::agent::AgentBinary {
+                sha256: "cd".repeat(32),
+                ..agent
+            }),
+            ..recipe()
+        };
+        assert_eq!(
+            stale_reasons(&with_agent.parts(), &newer_agent.parts()),
+            ["new agent"]
+        );
+        // A changed key changes only the key part (its file included).
+        let key = ImageRecipe {
+            ssh_public_key: KEY.replace("test@", "other@"),
+            ..recipe()
+        };
+        assert_eq!(stale_reasons(&base, &key.parts()), ["new SSH key"]);
+        // What is not known now is not compared; what was not recorded differs.
+        let mut unknown = more.parts();
+        unknown.remove("packages");
+        assert!(stale_reasons(&base, &unknown).is_empty());
+        let mut old = base.clone();
+        old.remove("nic");
+        assert_eq!(
+            stale_reasons(&old, &base),
+            ["new guest setup (NIC, hostname, work disk)"]
+        );
     }
 
     #[test]
@@ -497,7 +646,7 @@ mod tests {
     #[test]
     fn all_packages_include_base() {
         let all = recipe().all_packages();
-        for p in BASE_PACKAGES.iter().chain(["curl", "git"].iter()) {
+        for p in BASE_PACKAGES.iter().chain(["jq", "make"].iter()) {
             assert!(all.iter().any(|a| a == p), "{p}");
         }
         let mut sorted = all.clone();

@@ -197,6 +197,14 @@ pub struct ImageView {
     pub fingerprint: Option<String>,
     /// A managed image built from an older recipe.
     pub stale: bool,
+    /// Why it is stale: what differs from how banger would build it now
+    /// ("package set changed, new agent"), or that a rebuild replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
+    /// The id of the rebuild that replaced this image (then named
+    /// `NAME@ID`, kept while VMs or snapshots use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
     pub created_at_ms: i64,
 }
 

@@ -206,7 +206,9 @@ fn image() -> ImageView {
         size_bytes: 2 << 30,
         managed: true,
         fingerprint: Some("f00d".into()),
-        stale: false,
+        stale: true,
+        stale_reason: Some("package set changed, new agent".into()),
+        replaced_by: None,
         created_at_ms: 1_700_000_000_000,
     }
 }

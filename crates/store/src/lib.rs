@@ -197,25 +197,50 @@ impl Store {
     // ---- images --------------------------------------------------------
 
     pub fn insert_image(&self, i: &ImageRecord) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
-                                     size_bytes, managed, created_at_ms, has_agent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    i.id,
-                    i.name,
-                    i.source,
-                    path_str(&i.rootfs_path),
-                    i.work_seed_path.as_deref().map(path_str),
-                    i.fingerprint,
-                    i.size_bytes,
-                    i.managed,
-                    i.created_at_ms,
-                    i.has_agent,
-                ],
-            )
-            .map_err(|e| classify(e, "image", &i.name))?;
+        Self::insert_image_on(&self.conn, i)
+    }
+
+    fn insert_image_on(conn: &Connection, i: &ImageRecord) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
+                                     size_bytes, managed, created_at_ms, has_agent, recipe,
+                                     replaced_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                i.id,
+                i.name,
+                i.source,
+                path_str(&i.rootfs_path),
+                i.work_seed_path.as_deref().map(path_str),
+                i.fingerprint,
+                i.size_bytes,
+                i.managed,
+                i.created_at_ms,
+                i.has_agent,
+                i.recipe,
+                i.replaced_by,
+            ],
+        )
+        .map_err(|e| classify(e, "image", &i.name))?;
+        Ok(())
+    }
+
+    /// Replaces the image `old_id` by `new` (a rebuild under the same
+    /// name), in one transaction: the old row is renamed `NAME@OLD_ID`
+    /// (not a valid image name, so it cannot collide) and points at the
+    /// new one; what uses the old row (by id) keeps using it.
+    pub fn replace_image(&self, old_id: &str, new: &ImageRecord) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let changed = tx.execute(
+            "UPDATE images SET name = name || '@' || id, replaced_by = ?2
+             WHERE id = ?1 AND replaced_by IS NULL",
+            params![old_id, new.id],
+        )?;
+        if changed != 1 {
+            return Err(not_found("image", old_id));
+        }
+        Self::insert_image_on(&tx, new)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -568,7 +593,7 @@ impl Store {
 const KERNEL_SELECT: &str = "SELECT id, name, source, kernel_path, initrd_path, modules_dir,
     version, sha256, created_at_ms FROM kernels";
 const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path, fingerprint,
-    size_bytes, managed, created_at_ms, has_agent FROM images";
+    size_bytes, managed, created_at_ms, has_agent, recipe, replaced_by FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
     created_at_ms, updated_at_ms, base_snapshot_id FROM vms";

@@ -96,6 +96,13 @@ const STEPS: &[M<'static>] = &[
             REFERENCES snapshots(id) ON DELETE RESTRICT;
         CREATE INDEX vms_base_snapshot ON vms(base_snapshot_id);",
     ),
+    // 5: what a managed image was built from (so it can be rebuilt when
+    // stale, and say why), and the rebuild that replaced it (the old row
+    // stays while VMs use its files).
+    M::up(
+        "ALTER TABLE images ADD COLUMN recipe TEXT;
+        ALTER TABLE images ADD COLUMN replaced_by TEXT;",
+    ),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

@@ -39,6 +39,16 @@ pub struct ImageRecord {
     pub created_at_ms: i64,
     /// The guest agent is baked in (`banger-agent`, started at boot).
     pub has_agent: bool,
+    /// What a managed image was built from, as the daemon records it (JSON:
+    /// extra packages, size, a digest per recipe part), so it can be rebuilt
+    /// and its staleness explained; `None` for images of older banger
+    /// versions and imported ones.
+    #[serde(default)]
+    pub recipe: Option<String>,
+    /// The id of the image that replaced this one when it was rebuilt (its
+    /// name then ends in `@ID`); kept only while VMs or snapshots use it.
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
 /// The lifecycle state last recorded for a VM (the wire enum, stored as
@@ -133,6 +143,8 @@ impl ImageRecord {
             managed: r.get(7)?,
             created_at_ms: r.get(8)?,
             has_agent: r.get(9)?,
+            recipe: r.get(10)?,
+            replaced_by: r.get(11)?,
         })
     }
 }

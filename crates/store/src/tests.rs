@@ -33,6 +33,8 @@ fn image(name: &str) -> ImageRecord {
         managed: true,
         created_at_ms: 2,
         has_agent: true,
+        recipe: None,
+        replaced_by: None,
     }
 }
 
@@ -397,4 +399,37 @@ fn newest_template_by_key() {
     assert_eq!(store.template("key-1").unwrap().unwrap().name, "t-new");
     assert_eq!(store.template("key-2").unwrap(), None);
     assert_eq!(store.snapshots().unwrap().len(), 2);
+}
+
+#[test]
+fn a_rebuilt_image_replaces_the_old_row_which_stays_for_its_vms() {
+    let (_d, store) = open();
+    store.insert_kernel(&kernel("k")).unwrap();
+    store.insert_image(&image("default")).unwrap();
+    store.insert_vm(&vm("old", "default", "k")).unwrap();
+    let new = ImageRecord {
+        id: "i-new".into(),
+        recipe: Some("{}".into()),
+        ..image("default")
+    };
+    store.replace_image("i-default", &new).unwrap();
+    assert_eq!(store.image("default").unwrap(), new);
+    let old = store.image("i-default").unwrap();
+    assert_eq!(old.name, "default@i-default");
+    assert_eq!(old.replaced_by.as_deref(), Some("i-new"));
+    // The old VM still refers to the old row, which its disk needs.
+    assert_eq!(store.vm("old").unwrap().image_id, "i-default");
+    let err = store.delete_image("i-default").unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    // A replaced row is not replaced twice; a failed replace changes nothing.
+    let again = ImageRecord {
+        id: "i-newer".into(),
+        ..new.clone()
+    };
+    let err = store.replace_image("i-default", &again).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(store.images().unwrap().len(), 2);
+    store.delete_vm("old").unwrap();
+    store.delete_image("i-default").unwrap();
+    assert_eq!(store.images().unwrap(), vec![new]);
 }

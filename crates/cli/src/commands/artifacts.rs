@@ -90,10 +90,10 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                         i.name.clone(),
                         i.source.clone(),
                         human_bytes(i.size_bytes),
-                        if i.stale {
-                            "stale".into()
-                        } else {
-                            String::new()
+                        match (&i.stale_reason, i.stale) {
+                            (Some(why), _) => format!("stale: {why}"),
+                            (None, true) => "stale".into(),
+                            (None, false) => String::new(),
                         },
                     ]
                 })
@@ -121,8 +121,10 @@ fn print_image(i: &ImageView) {
     if let Some(seed) = &i.work_seed {
         rows.push(("work seed", seed.clone()));
     }
-    if i.stale {
-        rows.push(("stale", "built from an older recipe".into()));
+    match (&i.stale_reason, i.stale) {
+        (Some(why), _) => rows.push(("stale", why.clone())),
+        (None, true) => rows.push(("stale", "built from an older recipe".into())),
+        (None, false) => {}
     }
     key_values(&rows);
 }

@@ -202,6 +202,7 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         E::NotFound { .. } | E::UnknownKernel { .. } | E::Broken { .. } => ErrorCode::NotFound,
         E::ImageExists { .. } => ErrorCode::Conflict,
         E::InvalidPackage { .. } => ErrorCode::BadParams,
+        E::NoAgent { .. } => ErrorCode::OperationFailed,
         E::Pull { .. } | E::Build { .. } | E::Task { .. } | E::Ssh(_) => ErrorCode::OperationFailed,
         E::Cancelled(_) => ErrorCode::Cancelled,
         E::Store(e) => store_code(e),
@@ -253,6 +254,8 @@ mod tests {
                 managed: false,
                 created_at_ms: 0,
                 has_agent: false,
+                recipe: None,
+                replaced_by: None,
             })
             .unwrap();
         let dup = state

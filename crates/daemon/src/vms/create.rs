@@ -405,6 +405,8 @@ pub async fn create(
     let kernel = vms.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
     ctx.check_cancelled()?;
     let image = vms.artifacts.ensure_image(&plan.image, ctx).await?;
+    // A rebuild of a stale image may have left the old one unused.
+    super::snapshot::template::prune_replaced_images(vms).await;
     ctx.check_cancelled()?;
     let shape = TemplateShape {
         vcpus: plan.vcpus,

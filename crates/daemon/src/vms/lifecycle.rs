@@ -406,8 +406,12 @@ async fn wait_for_ssh(
     let addr = SocketAddr::from((ip, handles.ssh_port));
     loop {
         ctx.check_cancelled()?;
+        // A probe waits 5 s for the banner: sshd re-executes itself for
+        // each connection, which takes seconds of a loaded TCG guest; probes
+        // given up sooner pile up as unfinished startups until sshd's
+        // MaxStartups drops them all, and ssh never answers.
         let ready = tokio::task::spawn_blocking(move || {
-            crate::ssh::banner_ready(addr, Duration::from_secs(1))
+            crate::ssh::banner_ready(addr, Duration::from_secs(5))
         })
         .await
         .unwrap_or(false);
@@ -678,6 +682,7 @@ pub(crate) async fn delete_locked(
     if let Some(base) = &vm.base_snapshot_id {
         super::snapshot::drop_if_unused_fork_base(vms, base).await;
     }
+    super::snapshot::template::prune_replaced_images(vms).await;
     Ok(vm)
 }
 

@@ -284,6 +284,7 @@ pub async fn delete_requested(vms: &Vms, name: &str) -> Result<SnapshotRecord, V
     if let Some(parent) = &s.parent_id {
         drop_if_unused_fork_base(vms, parent).await;
     }
+    template::prune_replaced_images(vms).await;
     Ok(s)
 }
 

@@ -179,3 +179,37 @@ async fn drop_older_templates(vms: &Vms, keep: &SnapshotRecord) {
         }
     }
 }
+
+/// Deletes the images a rebuild replaced once nothing uses them: first
+/// their warm templates that no VM uses (a template of an old version is
+/// never used for the new one: its key names the image id), then the
+/// images themselves ([`crate::artifacts::Artifacts::prune_replaced`]).
+pub(crate) async fn prune_replaced_images(vms: &Vms) {
+    let Ok(images) = vms.db.call(|s| s.images()).await else {
+        return;
+    };
+    let replaced: Vec<String> = images
+        .into_iter()
+        .filter(|i| i.replaced_by.is_some())
+        .map(|i| i.id)
+        .collect();
+    if replaced.is_empty() {
+        return;
+    }
+    if let Ok(all) = vms.db.call(|s| s.snapshots()).await {
+        for s in all {
+            if s.kind == SnapshotKind::Template && replaced.contains(&s.image_id) {
+                let id = s.id.clone();
+                let unused = vms
+                    .db
+                    .call(move |st| st.snapshot_users(&id))
+                    .await
+                    .is_ok_and(|u| u.is_empty());
+                if unused {
+                    let _ = super::delete(vms, &s.id).await;
+                }
+            }
+        }
+    }
+    vms.artifacts.prune_replaced().await;
+}
