@@ -14,7 +14,7 @@
 
 use std::fs::{self, Permissions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
@@ -280,7 +280,8 @@ fn pack(id: u64, path: &str, out: &Out) -> Result<(), Refusal> {
 }
 
 /// Appends what `dir` holds, names sorted, directories recursively;
-/// symlinks as symlinks; sockets, devices and FIFOs are left out.
+/// symlinks as symlinks; FIFOs and devices as headers alone; sockets are
+/// left out.
 fn walk<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
@@ -304,7 +305,24 @@ fn walk<W: Write>(
         };
         let ft = meta.file_type();
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
-            *skipped += 1;
+            // FIFOs and devices as a header alone, for the host to count
+            // as left out; a socket has no tar type.
+            let kind = if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else {
+                *skipped += 1;
+                continue;
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata(&meta);
+            header.set_entry_type(kind);
+            header.set_size(0);
+            b.append_data(&mut header, &name_in, io::empty())
+                .map_err(|e| io_refusal("read", &abs, &e))?;
             continue;
         }
         b.append_path_with_name(&abs, &name_in)

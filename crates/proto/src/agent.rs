@@ -192,7 +192,8 @@ pub enum Message {
     },
     /// Sends the directory `path` as a tar stream (as for
     /// [`Message::WriteTree`]; symlinks are sent as symlinks, never
-    /// followed; sockets, devices and FIFOs are left out) in
+    /// followed; FIFOs and devices as headers alone, which the daemon
+    /// counts as left out; sockets are left out) in
     /// [`Message::FileData`] frames, then [`Message::FileEnd`] (or an
     /// error). Capability [`capability::TREE`].
     ReadTree {

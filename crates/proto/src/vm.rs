@@ -459,7 +459,8 @@ pub struct CpResult {
     /// were copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries: Option<u64>,
-    /// A directory copy: entries left out (sockets, devices, FIFOs).
+    /// A directory copy: entries left out (devices, FIFOs; sockets too
+    /// when copying from the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<u64>,
 }
