@@ -26,6 +26,7 @@ const NO_STATE: &[(&str, &str)] = &[
     ("vm ssh-proxy", "relays bytes for ssh's ProxyCommand"),
     ("rpc", "prints the raw JSON result always"),
     ("completions", "a shell script"),
+    ("man", "writes man pages into a directory"),
 ];
 
 /// Leaf commands that take no argument but change the host or take long:
