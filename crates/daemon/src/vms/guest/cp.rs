@@ -243,47 +243,7 @@ async fn from_guest(
         }
         Ok((total, writer))
     });
-    let mut failure = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some(Frame {
-                msg: Message::FileData { .. },
-                body,
-            })) => {
-                let tx = tx.clone();
-                // A full channel means the disk is slower: wait off the runtime.
-                if tokio::task::spawn_blocking(move || tx.send(body))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .is_none()
-                {
-                    failure = Some(GuestError::HostWriterGone);
-                    break;
-                }
-            }
-            Ok(Some(Frame {
-                msg: Message::FileEnd { .. },
-                ..
-            })) => break,
-            Ok(Some(Frame {
-                msg: Message::Error { code, message, .. },
-                ..
-            })) => {
-                failure = Some(GuestError::agent(vm, AgentError::Refused { code, message }));
-                break;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                failure = Some(GuestError::agent(vm, AgentError::Lost));
-                break;
-            }
-            Err(_) => {
-                failure = Some(GuestError::agent(vm, AgentError::Timeout(60)));
-                break;
-            }
-        }
-    }
+    let failure = forward_file_data(vm, &mut rx, &tx, None).await.err();
     conn.finish(id);
     drop(tx);
     let written = write_task.await.map_err(|e| GuestError::Task("write", e))?;
@@ -302,6 +262,49 @@ async fn from_guest(
         entries: None,
         skipped: None,
     })
+}
+
+/// Forwards the `FileData` bodies of a guest's file stream (`next`, then
+/// what `rx` brings) to the host writer behind `tx` until `FileEnd`. Fails
+/// on the agent's refusal, a lost connection, a minute without data, or a
+/// host writer that stopped (its own error tells why).
+pub(super) async fn forward_file_data(
+    vm: &str,
+    rx: &mut mpsc::UnboundedReceiver<Frame>,
+    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    mut next: Option<Vec<u8>>,
+) -> Result<(), GuestError> {
+    loop {
+        if let Some(body) = next.take() {
+            let tx = tx.clone();
+            // A full channel means the disk is slower: wait off the runtime.
+            if tokio::task::spawn_blocking(move || tx.send(body))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_none()
+            {
+                return Err(GuestError::HostWriterGone);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(Frame {
+                msg: Message::FileData { .. },
+                body,
+            })) => next = Some(body),
+            Ok(Some(Frame {
+                msg: Message::FileEnd { .. },
+                ..
+            })) => return Ok(()),
+            Ok(Some(Frame {
+                msg: Message::Error { code, message, .. },
+                ..
+            })) => return Err(GuestError::agent(vm, AgentError::Refused { code, message })),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(GuestError::agent(vm, AgentError::Lost)),
+            Err(_) => return Err(GuestError::agent(vm, AgentError::Timeout(60))),
+        }
+    }
 }
 
 /// The directory and file name a guest file lands at: into `host` if it is

@@ -208,49 +208,9 @@ pub(super) async fn from_guest(
     let into = root.clone();
     let unpacking =
         tokio::task::spawn_blocking(move || unpack_untrusted(ChunkReader::new(wrx), &into));
-    let mut failure = None;
-    let mut next = Some(first);
-    loop {
-        if let Some(body) = next.take() {
-            let tx = tx.clone();
-            // A full channel means the disk is slower: wait off the runtime.
-            if tokio::task::spawn_blocking(move || tx.send(body))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .is_none()
-            {
-                failure = Some(GuestError::HostWriterGone);
-                break;
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some(Frame {
-                msg: Message::FileData { .. },
-                body,
-            })) => next = Some(body),
-            Ok(Some(Frame {
-                msg: Message::FileEnd { .. },
-                ..
-            })) => break,
-            Ok(Some(Frame {
-                msg: Message::Error { code, message, .. },
-                ..
-            })) => {
-                failure = Some(GuestError::agent(vm, AgentError::Refused { code, message }));
-                break;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                failure = Some(GuestError::agent(vm, AgentError::Lost));
-                break;
-            }
-            Err(_) => {
-                failure = Some(GuestError::agent(vm, AgentError::Timeout(60)));
-                break;
-            }
-        }
-    }
+    let failure = super::cp::forward_file_data(vm, &mut rx, &tx, Some(first))
+        .await
+        .err();
     conn.finish(id);
     drop(tx);
     let unpacked = unpacking.await.map_err(|e| GuestError::Task("unpack", e))?;
