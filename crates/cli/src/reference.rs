@@ -130,6 +130,18 @@ pub fn remove_share(share: &Path) -> io::Result<Vec<PathBuf>> {
             Err(e) => return Err(e),
         }
     }
+    // The completion directories install may have created, when now
+    // empty (remove_dir refuses a directory that is not).
+    for dir in [
+        "bash-completion/completions",
+        "bash-completion",
+        "zsh/site-functions",
+        "zsh",
+        "fish/vendor_completions.d",
+        "fish",
+    ] {
+        let _ = fs::remove_dir(share.join(dir));
+    }
     Ok(removed)
 }
 
@@ -370,6 +382,10 @@ mod tests {
         let removed = remove_share(&share).unwrap();
         assert_eq!(removed.len(), written.len() + 1);
         assert!(share.join("man/man1/other.1").is_file());
+        assert!(
+            !share.join("bash-completion").exists(),
+            "empty dirs removed"
+        );
     }
 
     #[test]
