@@ -568,7 +568,7 @@ fn vm_lifecycle_end_to_end() {
         "512M",
     ]);
     assert_eq!(show(&w, "e2e-flag")["memory_mib"], 512, "the flag wins");
-    let shown = w.banger_json(&["config", "show", "--json"]);
+    let shown = w.banger_json(&["config", "show"]);
     let setting = |key: &str| {
         shown["settings"]
             .as_array()
