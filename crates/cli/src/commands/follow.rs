@@ -229,7 +229,7 @@ fn running_template(depth: u32, progress: Option<Option<u64>>) -> String {
         None => format!("{indent}{{spinner}} {{msg}} {{elapsed}}"),
         Some(None) => format!("{indent}{{spinner}} {{msg}} {{bytes}} {{bytes_per_sec}}"),
         Some(Some(_)) => format!(
-            "{indent}{{spinner}} {{msg}} [{{bar:24}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}} left"
+            "{indent}{{spinner}} {{msg}} [{{bar:12}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} {{eta}}"
         ),
     }
 }
