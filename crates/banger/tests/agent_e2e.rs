@@ -429,6 +429,11 @@ fn guest_agent_end_to_end() {
     // -r with a file source copies the file.
     w.banger_ok(&["vm", "cp", "-r", "ag:/root/gt/d/f", into.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(into.join("f")).unwrap(), "hi\n");
+    assert_eq!(
+        mode(&into.join("f")),
+        0o755,
+        "no setuid bit on one file from a guest"
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("after a daemon restart the agent is reached again");

@@ -207,7 +207,7 @@ async fn from_guest(
         Ok(Some(Frame {
             msg: Message::FileInfo { mode, .. },
             ..
-        })) => mode & 0o7777,
+        })) => host_mode(mode),
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
             ..
@@ -410,9 +410,24 @@ impl Drop for HostFile {
     }
 }
 
+/// The mode a file from a guest gets on the host: its permission bits
+/// only. A guest never chooses setuid, setgid or sticky bits on a host
+/// file (a setuid root file copied out by root would be a way in).
+pub(super) fn host_mode(guest_mode: u32) -> u32 {
+    guest_mode & 0o777
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_never_sets_special_bits_on_a_host_file() {
+        assert_eq!(host_mode(0o104_755), 0o755);
+        assert_eq!(host_mode(0o2750), 0o750);
+        assert_eq!(host_mode(0o1777), 0o777);
+        assert_eq!(host_mode(0o640), 0o640);
+    }
 
     #[test]
     fn host_destinations_never_go_through_symlinks() {

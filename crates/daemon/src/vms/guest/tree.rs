@@ -287,7 +287,7 @@ pub(super) fn unpack_untrusted(reader: impl Read, root: &Path) -> Result<Unpacke
         let raw = entry.path_bytes().into_owned();
         let rel = relative_name(&raw)?;
         let kind = entry.header().entry_type();
-        let mode = entry.header().mode().map_err(GuestError::TreeStream)? & 0o777;
+        let mode = super::cp::host_mode(entry.header().mode().map_err(GuestError::TreeStream)?);
         if rel.as_os_str().is_empty() {
             if !kind.is_dir() {
                 return Err(GuestError::TreeName(format!(
