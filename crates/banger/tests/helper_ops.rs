@@ -152,7 +152,10 @@ fn helper_operations_work_in_a_namespace() {
         },
     ));
 
-    // NAT twice: one table, one masquerade rule, forwarding on.
+    // NAT twice: one table, one masquerade rule, forwarding on. A new
+    // namespace may inherit forwarding from the host (on once anything
+    // turned it on there): start from off, as on a fresh host.
+    env.netns_ok("sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
     for _ in 0..2 {
         ops.push(done(
             &env,
