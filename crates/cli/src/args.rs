@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use banger_proto::PublishSpec;
 use banger_proto::helper::DEFAULT_HELPER_CONFIG;
+use banger_proto::{Egress, PublishSpec};
 
 use crate::exit::EXIT_CODES_HELP;
 
@@ -149,6 +149,12 @@ pub struct VmSpecArgs {
     /// Default: bridged when banger-helper answers, else user.
     #[arg(long, value_parser = ["bridged", "user"])]
     pub network: Option<String>,
+    /// What the guest may reach: internet (public addresses only, the
+    /// default), none (only banger's DNS), allow=LIST (these domains,
+    /// IPv4 networks and HOST:PORTs, comma-separated) or open (everything
+    /// the host reaches, host services included). See docs/security.md.
+    #[arg(long, value_name = "MODE")]
+    pub egress: Option<Egress>,
     /// Continue from this snapshot (memory, processes, disks) instead of
     /// booting; image, kernel and shape are the snapshot's.
     #[arg(long, value_name = "SNAP", conflicts_with = "cold")]
@@ -262,6 +268,9 @@ pub enum VmCommand {
         /// Publish no ports any more.
         #[arg(long, conflicts_with = "publish")]
         no_publish: bool,
+        /// A new egress policy: internet, none, allow=LIST or open.
+        #[arg(long, value_name = "MODE")]
+        egress: Option<Egress>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

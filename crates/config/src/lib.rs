@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_proto::NetworkMode;
+use banger_proto::{Egress, NetworkMode};
 use serde::Deserialize;
 
 /// Built-in VM defaults: one vCPU, because under TCG a second one makes
@@ -121,6 +121,7 @@ pub struct ConfigFile {
     pub kernel: Option<FromFile<String>>,
     pub vmm: Option<FromFile<VmmChoice>>,
     pub network: Option<FromFile<NetworkMode>>,
+    pub egress: Option<FromFile<Egress>>,
     pub tap_pool: Option<FromFile<usize>>,
     pub log_level: Option<FromFile<String>>,
     pub accel: Option<FromFile<Accel>>,
@@ -156,6 +157,7 @@ struct Raw {
     kernel: Option<toml::Spanned<String>>,
     vmm: Option<toml::Spanned<VmmChoice>>,
     network: Option<toml::Spanned<NetworkMode>>,
+    egress: Option<toml::Spanned<String>>,
     tap_pool: Option<toml::Spanned<usize>>,
     log_level: Option<toml::Spanned<String>>,
     accel: Option<toml::Spanned<Accel>>,
@@ -212,8 +214,24 @@ impl ConfigFile {
                 value: s.into_inner(),
             })
         }
+        let egress = match raw.egress {
+            None => None,
+            Some(e) => {
+                let line = line_of(e.span().start);
+                let value = e
+                    .into_inner()
+                    .parse::<Egress>()
+                    .map_err(|err| ConfigError::Parse {
+                        path: path.to_owned(),
+                        line,
+                        message: err.to_string(),
+                    })?;
+                Some(FromFile { value, line })
+            }
+        };
         let file = Self {
             path: path.to_owned(),
+            egress,
             vcpus: keep(raw.vcpus, &line_of),
             memory: keep(raw.memory, &line_of),
             disk_size: keep(raw.disk_size, &line_of),
@@ -282,6 +300,7 @@ impl ConfigFile {
             image: self.image.as_ref().map_or(b.image, |v| v.value.clone()),
             kernel: self.kernel.as_ref().map_or(b.kernel, |v| v.value.clone()),
             network: self.network.as_ref().map(|n| n.value),
+            egress: self.egress.as_ref().map_or(b.egress, |e| e.value.clone()),
             vmm: self.vmm.as_ref().map_or(b.vmm, |v| v.value),
         }
     }
@@ -297,6 +316,8 @@ pub struct VmDefaults {
     pub kernel: String,
     /// `None`: bridged when banger-helper answers, else user mode.
     pub network: Option<NetworkMode>,
+    /// What a new VM may reach (`internet` unless set).
+    pub egress: Egress,
     pub vmm: VmmChoice,
 }
 
@@ -309,6 +330,7 @@ impl VmDefaults {
             image: DEFAULT_IMAGE.into(),
             kernel: DEFAULT_KERNEL.into(),
             network: None,
+            egress: Egress::Internet,
             vmm: VmmChoice::Qemu,
         }
     }
@@ -415,6 +437,16 @@ pub fn effective(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Vec
             source: from_file(file.network.as_ref().map(|v| v.line)),
             overridden_by: "vm create/run --network",
         },
+        Setting {
+            key: "egress",
+            value: file
+                .egress
+                .as_ref()
+                .map_or(b.egress, |v| v.value.clone())
+                .to_string(),
+            source: from_file(file.egress.as_ref().map(|v| v.line)),
+            overridden_by: "vm create/run/edit --egress",
+        },
     ];
     // The daemon's settings: a flag or environment variable of bangerd
     // wins over the file; the CLI passes its environment to the daemon it
@@ -502,6 +534,9 @@ mod tests {
         assert_eq!(d.vcpus, 2);
         assert_eq!(d.disk_size_bytes, 20 << 30);
         assert_eq!(d.network, Some(NetworkMode::User));
+        assert_eq!(d.egress, Egress::Internet);
+        let allow = parse("egress = \"allow=example.com\"\n").unwrap();
+        assert_eq!(allow.vm_defaults().egress.to_string(), "allow=example.com");
         assert_eq!(d.image, "default");
         let shown = effective(&f, &|_| None);
         let memory = shown.iter().find(|s| s.key == "memory").unwrap();
@@ -536,6 +571,7 @@ mod tests {
             ),
             ("vcpus = 0\n", 1, "at least 1"),
             ("network = \"wifi\"\n", 1, "wifi"),
+            ("vcpus = 1\negress = \"allow=\"\n", 2, "allow list is empty"),
             ("vmm = \"firecracker\"\n", 1, "firecracker"),
             ("vcpus = \n", 1, ""),
             ("image = \"\"\n", 1, "image must not be empty"),

@@ -1045,6 +1045,7 @@ mod tests {
             memory_mib: 256,
             disk_size_bytes: 1 << 30,
             network_mode: banger_proto::NetworkMode::User,
+            egress: banger_proto::Egress::default(),
             backend: None,
             disk_strategy: None,
             published_ports: vec![],

@@ -156,6 +156,7 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         memory_mib: 256,
         disk_size_bytes: 1 << 30,
         network_mode: banger_proto::NetworkMode::User,
+        egress: banger_proto::Egress::default(),
         backend: Some(banger_proto::Backend::Qemu),
         disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
         published_ports: vec![],

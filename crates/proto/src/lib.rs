@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod daemon;
+pub mod egress;
 mod envelope;
 mod error;
 pub mod helper;
@@ -17,6 +18,7 @@ pub mod time;
 pub mod types;
 pub mod vm;
 
+pub use egress::{BadEgress, Egress, EgressHost, EgressTarget};
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode, error_chain};
 pub use types::{

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, NetworkMode, OpKind, OpState,
+    Accel, Backend, CheckStatus, DiskStrategy, Egress, ErrorBody, NetworkMode, OpKind, OpState,
     PlannedAccel, PublishSpec, VmState,
 };
 
@@ -30,6 +30,10 @@ pub struct VmCreateParams {
     /// Default bridged when banger-helper answers, user mode otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkMode>,
+    /// What the guest may reach (docs/security.md); default from the
+    /// daemon's config (`internet` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
     /// Start the VM once created (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
@@ -83,6 +87,9 @@ pub struct VmEditParams {
     /// replacing the old one; an empty list publishes none. Absent: kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<Vec<PublishSpec>>,
+    /// A new egress policy; applied at once to a running bridged VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 /// What `vm.delete` answers: the deleted VM's name and id.
@@ -110,6 +117,7 @@ pub struct VmView {
     pub memory_mib: u32,
     pub disk_size_bytes: u64,
     pub network: NetworkMode,
+    pub egress: Egress,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
     /// Only while running.

@@ -64,6 +64,9 @@ fn running_vm() -> VmView {
         memory_mib: 1024,
         disk_size_bytes: 8 << 30,
         network: NetworkMode::Bridged,
+        egress: "allow=pypi.example,10.20.0.0/16,api.example:443"
+            .parse()
+            .unwrap(),
         backend: Some(Backend::Qemu),
         accel: Some(Accel::Kvm),
         disk_strategy: Some(DiskStrategy::DmSnapshot),
@@ -265,6 +268,7 @@ fn examples() -> Vec<Example> {
                 disk_size_bytes: None,
                 publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
                 network: Some(NetworkMode::User),
+                egress: Some(banger_proto::Egress::None),
                 start: Some(true),
                 from_snapshot: None,
                 cold: true,
@@ -330,6 +334,7 @@ fn examples() -> Vec<Example> {
                 memory_mib: None,
                 disk_size_bytes: Some(16 << 30),
                 publish: Some(vec!["8080:80".parse().unwrap()]),
+                egress: Some(banger_proto::Egress::Open),
             },
             stopped_vm(),
         ),

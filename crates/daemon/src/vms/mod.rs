@@ -609,6 +609,7 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         memory_mib: vm.memory_mib,
         disk_size_bytes: vm.disk_size_bytes,
         network: vm.network_mode,
+        egress: vm.egress.clone(),
         backend: vm.backend,
         accel: handles.as_ref().map(|h| h.accel),
         disk_strategy: vm.disk_strategy,

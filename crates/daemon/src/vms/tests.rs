@@ -273,3 +273,24 @@ async fn edit_replaces_and_clears_published_ports_with_creates_checks() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn edit_changes_the_egress_policy_and_show_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    let vm = seed(&state, "quiet", VmState::Stopped);
+    assert_eq!(vm.egress, banger_proto::Egress::Internet);
+    let policy: banger_proto::Egress = "allow=example.com,10.1.0.0/16".parse().unwrap();
+    let edited = state
+        .vms
+        .edit(&banger_proto::vm::VmEditParams {
+            name: "quiet".into(),
+            egress: Some(policy.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(edited.egress, policy);
+    let found = state.vms.find("quiet").await.unwrap();
+    assert_eq!(state.vms.view(&found).await.unwrap().egress, policy);
+}

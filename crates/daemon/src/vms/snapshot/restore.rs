@@ -179,8 +179,11 @@ pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> 
 /// A failure deletes every fork made and the snapshot, and leaves the
 /// source running.
 pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmForked, VmError> {
+    // Forks may reach what their source may reach, no more.
+    let egress;
     let base = {
         let (_guard, source) = locked(vms, &plan.source).await?;
+        egress = source.egress.clone();
         if source.state == VmState::Paused {
             return Err(VmError::Paused(source.name));
         }
@@ -231,8 +234,11 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
             vms,
             ctx,
             &base,
-            name,
-            &[],
+            OwnPart {
+                name,
+                publish: &[],
+                egress: &egress,
+            },
             "restore from snapshot",
             RestoredRam::MapSnapshot,
         )
@@ -266,14 +272,20 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
     })
 }
 
-/// Makes VM `name` from `snapshot` and starts it from the snapshot's
+/// What a VM made from a snapshot has of its own, besides a new identity.
+pub(crate) struct OwnPart<'a> {
+    pub name: &'a str,
+    pub publish: &'a [banger_proto::PublishSpec],
+    pub egress: &'a banger_proto::Egress,
+}
+
+/// Makes VM `own.name` from `snapshot` and starts it from the snapshot's
 /// memory with a new identity; rolled back entirely on failure.
 pub(crate) async fn create_from(
     vms: &Vms,
     ctx: &OpCtx,
     snapshot: &SnapshotRecord,
-    name: &str,
-    publish: &[banger_proto::PublishSpec],
+    own: OwnPart<'_>,
     stage: &'static str,
     ram: RestoredRam,
 ) -> Result<VmRecord, VmError> {
@@ -291,16 +303,17 @@ pub(crate) async fn create_from(
     let now = now_ms();
     let vm = VmRecord {
         id: id.clone(),
-        name: name.to_owned(),
+        name: own.name.to_owned(),
         image_id: snapshot.image_id.clone(),
         kernel_id: snapshot.kernel_id.clone(),
         vcpus: snapshot.vcpus,
         memory_mib: snapshot.memory_mib,
         disk_size_bytes: snapshot.disk_size_bytes,
         network_mode: snapshot.network_mode,
+        egress: own.egress.clone(),
         backend: Some(snapshot.vmm_backend),
         disk_strategy: Some(DiskStrategy::Qcow2),
-        published_ports: publish.to_vec(),
+        published_ports: own.publish.to_vec(),
         state: VmState::Creating,
         last_error: None,
         created_at_ms: now,

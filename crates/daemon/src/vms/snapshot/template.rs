@@ -113,6 +113,9 @@ pub(crate) async fn warm(
         memory_mib: shape.memory_mib,
         disk_size_bytes: shape.disk_size_bytes,
         network_mode: shape.network,
+        // The template's VM is never used as itself: VMs made from it get
+        // their own policy.
+        egress: banger_proto::Egress::default(),
         backend: Some(super::to_proto_backend(vms.vmm.kind())),
         disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
         published_ports: Vec::new(),
