@@ -1095,14 +1095,19 @@ fn helper_refuses_other_uids_objects_and_disabled_calls() {
         Some(OTHER),
     );
     // The bridge, and a TAP of the other allowed uid on it.
-    match env.call(&env.op("bridge"), HelperCall::BridgeEnsure { name: br.clone() }) {
+    match env.call(
+        &env.op("bridge"),
+        HelperCall::BridgeEnsure { name: br.clone() },
+    ) {
         HelperResponse::Result(_) => {}
         other => panic!("bridge_ensure: {other:?}"),
     }
     let uid = OTHER.to_string();
     env.netns_ok(
         "ip",
-        &["tuntap", "add", "dev", "bgtap9", "mode", "tap", "user", &uid],
+        &[
+            "tuntap", "add", "dev", "bgtap9", "mode", "tap", "user", &uid,
+        ],
     );
     env.netns_ok("ip", &["link", "set", "dev", "bgtap9", "master", &br]);
 
@@ -1217,14 +1222,25 @@ fn helper_refuses_other_uids_objects_and_disabled_calls() {
         )
     };
     let mut tree_expected = tree_before.clone();
-    if let Some(reply) = call_as(OTHER, &env.socket, &request("op-asuid-1", &run.join("root.sock")))
-    {
-        let resp = expect_error("chown a root-owned socket as uid 4242", Some(reply), NotAllowed);
+    if let Some(reply) = call_as(
+        OTHER,
+        &env.socket,
+        &request("op-asuid-1", &run.join("root.sock")),
+    ) {
+        let resp = expect_error(
+            "chown a root-owned socket as uid 4242",
+            Some(reply),
+            NotAllowed,
+        );
         if let HelperResponse::Error(e) = resp {
             assert!(e.message.contains("belongs to uid 0"), "{}", e.message);
         }
-        let reply =
-            call_as(OTHER, &env.socket, &request("op-asuid-2", &run.join("mine.sock"))).unwrap();
+        let reply = call_as(
+            OTHER,
+            &env.socket,
+            &request("op-asuid-2", &run.join("mine.sock")),
+        )
+        .unwrap();
         assert_eq!(reply, r#"{"result":{"kind":"done"}}"#);
         let meta = std::fs::symlink_metadata(run.join("mine.sock")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (OTHER, OTHER));
@@ -1235,9 +1251,14 @@ fn helper_refuses_other_uids_objects_and_disabled_calls() {
     // Nothing else changed.
     assert_eq!(tree(&root), tree_expected, "the test tree changed");
     assert_eq!(ns_links(&env), links_before, "links changed");
-    let tap = env.link("bgtap9").expect("the other uid's tap is still there");
+    let tap = env
+        .link("bgtap9")
+        .expect("the other uid's tap is still there");
     assert_eq!(tap["master"], br.as_str());
-    assert!(env.link("bgtap8").is_none(), "a tap was made for another uid");
+    assert!(
+        env.link("bgtap8").is_none(),
+        "a tap was made for another uid"
+    );
     assert_eq!(
         env.netns_ok("nft", &["list", "ruleset"]),
         nft_before,

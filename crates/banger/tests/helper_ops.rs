@@ -187,7 +187,10 @@ fn helper_operations_work_in_a_namespace() {
         "1"
     );
     let marker = env.socket.with_file_name("ip_forward.was");
-    assert!(marker.exists(), "no record that the helper turned forwarding on");
+    assert!(
+        marker.exists(),
+        "no record that the helper turned forwarding on"
+    );
 
     // The DNS socket: a descriptor bound to GATEWAY:53.
     let op = env.op("dns");

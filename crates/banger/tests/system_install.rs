@@ -702,7 +702,10 @@ fn uninstall_leaves_firewall_and_forwarding_as_before_install() {
             "[{label}] uninstall did not restore the firewall:\n{text}"
         );
         assert!(!marker.exists(), "[{label}] marker left");
-        assert!(!link_exists("bgtap7") && !link_exists(&s.bridge), "[{label}]");
+        assert!(
+            !link_exists("bgtap7") && !link_exists(&s.bridge),
+            "[{label}]"
+        );
         eprintln!("[{label}] uninstall restored the firewall and ip_forward={forward}");
     }
 }

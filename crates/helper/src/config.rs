@@ -311,7 +311,10 @@ mod tests {
         .unwrap();
         let s = load(&good).unwrap();
         assert!(s.features.is_empty());
-        assert_eq!(s.ip_forward_marker(), Path::new("/run/banger-helper/ip_forward.was"));
+        assert_eq!(
+            s.ip_forward_marker(),
+            Path::new("/run/banger-helper/ip_forward.was")
+        );
         assert_eq!(s.bridge, "bgtest7");
         assert_eq!(s.subnet.gateway().to_string(), "10.231.7.1");
         assert!(s.allows_uid(1000) && !s.allows_uid(0));
@@ -327,7 +330,16 @@ mod tests {
         assert!(s.enables(HelperFeature::Devices) && !s.enables(HelperFeature::SocketChown));
 
         let unknown = dir.path().join("unknown.json");
-        std::fs::write(&unknown, r#"{"allowed_uids":[1000],"features":["everything"]}"#).unwrap();
-        assert!(load(&unknown).unwrap_err().to_string().contains("everything"));
+        std::fs::write(
+            &unknown,
+            r#"{"allowed_uids":[1000],"features":["everything"]}"#,
+        )
+        .unwrap();
+        assert!(
+            load(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("everything")
+        );
     }
 }

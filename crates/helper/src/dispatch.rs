@@ -157,6 +157,7 @@ impl<H: Host> Dispatcher<H> {
                 if !self.host.dm_exists(name)? {
                     return Err(Error::NotFound(format!("no device-mapper device {name}")));
                 }
+                self.check_banger_dm(caller, name)?;
                 self.host.dm_remove(name)?;
                 Ok(Outcome::done())
             }
@@ -354,6 +355,38 @@ impl<H: Host> Dispatcher<H> {
                 "/dev/{loop_name} is backed by a file of uid {}, not the caller",
                 meta.uid()
             )));
+        }
+        Ok(())
+    }
+
+    /// Every device under the device-mapper device `name` must be a loop
+    /// device of the caller's (see [`Self::check_banger_loop`]).
+    fn check_banger_dm(&self, caller: Caller, name: &str) -> Result<(), Error> {
+        let table = self.host.dm_table(name)?;
+        let mut loops = Vec::new();
+        // `START LENGTH TARGET ARGS...` per line; devices in ARGS are
+        // `MAJOR:MINOR` (or a path, as given at create).
+        for arg in table.lines().flat_map(|l| l.split_whitespace().skip(3)) {
+            if let Some(dev) = arg.strip_prefix("/dev/") {
+                loops.push(dev.to_owned());
+            } else if let Some((major, minor)) = arg.split_once(':') {
+                if let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) {
+                    loops.push(self.host.block_name(major, minor)?);
+                }
+            }
+        }
+        if loops.is_empty() {
+            return Err(Error::NotAllowed(format!(
+                "device-mapper device {name} has no loop device whose owner can be checked"
+            )));
+        }
+        for dev in loops {
+            let loop_name = validate::loop_device(&format!("/dev/{dev}")).map_err(|_| {
+                Error::NotAllowed(format!(
+                    "device-mapper device {name} uses /dev/{dev}, not a loop device"
+                ))
+            })?;
+            self.check_banger_loop(caller, &loop_name)?;
         }
         Ok(())
     }
@@ -939,6 +972,35 @@ mod tests {
             code(f.d.call(f.me, &snap("root", "/dev/loop0", "/dev/loop1"))),
             HelperErrorCode::InvalidName
         );
+        // Removal: only a device over the caller's loops (the kernel shows
+        // them as MAJOR:MINOR).
+        f.d.host().with(|s| {
+            s.dm.insert("banger-z".into(), "0 2048 snapshot 7:0 7:2 P 8".into());
+            s.dm.insert("banger-w".into(), "0 2048 linear 8:0 0".into());
+            s.dm.insert("banger-e".into(), "0 2048 zero".into());
+        });
+        let remove = |n: &str| HelperCall::DmRemove { name: n.into() };
+        for name in ["banger-z", "banger-w", "banger-e"] {
+            assert_eq!(
+                code(f.d.call(f.me, &remove(name))),
+                HelperErrorCode::NotAllowed,
+                "{name}"
+            );
+        }
+        let stranger = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
+        assert_eq!(
+            code(f.d.call(stranger, &remove("banger-x"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert!(
+            !f.d.host()
+                .actions()
+                .iter()
+                .any(|a| a.starts_with("dm_remove"))
+        );
         reply(f.d.call(
             f.me,
             &HelperCall::DmRemove {
@@ -1163,7 +1225,10 @@ mod tests {
             },
         ));
         let removed = teardown(f.d.settings(), host).unwrap();
-        assert_eq!(removed.last().unwrap(), "net.ipv4.ip_forward=1 (banger turned it on; now 0)");
+        assert_eq!(
+            removed.last().unwrap(),
+            "net.ipv4.ip_forward=1 (banger turned it on; now 0)"
+        );
         assert!(host.with(|s| !s.ip_forward && s.ip_forward_marker.is_none()));
         let left: Vec<String> = host.with(|s| s.links.keys().cloned().collect());
         assert_eq!(left, ["docker0", "eth0", "tap0"]);

@@ -82,15 +82,11 @@ mod tests {
                 HelperFeature::Signals,
             ),
             (
-                HelperCall::ChownSocket {
-                    path: "/x".into(),
-                },
+                HelperCall::ChownSocket { path: "/x".into() },
                 HelperFeature::SocketChown,
             ),
             (
-                HelperCall::NatRemove {
-                    subnet: "x".into(),
-                },
+                HelperCall::NatRemove { subnet: "x".into() },
                 HelperFeature::NetworkRemove,
             ),
         ];

@@ -135,6 +135,12 @@ pub trait Host: Send + Sync {
     /// Whether device-mapper can be used (`/dev/mapper/control`).
     fn dm_available(&self) -> bool;
     fn dm_exists(&self, name: &str) -> Result<bool, Error>;
+    /// The device-mapper table of `name` (`dmsetup table NAME`), devices
+    /// shown as `MAJOR:MINOR`.
+    fn dm_table(&self, name: &str) -> Result<String, Error>;
+    /// The kernel name of the block device `major:minor` (`loop3`),
+    /// [`Error::NotFound`] when there is none.
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error>;
     /// `dmsetup create NAME --table TABLE`.
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error>;
     fn dm_remove(&self, name: &str) -> Result<(), Error>;

@@ -225,6 +225,20 @@ impl Host for FakeHost {
         Ok(self.with(|s| s.dm.contains_key(name)))
     }
 
+    fn dm_table(&self, name: &str) -> Result<String, Error> {
+        self.with(|s| s.dm.get(name).cloned())
+            .ok_or_else(|| Error::NotFound(format!("no device-mapper device {name}")))
+    }
+
+    /// Loop devices are major 7, minor N; 8:0 is a disk.
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error> {
+        match (major, minor) {
+            (7, n) => Ok(format!("loop{n}")),
+            (8, 0) => Ok("sda".to_owned()),
+            _ => Err(Error::NotFound(format!("no block device {major}:{minor}"))),
+        }
+    }
+
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error> {
         self.act(format!("dm_create {name} {table}"));
         self.with(|s| s.dm.insert(name.to_owned(), table.to_owned()));

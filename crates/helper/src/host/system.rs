@@ -120,8 +120,7 @@ fn jump_is_last_and_only(rules: &str) -> bool {
         .map(str::trim)
         .filter(|l| l.starts_with("-A FORWARD "))
         .collect();
-    appended.last() == Some(&jump.as_str())
-        && appended.iter().filter(|l| **l == jump).count() == 1
+    appended.last() == Some(&jump.as_str()) && appended.iter().filter(|l| **l == jump).count() == 1
 }
 
 fn write_sys(path: &str, value: &str) -> std::io::Result<()> {
@@ -434,6 +433,18 @@ impl Host for SystemHost {
             Err(Error::OperationFailed(m)) if m.contains("No such device") => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn dm_table(&self, name: &str) -> Result<String, Error> {
+        run("dmsetup", &["table", name], None)
+    }
+
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error> {
+        let link = format!("/sys/dev/block/{major}:{minor}");
+        std::fs::read_link(&link)
+            .ok()
+            .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| Error::NotFound(format!("no block device {major}:{minor}")))
     }
 
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error> {
