@@ -341,6 +341,7 @@ async fn boot(
         source,
     })?;
     vms.table.set_handles(&vm.id, handles.clone());
+    super::watch::watch(vms, &vm.id, &handles.vmm);
     {
         let dir = dir.clone();
         rollback.push("record handles", move || remove_handles(&dir));
@@ -462,7 +463,12 @@ async fn mark_stopped(vms: &Vms, ctx: &OpCtx, mut vm: VmRecord) -> Result<VmReco
 
 /// What a VM whose VMM is gone held: its network, its RAM file, its
 /// handles in memory.
-async fn release_runtime(vms: &Vms, ctx: &OpCtx, vm_id: &str, handles: Option<&Handles>) {
+pub(super) async fn release_runtime(
+    vms: &Vms,
+    ctx: &OpCtx,
+    vm_id: &str,
+    handles: Option<&Handles>,
+) {
     detach_network(vms, ctx, vm_id, handles).await;
     if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
         vms.ram.remove(path);

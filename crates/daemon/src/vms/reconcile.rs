@@ -42,6 +42,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 if let Some(b) = &h.bridged {
                     restart_proxies(vms, &vm, b.ip);
                 }
+                super::watch::watch(vms, &vm.id, &h.vmm);
                 vms.table.set_handles(&vm.id, h);
             }
             let now = if vm.state == VmState::Paused {

@@ -273,3 +273,141 @@ async fn edit_replaces_and_clears_published_ports_with_creates_checks() {
             .is_empty()
     );
 }
+
+/// Waits (bounded) until the VM's record satisfies `done`.
+async fn wait_for_record(
+    state: &Arc<crate::DaemonState>,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&banger_store::VmRecord) -> bool,
+) -> banger_store::VmRecord {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let vm = state.vms.find(name).await.unwrap();
+        if done(&vm) {
+            return vm;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached within {limit:?}: {vm:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An adopted VM (reconcile starts its watcher) whose VMM is seen alive.
+async fn adopted(
+    state: &Arc<crate::DaemonState>,
+    fake: &FakeVmm,
+    name: &str,
+    pid: u32,
+) -> banger_store::VmRecord {
+    let vm = seed(state, name, VmState::Running);
+    let dir = vm_dir(&state.vms, &vm.id);
+    save_handles(&dir, &handles(pid, &dir)).unwrap();
+    fake.alive.lock().unwrap().insert(pid);
+    state.vms.reconcile().await.unwrap();
+    assert!(state.vms.handles(&vm.id).is_some(), "adopted");
+    vm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_dies_on_its_own_is_noticed_within_a_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = adopted(&state, &fake, "crashy", 311).await;
+    let dir = vm_dir(&state.vms, &vm.id);
+
+    fake.exits
+        .lock()
+        .unwrap()
+        .insert(311, banger_vmm::VmmExit::Signal(9));
+    fake.alive.lock().unwrap().remove(&311);
+    let after = wait_for_record(&state, "crashy", Duration::from_secs(1), |v| {
+        v.state != VmState::Running
+    })
+    .await;
+    assert_eq!(after.state, VmState::Error);
+    let err = after.last_error.unwrap();
+    assert!(err.contains("qemu exited on its own (signal 9)"), "{err}");
+    assert!(
+        err.contains(&console_log(&dir).display().to_string()),
+        "{err}"
+    );
+    assert!(state.vms.handles(&vm.id).is_none(), "handles dropped");
+    assert!(!dir.join("handles.json").exists(), "handles file removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_poweroff_leaves_the_vm_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = adopted(&state, &fake, "polite", 312).await;
+    fake.exits
+        .lock()
+        .unwrap()
+        .insert(312, banger_vmm::VmmExit::Code(0));
+    fake.alive.lock().unwrap().remove(&312);
+    let after = wait_for_record(&state, "polite", Duration::from_secs(1), |v| {
+        v.state != VmState::Running
+    })
+    .await;
+    assert_eq!(after.state, VmState::Stopped);
+    assert!(after.last_error.unwrap().contains("powered off"));
+    assert!(state.vms.handles(&vm.id).is_none());
+
+    // Adopted after a restart, the status is not known: the console's
+    // last line tells a power-off from a crash.
+    let vm = adopted(&state, &fake, "unknown", 313).await;
+    std::fs::write(
+        console_log(&vm_dir(&state.vms, &vm.id)),
+        "[  9.1] reboot: Power down\n",
+    )
+    .unwrap();
+    fake.alive.lock().unwrap().remove(&313);
+    let after = wait_for_record(&state, "unknown", Duration::from_secs(1), |v| {
+        v.state != VmState::Running
+    })
+    .await;
+    assert_eq!(after.state, VmState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_process_exit_is_seen_through_its_pidfd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let vm = adopted(&state, &fake, "real", pid).await;
+    // The fake still calls it running: only the pidfd can tell.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = wait_for_record(&state, "real", Duration::from_secs(1), |v| {
+        v.state != VmState::Running
+    })
+    .await;
+    assert_eq!(after.state, VmState::Error);
+    assert!(state.vms.handles(&vm.id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_the_daemon_asked_for_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = adopted(&state, &fake, "asked", 314).await;
+    let handle = state.vms.handles(&vm.id).unwrap().vmm;
+    let stopped = state.vms.stop("asked", &OpCtx::background()).await.unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    // What the watcher does once it gets the lock after the stop.
+    watch::exited(&state.vms, &vm.id, &handle).await;
+    let after = state.vms.find("asked").await.unwrap();
+    assert_eq!(after.state, VmState::Stopped);
+    assert_eq!(after.last_error, None, "a requested stop is no error");
+}
