@@ -411,4 +411,23 @@ mod tests {
         assert_eq!(shell_quote("console=ttyS0 quiet"), "'console=ttyS0 quiet'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
+
+    #[test]
+    fn the_reaper_records_how_a_child_ended() {
+        let spawn = |script: &str| {
+            let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let pid = child.id();
+            // Dropped, not waited: the reaper thread reaps it.
+            drop(child);
+            spawn_reaper(pid);
+            pid
+        };
+        let code = spawn("exit 3");
+        let killed = spawn("kill -9 $$");
+        let wait = Duration::from_secs(10);
+        assert_eq!(exits::take(code, wait), Some(VmmExit::Code(3)));
+        assert_eq!(exits::take(killed, wait), Some(VmmExit::Signal(9)));
+        assert_eq!(exits::take(code, wait), None, "told once");
+        assert_eq!(exits::take(u32::MAX, wait), None, "not our child");
+    }
 }
