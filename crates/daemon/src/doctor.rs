@@ -99,6 +99,7 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         None,
     ));
 
+    checks.push(database_check(inputs.db).await);
     let kernels = inputs.db.call(|s| s.kernels()).await?;
     let images = inputs.db.call(|s| s.images()).await?;
     let default_kernel = kernels.iter().find(|k| k.name == inputs.default_kernel);
@@ -289,3 +290,37 @@ mod tests {
         assert_eq!(status("image"), Warn);
     }
 }
+
+/// SQLite's `PRAGMA integrity_check` of banger's database.
+async fn database_check(db: &Db) -> DoctorCheck {
+    let checked = db
+        .call(|s| Ok((s.path().to_owned(), s.integrity_problems()?)))
+        .await;
+    match checked {
+        Ok((path, problems)) if problems.is_empty() => check(
+            "database",
+            Pass,
+            format!("{}: integrity check ok", path.display()),
+            None,
+        ),
+        Ok((path, problems)) => check(
+            "database",
+            Fail,
+            format!(
+                "{}: integrity check failed: {}",
+                path.display(),
+                problems.join("; ")
+            ),
+            Some(DAMAGED_HINT),
+        ),
+        Err(e) => check(
+            "database",
+            Fail,
+            crate::error::chain(&e),
+            (!matches!(e, StoreError::Locked { .. })).then_some(DAMAGED_HINT),
+        ),
+    }
+}
+
+/// What to do about a damaged database.
+const DAMAGED_HINT: &str = "stop the daemon (banger daemon stop), move banger.db aside and start again (a new, empty database is made: VMs, images and kernels must be added again), or restore it from a backup";
