@@ -169,16 +169,14 @@ impl Store {
     /// [`StoreError::Damaged`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_unchecked(path).map_err(|e| match e {
-            e @ (StoreError::Open { .. } | StoreError::Migrate { .. }) => {
-                match e.in_db(path) {
-                    e @ (StoreError::Locked { .. } | StoreError::Damaged { .. }) => e,
-                    StoreError::Sqlite(source) => StoreError::Open {
-                        path: path.to_owned(),
-                        source,
-                    },
-                    e => e,
-                }
-            }
+            e @ (StoreError::Open { .. } | StoreError::Migrate { .. }) => match e.in_db(path) {
+                e @ (StoreError::Locked { .. } | StoreError::Damaged { .. }) => e,
+                StoreError::Sqlite(source) => StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
+                e => e,
+            },
             e => e,
         })
     }

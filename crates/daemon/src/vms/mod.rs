@@ -501,6 +501,18 @@ pub(crate) fn vm_dir(vms: &Vms, vm_id: &str) -> PathBuf {
     vms.settings.data_dir.join("vms").join(vm_id)
 }
 
+/// What a VM's directory is renamed to while the VM is deleted: a crash
+/// between the rename and the end of the delete leaves this name for
+/// reconcile to finish with.
+pub(crate) fn deleting_dir(vms: &Vms, vm_id: &str) -> PathBuf {
+    vms.settings
+        .data_dir
+        .join("vms")
+        .join(format!("{DELETING_PREFIX}{vm_id}"))
+}
+
+const DELETING_PREFIX: &str = ".deleting-";
+
 pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }

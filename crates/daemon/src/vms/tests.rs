@@ -411,3 +411,55 @@ async fn an_exit_the_daemon_asked_for_is_left_alone() {
     assert_eq!(after.state, VmState::Stopped);
     assert_eq!(after.last_error, None, "a requested stop is no error");
 }
+
+#[tokio::test]
+async fn reconcile_finishes_deletes_and_removes_orphan_vm_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let kept = seed(&state, "kept", VmState::Stopped);
+    let doomed = seed(&state, "doomed", VmState::Stopped);
+    let vms_dir = state.config.layout.data_dir.join("vms");
+    // A delete cut after its rename: the row is still there.
+    std::fs::rename(
+        vm_dir(&state.vms, &doomed.id),
+        deleting_dir(&state.vms, &doomed.id),
+    )
+    .unwrap();
+    // A delete cut after its row went.
+    std::fs::create_dir_all(deleting_dir(&state.vms, "0123456789ab").join("x")).unwrap();
+    // A create cut between its disks and its row.
+    std::fs::create_dir_all(vms_dir.join("abcdef012345")).unwrap();
+    std::fs::write(vms_dir.join("abcdef012345/work.ext4"), b"x").unwrap();
+    // Not a VM directory's name: left alone.
+    std::fs::create_dir_all(vms_dir.join("notes")).unwrap();
+
+    state.vms.reconcile().await.unwrap();
+
+    assert!(matches!(
+        state.vms.find("doomed").await,
+        Err(banger_store::StoreError::NotFound { .. })
+    ));
+    assert_eq!(state.vms.find("kept").await.unwrap().id, kept.id);
+    assert_eq!(
+        crate::testing::vm_dirs(&state),
+        vec![kept.id.clone(), "notes".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_delete_marks_the_directory_then_removes_row_and_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = seed(&state, "gone", VmState::Stopped);
+    state
+        .vms
+        .delete("gone", false, &OpCtx::background())
+        .await
+        .unwrap();
+    assert!(!vm_dir(&state.vms, &vm.id).exists());
+    assert!(!deleting_dir(&state.vms, &vm.id).exists());
+    assert!(crate::testing::vm_dirs(&state).is_empty());
+    assert!(state.vms.find("gone").await.is_err());
+}
