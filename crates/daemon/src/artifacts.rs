@@ -71,6 +71,17 @@ pub enum ArtifactError {
         #[source]
         source: ImageError,
     },
+    /// The build ran out of space; what it had made was removed.
+    #[error(
+        "build image {name}: not enough free space in {} ({free_mib} MiB left); nothing was kept. Free some space and build again", dir.display()
+    )]
+    NoSpace {
+        name: String,
+        dir: PathBuf,
+        free_mib: u64,
+        #[source]
+        source: ImageError,
+    },
     /// A blocking task did not complete (the runtime is shutting down).
     #[error("{what}: task failed")]
     Task {
@@ -480,6 +491,16 @@ impl Artifacts {
         });
         let built = match built {
             Ok(b) => b,
+            Err(ArtifactError::Build { name, source }) if crate::disks::is_no_space(&source) => {
+                let parent = dest.parent().unwrap_or(&dest).to_owned();
+                remove_dir(dest).await;
+                return Err(ArtifactError::NoSpace {
+                    name,
+                    free_mib: crate::disks::free_mib(&parent).unwrap_or(0),
+                    dir: parent,
+                    source,
+                });
+            }
             Err(e) => {
                 remove_dir(dest).await;
                 return Err(e);

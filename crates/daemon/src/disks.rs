@@ -10,6 +10,32 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// True when `e` or one of its causes says the filesystem is full
+/// (`ENOSPC`, also as a tool's words on its stderr).
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let enospc = rustix::io::Errno::NOSPC.raw_os_error();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(enospc))
+            || err.to_string().contains("No space left on device")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// What is free to the user on the filesystem holding `path` (or its
+/// nearest existing ancestor), in MiB, for error messages.
+pub fn free_mib(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let st = rustix::fs::statvfs(existing).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize) >> 20)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("{what} failed: {stderr}")]

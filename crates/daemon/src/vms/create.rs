@@ -476,7 +476,7 @@ pub async fn create(
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                return Err(explain_no_space(e, &dir));
             }
         };
 
@@ -562,4 +562,18 @@ pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRe
     };
     let key = template_key(vms, &image, &kernel, shape, ctx).await?;
     super::snapshot::warm(vms, ctx, &image, &kernel, shape, key).await
+}
+
+/// A disk preparation that failed for want of space says so, with where
+/// and how much is left (after its files were removed).
+pub(crate) fn explain_no_space(e: VmError, dir: &std::path::Path) -> VmError {
+    if !disks::is_no_space(&e) {
+        return e;
+    }
+    let parent = dir.parent().unwrap_or(dir);
+    VmError::NoSpace {
+        dir: parent.to_owned(),
+        free_mib: disks::free_mib(parent).unwrap_or(0),
+        source: Box::new(e),
+    }
 }
