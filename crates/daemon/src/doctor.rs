@@ -99,9 +99,18 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         None,
     ));
 
-    checks.push(database_check(inputs.db).await);
-    let kernels = inputs.db.call(|s| s.kernels()).await?;
-    let images = inputs.db.call(|s| s.images()).await?;
+    let database = database_check(inputs.db).await;
+    let sound = database.status == Pass;
+    checks.push(database);
+    let (kernels, images) = match (
+        inputs.db.call(|s| s.kernels()).await,
+        inputs.db.call(|s| s.images()).await,
+    ) {
+        (Ok(k), Ok(i)) => (k, i),
+        // The database check already says what is wrong: report the rest.
+        _ if !sound => (Vec::new(), Vec::new()),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
     let default_kernel = kernels.iter().find(|k| k.name == inputs.default_kernel);
     if kvm_present && probe {
         match default_kernel {

@@ -87,14 +87,12 @@ pub enum StoreError {
     )]
     Locked { path: PathBuf, waited_s: u64 },
     /// The file is not a database, or SQLite found it corrupt.
+    /// (SQLite's own error repeats its message as its source: only the
+    /// message is kept, so a chain names it once.)
     #[error(
-        "database {path} is damaged; move it aside and restart the daemon (a new, empty database is made: VMs, images and kernels must be added again) or restore it from a backup"
+        "database {path} is damaged ({detail}); move it aside and restart the daemon (a new, empty database is made: VMs, images and kernels must be added again) or restore it from a backup"
     )]
-    Damaged {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
+    Damaged { path: PathBuf, detail: String },
 }
 
 /// What SQLite said, for [`StoreError::in_db`].
@@ -140,7 +138,10 @@ impl StoreError {
             },
             Failure::Damaged => StoreError::Damaged {
                 path: path.to_owned(),
-                source: e,
+                detail: match &e {
+                    rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+                    other => other.to_string(),
+                },
             },
             Failure::Other => StoreError::Sqlite(e),
         }

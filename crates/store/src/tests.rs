@@ -459,7 +459,10 @@ fn a_file_that_is_not_a_database_is_refused_with_a_hint() {
     let e = Store::open(&path).unwrap_err();
     assert!(matches!(e, StoreError::Damaged { .. }), "{e:?}");
     let text = e.to_string();
-    assert!(text.contains("is damaged; move it aside"), "{text}");
+    assert!(
+        text.contains("is damaged (file is not a database); move it aside"),
+        "{text}"
+    );
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
