@@ -80,7 +80,7 @@ pub enum ArtifactError {
         dir: PathBuf,
         free_mib: u64,
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     /// A blocking task did not complete (the runtime is shutting down).
     #[error("{what}: task failed")]
@@ -498,7 +498,7 @@ impl Artifacts {
                     name,
                     free_mib: crate::disks::free_mib(&parent).unwrap_or(0),
                     dir: parent,
-                    source,
+                    source: Box::new(source),
                 });
             }
             Err(e) => {

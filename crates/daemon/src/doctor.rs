@@ -267,39 +267,6 @@ async fn helper_check(helper: &HelperClient, op: &OpId) -> DoctorCheck {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::test_state;
-
-    #[tokio::test]
-    async fn reports_missing_artifacts_and_the_forced_accelerator() {
-        let tmp = tempfile::tempdir().unwrap();
-        let state = test_state(tmp.path()); // BANGER_ACCEL=tcg
-        let inputs = Inputs {
-            db: &state.db,
-            accel: &state.accel,
-            helper: state.network.helper(),
-            backend: BackendKind::Qemu,
-            default_kernel: &state.config.defaults.kernel,
-            data_dir: &state.config.layout.data_dir,
-            op: &crate::op::mint(),
-        };
-        let report = run(inputs, false).await.unwrap();
-        assert_eq!(report.backend, "qemu");
-        assert_eq!(
-            (report.accel.as_str(), report.accel_reason.as_str()),
-            ("tcg", "forced by BANGER_ACCEL=tcg")
-        );
-        let status = |name: &str| {
-            let c = report.checks.iter().find(|c| c.name == name).unwrap();
-            c.status
-        };
-        assert_eq!(status("kernel"), Warn);
-        assert_eq!(status("image"), Warn);
-    }
-}
-
 /// SQLite's `PRAGMA integrity_check` of banger's database.
 async fn database_check(db: &Db) -> DoctorCheck {
     let checked = db
@@ -333,3 +300,36 @@ async fn database_check(db: &Db) -> DoctorCheck {
 
 /// What to do about a damaged database.
 const DAMAGED_HINT: &str = "stop the daemon (banger daemon stop), move banger.db aside and start again (a new, empty database is made: VMs, images and kernels must be added again), or restore it from a backup";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_state;
+
+    #[tokio::test]
+    async fn reports_missing_artifacts_and_the_forced_accelerator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = test_state(tmp.path()); // BANGER_ACCEL=tcg
+        let inputs = Inputs {
+            db: &state.db,
+            accel: &state.accel,
+            helper: state.network.helper(),
+            backend: BackendKind::Qemu,
+            default_kernel: &state.config.defaults.kernel,
+            data_dir: &state.config.layout.data_dir,
+            op: &crate::op::mint(),
+        };
+        let report = run(inputs, false).await.unwrap();
+        assert_eq!(report.backend, "qemu");
+        assert_eq!(
+            (report.accel.as_str(), report.accel_reason.as_str()),
+            ("tcg", "forced by BANGER_ACCEL=tcg")
+        );
+        let status = |name: &str| {
+            let c = report.checks.iter().find(|c| c.name == name).unwrap();
+            c.status
+        };
+        assert_eq!(status("kernel"), Warn);
+        assert_eq!(status("image"), Warn);
+    }
+}
