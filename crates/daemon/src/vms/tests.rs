@@ -463,3 +463,44 @@ async fn a_delete_marks_the_directory_then_removes_row_and_files() {
     assert!(crate::testing::vm_dirs(&state).is_empty());
     assert!(state.vms.find("gone").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_vm_whose_vmm_dies_gives_back_its_tap_and_published_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let port = crate::testing::free_port();
+    let mut vm = seed(&state, "bridged", VmState::Running);
+    vm.network_mode = banger_proto::NetworkMode::Bridged;
+    vm.published_ports = vec![format!("{port}:80").parse().unwrap()];
+    state.lock_store_for_tests().update_vm(&vm).unwrap();
+    let dir = vm_dir(&state.vms, &vm.id);
+    let mut h = handles(315, &dir);
+    h.bridged = Some(BridgedHandles {
+        tap: "bgtap9".into(),
+        ip: "10.77.0.9".parse().unwrap(),
+    });
+    save_handles(&dir, &h).unwrap();
+    fake.alive.lock().unwrap().insert(315);
+    // Adopted: its proxy listens again, its TAP is held.
+    state.vms.reconcile().await.unwrap();
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
+    assert_eq!(state.vms.held_taps(), vec!["bgtap9".to_owned()]);
+
+    fake.alive.lock().unwrap().remove(&315);
+    let after = wait_for_record(&state, "bridged", Duration::from_secs(1), |v| {
+        v.state != VmState::Running
+    })
+    .await;
+    assert_eq!(after.state, VmState::Error);
+    assert!(
+        state.vms.held_taps().is_empty(),
+        "the TAP is no longer held"
+    );
+    let (idle, in_use) = state.network.taps();
+    assert!(
+        idle.contains(&"bgtap9".to_owned()) && !in_use.contains(&"bgtap9".to_owned()),
+        "back in the pool: idle {idle:?}, in use {in_use:?}"
+    );
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the published port is free");
+}
