@@ -16,6 +16,8 @@
 
 pub(crate) mod create;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod guest;
 pub(crate) mod lifecycle;
 mod ram;
