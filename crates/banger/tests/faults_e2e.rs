@@ -177,7 +177,11 @@ fn vm_faults_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    eprintln!("    noticed after {:?}", killed.elapsed());
+    eprintln!(
+        "    noticed after {:?}: {}",
+        killed.elapsed(),
+        f1["last_error"]
+    );
     assert_eq!(f1["state"], "error", "{f1}");
     let last_error = f1["last_error"].as_str().unwrap();
     assert!(
@@ -207,6 +211,7 @@ fn vm_faults_end_to_end() {
         let took = asked.elapsed();
         assert!(!out.status.success(), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("    after {took:?}: {}", err.trim());
         assert!(err.contains("is locked by another process"), "{err}");
         assert!(
             err.contains(&db_path(&w).display().to_string()),
@@ -246,6 +251,7 @@ fn vm_faults_end_to_end() {
         let out = w.banger(&["vm", "create", "--name", "f3", "--no-start"]);
         assert!(!out.status.success(), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("    {}", err.trim());
         assert!(
             err.contains("not enough free space for the vm's disks"),
             "{err}"
@@ -262,6 +268,7 @@ fn vm_faults_end_to_end() {
         let out = w.banger(&["image", "build", "--name", "tiny"]);
         assert!(!out.status.success(), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("    {}", err.trim());
         assert!(
             err.contains("build image tiny: not enough free space"),
             "{err}"
