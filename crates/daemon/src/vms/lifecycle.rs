@@ -684,7 +684,8 @@ pub(crate) async fn delete_locked(
             });
         }
     };
-    ctx.stage("delete record");
+    // Crash tests stop here: marked, the record still there.
+    crate::op::stall_point("delete: directory marked");
     let id = vm.id.clone();
     // Deleting the row frees its address lease too (ON DELETE CASCADE).
     if let Err(e) = vms.db.call(move |s| s.delete_vm(&id)).await {
@@ -694,7 +695,6 @@ pub(crate) async fn delete_locked(
         return Err(e.into());
     }
     if marked {
-        ctx.stage("remove files");
         let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
             .await
             .map_err(task_failed("delete"))?;
