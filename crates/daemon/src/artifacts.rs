@@ -72,15 +72,15 @@ pub enum ArtifactError {
         source: ImageError,
     },
     /// The build ran out of space; what it had made was removed.
+    /// `detail` is the line that said so (`tar` says it for every file).
     #[error(
-        "build image {name}: not enough free space in {} ({free_mib} MiB left); nothing was kept. Free some space and build again", dir.display()
+        "build image {name}: not enough free space in {} ({free} left); nothing was kept. Free some space and build again ({detail})", dir.display()
     )]
     NoSpace {
         name: String,
         dir: PathBuf,
-        free_mib: u64,
-        #[source]
-        source: Box<ImageError>,
+        free: String,
+        detail: String,
     },
     /// A blocking task did not complete (the runtime is shutting down).
     #[error("{what}: task failed")]
@@ -491,14 +491,20 @@ impl Artifacts {
         });
         let built = match built {
             Ok(b) => b,
-            Err(ArtifactError::Build { name, source }) if crate::disks::is_no_space(&source) => {
+            Err(ArtifactError::Build { name, source }) => {
                 let parent = dest.parent().unwrap_or(&dest).to_owned();
                 remove_dir(dest).await;
-                return Err(ArtifactError::NoSpace {
-                    name,
-                    free_mib: crate::disks::free_mib(&parent).unwrap_or(0),
-                    dir: parent,
-                    source: Box::new(source),
+                return Err(match crate::disks::no_space(&source) {
+                    Some(detail) => {
+                        tracing::warn!(error = %chain(&source), "image build ran out of space");
+                        ArtifactError::NoSpace {
+                            name,
+                            free: crate::disks::free_space(&parent),
+                            dir: parent,
+                            detail,
+                        }
+                    }
+                    None => ArtifactError::Build { name, source },
                 });
             }
             Err(e) => {

@@ -567,13 +567,14 @@ pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRe
 /// A disk preparation that failed for want of space says so, with where
 /// and how much is left (after its files were removed).
 pub(crate) fn explain_no_space(e: VmError, dir: &std::path::Path) -> VmError {
-    if !disks::is_no_space(&e) {
+    let Some(detail) = disks::no_space(&e) else {
         return e;
-    }
+    };
+    tracing::warn!(error = %crate::error::chain(&e), "disk preparation ran out of space");
     let parent = dir.parent().unwrap_or(dir);
     VmError::NoSpace {
         dir: parent.to_owned(),
-        free_mib: disks::free_mib(parent).unwrap_or(0),
-        source: Box::new(e),
+        free: disks::free_space(parent),
+        detail,
     }
 }
