@@ -4,8 +4,9 @@
 //! delete, a data filesystem too full for a create or an image build, a
 //! database locked by another process, damaged, or not a database at all.
 //!
-//! One guest boot (QEMU, TCG) serves every VM fault, run serially; the
-//! database tests need no guest. The daemon is stopped at an exact point
+//! Two guest boots (QEMU, TCG) serve every VM fault, run serially (the
+//! second after the guest powered itself off); the database tests need
+//! no guest. The daemon is stopped at an exact point
 //! with `BANGER_FAULT_STALL_STAGE` (op.rs), never raced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -163,8 +164,32 @@ fn vm_faults_end_to_end() {
     let out = w.banger(&["vm", "create", "--name", "f1", "-p", &format!("{port}:22")]);
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("    {:?}", t.elapsed());
+    assert_eq!(show(&w, "f1")["state"], "running");
+
+    let t = step("the guest powers itself off: the vm is stopped, and says why");
+    // The command may not return before the guest goes down.
+    let _ = w.banger(&["vm", "exec", "f1", "--", "systemctl", "poweroff"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let f1 = loop {
+        let v = show(&w, "f1");
+        if v["state"] != "running" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never stopped: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f1["state"], "stopped", "{f1}");
+    let last_error = f1["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("the guest powered off or rebooted (exit status 0)"),
+        "{last_error}"
+    );
+    assert!(f1["pid"].is_null(), "{f1}");
+    eprintln!("    {:?}", t.elapsed());
+    w.banger_ok(&["vm", "start", "f1"]);
     let f1 = show(&w, "f1");
     assert_eq!(f1["state"], "running", "{f1}");
+    assert!(f1["last_error"].is_null(), "a start clears it: {f1}");
     let id = f1["id"].as_str().unwrap().to_owned();
     let pid = i32::try_from(f1["pid"].as_u64().unwrap()).unwrap();
 
