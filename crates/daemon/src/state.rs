@@ -75,7 +75,7 @@ impl DaemonState {
             config.tap_pool,
             shutdown.clone(),
         ));
-        let vms = Arc::new(Vms::new(
+        let vms = Vms::new_shared(
             VmDeps {
                 db: db.clone(),
                 vmm: Arc::clone(&vmm),
@@ -87,7 +87,7 @@ impl DaemonState {
                 table,
             },
             &config,
-        ));
+        );
         Self {
             config,
             started: Instant::now(),
