@@ -257,8 +257,12 @@ async fn from_guest(
     let write_task = tokio::task::spawn_blocking(move || -> Result<(u64, HostFile), GuestError> {
         let mut writer = writer;
         let mut total = 0u64;
+        let delay = slow_writes();
         for chunk in wrx {
             guard.before_write(chunk.len())?;
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             writer.write(&chunk)?;
             total += chunk.len() as u64;
         }
@@ -295,6 +299,23 @@ async fn from_guest(
         } else {
             Vec::new()
         },
+    })
+}
+
+/// Fault injection for the backpressure test (crates/banger/tests/agent_e2e.rs):
+/// `BANGER_FAULT_CP_WRITE_DELAY_MS` makes the writer of a file copied
+/// from a guest wait that long before each chunk, as a slow disk would.
+/// Read once.
+fn slow_writes() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms = std::env::var("BANGER_FAULT_CP_WRITE_DELAY_MS").ok()?;
+        let ms: u64 = ms.parse().ok().filter(|ms| *ms > 0)?;
+        tracing::warn!(
+            ms,
+            "copies from guests write slowly (BANGER_FAULT_CP_WRITE_DELAY_MS)"
+        );
+        Some(Duration::from_millis(ms))
     })
 }
 
