@@ -711,7 +711,8 @@ fn console_stays_capped(w: &World) {
         "console.log + .1 reached {peak} bytes, more than {allowed}"
     );
     assert!(old.exists(), "rotated at least once");
-    assert!(amount > 4 * allowed, "the amount written proves the cap");
+    // At least 8 caps: more than three times what may stay.
+    assert!(amount > 3 * allowed, "the amount written proves the cap");
     // The newest line is what vm logs shows.
     let out = exec(
         w,
