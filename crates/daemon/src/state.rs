@@ -63,6 +63,7 @@ impl DaemonState {
             Arc::clone(&vmm),
             &config.layout.data_dir,
             config.boot_timeout,
+            config.cp_reserve,
         ));
         let artifacts = Arc::new(Artifacts::new(db.clone(), &config, ssh.clone()));
         let accel = Arc::new(AccelChooser::new(

@@ -166,6 +166,8 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::ExecLost { .. }
         | E::HostFile { .. }
         | E::HostWriterGone
+        | E::NoRoom { .. }
+        | E::ReserveReached { .. }
         | E::HostKey { .. }
         | E::TreeName(_)
         | E::TreeStream(_)

@@ -14,6 +14,7 @@
 //! the handles map (std mutex, leaf, never across an await), then the
 //! store (std mutex, leaf, inside spawn_blocking only).
 
+pub mod console;
 pub(crate) mod create;
 mod error;
 #[cfg(test)]

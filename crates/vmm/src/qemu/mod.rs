@@ -210,7 +210,10 @@ impl Vmm for QemuVmm {
     /// locks, sockets) is closed. Pids are handed out cyclically, so the pid
     /// cannot be reused within one 25 ms poll.
     fn wait_exit(&self, handle: &VmHandle, timeout: Duration) -> Result<bool, VmmError> {
-        if !self.owns(handle, None) {
+        // Called right after a kill, the QEMU may already be dying (no
+        // exe any more, so not recognisably ours) with its disks still
+        // locked: wait for it too.
+        if !self.owns(handle, None) && !proc::is_exiting(handle.pid) {
             return Ok(true);
         }
         let deadline = Instant::now() + timeout;
