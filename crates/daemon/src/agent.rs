@@ -409,6 +409,24 @@ pub(crate) mod tests {
                     code: AgentErrorCode::Unsupported,
                     message: "unknown request".into(),
                 };
+                // ReadFile announces 10 bytes and sends 4: a stream that
+                // lost frames on the way.
+                if let Message::ReadFile { id, .. } = f.msg {
+                    let mut data = Frame::new(Message::FileData { id });
+                    data.body = b"shor".to_vec();
+                    for frame in [
+                        Frame::new(Message::FileInfo {
+                            id,
+                            mode: 0o644,
+                            size: 10,
+                        }),
+                        data,
+                        Frame::new(Message::FileEnd { id }),
+                    ] {
+                        s.write_all(&encode(&frame)).await.unwrap();
+                    }
+                    continue;
+                }
                 let reply = match f.msg {
                     Message::Hello { .. } => Message::Hello {
                         protocol,

@@ -166,6 +166,7 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::ExecLost { .. }
         | E::HostFile { .. }
         | E::HostWriterGone
+        | E::Incomplete { .. }
         | E::NoRoom { .. }
         | E::ReserveReached { .. }
         | E::HostKey { .. }

@@ -282,6 +282,15 @@ async fn from_guest(
         (Some(e), _) => return Err(e),
         (None, w) => w?,
     };
+    if bytes < size {
+        // `file` is dropped unfinished: its temporary file goes with it.
+        return Err(GuestError::Incomplete {
+            vm: vm.to_owned(),
+            path: guest.to_owned(),
+            announced: size,
+            received: bytes,
+        });
+    }
     tokio::task::spawn_blocking(move || file.finish(&name, true))
         .await
         .map_err(|e| GuestError::Task("rename", e))??;

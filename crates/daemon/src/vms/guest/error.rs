@@ -108,6 +108,18 @@ pub enum GuestError {
     },
     #[error("writing the host file failed")]
     HostWriterGone,
+    /// The guest's stream ended short of the size it announced: data was
+    /// lost on the way (the agent drops frames the host has not taken for
+    /// a while) or the file shrank while it was read. Nothing is kept.
+    #[error(
+        "{vm}:{path} arrived incomplete ({received} of {announced} bytes): nothing was kept; copy it again"
+    )]
+    Incomplete {
+        vm: String,
+        path: String,
+        announced: u64,
+        received: u64,
+    },
     /// A copy from the guest whose size is known would leave less than
     /// the reserve free (`vms/guest/reserve.rs`).
     #[error(
