@@ -32,6 +32,7 @@ mod proc;
 pub mod qemu;
 mod qmp;
 mod spec;
+pub mod usernet;
 pub mod testkit;
 
 use std::path::Path;
