@@ -127,6 +127,12 @@ pub enum UsernetError {
          (no isolation from the host) or --network bridged; see docs/security.md"
     )]
     Missing { tool: &'static str },
+    #[error(
+        "user-mode networking with egress `internet` needs unprivileged user namespaces, \
+         which are off ({why}); turn them on, or choose --egress open (no isolation from \
+         the host) or --network bridged; see docs/security.md"
+    )]
+    NoUserNamespaces { why: &'static str },
     #[error("could not {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -144,16 +150,32 @@ pub enum UsernetError {
     },
 }
 
-/// The first of [`TOOLS`] missing from `PATH`, if any.
+/// The first of [`TOOLS`] missing, if any.
 pub fn missing_tool() -> Option<&'static str> {
-    TOOLS.into_iter().find(|t| find_in_path(t).is_none())
+    TOOLS.into_iter().find(|t| find_tool(t).is_none())
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+/// `name` on `PATH`, or in the sbin directories (`nft` lives there, and
+/// a user's `PATH` may not have them).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Why unprivileged user namespaces are off, if they are (Debian's
+/// `kernel.unprivileged_userns_clone`, or `user.max_user_namespaces` 0).
+pub fn userns_disabled() -> Option<&'static str> {
+    let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some("kernel.unprivileged_userns_clone is 0");
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some("user.max_user_namespaces is 0");
+    }
+    None
 }
 
 /// IPv4 networks the guest must not reach, besides what
@@ -284,11 +306,17 @@ fn forward_args(forwards: &[PortForward], proto: Proto, to_guest: bool) -> Vec<S
     out
 }
 
-/// The supervisor's `sh` script.
-fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> String {
+/// The supervisor's `sh` script; `tool` maps a name of [`TOOLS`] to its
+/// path.
+fn supervisor_script(
+    spec: &UsernetSpec,
+    files: &UsernetFiles,
+    uid: u32,
+    tool: &dyn Fn(&str) -> String,
+) -> String {
     let q = |p: &Path| sh_quote(&path_str(p));
     let mut passt: Vec<String> = [
-        "passt",
+        &tool("passt"),
         "--runas",
         "0",
         "-f",
@@ -321,7 +349,7 @@ fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> Stri
     passt.extend(forward_args(&spec.forwards, Proto::Tcp, true));
     passt.extend(forward_args(&spec.forwards, Proto::Udp, true));
     let mut pasta: Vec<String> = [
-        "pasta",
+        &tool("pasta"),
         "--runas",
         &uid.to_string(),
         "-f",
@@ -349,7 +377,7 @@ fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> Stri
     // for pasta's default route (passt reads the namespace's routes when
     // it starts), then passt.
     let inner = format!(
-        "nft -f {rules} || exit 1\n\
+        "{nft} -f {rules} || exit 1\n\
          : > {ready}\n\
          i=0\n\
          until awk '$2 == \"00000000\" {{ f = 1 }} END {{ exit !f }}' /proc/net/route; do\n\
@@ -357,6 +385,7 @@ fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> Stri
          \x20 sleep 0.02\n\
          done\n\
          exec {passt}\n",
+        nft = sh_quote(&tool("nft")),
         rules = q(&files.rules),
         ready = q(&files.ready),
         passt = join(&passt),
@@ -365,7 +394,7 @@ fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> Stri
     // (before that, its pid may still name the host's namespace); then
     // wait for passt and stop pasta.
     format!(
-        "unshare --user --map-root-user --net -- sh -c {inner} banger-usernet-ns &\n\
+        "{unshare} --user --map-root-user --net -- sh -c {inner} banger-usernet-ns &\n\
          ns=$!\n\
          i=0\n\
          while [ ! -e {ready} ]; do\n\
@@ -378,6 +407,7 @@ fn supervisor_script(spec: &UsernetSpec, files: &UsernetFiles, uid: u32) -> Stri
          wait $ns\n\
          kill $pa 2>/dev/null\n\
          wait $pa\n",
+        unshare = sh_quote(&tool("unshare")),
         inner = sh_quote(&inner),
         ready = q(&files.ready),
         pasta = join(&pasta),
@@ -394,6 +424,9 @@ fn marker(vm_id: &str) -> String {
 pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, UsernetError> {
     if let Some(tool) = missing_tool() {
         return Err(UsernetError::Missing { tool });
+    }
+    if let Some(why) = userns_disabled() {
+        return Err(UsernetError::NoUserNamespaces { why });
     }
     let files = UsernetFiles::in_dir(&spec.vm_dir);
     let io_err = |what: &'static str, path: &Path| {
@@ -422,7 +455,9 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(supervisor_script(spec, &files, uid))
+        .arg(supervisor_script(spec, &files, uid, &|name| {
+            find_tool(name).map_or_else(|| name.to_owned(), |p| path_str(&p))
+        }))
         .arg(marker(&spec.vm_id))
         .current_dir(&spec.vm_dir)
         .stdin(Stdio::null())
