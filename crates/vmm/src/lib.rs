@@ -32,8 +32,8 @@ mod proc;
 pub mod qemu;
 mod qmp;
 mod spec;
-pub mod usernet;
 pub mod testkit;
+pub mod usernet;
 
 use std::path::Path;
 use std::time::Duration;

@@ -234,7 +234,11 @@ fn local_addresses(trie: &str) -> Vec<Ipv4Addr> {
 /// From `/proc/net/route`: each route without a gateway that is not a
 /// default route (a connected network), and each gateway.
 fn route_networks(routes: &str) -> Vec<(Ipv4Addr, u8)> {
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.swap_bytes()));
+    let hex = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.swap_bytes()))
+    };
     let mut out = Vec::new();
     for line in routes.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -284,21 +288,27 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// `-t 127.0.0.1/PORT:GUEST` (passt) or `-t 127.0.0.1/PORT` (pasta) for
-/// each forward of `proto`, or `-t none`.
-fn forward_args(forwards: &[PortForward], proto: Proto, to_guest: bool) -> Vec<String> {
+/// pasta: `-t 127.0.0.1/PORT:GUEST` for each forward of `proto` (the
+/// host's port to the same port number as the guest's in the namespace);
+/// passt: `-t 127.0.0.1/GUEST` once per guest port (passt 2023-03 loses
+/// the guest's data on a connection it forwards to another port number);
+/// or `-t none`.
+fn forward_args(forwards: &[PortForward], proto: Proto, in_namespace: bool) -> Vec<String> {
     let flag = match proto {
         Proto::Tcp => "-t",
         Proto::Udp => "-u",
     };
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for f in forwards.iter().filter(|f| f.proto == proto) {
-        out.push(flag.to_owned());
-        out.push(if to_guest {
-            format!("127.0.0.1/{}:{}", f.host_port, f.guest_port)
+        let spec = if in_namespace {
+            format!("127.0.0.1/{}", f.guest_port)
         } else {
-            format!("127.0.0.1/{}", f.host_port)
-        });
+            format!("127.0.0.1/{}:{}", f.host_port, f.guest_port)
+        };
+        if !out.contains(&spec) {
+            out.push(flag.to_owned());
+            out.push(spec);
+        }
     }
     if out.is_empty() {
         out = vec![flag.to_owned(), "none".to_owned()];
@@ -472,9 +482,7 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
                 .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
         });
     }
-    let mut child = command
-        .spawn()
-        .map_err(io_err("run sh for", &files.log))?;
+    let mut child = command.spawn().map_err(io_err("run sh for", &files.log))?;
     let handle = UsernetHandle {
         pid: child.id(),
         socket: files.socket.clone(),
@@ -570,7 +578,10 @@ pub fn kill(handle: &UsernetHandle, vm_id: &str) {
 }
 
 fn kill_group(pid: u32) {
-    if let Some(p) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
     }
 }
@@ -621,10 +632,10 @@ mod tests {
         };
         let f = [fwd(Proto::Tcp, 2222, 22), fwd(Proto::Tcp, 8080, 80)];
         assert_eq!(
-            forward_args(&f, Proto::Tcp, true),
+            forward_args(&f, Proto::Tcp, false),
             ["-t", "127.0.0.1/2222:22", "-t", "127.0.0.1/8080:80"]
         );
-        assert_eq!(forward_args(&f, Proto::Tcp, false)[1], "127.0.0.1/2222");
+        assert_eq!(forward_args(&f, Proto::Tcp, true)[1], "127.0.0.1/22");
         assert_eq!(forward_args(&f, Proto::Udp, true), ["-u", "none"]);
     }
 
@@ -662,7 +673,10 @@ mod tests {
         while is_running(&handle, "t1") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!is_running(&handle, "t1"), "still running after its client left");
+        assert!(
+            !is_running(&handle, "t1"),
+            "still running after its client left"
+        );
         // A second one is killed.
         let handle = launch(&spec, Duration::from_secs(10)).unwrap();
         kill(&handle, "t1");

@@ -213,12 +213,7 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
             device.push_str(",mac=");
             device.push_str(mac);
         }
-        a.extend([
-            "-netdev".into(),
-            netdev,
-            "-device".into(),
-            device.into(),
-        ]);
+        a.extend(["-netdev".into(), netdev, "-device".into(), device.into()]);
     }
     if let Some(AgentChannel::VirtioSerial) = &spec.agent {
         // QEMU listens; the daemon connects (and reconnects after a

@@ -447,7 +447,11 @@ fn builder_spec(
             // user mode) has none and loads into a NIC with nothing behind.
             backend: match (vm.network_mode, &vm.egress) {
                 (banger_proto::NetworkMode::User, banger_proto::Egress::Internet)
-                | (banger_proto::NetworkMode::Bridged, _) => NetBackend::Detached,
+                    if crate::vms::lifecycle::isolated_usernet() =>
+                {
+                    NetBackend::Detached
+                }
+                (banger_proto::NetworkMode::Bridged, _) => NetBackend::Detached,
                 (banger_proto::NetworkMode::User, _) => NetBackend::User {
                     forwards: Vec::new(),
                     restrict: true,
