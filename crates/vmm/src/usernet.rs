@@ -1,6 +1,11 @@
 //! User-mode networking that keeps the guest off the host: passt in a
 //! network namespace of its own, behind pasta (docs/security.md, "Egress").
 //!
+//! **Status:** opt-in (`BANGER_USERNET=passt`, read by the daemon). The
+//! guest's own connections are filtered as designed, but with Debian 12's
+//! passt (0.0~git20230309) connections forwarded into the guest (SSH,
+//! published ports) stall: passt never acknowledges the guest's SYN-ACK.
+//!
 //! QEMU's own user-mode network (slirp) opens the guest's connections from
 //! the host: `10.0.2.2` is the host's `127.0.0.1`, and every address the
 //! host reaches (its own addresses, its LAN, `169.254.169.254`) is the
