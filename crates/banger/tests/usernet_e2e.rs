@@ -39,11 +39,9 @@ fn serve(addr: Ipv4Addr) -> Server {
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if let Ok(mut c) = conn {
-                count.fetch_add(1, Ordering::SeqCst);
-                let _ = std::io::Write::write_all(&mut c, b"host\n");
-            }
+        for mut c in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = std::io::Write::write_all(&mut c, b"host\n");
         }
     });
     Server { port, accepted }
