@@ -5,6 +5,8 @@
 //! guest's own connections are filtered as designed, but with Debian 12's
 //! passt (0.0~git20230309) connections forwarded into the guest (SSH,
 //! published ports) stall: passt never acknowledges the guest's SYN-ACK.
+//! Tried by hand and working: QEMU with slirp started inside the filtered
+//! namespace, pasta attached to it (docs/security.md, "User mode").
 //!
 //! QEMU's own user-mode network (slirp) opens the guest's connections from
 //! the host: `10.0.2.2` is the host's `127.0.0.1`, and every address the
