@@ -93,6 +93,13 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         banger_vmm::usernet::missing_tool(),
         banger_vmm::usernet::userns_disabled(),
     ) {
+        _ if !crate::vms::lifecycle::isolated_usernet() => check(
+            "user-mode isolation",
+            Warn,
+            "egress internet in user mode is not isolated yet: its guests reach the host's \
+             loopback (10.0.2.2) and addresses, as before",
+            Some("for an untrusted guest: --egress none, or --network bridged"),
+        ),
         (Some(tool), _) => check(
             "user-mode isolation",
             Warn,
