@@ -59,14 +59,16 @@ ensure_rust() {
 # Everything the build, the VMs and the test suite use: QEMU and qemu-img
 # (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
 # the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
-# bridge, TAPs and NAT), iptables (the helper's chain on hosts whose FORWARD
-# policy is DROP, and the test that uninstall restores the firewall), python3 (the bridged test's "outside" server),
+# bridge, TAPs and NAT; nft also filters a user-mode VM's namespace),
+# iptables (the helper's chain on hosts whose FORWARD policy is DROP, and
+# the test that uninstall restores the firewall), passt (passt and pasta:
+# user-mode networking isolated from the host), python3 (the bridged test's "outside" server),
 # ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
 # (the man pages and completions quickstart installs).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
     binutils qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
-    iproute2 nftables iptables python3 shellcheck man-db bash-completion
+    iproute2 nftables iptables passt python3 shellcheck man-db bash-completion
   check_tools
   ensure_rust
 }
@@ -79,7 +81,8 @@ BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
   ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 nft:nftables
   iptables:iptables iptables-save:iptables
   python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
-  git:git readelf:binutils apt-get:apt setsid:util-linux
+  git:git readelf:binutils apt-get:apt setsid:util-linux unshare:util-linux
+  passt:passt pasta:passt
   shellcheck:shellcheck man:man-db"
 
 # Finds TOOL on PATH or in the sbin directories (ip and nft live there,

@@ -87,6 +87,46 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         }
     }
 
+    // User mode's default egress (`internet`) runs the guest's network in
+    // a namespace of its own (docs/security.md, "Egress").
+    let usernet = match (
+        banger_vmm::usernet::missing_tool(),
+        banger_vmm::usernet::userns_disabled(),
+    ) {
+        _ if !crate::vms::lifecycle::isolated_usernet() => check(
+            "user-mode isolation",
+            Warn,
+            "egress internet in user mode is not isolated yet: its guests reach the host's \
+             loopback (10.0.2.2) and addresses, as before",
+            Some("for an untrusted guest: --egress none, or --network bridged"),
+        ),
+        (Some(tool), _) => check(
+            "user-mode isolation",
+            Warn,
+            format!(
+                "{tool} not found: user-mode vms with egress internet (the default) cannot start; \
+                 --egress open (no isolation) or bridged mode still work"
+            ),
+            Some("apt-get install passt nftables util-linux"),
+        ),
+        (None, Some(why)) => check(
+            "user-mode isolation",
+            Warn,
+            format!(
+                "unprivileged user namespaces are off ({why}): user-mode vms with egress \
+                 internet (the default) cannot start"
+            ),
+            Some("sysctl kernel.unprivileged_userns_clone=1 (or use bridged mode)"),
+        ),
+        (None, None) => check(
+            "user-mode isolation",
+            Pass,
+            "passt, pasta, unshare and nft found; user namespaces on",
+            None,
+        ),
+    };
+    checks.push(usernet);
+
     let kvm_present = Path::new("/dev/kvm").exists();
     checks.push(check(
         "/dev/kvm",

@@ -77,6 +77,16 @@ impl Vmm for FakeVmm {
             machine: "microvm".into(),
         })
     }
+    fn launch_usernet(
+        &self,
+        spec: &banger_vmm::usernet::UsernetSpec,
+    ) -> Result<banger_vmm::usernet::UsernetHandle, banger_vmm::usernet::UsernetError> {
+        Ok(banger_vmm::usernet::UsernetHandle {
+            pid: 0,
+            socket: banger_vmm::usernet::UsernetFiles::in_dir(&spec.vm_dir).socket,
+        })
+    }
+    fn kill_usernet(&self, _: &banger_vmm::usernet::UsernetHandle, _: &str) {}
     fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         self.launched.lock().unwrap().push(spec.vm_id.clone());
         // A real VMM opens its console log first thing.
@@ -191,6 +201,7 @@ pub(crate) fn handles(pid: u32, dir: &std::path::Path) -> Handles {
         bridged: None,
         agent: None,
         ram_file: None,
+        usernet: None,
     }
 }
 

@@ -33,6 +33,7 @@ pub mod qemu;
 mod qmp;
 mod spec;
 pub mod testkit;
+pub mod usernet;
 
 use std::path::Path;
 use std::time::Duration;
@@ -157,6 +158,23 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     ) -> Result<VmHandle, VmmError> {
         let _ = (spec, state, ram, resume);
         Err(not_supported(self.kind(), "restore a vm's state"))
+    }
+
+    /// Starts the isolated user-mode network a [`NetBackend::Stream`] NIC
+    /// connects to ([`usernet`]: passt and pasta, processes of their own
+    /// that outlive the daemon and leave with the VMM). Blocks until it
+    /// listens.
+    fn launch_usernet(
+        &self,
+        spec: &usernet::UsernetSpec,
+    ) -> Result<usernet::UsernetHandle, usernet::UsernetError> {
+        usernet::launch(spec, Duration::from_secs(10))
+    }
+
+    /// Kills what [`Vmm::launch_usernet`] started for `vm_id`, if it
+    /// still runs.
+    fn kill_usernet(&self, handle: &usernet::UsernetHandle, vm_id: &str) {
+        usernet::kill(handle, vm_id)
     }
 
     /// The VMM build states are saved by; the daemon records it with each

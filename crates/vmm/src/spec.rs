@@ -137,7 +137,20 @@ pub struct NetInterface {
 pub enum NetBackend {
     /// The VMM's own user-mode network (QEMU slirp: guest 10.0.2.15/24,
     /// gateway 10.0.2.2, DNS 10.0.2.3), with host ports forwarded to the guest.
-    User { forwards: Vec<PortForward> },
+    /// Slirp connects from the host, so the guest reaches whatever the host
+    /// reaches, the host's loopback included (10.0.2.2 is mapped to it),
+    /// unless `restrict` (QEMU's `restrict=on`): then the guest reaches
+    /// nothing, and only the forwards reach it.
+    User {
+        forwards: Vec<PortForward>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        restrict: bool,
+    },
+    /// A user-mode network served by another process over a Unix stream
+    /// socket (QEMU `-netdev stream`): passt, run by [`crate::usernet`] in
+    /// a network namespace of its own. Forwards are that process's job.
+    /// No state of it is saved with the VM (like `Tap`).
+    Stream { socket: PathBuf },
     /// An existing TAP device (made by the helper).
     Tap { tap_name: String },
     /// A NIC with nothing behind it (QEMU: a port on a hub of its own):
@@ -499,6 +512,7 @@ mod tests {
     #[test]
     fn net_backend_serialises_tagged() {
         let nic = NetBackend::User {
+            restrict: false,
             forwards: vec![PortForward {
                 proto: Proto::Tcp,
                 host_addr: "127.0.0.1".parse().unwrap(),

@@ -83,6 +83,7 @@ fn test_vm(tag: &str) -> TestVm {
             id: "net0".into(),
             mac: Some("52:54:00:12:34:56".into()),
             backend: NetBackend::User {
+                restrict: false,
                 forwards: vec![PortForward {
                     proto: Proto::Tcp,
                     host_addr: "127.0.0.1".parse().unwrap(),
@@ -289,6 +290,7 @@ fn busy_host_port_is_named_and_nothing_is_left() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     vm.spec.net[0].backend = NetBackend::User {
+        restrict: false,
         forwards: vec![PortForward {
             proto: Proto::Tcp,
             host_addr: "127.0.0.1".parse().unwrap(),

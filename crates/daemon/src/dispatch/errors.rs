@@ -97,6 +97,11 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::UnknownSignal(_)
         | E::ForkCount(_)
         | E::ShapeFixed { .. }
+        | E::EgressNeedsBridged { .. }
+        | E::Usernet(
+            banger_vmm::usernet::UsernetError::Missing { .. }
+            | banger_vmm::usernet::UsernetError::NoUserNamespaces { .. },
+        )
         | E::Config(_) => ErrorCode::BadParams,
         E::NameTaken(_)
         | E::Running(_)
@@ -128,6 +133,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::NoSpace { .. }
         | E::NoLayeredDisks(_)
         | E::Vmm(_)
+        | E::Usernet(_)
         | E::Disk(_)
         | E::Ssh(_) => ErrorCode::OperationFailed,
     }

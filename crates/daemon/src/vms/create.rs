@@ -327,11 +327,19 @@ pub(crate) fn check_publish_twice(publish: &[PublishSpec]) -> Result<(), VmError
 
 /// A network mode enforces only some egress policies; the others are
 /// refused up front, naming the mode that can (docs/security.md).
+///
+/// Bridged mode enforces every policy in nftables. User mode enforces
+/// `internet` (passt in a namespace of its own, `banger_vmm::usernet`),
+/// `none` (QEMU's restricted slirp) and `open` (slirp as is); an `allow=`
+/// list would need a DNS server and per-answer firewall sets that user
+/// mode does not have, so it is refused.
 pub(crate) fn check_egress_network(egress: &Egress, network: NetworkMode) -> Result<(), VmError> {
-    // Bridged mode enforces every policy in nftables; what user mode can
-    // enforce is decided with its isolation (issue 11).
-    let _ = (egress, network);
-    Ok(())
+    match (network, egress) {
+        (NetworkMode::User, Egress::Allow { .. }) => Err(VmError::EgressNeedsBridged {
+            egress: egress.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A bridged VM publishes TCP ports only.

@@ -136,6 +136,16 @@ pub enum VmError {
     ForkCount(u32),
     #[error("vm {0}'s work disk is a copy-on-write layer over a snapshot and cannot grow yet")]
     LayeredWorkDisk(String),
+    /// An egress policy the VM's network mode cannot enforce
+    /// (docs/security.md, "Egress").
+    #[error(
+        "egress {egress} cannot be enforced in user-mode networking: use --network bridged \
+         (needs banger-helper: sudo banger system install), or --egress internet, none or open; \
+         see docs/security.md"
+    )]
+    EgressNeedsBridged { egress: String },
+    #[error(transparent)]
+    Usernet(#[from] banger_vmm::usernet::UsernetError),
     #[error("{what} differs from the snapshot's ({snapshot}: {recorded}); a restored vm keeps it")]
     ShapeFixed {
         what: &'static str,

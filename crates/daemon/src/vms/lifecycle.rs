@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_proto::vm::VmEditParams;
-use banger_proto::{NetworkMode, PortProto, PublishSpec};
+use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec};
 use banger_store::SnapshotRecord;
 use banger_store::{VmRecord, VmState};
 use banger_vmm::{
@@ -198,8 +198,21 @@ async fn boot(
         }
         NetworkMode::User => {
             ctx.stage("allocate ports");
-            user_network(&vm.published_ports)?
+            user_network(&vm.published_ports, &vm.egress, &vm.id, &dir)?
         }
+    };
+    let usernet = match &net.usernet {
+        Some(spec) => {
+            ctx.stage("start user network");
+            let (spec, vmm) = (spec.clone(), Arc::clone(&vms.vmm));
+            let handle = tokio::task::spawn_blocking(move || vmm.launch_usernet(&spec))
+                .await
+                .map_err(task_failed("user network"))??;
+            let (h, id, vmm) = (handle.clone(), vm.id.clone(), Arc::clone(&vms.vmm));
+            rollback.push("start user network", move || vmm.kill_usernet(&h, &id));
+            Some(handle)
+        }
+        None => None,
     };
     let (accel, reason) = vms.accel.choose(&kernel, ctx).await;
     tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
@@ -334,6 +347,7 @@ async fn boot(
             .has_agent
             .then(|| banger_vmm::AgentChannel::VirtioSerial.as_str().to_owned()),
         ram_file,
+        usernet,
     };
     save_handles(&dir, &handles).map_err(|source| VmError::Io {
         what: "write",
@@ -470,6 +484,10 @@ pub(super) async fn release_runtime(
     handles: Option<&Handles>,
 ) {
     detach_network(vms, ctx, vm_id, handles).await;
+    if let Some(h) = handles.and_then(|h| h.usernet.clone()) {
+        let (id, vmm) = (vm_id.to_owned(), Arc::clone(&vms.vmm));
+        let _ = tokio::task::spawn_blocking(move || vmm.kill_usernet(&h, &id)).await;
+    }
     if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
         vms.ram.remove(path);
     }
@@ -796,10 +814,31 @@ struct NetPlan {
     bridged: Option<BridgedHandles>,
     /// What a restored bridged guest is told to switch its NIC to.
     guest_net: Option<snapshot::GuestNetPlan>,
+    /// The isolated user-mode network to start before the VMM.
+    usernet: Option<banger_vmm::usernet::UsernetSpec>,
 }
 
-/// User mode: SSH and published ports forwarded from loopback by QEMU.
-fn user_network(publish: &[PublishSpec]) -> Result<NetPlan, VmError> {
+/// Whether egress `internet` in user mode runs through the isolated
+/// network (`banger_vmm::usernet`): only with `BANGER_USERNET=passt` for
+/// now. With passt 0.0~git20230309 (Debian 12) the guest's outbound
+/// connections work and the host stays unreachable, but connections
+/// forwarded *to* the guest (SSH, published ports) are accepted by the
+/// guest and then closed before any data, so a VM never becomes ready.
+/// Until that is solved, `internet` keeps QEMU's slirp (the host's
+/// loopback reachable, as before issue 11).
+pub(crate) fn isolated_usernet() -> bool {
+    std::env::var_os("BANGER_USERNET").is_some_and(|v| v == "passt")
+}
+
+/// User mode: SSH and published ports forwarded from loopback, by passt
+/// in a namespace of its own for egress `internet`, by QEMU's slirp
+/// (restricted for `none`) otherwise (docs/security.md, "Egress").
+fn user_network(
+    publish: &[PublishSpec],
+    egress: &Egress,
+    vm_id: &str,
+    dir: &std::path::Path,
+) -> Result<NetPlan, VmError> {
     let ssh_port = free_loopback_port()?;
     let mut forwards = vec![PortForward {
         proto: Proto::Tcp,
@@ -819,17 +858,50 @@ fn user_network(publish: &[PublishSpec]) -> Result<NetPlan, VmError> {
             guest_port: p.guest,
         });
     }
+    let (backend, usernet) = match egress {
+        Egress::Internet if isolated_usernet() => (
+            NetBackend::Stream {
+                socket: banger_vmm::usernet::UsernetFiles::in_dir(dir).socket,
+            },
+            Some(banger_vmm::usernet::UsernetSpec {
+                vm_id: vm_id.to_owned(),
+                vm_dir: dir.to_path_buf(),
+                forwards,
+            }),
+        ),
+        Egress::None => (
+            NetBackend::User {
+                forwards,
+                restrict: true,
+            },
+            None,
+        ),
+        // Not isolated yet by default: see `isolated_usernet`.
+        Egress::Open | Egress::Internet => (
+            NetBackend::User {
+                forwards,
+                restrict: false,
+            },
+            None,
+        ),
+        Egress::Allow { .. } => {
+            return Err(VmError::EgressNeedsBridged {
+                egress: egress.to_string(),
+            });
+        }
+    };
     Ok(NetPlan {
         nic: NetInterface {
             id: "net0".into(),
             mac: None,
-            backend: NetBackend::User { forwards },
+            backend,
         },
         cmdline: USER_NET_ARGS.to_owned(),
         ssh_host: Ipv4Addr::LOCALHOST.to_string(),
         ssh_port,
         bridged: None,
         guest_net: None,
+        usernet,
     })
 }
 
@@ -876,6 +948,7 @@ async fn attach_bridged(
         ssh_host: ip.to_string(),
         ssh_port: 22,
         bridged: Some(BridgedHandles { tap, ip }),
+        usernet: None,
         guest_net: Some(snapshot::GuestNetPlan {
             mac: crate::network::mac_for(ip),
             address_cidr: format!("{ip}/{}", bridge.subnet.prefix()),

@@ -73,6 +73,10 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 if let Some(ram) = &h.ram_file {
                     vms.ram.remove(ram);
                 }
+                if let Some(net) = h.usernet.clone() {
+                    let (id, vmm) = (vm.id.clone(), Arc::clone(&vms.vmm));
+                    let _ = tokio::task::spawn_blocking(move || vmm.kill_usernet(&net, &id)).await;
+                }
             }
             let was = vm.state;
             if was == VmState::Creating {

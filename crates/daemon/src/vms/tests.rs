@@ -280,7 +280,20 @@ async fn edit_changes_the_egress_policy_and_show_reports_it() {
     let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
     let vm = seed(&state, "quiet", VmState::Stopped);
     assert_eq!(vm.egress, banger_proto::Egress::Internet);
-    let policy: banger_proto::Egress = "allow=example.com,10.1.0.0/16".parse().unwrap();
+    // A user-mode vm: an allow list needs bridged mode, and says so.
+    let allow: banger_proto::Egress = "allow=example.com,10.1.0.0/16".parse().unwrap();
+    let err = state
+        .vms
+        .edit(&banger_proto::vm::VmEditParams {
+            name: "quiet".into(),
+            egress: Some(allow),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::EgressNeedsBridged { .. }), "{err}");
+    assert!(err.to_string().contains("--network bridged"), "{err}");
+    let policy = banger_proto::Egress::None;
     let edited = state
         .vms
         .edit(&banger_proto::vm::VmEditParams {

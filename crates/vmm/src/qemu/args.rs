@@ -180,36 +180,40 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
         a.extend(drive_args(drive));
     }
     for (index, nic) in spec.net.iter().enumerate() {
-        let netdev = match &nic.backend {
-            NetBackend::User { forwards } => {
+        let netdev: OsString = match &nic.backend {
+            NetBackend::User { forwards, restrict } => {
                 let mut s = format!("user,id={}", nic.id);
+                if *restrict {
+                    s.push_str(",restrict=on");
+                }
                 for f in forwards {
                     s.push_str(",hostfwd=");
                     s.push_str(&hostfwd_rule(f));
                 }
-                s
+                s.into()
             }
-            NetBackend::Tap { tap_name } => {
-                format!(
-                    "tap,id={},ifname={tap_name},script=no,downscript=no",
-                    nic.id
-                )
-            }
+            // QEMU connects to the socket passt listens on (QEMU 7.2's
+            // `stream` netdev; it does not reconnect).
+            NetBackend::Stream { socket } => opt_with_path(
+                &format!("stream,id={},server=off,addr.type=unix,addr.path=", nic.id),
+                socket,
+                "",
+            ),
+            NetBackend::Tap { tap_name } => format!(
+                "tap,id={},ifname={tap_name},script=no,downscript=no",
+                nic.id
+            )
+            .into(),
             // A hub of its own per NIC: on a shared hub two detached NICs
             // would reach each other.
-            NetBackend::Detached => format!("hubport,id={},hubid={index}", nic.id),
+            NetBackend::Detached => format!("hubport,id={},hubid={index}", nic.id).into(),
         };
         let mut device = format!("virtio-net-device,netdev={}", nic.id);
         if let Some(mac) = &nic.mac {
             device.push_str(",mac=");
             device.push_str(mac);
         }
-        a.extend([
-            "-netdev".into(),
-            netdev.into(),
-            "-device".into(),
-            device.into(),
-        ]);
+        a.extend(["-netdev".into(), netdev, "-device".into(), device.into()]);
     }
     if let Some(AgentChannel::VirtioSerial) = &spec.agent {
         // QEMU listens; the daemon connects (and reconnects after a
@@ -358,6 +362,30 @@ mod tests {
         let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
         assert!(
             joined.contains("memory-backend-file,id=mem,size=1024M,mem-path=/tmp/ram,share=off"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn restricted_user_and_stream_nics() {
+        let mut spec = sample();
+        if let NetBackend::User { restrict, .. } = &mut spec.net[0].backend {
+            *restrict = true;
+        }
+        let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
+        assert!(
+            joined.contains("-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"),
+            "{joined}"
+        );
+        spec.net[0].backend = NetBackend::Stream {
+            socket: "/run/a,b/net.sock".into(),
+        };
+        let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
+        assert!(
+            joined.contains(
+                "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/a,,b/net.sock \
+                 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"
+            ),
             "{joined}"
         );
     }

@@ -142,7 +142,7 @@ pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
             check_mac(mac)?;
         }
         match &nic.backend {
-            NetBackend::User { forwards } => {
+            NetBackend::User { forwards, .. } => {
                 for f in forwards {
                     if !f.host_addr.is_ipv4() {
                         return invalid(format!(
@@ -167,6 +167,15 @@ pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
                 if !ok {
                     return invalid(format!(
                         "tap name {tap_name:?} is not a valid interface name"
+                    ));
+                }
+            }
+            NetBackend::Stream { socket } => {
+                if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                    return invalid(format!(
+                        "network socket path {} is too long ({} bytes, at most {MAX_SOCKET_PATH})",
+                        socket.display(),
+                        socket.as_os_str().len()
                     ));
                 }
             }
@@ -201,6 +210,7 @@ mod tests {
             (
                 |s| {
                     s.net[0].backend = NetBackend::User {
+                        restrict: false,
                         forwards: vec![PortForward {
                             proto: Proto::Tcp,
                             host_addr: "::1".parse().unwrap(),

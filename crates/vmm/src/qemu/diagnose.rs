@@ -52,8 +52,8 @@ pub(super) fn host_forward_error(spec: &VmSpec, tail: &str, log: &Path) -> Optio
         .net
         .iter()
         .filter_map(|nic| match &nic.backend {
-            NetBackend::User { forwards } => Some(forwards),
-            NetBackend::Tap { .. } | NetBackend::Detached => None,
+            NetBackend::User { forwards, .. } => Some(forwards),
+            NetBackend::Tap { .. } | NetBackend::Stream { .. } | NetBackend::Detached => None,
         })
         .flatten()
         .find(|f| hostfwd_rule(f) == rule)?;

@@ -62,6 +62,7 @@ mod args;
 mod check;
 mod diagnose;
 mod launch;
+pub(crate) use diagnose::log_tail as log_tail_of;
 mod ownership;
 mod snapshot;
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub(crate) fn sample() -> VmSpec {
             id: "net0".into(),
             mac: Some("52:54:00:12:34:56".into()),
             backend: NetBackend::User {
+                restrict: false,
                 forwards: vec![
                     PortForward {
                         proto: Proto::Tcp,

@@ -87,6 +87,7 @@ fn handles(dir: &std::path::Path) -> Handles {
         bridged: None,
         agent: Some("virtio-serial".into()),
         ram_file: None,
+        usernet: None,
     }
 }
 

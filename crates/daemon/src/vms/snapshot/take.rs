@@ -441,11 +441,21 @@ fn builder_spec(
         net: vec![NetInterface {
             id: "net0".into(),
             mac: None,
-            backend: match vm.network_mode {
-                banger_proto::NetworkMode::User => NetBackend::User {
+            // The state must load: a state saved under slirp has a
+            // section of slirp's and loads only into a slirp NIC; one
+            // saved from a TAP or a passt socket (egress `internet` in
+            // user mode) has none and loads into a NIC with nothing behind.
+            backend: match (vm.network_mode, &vm.egress) {
+                (banger_proto::NetworkMode::User, banger_proto::Egress::Internet)
+                    if crate::vms::lifecycle::isolated_usernet() =>
+                {
+                    NetBackend::Detached
+                }
+                (banger_proto::NetworkMode::Bridged, _) => NetBackend::Detached,
+                (banger_proto::NetworkMode::User, _) => NetBackend::User {
                     forwards: Vec::new(),
+                    restrict: true,
                 },
-                banger_proto::NetworkMode::Bridged => NetBackend::Detached,
             },
         }],
         agent: agent.then_some(AgentChannel::VirtioSerial),
