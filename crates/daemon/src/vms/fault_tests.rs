@@ -11,7 +11,9 @@ use super::*;
 use crate::op::OpCtx;
 use crate::testing::{FakeVmm, handles, seed, test_state_with};
 
-/// Waits (bounded) until the VM's record satisfies `done`.
+/// Waits (bounded) until the VM's record satisfies `done`. The bound is
+/// generous: how fast an exit is noticed is measured against real QEMU in
+/// crates/banger/tests/faults_e2e.rs, not on a loaded test machine here.
 async fn wait_for_record(
     state: &Arc<crate::DaemonState>,
     name: &str,
@@ -49,7 +51,7 @@ async fn adopted(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vmm_that_dies_on_its_own_is_noticed_within_a_second() {
+async fn a_vmm_that_dies_on_its_own_is_noticed_and_cleaned_up() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeVmm::default());
     let state = test_state_with(tmp.path(), fake.clone());
@@ -61,7 +63,7 @@ async fn a_vmm_that_dies_on_its_own_is_noticed_within_a_second() {
         .unwrap()
         .insert(311, banger_vmm::VmmExit::Signal(9));
     fake.alive.lock().unwrap().remove(&311);
-    let after = wait_for_record(&state, "crashy", Duration::from_secs(1), |v| {
+    let after = wait_for_record(&state, "crashy", Duration::from_secs(10), |v| {
         v.state != VmState::Running
     })
     .await;
@@ -87,7 +89,7 @@ async fn a_guest_poweroff_leaves_the_vm_stopped() {
         .unwrap()
         .insert(312, banger_vmm::VmmExit::Code(0));
     fake.alive.lock().unwrap().remove(&312);
-    let after = wait_for_record(&state, "polite", Duration::from_secs(1), |v| {
+    let after = wait_for_record(&state, "polite", Duration::from_secs(10), |v| {
         v.state != VmState::Running
     })
     .await;
@@ -104,7 +106,7 @@ async fn a_guest_poweroff_leaves_the_vm_stopped() {
     )
     .unwrap();
     fake.alive.lock().unwrap().remove(&313);
-    let after = wait_for_record(&state, "unknown", Duration::from_secs(1), |v| {
+    let after = wait_for_record(&state, "unknown", Duration::from_secs(10), |v| {
         v.state != VmState::Running
     })
     .await;
@@ -125,7 +127,7 @@ async fn a_real_process_exit_is_seen_through_its_pidfd() {
     // The fake still calls it running: only the pidfd can tell.
     child.kill().unwrap();
     child.wait().unwrap();
-    let after = wait_for_record(&state, "real", Duration::from_secs(1), |v| {
+    let after = wait_for_record(&state, "real", Duration::from_secs(10), |v| {
         v.state != VmState::Running
     })
     .await;
@@ -225,7 +227,7 @@ async fn a_bridged_vm_whose_vmm_dies_gives_back_its_tap_and_published_ports() {
     assert_eq!(state.vms.held_taps(), vec!["bgtap9".to_owned()]);
 
     fake.alive.lock().unwrap().remove(&315);
-    let after = wait_for_record(&state, "bridged", Duration::from_secs(1), |v| {
+    let after = wait_for_record(&state, "bridged", Duration::from_secs(10), |v| {
         v.state != VmState::Running
     })
     .await;
