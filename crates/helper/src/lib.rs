@@ -25,6 +25,7 @@
 pub mod client;
 pub mod config;
 pub mod dispatch;
+pub mod egress;
 mod error;
 pub mod host;
 pub mod logging;
