@@ -38,12 +38,15 @@
 //! above the workspace's 1.85.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use banger_proto::helper::{EgressEntry, MAX_EGRESS_RESOLVED_PER_CALL};
 use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -80,11 +83,111 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub trait VmResolver: Send + Sync + Debug {
     /// `name` is the label before `.vm`, lowercased (`web` for `WEB.vm.`).
     fn lookup(&self, name: &str) -> Option<Ipv4Addr>;
+
+    /// What the client at `client` may ask beyond `.vm` (its VM's egress
+    /// policy; [`DnsPolicy::Forward`] for the host). Quick, non-blocking.
+    fn policy(&self, client: IpAddr) -> DnsPolicy {
+        let _ = client;
+        DnsPolicy::Forward
+    }
+
+    /// Lets the VM at `client` reach `entries` for `ttl_secs` (through the
+    /// helper's `egress_resolved`); called before an answer for an allowed
+    /// name is relayed. An error keeps the answer from the client.
+    fn learn(
+        &self,
+        client: IpAddr,
+        entries: Vec<EgressEntry>,
+        ttl_secs: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let _ = (client, entries, ttl_secs);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What the server does with a name outside `.vm` for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsPolicy {
+    /// Forward every name (egress `internet` or `open`, and the host).
+    Forward,
+    /// Refuse every name (egress `none`): only `NAME.vm` is answered.
+    LocalOnly,
+    /// Forward only the names these cover, refuse the rest; an answer's A
+    /// records are learned ([`VmResolver::learn`]) before it is relayed.
+    Allow(Vec<AllowedName>),
+}
+
+/// One name of an `allow=` list: `example.com`, or `*.example.com` for
+/// every name under it; all ports, or only `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedName {
+    pub pattern: String,
+    pub port: Option<u16>,
+}
+
+impl AllowedName {
+    /// `name` is lowercased, without its trailing dot.
+    pub fn covers(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            None => name == self.pattern,
+        }
+    }
+}
+
+/// The ports `name` is allowed on under `allowed` (`None`: every port),
+/// or nothing when no entry covers it.
+fn allowed_ports(allowed: &[AllowedName], name: &str) -> Option<Vec<Option<u16>>> {
+    let mut ports: Vec<Option<u16>> = allowed
+        .iter()
+        .filter(|a| a.covers(name))
+        .map(|a| a.port)
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    if ports.contains(&None) {
+        return Some(vec![None]);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
+}
+
+/// The public A records of `answer` as entries for `ports`, and the
+/// smallest TTL among them. `None` when the answer does not parse.
+fn learned_entries(answer: &[u8], ports: &[Option<u16>]) -> Option<(Vec<EgressEntry>, u32)> {
+    let message = Message::from_vec(answer).ok()?;
+    let mut entries = Vec::new();
+    let mut ttl = u32::MAX;
+    for record in message.answers() {
+        let RData::A(a) = record.data() else {
+            continue;
+        };
+        if !banger_helper::egress::is_public(a.0) {
+            continue;
+        }
+        ttl = ttl.min(record.ttl());
+        for port in ports {
+            if entries.len() < MAX_EGRESS_RESOLVED_PER_CALL {
+                entries.push(EgressEntry {
+                    addr: a.0,
+                    port: *port,
+                });
+            }
+        }
+    }
+    Some((entries, ttl))
 }
 
 /// What [`serve`] needs besides its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
+    /// Only clients with a source address in this subnet are answered
+    /// (banger's own); `None` answers everyone (tests).
+    pub clients: Option<crate::network::Subnet>,
     /// Servers that answer every name outside `.vm`, tried in order. Empty:
     /// such names get SERVFAIL.
     pub upstreams: Vec<SocketAddr>,
@@ -108,6 +211,7 @@ impl DnsConfig {
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
+            clients: None,
             upstreams: Vec::new(),
             upstream_timeout: Duration::from_secs(2),
             max_in_flight: 256,
@@ -166,6 +270,15 @@ pub async fn serve_with(
             },
         };
         let packet = buf.get(..len).unwrap_or_default();
+        let admitted = match (config.clients, peer.ip().to_canonical()) {
+            (None, _) => true,
+            (Some(subnet), IpAddr::V4(ip)) => subnet.contains(ip),
+            (Some(_), IpAddr::V6(_)) => false,
+        };
+        if !admitted {
+            tracing::debug!(%peer, "DNS query from outside banger's subnet; dropped");
+            continue;
+        }
         let has_upstreams = !config.upstreams.is_empty();
         let (header, query) = match classify(packet, resolver.as_ref(), has_upstreams) {
             Action::Ignore => continue,
@@ -174,6 +287,25 @@ pub async fn serve_with(
                 continue;
             }
             Action::Forward { header, query } => (header, query),
+        };
+        let ports = match resolver.policy(peer.ip()) {
+            DnsPolicy::Forward => None,
+            DnsPolicy::LocalOnly => {
+                reply_refused(&socket, &header, &query, peer, "egress none").await;
+                continue;
+            }
+            DnsPolicy::Allow(allowed) => {
+                let name = query.name().to_ascii();
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                match allowed_ports(&allowed, &name) {
+                    Some(ports) => Some(ports),
+                    None => {
+                        reply_refused(&socket, &header, &query, peer, "not on the allow list")
+                            .await;
+                        continue;
+                    }
+                }
+            }
         };
         if !has_upstreams {
             reply_servfail(&socket, &header, &query, peer, false, "no upstream").await;
@@ -187,11 +319,20 @@ pub async fn serve_with(
         let socket = Arc::clone(&socket);
         let config = Arc::clone(&config);
         let shutdown = shutdown.clone();
+        let resolver = Arc::clone(&resolver);
         tracker.spawn(async move {
             let _permit = permit;
             let answer = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 answer = forward(&packet, &config.upstreams, config.upstream_timeout) => answer,
+            };
+            let answer = match (answer, ports) {
+                (Some(answer), Some(ports)) => {
+                    learn(resolver.as_ref(), peer.ip(), &answer, &ports, &query)
+                        .await
+                        .then_some(answer)
+                }
+                (answer, _) => answer,
             };
             match answer {
                 Some(answer) => {
@@ -442,6 +583,63 @@ async fn reply_servfail(
         return;
     };
     send(socket, &reply, peer).await;
+}
+
+/// Adds the public A records of an answer for an allowed name to the
+/// client's egress sets; false (the answer is withheld, the client gets
+/// SERVFAIL) when that fails or the answer does not parse.
+async fn learn(
+    resolver: &dyn VmResolver,
+    client: IpAddr,
+    answer: &[u8],
+    ports: &[Option<u16>],
+    query: &Query,
+) -> bool {
+    let Some((entries, ttl)) = learned_entries(answer, ports) else {
+        tracing::warn!(name = %query.name(), "DNS answer for an allowed name does not parse; withheld");
+        return false;
+    };
+    if entries.is_empty() {
+        return true;
+    }
+    let count = entries.len();
+    match resolver.learn(client, entries, ttl).await {
+        Ok(()) => {
+            tracing::debug!(name = %query.name(), %client, count, ttl, "egress allowed for resolved addresses");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(name = %query.name(), %client, error = %e, "could not allow resolved addresses; answer withheld");
+            false
+        }
+    }
+}
+
+async fn reply_refused(
+    socket: &UdpSocket,
+    header: &Header,
+    query: &Query,
+    peer: SocketAddr,
+    why: &str,
+) {
+    tracing::debug!(
+        name = %query.name(),
+        qtype = %query.query_type(),
+        rcode = %ResponseCode::Refused,
+        %peer,
+        why,
+        "DNS query refused by egress policy"
+    );
+    if let Ok(reply) = response(
+        header,
+        Some(query),
+        ResponseCode::Refused,
+        None,
+        false,
+        true,
+    ) {
+        send(socket, &reply, peer).await;
+    }
 }
 
 async fn send(socket: &UdpSocket, packet: &[u8], peer: SocketAddr) {
