@@ -334,6 +334,13 @@ fn egress_policies_hold_in_bridged_mode() {
         Some(OTHER_OUTSIDE),
         "internet forwards every name"
     );
+    // The host asks banger's DNS from its own addresses: answered.
+    let host = net.exec(&["getent", "hosts", "a.vm"]);
+    assert!(
+        String::from_utf8_lossy(&host.stdout).starts_with(&ip_a),
+        "{}",
+        text(&host)
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("edit a running vm to open: everything the host reaches (the probes work)");
