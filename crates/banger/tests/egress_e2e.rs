@@ -1,6 +1,6 @@
-//! End to end, egress policy in bridged mode: one real guest under QEMU
+//! End to end, egress policy in bridged mode: real guests under QEMU
 //! (TCG) on banger's bridge, the real `banger-helper`, in network
-//! namespaces this test makes (nothing touches the host's network). The
+//! namespaces this test makes (nothing touches the host's network). A
 //! guest probes, as root, what it can reach under each policy, switched
 //! with `vm edit --egress` while it runs.
 //!
@@ -11,9 +11,12 @@
 //!  [banger ns]  198.18.0.1, 192.168.77.1, banger0 10.77.0.1; a host
 //!               service on 0.0.0.0:9100 (loopback included);
 //!               route 169.254.169.254 via 198.18.0.2
-//!       │ veth                                  │ bgtapN
-//!  [lan ns]     192.168.77.2 (tcp 9000)          guest a 10.77.0.x
+//!       │ veth                                  │ bgtapN, bgtapM
+//!  [lan ns]     192.168.77.2 (tcp 9000)          guests a and b (10.77.0.x)
 //! ```
+//!
+//! Guest a changes policy; guest b keeps the default and checks that a
+//! `none` or `allow` guest and the other guests cannot reach each other.
 //!
 //! banger's DNS forwards to the outside's DNS server (the banger ns's
 //! resolv.conf names it after the gateway), which answers
@@ -162,14 +165,15 @@ impl Drop for Lan {
 }
 
 /// Tries every `addr:port` at once from inside the guest (as root, over
-/// banger's SSH): true where the greeting arrived within 5 s.
+/// banger's SSH): true where a greeting (`hi`, or an SSH banner) arrived
+/// within 5 s.
 fn probe(w: &World, vm: &str, targets: &[&str]) -> BTreeMap<String, bool> {
     let mut script = String::new();
     for t in targets {
         let (addr, port) = t.split_once(':').unwrap();
         script.push_str(&format!(
             "(timeout 5 bash -c 'exec 3<>/dev/tcp/{addr}/{port} && head -c 2 <&3' 2>/dev/null \
-             | grep -q hi && echo '{t} open' || echo '{t} closed') & "
+             | grep -q . && echo '{t} open' || echo '{t} closed') & "
         ));
     }
     script.push_str("wait");
@@ -343,12 +347,24 @@ fn egress_policies_hold_in_bridged_mode() {
     );
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step("guest b (internet): internet guests reach each other");
+    w.banger_ok(&["vm", "create", "--name", "b"]);
+    let ip_b = w.banger_json(&["vm", "show", "b"])["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ssh_a = format!("{ip_a}:22");
+    let ssh_b = format!("{ip_b}:22");
+    expect(&w, "a", &[&ssh_b], &[]);
+    expect(&w, "b", &[&ssh_a, &outside], &[&host_gw]);
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("edit a running vm to open: everything the host reaches (the probes work)");
     w.banger_ok(&["vm", "edit", "a", "--egress", "open"]);
     expect(
         &w,
         "a",
-        &[&outside, &host_gw, &host_addr, &lan_srv, &metadata],
+        &[&outside, &host_gw, &host_addr, &lan_srv, &metadata, &ssh_b],
         &[],
     );
     eprintln!("    {:?}", t.elapsed());
@@ -363,8 +379,11 @@ fn egress_policies_hold_in_bridged_mode() {
         &w,
         "a",
         &[],
-        &[&outside, &other, &host_gw, &host_addr, &lan_srv, &metadata],
+        &[
+            &outside, &other, &host_gw, &host_addr, &lan_srv, &metadata, &ssh_b,
+        ],
     );
+    expect(&w, "b", &[&outside], &[&ssh_a]);
     assert_eq!(resolve(&w, "a", "a.vm").as_deref(), Some(ip_a.as_str()));
     assert_eq!(resolve(&w, "a", "svc.egress.test"), None);
     eprintln!("    {:?}", t.elapsed());
@@ -381,8 +400,9 @@ fn egress_policies_hold_in_bridged_mode() {
         &w,
         "a",
         &[&outside],
-        &[&other, &host_gw, &host_addr, &lan_srv, &metadata],
+        &[&other, &host_gw, &host_addr, &lan_srv, &metadata, &ssh_b],
     );
+    expect(&w, "b", &[], &[&ssh_a]);
     assert_eq!(resolve(&w, "a", "other.egress.test"), None);
     let queries: String = std::fs::read_to_string(&dns_log)
         .unwrap_or_default()
@@ -408,6 +428,7 @@ fn egress_policies_hold_in_bridged_mode() {
     let rules = net.exec(&["nft", "list", "ruleset"]);
     assert!(String::from_utf8_lossy(&rules.stdout).contains(&chain));
     w.banger_ok(&["vm", "delete", "--force", "a"]);
+    w.banger_ok(&["vm", "delete", "--force", "b"]);
     let rules = String::from_utf8_lossy(&net.exec(&["nft", "list", "ruleset"]).stdout).into_owned();
     assert!(!rules.contains(&chain), "{chain} left behind:\n{rules}");
     assert!(
