@@ -383,6 +383,39 @@ fn egress_policies_hold_in_bridged_mode() {
             &outside, &other, &host_gw, &host_addr, &lan_srv, &metadata, &ssh_b,
         ],
     );
+    // Taking b's address does not give a b's policy: its TAP drops
+    // frames from any address but its own (and ARP claiming another).
+    // Without that, b's rules would forward the request (the reply going
+    // to b): the outside server must not see it.
+    let hellos = || {
+        std::fs::read_to_string(&net.server_log)
+            .unwrap_or_default()
+            .matches("GET /hello")
+            .count()
+    };
+    let hellos_before = hellos();
+    let spoof = w.banger(&[
+        "vm",
+        "ssh",
+        "a",
+        "--",
+        &format!(
+            "ip addr add {ip_b}/32 dev eth0; \
+             curl -s -m 5 --interface {ip_b} http://{OUTSIDE_ADDR}:8080/hello; \
+             echo rc=$?; ip addr del {ip_b}/32 dev eth0"
+        ),
+    ]);
+    let spoofed = String::from_utf8_lossy(&spoof.stdout);
+    assert!(
+        !spoofed.contains("hello from outside") && !spoofed.contains("rc=0"),
+        "a reached the outside with b's address: {}",
+        text(&spoof)
+    );
+    assert_eq!(
+        hellos(),
+        hellos_before,
+        "a spoofed request reached the outside"
+    );
     expect(&w, "b", &[&outside], &[&ssh_a]);
     assert_eq!(resolve(&w, "a", "a.vm").as_deref(), Some(ip_a.as_str()));
     assert_eq!(resolve(&w, "a", "svc.egress.test"), None);
