@@ -385,36 +385,37 @@ fn egress_policies_hold_in_bridged_mode() {
     );
     // Taking b's address does not give a b's policy: its TAP drops
     // frames from any address but its own (and ARP claiming another).
-    // Without that, b's rules would forward the request (the reply going
-    // to b): the outside server must not see it.
-    let hellos = || {
-        std::fs::read_to_string(&net.server_log)
-            .unwrap_or_default()
-            .matches("GET /hello")
-            .count()
-    };
-    let hellos_before = hellos();
+    // Without that, b's rules would forward a datagram from a with b's
+    // address: the outside's DNS server must not see the query.
     let spoof = w.banger(&[
         "vm",
         "ssh",
         "a",
         "--",
         &format!(
-            "ip addr add {ip_b}/32 dev eth0; \
-             curl -s -m 5 --interface {ip_b} http://{OUTSIDE_ADDR}:8080/hello; \
-             echo rc=$?; ip addr del {ip_b}/32 dev eth0"
+            "ip addr add {ip_b}/32 dev eth0 && python3 -c \"import socket
+q = bytes.fromhex('12340100000100000000000007') + b'spoofed' + bytes([6]) + b'egress' \\
+    + bytes([4]) + b'test' + bytes.fromhex('0000010001')
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('{ip_b}', 0))
+for _ in range(3): s.sendto(q, ('{OUTSIDE_ADDR}', 53))
+print('sent')\"; ip addr del {ip_b}/32 dev eth0"
         ),
     ]);
-    let spoofed = String::from_utf8_lossy(&spoof.stdout);
     assert!(
-        !spoofed.contains("hello from outside") && !spoofed.contains("rc=0"),
-        "a reached the outside with b's address: {}",
+        String::from_utf8_lossy(&spoof.stdout).contains("sent"),
+        "{}",
         text(&spoof)
     );
-    assert_eq!(
-        hellos(),
-        hellos_before,
-        "a spoofed request reached the outside"
+    // Its own address, then b's, ask something the outside answers: once
+    // b's query is logged, a's (sent before) would have been too.
+    let marker = w.banger(&["vm", "ssh", "b", "--", "getent hosts svc.egress.test"]);
+    assert!(marker.status.success(), "{}", text(&marker));
+    let queries = std::fs::read_to_string(&dns_log).unwrap_or_default();
+    assert!(queries.contains("svc.egress.test"), "{queries}");
+    assert!(
+        !queries.contains("spoofed.egress.test"),
+        "a's datagram with b's address got out: {queries}"
     );
     expect(&w, "b", &[&outside], &[&ssh_a]);
     assert_eq!(resolve(&w, "a", "a.vm").as_deref(), Some(ip_a.as_str()));
