@@ -59,13 +59,14 @@ ensure_rust() {
 # Everything the build, the VMs and the test suite use: QEMU and qemu-img
 # (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
 # the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
-# bridge, TAPs and NAT), python3 (the bridged test's "outside" server),
+# bridge, TAPs and NAT), iptables (the helper's chain on hosts whose FORWARD
+# policy is DROP, and the test that uninstall restores the firewall), python3 (the bridged test's "outside" server),
 # ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
 # (the man pages and completions quickstart installs).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
     binutils qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
-    iproute2 nftables python3 shellcheck man-db bash-completion
+    iproute2 nftables iptables python3 shellcheck man-db bash-completion
   check_tools
   ensure_rust
 }
@@ -76,6 +77,7 @@ ensure_deps() {
 BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
   mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs resize2fs:e2fsprogs
   ssh:openssh-client ssh-keygen:openssh-client ip:iproute2 nft:nftables
+  iptables:iptables iptables-save:iptables
   python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
   git:git readelf:binutils apt-get:apt setsid:util-linux
   shellcheck:shellcheck man:man-db"

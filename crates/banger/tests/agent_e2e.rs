@@ -6,6 +6,21 @@
 //! running VM, edit's published ports while stopped, and a delete of
 //! several names.
 //!
+//! Host protection from a hostile guest (issue 11), as root in the guest:
+//! process names with terminal escapes are shown escaped by `vm ports`
+//! (raw with `--json` and `--raw`); setuid bits are stripped and said; a
+//! copy from the guest keeps the free space reserve (a small tmpfs); after
+//! a daemon restart (the VM adopted), the guest writes to its serial
+//! console as much as fits about 60 s under TCG (at most 200 MiB; the
+//! amount is measured first and printed) and console.log plus
+//! console.log.1 stay within twice the cap (1 MiB here, plus what the
+//! guest writes in a second: the watcher looks every 250 ms); and a guest
+//! streaming `vm cp` data faster than the host writes (slowed to
+//! 0.25 MiB/s with `BANGER_FAULT_CP_WRITE_DELAY_MS`) grows the daemon's
+//! RSS by less than 64 MiB over the time the guest needs to send its
+//! whole 100 MiB file (with the per-request channel unbounded, as before,
+//! it grew by 64 MiB even with the host at 2.5 MiB/s).
+//!
 //! Needs root for the image build (mmdebstrap), like `vm_e2e`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -49,6 +64,9 @@ fn guest_agent_end_to_end() {
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
     let agent = common::static_agent();
     w.extra_env.push(("BANGER_AGENT_BIN", agent));
+    // A small console cap, so the console step proves it quickly.
+    w.extra_env
+        .push(("BANGER_CONSOLE_LOG_MAX", PathBuf::from(CONSOLE_CAP_TEXT)));
 
     let t = step("an image with the agent (and python3); create waits for the agent, then ssh");
     w.banger_ok(&[
@@ -204,6 +222,46 @@ fn guest_agent_end_to_end() {
     let table = w.banger_ok(&["vm", "ports", "ag"]);
     assert!(!table.contains('\u{1b}'), "{table:?}");
     assert!(table.contains(r"ev\x1b[31mil"), "{table}");
+    // A name that would retitle the terminal (OSC 0 ... BEL).
+    let out = exec(
+        &w,
+        &[
+            "sh",
+            "-c",
+            r#"cd /tmp && nohup python3 -c "import ctypes, socket, time; ctypes.CDLL(None).prctl(15, b'\x1b]0;pwned\x07', 0, 0, 0); s = socket.socket(); s.bind(('0.0.0.0', 8082)); s.listen(); time.sleep(600)" >/dev/null 2>&1 &"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        let ports = w.banger_json(&["vm", "ports", "ag"]);
+        let hit = ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == 8082)
+            .cloned();
+        if let Some(hit) = hit {
+            break hit;
+        }
+        assert!(Instant::now() < deadline, "8082 not in vm ports: {ports}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        found["process"], "\u{1b}]0;pwned\u{7}",
+        "JSON carries it raw: {found}"
+    );
+    let table = w.banger_ok(&["vm", "ports", "ag"]);
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert!(table.contains(r"\x1b]0;pwned\x07"), "{table}");
+    let raw = w.banger_ok(&["vm", "ports", "ag", "--raw"]);
+    assert!(
+        raw.contains("\u{1b}]0;pwned\u{7}"),
+        "--raw as it is: {raw:?}"
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("cp: 100 MiB both ways keeps its sha256 and mode");
@@ -235,7 +293,8 @@ fn guest_agent_end_to_end() {
     std::fs::create_dir(&back_dir).unwrap();
     let started = Instant::now();
     w.banger_ok(&["vm", "cp", "ag:/root/big.bin", back_dir.to_str().unwrap()]);
-    eprintln!("    from the guest: {:?}", started.elapsed());
+    let from_guest_took = started.elapsed();
+    eprintln!("    from the guest: {from_guest_took:?}");
     let back = back_dir.join("big.bin");
     assert_eq!(sha256(&back), sum);
     assert_eq!(
@@ -418,6 +477,7 @@ fn guest_agent_end_to_end() {
     std::fs::create_dir(&into).unwrap();
     let r: Value = w.banger_json(&["vm", "cp", "-r", "ag:/root/gt", into.to_str().unwrap()]);
     assert_eq!(r["skipped"], 1, "the FIFO: {r}");
+    assert_eq!(r["stripped"], 2, "d/f (setuid) and d (setgid): {r}");
     let gt = into.join("gt");
     assert_eq!(r["destination"], gt.display().to_string(), "{r}");
     assert_eq!(std::fs::read_to_string(gt.join("d/f")).unwrap(), "hi\n");
@@ -426,8 +486,17 @@ fn guest_agent_end_to_end() {
     let link = std::fs::symlink_metadata(gt.join("etc-link")).unwrap();
     assert!(link.file_type().is_symlink(), "kept as a symlink");
     assert!(!gt.join("fifo").exists());
-    // -r with a file source copies the file.
-    w.banger_ok(&["vm", "cp", "-r", "ag:/root/gt/d/f", into.to_str().unwrap()]);
+    // -r with a file source copies the file, and says what it stripped.
+    let out = w.banger(&["vm", "cp", "-r", "ag:/root/gt/d/f", into.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "note: removed setuid/setgid/sticky bits from 1 file(s): {}",
+            into.join("f").display()
+        )),
+        "{said}"
+    );
     assert_eq!(std::fs::read_to_string(into.join("f")).unwrap(), "hi\n");
     assert_eq!(
         mode(&into.join("f")),
@@ -436,12 +505,29 @@ fn guest_agent_end_to_end() {
     );
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step("cp from the guest keeps the free space reserve (1 GiB) of a small tmpfs");
+    reserve_is_kept(&w, host.path());
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("after a daemon restart the agent is reached again");
     let pid = w.daemon_pid().unwrap();
     common::signal(pid, "KILL");
     assert!(common::wait_gone(pid));
+    // The next daemon writes copies from guests slowly (a slow disk).
+    w.extra_env.push((
+        "BANGER_FAULT_CP_WRITE_DELAY_MS",
+        PathBuf::from(SLOW_WRITE_MS.to_string()),
+    ));
     let out = exec(&w, &["true"]);
     assert!(out.status.success(), "{}", text(&out));
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("console: an adopted VM's console.log stays within its cap");
+    console_stays_capped(&w);
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("cp: a guest streaming faster than the host writes: daemon RSS grows < 64 MiB");
+    backpressure_bounds_the_daemon(&w, host.path(), from_guest_took);
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("delete refuses a running vm without --force");
@@ -537,4 +623,242 @@ fn guest_agent_end_to_end() {
     let vms: Value = w.banger_json(&["vm", "list"]);
     assert_eq!(vms, serde_json::json!([]), "ag is gone");
     eprintln!("    {:?}", t.elapsed());
+}
+
+/// The console cap given to the daemons of this test.
+const CONSOLE_CAP_TEXT: &str = "1M";
+const CONSOLE_CAP: u64 = 1 << 20;
+/// How long the slowed daemon waits before writing each 256 KiB chunk of
+/// a copy from the guest: 0.25 MiB/s (a guest under TCG sends about
+/// 8 MiB/s).
+const SLOW_WRITE_MS: u64 = 1000;
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The guest floods its serial console; the daemon (which adopted the VM
+/// after a restart) keeps console.log + console.log.1 within twice the
+/// cap plus what the guest writes in two checks; `vm logs` still shows
+/// the latest line.
+fn console_stays_capped(w: &World) {
+    let vm: Value = w.banger_json(&["vm", "show", "ag"]);
+    let log = PathBuf::from(vm["console_log"].as_str().unwrap());
+    let old = log.with_file_name("console.log.1");
+    // The serial port's rate under TCG, measured on 2 MiB (less the
+    // exec's own cost).
+    let started = Instant::now();
+    assert!(exec(w, &["true"]).status.success());
+    let overhead = started.elapsed();
+    let probe = 2u64 << 20;
+    let started = Instant::now();
+    let out = exec(
+        w,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ | head -c {probe} > /dev/ttyS0"
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rate = probe as f64 / started.elapsed().saturating_sub(overhead).as_secs_f64();
+    // As much as fits about 60 s, at most 200 MiB, at least 8 caps.
+    let amount = ((rate * 60.0) as u64).clamp(8 * CONSOLE_CAP, 200 << 20) >> 20 << 20;
+    eprintln!(
+        "    serial console: {:.1} MiB/s under TCG; writing {} MiB",
+        rate / (1 << 20) as f64,
+        amount >> 20
+    );
+    let mut writer = w
+        .command(common::BANGER)
+        .args([
+            "vm",
+            "exec",
+            "ag",
+            "--",
+            "sh",
+            "-c",
+            &format!("yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ | head -c {amount} > /dev/ttyS0"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(file_len(&log) + file_len(&old));
+        if let Some(status) = writer.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = writer.wait_with_output().unwrap();
+    assert!(status.success(), "{}", text(&out));
+    // Twice the cap, what the guest wrote in a second at the rate it
+    // really wrote (the watcher looks every 250 ms), and a margin.
+    let rate = amount as f64 / started.elapsed().as_secs_f64();
+    let allowed = 2 * CONSOLE_CAP + rate as u64 + (64 << 10);
+    eprintln!(
+        "    wrote {} MiB in {:?}; console.log + .1 at most {peak} bytes (cap {CONSOLE_CAP}, allowed {allowed})",
+        amount >> 20,
+        started.elapsed()
+    );
+    assert!(
+        peak <= allowed,
+        "console.log + .1 reached {peak} bytes, more than {allowed}"
+    );
+    assert!(old.exists(), "rotated at least once");
+    // At least 8 caps: more than three times what may stay.
+    assert!(amount > 3 * allowed, "the amount written proves the cap");
+    // The newest line is what vm logs shows.
+    let out = exec(
+        w,
+        &["sh", "-c", "echo console-marker-after-flood > /dev/ttyS0"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = w.banger_ok(&["vm", "logs", "ag", "-n", "3"]);
+        if shown.contains("console-marker-after-flood") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vm logs: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let total = file_len(&log) + file_len(&old);
+    assert!(total <= allowed, "{total} > {allowed}");
+}
+
+/// The daemon's resident memory (VmRSS), in bytes.
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .to_owned();
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// The guest's 100 MiB file copied out to a host whose writes are slow
+/// (the daemon runs with `BANGER_FAULT_CP_WRITE_DELAY_MS`: 0.25 MiB/s).
+/// Watched for one and a half times as long as the guest took to send it
+/// all at its own pace (`from_guest_took`, measured earlier): an
+/// unbounded buffer would hold nearly all of it by then. The agent
+/// connection's backpressure holds the guest back instead, so the
+/// daemon's RSS grows by less than 64 MiB. Then the copy is interrupted
+/// and leaves nothing behind.
+fn backpressure_bounds_the_daemon(w: &World, host: &std::path::Path, from_guest_took: Duration) {
+    let pid = w.daemon_pid().unwrap();
+    let dest = host.join("slow");
+    std::fs::create_dir(&dest).unwrap();
+    let before = rss(pid);
+    let mut cp = w
+        .command(common::BANGER)
+        .args(["vm", "cp", "ag:/root/big.bin", dest.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let window = from_guest_took.mul_f64(1.5);
+    let started = Instant::now();
+    let mut peak = before;
+    while started.elapsed() < window {
+        peak = peak.max(rss(pid));
+        assert!(
+            cp.try_wait().unwrap().is_none(),
+            "the slowed copy cannot have finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = std::fs::read_dir(&dest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum::<u64>();
+    eprintln!(
+        "    after {window:?} (the guest sends 100 MiB in {from_guest_took:?}): {} MiB written; \
+         daemon RSS {} -> peak {} MiB",
+        written >> 20,
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak - before < 64 << 20,
+        "daemon RSS grew by {} MiB",
+        (peak - before) >> 20
+    );
+    // Interrupted: the daemon drops the copy and its temporary file.
+    cp.kill().unwrap();
+    let _ = cp.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&dest).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a partial file is left in {dest:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Unmounts a test mount when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A 1100 MiB tmpfs has 76 MiB above the 1 GiB reserve: the guest's
+/// 100 MiB file is refused before anything is written; a tree holding it
+/// (size unknown) stops midway and leaves nothing behind.
+fn reserve_is_kept(w: &World, host: &std::path::Path) {
+    let mnt = host.join("small-fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1100M", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs");
+    let _mount = Mount(mnt.clone());
+    let out = w.banger(&["vm", "cp", "ag:/root/big.bin", mnt.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to copy 100.0 MiB") && err.contains("cp_reserve"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "nothing made");
+    let out = exec(
+        w,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /root/bigtree && cp /root/big.bin /root/bigtree/",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = w.banger(&["vm", "cp", "-r", "ag:/root/bigtree", mnt.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopped copying into") && err.contains("cp_reserve"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the partial tree is removed: {left:?}");
 }

@@ -1204,3 +1204,264 @@ sys.stdout.write("EOF" if rest == b"" else "MORE")
     );
     assert!(case_count + special >= 50);
 }
+
+/// Sends one raw request line to the helper as `uid` (through a system
+/// python3 run with `setpriv`, so `SO_PEERCRED` sees that uid); returns
+/// the reply line, or None (after printing why) when there is no python3.
+fn call_as(uid: u32, socket: &Path, request: &str) -> Option<String> {
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(python) = python else {
+        eprintln!("no system python3 to call the helper as uid {uid}: those cases skipped");
+        return None;
+    };
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+data = b""
+while not data.endswith(b"\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode())
+"#;
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(python)
+        .args(["-c", script])
+        .arg(socket)
+        .arg(request)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client as uid {uid} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap().trim_end().to_owned())
+}
+
+/// Least privilege: a call touches only the caller's own objects (even
+/// those of another allowed uid are refused), a socket is chowned only
+/// with one link, and the calls the daemon does not make are off unless
+/// the config enables their feature. Nothing may change.
+#[test]
+fn helper_refuses_other_uids_objects_and_disabled_calls() {
+    use banger_proto::helper::HelperFeature;
+
+    if helper_env::skip("helper_refuses_other_uids_objects_and_disabled_calls") {
+        return;
+    }
+    const OTHER: u32 = 4242;
+    // Chown and signals on; devices and network removal off.
+    let env = HelperEnv::start_with(
+        43,
+        vec![0, OTHER],
+        vec![HelperFeature::SocketChown, HelperFeature::Signals],
+    );
+    let root = env.root.clone();
+    let run = env.run.clone();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let br = env.bridge.clone();
+
+    let _other = UnixListener::bind(run.join("other.sock")).unwrap();
+    std::os::unix::fs::chown(run.join("other.sock"), Some(OTHER), Some(OTHER)).unwrap();
+    let _linked = UnixListener::bind(run.join("linked.sock")).unwrap();
+    std::fs::hard_link(run.join("linked.sock"), run.join("linked2.sock")).unwrap();
+    let _root_sock = UnixListener::bind(run.join("root.sock")).unwrap();
+    let _mine = UnixListener::bind(run.join("mine.sock")).unwrap();
+    std::os::unix::fs::chown(run.join("mine.sock"), Some(OTHER), Some(0)).unwrap();
+    std::fs::write(env.data.join("disk.img"), vec![0u8; 4096]).unwrap();
+    let mut others_qemu = fake_qemu(
+        &root,
+        &["-name", "guest=banger-y,process=banger-y"],
+        Some(OTHER),
+    );
+    // The bridge, and a TAP of the other allowed uid on it.
+    match env.call(
+        &env.op("bridge"),
+        HelperCall::BridgeEnsure { name: br.clone() },
+    ) {
+        HelperResponse::Result(_) => {}
+        other => panic!("bridge_ensure: {other:?}"),
+    }
+    let uid = OTHER.to_string();
+    env.netns_ok(
+        "ip",
+        &[
+            "tuntap", "add", "dev", "bgtap9", "mode", "tap", "user", &uid,
+        ],
+    );
+    env.netns_ok("ip", &["link", "set", "dev", "bgtap9", "master", &br]);
+
+    let tree_before = tree(&root);
+    let links_before = ns_links(&env);
+    let nft_before = env.netns_ok("nft", &["list", "ruleset"]);
+
+    let disabled = |call: HelperCall| (call, NotAllowed, true);
+    let refused = |call: HelperCall| (call, NotAllowed, false);
+    let cases: Vec<(&str, (HelperCall, HelperErrorCode, bool))> = vec![
+        (
+            "chown a socket of another allowed uid",
+            refused(chown(run.join("other.sock"))),
+        ),
+        (
+            "chown the caller's socket with two hard links",
+            refused(chown(run.join("linked.sock"))),
+        ),
+        (
+            "chown the second name of that socket",
+            refused(chown(run.join("linked2.sock"))),
+        ),
+        (
+            "delete the tap of another allowed uid",
+            refused(HelperCall::TapDelete {
+                name: "bgtap9".into(),
+            }),
+        ),
+        (
+            "create a tap for another allowed uid",
+            refused(HelperCall::TapCreate {
+                name: "bgtap8".into(),
+                owner_uid: OTHER,
+                bridge: br.clone(),
+            }),
+        ),
+        (
+            "signal a banger vmm of another allowed uid",
+            refused(signal(others_qemu.pid(), "KILL")),
+        ),
+        (
+            "loop_attach while devices are off",
+            disabled(HelperCall::LoopAttach {
+                path: env.data.join("disk.img"),
+                read_only: true,
+            }),
+        ),
+        (
+            "loop_detach while devices are off",
+            disabled(HelperCall::LoopDetach {
+                device: "/dev/loop0".into(),
+            }),
+        ),
+        (
+            "dm_snapshot_create while devices are off",
+            disabled(HelperCall::DmSnapshotCreate {
+                name: "banger-x".into(),
+                origin: "/dev/loop0".into(),
+                cow: "/dev/loop1".into(),
+            }),
+        ),
+        (
+            "dm_remove while devices are off",
+            disabled(HelperCall::DmRemove {
+                name: "banger-x".into(),
+            }),
+        ),
+        (
+            "bridge_delete while network removal is off",
+            disabled(HelperCall::BridgeDelete { name: br.clone() }),
+        ),
+        (
+            "nat_remove while network removal is off",
+            disabled(HelperCall::NatRemove {
+                subnet: env.subnet.clone(),
+            }),
+        ),
+    ];
+    let mut logged: Vec<(OpId, Option<HelperErrorCode>)> = Vec::new();
+    for (label, (call, want, off)) in cases {
+        let op = env.op("priv");
+        let resp = env.call(&op, call);
+        match &resp {
+            HelperResponse::Error(e) => {
+                assert_eq!(e.code, want, "[{label}] {}", e.message);
+                assert_eq!(
+                    e.message.contains("is disabled; enable it with"),
+                    off,
+                    "[{label}] {}",
+                    e.message
+                );
+            }
+            other => panic!("[{label}] expected {want}, got {other:?}"),
+        }
+        logged.push((op, Some(want)));
+        logged.push((env.ping_ok(), None));
+    }
+    // The caller sees only its own taps.
+    match env.call(&env.op("list"), HelperCall::TapList) {
+        HelperResponse::Result(banger_proto::helper::HelperReply::Taps { taps }) => {
+            assert!(taps.is_empty(), "root sees another uid's taps: {taps:?}")
+        }
+        other => panic!("tap_list: {other:?}"),
+    }
+
+    // As the other allowed uid: a root-owned socket is refused, its own
+    // is given to its uid and gid.
+    let request = |op: &str, path: &Path| {
+        format!(
+            r#"{{"version":1,"op_id":"{op}","call":"chown_socket","args":{{"path":"{}"}}}}"#,
+            path.display()
+        )
+    };
+    let mut tree_expected = tree_before.clone();
+    if let Some(reply) = call_as(
+        OTHER,
+        &env.socket,
+        &request("op-asuid-1", &run.join("root.sock")),
+    ) {
+        let resp = expect_error(
+            "chown a root-owned socket as uid 4242",
+            Some(reply),
+            NotAllowed,
+        );
+        if let HelperResponse::Error(e) = resp {
+            assert!(e.message.contains("belongs to uid 0"), "{}", e.message);
+        }
+        let reply = call_as(
+            OTHER,
+            &env.socket,
+            &request("op-asuid-2", &run.join("mine.sock")),
+        )
+        .unwrap();
+        assert_eq!(reply, r#"{"result":{"kind":"done"}}"#);
+        let meta = std::fs::symlink_metadata(run.join("mine.sock")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (OTHER, OTHER));
+        let entry = tree_expected.get_mut("run/mine.sock").unwrap();
+        entry.1 = OTHER;
+    }
+
+    // Nothing else changed.
+    assert_eq!(tree(&root), tree_expected, "the test tree changed");
+    assert_eq!(ns_links(&env), links_before, "links changed");
+    let tap = env
+        .link("bgtap9")
+        .expect("the other uid's tap is still there");
+    assert_eq!(tap["master"], br.as_str());
+    assert!(
+        env.link("bgtap8").is_none(),
+        "a tap was made for another uid"
+    );
+    assert_eq!(
+        env.netns_ok("nft", &["list", "ruleset"]),
+        nft_before,
+        "nftables changed"
+    );
+    assert!(
+        others_qemu.0.try_wait().unwrap().is_none(),
+        "another uid's vmm was signalled"
+    );
+    for (op, code) in &logged {
+        let lines = env.rpc_lines(op);
+        assert_eq!(lines.len(), 1, "{op}: {lines:?}");
+        if let Some(code) = code {
+            assert_eq!(lines[0]["fields"]["code"], json!(code.as_str()), "{op}");
+        }
+    }
+}

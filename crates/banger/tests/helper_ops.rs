@@ -109,8 +109,9 @@ fn helper_operations_work_in_a_namespace() {
     ));
     check_bridge(&env);
 
-    // Two TAPs on the bridge, owned as asked.
-    for (name, owner) in [("bgtap1", OWNER), ("bgtap2", 0)] {
+    // Two TAPs on the bridge, owned by the caller (a tap for another
+    // allowed uid is refused: see helper_bad_input.rs).
+    for (name, owner) in [("bgtap1", 0), ("bgtap2", 0)] {
         ops.push(done(
             &env,
             "tap",
@@ -137,7 +138,7 @@ fn helper_operations_work_in_a_namespace() {
     assert_eq!(
         seen,
         [
-            ("bgtap1".to_owned(), Some(br.clone()), Some(OWNER)),
+            ("bgtap1".to_owned(), Some(br.clone()), Some(0)),
             ("bgtap2".to_owned(), Some(br.clone()), Some(0)),
         ]
     );
@@ -147,7 +148,7 @@ fn helper_operations_work_in_a_namespace() {
         "tap-again",
         HelperCall::TapCreate {
             name: "bgtap1".into(),
-            owner_uid: OWNER,
+            owner_uid: 0,
             bridge: br.clone(),
         },
     ));
@@ -188,6 +189,11 @@ fn helper_operations_work_in_a_namespace() {
             .trim(),
         "1"
     );
+    let marker = env.socket.with_file_name("ip_forward.was");
+    assert!(
+        marker.exists(),
+        "no record that the helper turned forwarding on"
+    );
 
     // The DNS socket: a descriptor bound to GATEWAY:53.
     let op = env.op("dns");
@@ -225,10 +231,11 @@ fn helper_operations_work_in_a_namespace() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status:?}");
 
-    // Chown of a socket in the runtime dir to the caller.
+    // Chown of the caller's socket in the runtime dir to the caller's uid
+    // and gid (here root's own: only a socket of the caller is chowned).
     let sock = env.run.join("vm.sock");
     let _listener = UnixListener::bind(&sock).unwrap();
-    std::os::unix::fs::chown(&sock, Some(OWNER), Some(OWNER)).unwrap();
+    std::os::unix::fs::chown(&sock, Some(0), Some(OWNER)).unwrap();
     ops.push(done(
         &env,
         "chown",
@@ -299,6 +306,14 @@ fn helper_operations_work_in_a_namespace() {
     assert!(left.is_empty(), "left after teardown: {left:?}");
     let tables = env.netns_ok("nft", &["list", "tables"]);
     assert!(!tables.contains("banger"), "{tables}");
+    // Forwarding was off before nat_ensure turned it on: off again.
+    assert!(printed.contains("net.ipv4.ip_forward"), "{printed}");
+    assert_eq!(
+        env.netns_ok("cat", &["/proc/sys/net/ipv4/ip_forward"])
+            .trim(),
+        "0"
+    );
+    assert!(!marker.exists());
 
     // SIGTERM: exit 0, socket removed.
     let status = env.stop().unwrap();

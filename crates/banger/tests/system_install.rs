@@ -279,41 +279,47 @@ fn json(what: &str, o: &Output) -> Value {
 /// Set when the scenario runs inside its private network namespace.
 const IN_NETNS: &str = "BANGER_TEST_SYSTEM_IN_NETNS";
 
+/// Runs the test `name` again in a network namespace of its own and
+/// returns false (the caller then returns: the run in the namespace did
+/// the work), or returns true when already inside it. Uninstall's teardown
+/// removes every banger TAP and banger's nft table in its network
+/// namespace: these scenarios run in a namespace of their own (`ip netns
+/// exec` also mounts a matching /sys), never on the host's.
+fn in_own_netns(name: &str) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() {
+        return true;
+    }
+    let ns = format!("bgsys{}-{name}", std::process::id());
+    let added = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap();
+    assert!(added.success(), "ip netns add {ns}");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .output()
+        .unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "in netns {ns}:\n{stdout}\n{stderr}"
+    );
+    eprint!("{stderr}");
+    false
+}
+
 #[test]
 fn install_status_reinstall_uninstall_as_root() {
     if euid() != 0 {
         eprintln!("skipped: system install needs root (creating TAPs, running the helper)");
         return;
     }
-    // Uninstall's teardown removes every banger TAP and banger's nft table
-    // in its network namespace: run the scenario in a namespace of its own
-    // (`ip netns exec` also mounts a matching /sys), never on the host's.
-    if std::env::var_os(IN_NETNS).is_none() {
-        let ns = format!("bgsys{}", std::process::id());
-        let added = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .unwrap();
-        assert!(added.success(), "ip netns add {ns}");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "install_status_reinstall_uninstall_as_root",
-                "--nocapture",
-            ])
-            .env(IN_NETNS, "1")
-            .output()
-            .unwrap();
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "in netns {ns}:\n{stdout}\n{stderr}"
-        );
-        eprint!("{stderr}");
+    if !in_own_netns("install_status_reinstall_uninstall_as_root") {
         return;
     }
     if let Some(found) = foreign_banger_network() {
@@ -511,4 +517,195 @@ fn install_as_another_user_is_refused_and_writes_nothing() {
     s.env(&mut c);
     let out = c.output().unwrap();
     assert_eq!(out.status.code(), Some(6));
+}
+
+/// What the helper may change on the host's firewall and sysctls, as
+/// text: nftables (every family, without counters), iptables (when
+/// installed; without its dated comment lines) and IPv4 forwarding.
+#[derive(Debug, PartialEq, Eq)]
+struct Firewall {
+    nft: String,
+    iptables: Option<String>,
+    ip_forward: String,
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn have_iptables() -> bool {
+    Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn firewall() -> Firewall {
+    let iptables = have_iptables().then(|| {
+        run_ok("iptables-save", &[])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Firewall {
+        nft: run_ok("nft", &["-s", "list", "ruleset"]),
+        iptables,
+        ip_forward: std::fs::read_to_string(IP_FORWARD)
+            .unwrap()
+            .trim()
+            .to_owned(),
+    }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// One call to the installed helper, as root; it must succeed.
+fn helper_done(socket: &Path, what: &str, call: HelperCall) {
+    let client = Client::new(socket).with_timeout(Duration::from_secs(10));
+    let op = OpId::parse(&format!("op-fw-{what}")).unwrap();
+    let mut connection = client.connect().unwrap();
+    match connection.request(&op, &call).unwrap().response {
+        HelperResponse::Result(HelperReply::Done) => {}
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+/// `banger system uninstall` leaves the firewall rules and IPv4
+/// forwarding exactly as they were before `banger system install`, after
+/// the helper made its bridge, a TAP and NAT: with forwarding off and no
+/// iptables rules at all; with forwarding off and iptables' FORWARD policy
+/// DROP (so the helper adds its iptables chain) behind an administrator's
+/// rule; and with forwarding already on (it stays on).
+#[test]
+fn uninstall_leaves_firewall_and_forwarding_as_before_install() {
+    if euid() != 0 {
+        eprintln!("skipped: system install needs root (nftables, TAPs, the helper)");
+        return;
+    }
+    if !in_own_netns("uninstall_leaves_firewall_and_forwarding_as_before_install") {
+        return;
+    }
+    if let Some(found) = foreign_banger_network() {
+        panic!("a fresh network namespace already has banger objects: {found}");
+    }
+    let iptables = have_iptables();
+    if !iptables {
+        eprintln!(
+            "note: iptables is not installed (scripts/deps.sh installs it): \
+             the FORWARD DROP rounds are skipped"
+        );
+    }
+    // (label, ip_forward before, set iptables' FORWARD policy to DROP
+    // behind an administrator's rule)
+    let rounds = [
+        ("pristine, forwarding off", "0", false),
+        ("forward policy drop, forwarding off", "0", true),
+        ("forward policy drop, forwarding already on", "1", true),
+    ];
+    for (label, forward, drop) in rounds {
+        if drop && !iptables {
+            continue;
+        }
+        std::fs::write(IP_FORWARD, format!("{forward}\n")).unwrap();
+        if drop {
+            run_ok("iptables", &["-P", "FORWARD", "DROP"]);
+            let admin = ["FORWARD", "-s", "192.0.2.0/24", "-j", "DROP"];
+            if !Command::new("iptables")
+                .arg("-C")
+                .args(admin)
+                .output()
+                .unwrap()
+                .status
+                .success()
+            {
+                run_ok("iptables", &[&["-A"][..], &admin[..]].concat());
+            }
+        }
+        let before = firewall();
+        assert_eq!(before.ip_forward, forward, "[{label}]");
+
+        let s = Setup::new();
+        let report = json("install", &s.install());
+        assert_eq!(report["mode"], "background", "[{label}] {report}");
+        helper_done(
+            &s.socket(),
+            "bridge",
+            HelperCall::BridgeEnsure {
+                name: s.bridge.clone(),
+            },
+        );
+        helper_done(
+            &s.socket(),
+            "tap",
+            HelperCall::TapCreate {
+                name: "bgtap7".into(),
+                owner_uid: 0,
+                bridge: s.bridge.clone(),
+            },
+        );
+        helper_done(
+            &s.socket(),
+            "nat",
+            HelperCall::NatEnsure {
+                subnet: s.subnet.clone(),
+            },
+        );
+        // The helper did change the firewall, as documented.
+        let during = firewall();
+        assert_eq!(during.ip_forward, "1", "[{label}]");
+        assert!(
+            during.nft.contains("table ip banger"),
+            "[{label}] {}",
+            during.nft
+        );
+        let marker = s.socket().with_file_name("ip_forward.was");
+        assert_eq!(marker.exists(), forward == "0", "[{label}] marker");
+        if drop {
+            let rules = run_ok("iptables", &["-S", "FORWARD"]);
+            let appended: Vec<&str> = rules.lines().filter(|l| l.starts_with("-A")).collect();
+            assert_eq!(
+                appended,
+                [
+                    "-A FORWARD -s 192.0.2.0/24 -j DROP",
+                    "-A FORWARD -j BANGER-FORWARD"
+                ],
+                "[{label}] banger's jump must come after the administrator's rules"
+            );
+            let chain = run_ok("iptables", &["-S", "BANGER-FORWARD"]);
+            assert!(
+                chain.contains(&format!("-s {} -i {} -j ACCEPT", s.subnet, s.bridge)),
+                "[{label}] {chain}"
+            );
+            assert!(
+                chain.contains(&format!(
+                    "-d {} -o {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                    s.subnet, s.bridge
+                )),
+                "[{label}] {chain}"
+            );
+        } else if let Some(rules) = &during.iptables {
+            assert!(!rules.contains("BANGER"), "[{label}] {rules}");
+        }
+
+        let text = ok("uninstall", &s.uninstall());
+        assert_eq!(
+            firewall(),
+            before,
+            "[{label}] uninstall did not restore the firewall:\n{text}"
+        );
+        assert!(!marker.exists(), "[{label}] marker left");
+        assert!(
+            !link_exists("bgtap7") && !link_exists(&s.bridge),
+            "[{label}]"
+        );
+        eprintln!("[{label}] uninstall restored the firewall and ip_forward={forward}");
+    }
 }

@@ -276,6 +276,11 @@ pub enum VmCommand {
         json: bool,
     },
     /// Print a VM's console log.
+    ///
+    /// The latest output: console.log.1 (the older generation, once the
+    /// log passed console_log_max) then console.log. On a terminal the
+    /// guest's control characters are shown escaped (`\x1b`) unless
+    /// --raw.
     Logs(LogsOfVm),
     /// Open a shell in a VM, or run a command in it.
     ///
@@ -323,7 +328,10 @@ pub enum VmCommand {
         json: bool,
     },
     /// Listening TCP and UDP sockets inside a VM, with their process.
-    Ports(VmNameJson),
+    ///
+    /// Process names are the guest's: their control characters are
+    /// shown escaped (`\x1b`) unless --raw.
+    Ports(VmPortsArgs),
     /// Run a command in a VM through its guest agent (no SSH): stdout and
     /// stderr apart, stdin forwarded, its exit code returned.
     Exec {
@@ -415,6 +423,23 @@ pub struct LogsOfVm {
     /// Print JSON lines, one `{"line": TEXT}` object per console line.
     #[arg(long)]
     pub json: bool,
+    /// Print the guest's bytes as they are, control characters and
+    /// terminal escape sequences included, even on a terminal.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmPortsArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print process names as the guest gave them, control characters and
+    /// terminal escape sequences included.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
 }
 
 #[derive(Debug, Subcommand)]

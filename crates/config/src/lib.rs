@@ -6,7 +6,8 @@
 //! a flag. The VM defaults (`vcpus`, `memory`, `disk_size`, `image`,
 //! `kernel`, `vmm`, `network`) are read by the daemon at each create, so
 //! an edit applies to the next `vm create` (a flag of `vm create` wins);
-//! the daemon's own settings (`tap_pool`, `log_level`, `accel`) when the
+//! the daemon's own settings (`tap_pool`, `log_level`, `accel`,
+//! `console_log_max`, `cp_reserve`) when the
 //! daemon starts (a flag or environment variable of `bangerd` wins).
 //! Both the CLI (`banger config show`) and the daemon use this crate, so
 //! they agree on the file's meaning; it is a library, not a wire type.
@@ -29,6 +30,12 @@ pub const DEFAULT_KERNEL: &str = "debian-cloud";
 pub const DEFAULT_TAP_POOL: usize = 4;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_ACCEL: &str = "auto";
+/// A running VM's console.log is rotated into console.log.1 past this.
+pub const DEFAULT_CONSOLE_LOG_MAX: u64 = 8 << 20;
+/// The smallest `console_log_max` accepted.
+pub const MIN_CONSOLE_LOG_MAX: u64 = 64 << 10;
+/// Free space a copy from a guest (`vm cp`) leaves on the host.
+pub const DEFAULT_CP_RESERVE: u64 = 1 << 30;
 
 /// The environment variable naming another configuration file.
 pub const CONFIG_ENV: &str = "BANGER_CONFIG";
@@ -125,6 +132,8 @@ pub struct ConfigFile {
     pub tap_pool: Option<FromFile<usize>>,
     pub log_level: Option<FromFile<String>>,
     pub accel: Option<FromFile<Accel>>,
+    pub console_log_max: Option<FromFile<Size>>,
+    pub cp_reserve: Option<FromFile<Size>>,
 }
 
 /// How the daemon picks the accelerator.
@@ -161,6 +170,8 @@ struct Raw {
     tap_pool: Option<toml::Spanned<usize>>,
     log_level: Option<toml::Spanned<String>>,
     accel: Option<toml::Spanned<Accel>>,
+    console_log_max: Option<toml::Spanned<Size>>,
+    cp_reserve: Option<toml::Spanned<Size>>,
 }
 
 /// Reading or understanding the configuration file failed.
@@ -242,6 +253,8 @@ impl ConfigFile {
             tap_pool: keep(raw.tap_pool, &line_of),
             log_level: keep(raw.log_level, &line_of),
             accel: keep(raw.accel, &line_of),
+            console_log_max: keep(raw.console_log_max, &line_of),
+            cp_reserve: keep(raw.cp_reserve, &line_of),
         };
         file.check()?;
         Ok(file)
@@ -276,6 +289,11 @@ impl ConfigFile {
                 }
             }
         }
+        if let Some(c) = &self.console_log_max {
+            if c.value.0 < MIN_CONSOLE_LOG_MAX {
+                return Err(bad(c.line, "console_log_max must be at least 64K".into()));
+            }
+        }
         if let Some(l) = &self.log_level {
             if l.value.trim().is_empty() {
                 return Err(bad(l.line, "log_level must not be empty".into()));
@@ -304,6 +322,26 @@ impl ConfigFile {
             vmm: self.vmm.as_ref().map_or(b.vmm, |v| v.value),
         }
     }
+}
+
+/// `bytes` as the largest binary unit that divides it: `8M`, `1G`, `64K`
+/// (what [`parse_size`] reads back).
+pub fn size_text(bytes: u64) -> String {
+    match bytes {
+        0 => "0".into(),
+        b if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b => format!("{}K", b >> 10),
+    }
+}
+
+/// Parses a size given to the daemon by flag or environment (like the
+/// file's sizes, but `0` is zero, not a missing unit of MiB).
+pub fn parse_daemon_size(text: &str) -> Option<u64> {
+    if text.trim() == "0" {
+        return Some(0);
+    }
+    parse_size(text)
 }
 
 /// What `vm create` uses when the request does not say.
@@ -494,6 +532,24 @@ pub fn effective(file: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Vec
         "bangerd --log-level, BANGER_LOG (at daemon start)",
     ));
     out.push(daemon_setting(
+        "console_log_max",
+        "BANGER_CONSOLE_LOG_MAX",
+        file.console_log_max
+            .as_ref()
+            .map(|v| (size_text(v.value.0), v.line)),
+        size_text(DEFAULT_CONSOLE_LOG_MAX),
+        "bangerd --console-log-max, BANGER_CONSOLE_LOG_MAX (at daemon start)",
+    ));
+    out.push(daemon_setting(
+        "cp_reserve",
+        "BANGER_CP_RESERVE",
+        file.cp_reserve
+            .as_ref()
+            .map(|v| (size_text(v.value.0), v.line)),
+        size_text(DEFAULT_CP_RESERVE),
+        "bangerd --cp-reserve, BANGER_CP_RESERVE (at daemon start)",
+    ));
+    out.push(daemon_setting(
         "accel",
         "BANGER_ACCEL",
         file.accel
@@ -575,6 +631,7 @@ mod tests {
             ("vmm = \"firecracker\"\n", 1, "firecracker"),
             ("vcpus = \n", 1, ""),
             ("image = \"\"\n", 1, "image must not be empty"),
+            ("console_log_max = \"4K\"\n", 1, "at least 64K"),
         ];
         for (text, line, words) in cases {
             let err = parse(text).unwrap_err();
@@ -593,6 +650,24 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn host_protection_settings() {
+        let f = parse("console_log_max = \"1M\"\ncp_reserve = 0\n").unwrap();
+        assert_eq!(f.console_log_max.as_ref().unwrap().value, Size(1 << 20));
+        assert_eq!(f.cp_reserve.as_ref().unwrap().value, Size(0));
+        let shown = effective(&f, &|_| None);
+        let get = |k: &str| shown.iter().find(|s| s.key == k).unwrap().clone();
+        assert_eq!(get("console_log_max").value, "1M");
+        assert_eq!(get("cp_reserve").value, "0");
+        let shown = effective(&ConfigFile::default(), &|_| None);
+        let get = |k: &str| shown.iter().find(|s| s.key == k).unwrap().clone();
+        assert_eq!(get("console_log_max").value, "8M");
+        assert_eq!(get("cp_reserve").value, "1G");
+        assert_eq!(parse_daemon_size("0"), Some(0));
+        assert_eq!(parse_daemon_size("256K"), Some(256 << 10));
+        assert_eq!(size_text(64 << 10), "64K");
     }
 
     #[test]

@@ -13,6 +13,32 @@
 //! `Hello` lists the requests it answers beyond protocol 1's first set
 //! (`capabilities`); [`AgentConn::require`] refuses, with
 //! [`AgentError::TooOld`], to ask an agent for one it did not list.
+//!
+//! Bounded end to end: nothing a guest sends is buffered without limit.
+//! Each request's channel holds at most [`REQUEST_FRAMES`] frames (each
+//! at most `proto::agent::MAX_BODY_BYTES`; the agent sends file data in
+//! 256 KiB chunks), and the reader task *awaits* room in it. While it
+//! waits it reads nothing more from the socket, so the socket's buffer
+//! fills, QEMU stops taking data from the virtio-serial port and the
+//! guest's writes block: a guest streaming faster than the host consumes
+//! is slowed down to the host's pace instead of growing the daemon.
+//! Frames without a request id (only `Hello` and id-less errors) go to a
+//! small channel and are dropped when it is full.
+//!
+//! The trade-off: one connection carries every request of the VM, so
+//! while the reader waits on one request's full channel, frames for the
+//! other requests wait behind it (a `vm stats` during a `vm cp` from the
+//! guest to a slow disk answers late, or times out). That is safe, not a
+//! deadlock, because every consumer keeps draining its receiver without
+//! waiting on another request of the same connection: copies to the host
+//! hand each frame to a writer thread that only waits on the disk, exec
+//! sessions copy output into their own capped buffers and never block
+//! (output past that cap is dropped and reported as truncated), and
+//! one-frame calls wait for one frame. A request whose consumer gives up
+//! drops its receiver (after [`AgentConn::finish`]), which ends a wait
+//! on it at once. The agent itself drops frames after the host has not
+//! read for 5 s (crates/agent/src/outbox.rs), so a consumer must never
+//! stop draining for that long.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,7 +85,14 @@ pub enum AgentError {
     },
 }
 
-type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+/// Frames queued per request before the reader waits (see the module
+/// doc): at 256 KiB of file data per frame, 4 MiB per request.
+pub const REQUEST_FRAMES: usize = 16;
+
+/// Frames without a request id kept until `connect` reads them.
+const UNROUTED_FRAMES: usize = 8;
+
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
 
 /// A live connection to one VM's agent.
 #[derive(Debug)]
@@ -81,8 +114,8 @@ impl Drop for AgentConn {
 }
 
 fn routes_lock(
-    r: &Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
-) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<Frame>>> {
+    r: &Mutex<HashMap<u64, mpsc::Sender<Frame>>>,
+) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Frame>>> {
     // A plain routing map; a panicked holder leaves it consistent.
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -115,7 +148,7 @@ impl AgentConn {
             }
         });
 
-        let (hello_tx, mut hello_rx) = mpsc::unbounded_channel::<Message>();
+        let (hello_tx, mut hello_rx) = mpsc::channel::<Message>(UNROUTED_FRAMES);
         let rroutes = Arc::clone(&routes);
         let rclosed = closed.clone();
         tokio::spawn(async move {
@@ -129,9 +162,19 @@ impl AgentConn {
                 decoder.push(&buf[..n]);
                 while let Some(next) = decoder.next_frame() {
                     match next {
-                        Ok(frame) => route(&rroutes, &hello_tx, frame),
+                        Ok(frame) => {
+                            // Waits while the request's channel is full:
+                            // backpressure to the guest (module doc).
+                            tokio::select! {
+                                _ = rclosed.cancelled() => break,
+                                () = route(&rroutes, &hello_tx, frame) => {}
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "bad frame from the guest agent"),
                     }
+                }
+                if rclosed.is_cancelled() {
+                    break;
                 }
             }
             rclosed.cancel();
@@ -219,9 +262,9 @@ impl AgentConn {
         &self,
         make: impl FnOnce(u64) -> Message,
         body: Vec<u8>,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<Frame>), AgentError> {
+    ) -> Result<(u64, mpsc::Receiver<Frame>), AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REQUEST_FRAMES);
         routes_lock(&self.routes).insert(id, tx);
         self.send(Frame::with_body(make(id), body)).await?;
         Ok((id, rx))
@@ -239,7 +282,9 @@ impl AgentConn {
             .map_err(|_| AgentError::Lost)
     }
 
-    /// Forgets a finished request's route.
+    /// Forgets a finished request's route. Later frames about it are
+    /// dropped; drop its receiver too, so a reader waiting for room in it
+    /// goes on.
     pub fn finish(&self, id: u64) {
         routes_lock(&self.routes).remove(&id);
     }
@@ -294,12 +339,19 @@ impl AgentConn {
     }
 }
 
-fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) {
+/// Hands `frame` to its request, waiting for room in its channel; a
+/// frame for a request nobody waits for any more is dropped.
+async fn route(routes: &Routes, hello: &mpsc::Sender<Message>, frame: Frame) {
     match frame.msg.id() {
         Some(id) => {
-            let mut map = routes_lock(routes);
-            if let Some(tx) = map.get(&id) {
-                if tx.send(frame).is_err() {
+            // Cloned out: the routing map's std lock is never held across
+            // the wait.
+            let Some(tx) = routes_lock(routes).get(&id).cloned() else {
+                return;
+            };
+            if tx.send(frame).await.is_err() {
+                let mut map = routes_lock(routes);
+                if map.get(&id).is_some_and(|t| t.same_channel(&tx)) {
                     map.remove(&id);
                 }
             }
@@ -308,7 +360,8 @@ fn route(routes: &Routes, hello: &mpsc::UnboundedSender<Message>, frame: Frame) 
             if let Message::Error { message, .. } = &frame.msg {
                 tracing::warn!(error = %message, "the guest agent reported an error");
             }
-            let _ = hello.send(frame.msg);
+            // Only `connect` reads these; more than it reads are dropped.
+            let _ = hello.try_send(frame.msg);
         }
     }
 }
@@ -356,6 +409,24 @@ pub(crate) mod tests {
                     code: AgentErrorCode::Unsupported,
                     message: "unknown request".into(),
                 };
+                // ReadFile announces 10 bytes and sends 4: a stream that
+                // lost frames on the way.
+                if let Message::ReadFile { id, .. } = f.msg {
+                    let mut data = Frame::new(Message::FileData { id });
+                    data.body = b"shor".to_vec();
+                    for frame in [
+                        Frame::new(Message::FileInfo {
+                            id,
+                            mode: 0o644,
+                            size: 10,
+                        }),
+                        data,
+                        Frame::new(Message::FileEnd { id }),
+                    ] {
+                        s.write_all(&encode(&frame)).await.unwrap();
+                    }
+                    continue;
+                }
                 let reply = match f.msg {
                     Message::Hello { .. } => Message::Hello {
                         protocol,
@@ -491,6 +562,98 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert!(matches!(f.msg, Message::Done { .. }), "{f:?}");
+    }
+
+    /// A guest streaming faster than the daemon consumes is held back:
+    /// the reader stops reading once the request's channel is full, so
+    /// the guest's writes block instead of the daemon buffering them.
+    #[tokio::test]
+    async fn a_fast_guest_is_held_back_by_a_slow_consumer() {
+        use std::sync::atomic::AtomicUsize;
+        const FRAMES: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let sent2 = Arc::clone(&sent);
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (mut r, mut w) = s.into_split();
+            let mut d = FrameDecoder::new();
+            let mut buf = vec![0u8; 4096];
+            // Hello, then wait for the download request.
+            let id = loop {
+                let n = r.read(&mut buf).await.unwrap();
+                d.push(&buf[..n]);
+                let mut id = None;
+                while let Some(Ok(f)) = d.next_frame() {
+                    match f.msg {
+                        Message::Hello { .. } => {
+                            let hello = Frame::new(Message::Hello {
+                                protocol: AGENT_PROTOCOL_VERSION,
+                                version: "test".into(),
+                                capabilities: Vec::new(),
+                            });
+                            w.write_all(&encode(&hello)).await.unwrap();
+                        }
+                        Message::ReadFile { id: i, .. } => id = Some(i),
+                        _ => {}
+                    }
+                }
+                if let Some(id) = id {
+                    break id;
+                }
+            };
+            for _ in 0..FRAMES {
+                let f = Frame::with_body(Message::FileData { id }, vec![7u8; 256 * 1024]);
+                w.write_all(&encode(&f)).await.unwrap();
+                sent2.fetch_add(1, Ordering::SeqCst);
+            }
+            // Kept open: the daemon's reader must not see the end.
+            std::future::pending::<()>().await;
+        });
+        let conn = AgentConn::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (_id, mut rx) = conn
+            .start(
+                |id| Message::ReadFile {
+                    id,
+                    path: "/big".into(),
+                },
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        // Wait until the guest's writes are blocked: no progress over
+        // several looks.
+        let mut last = usize::MAX;
+        let mut still = 0;
+        while still < 5 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = sent.load(Ordering::SeqCst);
+            if now == last {
+                still += 1;
+            } else {
+                (last, still) = (now, 0);
+            }
+        }
+        // The channel, the frame the reader holds and the socket buffers.
+        assert!(
+            last < REQUEST_FRAMES + 8,
+            "{last} frames taken from a guest nobody reads"
+        );
+        // Reading again lets everything through, in order.
+        let mut got = 0;
+        while got < FRAMES {
+            let f = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.body.len(), 256 * 1024);
+            got += 1;
+        }
+        assert_eq!(sent.load(Ordering::SeqCst), FRAMES);
     }
 
     #[tokio::test]

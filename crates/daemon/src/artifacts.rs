@@ -71,6 +71,17 @@ pub enum ArtifactError {
         #[source]
         source: ImageError,
     },
+    /// The build ran out of space; what it had made was removed.
+    /// `detail` is the line that said so (`tar` says it for every file).
+    #[error(
+        "build image {name}: not enough free space in {} ({free} left); nothing was kept. Free some space and build again ({detail})", dir.display()
+    )]
+    NoSpace {
+        name: String,
+        dir: PathBuf,
+        free: String,
+        detail: String,
+    },
     /// A blocking task did not complete (the runtime is shutting down).
     #[error("{what}: task failed")]
     Task {
@@ -480,6 +491,22 @@ impl Artifacts {
         });
         let built = match built {
             Ok(b) => b,
+            Err(ArtifactError::Build { name, source }) => {
+                let parent = dest.parent().unwrap_or(&dest).to_owned();
+                remove_dir(dest).await;
+                return Err(match crate::disks::no_space(&source) {
+                    Some(detail) => {
+                        tracing::warn!(error = %chain(&source), "image build ran out of space");
+                        ArtifactError::NoSpace {
+                            name,
+                            free: crate::disks::free_space(&parent),
+                            dir: parent,
+                            detail,
+                        }
+                    }
+                    None => ArtifactError::Build { name, source },
+                });
+            }
             Err(e) => {
                 remove_dir(dest).await;
                 return Err(e);

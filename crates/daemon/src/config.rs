@@ -35,6 +35,12 @@ pub struct DaemonConfig {
     pub helper_socket: std::path::PathBuf,
     /// Idle TAP devices kept ready for bridged VMs (`BANGER_TAP_POOL`).
     pub tap_pool: usize,
+    /// A running VM's console.log is rotated past this many bytes
+    /// (`console_log_max`; see `vms/console.rs`).
+    pub console_log_max: u64,
+    /// Free space copies from a guest leave on the host's filesystem
+    /// (`cp_reserve`; 0: none; see `vms/guest/reserve.rs`).
+    pub cp_reserve: u64,
     /// The static guest agent baked into images (`BANGER_AGENT_BIN`);
     /// `None`: looked for next to the daemon (see `artifacts::agent_binary`).
     pub agent_bin: Option<std::path::PathBuf>,
@@ -87,6 +93,8 @@ impl DaemonConfig {
             config_file: None,
             helper_socket: std::path::PathBuf::from(banger_proto::helper::DEFAULT_HELPER_SOCKET),
             tap_pool: banger_config::DEFAULT_TAP_POOL,
+            console_log_max: banger_config::DEFAULT_CONSOLE_LOG_MAX,
+            cp_reserve: banger_config::DEFAULT_CP_RESERVE,
             agent_bin: None,
             stats_interval: Duration::from_secs(10),
             templates: true,

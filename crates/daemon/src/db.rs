@@ -21,7 +21,12 @@ impl Db {
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || f(&this.lock())).await {
+        let work = move || {
+            let store = this.lock();
+            // A lock held elsewhere, a damaged file: named as such.
+            f(&store).map_err(|e| e.in_db(store.path()))
+        };
+        match tokio::task::spawn_blocking(work).await {
             Ok(result) => result,
             // A panic in `f` is a bug: let it surface where it happened.
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

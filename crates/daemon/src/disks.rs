@@ -10,6 +10,51 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// What `e` (or one of its causes) says about a full filesystem
+/// (`ENOSPC`, also as a tool's words on its stderr): the first line that
+/// says so, for an error message that should not carry all of a tool's
+/// output (`tar` says it once per file).
+pub fn no_space(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const WORDS: &str = "No space left on device";
+    let enospc = rustix::io::Errno::NOSPC.raw_os_error();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let io_full = err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(enospc));
+        let text = err.to_string();
+        if let Some(line) = text.lines().find(|l| l.contains(WORDS)) {
+            // "COMMAND failed (exit status 2): tool: file: No space left
+            // on device": the tool's own words, without the command.
+            let line = line
+                .find(" failed")
+                .and_then(|at| line[at..].split_once(": "))
+                .map_or(line, |(_, rest)| rest);
+            return Some(line.trim().to_owned());
+        }
+        if io_full {
+            return Some(text);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// What is free to the user on the filesystem holding `path` (or its
+/// nearest existing ancestor), for error messages: "12 MiB", "256 KiB".
+pub fn free_space(path: &Path) -> String {
+    let free = path
+        .ancestors()
+        .find(|p| p.exists())
+        .and_then(|p| rustix::fs::statvfs(p).ok())
+        .map(|st| st.f_bavail.saturating_mul(st.f_frsize));
+    match free {
+        Some(b) if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        Some(b) => format!("{} KiB", b >> 10),
+        None => "unknown".to_owned(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("{what} failed: {stderr}")]
@@ -288,6 +333,36 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_filesystem_is_told_by_one_line() {
+        let tar = DiskError::Command {
+            what: "tar -xpf base.tar failed (exit status 2)".into(),
+            stderr: "tar: ./a: Cannot write: No space left on device\ntar: ./b: Cannot write: No space left on device".into(),
+        };
+        assert_eq!(
+            no_space(&tar).as_deref(),
+            Some("tar: ./a: Cannot write: No space left on device")
+        );
+        let resize = DiskError::Command {
+            what: "resize2fs".into(),
+            stderr: "resize2fs 1.47.0 (5-Feb-2023)\nresize2fs: No space left on device while trying to resize w.ext4\nPlease run e2fsck".into(),
+        };
+        assert_eq!(
+            no_space(&resize).as_deref(),
+            Some("resize2fs: No space left on device while trying to resize w.ext4")
+        );
+        let io = DiskError::Io {
+            path: "/d/work.ext4".into(),
+            source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+        };
+        assert!(no_space(&io).unwrap().contains("No space left on device"));
+        let other = DiskError::Command {
+            what: "cp".into(),
+            stderr: "cp: permission denied".into(),
+        };
+        assert_eq!(no_space(&other), None);
+    }
 
     fn mkfs(path: &Path, size: &str) {
         let ok = Command::new("mkfs.ext4")

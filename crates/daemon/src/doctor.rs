@@ -99,8 +99,18 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         None,
     ));
 
-    let kernels = inputs.db.call(|s| s.kernels()).await?;
-    let images = inputs.db.call(|s| s.images()).await?;
+    let database = database_check(inputs.db).await;
+    let sound = database.status == Pass;
+    checks.push(database);
+    let (kernels, images) = match (
+        inputs.db.call(|s| s.kernels()).await,
+        inputs.db.call(|s| s.images()).await,
+    ) {
+        (Ok(k), Ok(i)) => (k, i),
+        // The database check already says what is wrong: report the rest.
+        _ if !sound => (Vec::new(), Vec::new()),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
     let default_kernel = kernels.iter().find(|k| k.name == inputs.default_kernel);
     if kvm_present && probe {
         match default_kernel {
@@ -256,6 +266,40 @@ async fn helper_check(helper: &HelperClient, op: &OpId) -> DoctorCheck {
         ),
     }
 }
+
+/// SQLite's `PRAGMA integrity_check` of banger's database.
+async fn database_check(db: &Db) -> DoctorCheck {
+    let checked = db
+        .call(|s| Ok((s.path().to_owned(), s.integrity_problems()?)))
+        .await;
+    match checked {
+        Ok((path, problems)) if problems.is_empty() => check(
+            "database",
+            Pass,
+            format!("{}: integrity check ok", path.display()),
+            None,
+        ),
+        Ok((path, problems)) => check(
+            "database",
+            Fail,
+            format!(
+                "{}: integrity check failed: {}",
+                path.display(),
+                problems.join("; ")
+            ),
+            Some(DAMAGED_HINT),
+        ),
+        Err(e) => check(
+            "database",
+            Fail,
+            crate::error::chain(&e),
+            (!matches!(e, StoreError::Locked { .. })).then_some(DAMAGED_HINT),
+        ),
+    }
+}
+
+/// What to do about a damaged database.
+const DAMAGED_HINT: &str = "stop the daemon (banger daemon stop), move banger.db aside and start again (a new, empty database is made: VMs, images and kernels must be added again), or restore it from a backup";
 
 #[cfg(test)]
 mod tests {

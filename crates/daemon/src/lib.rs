@@ -82,6 +82,10 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
             state.config.stats_interval,
             state.shutdown.clone(),
         );
+        // Cap running VMs' console logs (adopted ones included).
+        state
+            .vms
+            .spawn_console_watcher(state.config.console_log_max, state.shutdown.clone());
         // Measure the host's TSC rate for TCG guests now, off the path of
         // the first boot (cached per host boot, so usually a file read).
         tokio::spawn({

@@ -92,19 +92,27 @@ impl OpCtx {
             Some(op) => op.stage(name),
             None => tracing::info!(stage = name, "stage started"),
         }
-        if stall_stage().is_some_and(|s| s == name) {
-            tracing::warn!(stage = name, "stalling here (BANGER_FAULT_STALL_STAGE)");
-            let park = || loop {
-                std::thread::park();
-            };
-            match tokio::runtime::Handle::try_current() {
-                // On a runtime worker: hand its other tasks to another
-                // worker first, so the daemon keeps serving.
-                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                    tokio::task::block_in_place(park)
-                }
-                _ => park(),
+        stall_point(name);
+    }
+}
+
+/// Fault injection for crash tests: when `BANGER_FAULT_STALL_STAGE` names
+/// `name` (a stage, or a point between two that is not reported as one),
+/// the work stops here for good, so a test can kill the daemon at exactly
+/// that point.
+pub fn stall_point(name: &str) {
+    if stall_stage().is_some_and(|s| s == name) {
+        tracing::warn!(stage = name, "stalling here (BANGER_FAULT_STALL_STAGE)");
+        let park = || loop {
+            std::thread::park();
+        };
+        match tokio::runtime::Handle::try_current() {
+            // On a runtime worker: hand its other tasks to another
+            // worker first, so the daemon keeps serving.
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(park)
             }
+            _ => park(),
         }
     }
 }

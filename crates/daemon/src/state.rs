@@ -63,6 +63,7 @@ impl DaemonState {
             Arc::clone(&vmm),
             &config.layout.data_dir,
             config.boot_timeout,
+            config.cp_reserve,
         ));
         let artifacts = Arc::new(Artifacts::new(db.clone(), &config, ssh.clone()));
         let accel = Arc::new(AccelChooser::new(
@@ -75,7 +76,7 @@ impl DaemonState {
             config.tap_pool,
             shutdown.clone(),
         ));
-        let vms = Arc::new(Vms::new(
+        let vms = Vms::new_shared(
             VmDeps {
                 db: db.clone(),
                 vmm: Arc::clone(&vmm),
@@ -87,7 +88,7 @@ impl DaemonState {
                 table,
             },
             &config,
-        ));
+        );
         Self {
             config,
             started: Instant::now(),

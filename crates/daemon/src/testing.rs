@@ -62,6 +62,8 @@ pub(crate) struct FakeVmm {
     pub(crate) shutdown_takes: Duration,
     /// Notified when a powerdown request arrives.
     pub(crate) shutdown_asked: tokio::sync::Notify,
+    /// How VMMs ended, by pid, for `take_exit`.
+    pub(crate) exits: Mutex<std::collections::HashMap<u32, banger_vmm::VmmExit>>,
 }
 
 impl Vmm for FakeVmm {
@@ -108,6 +110,9 @@ impl Vmm for FakeVmm {
     }
     fn status(&self, _: &VmHandle) -> Result<VmRunState, VmmError> {
         Ok(VmRunState::Running)
+    }
+    fn take_exit(&self, h: &VmHandle) -> Option<banger_vmm::VmmExit> {
+        self.exits.lock().unwrap().remove(&h.pid)
     }
 }
 

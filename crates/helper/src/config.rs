@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use banger_proto::helper::{HELPER_PROTOCOL_VERSION, HelperConfig, HelperInfo};
+use banger_proto::helper::{HELPER_PROTOCOL_VERSION, HelperConfig, HelperFeature, HelperInfo};
 
 use crate::Error;
 use crate::validate;
@@ -14,6 +14,10 @@ use crate::validate;
 /// Shortest and longest prefix accepted for banger's subnet: a /16 holds
 /// plenty of VMs, a /30 is the smallest with a gateway and one guest.
 pub const SUBNET_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 16..=30;
+
+/// The file under [`Settings::runtime_dir`] recording that the helper
+/// turned `net.ipv4.ip_forward` on.
+pub const IP_FORWARD_MARKER: &str = "ip_forward.was";
 
 /// An IPv4 network with its host bits zero, `10.77.0.0/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct Settings {
     pub data_dirs: Vec<PathBuf>,
     pub runtime_dirs: Vec<PathBuf>,
     pub log_file: Option<PathBuf>,
+    /// The groups of calls turned on (sorted, each once); every other
+    /// gated call is refused.
+    pub features: Vec<HelperFeature>,
 }
 
 impl Settings {
@@ -110,7 +117,11 @@ impl Settings {
         if let Some(log) = &config.log_file {
             check_abs("log_file", log)?;
         }
+        let mut features = config.features;
+        features.sort_unstable();
+        features.dedup();
         Ok(Self {
+            features,
             allowed_uids: config.allowed_uids,
             socket: config.socket,
             bridge: config.bridge,
@@ -123,6 +134,24 @@ impl Settings {
 
     pub fn allows_uid(&self, uid: u32) -> bool {
         self.allowed_uids.contains(&uid)
+    }
+
+    pub fn enables(&self, feature: HelperFeature) -> bool {
+        self.features.contains(&feature)
+    }
+
+    /// Where the helper keeps what it must remember between a call and
+    /// `teardown`: the socket's directory (`/run/banger-helper`), root's
+    /// and cleared at reboot with everything recorded there.
+    pub fn runtime_dir(&self) -> &Path {
+        self.socket.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// Present while IPv4 forwarding is on because the helper turned it
+    /// on (see `nat_ensure` in docs/helper.md); `teardown` turns it back
+    /// off and removes the file.
+    pub fn ip_forward_marker(&self) -> PathBuf {
+        self.runtime_dir().join(IP_FORWARD_MARKER)
     }
 
     /// What `ping` answers.
@@ -281,8 +310,36 @@ mod tests {
         )
         .unwrap();
         let s = load(&good).unwrap();
+        assert!(s.features.is_empty());
+        assert_eq!(
+            s.ip_forward_marker(),
+            Path::new("/run/banger-helper/ip_forward.was")
+        );
         assert_eq!(s.bridge, "bgtest7");
         assert_eq!(s.subnet.gateway().to_string(), "10.231.7.1");
         assert!(s.allows_uid(1000) && !s.allows_uid(0));
+
+        let featured = dir.path().join("featured.json");
+        std::fs::write(
+            &featured,
+            r#"{"allowed_uids":[1000],"features":["signals","devices","signals"]}"#,
+        )
+        .unwrap();
+        let s = load(&featured).unwrap();
+        assert_eq!(s.features, [HelperFeature::Devices, HelperFeature::Signals]);
+        assert!(s.enables(HelperFeature::Devices) && !s.enables(HelperFeature::SocketChown));
+
+        let unknown = dir.path().join("unknown.json");
+        std::fs::write(
+            &unknown,
+            r#"{"allowed_uids":[1000],"features":["everything"]}"#,
+        )
+        .unwrap();
+        assert!(
+            load(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("everything")
+        );
     }
 }

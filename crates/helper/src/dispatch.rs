@@ -14,7 +14,7 @@ use crate::Error;
 use crate::config::{Settings, Subnet};
 use crate::error::quote;
 use crate::host::{Host, LinkKind};
-use crate::{egress, safepath, validate};
+use crate::{egress, features, safepath, validate};
 
 /// Who is calling, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +71,11 @@ impl<H: Host> Dispatcher<H> {
     }
 
     /// Validates `call` and performs it for `caller` (whose uid the server
-    /// has already checked against the allowed uids).
+    /// has already checked against the allowed uids). A call the config
+    /// does not enable ([`features`]) is refused before anything else.
     pub fn call(&self, caller: Caller, call: &HelperCall) -> Result<Outcome, Error> {
         let s = &self.settings;
+        features::check(s, call)?;
         match call {
             HelperCall::Ping => Ok(Outcome::Reply(HelperReply::Pong(s.info()))),
             HelperCall::BridgeEnsure { name } => {
@@ -94,16 +96,22 @@ impl<H: Host> Dispatcher<H> {
                 validate::tap_name(name)?;
                 validate::owner_uid(*owner_uid, s)?;
                 validate::bridge_arg(bridge, s)?;
+                if *owner_uid != caller.uid {
+                    return Err(Error::NotAllowed(format!(
+                        "a tap for uid {owner_uid}: callers make taps only for themselves (uid {})",
+                        caller.uid
+                    )));
+                }
                 self.tap_create(name, *owner_uid)?;
                 Ok(Outcome::done())
             }
             HelperCall::TapDelete { name } => {
                 validate::tap_name(name)?;
-                self.tap_delete(name)?;
+                self.tap_delete(caller, name)?;
                 Ok(Outcome::done())
             }
             HelperCall::TapList => Ok(Outcome::Reply(HelperReply::Taps {
-                taps: self.tap_list()?,
+                taps: self.tap_list(caller)?,
             })),
             HelperCall::NatEnsure { subnet } => {
                 validate::subnet_arg(subnet, &s.subnet)?;
@@ -135,15 +143,15 @@ impl<H: Host> Dispatcher<H> {
                 if !self.host.dm_exists(name)? {
                     return Err(Error::NotFound(format!("no device-mapper device {name}")));
                 }
+                self.check_banger_dm(caller, name)?;
                 self.host.dm_remove(name)?;
                 Ok(Outcome::done())
             }
             HelperCall::SignalVmm { pid, signal } => {
                 let signal = validate::signal(signal)?;
                 let pid = validate::pid(*pid)?;
-                let allowed = &s.allowed_uids;
                 self.host.signal_process(pid, signal, &|info| {
-                    validate::vmm_process(pid, info, allowed)
+                    validate::vmm_process(pid, info, caller.uid)
                 })?;
                 Ok(Outcome::done())
             }
@@ -258,22 +266,34 @@ impl<H: Host> Dispatcher<H> {
         }
     }
 
-    fn tap_delete(&self, name: &str) -> Result<(), Error> {
+    /// Deletes the caller's own TAP only.
+    fn tap_delete(&self, caller: Caller, name: &str) -> Result<(), Error> {
         match self.host.link(name)? {
             None => Ok(()),
-            Some(l) if l.kind == LinkKind::Tap => self.host.link_delete(name),
+            Some(l) if l.kind == LinkKind::Tap && l.owner_uid == Some(caller.uid) => {
+                self.host.link_delete(name)
+            }
+            Some(l) if l.kind == LinkKind::Tap => Err(Error::NotAllowed(match l.owner_uid {
+                Some(uid) => format!("{name} belongs to uid {uid}, not the caller"),
+                None => format!("{name} has no owner; only its owner's taps may be deleted"),
+            })),
             Some(_) => Err(Error::OperationFailed(format!(
                 "{name} exists and is not a tap"
             ))),
         }
     }
 
-    fn tap_list(&self) -> Result<Vec<TapInfo>, Error> {
+    /// The caller's own banger TAPs.
+    fn tap_list(&self, caller: Caller) -> Result<Vec<TapInfo>, Error> {
         Ok(self
             .host
             .links()?
             .into_iter()
-            .filter(|l| l.kind == LinkKind::Tap && validate::is_tap_name(&l.name))
+            .filter(|l| {
+                l.kind == LinkKind::Tap
+                    && validate::is_tap_name(&l.name)
+                    && l.owner_uid == Some(caller.uid)
+            })
             .map(|l| TapInfo {
                 name: l.name,
                 master: l.master,
@@ -285,27 +305,36 @@ impl<H: Host> Dispatcher<H> {
     fn nat_ensure(&self) -> Result<(), Error> {
         let s = &self.settings;
         self.host.nft_apply(&nat_script(&s.subnet, &s.bridge))?;
-        let was_on = self.host.ip_forward_enable()?;
+        let marker = s.ip_forward_marker();
+        let was_on = self.host.ip_forward_enable(&marker)?;
         if !was_on {
             tracing::info!(
                 sysctl = "net.ipv4.ip_forward",
+                marker = %marker.display(),
                 "enabled ipv4 forwarding for banger's nat"
             );
         }
         if self.host.iptables_forward_drops()? {
-            self.host.iptables_accept_bridge(&s.bridge)?;
+            let subnet = s.subnet.to_string();
+            self.host.iptables_accept_bridge(&s.bridge, &subnet)?;
             tracing::info!(
                 bridge = %s.bridge,
+                subnet = %subnet,
                 chain = crate::host::system::IPTABLES_CHAIN,
-                "iptables forward policy is drop: accepted the bridge's traffic in banger's chain"
+                "iptables forward policy is drop: accepted the bridge's traffic in banger's chain, jumped to from the end of FORWARD"
             );
         }
         Ok(())
     }
 
+    /// Undoes [`Self::nat_ensure`]: the table, the iptables chain, and
+    /// forwarding when the helper turned it on.
     fn nat_remove(&self) -> Result<(), Error> {
         self.host.nft_apply(&nat_remove_script())?;
-        self.host.iptables_remove()
+        self.host.iptables_remove()?;
+        self.host
+            .ip_forward_restore(&self.settings.ip_forward_marker())
+            .map(drop)
     }
 
     fn loop_attach(&self, caller: Caller, path: &Path, read_only: bool) -> Result<String, Error> {
@@ -344,14 +373,49 @@ impl<H: Host> Dispatcher<H> {
                 "/dev/{loop_name} is not backed by a file under a data dir"
             )));
         }
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::MetadataExt;
-            if meta.uid() != caller.uid {
-                return Err(Error::NotAllowed(format!(
-                    "/dev/{loop_name} is backed by a file of uid {}, not the caller",
-                    meta.uid()
-                )));
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&path).map_err(|_| {
+            Error::NotAllowed(format!(
+                "/dev/{loop_name}'s backing file is gone, so its owner cannot be checked"
+            ))
+        })?;
+        if meta.uid() != caller.uid {
+            return Err(Error::NotAllowed(format!(
+                "/dev/{loop_name} is backed by a file of uid {}, not the caller",
+                meta.uid()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every device under the device-mapper device `name` must be a loop
+    /// device of the caller's (see [`Self::check_banger_loop`]).
+    fn check_banger_dm(&self, caller: Caller, name: &str) -> Result<(), Error> {
+        let table = self.host.dm_table(name)?;
+        let mut loops = Vec::new();
+        // `START LENGTH TARGET ARGS...` per line; devices in ARGS are
+        // `MAJOR:MINOR` (or a path, as given at create).
+        for arg in table.lines().flat_map(|l| l.split_whitespace().skip(3)) {
+            if let Some(dev) = arg.strip_prefix("/dev/") {
+                loops.push(dev.to_owned());
+            } else if let Some((major, minor)) = arg.split_once(':') {
+                if let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) {
+                    loops.push(self.host.block_name(major, minor)?);
+                }
             }
+        }
+        if loops.is_empty() {
+            return Err(Error::NotAllowed(format!(
+                "device-mapper device {name} has no loop device whose owner can be checked"
+            )));
+        }
+        for dev in loops {
+            let loop_name = validate::loop_device(&format!("/dev/{dev}")).map_err(|_| {
+                Error::NotAllowed(format!(
+                    "device-mapper device {name} uses /dev/{dev}, not a loop device"
+                ))
+            })?;
+            self.check_banger_loop(caller, &loop_name)?;
         }
         Ok(())
     }
@@ -404,9 +468,17 @@ impl<H: Host> Dispatcher<H> {
             return Err(Error::InvalidPath(format!("{shown} is not a socket")));
         }
         let owner = opened.owner();
-        if owner != 0 && owner != caller.uid && !self.settings.allows_uid(owner) {
+        if owner != caller.uid {
             return Err(Error::NotAllowed(format!(
-                "{shown} belongs to uid {owner}, not root, the caller or an allowed uid"
+                "{shown} belongs to uid {owner}, not the caller"
+            )));
+        }
+        // A second name for the socket (a hard link elsewhere, perhaps
+        // outside the runtime dirs) would be given away with it.
+        let links = opened.stat.st_nlink;
+        if links != 1 {
+            return Err(Error::NotAllowed(format!(
+                "{shown} has {links} hard links; only a socket with one is chowned"
             )));
         }
         self.host
@@ -415,7 +487,8 @@ impl<H: Host> Dispatcher<H> {
 }
 
 /// Removes everything banger's helper makes on the network: every
-/// `bgtapN` TAP, the bridge, the nftables table and the iptables chain.
+/// `bgtapN` TAP, the bridge, the nftables table, the iptables chain, and
+/// IPv4 forwarding when the helper turned it on.
 /// Keeps going after a failure; returns what it removed, or every failure.
 pub fn teardown<H: Host>(settings: &Settings, host: &H) -> Result<Vec<String>, Error> {
     let mut removed = Vec::new();
@@ -442,6 +515,11 @@ pub fn teardown<H: Host>(settings: &Settings, host: &H) -> Result<Vec<String>, E
     if let Err(e) = host.iptables_remove() {
         failures.push(e.message());
     }
+    match host.ip_forward_restore(&settings.ip_forward_marker()) {
+        Ok(true) => removed.push("net.ipv4.ip_forward=1 (banger turned it on; now 0)".to_owned()),
+        Ok(false) => {}
+        Err(e) => failures.push(e.message()),
+    }
     if failures.is_empty() {
         Ok(removed)
     } else {
@@ -454,7 +532,7 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::os::unix::net::UnixListener;
 
-    use banger_proto::helper::{HelperConfig, HelperErrorCode};
+    use banger_proto::helper::{HelperConfig, HelperErrorCode, HelperFeature};
 
     use super::*;
     use crate::host::fake::FakeHost;
@@ -474,7 +552,12 @@ mod tests {
         }
     }
 
+    /// Every feature on, so each call's own checks are reached.
     fn fixture() -> Fixture {
+        fixture_with(HelperFeature::ALL.to_vec())
+    }
+
+    fn fixture_with(features: Vec<HelperFeature>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         for d in ["data", "run", "data-evil", "outside"] {
@@ -486,6 +569,8 @@ mod tests {
         c.subnet = "10.231.9.0/24".into();
         c.data_dirs = vec![root.join("data")];
         c.runtime_dirs = vec![root.join("run")];
+        c.features = features;
+        c.socket = root.join("sock/helper.sock");
         let d = Dispatcher::new(Settings::from_config(c).unwrap(), FakeHost::new());
         Fixture {
             _dir: dir,
@@ -580,15 +665,19 @@ mod tests {
     }
 
     #[test]
-    fn taps_need_the_bridge_a_valid_name_and_an_allowed_owner() {
+    fn taps_need_the_bridge_a_valid_name_and_the_caller_as_owner() {
         let f = fixture();
+        let other = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
         let tap = |name: &str, uid: u32, bridge: &str| HelperCall::TapCreate {
             name: name.into(),
             owner_uid: uid,
             bridge: bridge.into(),
         };
         assert_eq!(
-            code(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0"))),
+            code(f.d.call(other, &tap("bgtap1", 4242, "bgunit0"))),
             HelperErrorCode::NotFound
         );
         f.d.call(
@@ -599,46 +688,72 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            code(f.d.call(f.me, &tap("eth0", 4242, "bgunit0"))),
+            code(f.d.call(other, &tap("eth0", 4242, "bgunit0"))),
             HelperErrorCode::InvalidName
         );
         assert_eq!(
-            code(f.d.call(f.me, &tap("bgtap1", 77, "bgunit0"))),
+            code(f.d.call(other, &tap("bgtap1", 77, "bgunit0"))),
             HelperErrorCode::InvalidArgument
         );
         assert_eq!(
-            code(f.d.call(f.me, &tap("bgtap1", 4242, "docker0"))),
+            code(f.d.call(other, &tap("bgtap1", 4242, "docker0"))),
             HelperErrorCode::InvalidName
         );
-        reply(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0")));
-        reply(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0")));
+        assert_eq!(
+            code(f.d.call(f.me, &tap("bgtap1", 4242, "bgunit0"))),
+            HelperErrorCode::NotAllowed,
+            "a tap for another allowed uid"
+        );
+        reply(f.d.call(other, &tap("bgtap1", 4242, "bgunit0")));
+        reply(f.d.call(other, &tap("bgtap1", 4242, "bgunit0")));
         assert_eq!(
             code(f.d.call(f.me, &tap("bgtap1", f.me.uid, "bgunit0"))),
             HelperErrorCode::OperationFailed,
             "same name, other owner"
         );
         reply(f.d.call(f.me, &tap("bgtap2", f.me.uid, "bgunit0")));
-        match reply(f.d.call(f.me, &HelperCall::TapList)) {
-            HelperReply::Taps { taps } => {
-                assert_eq!(taps.len(), 2);
-                assert_eq!(taps[0].name, "bgtap1");
-                assert_eq!(taps[0].master.as_deref(), Some("bgunit0"));
-                assert_eq!(taps[0].owner_uid, Some(4242));
-            }
+        let listed = |caller: Caller| match reply(f.d.call(caller, &HelperCall::TapList)) {
+            HelperReply::Taps { taps } => taps,
             other => panic!("{other:?}"),
-        }
-        reply(f.d.call(
+        };
+        let theirs = listed(other);
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        assert_eq!(theirs[0].name, "bgtap1");
+        assert_eq!(theirs[0].master.as_deref(), Some("bgunit0"));
+        assert_eq!(theirs[0].owner_uid, Some(4242));
+        let mine = listed(f.me);
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0].name, "bgtap2");
+
+        let delete = HelperCall::TapDelete {
+            name: "bgtap1".into(),
+        };
+        assert_eq!(
+            code(f.d.call(f.me, &delete)),
+            HelperErrorCode::NotAllowed,
+            "another uid's tap"
+        );
+        assert!(f.d.host().with(|s| s.links.contains_key("bgtap1")));
+        reply(f.d.call(other, &delete));
+        reply(f.d.call(other, &delete));
+        f.d.host().with(|s| {
+            s.links.insert(
+                "bgtap7".into(),
+                Link {
+                    name: "bgtap7".into(),
+                    kind: LinkKind::Tap,
+                    master: None,
+                    owner_uid: None,
+                },
+            )
+        });
+        let r = f.d.call(
             f.me,
             &HelperCall::TapDelete {
-                name: "bgtap1".into(),
+                name: "bgtap7".into(),
             },
-        ));
-        reply(f.d.call(
-            f.me,
-            &HelperCall::TapDelete {
-                name: "bgtap1".into(),
-            },
-        ));
+        );
+        assert_eq!(code(r), HelperErrorCode::NotAllowed, "a tap without owner");
         let adds =
             f.d.host()
                 .actions()
@@ -646,6 +761,13 @@ mod tests {
                 .filter(|a| a.starts_with("tap_add"))
                 .count();
         assert_eq!(adds, 2);
+        let deletes =
+            f.d.host()
+                .actions()
+                .iter()
+                .filter(|a| a.starts_with("link_delete"))
+                .count();
+        assert_eq!(deletes, 1);
     }
 
     #[test]
@@ -663,7 +785,7 @@ mod tests {
             f.me,
             &HelperCall::TapCreate {
                 name: "bgtap5".into(),
-                owner_uid: 4242,
+                owner_uid: f.me.uid,
                 bridge: "bgunit0".into(),
             },
         );
@@ -688,6 +810,12 @@ mod tests {
         assert_eq!(script.matches("masquerade").count(), 1);
         assert!(script.contains("ip saddr 10.231.9.0/24 oifname != \"bgunit0\" masquerade"));
         assert!(f.d.host().with(|s| s.ip_forward));
+        let marker = f.root.join("sock/ip_forward.was");
+        assert_eq!(
+            f.d.host().with(|s| s.ip_forward_marker.clone()),
+            Some(marker.clone()),
+            "recorded that the helper turned forwarding on"
+        );
         assert!(f.d.host().with(|s| s.iptables_chain.is_none()));
 
         f.d.host().with(|s| s.iptables_drop = true);
@@ -695,6 +823,11 @@ mod tests {
         assert_eq!(
             f.d.host().with(|s| s.iptables_chain.clone()).as_deref(),
             Some("bgunit0")
+        );
+        assert!(
+            f.d.host()
+                .actions()
+                .contains(&"iptables_accept_bridge bgunit0 10.231.9.0/24".to_owned())
         );
         for bad in [
             "10.231.8.0/24",
@@ -717,6 +850,23 @@ mod tests {
             f.d.host()
                 .with(|s| s.nft.is_none() && s.iptables_chain.is_none())
         );
+        assert!(
+            f.d.host()
+                .with(|s| !s.ip_forward && s.ip_forward_marker.is_none()),
+            "forwarding back off"
+        );
+
+        // Forwarding already on: left on by the removal.
+        f.d.host().with(|s| s.ip_forward = true);
+        reply(f.d.call(f.me, &call));
+        assert!(f.d.host().with(|s| s.ip_forward_marker.is_none()));
+        reply(f.d.call(
+            f.me,
+            &HelperCall::NatRemove {
+                subnet: "10.231.9.0/24".into(),
+            },
+        ));
+        assert!(f.d.host().with(|s| s.ip_forward));
     }
 
     #[test]
@@ -791,6 +941,7 @@ mod tests {
             s.loops
                 .insert("loop2".into(), Some(PathBuf::from("/var/lib/other.img")));
             s.loops.insert("loop3".into(), None);
+            s.loops.insert("loop4".into(), Some(data.join("gone.img")));
         });
         let detach = |d: &str| HelperCall::LoopDetach { device: d.into() };
         assert_eq!(
@@ -800,6 +951,20 @@ mod tests {
         assert_eq!(
             code(f.d.call(f.me, &detach("/dev/loop3"))),
             HelperErrorCode::NotFound
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &detach("/dev/loop4"))),
+            HelperErrorCode::NotAllowed,
+            "a backing file whose owner cannot be checked"
+        );
+        let stranger = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
+        assert_eq!(
+            code(f.d.call(stranger, &detach("/dev/loop0"))),
+            HelperErrorCode::NotAllowed,
+            "another uid's file"
         );
         assert_eq!(
             code(f.d.call(f.me, &detach("/dev/loop9"))),
@@ -840,6 +1005,35 @@ mod tests {
             code(f.d.call(f.me, &snap("root", "/dev/loop0", "/dev/loop1"))),
             HelperErrorCode::InvalidName
         );
+        // Removal: only a device over the caller's loops (the kernel shows
+        // them as MAJOR:MINOR).
+        f.d.host().with(|s| {
+            s.dm.insert("banger-z".into(), "0 2048 snapshot 7:0 7:2 P 8".into());
+            s.dm.insert("banger-w".into(), "0 2048 linear 8:0 0".into());
+            s.dm.insert("banger-e".into(), "0 2048 zero".into());
+        });
+        let remove = |n: &str| HelperCall::DmRemove { name: n.into() };
+        for name in ["banger-z", "banger-w", "banger-e"] {
+            assert_eq!(
+                code(f.d.call(f.me, &remove(name))),
+                HelperErrorCode::NotAllowed,
+                "{name}"
+            );
+        }
+        let stranger = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
+        assert_eq!(
+            code(f.d.call(stranger, &remove("banger-x"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert!(
+            !f.d.host()
+                .actions()
+                .iter()
+                .any(|a| a.starts_with("dm_remove"))
+        );
         reply(f.d.call(
             f.me,
             &HelperCall::DmRemove {
@@ -873,14 +1067,14 @@ mod tests {
                 "-name".into(),
                 "guest=banger-a,process=banger-a".into(),
             ],
-            ruid: 4242,
+            ruid: f.me.uid,
         };
         f.d.host().with(|s| {
             s.procs.insert(100, qemu.clone());
             s.procs.insert(
                 101,
                 ProcInfo {
-                    ruid: 77,
+                    ruid: 4242,
                     ..qemu.clone()
                 },
             );
@@ -932,9 +1126,21 @@ mod tests {
         let _o = UnixListener::bind(f.root.join("outside/vm.sock")).unwrap();
         std::fs::write(run.join("plain"), b"x").unwrap();
         symlink(run.join("vm.sock"), run.join("link.sock")).unwrap();
+        let _t = UnixListener::bind(run.join("twice.sock")).unwrap();
+        std::fs::hard_link(run.join("twice.sock"), run.join("twice2.sock")).unwrap();
         let chown = |p: PathBuf| HelperCall::ChownSocket { path: p };
+        let stranger = Caller {
+            uid: 4242,
+            gid: 4242,
+        };
+        assert_eq!(
+            code(f.d.call(stranger, &chown(run.join("vm.sock")))),
+            HelperErrorCode::NotAllowed,
+            "a socket of another uid"
+        );
         reply(f.d.call(f.me, &chown(run.join("vm.sock"))));
         for (p, want) in [
+            (run.join("twice.sock"), HelperErrorCode::NotAllowed),
             (run.join("plain"), HelperErrorCode::InvalidPath),
             (run.join("link.sock"), HelperErrorCode::InvalidPath),
             (f.root.join("outside/vm.sock"), HelperErrorCode::InvalidPath),
@@ -1199,6 +1405,63 @@ mod tests {
     }
 
     #[test]
+    fn calls_the_daemon_does_not_make_are_off_by_default() {
+        let f = fixture_with(Vec::new());
+        let run = f.root.join("run");
+        let _l = UnixListener::bind(run.join("vm.sock")).unwrap();
+        std::fs::write(f.root.join("data/a.img"), b"a").unwrap();
+        let calls = [
+            HelperCall::LoopAttach {
+                path: f.root.join("data/a.img"),
+                read_only: true,
+            },
+            HelperCall::LoopDetach {
+                device: "/dev/loop0".into(),
+            },
+            HelperCall::DmSnapshotCreate {
+                name: "banger-x".into(),
+                origin: "/dev/loop0".into(),
+                cow: "/dev/loop1".into(),
+            },
+            HelperCall::DmRemove {
+                name: "banger-x".into(),
+            },
+            HelperCall::SignalVmm {
+                pid: std::process::id(),
+                signal: "TERM".into(),
+            },
+            HelperCall::ChownSocket {
+                path: run.join("vm.sock"),
+            },
+            HelperCall::BridgeDelete {
+                name: "bgunit0".into(),
+            },
+            HelperCall::NatRemove {
+                subnet: "10.231.9.0/24".into(),
+            },
+        ];
+        for call in &calls {
+            let e = f.d.call(f.me, call).unwrap_err();
+            assert_eq!(e.code(), HelperErrorCode::NotAllowed, "{call:?}");
+            assert!(e.to_string().contains("is disabled"), "{e}");
+        }
+        assert!(f.d.host().actions().is_empty());
+        // The daemon's calls work.
+        reply(f.d.call(
+            f.me,
+            &HelperCall::BridgeEnsure {
+                name: "bgunit0".into(),
+            },
+        ));
+        reply(f.d.call(
+            f.me,
+            &HelperCall::NatEnsure {
+                subnet: "10.231.9.0/24".into(),
+            },
+        ));
+    }
+
+    #[test]
     fn teardown_removes_taps_bridge_and_table_only() {
         let f = fixture();
         let host = f.d.host();
@@ -1227,6 +1490,21 @@ mod tests {
             removed,
             ["bgtap1", "bgtap2", "bgunit0", "nft table ip banger"]
         );
+        assert!(!host.actions().contains(&"ip_forward_restore".to_owned()));
+
+        // Forwarding the helper turned on goes back off.
+        reply(f.d.call(
+            f.me,
+            &HelperCall::NatEnsure {
+                subnet: "10.231.9.0/24".into(),
+            },
+        ));
+        let removed = teardown(f.d.settings(), host).unwrap();
+        assert_eq!(
+            removed.last().unwrap(),
+            "net.ipv4.ip_forward=1 (banger turned it on; now 0)"
+        );
+        assert!(host.with(|s| !s.ip_forward && s.ip_forward_marker.is_none()));
         let left: Vec<String> = host.with(|s| s.links.keys().cloned().collect());
         assert_eq!(left, ["docker0", "eth0", "tap0"]);
     }

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddrV4;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::Error;
 
@@ -107,13 +107,20 @@ pub trait Host: Send + Sync {
     fn link_delete(&self, name: &str) -> Result<(), Error>;
     /// Applies an nftables script atomically (`nft -f -`).
     fn nft_apply(&self, script: &str) -> Result<(), Error>;
-    /// Turns IPv4 forwarding on; returns whether it was already on.
-    fn ip_forward_enable(&self) -> Result<bool, Error>;
+    /// Turns IPv4 forwarding on; returns whether it was already on. When
+    /// it was off, creates `marker` first (removed again if the switch
+    /// fails), so [`Host::ip_forward_restore`] knows the helper did it.
+    fn ip_forward_enable(&self, marker: &Path) -> Result<bool, Error>;
+    /// When `marker` exists: turns IPv4 forwarding off and removes
+    /// `marker`; returns whether it did. Without `marker` it leaves
+    /// forwarding as it is (someone else turned it on).
+    fn ip_forward_restore(&self, marker: &Path) -> Result<bool, Error>;
     /// Whether `iptables` is installed and its FORWARD policy is DROP.
     fn iptables_forward_drops(&self) -> Result<bool, Error>;
-    /// Accepts forwarding to and from `bridge` in banger's own iptables
-    /// chain, jumped to from FORWARD (idempotent).
-    fn iptables_accept_bridge(&self, bridge: &str) -> Result<(), Error>;
+    /// Accepts forwarding from `bridge` with a source in `subnet`, and to
+    /// `bridge` for established or related connections, in banger's own
+    /// iptables chain, jumped to from the end of FORWARD (idempotent).
+    fn iptables_accept_bridge(&self, bridge: &str, subnet: &str) -> Result<(), Error>;
     /// Removes banger's iptables chain and its jump, if present.
     fn iptables_remove(&self) -> Result<(), Error>;
     /// Attaches the open file to a free loop device; returns `/dev/loopN`.
@@ -128,6 +135,12 @@ pub trait Host: Send + Sync {
     /// Whether device-mapper can be used (`/dev/mapper/control`).
     fn dm_available(&self) -> bool;
     fn dm_exists(&self, name: &str) -> Result<bool, Error>;
+    /// The device-mapper table of `name` (`dmsetup table NAME`), devices
+    /// shown as `MAJOR:MINOR`.
+    fn dm_table(&self, name: &str) -> Result<String, Error>;
+    /// The kernel name of the block device `major:minor` (`loop3`),
+    /// [`Error::NotFound`] when there is none.
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error>;
     /// `dmsetup create NAME --table TABLE`.
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error>;
     fn dm_remove(&self, name: &str) -> Result<(), Error>;

@@ -12,6 +12,8 @@
 //! - [`host`] is the seam for privileged actions: the [`host::Host`] trait
 //!   and [`host::SystemHost`], which runs `ip`, `nft`, `losetup` and
 //!   `dmsetup` (all command invocations live in [`host::system`]).
+//! - [`features`] turns off the calls the daemon does not make unless the
+//!   config enables them.
 //! - [`dispatch`] checks one call and carries it out on a `Host`;
 //!   [`teardown`] removes everything the helper made.
 //! - [`server`] listens, checks each caller's uid with `SO_PEERCRED`,
@@ -27,6 +29,7 @@ pub mod config;
 pub mod dispatch;
 pub mod egress;
 mod error;
+pub mod features;
 pub mod host;
 pub mod logging;
 pub mod safepath;

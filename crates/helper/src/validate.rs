@@ -227,8 +227,9 @@ pub fn is_under(path: &Path, dirs: &[PathBuf]) -> bool {
 
 /// Whether `info` is a VMM banger launched: a `qemu-system-*` executable
 /// whose argv has `-name guest=banger-...`, or `firecracker` with
-/// `--id banger-...`, running (real uid) as an allowed uid.
-pub fn vmm_process(pid: i32, info: &ProcInfo, allowed_uids: &[u32]) -> Result<(), Error> {
+/// `--id banger-...`, running (real uid) as the caller: a caller signals
+/// only its own VMMs.
+pub fn vmm_process(pid: i32, info: &ProcInfo, caller_uid: u32) -> Result<(), Error> {
     let refuse = |why: &str| Error::NotAllowed(format!("pid {pid} is not a banger vmm: {why}"));
     let exe = info
         .exe
@@ -255,8 +256,11 @@ pub fn vmm_process(pid: i32, info: &ProcInfo, allowed_uids: &[u32]) -> Result<()
     } else {
         return Err(refuse("not qemu-system-* or firecracker"));
     }
-    if !allowed_uids.contains(&info.ruid) {
-        return Err(refuse("runs as a uid that is not allowed"));
+    if info.ruid != caller_uid {
+        return Err(refuse(&format!(
+            "it runs as uid {}, not the caller's",
+            info.ruid
+        )));
     }
     Ok(())
 }
@@ -508,7 +512,7 @@ mod tests {
 
     #[test]
     fn vmm_processes() {
-        let allowed = [1000];
+        let allowed = 1000;
         let qemu = [
             "qemu-system-x86_64",
             "-M",
@@ -520,7 +524,7 @@ mod tests {
             vmm_process(
                 9,
                 &proc_info("/usr/bin/qemu-system-x86_64", &qemu, 1000),
-                &allowed
+                allowed
             )
             .is_ok()
         );
@@ -528,7 +532,7 @@ mod tests {
             vmm_process(
                 9,
                 &proc_info("/usr/bin/qemu-system-x86_64 (deleted)", &qemu, 1000),
-                &allowed
+                allowed
             )
             .is_ok()
         );
@@ -540,7 +544,7 @@ mod tests {
                     &["firecracker", "--id", "banger-abc"],
                     1000
                 ),
-                &allowed
+                allowed
             )
             .is_ok()
         );
@@ -582,7 +586,7 @@ mod tests {
         ];
         for info in refused {
             assert!(
-                matches!(vmm_process(9, &info, &allowed), Err(Error::NotAllowed(_))),
+                matches!(vmm_process(9, &info, allowed), Err(Error::NotAllowed(_))),
                 "{info:?}"
             );
         }

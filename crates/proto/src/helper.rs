@@ -365,6 +365,51 @@ pub struct HelperConfig {
     /// JSON log lines go here (stderr when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
+    /// Groups of calls the daemon does not make today, off unless listed
+    /// here (least privilege: see [`HelperFeature`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<HelperFeature>,
+}
+
+/// A group of helper calls that is refused (`not_allowed`) unless the
+/// helper's config lists it in `features`. The calls the daemon makes
+/// (`ping`, bridge, TAP, NAT set-up and the DNS socket) need none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperFeature {
+    /// `loop_attach`, `loop_detach`, `dm_snapshot_create`, `dm_remove`.
+    Devices,
+    /// `signal_vmm`.
+    Signals,
+    /// `chown_socket`.
+    SocketChown,
+    /// `bridge_delete`, `nat_remove`.
+    NetworkRemove,
+}
+
+impl HelperFeature {
+    pub const ALL: [Self; 4] = [
+        Self::Devices,
+        Self::Signals,
+        Self::SocketChown,
+        Self::NetworkRemove,
+    ];
+
+    /// The name in the config file (`devices`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Devices => "devices",
+            Self::Signals => "signals",
+            Self::SocketChown => "socket_chown",
+            Self::NetworkRemove => "network_remove",
+        }
+    }
+}
+
+impl fmt::Display for HelperFeature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn default_socket() -> PathBuf {
@@ -390,6 +435,7 @@ impl HelperConfig {
             data_dirs: Vec::new(),
             runtime_dirs: Vec::new(),
             log_file: None,
+            features: Vec::new(),
         }
     }
 }

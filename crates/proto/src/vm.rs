@@ -437,6 +437,18 @@ pub struct ExecIoResult {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
+    /// Bytes of stdout dropped since the previous call: the daemon holds
+    /// at most 16 MiB of a stream for a client that reads more slowly
+    /// than the command writes; what comes beyond is dropped, and said.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub stdout_dropped: u64,
+    /// The same for stderr.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub stderr_dropped: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `vm.cp` params: one side is the VM's `guest_path`, the other a host
@@ -471,4 +483,12 @@ pub struct CpResult {
     /// when copying from the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<u64>,
+    /// A copy from the guest: how many files and directories arrived
+    /// without the setuid, setgid or sticky bit they had in the guest (a
+    /// guest never sets those on the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripped: Option<u64>,
+    /// The first of them (at most 16), as host paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stripped_paths: Vec<String>,
 }

@@ -80,6 +80,77 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the database is closed (the daemon is shutting down)")]
     Closed,
+    /// Another process held a lock on the database for longer than the
+    /// busy timeout (`SQLITE_BUSY`).
+    #[error(
+        "database {path} is locked by another process (waited {waited_s} s); close whatever else has it open (a sqlite3 shell, a backup tool) and try again"
+    )]
+    Locked { path: PathBuf, waited_s: u64 },
+    /// The file is not a database, or SQLite found it corrupt.
+    /// (SQLite's own error repeats its message as its source: only the
+    /// message is kept, so a chain names it once.)
+    #[error(
+        "database {path} is damaged ({detail}); move it aside and restart the daemon (a new, empty database is made: VMs, images and kernels must be added again) or restore it from a backup"
+    )]
+    Damaged { path: PathBuf, detail: String },
+}
+
+/// What SQLite said, for [`StoreError::in_db`].
+enum Failure {
+    Busy,
+    Damaged,
+    Other,
+}
+
+fn failure(e: &rusqlite::Error) -> Failure {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => Failure::Busy,
+        Some(C::DatabaseCorrupt | C::NotADatabase) => Failure::Damaged,
+        _ => Failure::Other,
+    }
+}
+
+impl StoreError {
+    /// Names the database file in a failure that is about the file as a
+    /// whole (locked by another process, damaged) rather than a query.
+    pub fn in_db(self, path: &Path) -> Self {
+        let e = match self {
+            StoreError::Sqlite(e) | StoreError::Open { source: e, .. } => e,
+            StoreError::Migrate {
+                source: rusqlite_migration::Error::RusqliteError { query, err },
+                path,
+            } => {
+                return match failure(&err) {
+                    Failure::Other => StoreError::Migrate {
+                        path,
+                        source: rusqlite_migration::Error::RusqliteError { query, err },
+                    },
+                    _ => StoreError::Sqlite(err).in_db(&path),
+                };
+            }
+            other => return other,
+        };
+        match failure(&e) {
+            Failure::Busy => StoreError::Locked {
+                path: path.to_owned(),
+                waited_s: BUSY_TIMEOUT.as_secs(),
+            },
+            Failure::Damaged => StoreError::Damaged {
+                path: path.to_owned(),
+                detail: match &e {
+                    rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+                    other => other.to_string(),
+                },
+            },
+            Failure::Other => StoreError::Sqlite(e),
+        }
+    }
+
+    /// True for [`StoreError::Locked`] and [`StoreError::Damaged`].
+    pub fn is_about_the_file(&self) -> bool {
+        matches!(self, StoreError::Locked { .. } | StoreError::Damaged { .. })
+    }
 }
 
 /// One connection to the state database.
@@ -94,7 +165,24 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
+    /// A database another process keeps locked past the busy timeout is
+    /// [`StoreError::Locked`], a file that is not one or is corrupt
+    /// [`StoreError::Damaged`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_unchecked(path).map_err(|e| match e {
+            e @ (StoreError::Open { .. } | StoreError::Migrate { .. }) => match e.in_db(path) {
+                e @ (StoreError::Locked { .. } | StoreError::Damaged { .. }) => e,
+                StoreError::Sqlite(source) => StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                },
+                e => e,
+            },
+            e => e,
+        })
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -133,6 +221,15 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// SQLite's own check of the whole file (`PRAGMA integrity_check`):
+    /// empty when it is sound, else the problems it lists (at most 20).
+    pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check(20)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let lines = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(lines.into_iter().filter(|l| l != "ok").collect())
     }
 
     /// The schema version the database is at (after migration: the latest).

@@ -130,15 +130,6 @@ fn newer_schema_is_refused_and_left_untouched() {
 }
 
 #[test]
-fn a_file_that_is_not_a_database_is_an_open_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("banger.db");
-    std::fs::write(&path, b"this is not sqlite, not even close........").unwrap();
-    let err = Store::open(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
-}
-
-#[test]
 fn kernels_images_and_vms_round_trip() {
     let (_dir, store) = open();
     store.insert_kernel(&kernel("k1")).unwrap();
@@ -435,4 +426,79 @@ fn a_rebuilt_image_replaces_the_old_row_which_stays_for_its_vms() {
     store.delete_vm("old").unwrap();
     store.delete_image("i-default").unwrap();
     assert_eq!(store.images().unwrap(), vec![new]);
+}
+
+#[test]
+fn a_write_lock_held_elsewhere_is_a_clear_error_after_the_busy_timeout() {
+    let (dir, store) = open();
+    let path = dir.path().join("banger.db");
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let e = store
+        .insert_kernel(&kernel("k"))
+        .map_err(|e| e.in_db(&path))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("locked by another process"), "{text}");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(
+        took >= BUSY_TIMEOUT && took < BUSY_TIMEOUT + Duration::from_secs(3),
+        "failed after {took:?}"
+    );
+    // Reads go on meanwhile (WAL), and writes once the lock is gone.
+    assert!(store.kernels().unwrap().is_empty());
+    other.execute_batch("ROLLBACK").unwrap();
+    store.insert_kernel(&kernel("k")).unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    std::fs::write(&path, vec![0x5a_u8; 64 * 1024]).unwrap();
+    let e = Store::open(&path).unwrap_err();
+    assert!(matches!(e, StoreError::Damaged { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("is damaged (file is not a database); move it aside"),
+        "{text}"
+    );
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0x5a_u8; 64 * 1024],
+        "left untouched"
+    );
+}
+
+#[test]
+fn integrity_check_finds_a_damaged_page() {
+    let (dir, store) = open();
+    assert_eq!(store.integrity_problems().unwrap(), Vec::<String>::new());
+    for i in 0..200 {
+        store.insert_kernel(&kernel(&format!("k{i}"))).unwrap();
+    }
+    drop(store);
+    let path = dir.path().join("banger.db");
+    // Fold the WAL into the file, then overwrite a page in the middle.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 4 * page, "{} bytes", bytes.len());
+    for b in &mut bytes[2 * page + 100..3 * page] {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let problems = Store::open(&path)
+        .and_then(|s| s.integrity_problems())
+        .map_err(|e| e.in_db(&path));
+    match problems {
+        Ok(p) => assert!(!p.is_empty(), "a damaged page goes unnoticed"),
+        Err(e) => assert!(matches!(e, StoreError::Damaged { .. }), "{e:?}"),
+    }
 }

@@ -45,7 +45,7 @@ pub use qemu::{QemuVmm, VmFiles, qemu_args};
 pub use spec::{
     Accel, AgentChannel, BackendKind, BootSource, DiskFormat, Drive, MachineConfig, MemoryBacking,
     NetBackend, NetInterface, PortForward, Proto, RamSave, SaveReport, Signal, UnknownSignal,
-    VmHandle, VmRunState, VmSpec, VmmBuild,
+    VmHandle, VmRunState, VmSpec, VmmBuild, VmmExit,
 };
 
 /// A virtual machine monitor backend. Every method blocks; none takes
@@ -77,6 +77,15 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
 
     /// The VMM's run state, asked over its control socket.
     fn status(&self, handle: &VmHandle) -> Result<VmRunState, VmmError>;
+
+    /// How the VMM of `handle` ended, once it has, if this process saw it
+    /// end (it launched it and reaped it); `None` for a VMM adopted after
+    /// a daemon restart (not our child: its status went to init) or one
+    /// still running. Each exit is told once.
+    fn take_exit(&self, handle: &VmHandle) -> Option<VmmExit> {
+        let _ = handle;
+        None
+    }
 
     // Snapshots. Each call below has a default that returns
     // `VmmError::NotSupported`, so a backend (or a test double) without

@@ -69,6 +69,18 @@ pub(crate) fn exe_is_qemu(pid: u32) -> bool {
     }
 }
 
+/// The process is alive but its `/proc/PID/exe` is gone: it was killed
+/// and is releasing its memory, its files (disk locks) still open. A pid
+/// seen this way right after a kill is still the process killed (pids are
+/// handed out cyclically).
+pub(crate) fn is_exiting(pid: u32) -> bool {
+    is_alive(pid)
+        && matches!(
+            fs::read_link(format!("/proc/{pid}/exe")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound
+        )
+}
+
 /// The process's argv, from `/proc/PID/cmdline`.
 pub(crate) fn cmdline(pid: u32) -> Option<Vec<Vec<u8>>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;

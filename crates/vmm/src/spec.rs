@@ -383,6 +383,25 @@ impl FromStr for Signal {
     }
 }
 
+/// How a VMM process ended, when the backend saw it end (it was its
+/// child): the daemon tells a guest's poweroff (status 0) from a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmExit {
+    /// Exited with this status (0: the guest powered off or rebooted).
+    Code(i32),
+    /// Killed by this signal number.
+    Signal(i32),
+}
+
+impl std::fmt::Display for VmmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmmExit::Code(c) => write!(f, "exit status {c}"),
+            VmmExit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
 /// The VMM's run state (QMP `query-status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

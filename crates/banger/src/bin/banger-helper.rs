@@ -1,8 +1,9 @@
 //! `banger-helper`, the root helper. Parses arguments, loads the config,
 //! sets up JSON logging and serves the helper socket until SIGTERM or
 //! SIGINT (`banger_helper::run_until_signalled`). `teardown` removes every
-//! TAP, the bridge and the NAT table it made (for `banger system
-//! uninstall`); `check-config` only validates the config file.
+//! TAP, the bridge, the NAT table and iptables chain it made and turns
+//! IPv4 forwarding back off when the helper turned it on (for `banger
+//! system uninstall`); `check-config` only validates the config file.
 //! Installed and started by `banger system install`; see docs/helper.md.
 
 use std::path::PathBuf;
@@ -35,7 +36,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Delete every bgtap* device, banger's bridge and its nftables table.
+    /// Delete every bgtap* device, banger's bridge, its nftables table and
+    /// iptables chain; turn IPv4 forwarding back off if the helper turned
+    /// it on.
     Teardown,
     /// Check the config file and print what it enforces.
     CheckConfig,
@@ -67,14 +70,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let settings = banger_helper::load(&args.config)?;
     if check_only {
         let info = settings.info();
+        let features: Vec<&str> = settings.features.iter().map(|f| f.as_str()).collect();
         println!(
-            "config {} is valid: bridge {}, subnet {}, gateway {}, allowed uids {:?}, socket {}",
+            "config {} is valid: bridge {}, subnet {}, gateway {}, allowed uids {:?}, socket {}, features {:?}",
             args.config.display(),
             info.bridge,
             info.subnet,
             info.gateway,
             settings.allowed_uids,
-            settings.socket.display()
+            settings.socket.display(),
+            features
         );
         return Ok(());
     }

@@ -56,6 +56,15 @@ struct Args {
     /// /dev/shm).
     #[arg(long, env = "BANGER_RAM_DIR", value_name = "DIR")]
     ram_dir: Option<std::path::PathBuf>,
+    /// Size past which a running VM's console.log is rotated into
+    /// console.log.1, like 8M (default: the config file's
+    /// console_log_max, else 8M).
+    #[arg(long, env = "BANGER_CONSOLE_LOG_MAX", value_name = "SIZE")]
+    console_log_max: Option<String>,
+    /// Free space a copy from a guest leaves on the host, like 1G; 0: none
+    /// (default: the config file's cp_reserve, else 1G).
+    #[arg(long, env = "BANGER_CP_RESERVE", value_name = "SIZE")]
+    cp_reserve: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +107,25 @@ fn run(args: Args) -> anyhow::Result<()> {
         .tap_pool
         .or_else(|| file.tap_pool.as_ref().map(|t| t.value))
         .unwrap_or(banger_config::DEFAULT_TAP_POOL);
+    config.console_log_max = match args.console_log_max {
+        Some(text) => banger_config::parse_daemon_size(&text)
+            .filter(|n| *n >= banger_config::MIN_CONSOLE_LOG_MAX)
+            .with_context(|| {
+                format!("--console-log-max must be a size of at least 64K, got {text:?}")
+            })?,
+        None => file
+            .console_log_max
+            .as_ref()
+            .map_or(banger_config::DEFAULT_CONSOLE_LOG_MAX, |v| v.value.0),
+    };
+    config.cp_reserve = match args.cp_reserve {
+        Some(text) => banger_config::parse_daemon_size(&text)
+            .with_context(|| format!("--cp-reserve must be a size like 1G, or 0, got {text:?}"))?,
+        None => file
+            .cp_reserve
+            .as_ref()
+            .map_or(banger_config::DEFAULT_CP_RESERVE, |v| v.value.0),
+    };
     config.config_file = Some(config_file);
     config.agent_bin = args.agent_bin;
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;

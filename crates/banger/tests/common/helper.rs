@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use banger_helper::client::{Connection, Reply};
 use banger_proto::OpId;
-use banger_proto::helper::{HelperCall, HelperConfig, HelperResponse};
+use banger_proto::helper::{HelperCall, HelperConfig, HelperFeature, HelperResponse};
 use serde_json::Value;
 
 pub const HELPER: &str = env!("CARGO_BIN_EXE_banger-helper");
@@ -69,8 +69,14 @@ pub struct HelperEnv {
 
 impl HelperEnv {
     /// Starts a helper allowing `allowed_uids`, with a bridge and subnet
-    /// derived from `tag` and this process's pid.
+    /// derived from `tag` and this process's pid, and every feature on (so
+    /// each call's own checks are reached).
     pub fn start(tag: u8, allowed_uids: Vec<u32>) -> Self {
+        Self::start_with(tag, allowed_uids, HelperFeature::ALL.to_vec())
+    }
+
+    /// Like [`start`](Self::start), with only `features` on.
+    pub fn start_with(tag: u8, allowed_uids: Vec<u32>, features: Vec<HelperFeature>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("banger-helper-test-")
             .tempdir()
@@ -91,6 +97,7 @@ impl HelperEnv {
         config.data_dirs = vec![data.clone()];
         config.runtime_dirs = vec![run.clone()];
         config.log_file = Some(root.join("helper.log"));
+        config.features = features;
         let config_path = root.join("helper.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut env = Self {

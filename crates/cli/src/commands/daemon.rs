@@ -226,9 +226,13 @@ pub(crate) fn uninstall_unit(layout: &Layout, json: bool) -> Result<(), CliError
 
 pub(crate) fn logs(layout: &Layout, args: &LogsArgs) -> Result<(), CliError> {
     let raw = args.json;
-    super::tail::tail(&layout.log_file(), args.lines, args.follow, &|out, line| {
-        print_log_line(out, line, raw)
-    })
+    super::tail::tail(
+        &layout.log_file(),
+        None,
+        args.lines,
+        args.follow,
+        &|out, line| print_log_line(out, &String::from_utf8_lossy(line), raw),
+    )
 }
 
 /// Renders one JSON log line as `TIME LEVEL [op-id method] message k=v`;

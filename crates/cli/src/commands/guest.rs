@@ -97,14 +97,36 @@ fn print_stats(s: &VmStats) {
     table(&["MOUNT", "DEVICE", "USED", "SIZE"], &rows);
 }
 
-pub(crate) fn ports(client: &mut Client, name: &str, json: bool) -> Result<(), CliError> {
+pub(crate) fn ports(
+    client: &mut Client,
+    name: &str,
+    json: bool,
+    raw: bool,
+) -> Result<(), CliError> {
     let ports: Vec<ListeningPort> = client.call::<methods::VmPorts>(&VmRef {
         name: name.to_owned(),
     })?;
     if json {
         return print_json(&ports);
     }
-    let rows: Vec<Vec<String>> = ports
+    let (header, rows) = port_rows(&ports);
+    if raw {
+        // The guest's names as they are: tab-separated, no escaping.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", header.join("\t"));
+        for row in rows {
+            let _ = writeln!(out, "{}", row.join("\t"));
+        }
+        return Ok(());
+    }
+    // Table cells have their control characters escaped.
+    table(&header, &rows);
+    Ok(())
+}
+
+/// The header and rows of `vm ports`.
+fn port_rows(ports: &[ListeningPort]) -> ([&'static str; 5], Vec<Vec<String>>) {
+    let rows = ports
         .iter()
         .map(|p| {
             vec![
@@ -116,8 +138,7 @@ pub(crate) fn ports(client: &mut Client, name: &str, json: bool) -> Result<(), C
             ]
         })
         .collect();
-    table(&["PROTO", "ADDRESS", "PORT", "PID", "PROCESS"], &rows);
-    Ok(())
+    (["PROTO", "ADDRESS", "PORT", "PID", "PROCESS"], rows)
 }
 
 /// Restores the terminal's mode when dropped.
@@ -192,6 +213,7 @@ pub(crate) fn exec_in(
     // A closed stdout is an error to handle here, not a SIGPIPE death:
     // the remote command is told to end first.
     crate::set_sigpipe(libc::SIG_IGN);
+    let mut dropped = [Dropped::new("stdout"), Dropped::new("stderr")];
     let result = loop {
         let mut p = ExecIoParams {
             exec_id: begun.exec_id.clone(),
@@ -244,8 +266,13 @@ pub(crate) fn exec_in(
             }
             break Err(e);
         }
+        dropped[0].after(&r.stdout, r.stdout_dropped);
         write_out(&mut std::io::stderr(), &r.stderr)?;
+        dropped[1].after(&r.stderr, r.stderr_dropped);
         if r.done {
+            for d in &dropped {
+                d.finish();
+            }
             break match (r.exit_code, r.signal) {
                 (Some(0), _) => Ok(()),
                 (Some(code), _) => Err(CliError::ChildExit(code)),
@@ -259,6 +286,60 @@ pub(crate) fn exec_in(
     };
     signal_hook::low_level::unregister(sig);
     result
+}
+
+/// What the daemon dropped of one stream of an exec (it holds 16 MiB of
+/// each for a client that reads slowly): said on stderr when it first
+/// happens, and the total at the end when it happened again.
+struct Dropped {
+    stream: &'static str,
+    delivered: u64,
+    dropped: u64,
+    said: u64,
+}
+
+impl Dropped {
+    fn new(stream: &'static str) -> Self {
+        Self {
+            stream,
+            delivered: 0,
+            dropped: 0,
+            said: 0,
+        }
+    }
+
+    /// After writing an answer's `b64` output of this stream; `dropped`:
+    /// the bytes the daemon dropped after it.
+    fn after(&mut self, b64: &str, dropped: u64) {
+        // base64: 3 bytes per 4 characters, less the padding.
+        let padding = b64.bytes().rev().take_while(|b| *b == b'=').count();
+        self.delivered += (b64.len() / 4 * 3).saturating_sub(padding) as u64;
+        if dropped == 0 {
+            return;
+        }
+        if self.dropped == 0 {
+            eprintln!("{}", self.message(dropped));
+            self.said = dropped;
+        }
+        self.dropped += dropped;
+    }
+
+    fn message(&self, dropped: u64) -> String {
+        format!(
+            "banger: output truncated after {} bytes of {}: {} bytes dropped \
+             (it was read more slowly than the command wrote it)",
+            self.delivered, self.stream, dropped
+        )
+    }
+
+    fn finish(&self) {
+        if self.dropped > self.said {
+            eprintln!(
+                "banger: {} bytes of {} dropped in all",
+                self.dropped, self.stream
+            );
+        }
+    }
 }
 
 fn write_out(w: &mut impl Write, b64: &str) -> Result<(), CliError> {
@@ -372,12 +453,88 @@ pub(crate) fn cp(
             r.mode
         ),
     }
+    if let Some(note) = stripped_note(&r) {
+        crate::output::note!("{note}");
+    }
     Ok(())
+}
+
+/// The note saying which files arrived without the setuid, setgid or
+/// sticky bit they had in the guest.
+fn stripped_note(r: &CpResult) -> Option<String> {
+    let n = r.stripped.filter(|n| *n > 0)?;
+    let listed: Vec<String> = r
+        .stripped_paths
+        .iter()
+        .map(|p| escape_control(p, false).into_owned())
+        .collect();
+    let more = n.saturating_sub(listed.len() as u64);
+    Some(format!(
+        "note: removed setuid/setgid/sticky bits from {n} file(s): {}{}",
+        listed.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stripped_bits_are_said() {
+        let mut r = CpResult {
+            bytes: 1,
+            mode: 0o755,
+            destination: "/h/passwd".into(),
+            entries: None,
+            skipped: None,
+            stripped: None,
+            stripped_paths: Vec::new(),
+        };
+        assert_eq!(stripped_note(&r), None);
+        r.stripped = Some(20);
+        r.stripped_paths = vec!["/h/a".into(), "/h/\x1b[2Jb".into()];
+        assert_eq!(
+            stripped_note(&r).unwrap(),
+            "note: removed setuid/setgid/sticky bits from 20 file(s): /h/a, /h/\\x1b[2Jb and 18 more"
+        );
+    }
+
+    #[test]
+    fn dropped_exec_output_is_said_with_what_came_before() {
+        let mut d = Dropped::new("stdout");
+        d.after(&B64.encode(b"hello"), 0);
+        d.after(&B64.encode(b"abcdef"), 0);
+        assert_eq!(d.delivered, 11);
+        d.after("", 100);
+        assert_eq!(
+            d.message(100),
+            "banger: output truncated after 11 bytes of stdout: 100 bytes dropped \
+             (it was read more slowly than the command wrote it)"
+        );
+        assert_eq!((d.dropped, d.said), (100, 100));
+        d.after("", 5);
+        assert_eq!(d.dropped, 105);
+    }
+
+    #[test]
+    fn port_names_from_a_guest_are_escaped_in_the_table() {
+        let ports = vec![ListeningPort {
+            proto: "tcp".into(),
+            address: "0.0.0.0".into(),
+            port: 8000,
+            pid: Some(42),
+            process: Some("\x1b]0;pwned\x07".into()),
+        }];
+        let (header, rows) = port_rows(&ports);
+        let text = super::super::format::render_table(&header, &rows, None);
+        assert!(text.contains("\\x1b]0;pwned\\x07"), "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    }
 
     #[test]
     fn remote_paths_need_a_name_and_an_absolute_path() {

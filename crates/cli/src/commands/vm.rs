@@ -123,11 +123,19 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             drop(client);
             let render: super::tail::Render<'_> = if a.json {
                 &super::tail::json_line
+            } else if a.raw {
+                &super::tail::raw_line
             } else {
                 &super::tail::terminal_safe
             };
+            let log = std::path::Path::new(&vm.console_log);
+            // The older generation once the daemon rotated the log
+            // (crates/daemon/src/vms/console.rs).
+            let mut previous = log.as_os_str().to_owned();
+            previous.push(".1");
             super::tail::tail(
-                std::path::Path::new(&vm.console_log),
+                log,
+                Some(std::path::Path::new(&previous)),
                 a.lines,
                 a.follow,
                 render,
@@ -151,7 +159,7 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
         VmCommand::Stats { name, watch, json } => {
             super::guest::stats(&mut client, name, *watch, *json)
         }
-        VmCommand::Ports(a) => super::guest::ports(&mut client, &a.name, a.json),
+        VmCommand::Ports(a) => super::guest::ports(&mut client, &a.name, a.json, a.raw),
         VmCommand::Exec {
             name,
             tty,

@@ -125,6 +125,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::StillRunning { .. }
         | E::Io { .. }
         | E::Task(..)
+        | E::NoSpace { .. }
         | E::NoLayeredDisks(_)
         | E::Vmm(_)
         | E::Disk(_)
@@ -165,6 +166,9 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::ExecLost { .. }
         | E::HostFile { .. }
         | E::HostWriterGone
+        | E::Incomplete { .. }
+        | E::NoRoom { .. }
+        | E::ReserveReached { .. }
         | E::HostKey { .. }
         | E::TreeName(_)
         | E::TreeStream(_)
@@ -203,7 +207,9 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         E::ImageExists { .. } => ErrorCode::Conflict,
         E::InvalidPackage { .. } => ErrorCode::BadParams,
         E::NoAgent { .. } => ErrorCode::OperationFailed,
-        E::Pull { .. } | E::Build { .. } | E::Task { .. } | E::Ssh(_) => ErrorCode::OperationFailed,
+        E::Pull { .. } | E::Build { .. } | E::NoSpace { .. } | E::Task { .. } | E::Ssh(_) => {
+            ErrorCode::OperationFailed
+        }
         E::Cancelled(_) => ErrorCode::Cancelled,
         E::Store(e) => store_code(e),
     }

@@ -173,3 +173,72 @@ async fn a_start_is_an_operation_with_stages() {
         "{view:?}"
     );
 }
+
+/// A tmpfs of `size` mounted on `dir` for as long as it lives; `None`
+/// where mounting is not allowed (not root).
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_create_whose_disks_do_not_fit_says_so_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    seed(&state, "other", VmState::Stopped);
+    real_work_seed(&state);
+    let vms_dir = state.config.layout.data_dir.join("vms");
+    let Some(_fs) = TinyFs::mount(&vms_dir, "128k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let begun = request(
+        &state,
+        r#"{"version":1,"method":"vm.create.begin","params":{"name":"big","network":"user","start":false}}"#
+            .to_owned(),
+    )
+    .await
+    .into_result()
+    .unwrap();
+    let failed = op_outcome(&state, begun["op_id"].as_str().unwrap())
+        .await
+        .expect("the create fails");
+    assert_eq!(failed.code, banger_proto::ErrorCode::OperationFailed);
+    assert!(
+        failed
+            .message
+            .contains("not enough free space for the vm's disks in"),
+        "{failed:?}"
+    );
+    assert!(failed.message.contains("nothing was kept"), "{failed:?}");
+    assert!(vm_dirs(&state).is_empty(), "no directory left");
+    let names: Vec<String> = state
+        .db
+        .call(|s| s.vms())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, vec!["other".to_owned()], "no row for it");
+    assert!(state.vms.reserves_nothing());
+}

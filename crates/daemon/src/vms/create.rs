@@ -495,7 +495,7 @@ pub async fn create(
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                return Err(explain_no_space(e, &dir));
             }
         };
 
@@ -582,4 +582,19 @@ pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRe
     };
     let key = template_key(vms, &image, &kernel, shape, ctx).await?;
     super::snapshot::warm(vms, ctx, &image, &kernel, shape, key).await
+}
+
+/// A disk preparation that failed for want of space says so, with where
+/// and how much is left (after its files were removed).
+pub(crate) fn explain_no_space(e: VmError, dir: &std::path::Path) -> VmError {
+    let Some(detail) = disks::no_space(&e) else {
+        return e;
+    };
+    tracing::warn!(error = %crate::error::chain(&e), "disk preparation ran out of space");
+    let parent = dir.parent().unwrap_or(dir);
+    VmError::NoSpace {
+        dir: parent.to_owned(),
+        free: disks::free_space(parent),
+        detail,
+    }
 }

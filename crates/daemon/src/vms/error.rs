@@ -67,6 +67,16 @@ pub enum VmError {
     },
     #[error("{0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
+    /// Disk preparation ran out of space; nothing of the VM was kept.
+    /// `detail` is the line that said so (the whole cause can be long).
+    #[error(
+        "not enough free space for the vm's disks in {} ({free} left); nothing was kept. Free some space and create again ({detail})", dir.display()
+    )]
+    NoSpace {
+        dir: PathBuf,
+        free: String,
+        detail: String,
+    },
     /// A start that failed and left the VM in `error`: the cause, and the
     /// console log when the VMM got far enough to write one. The cause is
     /// printed inside this message (and not as a source), once.

@@ -341,6 +341,7 @@ async fn boot(
         source,
     })?;
     vms.table.set_handles(&vm.id, handles.clone());
+    super::watch::watch(vms, &vm.id, &handles.vmm);
     {
         let dir = dir.clone();
         rollback.push("record handles", move || remove_handles(&dir));
@@ -462,7 +463,12 @@ async fn mark_stopped(vms: &Vms, ctx: &OpCtx, mut vm: VmRecord) -> Result<VmReco
 
 /// What a VM whose VMM is gone held: its network, its RAM file, its
 /// handles in memory.
-async fn release_runtime(vms: &Vms, ctx: &OpCtx, vm_id: &str, handles: Option<&Handles>) {
+pub(super) async fn release_runtime(
+    vms: &Vms,
+    ctx: &OpCtx,
+    vm_id: &str,
+    handles: Option<&Handles>,
+) {
     detach_network(vms, ctx, vm_id, handles).await;
     if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
         vms.ram.remove(path);
@@ -662,17 +668,41 @@ pub(crate) async fn delete_locked(
         .map_err(task_failed("delete"))?;
     }
     release_runtime(vms, ctx, &vm.id, handles.as_ref()).await;
+    // The directory is first renamed to its deleting name, the durable
+    // mark a crash leaves for reconcile to finish the delete with (see
+    // reconcile.rs), then the row goes, then the files.
     let dir = vm_dir(vms, &vm.id);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|source| VmError::Io {
-            what: "remove",
-            path: dir.clone(),
-            source,
-        })?;
-    }
+    let doomed = super::deleting_dir(vms, &vm.id);
+    let marked = match std::fs::rename(&dir, &doomed) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(VmError::Io {
+                what: "rename",
+                path: dir.clone(),
+                source,
+            });
+        }
+    };
+    // Crash tests stop here: marked, the record still there.
+    crate::op::stall_point("delete: directory marked");
     let id = vm.id.clone();
     // Deleting the row frees its address lease too (ON DELETE CASCADE).
-    vms.db.call(move |s| s.delete_vm(&id)).await?;
+    if let Err(e) = vms.db.call(move |s| s.delete_vm(&id)).await {
+        if marked {
+            let _ = std::fs::rename(&doomed, &dir);
+        }
+        return Err(e.into());
+    }
+    if marked {
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&doomed))
+            .await
+            .map_err(task_failed("delete"))?;
+        if let Err(e) = removed {
+            // The VM is gone; reconcile removes what is left at the next start.
+            tracing::warn!(vm = %vm.name, error = %e, "could not remove all of the vm's files");
+        }
+    }
     vms.network.refresh_names().await;
     let ssh = vms.ssh.clone();
     let name = vm.name.clone();

@@ -14,8 +14,11 @@
 //! the handles map (std mutex, leaf, never across an await), then the
 //! store (std mutex, leaf, inside spawn_blocking only).
 
+pub mod console;
 pub(crate) mod create;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod guest;
 pub(crate) mod lifecycle;
 mod ram;
@@ -24,13 +27,14 @@ mod rollback;
 pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use create::{CreatePlan, Reservations, WarmJob};
 pub use error::VmError;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use banger_proto::vm::VmView;
 use banger_store::VmRecord;
@@ -70,6 +74,9 @@ pub struct Vms {
     /// VMs' own guest RAM files (see `ram.rs`).
     ram: ram::RamFiles,
     settings: VmSettings,
+    /// This service itself, for the tasks that watch VMMs exit (see
+    /// `watch.rs`): they outlive the call that started them.
+    me: Weak<Vms>,
 }
 
 /// Async locks by string key, made on first use.
@@ -129,7 +136,16 @@ impl Vms {
         Ok(file.vm_defaults())
     }
 
-    pub fn new(deps: VmDeps, config: &DaemonConfig) -> Self {
+    /// The service, shared: VMM watchers hold it weakly.
+    pub fn new_shared(deps: VmDeps, config: &DaemonConfig) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut vms = Self::new(deps, config);
+            vms.me = me.clone();
+            vms
+        })
+    }
+
+    fn new(deps: VmDeps, config: &DaemonConfig) -> Self {
         let VmDeps {
             db,
             vmm,
@@ -164,6 +180,7 @@ impl Vms {
                 version: config.version.clone(),
                 templates: config.templates,
             },
+            me: Weak::new(),
         }
     }
 
@@ -503,6 +520,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn vm_dir(vms: &Vms, vm_id: &str) -> PathBuf {
     vms.settings.data_dir.join("vms").join(vm_id)
 }
+
+/// What a VM's directory is renamed to while the VM is deleted: a crash
+/// between the rename and the end of the delete leaves this name for
+/// reconcile to finish with.
+pub(crate) fn deleting_dir(vms: &Vms, vm_id: &str) -> PathBuf {
+    vms.settings
+        .data_dir
+        .join("vms")
+        .join(format!("{DELETING_PREFIX}{vm_id}"))
+}
+
+const DELETING_PREFIX: &str = ".deleting-";
 
 pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")

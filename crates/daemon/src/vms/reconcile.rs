@@ -5,12 +5,13 @@
 //! is gone is demoted to stopped (or error, if it died mid-create) and its
 //! leftovers are removed. Killing the daemon never kills VMs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use banger_store::VmState;
 
 use super::Vms;
-use super::{load_handles, remove_handles, vm_dir};
+use super::{DELETING_PREFIX, load_handles, remove_handles, vm_dir};
 use crate::error::chain;
 use crate::ops::now_ms;
 
@@ -22,6 +23,7 @@ fn restart_proxies(vms: &Vms, vm: &banger_store::VmRecord, ip: std::net::Ipv4Add
 }
 
 pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
+    finish_interrupted(vms).await?;
     let records = vms.db.call(|s| s.vms()).await?;
     for mut vm in records {
         let dir = vm_dir(vms, &vm.id);
@@ -42,6 +44,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 if let Some(b) = &h.bridged {
                     restart_proxies(vms, &vm, b.ip);
                 }
+                super::watch::watch(vms, &vm.id, &h.vmm);
                 vms.table.set_handles(&vm.id, h);
             }
             let now = if vm.state == VmState::Paused {
@@ -85,6 +88,68 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
         }
     }
     Ok(())
+}
+
+/// What a daemon killed in the middle of a create or a delete left in
+/// `DATA/vms`: a delete's renamed directory (`.deleting-ID`; its row may
+/// still be there) is finished, and a VM directory without a row (a
+/// create's disks made before its row was written) is removed. Only
+/// names a VM directory can have are touched. Runs before any request is
+/// served, so no create is in flight.
+async fn finish_interrupted(vms: &Vms) -> Result<(), banger_store::StoreError> {
+    let root = vms.settings.data_dir.join("vms");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    let known: HashSet<String> = vms
+        .db
+        .call(|s| s.vms())
+        .await?
+        .into_iter()
+        .map(|vm| vm.id)
+        .collect();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if let Some(id) = name.strip_prefix(DELETING_PREFIX) {
+            if known.contains(id) {
+                let vm_id = id.to_owned();
+                let vm = vms.db.call(move |s| s.vm(&vm_id)).await?;
+                tracing::warn!(vm = %vm.name, "finishing a delete cut short by a crash");
+                let vm_id = vm.id.clone();
+                vms.db.call(move |s| s.delete_vm(&vm_id)).await?;
+                let (ssh, name) = (vms.ssh.clone(), vm.name.clone());
+                let _ = tokio::task::spawn_blocking(move || ssh.forget(&name)).await;
+                if let Some(base) = &vm.base_snapshot_id {
+                    super::snapshot::drop_if_unused_fork_base(vms, base).await;
+                }
+            }
+            remove_dir(path).await;
+        } else if is_vm_id(&name) && !known.contains(&name) {
+            tracing::warn!(dir = %path.display(), "removing a vm directory without a record (a create cut short by a crash)");
+            remove_dir(path).await;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_dir(path: std::path::PathBuf) {
+    let shown = path.display().to_string();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&path)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "could not remove"),
+        Err(e) => tracing::warn!(dir = %shown, error = %e, "could not remove"),
+    }
+}
+
+/// The shape of the ids `create::new_id` makes: 12 lowercase hex digits.
+fn is_vm_id(name: &str) -> bool {
+    name.len() == 12 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A VM the user did not pause but whose VMM is paused was being

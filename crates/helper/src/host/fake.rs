@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::Error;
@@ -20,6 +20,8 @@ pub struct State {
     /// The last script applied, whatever it was.
     pub nft_last: Option<String>,
     pub ip_forward: bool,
+    /// The marker `ip_forward_enable` was given, while it "exists".
+    pub ip_forward_marker: Option<PathBuf>,
     pub iptables_drop: bool,
     pub iptables_chain: Option<String>,
     /// loopN -> backing file
@@ -147,17 +149,35 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn ip_forward_enable(&self) -> Result<bool, Error> {
+    fn ip_forward_enable(&self, marker: &Path) -> Result<bool, Error> {
         self.act("ip_forward_enable".to_owned());
-        Ok(self.with(|s| std::mem::replace(&mut s.ip_forward, true)))
+        Ok(self.with(|s| {
+            let was_on = std::mem::replace(&mut s.ip_forward, true);
+            if !was_on {
+                s.ip_forward_marker = Some(marker.to_owned());
+            }
+            was_on
+        }))
+    }
+
+    fn ip_forward_restore(&self, marker: &Path) -> Result<bool, Error> {
+        Ok(self.with(|s| {
+            if s.ip_forward_marker.as_deref() != Some(marker) {
+                return false;
+            }
+            s.ip_forward_marker = None;
+            s.ip_forward = false;
+            s.actions.push("ip_forward_restore".to_owned());
+            true
+        }))
     }
 
     fn iptables_forward_drops(&self) -> Result<bool, Error> {
         Ok(self.with(|s| s.iptables_drop))
     }
 
-    fn iptables_accept_bridge(&self, bridge: &str) -> Result<(), Error> {
-        self.act(format!("iptables_accept_bridge {bridge}"));
+    fn iptables_accept_bridge(&self, bridge: &str, subnet: &str) -> Result<(), Error> {
+        self.act(format!("iptables_accept_bridge {bridge} {subnet}"));
         self.with(|s| s.iptables_chain = Some(bridge.to_owned()));
         Ok(())
     }
@@ -206,6 +226,20 @@ impl Host for FakeHost {
 
     fn dm_exists(&self, name: &str) -> Result<bool, Error> {
         Ok(self.with(|s| s.dm.contains_key(name)))
+    }
+
+    fn dm_table(&self, name: &str) -> Result<String, Error> {
+        self.with(|s| s.dm.get(name).cloned())
+            .ok_or_else(|| Error::NotFound(format!("no device-mapper device {name}")))
+    }
+
+    /// Loop devices are major 7, minor N; 8:0 is a disk.
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error> {
+        match (major, minor) {
+            (7, n) => Ok(format!("loop{n}")),
+            (8, 0) => Ok("sda".to_owned()),
+            _ => Err(Error::NotFound(format!("no block device {major}:{minor}"))),
+        }
     }
 
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error> {

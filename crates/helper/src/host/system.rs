@@ -33,6 +33,9 @@ const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// banger's iptables chain, used only when the host's FORWARD policy is DROP.
 pub const IPTABLES_CHAIN: &str = "BANGER-FORWARD";
 
+/// The IPv4 forwarding switch of the helper's network namespace.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
 /// Longest piece of a tool's stderr carried in an error message.
 const STDERR_MAX: usize = 400;
 
@@ -106,6 +109,34 @@ fn ip(args: &[&str]) -> Result<(), Error> {
 
 fn iptables(args: &[&str]) -> Result<String, Error> {
     run("iptables", args, None)
+}
+
+/// Whether the rules of `iptables -S FORWARD` end with banger's jump and
+/// hold no other.
+fn jump_is_last_and_only(rules: &str) -> bool {
+    let jump = format!("-A FORWARD -j {IPTABLES_CHAIN}");
+    let appended: Vec<&str> = rules
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("-A FORWARD "))
+        .collect();
+    appended.last() == Some(&jump.as_str()) && appended.iter().filter(|l| **l == jump).count() == 1
+}
+
+fn write_sys(path: &str, value: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{value}\n").as_bytes()))
+}
+
+/// Creates the ip_forward marker (root's, 0644): its content is the value
+/// forwarding had before, for whoever reads it.
+fn write_marker(marker: &Path) -> std::io::Result<()> {
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(marker, b"0\n")
 }
 
 fn read_sys(path: impl AsRef<Path>) -> std::io::Result<String> {
@@ -241,18 +272,37 @@ impl Host for SystemHost {
         run("nft", &["-f", "-"], Some(script)).map(drop)
     }
 
-    fn ip_forward_enable(&self) -> Result<bool, Error> {
-        const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
-        let fail = |e: std::io::Error| Error::OperationFailed(format!("{KNOB}: {e}"));
-        if read_sys(KNOB).map_err(fail)?.trim() == "1" {
+    fn ip_forward_enable(&self, marker: &Path) -> Result<bool, Error> {
+        let fail = |e: std::io::Error| Error::OperationFailed(format!("{IP_FORWARD}: {e}"));
+        if read_sys(IP_FORWARD).map_err(fail)?.trim() == "1" {
             return Ok(true);
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(KNOB)
-            .and_then(|mut f| f.write_all(b"1\n"))
-            .map_err(fail)?;
+        // The record first: forwarding never stays on without it.
+        write_marker(marker).map_err(|e| {
+            Error::OperationFailed(format!("record ip_forward in {}: {e}", marker.display()))
+        })?;
+        if let Err(e) = write_sys(IP_FORWARD, "1") {
+            let _ = std::fs::remove_file(marker);
+            return Err(fail(e));
+        }
         Ok(false)
+    }
+
+    fn ip_forward_restore(&self, marker: &Path) -> Result<bool, Error> {
+        match std::fs::symlink_metadata(marker) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(Error::OperationFailed(format!("{}: {e}", marker.display())));
+            }
+        }
+        let fail = |e: std::io::Error| Error::OperationFailed(format!("{IP_FORWARD}: {e}"));
+        if read_sys(IP_FORWARD).map_err(fail)?.trim() != "0" {
+            write_sys(IP_FORWARD, "0").map_err(fail)?;
+        }
+        std::fs::remove_file(marker)
+            .map_err(|e| Error::OperationFailed(format!("remove {}: {e}", marker.display())))?;
+        Ok(true)
     }
 
     fn iptables_forward_drops(&self) -> Result<bool, Error> {
@@ -263,17 +313,28 @@ impl Host for SystemHost {
         Ok(rules.lines().any(|l| l.trim() == "-P FORWARD DROP"))
     }
 
-    fn iptables_accept_bridge(&self, bridge: &str) -> Result<(), Error> {
+    fn iptables_accept_bridge(&self, bridge: &str, subnet: &str) -> Result<(), Error> {
         if iptables(&["-S", IPTABLES_CHAIN]).is_err() {
             iptables(&["-N", IPTABLES_CHAIN])?;
         }
         iptables(&["-F", IPTABLES_CHAIN])?;
-        iptables(&["-A", IPTABLES_CHAIN, "-i", bridge, "-j", "ACCEPT"])?;
+        iptables(&[
+            "-A",
+            IPTABLES_CHAIN,
+            "-i",
+            bridge,
+            "-s",
+            subnet,
+            "-j",
+            "ACCEPT",
+        ])?;
         iptables(&[
             "-A",
             IPTABLES_CHAIN,
             "-o",
             bridge,
+            "-d",
+            subnet,
             "-m",
             "conntrack",
             "--ctstate",
@@ -281,8 +342,16 @@ impl Host for SystemHost {
             "-j",
             "ACCEPT",
         ])?;
-        if iptables(&["-C", "FORWARD", "-j", IPTABLES_CHAIN]).is_err() {
-            iptables(&["-I", "FORWARD", "-j", IPTABLES_CHAIN])?;
+        // One jump, the last rule of FORWARD: every rule of the
+        // administrator's (DOCKER-USER included) is seen first, and banger
+        // only accepts what would otherwise fall to the DROP policy. A jump
+        // that is no longer last (rules appended since, or an older
+        // helper's jump at the top) is moved to the end.
+        if !jump_is_last_and_only(&iptables(&["-S", "FORWARD"])?) {
+            while iptables(&["-C", "FORWARD", "-j", IPTABLES_CHAIN]).is_ok() {
+                iptables(&["-D", "FORWARD", "-j", IPTABLES_CHAIN])?;
+            }
+            iptables(&["-A", "FORWARD", "-j", IPTABLES_CHAIN])?;
         }
         Ok(())
     }
@@ -364,6 +433,18 @@ impl Host for SystemHost {
             Err(Error::OperationFailed(m)) if m.contains("No such device") => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn dm_table(&self, name: &str) -> Result<String, Error> {
+        run("dmsetup", &["table", name], None)
+    }
+
+    fn block_name(&self, major: u32, minor: u32) -> Result<String, Error> {
+        let link = format!("/sys/dev/block/{major}:{minor}");
+        std::fs::read_link(&link)
+            .ok()
+            .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| Error::NotFound(format!("no block device {major}:{minor}")))
     }
 
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error> {
@@ -464,6 +545,17 @@ mod tests {
             "{e}"
         );
         assert_eq!(run("cat", &[], Some("hi")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn the_jump_must_be_the_last_forward_rule() {
+        let last = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j BANGER-FORWARD\n";
+        assert!(jump_is_last_and_only(last));
+        let first = "-P FORWARD DROP\n-A FORWARD -j BANGER-FORWARD\n-A FORWARD -j DOCKER-USER\n";
+        assert!(!jump_is_last_and_only(first));
+        let twice = "-P FORWARD DROP\n-A FORWARD -j BANGER-FORWARD\n-A FORWARD -j BANGER-FORWARD\n";
+        assert!(!jump_is_last_and_only(twice));
+        assert!(!jump_is_last_and_only("-P FORWARD DROP\n"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::diagnose::{host_forward_error, log_tail};
 use super::{QemuVmm, VmFiles, qemu_args};
 use crate::error::VmmError;
 use crate::qmp::{ConnectError, QmpClient};
-use crate::spec::{BackendKind, VmHandle, VmSpec};
+use crate::spec::{BackendKind, VmHandle, VmSpec, VmmExit};
 
 impl QemuVmm {
     /// [`crate::Vmm::launch`] for QEMU.
@@ -234,6 +234,7 @@ fn spawn_reaper(pid: u32) {
     else {
         return;
     };
+    exits::launched(pid);
     let spawned = std::thread::Builder::new()
         .name(format!("qemu-reaper-{pid}"))
         .spawn(move || {
@@ -243,6 +244,11 @@ fn spawn_reaper(pid: u32) {
                     Err(rustix::io::Errno::INTR) => continue,
                     result => {
                         tracing::debug!(pid, ?result, "qemu exited and was reaped");
+                        let exit = match &result {
+                            Ok(Some((_, status))) => exit_of(*status),
+                            _ => None,
+                        };
+                        exits::reaped(pid, exit);
                         return;
                     }
                 }
@@ -252,6 +258,84 @@ fn spawn_reaper(pid: u32) {
         // Unreaped, it stays a zombie after exiting until this process
         // exits; wait_exit and is_running treat a zombie as gone.
         tracing::warn!(pid, error = %e, "cannot start the qemu reaper thread");
+        exits::reaped(pid, None);
+    }
+}
+
+fn exit_of(status: rustix::process::WaitStatus) -> Option<VmmExit> {
+    if let Some(code) = status.exit_status() {
+        Some(VmmExit::Code(code))
+    } else {
+        status.terminating_signal().map(VmmExit::Signal)
+    }
+}
+
+/// The exit statuses the reaper threads saw, by pid, until the daemon asks
+/// ([`crate::Vmm::take_exit`]). Bounded: a status nobody asks for (the
+/// daemon stopped the VM itself) is dropped once many are kept.
+pub(super) mod exits {
+    use std::collections::HashMap;
+    use std::sync::{Condvar, Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use crate::spec::VmmExit;
+
+    /// pid -> `None` while its reaper waits, then how it ended (`None`
+    /// inside when unknown).
+    type Table = HashMap<u32, Option<Option<VmmExit>>>;
+
+    static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+    static CHANGED: Condvar = Condvar::new();
+    const MAX_KEPT: usize = 4096;
+
+    fn table() -> MutexGuard<'static, Option<Table>> {
+        // The map stays consistent even if a holder panicked.
+        TABLE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn launched(pid: u32) {
+        let mut t = table();
+        let t = t.get_or_insert_with(HashMap::new);
+        if t.len() >= MAX_KEPT {
+            t.retain(|_, v| v.is_none());
+        }
+        t.insert(pid, None);
+    }
+
+    pub(crate) fn reaped(pid: u32, exit: Option<VmmExit>) {
+        if let Some(slot) = table().as_mut().and_then(|t| t.get_mut(&pid)) {
+            *slot = Some(exit);
+        }
+        CHANGED.notify_all();
+    }
+
+    /// How our child `pid` ended; waits up to `wait` for its reaper when
+    /// it has not reported yet (the caller saw the process gone, the
+    /// reaper may be a moment behind). `None` if `pid` is not a child
+    /// this process launched, or its status is unknown.
+    pub(crate) fn take(pid: u32, wait: Duration) -> Option<VmmExit> {
+        let deadline = Instant::now() + wait;
+        let mut guard = table();
+        loop {
+            let t = guard.as_mut()?;
+            match t.get(&pid)? {
+                Some(exit) => {
+                    let exit = *exit;
+                    t.remove(&pid);
+                    return exit;
+                }
+                None => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    guard = CHANGED
+                        .wait_timeout(guard, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
     }
 }
 
@@ -326,5 +410,24 @@ mod tests {
         assert_eq!(shell_quote("-m"), "-m");
         assert_eq!(shell_quote("console=ttyS0 quiet"), "'console=ttyS0 quiet'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn the_reaper_records_how_a_child_ended() {
+        let spawn = |script: &str| {
+            let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let pid = child.id();
+            // Dropped, not waited: the reaper thread reaps it.
+            drop(child);
+            spawn_reaper(pid);
+            pid
+        };
+        let code = spawn("exit 3");
+        let killed = spawn("kill -9 $$");
+        let wait = Duration::from_secs(10);
+        assert_eq!(exits::take(code, wait), Some(VmmExit::Code(3)));
+        assert_eq!(exits::take(killed, wait), Some(VmmExit::Signal(9)));
+        assert_eq!(exits::take(code, wait), None, "told once");
+        assert_eq!(exits::take(u32::MAX, wait), None, "not our child");
     }
 }

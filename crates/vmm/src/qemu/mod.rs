@@ -77,7 +77,7 @@ use crate::error::VmmError;
 use crate::proc;
 use crate::qmp::QmpClient;
 use crate::spec::{
-    BackendKind, RamSave, SaveReport, Signal, VmHandle, VmRunState, VmSpec, VmmBuild,
+    BackendKind, RamSave, SaveReport, Signal, VmHandle, VmRunState, VmSpec, VmmBuild, VmmExit,
 };
 use crate::{Vmm, probe};
 
@@ -210,7 +210,10 @@ impl Vmm for QemuVmm {
     /// locks, sockets) is closed. Pids are handed out cyclically, so the pid
     /// cannot be reused within one 25 ms poll.
     fn wait_exit(&self, handle: &VmHandle, timeout: Duration) -> Result<bool, VmmError> {
-        if !self.owns(handle, None) {
+        // Called right after a kill, the QEMU may already be dying (no
+        // exe any more, so not recognisably ours) with its disks still
+        // locked: wait for it too.
+        if !self.owns(handle, None) && !proc::is_exiting(handle.pid) {
             return Ok(true);
         }
         let deadline = Instant::now() + timeout;
@@ -224,6 +227,16 @@ impl Vmm for QemuVmm {
             }
             std::thread::sleep((deadline - now).min(Duration::from_millis(25)));
         }
+    }
+
+    /// The reaper thread of a QEMU this process launched recorded its
+    /// status; waits a moment for it when the process is gone but the
+    /// reaper has not reported yet.
+    fn take_exit(&self, handle: &VmHandle) -> Option<VmmExit> {
+        if proc::is_alive(handle.pid) && self.owns(handle, None) {
+            return None;
+        }
+        launch::exits::take(handle.pid, Duration::from_secs(1))
     }
 
     fn status(&self, handle: &VmHandle) -> Result<VmRunState, VmmError> {

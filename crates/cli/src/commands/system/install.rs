@@ -61,6 +61,9 @@ pub(super) fn install(args: &SystemInstallArgs) -> Result<(), CliError> {
         config.bridge = old.bridge.clone();
         config.subnet = old.subnet.clone();
         config.log_file = old.log_file.clone();
+        // Features are turned on by hand in the config (docs/helper.md);
+        // a reinstall keeps them.
+        config.features = old.features.clone();
     }
     if let Some(s) = &args.socket {
         config.socket = s.clone();

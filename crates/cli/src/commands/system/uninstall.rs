@@ -1,5 +1,8 @@
 //! `banger system uninstall`: stop the helper, remove banger's network
-//! objects with `banger-helper teardown`, then the files install wrote.
+//! objects with `banger-helper teardown` (TAPs, bridge, nftables table,
+//! iptables chain, and IPv4 forwarding when the helper turned it on: the
+//! host's firewall and sysctls end as they were before install), then the
+//! files install wrote.
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
@@ -94,7 +97,10 @@ pub(super) fn uninstall(args: &SystemUninstallArgs) -> Result<(), CliError> {
             Some(bin) => {
                 let removed_objects = teardown(&bin, &args.config)?;
                 if removed_objects.is_empty() {
-                    out.step("teardown: no TAP devices, bridge or nftables table of banger's left");
+                    out.step(
+                        "teardown: no TAP devices, bridge, nftables table, iptables chain \
+                         or forwarding of banger's left",
+                    );
                 }
                 for line in removed_objects {
                     out.step(format!("teardown: {line}"));
@@ -102,7 +108,8 @@ pub(super) fn uninstall(args: &SystemUninstallArgs) -> Result<(), CliError> {
             }
             None => out.step(format!(
                 "warning: no banger-helper binary to run the teardown with; \
-                 banger's TAPs ({}N), bridge {} and nftables table may remain",
+                 banger's TAPs ({}N), bridge {}, nftables table, iptables chain and \
+                 the ipv4 forwarding it turned on may remain",
                 banger_proto::helper::TAP_PREFIX,
                 config
                     .as_ref()

@@ -1,7 +1,9 @@
 //! File copy between the host and the guest, streamed; a host file is
 //! written to a temporary file beside its destination (created with
-//! `O_NOFOLLOW`) and renamed over it once complete. Directories
-//! (`recursive`): `tree.rs`.
+//! `O_NOFOLLOW`) and renamed over it once complete; it never gets the
+//! guest's setuid, setgid or sticky bit (the result lists what lost
+//! one), and a copy stops before it eats into the free space reserve
+//! (`reserve.rs`). Directories (`recursive`): `tree.rs`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -12,6 +14,7 @@ use banger_proto::agent::{self, Frame, Message};
 use banger_proto::vm::{CpParams, CpResult};
 use tokio::sync::mpsc;
 
+use super::reserve::Reserve;
 use super::{CALL_TIMEOUT, Guest, GuestError};
 use crate::agent::{AgentConn, AgentError};
 
@@ -53,12 +56,13 @@ impl Guest {
             let (vm, conn) = self.agent_for(&p.name).await?;
             if p.recursive {
                 if let Some(r) =
-                    super::tree::from_guest(&vm.name, &conn, &p.guest_path, &host).await?
+                    super::tree::from_guest(&vm.name, &conn, &p.guest_path, &host, self.cp_reserve)
+                        .await?
                 {
                     return Ok(r);
                 }
             }
-            from_guest(&vm.name, &conn, &p.guest_path, &host)
+            from_guest(&vm.name, &conn, &p.guest_path, &host, self.cp_reserve)
                 .await
                 .map_err(|e| match e {
                     GuestError::Agent {
@@ -171,6 +175,8 @@ async fn to_guest(
             destination: guest,
             entries: None,
             skipped: None,
+            stripped: None,
+            stripped_paths: Vec::new(),
         }),
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
@@ -190,6 +196,7 @@ async fn from_guest(
     conn: &AgentConn,
     guest: &str,
     host: &Path,
+    reserve: Reserve,
 ) -> Result<CpResult, GuestError> {
     let (dir, name) = host_destination(host, guest)?;
     let (id, mut rx) = conn
@@ -203,11 +210,11 @@ async fn from_guest(
         .await
         .map_err(|e| GuestError::agent(vm, e))?;
     let first = tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await;
-    let mode = match first {
+    let (guest_mode, size) = match first {
         Ok(Some(Frame {
-            msg: Message::FileInfo { mode, .. },
+            msg: Message::FileInfo { mode, size, .. },
             ..
-        })) => host_mode(mode),
+        })) => (mode, size),
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
             ..
@@ -231,13 +238,31 @@ async fn from_guest(
             ));
         }
     };
-    let writer = HostFile::create(&dir, &name, mode)?;
+    let mode = host_mode(guest_mode);
+    // The size the guest announced is checked before anything is made;
+    // the writer checks again as it goes (the guest may send more).
+    let prepared = reserve
+        .check_before(&dir, size)
+        .and_then(|()| HostFile::create(&dir, &name, mode));
+    let writer = match prepared {
+        Ok(w) => w,
+        Err(e) => {
+            conn.finish(id);
+            return Err(e);
+        }
+    };
+    let mut guard = reserve.guard(&dir);
     let dest_name = name.clone();
     let (tx, wrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let write_task = tokio::task::spawn_blocking(move || -> Result<(u64, HostFile), GuestError> {
         let mut writer = writer;
         let mut total = 0u64;
+        let delay = slow_writes();
         for chunk in wrx {
+            guard.before_write(chunk.len())?;
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
             writer.write(&chunk)?;
             total += chunk.len() as u64;
         }
@@ -245,22 +270,61 @@ async fn from_guest(
     });
     let failure = forward_file_data(vm, &mut rx, &tx, None).await.err();
     conn.finish(id);
+    // Nothing more is read for this request: the agent connection's
+    // reader must not wait on its channel (crate::agent).
+    drop(rx);
     drop(tx);
     let written = write_task.await.map_err(|e| GuestError::Task("write", e))?;
-    if let Some(e) = failure {
-        // The temporary file is removed by HostFile's drop.
-        return Err(e);
+    // The temporary file is removed by HostFile's drop on failure.
+    let (bytes, file) = match (failure, written) {
+        // The writer stopped first: its reason, not "writer gone".
+        (Some(GuestError::HostWriterGone), Err(e)) => return Err(e),
+        (Some(e), _) => return Err(e),
+        (None, w) => w?,
+    };
+    if bytes < size {
+        // `file` is dropped unfinished: its temporary file goes with it.
+        return Err(GuestError::Incomplete {
+            vm: vm.to_owned(),
+            path: guest.to_owned(),
+            announced: size,
+            received: bytes,
+        });
     }
-    let (bytes, file) = written?;
     tokio::task::spawn_blocking(move || file.finish(&name, true))
         .await
         .map_err(|e| GuestError::Task("rename", e))??;
+    let destination = dir.join(&dest_name).display().to_string();
+    let special = guest_mode & 0o7000 != 0;
     Ok(CpResult {
         bytes,
         mode,
-        destination: dir.join(&dest_name).display().to_string(),
+        destination: destination.clone(),
         entries: None,
         skipped: None,
+        stripped: special.then_some(1),
+        stripped_paths: if special {
+            vec![destination]
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// Fault injection for the backpressure test (crates/banger/tests/agent_e2e.rs):
+/// `BANGER_FAULT_CP_WRITE_DELAY_MS` makes the writer of a file copied
+/// from a guest wait that long before each chunk, as a slow disk would.
+/// Read once.
+fn slow_writes() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms = std::env::var("BANGER_FAULT_CP_WRITE_DELAY_MS").ok()?;
+        let ms: u64 = ms.parse().ok().filter(|ms| *ms > 0)?;
+        tracing::warn!(
+            ms,
+            "copies from guests write slowly (BANGER_FAULT_CP_WRITE_DELAY_MS)"
+        );
+        Some(Duration::from_millis(ms))
     })
 }
 
@@ -270,7 +334,7 @@ async fn from_guest(
 /// host writer that stopped (its own error tells why).
 pub(super) async fn forward_file_data(
     vm: &str,
-    rx: &mut mpsc::UnboundedReceiver<Frame>,
+    rx: &mut mpsc::Receiver<Frame>,
     tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
     mut next: Option<Vec<u8>>,
 ) -> Result<(), GuestError> {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use banger_store::VmRecord;
 
 use super::identity::GuestStep;
+use super::reserve::Bytes;
 use crate::agent::AgentError;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +108,37 @@ pub enum GuestError {
     },
     #[error("writing the host file failed")]
     HostWriterGone,
+    /// The guest's stream ended short of the size it announced: data was
+    /// lost on the way (the agent drops frames the host has not taken for
+    /// a while) or the file shrank while it was read. Nothing is kept.
+    #[error(
+        "{vm}:{path} arrived incomplete ({received} of {announced} bytes): nothing was kept; copy it again"
+    )]
+    Incomplete {
+        vm: String,
+        path: String,
+        announced: u64,
+        received: u64,
+    },
+    /// A copy from the guest whose size is known would leave less than
+    /// the reserve free (`vms/guest/reserve.rs`).
+    #[error(
+        "refusing to copy {} into {}: it has {} free and copies leave {} free (cp_reserve in config.toml)",
+        Bytes(*size), dir.display(), Bytes(*free), Bytes(*reserve)
+    )]
+    NoRoom {
+        dir: PathBuf,
+        size: u64,
+        free: u64,
+        reserve: u64,
+    },
+    /// A copy from the guest stopped (and removed what it wrote) at the
+    /// reserve.
+    #[error(
+        "stopped copying into {}: its free space is down to the {} copies leave free (cp_reserve in config.toml)",
+        dir.display(), Bytes(*reserve)
+    )]
+    ReserveReached { dir: PathBuf, reserve: u64 },
     #[error("{0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
 }

@@ -1,4 +1,12 @@
 //! Exec sessions: started by `vm.exec.begin`, driven by `vm.exec.io`.
+//!
+//! A session's pump task always drains the agent's frames at once (the
+//! agent connection is shared and bounded, crate::agent): output goes
+//! into a buffer per stream of at most [`EXEC_BUFFER_LIMIT`] until the
+//! client's next `vm.exec.io`; what comes while a buffer is full is
+//! dropped and counted, and the next answer says how many bytes
+//! (`stdout_dropped`, `stderr_dropped`), so a client that reads too
+//! slowly learns its output is incomplete.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,9 @@ const EXEC_BUFFER_LIMIT: usize = 16 << 20;
 struct ExecOutput {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Bytes dropped since the last `vm.exec.io`, per stream.
+    stdout_dropped: u64,
+    stderr_dropped: u64,
     exited: Option<(Option<i32>, Option<String>)>,
     lost: Option<String>,
 }
@@ -146,7 +157,7 @@ impl Guest {
 }
 
 /// Moves the agent's events for one exec into its buffers.
-async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::UnboundedReceiver<Frame>) {
+async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::Receiver<Frame>) {
     loop {
         let Some(frame) = rx.recv().await else {
             s.output().lost = Some("the connection to the guest agent was lost".into());
@@ -155,12 +166,13 @@ async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::UnboundedReceiver<Frame>) 
         };
         {
             let mut out = s.output();
+            let out = &mut *out;
             match frame.msg {
-                Message::Stdout { .. } if out.stdout.len() < EXEC_BUFFER_LIMIT => {
-                    out.stdout.extend_from_slice(&frame.body)
+                Message::Stdout { .. } => {
+                    keep_output(&mut out.stdout, &mut out.stdout_dropped, &frame.body)
                 }
-                Message::Stderr { .. } if out.stderr.len() < EXEC_BUFFER_LIMIT => {
-                    out.stderr.extend_from_slice(&frame.body)
+                Message::Stderr { .. } => {
+                    keep_output(&mut out.stderr, &mut out.stderr_dropped, &frame.body)
                 }
                 Message::Exited { code, signal, .. } => out.exited = Some((code, signal)),
                 // Input sent while the process was ending, answered by an
@@ -184,6 +196,15 @@ async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::UnboundedReceiver<Frame>) 
             return;
         }
     }
+}
+
+/// Appends `data` to `buf` up to [`EXEC_BUFFER_LIMIT`]; counts the rest
+/// in `dropped`.
+fn keep_output(buf: &mut Vec<u8>, dropped: &mut u64, data: &[u8]) {
+    let room = EXEC_BUFFER_LIMIT.saturating_sub(buf.len());
+    let kept = data.len().min(room);
+    buf.extend_from_slice(&data[..kept]);
+    *dropped += (data.len() - kept) as u64;
 }
 
 impl Guest {
@@ -243,12 +264,16 @@ impl Guest {
                 let mut out = session.output();
                 let ready = !out.stdout.is_empty()
                     || !out.stderr.is_empty()
+                    || out.stdout_dropped > 0
+                    || out.stderr_dropped > 0
                     || out.exited.is_some()
                     || out.lost.is_some();
                 if ready || tokio::time::Instant::now() >= deadline {
                     let mut result = ExecIoResult {
                         stdout: B64.encode(std::mem::take(&mut out.stdout)),
                         stderr: B64.encode(std::mem::take(&mut out.stderr)),
+                        stdout_dropped: std::mem::take(&mut out.stdout_dropped),
+                        stderr_dropped: std::mem::take(&mut out.stderr_dropped),
                         ..Default::default()
                     };
                     if let Some(lost) = out.lost.clone() {
@@ -303,5 +328,24 @@ impl Guest {
                 s.conn.finish(s.id);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_buffer_limit_is_counted_not_kept() {
+        let mut buf = vec![0u8; EXEC_BUFFER_LIMIT - 10];
+        let mut dropped = 0;
+        keep_output(&mut buf, &mut dropped, &[1u8; 25]);
+        assert_eq!(buf.len(), EXEC_BUFFER_LIMIT);
+        assert_eq!(dropped, 15);
+        keep_output(&mut buf, &mut dropped, &[1u8; 5]);
+        assert_eq!((buf.len(), dropped), (EXEC_BUFFER_LIMIT, 20));
+        let mut empty = Vec::new();
+        keep_output(&mut empty, &mut dropped, b"abc");
+        assert_eq!((empty.as_slice(), dropped), (&b"abc"[..], 20));
     }
 }

@@ -16,6 +16,7 @@ mod exec;
 /// `Guest::thaw`, `Guest::apply_identity`.
 pub mod identity;
 mod ready;
+mod reserve;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,8 @@ pub struct Guest {
     execs: exec::ExecTable,
     /// The latest stats sample per VM (CPU usage needs two).
     stats: stats::StatsCache,
+    /// Free space copies from a guest leave on the host (`reserve.rs`).
+    cp_reserve: reserve::Reserve,
 }
 
 impl Guest {
@@ -64,6 +67,7 @@ impl Guest {
         vmm: Arc<dyn banger_vmm::Vmm>,
         data_dir: &Path,
         boot_timeout: Duration,
+        cp_reserve: u64,
     ) -> Self {
         Self {
             db,
@@ -73,6 +77,7 @@ impl Guest {
             boot_timeout,
             execs: Default::default(),
             stats: Default::default(),
+            cp_reserve: reserve::Reserve(cp_reserve),
         }
     }
 

@@ -167,10 +167,15 @@ async fn sample(conn: &AgentConn, vm: &str) -> Result<GuestStats, GuestError> {
     }
 }
 
+/// How long the sampler waits for one VM's sample (a second sample
+/// included, for a VM without a baseline yet).
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Samples every running VM with an agent every `interval`, so `vm stats`
 /// always has a previous sample to compute CPU usage from. One small
-/// request per VM per interval: cheap for the guest and the daemon. Stops
-/// when `shutdown` fires.
+/// request per VM per interval: cheap for the guest and the daemon. VMs
+/// are asked at once, each bounded by its own timeout, so one hung agent
+/// delays no other VM's sample. Stops when `shutdown` fires.
 pub fn spawn_sampler(guest: Arc<Guest>, interval: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
         loop {
@@ -178,24 +183,171 @@ pub fn spawn_sampler(guest: Arc<Guest>, interval: Duration, shutdown: Cancellati
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let Ok(vms) = guest.db.call(|s| s.vms()).await else {
-                continue;
-            };
-            for vm in vms {
-                let has_agent = guest.vms.handles(&vm.id).is_some_and(|h| h.agent.is_some());
-                if has_agent {
-                    if let Err(e) = guest.stats(&vm.id).await {
-                        tracing::debug!(vm = %vm.name, error = %chain(&e), "stats sample failed");
-                    }
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sample_all(&guest, SAMPLE_TIMEOUT) => {}
             }
         }
     });
 }
 
+/// Samples every running VM with an agent concurrently, each within
+/// `per_vm`; returns how many answered.
+pub(crate) async fn sample_all(guest: &Arc<Guest>, per_vm: Duration) -> usize {
+    let Ok(vms) = guest.db.call(|s| s.vms()).await else {
+        return 0;
+    };
+    let mut samples = tokio::task::JoinSet::new();
+    for vm in vms {
+        let has_agent = guest.vms.handles(&vm.id).is_some_and(|h| h.agent.is_some());
+        if !has_agent {
+            continue;
+        }
+        let guest = Arc::clone(guest);
+        samples.spawn(async move {
+            match tokio::time::timeout(per_vm, guest.stats(&vm.id)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    tracing::debug!(vm = %vm.name, error = %chain(&e), "stats sample failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(vm = %vm.name, timeout_s = per_vm.as_secs_f64(), "stats sample timed out");
+                    false
+                }
+            }
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = samples.join_next().await {
+        answered += usize::from(done.unwrap_or(false));
+    }
+    answered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_proto::agent::{AGENT_PROTOCOL_VERSION, FrameDecoder, encode};
+    use banger_store::VmState;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    /// A fake agent that says Hello, then answers Stats after `delay`
+    /// (`None`: never).
+    async fn agent(listener: UnixListener, delay: Option<Duration>) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut d = FrameDecoder::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            d.push(&buf[..n]);
+            while let Some(Ok(f)) = d.next_frame() {
+                let reply = match f.msg {
+                    Message::Hello { .. } => Message::Hello {
+                        protocol: AGENT_PROTOCOL_VERSION,
+                        version: "test".into(),
+                        capabilities: Vec::new(),
+                    },
+                    Message::Stats { id } => {
+                        let Some(delay) = delay else { continue };
+                        tokio::time::sleep(delay).await;
+                        Message::StatsReply {
+                            id,
+                            stats: GuestStats {
+                                uptime_s: 1.0,
+                                load: [0.0; 3],
+                                cpu: CpuTimes { busy: 1, idle: 99 },
+                                memory_total_bytes: 1 << 30,
+                                memory_available_bytes: 1 << 29,
+                                disks: Vec::new(),
+                            },
+                        }
+                    }
+                    _ => continue,
+                };
+                s.write_all(&encode(&Frame::new(reply))).await.unwrap();
+            }
+        }
+    }
+
+    /// A VMM that always runs.
+    #[derive(Debug)]
+    struct Running;
+
+    impl banger_vmm::Vmm for Running {
+        fn kind(&self) -> banger_vmm::BackendKind {
+            banger_vmm::BackendKind::Qemu
+        }
+        fn launch(
+            &self,
+            _: &banger_vmm::VmSpec,
+        ) -> Result<banger_vmm::VmHandle, banger_vmm::VmmError> {
+            Err(banger_vmm::VmmError::InvalidSpec("no launches".into()))
+        }
+        fn request_shutdown(&self, _: &banger_vmm::VmHandle) -> Result<(), banger_vmm::VmmError> {
+            Ok(())
+        }
+        fn kill(
+            &self,
+            _: &banger_vmm::VmHandle,
+            _: banger_vmm::Signal,
+        ) -> Result<(), banger_vmm::VmmError> {
+            Ok(())
+        }
+        fn is_running(&self, _: &banger_vmm::VmHandle, _: &str) -> bool {
+            true
+        }
+        fn wait_exit(
+            &self,
+            _: &banger_vmm::VmHandle,
+            _: Duration,
+        ) -> Result<bool, banger_vmm::VmmError> {
+            Ok(false)
+        }
+        fn status(
+            &self,
+            _: &banger_vmm::VmHandle,
+        ) -> Result<banger_vmm::VmRunState, banger_vmm::VmmError> {
+            Ok(banger_vmm::VmRunState::Running)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hung_agents_do_not_stall_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = crate::testing::test_state_with(tmp.path(), Arc::new(Running));
+        // Three agents that never answer stats, two that answer.
+        let fakes = [
+            ("hung-a", None),
+            ("ok-a", Some(Duration::from_millis(10))),
+            ("hung-b", None),
+            ("hung-c", None),
+            ("ok-b", Some(Duration::from_millis(10))),
+        ];
+        for (name, delay) in fakes {
+            let vm = crate::testing::seed(&state, name, VmState::Running);
+            let dir = crate::vms::vm_dir(&state.vms, &vm.id);
+            let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
+            tokio::spawn(agent(listener, delay));
+            let mut h = crate::testing::handles(4_000_001, &dir);
+            h.agent = Some("virtio-serial".into());
+            state.vms.table.set_handles(&vm.id, h);
+        }
+        let per_vm = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        let answered = sample_all(&state.guest, per_vm).await;
+        let took = started.elapsed();
+        assert_eq!(answered, 2, "both answering agents were sampled");
+        // One after another, the three hung agents alone took 3 s.
+        assert!(took < per_vm * 2, "took {took:?}");
+        let cache = state.guest.stats.0.lock().unwrap();
+        assert!(cache.contains_key("id-ok-a") && cache.contains_key("id-ok-b"));
+        assert!(!cache.contains_key("id-hung-a"));
+    }
 
     #[test]
     fn cpu_usage_over_a_window() {

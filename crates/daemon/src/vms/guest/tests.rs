@@ -217,3 +217,47 @@ async fn bad_environment_variables_are_refused_before_the_guest() {
     let e = state.guest.exec_begin(begin("K", "a=b")).await.unwrap_err();
     assert!(matches!(e, GuestError::NotRunning { .. }), "{e}");
 }
+
+#[tokio::test]
+async fn a_copy_that_arrives_short_of_its_announced_size_keeps_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(Running));
+    let vm = seed(&state);
+    let dir = super::super::vm_dir(&state.vms, &vm.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
+    tokio::spawn(crate::agent::tests::fake_agent(
+        listener,
+        AGENT_PROTOCOL_VERSION,
+    ));
+    state.vms.table.set_handles(&vm.id, handles(&dir));
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let e = state
+        .guest
+        .cp(banger_proto::vm::CpParams {
+            name: vm.name.clone(),
+            to_guest: false,
+            host_path: out.join("short").display().to_string(),
+            guest_path: "/etc/short".into(),
+            recursive: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GuestError::Incomplete {
+                announced: 10,
+                received: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "something was kept"
+    );
+}

@@ -17,9 +17,12 @@
 //! as a symlink and never followed); files are written to a temporary
 //! name created with `O_EXCL | O_NOFOLLOW` and renamed over the entry;
 //! modes keep their permission bits only (no setuid, setgid or sticky bit
-//! from a guest); hard links, devices, FIFOs and the like are left out
-//! and counted. A copy that fails midway leaves what it wrote so far
-//! inside the destination.
+//! from a guest: the entries that had one are counted and the first
+//! [`MAX_STRIPPED_LISTED`] named in the result); hard links, devices,
+//! FIFOs and the like are left out and counted. The free space reserve
+//! (`reserve.rs`) is checked before and while writing. A copy that fails
+//! midway removes the top directory if it made it; into a directory
+//! that already existed, it leaves what it wrote so far.
 
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, Permissions};
@@ -34,7 +37,12 @@ use banger_proto::vm::CpResult;
 use tokio::sync::mpsc;
 
 use super::cp::HostFile;
+use super::reserve::{Reserve, ReserveGuard};
 use super::{CALL_TIMEOUT, GuestError};
+
+/// Entries that lost a setuid, setgid or sticky bit named in a result
+/// (all are counted).
+pub(super) const MAX_STRIPPED_LISTED: usize = 16;
 use crate::agent::{AgentConn, AgentError};
 
 /// Copies the host directory `host` into the guest: to `guest/NAME` when
@@ -120,6 +128,8 @@ pub(super) async fn to_guest(
             destination: root,
             entries: Some(entries),
             skipped: Some(skipped),
+            stripped: None,
+            stripped_paths: Vec::new(),
         }),
         Ok(Some(Frame {
             msg: Message::Error { code, message, .. },
@@ -142,6 +152,7 @@ pub(super) async fn from_guest(
     conn: &AgentConn,
     guest: &str,
     host: &Path,
+    reserve: Reserve,
 ) -> Result<Option<CpResult>, GuestError> {
     conn.require(capability::TREE, "directory copy")
         .map_err(|e| GuestError::agent(vm, e))?;
@@ -200,25 +211,51 @@ pub(super) async fn from_guest(
             ));
         }
     };
-    if let Err(e) = make_root(&root) {
-        conn.finish(id);
-        return Err(e);
-    }
+    // The size of a tree is not known: only a filesystem already at its
+    // reserve is refused here; the unpacker checks as it writes.
+    let parent = root
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let made = reserve
+        .check_before(&parent, 0)
+        .and_then(|()| make_root(&root));
+    let made = match made {
+        Ok(made) => made,
+        Err(e) => {
+            conn.finish(id);
+            return Err(e);
+        }
+    };
     let (tx, wrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let into = root.clone();
+    let guard = reserve.guard(&parent);
     let unpacking =
-        tokio::task::spawn_blocking(move || unpack_untrusted(ChunkReader::new(wrx), &into));
+        tokio::task::spawn_blocking(move || unpack_untrusted(ChunkReader::new(wrx), &into, guard));
     let failure = super::cp::forward_file_data(vm, &mut rx, &tx, Some(first))
         .await
         .err();
     conn.finish(id);
+    // Nothing more is read for this request (crate::agent).
+    drop(rx);
     drop(tx);
     let unpacked = unpacking.await.map_err(|e| GuestError::Task("unpack", e))?;
     let unpacked = match (failure, unpacked) {
         // The unpacker stopped first: its reason, not "writer gone".
-        (Some(GuestError::HostWriterGone), Err(e)) => return Err(e),
-        (Some(e), _) => return Err(e),
-        (None, u) => u?,
+        (Some(GuestError::HostWriterGone), Err(e)) | (None, Err(e)) => Err(e),
+        (Some(e), _) => Err(e),
+        (None, Ok(u)) => Ok(u),
+    };
+    let unpacked = match unpacked {
+        Ok(u) => u,
+        Err(e) => {
+            if made {
+                // Nothing half-made is left behind (never follows symlinks).
+                let root = root.clone();
+                let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(root)).await;
+            }
+            return Err(e);
+        }
     };
     Ok(Some(CpResult {
         bytes: unpacked.bytes,
@@ -226,6 +263,12 @@ pub(super) async fn from_guest(
         destination: root.display().to_string(),
         entries: Some(unpacked.entries),
         skipped: Some(unpacked.skipped),
+        stripped: (unpacked.stripped > 0).then_some(unpacked.stripped),
+        stripped_paths: unpacked
+            .stripped_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     }))
 }
 
@@ -251,12 +294,12 @@ fn host_root(host: &Path, name: &str) -> Result<PathBuf, GuestError> {
 }
 
 /// Makes the top directory (private until its mode is set at the end), or
-/// takes an existing real one.
-fn make_root(root: &Path) -> Result<(), GuestError> {
+/// takes an existing real one; `true` if it made it.
+fn make_root(root: &Path) -> Result<bool, GuestError> {
     match DirBuilder::new().mode(0o700).create(root) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs::symlink_metadata(root) {
-            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.is_dir() => Ok(false),
             Ok(m) if m.file_type().is_symlink() => Err(GuestError::Symlink(root.to_owned())),
             _ => Err(GuestError::HostNotDirectory(root.to_owned())),
         },
@@ -272,11 +315,19 @@ pub(super) struct Unpacked {
     pub skipped: u64,
     /// The top directory's mode, as sent.
     pub root_mode: Option<u32>,
+    /// Entries that lost a setuid, setgid or sticky bit...
+    pub stripped: u64,
+    /// ...and the first [`MAX_STRIPPED_LISTED`] of them.
+    pub stripped_paths: Vec<PathBuf>,
 }
 
 /// Unpacks a tar stream from a guest into the existing directory `root`
 /// without ever writing outside it (see the module doc).
-pub(super) fn unpack_untrusted(reader: impl Read, root: &Path) -> Result<Unpacked, GuestError> {
+pub(super) fn unpack_untrusted(
+    reader: impl Read,
+    root: &Path,
+    mut reserve: ReserveGuard,
+) -> Result<Unpacked, GuestError> {
     let mut archive = tar::Archive::new(reader);
     let mut out = Unpacked::default();
     // Modes of the directories made, set at the end (a read-only one
@@ -287,7 +338,18 @@ pub(super) fn unpack_untrusted(reader: impl Read, root: &Path) -> Result<Unpacke
         let raw = entry.path_bytes().into_owned();
         let rel = relative_name(&raw)?;
         let kind = entry.header().entry_type();
-        let mode = super::cp::host_mode(entry.header().mode().map_err(GuestError::TreeStream)?);
+        let raw_mode = entry.header().mode().map_err(GuestError::TreeStream)?;
+        let mode = super::cp::host_mode(raw_mode);
+        if raw_mode & 0o7000 != 0 && (kind.is_dir() || kind.is_file()) {
+            out.stripped += 1;
+            if out.stripped_paths.len() < MAX_STRIPPED_LISTED {
+                out.stripped_paths.push(if rel.as_os_str().is_empty() {
+                    root.to_owned()
+                } else {
+                    root.join(&rel)
+                });
+            }
+        }
         if rel.as_os_str().is_empty() {
             if !kind.is_dir() {
                 return Err(GuestError::TreeName(format!(
@@ -327,6 +389,7 @@ pub(super) fn unpack_untrusted(reader: impl Read, root: &Path) -> Result<Unpacke
                 if n == 0 {
                     break;
                 }
+                reserve.before_write(n)?;
                 file.write(&buf[..n])?;
                 out.bytes += n as u64;
             }
@@ -581,6 +644,10 @@ mod tests {
 
     use tar::EntryType as T;
 
+    fn no_reserve() -> ReserveGuard {
+        Reserve(0).guard(Path::new("/"))
+    }
+
     #[test]
     fn a_tree_round_trips_with_modes_and_symlinks() {
         let src = tempfile::tempdir().unwrap();
@@ -598,7 +665,7 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         let root = dst.path().join("copy");
         make_root(&root).unwrap();
-        let u = unpack_untrusted(stream.as_slice(), &root).unwrap();
+        let u = unpack_untrusted(stream.as_slice(), &root, no_reserve()).unwrap();
         assert_eq!(u.bytes, 300_000 + 10);
         assert_eq!(u.entries, 7, "., a, a/b, a/b/f.sh, abs-link, link, top.txt");
         let mode = |p: &str| fs::metadata(root.join(p)).unwrap().mode() & 0o7777;
@@ -623,7 +690,7 @@ mod tests {
         fs::write(&victim, b"keep").unwrap();
         let t = |entries: &[RawEntry]| {
             let dst = tempfile::tempdir().unwrap();
-            let r = unpack_untrusted(raw_tar(entries).as_slice(), dst.path());
+            let r = unpack_untrusted(raw_tar(entries).as_slice(), dst.path(), no_reserve());
             (dst, r)
         };
         let target = outside.path().to_str().unwrap().as_bytes();
@@ -656,6 +723,7 @@ mod tests {
         unpack_untrusted(
             raw_tar(&[("f", T::Regular, 0o644, b"new")]).as_slice(),
             dst.path(),
+            no_reserve(),
         )
         .unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
@@ -676,15 +744,46 @@ mod tests {
             ])
             .as_slice(),
             dst.path(),
+            no_reserve(),
         )
         .unwrap();
         assert_eq!((u.entries, u.skipped), (3, 3));
+        assert_eq!(u.stripped, 3, "., suid and dir");
+        assert_eq!(
+            u.stripped_paths,
+            vec![
+                dst.path().to_owned(),
+                dst.path().join("suid"),
+                dst.path().join("dir")
+            ]
+        );
         assert_eq!(u.root_mode, Some(0o777));
         let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
         assert_eq!(mode(&dst.path().join("suid")), 0o755);
         assert_eq!(mode(&dst.path().join("dir")), 0o775);
         assert_eq!(mode(dst.path()), 0o777);
         assert!(!dst.path().join("dev").exists());
+    }
+
+    #[test]
+    fn an_unpack_stops_at_the_reserve_and_leaves_no_partial_file() {
+        fn low(_: &Path) -> io::Result<u64> {
+            Ok(1 << 20)
+        }
+        let dst = tempfile::tempdir().unwrap();
+        let big = vec![1u8; 3 << 20];
+        let e = unpack_untrusted(
+            raw_tar(&[("big", T::Regular, 0o644, &big)]).as_slice(),
+            dst.path(),
+            ReserveGuard::with_free(1 << 30, low),
+        )
+        .unwrap_err();
+        assert!(matches!(e, GuestError::ReserveReached { .. }), "{e:?}");
+        assert_eq!(
+            fs::read_dir(dst.path()).unwrap().count(),
+            0,
+            "neither the file nor its temporary name is left"
+        );
     }
 
     #[test]
