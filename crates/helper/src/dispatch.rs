@@ -1171,17 +1171,27 @@ mod tests {
             },
         )
         .unwrap();
-        for (tap, uid) in [("bgtap1", f.me.uid), ("bgtap2", 4242)] {
-            f.d.call(
-                f.me,
-                &HelperCall::TapCreate {
-                    name: tap.into(),
-                    owner_uid: uid,
-                    bridge: "bgunit0".into(),
+        f.d.call(
+            f.me,
+            &HelperCall::TapCreate {
+                name: "bgtap1".into(),
+                owner_uid: f.me.uid,
+                bridge: "bgunit0".into(),
+            },
+        )
+        .unwrap();
+        // Another allowed uid's TAP.
+        f.d.host().with(|s| {
+            s.links.insert(
+                "bgtap2".into(),
+                Link {
+                    name: "bgtap2".into(),
+                    kind: LinkKind::Tap,
+                    master: Some("bgunit0".into()),
+                    owner_uid: Some(4242),
                 },
             )
-            .unwrap();
-        }
+        });
         f
     }
 
