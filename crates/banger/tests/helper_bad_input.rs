@@ -22,7 +22,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_proto::OpId;
-use banger_proto::helper::{HelperCall, HelperErrorCode, HelperResponse};
+use banger_proto::helper::{
+    EgressEntry, EgressNet, EgressPort, EgressRuleMode, EgressRules, HelperCall, HelperErrorCode,
+    HelperResponse,
+};
 use helper_env::{HelperEnv, NOBODY, Proc, fake_qemu};
 use serde_json::{Value, json};
 
@@ -252,6 +255,15 @@ fn helper_refuses_bad_input_and_changes_nothing() {
         .parse()
         .unwrap();
 
+    // A TAP of another user: egress calls on it are not the caller's to make.
+    let nobody = NOBODY.to_string();
+    env.netns_ok(
+        "ip",
+        &[
+            "tuntap", "add", "dev", "bgtap7", "mode", "tap", "user", &nobody,
+        ],
+    );
+
     // Snapshots before.
     let tree_before = tree(&root);
     let ns_links_before = ns_links(&env);
@@ -264,7 +276,184 @@ fn helper_refuses_bad_input_and_changes_nothing() {
 
     let br = env.bridge.clone();
     let long_path = format!("{}/{}", data.display(), "a/".repeat(2600));
+    let gateway: std::net::Ipv4Addr = env.gateway.parse().unwrap();
+    let guest = std::net::Ipv4Addr::from(u32::from(gateway) + 6);
+    let internet = EgressRules {
+        mode: EgressRuleMode::Internet,
+        nets: vec![],
+        ports: vec![],
+    };
+    let apply = |tap: &str, addr: std::net::Ipv4Addr, rules: EgressRules| HelperCall::EgressApply {
+        tap: tap.into(),
+        addr,
+        rules,
+    };
+    let resolved = |entries: Vec<EgressEntry>, ttl_secs: u32| HelperCall::EgressResolved {
+        tap: "bgtap7".into(),
+        addr: guest,
+        entries,
+        ttl_secs,
+    };
+    let public = EgressEntry {
+        addr: "198.51.100.9".parse().unwrap(),
+        port: None,
+    };
     let mut cases = vec![
+        // Egress rules.
+        case(
+            "egress on a non-tap name",
+            apply("eth0", guest, internet.clone()),
+            InvalidName,
+        ),
+        case(
+            "egress on another user's tap",
+            apply("bgtap7", guest, internet.clone()),
+            NotAllowed,
+        ),
+        case(
+            "egress on a missing tap",
+            apply("bgtap99", guest, internet.clone()),
+            NotFound,
+        ),
+        case(
+            "egress for the gateway address",
+            apply("bgtap7", env.gateway.parse().unwrap(), internet.clone()),
+            InvalidArgument,
+        ),
+        case(
+            "egress for an address outside the subnet",
+            apply("bgtap7", "192.168.1.7".parse().unwrap(), internet.clone()),
+            InvalidArgument,
+        ),
+        case(
+            "egress networks outside mode allow",
+            apply(
+                "bgtap7",
+                guest,
+                EgressRules {
+                    nets: vec![EgressNet {
+                        addr: "0.0.0.0".parse().unwrap(),
+                        prefix: 0,
+                    }],
+                    ..internet.clone()
+                },
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "egress network with host bits",
+            apply(
+                "bgtap7",
+                guest,
+                EgressRules {
+                    mode: EgressRuleMode::Allow,
+                    nets: vec![EgressNet {
+                        addr: "10.1.2.3".parse().unwrap(),
+                        prefix: 8,
+                    }],
+                    ports: vec![],
+                },
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "egress with 257 rules",
+            apply(
+                "bgtap7",
+                guest,
+                EgressRules {
+                    mode: EgressRuleMode::Allow,
+                    nets: vec![],
+                    ports: vec![
+                        EgressPort {
+                            addr: "198.51.100.9".parse().unwrap(),
+                            port: 443,
+                        };
+                        257
+                    ],
+                },
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "resolved with no entries",
+            resolved(vec![], 60),
+            InvalidArgument,
+        ),
+        case(
+            "resolved metadata address",
+            resolved(
+                vec![EgressEntry {
+                    addr: "169.254.169.254".parse().unwrap(),
+                    port: None,
+                }],
+                60,
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "resolved loopback address",
+            resolved(
+                vec![EgressEntry {
+                    addr: "127.0.0.1".parse().unwrap(),
+                    port: Some(22),
+                }],
+                60,
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "resolved port 0",
+            resolved(
+                vec![EgressEntry {
+                    port: Some(0),
+                    ..public
+                }],
+                60,
+            ),
+            InvalidArgument,
+        ),
+        case(
+            "resolved 257 entries",
+            resolved(vec![public; 257], 60),
+            InvalidArgument,
+        ),
+        case(
+            "resolved on another user's tap",
+            resolved(vec![public], 60),
+            NotAllowed,
+        ),
+        case(
+            "egress clear of another user's tap",
+            HelperCall::EgressClear {
+                tap: "bgtap7".into(),
+                addr: guest,
+            },
+            NotAllowed,
+        ),
+        case(
+            "egress clear of a bad tap name",
+            HelperCall::EgressClear {
+                tap: "bgtap1;nft flush ruleset".into(),
+                addr: guest,
+            },
+            InvalidName,
+        ),
+        line(
+            "egress address not ipv4",
+            r#"{"version":1,"op_id":"OPID","call":"egress_clear","args":{"tap":"bgtap1","addr":"10.231.41.300"}}"#,
+            BadRequest,
+        ),
+        line(
+            "egress unknown mode",
+            r#"{"version":1,"op_id":"OPID","call":"egress_apply","args":{"tap":"bgtap1","addr":"10.231.41.7","rules":{"mode":"everything"}}}"#,
+            BadRequest,
+        ),
+        line(
+            "egress rules with an unknown field",
+            r#"{"version":1,"op_id":"OPID","call":"egress_apply","args":{"tap":"bgtap1","addr":"10.231.41.7","rules":{"mode":"internet","raw":"flush ruleset"}}}"#,
+            BadRequest,
+        ),
         // Paths for loop devices.
         case("relative path", attach("data/disk.img"), InvalidPath),
         case(

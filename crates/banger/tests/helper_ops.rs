@@ -175,10 +175,13 @@ fn helper_operations_work_in_a_namespace() {
         )),
         "{table}"
     );
+    // Guests' traffic goes through their own egress chains (no blanket
+    // accept from the bridge), and nothing else from the bridge is accepted.
     assert!(
-        table.contains(&format!("iifname \"{br}\" accept")),
+        table.contains(&format!("iifname \"{br}\" ip saddr vmap @vms")),
         "{table}"
     );
+    assert!(table.contains(&format!("iifname \"{br}\" drop")), "{table}");
     let tables = env.netns_ok("nft", &["list", "tables"]);
     assert_eq!(tables.matches("table ip banger").count(), 1, "{tables}");
     assert_eq!(

@@ -38,12 +38,15 @@
 //! above the workspace's 1.85.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use banger_proto::helper::{EgressEntry, MAX_EGRESS_RESOLVED_PER_CALL};
 use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -80,11 +83,117 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub trait VmResolver: Send + Sync + Debug {
     /// `name` is the label before `.vm`, lowercased (`web` for `WEB.vm.`).
     fn lookup(&self, name: &str) -> Option<Ipv4Addr>;
+
+    /// What the client at `client` may ask beyond `.vm` (its VM's egress
+    /// policy; [`DnsPolicy::Forward`] for the host). Quick, non-blocking.
+    fn policy(&self, client: IpAddr) -> DnsPolicy {
+        let _ = client;
+        DnsPolicy::Forward
+    }
+
+    /// Lets the VM at `client` reach `entries` for `ttl_secs` (through the
+    /// helper's `egress_resolved`); called before an answer for an allowed
+    /// name is relayed. An error keeps the answer from the client.
+    fn learn(
+        &self,
+        client: IpAddr,
+        entries: Vec<EgressEntry>,
+        ttl_secs: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let _ = (client, entries, ttl_secs);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What the server does with a name outside `.vm` for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsPolicy {
+    /// Forward every name (egress `internet` or `open`, and the host).
+    Forward,
+    /// Refuse every name (egress `none`): only `NAME.vm` is answered.
+    LocalOnly,
+    /// Forward only the names these cover, refuse the rest; an answer's A
+    /// records are learned ([`VmResolver::learn`]) before it is relayed.
+    Allow(Vec<AllowedName>),
+}
+
+/// One name of an `allow=` list: `example.com`, or `*.example.com` for
+/// every name under it; all ports, or only `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedName {
+    pub pattern: String,
+    pub port: Option<u16>,
+}
+
+impl AllowedName {
+    /// `name` is lowercased, without its trailing dot.
+    pub fn covers(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            None => name == self.pattern,
+        }
+    }
+}
+
+/// The ports `name` is allowed on under `allowed` (`None`: every port),
+/// or nothing when no entry covers it.
+fn allowed_ports(allowed: &[AllowedName], name: &str) -> Option<Vec<Option<u16>>> {
+    let mut ports: Vec<Option<u16>> = allowed
+        .iter()
+        .filter(|a| a.covers(name))
+        .map(|a| a.port)
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    if ports.contains(&None) {
+        return Some(vec![None]);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
+}
+
+/// The public A records of `answer` as entries for `ports`, and the
+/// smallest TTL among them. `None` when the answer does not parse.
+fn learned_entries(answer: &[u8], ports: &[Option<u16>]) -> Option<(Vec<EgressEntry>, u32)> {
+    let message = Message::from_vec(answer).ok()?;
+    let mut entries = Vec::new();
+    let mut ttl = u32::MAX;
+    for record in message.answers() {
+        let RData::A(a) = record.data() else {
+            continue;
+        };
+        if !banger_helper::egress::is_public(a.0) {
+            continue;
+        }
+        ttl = ttl.min(record.ttl());
+        for port in ports {
+            if entries.len() < MAX_EGRESS_RESOLVED_PER_CALL {
+                entries.push(EgressEntry {
+                    addr: a.0,
+                    port: *port,
+                });
+            }
+        }
+    }
+    Some((entries, ttl))
 }
 
 /// What [`serve`] needs besides its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
+    /// Only clients with a source address in this subnet (banger's own)
+    /// are answered, and, with [`Self::admit_host`], the host itself;
+    /// `None` answers everyone.
+    pub clients: Option<crate::network::Subnet>,
+    /// Also answer queries from the host's own addresses (its resolver may
+    /// pick any of them as the source). The kernel drops packets that
+    /// arrive from outside with a local source address, so these are the
+    /// host's own.
+    pub admit_host: bool,
     /// Servers that answer every name outside `.vm`, tried in order. Empty:
     /// such names get SERVFAIL.
     pub upstreams: Vec<SocketAddr>,
@@ -108,6 +217,8 @@ impl DnsConfig {
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
+            clients: None,
+            admit_host: true,
             upstreams: Vec::new(),
             upstream_timeout: Duration::from_secs(2),
             max_in_flight: 256,
@@ -166,6 +277,15 @@ pub async fn serve_with(
             },
         };
         let packet = buf.get(..len).unwrap_or_default();
+        let admitted = match (config.clients, peer.ip().to_canonical()) {
+            (None, _) => true,
+            (Some(subnet), IpAddr::V4(ip)) if subnet.contains(ip) => true,
+            (Some(_), ip) => config.admit_host && is_host_address(ip),
+        };
+        if !admitted {
+            tracing::debug!(%peer, "DNS query from outside banger's subnet; dropped");
+            continue;
+        }
         let has_upstreams = !config.upstreams.is_empty();
         let (header, query) = match classify(packet, resolver.as_ref(), has_upstreams) {
             Action::Ignore => continue,
@@ -174,6 +294,25 @@ pub async fn serve_with(
                 continue;
             }
             Action::Forward { header, query } => (header, query),
+        };
+        let ports = match resolver.policy(peer.ip()) {
+            DnsPolicy::Forward => None,
+            DnsPolicy::LocalOnly => {
+                reply_refused(&socket, &header, &query, peer, "egress none").await;
+                continue;
+            }
+            DnsPolicy::Allow(allowed) => {
+                let name = query.name().to_ascii();
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                match allowed_ports(&allowed, &name) {
+                    Some(ports) => Some(ports),
+                    None => {
+                        reply_refused(&socket, &header, &query, peer, "not on the allow list")
+                            .await;
+                        continue;
+                    }
+                }
+            }
         };
         if !has_upstreams {
             reply_servfail(&socket, &header, &query, peer, false, "no upstream").await;
@@ -187,11 +326,20 @@ pub async fn serve_with(
         let socket = Arc::clone(&socket);
         let config = Arc::clone(&config);
         let shutdown = shutdown.clone();
+        let resolver = Arc::clone(&resolver);
         tracker.spawn(async move {
             let _permit = permit;
             let answer = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 answer = forward(&packet, &config.upstreams, config.upstream_timeout) => answer,
+            };
+            let answer = match (answer, ports) {
+                (Some(answer), Some(ports)) => {
+                    learn(resolver.as_ref(), peer.ip(), &answer, &ports, &query)
+                        .await
+                        .then_some(answer)
+                }
+                (answer, _) => answer,
             };
             match answer {
                 Some(answer) => {
@@ -212,6 +360,12 @@ pub async fn serve_with(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Whether `ip` is one of this host's own addresses: binding to it works
+/// only then (no `IP_FREEBIND`).
+fn is_host_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Nameservers named by resolv.conf `text`, on port 53, in order and
@@ -444,6 +598,63 @@ async fn reply_servfail(
     send(socket, &reply, peer).await;
 }
 
+/// Adds the public A records of an answer for an allowed name to the
+/// client's egress sets; false (the answer is withheld, the client gets
+/// SERVFAIL) when that fails or the answer does not parse.
+async fn learn(
+    resolver: &dyn VmResolver,
+    client: IpAddr,
+    answer: &[u8],
+    ports: &[Option<u16>],
+    query: &Query,
+) -> bool {
+    let Some((entries, ttl)) = learned_entries(answer, ports) else {
+        tracing::warn!(name = %query.name(), "DNS answer for an allowed name does not parse; withheld");
+        return false;
+    };
+    if entries.is_empty() {
+        return true;
+    }
+    let count = entries.len();
+    match resolver.learn(client, entries, ttl).await {
+        Ok(()) => {
+            tracing::debug!(name = %query.name(), %client, count, ttl, "egress allowed for resolved addresses");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(name = %query.name(), %client, error = %e, "could not allow resolved addresses; answer withheld");
+            false
+        }
+    }
+}
+
+async fn reply_refused(
+    socket: &UdpSocket,
+    header: &Header,
+    query: &Query,
+    peer: SocketAddr,
+    why: &str,
+) {
+    tracing::debug!(
+        name = %query.name(),
+        qtype = %query.query_type(),
+        rcode = %ResponseCode::Refused,
+        %peer,
+        why,
+        "DNS query refused by egress policy"
+    );
+    if let Ok(reply) = response(
+        header,
+        Some(query),
+        ResponseCode::Refused,
+        None,
+        false,
+        true,
+    ) {
+        send(socket, &reply, peer).await;
+    }
+}
+
 async fn send(socket: &UdpSocket, packet: &[u8], peer: SocketAddr) {
     if let Err(e) = socket.send_to(packet, peer).await {
         tracing::debug!(%peer, error = %e, "DNS reply not sent");
@@ -555,10 +766,14 @@ mod tests {
 
     impl Server {
         async fn start(config: DnsConfig) -> Self {
+            Self::start_with(config, resolver()).await
+        }
+
+        async fn start_with(config: DnsConfig, resolver: Arc<dyn VmResolver>) -> Self {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = socket.local_addr().unwrap();
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve_with(socket, resolver(), config, shutdown.clone()));
+            let task = tokio::spawn(serve_with(socket, resolver, config, shutdown.clone()));
             Self {
                 addr,
                 shutdown,
@@ -846,6 +1061,7 @@ mod tests {
             upstreams: vec![silent],
             upstream_timeout: Duration::from_secs(3),
             max_in_flight: 1,
+            ..DnsConfig::default()
         })
         .await;
         let socket = client().await;
@@ -1006,6 +1222,185 @@ options edns0 trust-ad
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{output:?}");
         assert_eq!(stdout.trim(), WEB_IP.to_string());
+        server.stop().await;
+    }
+
+    /// A resolver with one policy for every client, recording what it is
+    /// asked to learn.
+    #[derive(Debug)]
+    struct PolicyResolver {
+        policy: DnsPolicy,
+        fail_learn: bool,
+        learned: std::sync::Mutex<Vec<(Vec<EgressEntry>, u32)>>,
+    }
+
+    impl VmResolver for PolicyResolver {
+        fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+            (name == "web").then_some(WEB_IP)
+        }
+
+        fn policy(&self, _client: IpAddr) -> DnsPolicy {
+            self.policy.clone()
+        }
+
+        fn learn(
+            &self,
+            _client: IpAddr,
+            entries: Vec<EgressEntry>,
+            ttl_secs: u32,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            self.learned.lock().unwrap().push((entries, ttl_secs));
+            let fail = self.fail_learn;
+            Box::pin(async move {
+                if fail {
+                    Err("helper says no".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn policy_resolver(policy: DnsPolicy, fail_learn: bool) -> Arc<PolicyResolver> {
+        Arc::new(PolicyResolver {
+            policy,
+            fail_learn,
+            learned: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn dns_answers_only_clients_in_its_subnet() {
+        let config = |subnet: &str| DnsConfig {
+            clients: Some(subnet.parse().unwrap()),
+            admit_host: false,
+            ..DnsConfig::default()
+        };
+        let outside = Server::start(config("10.77.0.0/24")).await;
+        let socket = client().await;
+        socket
+            .send_to(&query_bytes(40, "web.vm.", RecordType::A), outside.addr)
+            .await
+            .unwrap();
+        // Nothing comes back to a client outside the subnet (no answer, no
+        // error: the server is no reflector).
+        assert!(
+            recv_id(&socket, 40, Duration::from_millis(500))
+                .await
+                .is_none()
+        );
+        outside.stop().await;
+        let inside = Server::start(config("127.0.0.0/16")).await;
+        let answer = ask(inside.addr, 41, "web.vm.", RecordType::A).await;
+        assert_eq!(a_records(&answer), vec![WEB_IP]);
+        inside.stop().await;
+        // The host's own addresses (127.0.0.1 here) are the host asking.
+        let host = Server::start(DnsConfig {
+            admit_host: true,
+            ..config("10.77.0.0/24")
+        })
+        .await;
+        let answer = ask(host.addr, 42, "web.vm.", RecordType::A).await;
+        assert_eq!(a_records(&answer), vec![WEB_IP]);
+        host.stop().await;
+        assert!(!is_host_address("192.0.2.1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn dns_egress_none_answers_only_vm_names() {
+        let (upstream, mut seen) = fake_upstream(Some(Ipv4Addr::new(192, 0, 2, 80))).await;
+        let resolver = policy_resolver(DnsPolicy::LocalOnly, false);
+        let server = Server::start_with(DnsConfig::new(vec![upstream]), resolver).await;
+        let answer = ask(server.addr, 50, "example.com.", RecordType::A).await;
+        assert_eq!(answer.response_code(), ResponseCode::Refused);
+        assert!(answer.answers().is_empty());
+        let answer = ask(server.addr, 51, "web.vm.", RecordType::A).await;
+        assert_eq!(a_records(&answer), vec![WEB_IP]);
+        assert!(seen.try_recv().is_err(), "nothing was forwarded");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn dns_egress_allow_forwards_covered_names_and_learns_their_addresses() {
+        let public = Ipv4Addr::new(198, 51, 100, 7);
+        let (upstream, mut seen) = fake_upstream(Some(public)).await;
+        let resolver = policy_resolver(
+            DnsPolicy::Allow(vec![
+                AllowedName {
+                    pattern: "svc.example.com".into(),
+                    port: None,
+                },
+                AllowedName {
+                    pattern: "*.api.example".into(),
+                    port: Some(443),
+                },
+            ]),
+            false,
+        );
+        let server =
+            Server::start_with(DnsConfig::new(vec![upstream]), Arc::clone(&resolver) as _).await;
+        let answer = ask(server.addr, 60, "SVC.example.com.", RecordType::A).await;
+        assert_eq!(a_records(&answer), vec![public]);
+        let answer = ask(server.addr, 61, "v1.api.example.", RecordType::A).await;
+        assert_eq!(a_records(&answer), vec![public]);
+        for (id, name) in [
+            (62, "api.example."),
+            (63, "other.example.com."),
+            (64, "svc.example.com.evil.test."),
+            (65, "xapi.example."),
+        ] {
+            let answer = ask(server.addr, id, name, RecordType::A).await;
+            assert_eq!(answer.response_code(), ResponseCode::Refused, "{name}");
+        }
+        assert_eq!(
+            *resolver.learned.lock().unwrap(),
+            [
+                (
+                    vec![EgressEntry {
+                        addr: public,
+                        port: None
+                    }],
+                    300
+                ),
+                (
+                    vec![EgressEntry {
+                        addr: public,
+                        port: Some(443)
+                    }],
+                    300
+                ),
+            ]
+        );
+        assert!(seen.recv().await.is_some());
+        assert!(seen.recv().await.is_some());
+        assert!(seen.try_recv().is_err(), "refused names were not forwarded");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn dns_egress_allow_withholds_what_it_could_not_allow_and_skips_private_answers() {
+        let allow = DnsPolicy::Allow(vec![AllowedName {
+            pattern: "svc.example.com".into(),
+            port: None,
+        }]);
+        let (upstream, _seen) = fake_upstream(Some(Ipv4Addr::new(198, 51, 100, 7))).await;
+        let failing = policy_resolver(allow.clone(), true);
+        let server = Server::start_with(DnsConfig::new(vec![upstream]), failing).await;
+        let answer = ask(server.addr, 70, "svc.example.com.", RecordType::A).await;
+        assert_eq!(answer.response_code(), ResponseCode::ServFail);
+        assert!(answer.answers().is_empty());
+        server.stop().await;
+
+        let (upstream, _seen) = fake_upstream(Some(Ipv4Addr::new(169, 254, 169, 254))).await;
+        let resolver = policy_resolver(allow, false);
+        let server =
+            Server::start_with(DnsConfig::new(vec![upstream]), Arc::clone(&resolver) as _).await;
+        let answer = ask(server.addr, 71, "svc.example.com.", RecordType::A).await;
+        assert_eq!(answer.response_code(), ResponseCode::NoError);
+        assert!(
+            resolver.learned.lock().unwrap().is_empty(),
+            "a link-local answer is never allowed"
+        );
         server.stop().await;
     }
 }

@@ -14,7 +14,7 @@ use crate::Error;
 use crate::config::{Settings, Subnet};
 use crate::error::quote;
 use crate::host::{Host, LinkKind};
-use crate::{features, safepath, validate};
+use crate::{egress, features, safepath, validate};
 
 /// Who is calling, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,30 +38,16 @@ impl Outcome {
 }
 
 /// The nftables script [`HelperCall::NatEnsure`] applies in one
-/// transaction: create-then-delete makes it work whether or not the table
-/// exists, so applying it twice leaves exactly one set of rules.
+/// transaction: masquerade, and the base chains of banger's `ip` and
+/// `bridge` tables (see [`crate::egress::base_script`]). Applying it twice
+/// leaves one set of rules, and per-VM egress rules survive it.
 pub fn nat_script(subnet: &Subnet, bridge: &str) -> String {
-    format!(
-        "table ip {NFT_TABLE}
-delete table ip {NFT_TABLE}
-table ip {NFT_TABLE} {{
-	chain postrouting {{
-		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr {subnet} oifname != \"{bridge}\" masquerade
-	}}
-	chain forward {{
-		type filter hook forward priority filter; policy accept;
-		iifname \"{bridge}\" accept
-		oifname \"{bridge}\" ct state established,related accept
-	}}
-}}
-"
-    )
+    crate::egress::base_script(subnet, bridge)
 }
 
-/// Removes banger's table whether or not it exists.
+/// Removes banger's tables (`ip` and `bridge`) whether or not they exist.
 pub fn nat_remove_script() -> String {
-    format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n")
+    crate::egress::remove_script()
 }
 
 /// Checks calls and carries them out on a [`Host`].
@@ -177,6 +163,49 @@ impl<H: Host> Dispatcher<H> {
                 let addr = SocketAddrV4::new(s.subnet.gateway(), 53);
                 Ok(Outcome::Socket(self.host.bind_udp(addr)?))
             }
+            HelperCall::EgressApply { tap, addr, rules } => {
+                egress::vm_addr(*addr, &s.subnet)?;
+                egress::rules(rules)?;
+                self.check_own_tap(caller, tap, false)?;
+                self.host
+                    .nft_apply(&egress::apply_script(tap, *addr, rules))?;
+                Ok(Outcome::done())
+            }
+            HelperCall::EgressResolved {
+                tap,
+                addr,
+                entries,
+                ttl_secs,
+            } => {
+                egress::vm_addr(*addr, &s.subnet)?;
+                let ttl = egress::resolved(entries, *ttl_secs)?;
+                self.check_own_tap(caller, tap, false)?;
+                self.host
+                    .nft_apply(&egress::resolved_script(*addr, entries, ttl))?;
+                Ok(Outcome::done())
+            }
+            HelperCall::EgressClear { tap, addr } => {
+                egress::vm_addr(*addr, &s.subnet)?;
+                self.check_own_tap(caller, tap, true)?;
+                self.host.nft_apply(&egress::clear_script(tap, *addr))?;
+                Ok(Outcome::done())
+            }
+        }
+    }
+
+    /// `tap` is a banger TAP name and, if it exists, a TAP owned by the
+    /// caller. A missing one is `not_found` unless `may_be_gone` (clearing
+    /// the rules of a TAP already deleted).
+    fn check_own_tap(&self, caller: Caller, tap: &str, may_be_gone: bool) -> Result<(), Error> {
+        validate::tap_name(tap)?;
+        match self.host.link(tap)? {
+            None if may_be_gone => Ok(()),
+            None => Err(Error::NotFound(format!("no tap device {tap}"))),
+            Some(l) if l.kind == LinkKind::Tap && l.owner_uid == Some(caller.uid) => Ok(()),
+            Some(l) if l.kind == LinkKind::Tap => Err(Error::NotAllowed(format!(
+                "{tap} is not owned by the caller"
+            ))),
+            Some(_) => Err(Error::NotAllowed(format!("{tap} is not a tap device"))),
         }
     }
 
@@ -773,7 +802,11 @@ mod tests {
         reply(f.d.call(f.me, &call));
         reply(f.d.call(f.me, &call));
         let script = f.d.host().with(|s| s.nft.clone()).unwrap();
-        assert!(script.starts_with("table ip banger\ndelete table ip banger\n"));
+        // Base chains are flushed and refilled; the table itself (and the
+        // per-VM egress chains in it) is never deleted.
+        assert!(!script.contains("delete"), "{script}");
+        assert!(script.contains("flush chain ip banger forward"));
+        assert!(script.contains("flush chain bridge banger prerouting"));
         assert_eq!(script.matches("masquerade").count(), 1);
         assert!(script.contains("ip saddr 10.231.9.0/24 oifname != \"bgunit0\" masquerade"));
         assert!(f.d.host().with(|s| s.ip_forward));
@@ -1127,6 +1160,258 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(f.d.host().actions(), ["bind_udp 10.231.9.1:53"]);
+    }
+
+    fn egress_fixture() -> Fixture {
+        let f = fixture();
+        f.d.call(
+            f.me,
+            &HelperCall::BridgeEnsure {
+                name: "bgunit0".into(),
+            },
+        )
+        .unwrap();
+        f.d.call(
+            f.me,
+            &HelperCall::TapCreate {
+                name: "bgtap1".into(),
+                owner_uid: f.me.uid,
+                bridge: "bgunit0".into(),
+            },
+        )
+        .unwrap();
+        // Another allowed uid's TAP.
+        f.d.host().with(|s| {
+            s.links.insert(
+                "bgtap2".into(),
+                Link {
+                    name: "bgtap2".into(),
+                    kind: LinkKind::Tap,
+                    master: Some("bgunit0".into()),
+                    owner_uid: Some(4242),
+                },
+            )
+        });
+        f
+    }
+
+    fn allow_rules() -> banger_proto::helper::EgressRules {
+        use banger_proto::helper::{EgressNet, EgressPort, EgressRuleMode, EgressRules};
+        EgressRules {
+            mode: EgressRuleMode::Allow,
+            nets: vec![EgressNet {
+                addr: "203.0.113.0".parse().unwrap(),
+                prefix: 24,
+            }],
+            ports: vec![EgressPort {
+                addr: "198.51.100.7".parse().unwrap(),
+                port: 443,
+            }],
+        }
+    }
+
+    #[test]
+    fn egress_apply_writes_the_vms_chain_and_its_taps_anti_spoofing() {
+        use banger_proto::helper::{EgressRuleMode, EgressRules};
+        let f = egress_fixture();
+        let apply = |tap: &str, addr: &str, rules: EgressRules| HelperCall::EgressApply {
+            tap: tap.into(),
+            addr: addr.parse().unwrap(),
+            rules,
+        };
+        reply(f.d.call(f.me, &apply("bgtap1", "10.231.9.7", allow_rules())));
+        let script = f.d.host().with(|s| s.nft_last.clone()).unwrap();
+        for want in [
+            "add element ip banger vms { 10.231.9.7 : jump vm_10_231_9_7 }",
+            "flush chain ip banger vm_10_231_9_7",
+            "add element ip banger vm_10_231_9_7_nets { 203.0.113.0/24 }",
+            "add element ip banger vm_10_231_9_7_ports { 198.51.100.7 . 443 }",
+            "add rule ip banger vm_10_231_9_7 ip daddr @vm_10_231_9_7_dns accept",
+            "add rule ip banger vm_10_231_9_7 reject with icmp type admin-prohibited",
+            "add element bridge banger isolated { \"bgtap1\" }",
+            "add rule bridge banger tap_bgtap1 ether type ip ip saddr 10.231.9.7 accept",
+            "add rule bridge banger tap_bgtap1 ether type arp arp saddr ip 10.231.9.7 accept",
+            "add rule bridge banger tap_bgtap1 drop",
+        ] {
+            assert!(script.contains(want), "{want}\n{script}");
+        }
+        // The DNS-learned sets are declared, never flushed by an apply.
+        assert!(!script.contains("flush set ip banger vm_10_231_9_7_dns"));
+        let internet = EgressRules {
+            mode: EgressRuleMode::Internet,
+            nets: vec![],
+            ports: vec![],
+        };
+        reply(f.d.call(f.me, &apply("bgtap1", "10.231.9.7", internet.clone())));
+        let script = f.d.host().with(|s| s.nft_last.clone()).unwrap();
+        assert!(script.contains("169.254.0.0/16"), "{script}");
+        assert!(script.contains("add rule ip banger vm_10_231_9_7 accept"));
+        assert_eq!(
+            script.matches("add element bridge banger isolated").count(),
+            1,
+            "only the add-then-delete: {script}"
+        );
+
+        let mut with_nets = internet.clone();
+        with_nets.nets = allow_rules().nets;
+        let mut too_many = allow_rules();
+        too_many.ports = vec![too_many.ports[0]; 257];
+        let mut host_bits = allow_rules();
+        host_bits.nets[0].prefix = 16;
+        let mut port0 = allow_rules();
+        port0.ports[0].port = 0;
+        let cases = [
+            (
+                apply("bgtap1", "10.231.9.1", internet.clone()),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.0", internet.clone()),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.255", internet.clone()),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.8.7", internet.clone()),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.7", with_nets),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.7", too_many),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.7", host_bits),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap1", "10.231.9.7", port0),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                apply("bgtap2", "10.231.9.7", internet.clone()),
+                HelperErrorCode::NotAllowed,
+            ),
+            (
+                apply("bgtap3", "10.231.9.7", internet.clone()),
+                HelperErrorCode::NotFound,
+            ),
+            (
+                apply("eth0", "10.231.9.7", internet.clone()),
+                HelperErrorCode::InvalidName,
+            ),
+            (
+                apply("bgunit0", "10.231.9.7", internet),
+                HelperErrorCode::InvalidName,
+            ),
+        ];
+        let before = f.d.host().actions().len();
+        for (call, want) in cases {
+            assert_eq!(code(f.d.call(f.me, &call)), want, "{call:?}");
+        }
+        assert_eq!(
+            f.d.host().actions().len(),
+            before,
+            "a refused call touched nft"
+        );
+    }
+
+    #[test]
+    fn egress_resolved_is_bounded_public_and_clamped() {
+        use banger_proto::helper::EgressEntry;
+        let f = egress_fixture();
+        let entry = |a: &str, port: Option<u16>| EgressEntry {
+            addr: a.parse().unwrap(),
+            port,
+        };
+        let resolved = |entries: Vec<EgressEntry>, ttl: u32| HelperCall::EgressResolved {
+            tap: "bgtap1".into(),
+            addr: "10.231.9.7".parse().unwrap(),
+            entries,
+            ttl_secs: ttl,
+        };
+        reply(f.d.call(
+            f.me,
+            &resolved(
+                vec![
+                    entry("198.51.100.9", None),
+                    entry("198.51.100.9", Some(443)),
+                ],
+                1,
+            ),
+        ));
+        let script = f.d.host().with(|s| s.nft_last.clone()).unwrap();
+        assert!(
+            script.contains("add element ip banger vm_10_231_9_7_dns { 198.51.100.9 timeout 30s }"),
+            "{script}"
+        );
+        assert!(script.contains(
+            "add element ip banger vm_10_231_9_7_dns_ports { 198.51.100.9 . 443 timeout 30s }"
+        ));
+        reply(f.d.call(f.me, &resolved(vec![entry("198.51.100.9", None)], u32::MAX)));
+        let script = f.d.host().with(|s| s.nft_last.clone()).unwrap();
+        assert!(script.contains("timeout 86400s"), "{script}");
+        let before = f.d.host().actions().len();
+        for (call, want) in [
+            (resolved(vec![], 60), HelperErrorCode::InvalidArgument),
+            (
+                resolved(vec![entry("198.51.100.9", None); 257], 60),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                resolved(vec![entry("198.51.100.9", Some(0))], 60),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                resolved(vec![entry("169.254.169.254", None)], 60),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                resolved(vec![entry("127.0.0.1", None)], 60),
+                HelperErrorCode::InvalidArgument,
+            ),
+            (
+                resolved(vec![entry("10.0.0.5", Some(22))], 60),
+                HelperErrorCode::InvalidArgument,
+            ),
+        ] {
+            assert_eq!(code(f.d.call(f.me, &call)), want, "{call:?}");
+        }
+        assert_eq!(f.d.host().actions().len(), before);
+    }
+
+    #[test]
+    fn egress_clear_removes_everything_even_for_a_gone_tap() {
+        let f = egress_fixture();
+        let clear = |tap: &str| HelperCall::EgressClear {
+            tap: tap.into(),
+            addr: "10.231.9.7".parse().unwrap(),
+        };
+        reply(f.d.call(f.me, &clear("bgtap1")));
+        let script = f.d.host().with(|s| s.nft_last.clone()).unwrap();
+        for want in [
+            "delete element ip banger vms { 10.231.9.7 }",
+            "delete chain ip banger vm_10_231_9_7",
+            "delete set ip banger vm_10_231_9_7_dns_ports",
+            "delete element bridge banger taps { \"bgtap1\" }",
+            "delete chain bridge banger tap_bgtap1",
+        ] {
+            assert!(script.contains(want), "{want}\n{script}");
+        }
+        reply(f.d.call(f.me, &clear("bgtap9")));
+        assert_eq!(
+            code(f.d.call(f.me, &clear("bgtap2"))),
+            HelperErrorCode::NotAllowed
+        );
+        assert_eq!(
+            code(f.d.call(f.me, &clear("tap0"))),
+            HelperErrorCode::InvalidName
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the helper's config turns on the [`HelperFeature`] that needs them.
 //!
 //! The daemon (`crates/daemon/src/network/`) uses `ping`, `bridge_ensure`,
-//! `tap_create`, `tap_delete`, `tap_list`, `nat_ensure` and `dns_socket`;
+//! `tap_create`, `tap_delete`, `tap_list`, `nat_ensure`, `dns_socket` and
+//! the egress calls (`egress_apply`, `egress_resolved`, `egress_clear`);
 //! those need no feature. Loop and device-mapper calls wait for a VMM that
 //! uses them (`devices`), and signals, socket chown and bridge/NAT removal
 //! have no caller today. `banger-helper teardown` is a local command, not a
@@ -24,7 +25,10 @@ pub fn required(call: &HelperCall) -> Option<HelperFeature> {
         | HelperCall::TapDelete { .. }
         | HelperCall::TapList
         | HelperCall::NatEnsure { .. }
-        | HelperCall::DnsSocket => None,
+        | HelperCall::DnsSocket
+        | HelperCall::EgressApply { .. }
+        | HelperCall::EgressResolved { .. }
+        | HelperCall::EgressClear { .. } => None,
         HelperCall::LoopAttach { .. }
         | HelperCall::LoopDetach { .. }
         | HelperCall::DmSnapshotCreate { .. }

@@ -27,6 +27,7 @@
 pub mod client;
 pub mod config;
 pub mod dispatch;
+pub mod egress;
 mod error;
 pub mod features;
 pub mod host;

@@ -12,6 +12,7 @@
 //! single `sendmsg`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,95 @@ pub enum HelperCall {
     /// A UDP socket bound to port 53 on the bridge's gateway address, passed
     /// back as a file descriptor, for the daemon's DNS server.
     DnsSocket,
+    /// Replaces the egress rules of the VM at `addr` (a guest address of
+    /// the subnet) on TAP `tap` (a banger TAP of the caller): its per-VM
+    /// chain and sets in banger's nftables tables, and the TAP's
+    /// anti-spoofing rules. Addresses learned through DNS are kept.
+    EgressApply {
+        tap: String,
+        addr: Ipv4Addr,
+        rules: EgressRules,
+    },
+    /// Adds addresses (and `addr:port` pairs) the daemon's DNS server
+    /// resolved for an `allow` VM to its sets, expiring after `ttl_secs`
+    /// (clamped to [`EGRESS_TTL_SECS`]).
+    EgressResolved {
+        tap: String,
+        addr: Ipv4Addr,
+        entries: Vec<EgressEntry>,
+        ttl_secs: u32,
+    },
+    /// Removes every egress rule, set and map element of the VM at `addr`
+    /// and of TAP `tap` (idempotent; the TAP may be gone already).
+    EgressClear { tap: String, addr: Ipv4Addr },
+}
+
+/// Most entries (networks plus `addr:port` pairs) one [`EgressRules`] may
+/// carry: the size of an `allow=` list.
+pub const MAX_EGRESS_RULES: usize = 256;
+
+/// Most entries one [`HelperCall::EgressResolved`] may carry.
+pub const MAX_EGRESS_RESOLVED_PER_CALL: usize = 256;
+
+/// Most DNS-learned elements a VM's sets hold at once (each set's `size`):
+/// past it, adding more fails until some expire.
+pub const MAX_EGRESS_RESOLVED: usize = 4096;
+
+/// How long a DNS-learned address stays allowed: the answer's TTL, within
+/// these bounds (seconds).
+pub const EGRESS_TTL_SECS: std::ops::RangeInclusive<u32> = 30..=86_400;
+
+/// A VM's egress policy as the helper enforces it: names already resolved
+/// away, only addresses left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRules {
+    pub mode: EgressRuleMode,
+    /// `allow` only: networks reachable on every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<EgressNet>,
+    /// `allow` only: single TCP/UDP ports of single addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EgressPort>,
+}
+
+/// The egress modes (see `banger_proto::Egress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressRuleMode {
+    /// Public addresses only.
+    Internet,
+    /// Nothing but banger's DNS.
+    None,
+    /// Only the listed networks and ports, and what DNS answered.
+    Allow,
+    /// Everything, the host included.
+    Open,
+}
+
+/// An IPv4 network, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressNet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// One port of one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPort {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A DNS-learned address: every port, or only `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    pub addr: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl HelperCall {
@@ -125,6 +215,9 @@ impl HelperCall {
             Self::SignalVmm { .. } => "signal_vmm",
             Self::ChownSocket { .. } => "chown_socket",
             Self::DnsSocket => "dns_socket",
+            Self::EgressApply { .. } => "egress_apply",
+            Self::EgressResolved { .. } => "egress_resolved",
+            Self::EgressClear { .. } => "egress_clear",
         }
     }
 }

@@ -7,8 +7,9 @@
 use std::path::PathBuf;
 
 use banger_proto::helper::{
-    HELPER_PROTOCOL_VERSION, HelperCall, HelperConfig, HelperError, HelperErrorCode, HelperInfo,
-    HelperReply, HelperRequest, HelperResponse, TapInfo,
+    EgressEntry, EgressNet, EgressPort, EgressRuleMode, EgressRules, HELPER_PROTOCOL_VERSION,
+    HelperCall, HelperConfig, HelperError, HelperErrorCode, HelperInfo, HelperReply, HelperRequest,
+    HelperResponse, TapInfo,
 };
 
 fn request(call: HelperCall) -> HelperRequest {
@@ -67,6 +68,49 @@ fn every_call_round_trips_and_is_pinned() {
             path: PathBuf::from("/run/user/1000/banger/vms/x/vsock.sock"),
         },
         HelperCall::DnsSocket,
+        HelperCall::EgressApply {
+            tap: "bgtap0".into(),
+            addr: "10.77.0.2".parse().unwrap(),
+            rules: EgressRules {
+                mode: EgressRuleMode::Allow,
+                nets: vec![EgressNet {
+                    addr: "203.0.113.0".parse().unwrap(),
+                    prefix: 24,
+                }],
+                ports: vec![EgressPort {
+                    addr: "198.51.100.7".parse().unwrap(),
+                    port: 443,
+                }],
+            },
+        },
+        HelperCall::EgressApply {
+            tap: "bgtap0".into(),
+            addr: "10.77.0.2".parse().unwrap(),
+            rules: EgressRules {
+                mode: EgressRuleMode::Internet,
+                nets: vec![],
+                ports: vec![],
+            },
+        },
+        HelperCall::EgressResolved {
+            tap: "bgtap0".into(),
+            addr: "10.77.0.2".parse().unwrap(),
+            entries: vec![
+                EgressEntry {
+                    addr: "198.51.100.9".parse().unwrap(),
+                    port: None,
+                },
+                EgressEntry {
+                    addr: "198.51.100.10".parse().unwrap(),
+                    port: Some(443),
+                },
+            ],
+            ttl_secs: 300,
+        },
+        HelperCall::EgressClear {
+            tap: "bgtap0".into(),
+            addr: "10.77.0.2".parse().unwrap(),
+        },
     ];
     let mut lines = Vec::new();
     for call in calls {

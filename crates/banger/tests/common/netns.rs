@@ -37,7 +37,7 @@ pub fn must(program: &str, args: &[&str]) -> String {
 /// banger one. Torn down on drop.
 pub struct TestNet {
     pub ns: String,
-    outside: String,
+    pub outside: String,
     netns_etc: PathBuf,
     server: Child,
     pub server_log: PathBuf,

@@ -211,7 +211,11 @@ impl Handler for methods::VmList {
 
 impl Handler for methods::VmEdit {
     async fn handle(ctx: RequestCtx, p: VmEditParams) -> Result<VmView, RpcError> {
-        let vm = detached(&ctx, |vms, _| async move { vms.edit(&p).await }).await?;
+        let vm = detached(
+            &ctx,
+            |vms, op| async move { vms.edit_as(&p, op.id()).await },
+        )
+        .await?;
         Ok(ctx.state.vms.view(&vm).await?)
     }
 }

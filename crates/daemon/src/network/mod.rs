@@ -15,6 +15,7 @@
 //! is being set up) comes before the std mutexes, which are leaves and are
 //! never held across an await.
 
+mod egress;
 mod error;
 mod pool;
 mod proxy;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use banger_proto::helper::{HelperCall, HelperReply};
-use banger_proto::{PortProto, PublishSpec};
+use banger_proto::{Egress, PortProto, PublishSpec};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,6 +35,7 @@ use crate::db::Db;
 use crate::error::chain;
 use crate::helper_client::{HelperClient, HelperClientError};
 use crate::op::OpId;
+pub use egress::{EgressTable, HeldTap, rules_for};
 pub use error::NetworkError;
 pub use pool::TapPool;
 pub use subnet::{Subnet, mac_for};
@@ -81,6 +83,7 @@ pub struct Network {
     bridge: Mutex<Option<Bridge>>,
     pool: Mutex<TapPool>,
     names: Arc<NameTable>,
+    egress: Arc<EgressTable>,
     proxies: proxy::Proxies,
     shutdown: CancellationToken,
 }
@@ -112,6 +115,7 @@ impl Network {
             bridge: Mutex::new(None),
             pool: Mutex::new(TapPool::default()),
             names: Arc::default(),
+            egress: Arc::default(),
             proxies: proxy::Proxies::default(),
             shutdown,
         }
@@ -160,7 +164,7 @@ impl Network {
     pub async fn ready(
         self: &Arc<Self>,
         op: &OpId,
-        held: &[String],
+        held: &[HeldTap],
     ) -> Result<Bridge, NetworkError> {
         if let Some(b) = self.bridge() {
             return Ok(b);
@@ -198,7 +202,9 @@ impl Network {
             )
             .await
             .map_err(helper_err("set up NAT"))?;
-        self.reconcile_taps(op, &bridge, held).await?;
+        let held_names: Vec<String> = held.iter().map(|h| h.tap.clone()).collect();
+        self.reconcile_taps(op, &bridge, &held_names).await?;
+        self.reapply_egress(op, held).await;
         self.start_dns(op, &bridge).await;
         self.refresh_names().await;
         tracing::info!(bridge = %bridge.name, subnet = %bridge.subnet, gateway = %bridge.gateway, "bridged networking ready");
@@ -342,9 +348,90 @@ impl Network {
         tokio::spawn(work.instrument(span));
     }
 
-    /// A VM let its TAP go: back to the pool, or deleted when the pool is
-    /// full. Blocking (it runs in rollbacks too).
+    /// Enforces `egress` for the VM at `ip` on `tap` (docs/networking.md,
+    /// "Egress"). `fresh` (a VM starting) first clears whatever an earlier
+    /// holder of that address or TAP left, DNS-learned addresses included.
+    pub async fn apply_egress(
+        &self,
+        op: &OpId,
+        tap: &str,
+        ip: Ipv4Addr,
+        egress: &Egress,
+        fresh: bool,
+    ) -> Result<(), NetworkError> {
+        if fresh {
+            let clear = HelperCall::EgressClear {
+                tap: tap.to_owned(),
+                addr: ip,
+            };
+            self.helper
+                .call(op, clear)
+                .await
+                .map_err(helper_err(format!("clear the egress rules of {ip}")))?;
+        }
+        let call = HelperCall::EgressApply {
+            tap: tap.to_owned(),
+            addr: ip,
+            rules: rules_for(egress),
+        };
+        self.helper
+            .call(op, call)
+            .await
+            .map_err(helper_err(format!(
+                "apply egress {} to {ip}",
+                egress.mode_name()
+            )))?;
+        self.egress.set(ip, tap, egress);
+        tracing::info!(tap = %tap, ip = %ip, egress = %egress, "egress rules applied");
+        Ok(())
+    }
+
+    /// After a daemon restart: the running VMs' rules again (the helper's
+    /// tables kept them; this repairs any that were lost) and the table
+    /// the DNS server reads.
+    async fn reapply_egress(&self, op: &OpId, held: &[HeldTap]) {
+        if held.is_empty() {
+            return;
+        }
+        let vms = match self.db.call(|s| s.vms()).await {
+            Ok(vms) => vms,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "could not load vms to re-apply their egress rules");
+                return;
+            }
+        };
+        for h in held {
+            let Some(vm) = vms.iter().find(|v| v.id == h.vm_id) else {
+                continue;
+            };
+            if let Err(e) = self.apply_egress(op, &h.tap, h.ip, &vm.egress, false).await {
+                tracing::warn!(vm = %vm.name, tap = %h.tap, error = %chain(&e), "could not re-apply egress rules");
+            }
+        }
+    }
+
+    /// Removes the egress rules of whatever VM `tap` carried. Blocking.
+    fn clear_egress_blocking(&self, tap: &str, op: &OpId) {
+        let Some(ip) = self.egress.remove_tap(tap) else {
+            return;
+        };
+        let call = HelperCall::EgressClear {
+            tap: tap.to_owned(),
+            addr: ip,
+        };
+        match self.helper.call_blocking(op, &call) {
+            Ok(_) => tracing::info!(tap = %tap, ip = %ip, "egress rules cleared"),
+            Err(e) => {
+                tracing::warn!(tap = %tap, ip = %ip, error = %chain(&e), "could not clear egress rules")
+            }
+        }
+    }
+
+    /// A VM let its TAP go: its egress rules cleared, then back to the
+    /// pool, or deleted when the pool is full. Blocking (it runs in
+    /// rollbacks too).
     pub fn release_tap_blocking(&self, name: &str, op: &OpId) {
+        self.clear_egress_blocking(name, op);
         let keep = lock(&self.pool).give_back(name, self.max_idle());
         if keep {
             tracing::info!(tap = %name, "tap returned to the pool");
@@ -433,11 +520,20 @@ impl Network {
         let upstreams =
             crate::dns::upstreams_from_resolv_conf(&resolv, &[IpAddr::V4(bridge.gateway)]);
         tracing::info!(listen = %SocketAddr::from((bridge.gateway, 53)), upstreams = ?upstreams, "dns server started");
-        let resolver: Arc<dyn crate::dns::VmResolver> = self.names.clone();
-        tokio::spawn(crate::dns::serve(
+        let resolver: Arc<dyn crate::dns::VmResolver> = Arc::new(egress::DnsView {
+            names: Arc::clone(&self.names),
+            egress: Arc::clone(&self.egress),
+            helper: self.helper.clone(),
+            op: op.clone(),
+        });
+        let config = crate::dns::DnsConfig {
+            clients: Some(bridge.subnet),
+            ..crate::dns::DnsConfig::new(upstreams)
+        };
+        tokio::spawn(crate::dns::serve_with(
             socket,
             resolver,
-            upstreams,
+            config,
             self.shutdown.clone(),
         ));
     }

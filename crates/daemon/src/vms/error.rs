@@ -29,7 +29,9 @@ pub enum VmError {
     UnknownSignal(#[from] banger_vmm::UnknownSignal),
     #[error("a vm named {0:?} already exists")]
     NameTaken(String),
-    #[error("vm {0} is running; stop it before editing")]
+    #[error(
+        "vm {0} is running; stop it before editing (only --egress of a bridged vm changes while it runs)"
+    )]
     Running(String),
     #[error(
         "vm {0} is running; stop it first (banger vm stop {0}) or delete it anyway with --force"

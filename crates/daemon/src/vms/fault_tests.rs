@@ -224,7 +224,8 @@ async fn a_bridged_vm_whose_vmm_dies_gives_back_its_tap_and_published_ports() {
     // Adopted: its proxy listens again, its TAP is held.
     state.vms.reconcile().await.unwrap();
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
-    assert_eq!(state.vms.held_taps(), vec!["bgtap9".to_owned()]);
+    let held: Vec<String> = state.vms.held_taps().into_iter().map(|h| h.tap).collect();
+    assert_eq!(held, vec!["bgtap9".to_owned()]);
 
     fake.alive.lock().unwrap().remove(&315);
     let after = wait_for_record(&state, "bridged", Duration::from_secs(10), |v| {

@@ -21,7 +21,7 @@ use super::{
     BridgedHandles, Handles, VmError, console_log, remove_handles, save_handles, vm_dir, work_drive,
 };
 use crate::network::{ensure_port_free, free_loopback_port};
-use crate::op::{Cancelled, OpCtx};
+use crate::op::{Cancelled, OpCtx, OpId};
 use crate::ops::now_ms;
 use crate::{disks, validate};
 
@@ -734,10 +734,13 @@ pub(crate) async fn delete_locked(
     Ok(vm)
 }
 
-/// Changes vcpus, memory, disk size or published ports of a stopped VM.
-/// New ports are checked as a create's are (twice, UDP on a bridged VM,
-/// held by another VM or a create in flight, or by anything listening).
-pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
+/// Changes vcpus, memory, disk size, published ports or egress policy of a
+/// stopped VM, or only the egress policy of a running bridged one (applied
+/// at once: the helper replaces its rules and forgets what its DNS
+/// answers had allowed). New ports are checked as a create's are (twice,
+/// UDP on a bridged VM, held by another VM or a create in flight, or by
+/// anything listening).
+pub async fn edit(vms: &Vms, p: &VmEditParams, op: &OpId) -> Result<VmRecord, VmError> {
     if let Some(v) = p.vcpus {
         validate::vcpus(v)?;
     }
@@ -759,8 +762,21 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
         return Err(VmError::NothingToChange);
     }
     let (_guard, mut vm) = locked(vms, &p.name).await?;
+    let egress_only = p.vcpus.is_none()
+        && p.memory_mib.is_none()
+        && p.disk_size_bytes.is_none()
+        && p.publish.is_none();
+    let mut running_bridged = None;
     if is_alive(vms, &vm).await {
-        return Err(VmError::Running(vm.name));
+        let bridged = vms
+            .table
+            .handles(&vm.id)
+            .and_then(|h| h.bridged)
+            .filter(|_| egress_only && vm.network_mode == NetworkMode::Bridged);
+        match bridged {
+            Some(b) => running_bridged = Some(b),
+            None => return Err(VmError::Running(vm.name)),
+        }
     }
     if let Some(publish) = &p.publish {
         super::create::check_publish_network(publish, vm.network_mode)?;
@@ -796,6 +812,11 @@ pub async fn edit(vms: &Vms, p: &VmEditParams) -> Result<VmRecord, VmError> {
         vm.published_ports = publish.clone();
     }
     if let Some(egress) = &p.egress {
+        if let Some(b) = &running_bridged {
+            vms.network
+                .apply_egress(op, &b.tap, b.ip, egress, true)
+                .await?;
+        }
         vm.egress = egress.clone();
     }
     vm.updated_at_ms = now_ms();
@@ -925,6 +946,9 @@ async fn attach_bridged(
             network.release_tap_blocking(&tap, &op)
         });
     }
+    network
+        .apply_egress(ctx.id(), &tap, ip, &vm.egress, true)
+        .await?;
     network.start_proxies(&vm.id, ip, &vm.published_ports)?;
     {
         let network = Arc::clone(&network);

@@ -319,7 +319,17 @@ impl Vms {
 
     /// Changes vcpus, memory, disk size or published ports of a stopped VM.
     pub async fn edit(&self, p: &VmEditParams) -> Result<VmRecord, VmError> {
-        lifecycle::edit(self, p).await
+        lifecycle::edit(self, p, &crate::op::mint()).await
+    }
+
+    /// [`Self::edit`] under the op id of the request (its helper calls,
+    /// when a running VM's egress changes, carry it).
+    pub async fn edit_as(
+        &self,
+        p: &VmEditParams,
+        op: &crate::op::OpId,
+    ) -> Result<VmRecord, VmError> {
+        lifecycle::edit(self, p, op).await
     }
 
     /// Checks a create's input and conflicts, and reserves its name and
@@ -385,7 +395,7 @@ impl Vms {
     }
 
     /// TAP devices held by running VMs.
-    pub fn held_taps(&self) -> Vec<String> {
+    pub fn held_taps(&self) -> Vec<crate::network::HeldTap> {
         self.table.held_taps()
     }
 
@@ -464,10 +474,17 @@ impl VmTable {
     }
 
     /// TAP devices held by running VMs.
-    pub fn held_taps(&self) -> Vec<String> {
+    pub fn held_taps(&self) -> Vec<crate::network::HeldTap> {
         lock(&self.handles)
-            .values()
-            .filter_map(|h| Some(h.bridged.as_ref()?.tap.clone()))
+            .iter()
+            .filter_map(|(id, h)| {
+                let b = h.bridged.as_ref()?;
+                Some(crate::network::HeldTap {
+                    vm_id: id.clone(),
+                    tap: b.tap.clone(),
+                    ip: b.ip,
+                })
+            })
             .collect()
     }
 

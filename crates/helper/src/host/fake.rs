@@ -17,6 +17,8 @@ pub struct State {
     pub addrs: BTreeMap<String, Vec<String>>,
     pub up: Vec<String>,
     pub nft: Option<String>,
+    /// The last script applied, whatever it was.
+    pub nft_last: Option<String>,
     pub ip_forward: bool,
     /// The marker `ip_forward_enable` was given, while it "exists".
     pub ip_forward_marker: Option<PathBuf>,
@@ -137,6 +139,7 @@ impl Host for FakeHost {
     fn nft_apply(&self, script: &str) -> Result<(), Error> {
         self.act("nft_apply".to_owned());
         self.with(|s| {
+            s.nft_last = Some(script.to_owned());
             s.nft = if script.contains("table ip banger {") {
                 Some(script.to_owned())
             } else {
