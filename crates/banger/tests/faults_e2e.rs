@@ -56,27 +56,6 @@ fn vm_dirs(w: &World) -> Vec<String> {
     names
 }
 
-fn vm_names(w: &World) -> Vec<String> {
-    let mut names: Vec<String> = w
-        .banger_json(&["vm", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn image_names(w: &World) -> Vec<String> {
-    w.banger_json(&["image", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn show(w: &World, name: &str) -> Value {
     w.banger_json(&["vm", "show", name])
 }
@@ -252,7 +231,7 @@ fn vm_faults_end_to_end() {
             "failed after {took:?}"
         );
         // Reads go on meanwhile (WAL).
-        assert_eq!(vm_names(&w), ["f1"]);
+        assert_eq!(w.names(&["vm", "list"]), ["f1"]);
         other.execute_batch("ROLLBACK").unwrap();
     }
     w.banger_ok(&["vm", "edit", "f1", "--vcpus", "2"]);
@@ -261,7 +240,11 @@ fn vm_faults_end_to_end() {
     let child = stall_at(&mut w, "delete: directory marked", &["vm", "delete", "f1"]);
     assert_eq!(vm_dirs(&w), [format!(".deleting-{id}")]);
     kill_daemon(&mut w, child);
-    assert!(vm_names(&w).is_empty(), "{:?}", vm_names(&w));
+    assert!(
+        w.names(&["vm", "list"]).is_empty(),
+        "{:?}",
+        w.names(&["vm", "list"])
+    );
     assert!(vm_dirs(&w).is_empty(), "{:?}", vm_dirs(&w));
 
     step("kill -9 of the daemon during a create's disk preparation: nothing is left");
@@ -272,7 +255,11 @@ fn vm_faults_end_to_end() {
     );
     assert_eq!(vm_dirs(&w).len(), 1, "the create's directory exists");
     kill_daemon(&mut w, child);
-    assert!(vm_names(&w).is_empty(), "{:?}", vm_names(&w));
+    assert!(
+        w.names(&["vm", "list"]).is_empty(),
+        "{:?}",
+        w.names(&["vm", "list"])
+    );
     assert!(vm_dirs(&w).is_empty(), "{:?}", vm_dirs(&w));
 
     step("a create whose disks do not fit: a clear error, nothing listed or left");
@@ -287,7 +274,11 @@ fn vm_faults_end_to_end() {
             "{err}"
         );
         assert!(err.contains("No space left on device"), "{err}");
-        assert!(vm_names(&w).is_empty(), "{:?}", vm_names(&w));
+        assert!(
+            w.names(&["vm", "list"]).is_empty(),
+            "{:?}",
+            w.names(&["vm", "list"])
+        );
         assert!(vm_dirs(&w).is_empty(), "{:?}", vm_dirs(&w));
     }
 
@@ -303,7 +294,7 @@ fn vm_faults_end_to_end() {
             err.contains("build image tiny: not enough free space"),
             "{err}"
         );
-        assert!(!image_names(&w).contains(&"tiny".to_owned()));
+        assert!(!w.names(&["image", "list"]).contains(&"tiny".to_owned()));
         let left: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().collect();
         assert!(left.is_empty(), "left in the images directory: {left:?}");
     }

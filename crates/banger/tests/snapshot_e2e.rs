@@ -85,27 +85,6 @@ fn wait_stage(w: &World, kind: &str, stage: &str, within: Duration) {
     }
 }
 
-fn vm_names(w: &World) -> Vec<String> {
-    let mut names: Vec<String> = w
-        .banger_json(&["vm", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn snapshot_names(w: &World) -> Vec<String> {
-    w.banger_json(&["snapshot", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn snapshot_dirs(w: &World) -> Vec<String> {
     std::fs::read_dir(w.root().join("data/banger/snapshots"))
         .map(|d| {
@@ -185,7 +164,7 @@ fn snapshots_end_to_end() {
         .collect();
     assert_eq!(templates.len(), 1, "{templates:?}");
     assert_eq!(
-        vm_names(&w),
+        w.names(&["vm", "list"]),
         ["src"],
         "the template's vm is gone and hidden"
     );
@@ -217,7 +196,7 @@ fn snapshots_end_to_end() {
         "{}",
         text(&out)
     );
-    assert_eq!(vm_names(&w), ["src"]);
+    assert_eq!(w.names(&["vm", "list"]), ["src"]);
     assert_eq!(vm_dirs(&w), 1, "only src's directory is left");
     eprintln!("    run from template took {took:?}");
 
@@ -374,7 +353,10 @@ fn snapshots_end_to_end() {
     );
     assert_eq!(sh(&w, "src", "cat /root/marker2"), "second");
     w.banger_ok(&["vm", "delete", "--force", "h"]);
-    assert!(!snapshot_names(&w).contains(&"h-base".to_owned()));
+    assert!(
+        !w.names(&["snapshot", "list"])
+            .contains(&"h-base".to_owned())
+    );
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("a snapshot in use cannot be deleted; deleting the forks drops their base");
@@ -384,14 +366,18 @@ fn snapshots_end_to_end() {
         "s1 is src's base now: {}",
         text(&out)
     );
-    assert!(snapshot_names(&w).contains(&"f-base".to_owned()));
+    assert!(
+        w.names(&["snapshot", "list"])
+            .contains(&"f-base".to_owned())
+    );
     for f in &forks {
         w.banger_ok(&["vm", "delete", "--force", f]);
     }
     assert!(
-        !snapshot_names(&w).contains(&"f-base".to_owned()),
+        !w.names(&["snapshot", "list"])
+            .contains(&"f-base".to_owned()),
         "{:?}",
-        snapshot_names(&w)
+        w.names(&["snapshot", "list"])
     );
     eprintln!("    {:?}", t.elapsed());
 
@@ -405,7 +391,10 @@ fn snapshots_end_to_end() {
     kill_daemon(&mut w, child);
     let src = w.banger_json(&["vm", "show", "src"]);
     assert_eq!(src["state"], "running", "{src}");
-    assert!(!snapshot_names(&w).contains(&"crash1".to_owned()));
+    assert!(
+        !w.names(&["snapshot", "list"])
+            .contains(&"crash1".to_owned())
+    );
     assert!(
         snapshot_dirs(&w).iter().all(|d| !d.starts_with(".tmp-")),
         "{:?}",
@@ -435,8 +424,11 @@ fn snapshots_end_to_end() {
     kill_daemon(&mut w, child);
     w.banger_ok(&["ping"]);
     assert_eq!(w.banger_json(&["vm", "show", "src"])["state"], "running");
-    assert_eq!(vm_names(&w), ["src"]);
-    assert!(!snapshot_names(&w).contains(&"g-base".to_owned()));
+    assert_eq!(w.names(&["vm", "list"]), ["src"]);
+    assert!(
+        !w.names(&["snapshot", "list"])
+            .contains(&"g-base".to_owned())
+    );
     assert!(
         snapshot_dirs(&w).iter().all(|d| !d.starts_with(".tmp-")),
         "{:?}",
@@ -475,8 +467,8 @@ fn snapshots_end_to_end() {
         qemu_pids_with("banger-snap-").is_empty(),
         "a snapshot builder is left"
     );
-    assert!(!snapshot_names(&w).contains(&"g".to_owned()));
-    assert_eq!(vm_names(&w), ["src", "t2"]);
+    assert!(!w.names(&["snapshot", "list"]).contains(&"g".to_owned()));
+    assert_eq!(w.names(&["vm", "list"]), ["src", "t2"]);
     assert!(
         snapshot_dirs(&w).iter().all(|d| !d.starts_with(".tmp-")),
         "{:?}",
@@ -531,14 +523,14 @@ fn snapshots_end_to_end() {
         dirs_before,
         "the hidden vm's directory is gone"
     );
-    assert_eq!(vm_names(&w), ["src"]);
+    assert_eq!(w.names(&["vm", "list"]), ["src"]);
     assert_eq!(
         common::processes_mentioning(&w.root().join("data/banger/vms")).len(),
         1,
         "only src's qemu runs"
     );
     assert!(
-        snapshot_names(&w)
+        w.names(&["snapshot", "list"])
             .iter()
             .all(|n| !n.starts_with("template-"))
     );

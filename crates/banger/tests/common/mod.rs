@@ -150,6 +150,20 @@ impl World {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The sorted `name`s of what `banger ARGS --json` lists
+    /// (`["vm", "list"]`, `["image", "list"]`...).
+    pub fn names(&self, args: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .banger_json(args)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Runs `banger ARGS --json` and parses stdout whatever the exit
     /// status (`doctor --json` exits 1 on a FAIL), returning both.
     pub fn banger_json_status(&self, args: &[&str]) -> (Option<i32>, Value) {

@@ -74,6 +74,21 @@ fn seed(state: &Arc<DaemonState>) -> VmRecord {
     crate::testing::seed(state, "dev", VmState::Stopped)
 }
 
+/// The seeded VM with a fake agent serving its agent socket (its
+/// directory returned). Like QEMU's agent socket, the fake serves its
+/// first client only: a second connection would never be answered.
+fn seed_with_fake_agent(state: &Arc<DaemonState>) -> (VmRecord, std::path::PathBuf) {
+    let vm = seed(state);
+    let dir = super::super::vm_dir(&state.vms, &vm.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
+    tokio::spawn(crate::agent::tests::fake_agent(
+        listener,
+        AGENT_PROTOCOL_VERSION,
+    ));
+    (vm, dir)
+}
+
 fn handles(dir: &std::path::Path) -> Handles {
     Handles {
         vmm: VmHandle {
@@ -165,16 +180,7 @@ async fn waiting_for_an_agent_stops_when_cancelled() {
 async fn concurrent_callers_share_one_agent_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let state = test_state_with(tmp.path(), Arc::new(Running));
-    let vm = seed(&state);
-    let dir = super::super::vm_dir(&state.vms, &vm.id);
-    std::fs::create_dir_all(&dir).unwrap();
-    // Like QEMU's agent socket, the fake serves its first client only: a
-    // second connection would never be answered.
-    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
-    tokio::spawn(crate::agent::tests::fake_agent(
-        listener,
-        AGENT_PROTOCOL_VERSION,
-    ));
+    let (vm, _) = seed_with_fake_agent(&state);
     let t = Duration::from_secs(3);
     let (a, b, c) = tokio::join!(
         state.guest.open_agent(&vm.id, t),
@@ -223,14 +229,7 @@ async fn bad_environment_variables_are_refused_before_the_guest() {
 async fn a_copy_that_arrives_short_of_its_announced_size_keeps_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let state = test_state_with(tmp.path(), Arc::new(Running));
-    let vm = seed(&state);
-    let dir = super::super::vm_dir(&state.vms, &vm.id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let listener = UnixListener::bind(state.guest.agent_socket(&vm.id)).unwrap();
-    tokio::spawn(crate::agent::tests::fake_agent(
-        listener,
-        AGENT_PROTOCOL_VERSION,
-    ));
+    let (vm, dir) = seed_with_fake_agent(&state);
     state.vms.table.set_handles(&vm.id, handles(&dir));
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
