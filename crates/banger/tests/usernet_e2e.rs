@@ -5,14 +5,15 @@
 //! server on every address of the host:
 //!
 //! - egress `internet` (the default): none answers; the outside does
-//!   (when the host itself reaches it);
+//!   (when the host itself reaches it), and so does DNS (when the host
+//!   resolves); `kill -9` of its QEMU takes the network's processes along;
 //! - `none`: nothing answers, the outside neither, while `vm ssh`,
 //!   `vm exec` and a published port still work;
 //! - `open`: the host-loopback server answers (so the test can fail);
 //! - `allow=` is refused in user mode, naming bridged mode.
 //!
 //! Needs root for the default image build (mmdebstrap), like `vm_e2e`,
-//! and passt (`scripts/deps.sh` installs it).
+//! and pasta (`scripts/deps.sh` installs passt, which has it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -94,6 +95,49 @@ fn outside() -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A DNS query for `example.com` (id 0x1234, recursion desired).
+const DNS_QUERY: &[u8] =
+    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01";
+
+/// Whether the host's first resolver answers [`DNS_QUERY`] (any answer,
+/// NXDOMAIN too: some hosts resolve no public name).
+fn host_resolver_answers() -> bool {
+    let Some(ns) = std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("nameserver").map(|a| a.trim().to_owned()))
+        })
+    else {
+        return false;
+    };
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 512];
+    sock.send_to(DNS_QUERY, (ns.as_str(), 53)).is_ok()
+        && sock
+            .recv(&mut buf)
+            .is_ok_and(|n| n >= 4 && buf[..2] == [0x12, 0x34] && buf[2] & 0x80 != 0)
+}
+
+/// The guest sends [`DNS_QUERY`] to its resolver (`10.0.2.3`) with bash's
+/// `/dev/udp` and prints the answer's first four bytes; true if an answer
+/// to it came.
+fn guest_resolver_answers(w: &World, vm: &str) -> bool {
+    let printf: String = DNS_QUERY.iter().map(|b| format!("\\x{b:02x}")).collect();
+    let script = format!(
+        "exec 3<>/dev/udp/10.0.2.3/53; printf '{printf}' >&3; timeout 5 head -c 4 <&3 | od -An -tx1"
+    );
+    let out = w.banger(&["vm", "exec", vm, "--", "bash", "-c", &script]);
+    let bytes: Vec<u8> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    bytes.len() == 4 && bytes[..2] == [0x12, 0x34] && bytes[2] & 0x80 != 0
+}
+
 fn ssh_banner(port: u16) -> Vec<u8> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
@@ -103,14 +147,13 @@ fn ssh_banner(port: u16) -> Vec<u8> {
     banner.to_vec()
 }
 
-/// The usernet processes (passt, pasta and their supervisor) of `w`.
+/// The usernet processes (pasta and the supervisor) of `w`.
 fn usernet_processes(w: &World) -> Vec<i32> {
-    common::processes_mentioning(&w.root().join("data/banger/vms"))
+    let vms = w.root().join("data/banger/vms");
+    let qemus = common::qemu_pids_with(&vms.to_string_lossy());
+    common::processes_mentioning(&vms)
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| !String::from_utf8_lossy(&c).starts_with("qemu-system"))
-        })
+        .filter(|pid| !qemus.contains(pid))
         .collect()
 }
 
@@ -130,7 +173,7 @@ fn user_mode_egress_end_to_end() {
         return;
     }
     if let Some(tool) = banger_vmm::usernet::missing_tool() {
-        eprintln!("skipped: {tool} is not installed (scripts/deps.sh installs passt)");
+        eprintln!("skipped: {tool} is not installed (scripts/deps.sh installs it)");
         return;
     }
     let mut w = World::new();
@@ -173,38 +216,38 @@ fn user_mode_egress_end_to_end() {
     assert_eq!(shown["egress"]["mode"], "internet", "{shown}");
     let mut all = targets.clone();
     all.extend(outside.clone());
-    // The isolated network is opt-in for now (BANGER_USERNET=passt, see
-    // `isolated_usernet` in crates/daemon/src/vms/lifecycle.rs).
-    let isolated = std::env::var_os("BANGER_USERNET").is_some_and(|v| v == "passt");
-    if !isolated {
-        eprintln!(
-            "    note: BANGER_USERNET=passt not set: egress internet is not isolated yet; not checked"
-        );
-    }
     let open = reachable_from_guest(&w, "un", &all);
-    if isolated {
-        assert!(!usernet_processes(&w).is_empty(), "passt and pasta run");
-        assert!(
-            targets.iter().all(|t| !open.contains(t)),
-            "reachable from the guest: {open:?} (tried {targets:?})"
-        );
-        if let Some(o) = &outside {
-            assert!(open.contains(o), "the outside {o} is unreachable: {open:?}");
-        }
+    assert!(
+        !usernet_processes(&w).is_empty(),
+        "pasta and its supervisor run"
+    );
+    assert!(
+        targets.iter().all(|t| !open.contains(t)),
+        "reachable from the guest: {open:?} (tried {targets:?})"
+    );
+    if let Some(o) = &outside {
+        assert!(open.contains(o), "the outside {o} is unreachable: {open:?}");
     }
     let (lo_before, all_before) = (
         loopback.accepted.load(Ordering::SeqCst),
         everywhere.accepted.load(Ordering::SeqCst),
     );
-    if isolated {
-        assert_eq!((lo_before, all_before), (0, 0));
-    }
+    assert_eq!((lo_before, all_before), (0, 0));
     assert_eq!(ssh_banner(published), b"SSH-", "published port");
+    // DNS goes through the host's resolver, from the host.
+    if host_resolver_answers() {
+        assert!(
+            guest_resolver_answers(&w, "un"),
+            "the guest's resolver does not answer"
+        );
+    } else {
+        eprintln!("    note: the host's resolver does not answer; DNS is not checked");
+    }
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("allow= is refused in user mode, naming bridged mode");
     w.banger_ok(&["vm", "stop", "un"]);
-    assert!(usernet_gone(&w), "stop leaves no passt or pasta");
+    assert!(usernet_gone(&w), "stop leaves no pasta");
     let out = w.banger(&["vm", "edit", "un", "--egress", "allow=example.com"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("bridged"), "{}", text(&out));
@@ -215,6 +258,10 @@ fn user_mode_egress_end_to_end() {
     w.banger_ok(&["vm", "start", "un"]);
     let open = reachable_from_guest(&w, "un", &all);
     assert!(open.is_empty(), "reachable from the guest: {open:?}");
+    assert!(
+        !guest_resolver_answers(&w, "un"),
+        "the guest's resolver answers under egress none"
+    );
     assert_eq!(
         w.banger_ok(&["vm", "ssh", "un", "--", "echo", "hello"])
             .trim(),
@@ -233,17 +280,26 @@ fn user_mode_egress_end_to_end() {
     assert_eq!(open, targets[..1], "the loopback server via 10.0.2.2");
     assert!(loopback.accepted.load(Ordering::SeqCst) > lo_before);
     eprintln!("    {:?}", t.elapsed());
-    if !isolated {
-        w.banger_ok(&["vm", "delete", "--force", "un"]);
-        return;
-    }
 
-    let t = step("back to internet; delete leaves no passt or pasta");
+    let t = step("back to internet; kill -9 of its qemu takes pasta along; delete");
     w.banger_ok(&["vm", "stop", "un"]);
     w.banger_ok(&["vm", "edit", "un", "--egress", "internet"]);
     w.banger_ok(&["vm", "start", "un"]);
-    assert!(!usernet_processes(&w).is_empty(), "passt and pasta run");
+    assert!(
+        !usernet_processes(&w).is_empty(),
+        "pasta and its supervisor run"
+    );
+    let open = reachable_from_guest(&w, "un", &targets[..1]);
+    assert!(open.is_empty(), "a restart is isolated too: {open:?}");
+    let pid = i32::try_from(
+        w.banger_json(&["vm", "show", "un"])["pid"]
+            .as_u64()
+            .unwrap(),
+    )
+    .unwrap();
+    common::signal(pid, "KILL");
+    assert!(usernet_gone(&w), "pasta outlives its qemu");
     w.banger_ok(&["vm", "delete", "--force", "un"]);
-    assert!(usernet_gone(&w), "delete leaves no passt or pasta");
+    assert!(usernet_gone(&w), "delete leaves no pasta");
     eprintln!("    {:?}", t.elapsed());
 }

@@ -93,13 +93,6 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         banger_vmm::usernet::missing_tool(),
         banger_vmm::usernet::userns_disabled(),
     ) {
-        _ if !crate::vms::lifecycle::isolated_usernet() => check(
-            "user-mode isolation",
-            Warn,
-            "egress internet in user mode is not isolated yet: its guests reach the host's \
-             loopback (10.0.2.2) and addresses, as before",
-            Some("for an untrusted guest: --egress none, or --network bridged"),
-        ),
         (Some(tool), _) => check(
             "user-mode isolation",
             Warn,
@@ -107,7 +100,7 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
                 "{tool} not found: user-mode vms with egress internet (the default) cannot start; \
                  --egress open (no isolation) or bridged mode still work"
             ),
-            Some("apt-get install passt nftables util-linux"),
+            Some("apt-get install passt nftables util-linux iproute2"),
         ),
         (None, Some(why)) => check(
             "user-mode isolation",
@@ -121,7 +114,7 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
         (None, None) => check(
             "user-mode isolation",
             Pass,
-            "passt, pasta, unshare and nft found; user namespaces on",
+            "pasta, unshare, nft, mount and ip found; user namespaces on",
             None,
         ),
     };

@@ -79,11 +79,11 @@ impl Vmm for FakeVmm {
     }
     fn launch_usernet(
         &self,
-        spec: &banger_vmm::usernet::UsernetSpec,
+        _: &banger_vmm::usernet::UsernetSpec,
     ) -> Result<banger_vmm::usernet::UsernetHandle, banger_vmm::usernet::UsernetError> {
         Ok(banger_vmm::usernet::UsernetHandle {
             pid: 0,
-            socket: banger_vmm::usernet::UsernetFiles::in_dir(&spec.vm_dir).socket,
+            namespace_pid: 0,
         })
     }
     fn kill_usernet(&self, _: &banger_vmm::usernet::UsernetHandle, _: &str) {}

@@ -19,6 +19,16 @@ pub enum VmmError {
         source: io::Error,
     },
 
+    #[error(
+        "could not join the isolated network's namespaces (holder pid {holder}) for vm {vm_id}"
+    )]
+    JoinNamespaces {
+        vm_id: String,
+        holder: u32,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("{binary} --version printed something unexpected: {output:?}")]
     BadVersion { binary: PathBuf, output: String },
 

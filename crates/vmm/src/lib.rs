@@ -160,10 +160,10 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         Err(not_supported(self.kind(), "restore a vm's state"))
     }
 
-    /// Starts the isolated user-mode network a [`NetBackend::Stream`] NIC
-    /// connects to ([`usernet`]: passt and pasta, processes of their own
+    /// Starts the isolated user-mode network a VMM then joins
+    /// ([`usernet`]: a namespace holder and pasta, processes of their own
     /// that outlive the daemon and leave with the VMM). Blocks until it
-    /// listens.
+    /// is set up and listens on the forwarded ports.
     fn launch_usernet(
         &self,
         spec: &usernet::UsernetSpec,

@@ -146,6 +146,19 @@ pub(crate) fn live_children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Pids of the live processes (see [`is_alive`]) in process group `pgid`.
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let group = pgid.to_string();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).is_some_and(|f| f.get(2) == Some(&group)))
+        .filter(|&pid| is_alive(pid))
+        .collect()
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -40,6 +40,12 @@ pub struct VmSpec {
     pub accel: Accel,
     /// The guest's serial console (ttyS0) is appended to this file.
     pub console_log: PathBuf,
+    /// The VMM joins this process's user, network and mount namespaces
+    /// before it runs: the isolated user-mode network's holder
+    /// ([`crate::usernet::UsernetHandle::namespace_pid`]), so that a
+    /// [`NetBackend::User`] NIC opens the guest's connections from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_namespaces_of: Option<u32>,
 }
 
 /// Firecracker's `boot-source`.
@@ -137,20 +143,17 @@ pub struct NetInterface {
 pub enum NetBackend {
     /// The VMM's own user-mode network (QEMU slirp: guest 10.0.2.15/24,
     /// gateway 10.0.2.2, DNS 10.0.2.3), with host ports forwarded to the guest.
-    /// Slirp connects from the host, so the guest reaches whatever the host
-    /// reaches, the host's loopback included (10.0.2.2 is mapped to it),
-    /// unless `restrict` (QEMU's `restrict=on`): then the guest reaches
-    /// nothing, and only the forwards reach it.
+    /// Slirp connects from the namespace the VMM runs in: from the host's,
+    /// the guest reaches whatever the host reaches, the host's loopback
+    /// included (10.0.2.2 is mapped to it); from the isolated network's
+    /// ([`VmSpec::join_namespaces_of`], [`crate::usernet`]) only what its
+    /// filter lets through. With `restrict` (QEMU's `restrict=on`) the
+    /// guest reaches nothing, and only the forwards reach it.
     User {
         forwards: Vec<PortForward>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         restrict: bool,
     },
-    /// A user-mode network served by another process over a Unix stream
-    /// socket (QEMU `-netdev stream`): passt, run by [`crate::usernet`] in
-    /// a network namespace of its own. Forwards are that process's job.
-    /// No state of it is saved with the VM (like `Tap`).
-    Stream { socket: PathBuf },
     /// An existing TAP device (made by the helper).
     Tap { tap_name: String },
     /// A NIC with nothing behind it (QEMU: a port on a hub of its own):

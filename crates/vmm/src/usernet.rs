@@ -1,28 +1,23 @@
-//! User-mode networking that keeps the guest off the host: passt in a
-//! network namespace of its own, behind pasta (docs/security.md, "Egress").
+//! User-mode networking that keeps the guest off the host: QEMU's slirp
+//! run inside a user, network and mount namespace made for the VM, which
+//! reaches the outside through pasta and a filter (docs/security.md,
+//! "User mode").
 //!
-//! **Status:** opt-in (`BANGER_USERNET=passt`, read by the daemon). The
-//! guest's own connections are filtered as designed, but with Debian 12's
-//! passt (0.0~git20230309) connections forwarded into the guest (SSH,
-//! published ports) stall: passt never acknowledges the guest's SYN-ACK.
-//! Tried by hand and working: QEMU with slirp started inside the filtered
-//! namespace, pasta attached to it (docs/security.md, "User mode").
-//!
-//! QEMU's own user-mode network (slirp) opens the guest's connections from
-//! the host: `10.0.2.2` is the host's `127.0.0.1`, and every address the
-//! host reaches (its own addresses, its LAN, `169.254.169.254`) is the
-//! guest's too. Here the guest's network stack is a `passt` process in a
-//! user and network namespace made for the VM (`unshare --user
-//! --map-root-user --net`, rootless), and that namespace reaches the
-//! outside through `pasta`, which opens its connections from the host:
+//! QEMU's slirp opens the guest's connections from the namespace QEMU runs
+//! in. In the host's, `10.0.2.2` is the host's `127.0.0.1` and every
+//! address the host reaches (its own addresses, its LAN,
+//! `169.254.169.254`) is the guest's too. So for egress `internet` QEMU
+//! joins a namespace of the VM's own (rootless: `unshare --user
+//! --map-root-user --net --mount`), and that namespace reaches the outside
+//! through `pasta`, which opens its connections from the host:
 //!
 //! ```text
-//!  QEMU ──net.sock──▶ passt ─(namespace: nft output filter)─▶ pasta ──▶ the host's sockets
-//!  (host)             (guest 10.0.2.15, gw 10.0.2.2, dns 10.0.2.3)        (host)
+//!  guest ─▶ QEMU slirp ─(namespace: nft output filter)─▶ pasta ──▶ the host's sockets
+//!          (10.0.2.15, gw 10.0.2.2, dns 10.0.2.3)            (host)
 //! ```
 //!
-//! - The namespace has its own loopback: passt maps the guest's `10.0.2.2`
-//!   to *that* loopback, where nothing but passt's own forwards listen.
+//! - The namespace has its own loopback: slirp maps the guest's `10.0.2.2`
+//!   to *that* loopback, where nothing but slirp's own forwards listen.
 //!   pasta runs with `--no-map-gw`, so nothing in the namespace maps to the
 //!   host's loopback; the namespace's copy of the host's address is local
 //!   to the namespace.
@@ -32,29 +27,34 @@
 //!   the metadata address), multicast and reserved ranges, the host's own
 //!   addresses, its directly connected networks and its gateways, all read
 //!   from the host when the VM starts. It is loaded before the namespace
-//!   gets its interface. IPv4 only: both processes run with `-4`, and the
+//!   gets its interface. IPv4 only: pasta runs with `-4`, and the
 //!   namespace drops all IPv6 but loopback.
-//! - DNS: the guest asks `10.0.2.3`; passt sends that to [`DNS_ALIAS`],
-//!   the one link-local address the filter lets through (port 53 only),
-//!   and pasta sends that to the host's resolver, from the host (so a
-//!   resolver on the host's loopback works, and no other of its ports is
-//!   reachable).
+//! - DNS: slirp sends the guest's queries to the resolver in
+//!   `/etc/resolv.conf`; in the namespace's mount namespace that file is a
+//!   bind mount naming [`DNS_ALIAS`], the one link-local address the filter
+//!   lets through (port 53 only), and pasta sends that to the host's
+//!   resolver, from the host (so a resolver on the host's loopback works,
+//!   and no other of its ports is reachable).
 //! - Forwards (SSH and published ports): pasta listens on the host's
 //!   `127.0.0.1:PORT` and hands each connection to the namespace's
-//!   loopback, where passt listens on the same port and forwards it to
-//!   the guest's port; the guest sees it come from `10.0.2.2`, as with slirp.
+//!   loopback, where slirp listens on the same port (its `hostfwd`) and
+//!   forwards it to the guest's port, as without the namespace.
 //!
-//! One supervisor (`sh`, the leader of a session of its own, so it
-//! outlives the daemon like QEMU does) starts both, waits for passt and
-//! then stops pasta. passt runs with `--one-off`: it exits when QEMU, its
-//! only client, goes. The supervisor's pid and its argument
-//! `banger-usernet-VMID` are the ownership marker [`UsernetHandle`]
-//! records; [`kill`] kills its whole process group.
+//! QEMU itself is started by `crate::qemu` as always (its pid, session,
+//! pidfile and identity unchanged); only, between fork and exec, it joins
+//! the namespaces of the holder process this module starts
+//! ([`UsernetHandle::namespace_pid`]). One supervisor (`sh`, the leader of
+//! a session of its own, so it outlives the daemon like QEMU does) starts
+//! the holder and pasta, waits for QEMU to join and to leave, then stops
+//! both. The supervisor's pid and its argument `banger-usernet-VMID` are
+//! the ownership marker [`UsernetHandle`] records; [`kill`] kills its whole
+//! process group.
 
 use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,62 +65,66 @@ use serde::{Deserialize, Serialize};
 use crate::proc;
 use crate::spec::{PortForward, Proto};
 
-/// The address inside the namespace that passt sends the guest's DNS
-/// queries to and pasta forwards to the host's resolver.
+/// The address inside the namespace that slirp sends the guest's DNS
+/// queries to (the namespace's `/etc/resolv.conf`) and pasta forwards to
+/// the host's resolver.
 pub const DNS_ALIAS: Ipv4Addr = Ipv4Addr::new(169, 254, 53, 53);
 
-/// The guest's side, as with QEMU's slirp (docs/guest-contract.md).
-const GUEST_ADDR: &str = "10.0.2.15";
-const GATEWAY: &str = "10.0.2.2";
-const GUEST_DNS: &str = "10.0.2.3";
-/// slirp's gateway MAC: a guest restored from a state saved under slirp
-/// keeps its ARP entry for the gateway.
-const GATEWAY_MAC: &str = "52:55:0a:00:02:02";
-
 /// The programs the design needs, as looked up on `PATH`.
-pub const TOOLS: [&str; 4] = ["passt", "pasta", "unshare", "nft"];
+pub const TOOLS: [&str; 5] = ["pasta", "unshare", "nft", "mount", "ip"];
+
+/// How long the supervisor waits for QEMU to join the namespace before it
+/// gives up and stops pasta (the daemon kills it sooner on a failed start).
+const JOIN_WAIT_SECS: u32 = 120;
 
 /// What an isolated user-mode network is asked to do.
 #[derive(Debug, Clone)]
 pub struct UsernetSpec {
     /// The VM's id: part of the ownership marker (`[A-Za-z0-9._-]`).
     pub vm_id: String,
-    /// The VM's directory: the socket, rules and logs go there.
+    /// The VM's directory: rules, logs and QEMU's pidfile are there.
     pub vm_dir: PathBuf,
-    /// Host ports (on `127.0.0.1`) forwarded to guest ports.
+    /// Host ports (on `127.0.0.1`) forwarded to the same port in the
+    /// namespace, where slirp forwards them to the guest.
     pub forwards: Vec<PortForward>,
 }
 
 /// A running isolated network, as kept in the VM's `handles.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsernetHandle {
-    /// The supervisor: leader of the session and process group of all
-    /// three processes.
+    /// The supervisor: leader of the session and process group of the
+    /// holder and pasta.
     pub pid: u32,
-    /// Where passt listens for QEMU.
-    pub socket: PathBuf,
+    /// The holder: the process whose user, network and mount namespaces
+    /// QEMU joins (`crate::spec::VmSpec::join_namespaces_of`).
+    #[serde(default)]
+    pub namespace_pid: u32,
 }
 
 /// The files in the VM's directory.
 #[derive(Debug, Clone)]
 pub struct UsernetFiles {
-    pub socket: PathBuf,
     pub rules: PathBuf,
+    /// Bind-mounted over `/etc/resolv.conf` in the namespace.
+    pub resolv: PathBuf,
+    /// Written by the holder, with its pid, once the namespace is set up.
     pub ready: PathBuf,
+    /// QEMU's pidfile (`crate::qemu::VmFiles::pidfile`): the supervisor
+    /// watches the process it names.
+    pub vmm_pidfile: PathBuf,
     /// The supervisor's and the namespace shell's output.
     pub log: PathBuf,
-    pub passt_log: PathBuf,
     pub pasta_log: PathBuf,
 }
 
 impl UsernetFiles {
     pub fn in_dir(dir: &Path) -> Self {
         Self {
-            socket: dir.join("net.sock"),
             rules: dir.join("egress.nft"),
+            resolv: dir.join("resolv.conf"),
             ready: dir.join("net.ready"),
+            vmm_pidfile: dir.join("vmm.pid"),
             log: dir.join("usernet.log"),
-            passt_log: dir.join("passt.log"),
             pasta_log: dir.join("pasta.log"),
         }
     }
@@ -130,7 +134,7 @@ impl UsernetFiles {
 pub enum UsernetError {
     #[error(
         "user-mode networking with egress `internet` needs {tool}, which is not installed \
-         (Debian: apt-get install passt nftables util-linux); or choose --egress open \
+         (Debian: apt-get install passt nftables util-linux iproute2); or choose --egress open \
          (no isolation from the host) or --network bridged; see docs/security.md"
     )]
     Missing { tool: &'static str },
@@ -265,9 +269,8 @@ fn route_networks(routes: &str) -> Vec<(Ipv4Addr, u8)> {
     out
 }
 
-/// The nftables ruleset loaded in the namespace: passt's connections to
-/// anything in `denied` (or, without `allow_public`, anywhere) are
-/// rejected; DNS to [`DNS_ALIAS`] passes; IPv6 is dropped.
+/// The nftables ruleset loaded in the namespace: connections from it to
+/// anything in `denied` are rejected; DNS to [`DNS_ALIAS`] passes; IPv6 is dropped.
 pub fn rules(denied: &[(Ipv4Addr, u8)]) -> String {
     let mut r = String::from(
         "table ip banger_egress {\n  chain output {\n    type filter hook output priority 0; policy accept;\n    oif \"lo\" accept\n",
@@ -295,23 +298,17 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// pasta: `-t 127.0.0.1/PORT:GUEST` for each forward of `proto` (the
-/// host's port to the same port number as the guest's in the namespace);
-/// passt: `-t 127.0.0.1/GUEST` once per guest port (passt 2023-03 loses
-/// the guest's data on a connection it forwards to another port number);
-/// or `-t none`.
-fn forward_args(forwards: &[PortForward], proto: Proto, in_namespace: bool) -> Vec<String> {
+/// pasta's `-t 127.0.0.1/PORT` (and `-u`) for each forward of `proto`:
+/// the host's loopback port to the same port in the namespace, where
+/// slirp listens; or `-t none`.
+fn forward_args(forwards: &[PortForward], proto: Proto) -> Vec<String> {
     let flag = match proto {
         Proto::Tcp => "-t",
         Proto::Udp => "-u",
     };
     let mut out: Vec<String> = Vec::new();
     for f in forwards.iter().filter(|f| f.proto == proto) {
-        let spec = if in_namespace {
-            format!("127.0.0.1/{}", f.guest_port)
-        } else {
-            format!("127.0.0.1/{}:{}", f.host_port, f.guest_port)
-        };
+        let spec = format!("127.0.0.1/{}", f.host_port);
         if !out.contains(&spec) {
             out.push(flag.to_owned());
             out.push(spec);
@@ -332,39 +329,6 @@ fn supervisor_script(
     tool: &dyn Fn(&str) -> String,
 ) -> String {
     let q = |p: &Path| sh_quote(&path_str(p));
-    let mut passt: Vec<String> = [
-        &tool("passt"),
-        "--runas",
-        "0",
-        "-f",
-        "-1",
-        "-4",
-        "-q",
-        "-l",
-        &path_str(&files.passt_log),
-        "-s",
-        &path_str(&files.socket),
-        "-a",
-        GUEST_ADDR,
-        "-n",
-        "24",
-        "-g",
-        GATEWAY,
-        "-M",
-        GATEWAY_MAC,
-        "-D",
-        &DNS_ALIAS.to_string(),
-        "--dns-forward",
-        GUEST_DNS,
-        "--no-dhcpv6",
-        "--no-ndp",
-        "--no-ra",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    passt.extend(forward_args(&spec.forwards, Proto::Tcp, true));
-    passt.extend(forward_args(&spec.forwards, Proto::Udp, true));
     let mut pasta: Vec<String> = [
         &tool("pasta"),
         "--runas",
@@ -386,32 +350,32 @@ fn supervisor_script(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    pasta.extend(forward_args(&spec.forwards, Proto::Tcp, false));
-    pasta.extend(forward_args(&spec.forwards, Proto::Udp, false));
+    pasta.extend(forward_args(&spec.forwards, Proto::Tcp));
+    pasta.extend(forward_args(&spec.forwards, Proto::Udp));
     let join = |v: &[String]| v.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ");
 
-    // Inside the namespace: the filter first, then the marker, then wait
-    // for pasta's default route (passt reads the namespace's routes when
-    // it starts), then passt.
+    // Inside the namespace: loopback up (slirp's forwards listen there),
+    // the resolver file, the filter, then the marker with the holder's pid,
+    // written whole; then hold the namespaces until killed.
     let inner = format!(
-        "{nft} -f {rules} || exit 1\n\
-         : > {ready}\n\
-         i=0\n\
-         until awk '$2 == \"00000000\" {{ f = 1 }} END {{ exit !f }}' /proc/net/route; do\n\
-         \x20 i=$((i + 1)); [ $i -gt 500 ] && {{ echo 'no default route in the namespace' >&2; exit 1; }}\n\
-         \x20 sleep 0.02\n\
-         done\n\
-         exec {passt}\n",
+        "{ip} link set lo up || exit 1\n\
+         if [ -e /etc/resolv.conf ]; then {mount} --bind {resolv} /etc/resolv.conf || exit 1; fi\n\
+         {nft} -f {rules} || exit 1\n\
+         echo $$ > {ready}.tmp && mv {ready}.tmp {ready} || exit 1\n\
+         exec sleep infinity\n",
+        ip = sh_quote(&tool("ip")),
+        mount = sh_quote(&tool("mount")),
+        resolv = q(&files.resolv),
         nft = sh_quote(&tool("nft")),
         rules = q(&files.rules),
         ready = q(&files.ready),
-        passt = join(&passt),
     );
     // On the host: the namespace, then pasta once the filter is loaded
-    // (before that, its pid may still name the host's namespace); then
-    // wait for passt and stop pasta.
+    // (before that, the holder's pid may still name the host's namespace);
+    // then wait for QEMU (named by its pidfile, and in the namespace) to
+    // join and to leave, and stop both.
     format!(
-        "{unshare} --user --map-root-user --net -- sh -c {inner} banger-usernet-ns &\n\
+        "{unshare} --user --map-root-user --net --mount -- sh -c {inner} banger-usernet-ns &\n\
          ns=$!\n\
          i=0\n\
          while [ ! -e {ready} ]; do\n\
@@ -421,13 +385,23 @@ fn supervisor_script(
          done\n\
          {pasta} $ns &\n\
          pa=$!\n\
-         wait $ns\n\
-         kill $pa 2>/dev/null\n\
-         wait $pa\n",
+         net=$(readlink /proc/$ns/ns/net)\n\
+         joined() {{ [ -n \"$q\" ] && [ \"$(readlink /proc/$q/ns/net 2>/dev/null)\" = \"$net\" ]; }}\n\
+         q=; i=0\n\
+         until joined; do\n\
+         \x20 i=$((i + 1)); [ $i -gt {join_polls} ] && break\n\
+         \x20 sleep 0.1\n\
+         \x20 q=$(cat {pidfile} 2>/dev/null)\n\
+         done\n\
+         while joined; do sleep 1; done\n\
+         kill $pa $ns 2>/dev/null\n\
+         wait\n",
         unshare = sh_quote(&tool("unshare")),
         inner = sh_quote(&inner),
         ready = q(&files.ready),
         pasta = join(&pasta),
+        join_polls = JOIN_WAIT_SECS * 10,
+        pidfile = q(&files.vmm_pidfile),
     )
 }
 
@@ -435,9 +409,9 @@ fn marker(vm_id: &str) -> String {
     format!("banger-usernet-{vm_id}")
 }
 
-/// Starts the isolated network for `spec` and returns once passt listens
-/// on its socket and pasta on every forwarded host port. On failure
-/// nothing is left running.
+/// Starts the isolated network for `spec` and returns once the namespace
+/// is set up and pasta has configured it and listens on every forwarded
+/// host port. On failure nothing is left running.
 pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, UsernetError> {
     if let Some(tool) = missing_tool() {
         return Err(UsernetError::Missing { tool });
@@ -450,7 +424,7 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
         let path = path.to_path_buf();
         move |source| UsernetError::Io { what, path, source }
     };
-    for stale in [&files.socket, &files.ready] {
+    for stale in [&files.ready, &files.vmm_pidfile] {
         match fs::remove_file(stale) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err("remove", stale)(e));
@@ -461,6 +435,8 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
     let mut denied: Vec<(Ipv4Addr, u8)> = DENIED.to_vec();
     denied.extend(host_networks());
     fs::write(&files.rules, rules(&denied)).map_err(io_err("write", &files.rules))?;
+    fs::write(&files.resolv, format!("nameserver {DNS_ALIAS}\n"))
+        .map_err(io_err("write", &files.resolv))?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -490,34 +466,29 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
         });
     }
     let mut child = command.spawn().map_err(io_err("run sh for", &files.log))?;
-    let handle = UsernetHandle {
-        pid: child.id(),
-        socket: files.socket.clone(),
-    };
+    let supervisor = child.id();
     let tail = |files: &UsernetFiles| {
         let mut t = crate::qemu::log_tail_of(&files.log, log_start);
-        for extra in [&files.pasta_log, &files.passt_log] {
-            let more = crate::qemu::log_tail_of(extra, 0);
-            if !more.is_empty() {
-                t.push_str("; ");
-                t.push_str(&more);
-            }
+        let more = crate::qemu::log_tail_of(&files.pasta_log, 0);
+        if !more.is_empty() {
+            t.push_str("; ");
+            t.push_str(&more);
         }
         t
     };
     let started = Instant::now();
-    loop {
+    let namespace_pid = loop {
         if let Ok(Some(_)) = child.try_wait() {
             return Err(UsernetError::Exited {
                 log: files.log.clone(),
                 tail: tail(&files),
             });
         }
-        if ready(handle.pid, &files.socket, &spec.forwards) {
-            break;
+        if let Some(holder) = ready(&files.ready, &spec.forwards) {
+            break holder;
         }
         if started.elapsed() >= timeout {
-            kill_group(handle.pid);
+            kill_group(supervisor);
             let _ = child.wait();
             return Err(UsernetError::Timeout {
                 secs: timeout.as_secs(),
@@ -526,43 +497,85 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
             });
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     // Reap the supervisor when it exits (it is our child until the daemon
     // exits; after that, init's).
     std::thread::spawn(move || {
         let _ = child.wait();
     });
-    tracing::debug!(vm_id = %spec.vm_id, pid = handle.pid, elapsed_ms = started.elapsed().as_millis() as u64, "isolated user-mode network up");
-    Ok(handle)
+    tracing::debug!(vm_id = %spec.vm_id, pid = supervisor, namespace_pid, elapsed_ms = started.elapsed().as_millis() as u64, "isolated user-mode network up");
+    Ok(UsernetHandle {
+        pid: supervisor,
+        namespace_pid,
+    })
 }
 
-/// passt listens on `socket` (in its namespace's `/proc/PID/net/unix`,
-/// flag `__SO_ACCEPTCON`) and every forwarded host port is bound on the
-/// host.
-fn ready(supervisor: u32, socket: &Path, forwards: &[PortForward]) -> bool {
-    let socket = path_str(socket);
-    let listening = proc::live_children(supervisor).into_iter().any(|pid| {
-        fs::read_to_string(format!("/proc/{pid}/net/unix")).is_ok_and(|t| {
-            t.lines().any(|l| {
+/// The holder's pid once the namespace is set up (the marker names it),
+/// pasta has given it a default route, and every forwarded host port is
+/// bound on the host.
+fn ready(marker: &Path, forwards: &[PortForward]) -> Option<u32> {
+    let holder: u32 = fs::read_to_string(marker).ok()?.trim().parse().ok()?;
+    let routed = fs::read_to_string(format!("/proc/{holder}/net/route")).is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
+    });
+    let bound = forwards.iter().all(|f| {
+        let (file, state) = match f.proto {
+            Proto::Tcp => ("/proc/net/tcp", Some("0A")),
+            Proto::Udp => ("/proc/net/udp", None),
+        };
+        let want = format!("0100007F:{:04X}", f.host_port);
+        fs::read_to_string(file).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(3) == Some(&"00010000") && f.get(7) == Some(&socket.as_str())
+                f.get(1) == Some(&want.as_str()) && state.is_none_or(|s| f.get(3) == Some(&s))
             })
         })
     });
-    listening
-        && forwards.iter().all(|f| {
-            let (file, state) = match f.proto {
-                Proto::Tcp => ("/proc/net/tcp", Some("0A")),
-                Proto::Udp => ("/proc/net/udp", None),
-            };
-            let want = format!("0100007F:{:04X}", f.host_port);
-            fs::read_to_string(file).is_ok_and(|t| {
-                t.lines().skip(1).any(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.get(1) == Some(&want.as_str()) && state.is_none_or(|s| f.get(3) == Some(&s))
-                })
-            })
-        })
+    (routed && bound).then_some(holder)
+}
+
+/// Makes `command` join `holder`'s user, network and mount namespaces
+/// between fork and exec ([`UsernetHandle::namespace_pid`]), then change
+/// to `cwd` (joining a mount namespace moves the process to its root).
+/// The namespace files are opened now, so a holder that is gone fails
+/// here and not in the child.
+pub fn join_namespaces(command: &mut Command, holder: u32, cwd: &Path) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+    let open = |ns: &str| {
+        rustix::fs::open(
+            format!("/proc/{holder}/ns/{ns}"),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+    };
+    let (user, net, mnt) = (open("user")?, open("net")?, open("mnt")?);
+    let dir = rustix::fs::open(
+        cwd,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed: three `setns` and one `fchdir`
+    // system calls through rustix (no allocation, no lock), on descriptors
+    // opened above; its error is mapped with `from_raw_os_error`, which does
+    // not allocate. The child is single-threaded, as `setns` into a user
+    // namespace requires.
+    unsafe {
+        command.pre_exec(move || {
+            let raw = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+            move_into_link_name_space(user.as_fd(), Some(LinkNameSpaceType::User)).map_err(raw)?;
+            move_into_link_name_space(net.as_fd(), Some(LinkNameSpaceType::Network))
+                .map_err(raw)?;
+            move_into_link_name_space(mnt.as_fd(), Some(LinkNameSpaceType::Mount)).map_err(raw)?;
+            rustix::process::fchdir(&dir).map_err(raw)
+        });
+    }
+    Ok(())
 }
 
 /// The supervisor is alive and is the one started for `vm_id`.
@@ -575,13 +588,19 @@ pub fn is_running(handle: &UsernetHandle, vm_id: &str) -> bool {
 
 /// Kills the network's processes (SIGKILL to the supervisor's process
 /// group) if the supervisor is still the one started for `vm_id`, and
-/// removes its socket. Fine when it is gone already (passt leaves with
-/// QEMU, and the supervisor with passt).
+/// waits (up to 5 s) until every one has exited, so that pasta's ports
+/// are free when this returns (a `vm start` right after a stop binds
+/// them again). Fine when it is gone already: the supervisor leaves after
+/// QEMU, once it has reaped pasta.
 pub fn kill(handle: &UsernetHandle, vm_id: &str) {
-    if is_running(handle, vm_id) {
-        kill_group(handle.pid);
+    if !is_running(handle, vm_id) {
+        return;
     }
-    let _ = fs::remove_file(&handle.socket);
+    kill_group(handle.pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proc::group_members(handle.pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn kill_group(pid: u32) {
@@ -630,32 +649,54 @@ mod tests {
     }
 
     #[test]
-    fn forwards_become_passt_and_pasta_options() {
+    fn forwards_become_pasta_options() {
         let fwd = |proto, host_port, guest_port| PortForward {
             proto,
             host_addr: Ipv4Addr::LOCALHOST.into(),
             host_port,
             guest_port,
         };
-        let f = [fwd(Proto::Tcp, 2222, 22), fwd(Proto::Tcp, 8080, 80)];
+        let f = [
+            fwd(Proto::Tcp, 2222, 22),
+            fwd(Proto::Tcp, 8080, 80),
+            fwd(Proto::Tcp, 8080, 80),
+        ];
         assert_eq!(
-            forward_args(&f, Proto::Tcp, false),
-            ["-t", "127.0.0.1/2222:22", "-t", "127.0.0.1/8080:80"]
+            forward_args(&f, Proto::Tcp),
+            ["-t", "127.0.0.1/2222", "-t", "127.0.0.1/8080"]
         );
-        assert_eq!(forward_args(&f, Proto::Tcp, true)[1], "127.0.0.1/22");
-        assert_eq!(forward_args(&f, Proto::Udp, true), ["-u", "none"]);
+        assert_eq!(forward_args(&f, Proto::Udp), ["-u", "none"]);
     }
 
-    /// Starts the real processes (passt, pasta, unshare and nft needed),
-    /// leaves when QEMU's stand-in client leaves, and is killed by
-    /// [`kill`] otherwise.
+    /// A process started by [`join_namespaces`] in the namespace: its
+    /// output.
+    fn run_joined(handle: &UsernetHandle, dir: &Path, script: &str) -> std::process::Output {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        join_namespaces(&mut c, handle.namespace_pid, dir).unwrap();
+        c.output().unwrap()
+    }
+
+    fn net_ns(pid: u32) -> PathBuf {
+        fs::read_link(format!("/proc/{pid}/ns/net")).unwrap()
+    }
+
+    /// Starts the real processes (pasta, unshare, nft, mount, ip needed):
+    /// a process joined to the namespace sees banger's resolver, its own
+    /// loopback, and no host loopback; the network leaves when the process
+    /// named by the pidfile leaves, and is killed by [`kill`] otherwise.
     #[test]
-    fn launches_and_exits_with_its_client() {
+    fn launches_joins_and_leaves_with_its_vmm() {
         if let Some(tool) = missing_tool() {
             eprintln!("skipped: {tool} is not installed");
             return;
         }
+        if let Some(why) = userns_disabled() {
+            eprintln!("skipped: {why}");
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
+        let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -674,25 +715,56 @@ mod tests {
         let handle = launch(&spec, Duration::from_secs(10)).unwrap();
         assert!(is_running(&handle, "t1"));
         assert!(!is_running(&handle, "t2"));
-        // The client comes and goes: passt leaves, then the supervisor.
-        drop(std::os::unix::net::UnixStream::connect(&handle.socket).unwrap());
+        assert_ne!(net_ns(handle.namespace_pid), net_ns(std::process::id()));
+
+        // Inside: the resolver is banger's alias, the working directory
+        // is kept, and the host's loopback service is not there.
+        let out = run_joined(
+            &handle,
+            dir.path(),
+            &format!(
+                "cat /etc/resolv.conf; pwd; cat /proc/net/tcp | grep -ci ':{:04X} ' || true",
+                host_service.local_addr().unwrap().port()
+            ),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("nameserver {DNS_ALIAS}")), "{text}");
+        assert!(text.contains(&path_str(dir.path())), "{text}");
+        assert!(text.trim_end().ends_with('0'), "host socket seen: {text}");
+
+        // The VMM's stand-in joins, names itself in the pidfile, leaves:
+        // the network leaves too.
+        let mut vmm = Command::new("sleep");
+        vmm.arg("30");
+        join_namespaces(&mut vmm, handle.namespace_pid, dir.path()).unwrap();
+        let mut vmm = vmm.spawn().unwrap();
+        assert_eq!(net_ns(vmm.id()), net_ns(handle.namespace_pid));
+        fs::write(dir.path().join("vmm.pid"), vmm.id().to_string()).unwrap();
+        // Give the supervisor time to see it (it polls every 0.1 s): it
+        // must still be running while the VMM is.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            assert!(is_running(&handle, "t1"), "left while its VMM runs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while is_running(&handle, "t1") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
         assert!(
             !is_running(&handle, "t1"),
-            "still running after its client left"
+            "still running after its VMM left"
         );
-        // A second one is killed.
+
+        // A second one is killed: when `kill` returns, every process of
+        // it is gone and the forwarded port is free again.
         let handle = launch(&spec, Duration::from_secs(10)).unwrap();
         kill(&handle, "t1");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_running(&handle, "t1") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         assert!(!is_running(&handle, "t1"));
-        assert!(!handle.socket.exists());
+        assert_eq!(proc::group_members(handle.pid), Vec::<u32>::new());
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the forwarded port is free");
     }
 
     #[test]

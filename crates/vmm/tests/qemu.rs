@@ -95,6 +95,7 @@ fn test_vm(tag: &str) -> TestVm {
         agent: None,
         accel: Accel::Tcg,
         console_log: dir.path().join("vm").join("console.log"),
+        join_namespaces_of: None,
     };
     TestVm {
         dir,

@@ -329,7 +329,7 @@ pub(crate) fn check_publish_twice(publish: &[PublishSpec]) -> Result<(), VmError
 /// refused up front, naming the mode that can (docs/security.md).
 ///
 /// Bridged mode enforces every policy in nftables. User mode enforces
-/// `internet` (passt in a namespace of its own, `banger_vmm::usernet`),
+/// `internet` (slirp in a namespace of its own, `banger_vmm::usernet`),
 /// `none` (QEMU's restricted slirp) and `open` (slirp as is); an `allow=`
 /// list would need a DNS server and per-answer firewall sets that user
 /// mode does not have, so it is refused.

@@ -260,6 +260,7 @@ async fn boot(
         accel,
         console_log: console_log(&dir),
         memory: MemoryBacking::Anonymous,
+        join_namespaces_of: usernet.as_ref().map(|h| h.namespace_pid),
     };
     ctx.check_cancelled()?;
 
@@ -839,21 +840,10 @@ struct NetPlan {
     usernet: Option<banger_vmm::usernet::UsernetSpec>,
 }
 
-/// Whether egress `internet` in user mode runs through the isolated
-/// network (`banger_vmm::usernet`): only with `BANGER_USERNET=passt` for
-/// now. With passt 0.0~git20230309 (Debian 12) the guest's outbound
-/// connections work and the host stays unreachable, but connections
-/// forwarded *to* the guest (SSH, published ports) are accepted by the
-/// guest and then closed before any data, so a VM never becomes ready.
-/// Until that is solved, `internet` keeps QEMU's slirp (the host's
-/// loopback reachable, as before issue 11).
-pub(crate) fn isolated_usernet() -> bool {
-    std::env::var_os("BANGER_USERNET").is_some_and(|v| v == "passt")
-}
-
-/// User mode: SSH and published ports forwarded from loopback, by passt
-/// in a namespace of its own for egress `internet`, by QEMU's slirp
-/// (restricted for `none`) otherwise (docs/security.md, "Egress").
+/// User mode: SSH and published ports forwarded from loopback by QEMU's
+/// slirp: run in an isolated namespace of its own for egress `internet`
+/// (`banger_vmm::usernet`), restricted for `none`, as is for `open`
+/// (docs/security.md, "User mode").
 fn user_network(
     publish: &[PublishSpec],
     egress: &Egress,
@@ -880,9 +870,10 @@ fn user_network(
         });
     }
     let (backend, usernet) = match egress {
-        Egress::Internet if isolated_usernet() => (
-            NetBackend::Stream {
-                socket: banger_vmm::usernet::UsernetFiles::in_dir(dir).socket,
+        Egress::Internet => (
+            NetBackend::User {
+                forwards: forwards.clone(),
+                restrict: false,
             },
             Some(banger_vmm::usernet::UsernetSpec {
                 vm_id: vm_id.to_owned(),
@@ -897,8 +888,7 @@ fn user_network(
             },
             None,
         ),
-        // Not isolated yet by default: see `isolated_usernet`.
-        Egress::Open | Egress::Internet => (
+        Egress::Open => (
             NetBackend::User {
                 forwards,
                 restrict: false,

@@ -428,7 +428,7 @@ pub struct Handles {
     /// privately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ram_file: Option<PathBuf>,
-    /// The isolated user-mode network's processes (passt, pasta), for a
+    /// The isolated user-mode network's processes (namespace holder, pasta), for a
     /// user-mode VM with egress `internet` (`banger_vmm::usernet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usernet: Option<banger_vmm::usernet::UsernetHandle>,

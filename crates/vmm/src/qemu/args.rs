@@ -192,13 +192,6 @@ pub fn qemu_args(spec: &VmSpec) -> Result<Vec<OsString>, VmmError> {
                 }
                 s.into()
             }
-            // QEMU connects to the socket passt listens on (QEMU 7.2's
-            // `stream` netdev; it does not reconnect).
-            NetBackend::Stream { socket } => opt_with_path(
-                &format!("stream,id={},server=off,addr.type=unix,addr.path=", nic.id),
-                socket,
-                "",
-            ),
             NetBackend::Tap { tap_name } => format!(
                 "tap,id={},ifname={tap_name},script=no,downscript=no",
                 nic.id
@@ -375,17 +368,6 @@ mod tests {
         let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
         assert!(
             joined.contains("-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"),
-            "{joined}"
-        );
-        spec.net[0].backend = NetBackend::Stream {
-            socket: "/run/a,b/net.sock".into(),
-        };
-        let joined = strings(&qemu_args(&spec).unwrap()).join(" ");
-        assert!(
-            joined.contains(
-                "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/a,,b/net.sock \
-                 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"
-            ),
             "{joined}"
         );
     }

@@ -170,15 +170,6 @@ pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
                     ));
                 }
             }
-            NetBackend::Stream { socket } => {
-                if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                    return invalid(format!(
-                        "network socket path {} is too long ({} bytes, at most {MAX_SOCKET_PATH})",
-                        socket.display(),
-                        socket.as_os_str().len()
-                    ));
-                }
-            }
             NetBackend::Detached => {}
         }
     }

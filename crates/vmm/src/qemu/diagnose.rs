@@ -53,7 +53,7 @@ pub(super) fn host_forward_error(spec: &VmSpec, tail: &str, log: &Path) -> Optio
         .iter()
         .filter_map(|nic| match &nic.backend {
             NetBackend::User { forwards, .. } => Some(forwards),
-            NetBackend::Tap { .. } | NetBackend::Stream { .. } | NetBackend::Detached => None,
+            NetBackend::Tap { .. } | NetBackend::Detached => None,
         })
         .flatten()
         .find(|f| hostfwd_rule(f) == rule)?;

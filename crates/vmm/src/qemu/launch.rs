@@ -77,6 +77,15 @@ impl QemuVmm {
                     .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
             });
         }
+        if let Some(holder) = spec.join_namespaces_of {
+            crate::usernet::join_namespaces(&mut command, holder, &spec.vm_dir).map_err(
+                |source| VmmError::JoinNamespaces {
+                    vm_id: spec.vm_id.clone(),
+                    holder,
+                    source,
+                },
+            )?;
+        }
         let child = command.spawn().map_err(|source| VmmError::Exec {
             binary: self.binary.clone(),
             source,

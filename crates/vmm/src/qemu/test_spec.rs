@@ -60,5 +60,6 @@ pub(crate) fn sample() -> VmSpec {
         agent: None,
         accel: Accel::Tcg,
         console_log: "/run/banger/vms/0f3a9c/console.log".into(),
+        join_namespaces_of: None,
     }
 }

@@ -441,18 +441,13 @@ fn builder_spec(
         net: vec![NetInterface {
             id: "net0".into(),
             mac: None,
-            // The state must load: a state saved under slirp has a
-            // section of slirp's and loads only into a slirp NIC; one
-            // saved from a TAP or a passt socket (egress `internet` in
-            // user mode) has none and loads into a NIC with nothing behind.
-            backend: match (vm.network_mode, &vm.egress) {
-                (banger_proto::NetworkMode::User, banger_proto::Egress::Internet)
-                    if crate::vms::lifecycle::isolated_usernet() =>
-                {
-                    NetBackend::Detached
-                }
-                (banger_proto::NetworkMode::Bridged, _) => NetBackend::Detached,
-                (banger_proto::NetworkMode::User, _) => NetBackend::User {
+            // The state must load: a state saved under slirp (user mode,
+            // whatever the egress) has a section of slirp's and loads only
+            // into a slirp NIC; one saved from a TAP has none and loads
+            // into a NIC with nothing behind.
+            backend: match vm.network_mode {
+                banger_proto::NetworkMode::Bridged => NetBackend::Detached,
+                banger_proto::NetworkMode::User => NetBackend::User {
                     forwards: Vec::new(),
                     restrict: true,
                 },
@@ -464,6 +459,7 @@ fn builder_spec(
             banger_proto::Accel::Tcg => banger_vmm::Accel::Tcg,
         },
         console_log: work_dir.join("console.log"),
+        join_namespaces_of: None,
         memory: MemoryBacking::Anonymous,
     }
 }
