@@ -61,8 +61,8 @@ ensure_rust() {
 # the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
 # bridge, TAPs and NAT; nft also filters a user-mode VM's namespace),
 # iptables (the helper's chain on hosts whose FORWARD policy is DROP, and
-# the test that uninstall restores the firewall), passt (passt and pasta:
-# user-mode networking isolated from the host), python3 (the bridged test's "outside" server),
+# the test that uninstall restores the firewall), passt (its pasta connects
+# a user-mode VM's namespace to the outside), python3 (the bridged test's "outside" server),
 # ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
 # (the man pages and completions quickstart installs).
 ensure_deps() {
@@ -82,7 +82,7 @@ BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
   iptables:iptables iptables-save:iptables
   python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
   git:git readelf:binutils apt-get:apt setsid:util-linux unshare:util-linux
-  passt:passt pasta:passt
+  mount:mount pasta:passt
   shellcheck:shellcheck man:man-db"
 
 # Finds TOOL on PATH or in the sbin directories (ip and nft live there,

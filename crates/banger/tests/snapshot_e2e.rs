@@ -524,10 +524,23 @@ fn snapshots_end_to_end() {
         "the hidden vm's directory is gone"
     );
     assert_eq!(w.names(&["vm", "list"]), ["src"]);
+    // src's QEMU, and its user-mode network's processes (supervisor,
+    // pasta): nothing of the hidden vm's.
+    let vms = w.root().join("data/banger/vms");
     assert_eq!(
-        common::processes_mentioning(&w.root().join("data/banger/vms")).len(),
+        common::qemu_pids_with(&vms.to_string_lossy()).len(),
         1,
         "only src's qemu runs"
+    );
+    let src_dir = vms.join(
+        w.banger_json(&["vm", "show", "src"])["id"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        common::processes_mentioning(&vms),
+        common::processes_mentioning(&src_dir),
+        "only src's processes run"
     );
     assert!(
         w.names(&["snapshot", "list"])
