@@ -5,7 +5,10 @@
 //!
 //! 1. `banger vm run --rm -- true` restored from the image's warm template
 //!    vs the same with `--cold`, interleaved; medians and their ratio
-//!    (target <= 0.1) and the template run's median (target <= 1.0 s).
+//!    (target <= 0.1) and the template run's median (target <= 1.0 s);
+//!    and the template run with `--egress open` (slirp in the host's
+//!    namespace), to show what the isolated user-mode network of the
+//!    default egress costs (crates/vmm/src/usernet.rs).
 //! 2. `banger vm fork SRC --name N` until the fork runs a command through
 //!    its agent (`vm exec N -- true` right after): median (target <= 1.0 s).
 //! 3. Memory: total PSS of a template-restored VM and 4 forks of it,
@@ -44,6 +47,7 @@ fn main() {
     // 1. run --rm from the template vs --cold, interleaved.
     let mut warm = Vec::new();
     let mut cold = Vec::new();
+    let mut open = Vec::new();
     for i in 1..=runs {
         eprintln!("--- run {i}/{runs}");
         warm.push(timed_ok(
@@ -56,7 +60,18 @@ fn main() {
                 "vm", "run", "--rm", "--cold", "--image", IMAGE, "--", "true",
             ],
         ));
-        eprintln!("    template {:?}, cold {:?}", warm[i - 1], cold[i - 1]);
+        open.push(timed_ok(
+            &w,
+            &[
+                "vm", "run", "--rm", "--egress", "open", "--image", IMAGE, "--", "true",
+            ],
+        ));
+        eprintln!(
+            "    template {:?}, cold {:?}, template with --egress open {:?}",
+            warm[i - 1],
+            cold[i - 1],
+            open[i - 1]
+        );
     }
 
     // 2. fork to exec-ready.
@@ -119,6 +134,11 @@ fn main() {
         ok(mw <= 1.0)
     );
     println!("   --cold                   {mc:>7.3} s");
+    let mo = s(median_of(&open));
+    println!(
+        "   template, --egress open  {mo:>7.3} s   (no namespace: the default's isolation costs {:.3} s)",
+        mw - mo
+    );
     println!(
         "   template / cold          {:>7.3}     target <= 0.1     {}",
         mw / mc,
