@@ -380,8 +380,8 @@ fn supervisor_script(
          i=0\n\
          while [ ! -e {ready} ]; do\n\
          \x20 case $(cut -d' ' -f3 /proc/$ns/stat 2>/dev/null) in Z|X|'') exit 1;; esac\n\
-         \x20 i=$((i + 1)); [ $i -gt 500 ] && {{ echo 'the namespace did not come up' >&2; kill $ns; exit 1; }}\n\
-         \x20 sleep 0.02\n\
+         \x20 i=$((i + 1)); [ $i -gt 2000 ] && {{ echo 'the namespace did not come up' >&2; kill $ns; exit 1; }}\n\
+         \x20 sleep 0.005\n\
          done\n\
          {pasta} $ns &\n\
          pa=$!\n\
@@ -496,7 +496,7 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
                 tail: tail(&files),
             });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     };
     // Reap the supervisor when it exits (it is our child until the daemon
     // exits; after that, init's).
