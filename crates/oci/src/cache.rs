@@ -341,7 +341,13 @@ impl BlobWriter {
     }
 
     /// Checks the size and digest, then renames the blob into place.
-    pub async fn commit(mut self) -> Result<PathBuf, CacheError> {
+    pub async fn commit(self) -> Result<PathBuf, CacheError> {
+        self.finish().await?.commit().await
+    }
+
+    /// Checks the size and digest and flushes the data to disk, without
+    /// putting the blob in place yet (see [`VerifiedBlob::commit`]).
+    pub async fn finish(mut self) -> Result<VerifiedBlob, CacheError> {
         if self.written != self.size {
             return Err(CacheError::SizeMismatch {
                 digest: self.digest,
@@ -356,26 +362,49 @@ impl BlobWriter {
                 actual,
             });
         }
-        let write_err = |digest: &Digest, path: &Path, source| CacheError::Write {
-            digest: digest.clone(),
-            path: path.to_owned(),
-            source,
+        let synced = match self.file.flush().await {
+            Ok(()) => self.file.sync_all().await,
+            Err(e) => Err(e),
         };
-        self.file
-            .flush()
-            .await
-            .map_err(|e| write_err(&self.digest, self.tmp.path(), e))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(|e| write_err(&self.digest, self.tmp.path(), e))?;
-        let Self {
-            cache, digest, tmp, ..
-        } = self;
+        synced.map_err(|source| CacheError::Write {
+            digest: self.digest.clone(),
+            path: self.tmp.path().to_owned(),
+            source,
+        })?;
+        Ok(VerifiedBlob {
+            cache: self.cache,
+            digest: self.digest,
+            tmp: self.tmp,
+        })
+    }
+}
+
+/// A blob whose size and digest were checked, waiting in its temporary
+/// file. Dropped without a commit, it leaves nothing behind.
+#[derive(Debug)]
+pub struct VerifiedBlob {
+    cache: BlobCache,
+    digest: Digest,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl VerifiedBlob {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Renames the blob into place; returns its path in the cache.
+    pub async fn commit(self) -> Result<PathBuf, CacheError> {
+        let Self { cache, digest, tmp } = self;
+        let dest = cache.blob_path(&digest);
         let digest2 = digest.clone();
         tokio::task::spawn_blocking(move || persist(&cache, &digest2, tmp))
             .await
-            .map_err(|e| write_err(&digest, Path::new(""), io::Error::other(e)))?
+            .map_err(|e| CacheError::Write {
+                digest,
+                path: dest,
+                source: io::Error::other(e),
+            })?
     }
 }
 

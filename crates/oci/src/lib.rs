@@ -11,7 +11,7 @@ pub mod pull;
 pub mod reference;
 
 pub use auth::{AuthError, AuthSources, Credentials, resolve_credentials};
-pub use cache::{BlobCache, CacheError, PruneReport};
+pub use cache::{BlobCache, BlobWriter, CacheError, PruneReport, VerifiedBlob};
 pub use pull::{
     Compression, ExposedPort, ImageConfig, Layer, Platform, PlatformParseError, Progress,
     PullError, PullOptions, PullStats, PulledImage, pull,

@@ -14,7 +14,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciManifest};
 
 use crate::auth::Credentials;
-use crate::cache::{BlobCache, CacheError};
+use crate::cache::{BlobCache, CacheError, VerifiedBlob};
 use crate::reference::{Digest, ImageReference, ReferenceError};
 
 /// How many times a pull fetches its blobs again when a concurrent prune
@@ -295,7 +295,10 @@ pub async fn pull(
     let mut stats = PullStats::default();
     let mut attempt = 0;
     loop {
-        let config_path = puller
+        // Blobs are downloaded and verified into temporary files first and
+        // put in the cache only once all of them are: a failed pull adds
+        // nothing to the cache.
+        let config = puller
             .fetch(
                 cache,
                 &manifest.config,
@@ -311,10 +314,10 @@ pub async fn pull(
             layers_total: layers.len(),
         };
         progress(&state);
-        let mut pulled = Vec::with_capacity(layers.len());
-        for (desc, digest, size, compression) in &layers {
+        let mut fetched = Vec::with_capacity(layers.len());
+        for (desc, digest, size, _) in &layers {
             let base = state.bytes_done;
-            let path = puller
+            let blob = puller
                 .fetch(
                     cache,
                     desc,
@@ -329,12 +332,17 @@ pub async fn pull(
             state.bytes_done = base + size;
             state.layers_done += 1;
             progress(&state);
+            fetched.push(blob);
+        }
+        let config_path = config.commit().await?;
+        let mut pulled = Vec::with_capacity(layers.len());
+        for ((desc, digest, size, compression), blob) in layers.iter().zip(fetched) {
             pulled.push(Layer {
                 digest: digest.clone(),
                 size: *size,
                 media_type: desc.media_type.clone(),
                 compression: *compression,
-                path,
+                path: blob.commit().await?,
             });
         }
         let config_bytes = match tokio::fs::read(&config_path).await {
@@ -347,8 +355,8 @@ pub async fn pull(
                 });
             }
         };
-        // A prune may have run since the blobs were written: all of them
-        // must still be there when the pull returns.
+        // A prune may have run since a blob was found in the cache or put
+        // there: all of them must still be there when the pull returns.
         let all_there = config_bytes.is_some()
             && pulled
                 .iter()
@@ -379,6 +387,21 @@ pub async fn pull(
                     reference: reference.to_string(),
                 });
             }
+        }
+    }
+}
+
+/// A blob found in the cache, or downloaded and verified but not yet in it.
+enum Fetched {
+    Cached(PathBuf),
+    New(VerifiedBlob),
+}
+
+impl Fetched {
+    async fn commit(self) -> Result<PathBuf, CacheError> {
+        match self {
+            Self::Cached(path) => Ok(path),
+            Self::New(blob) => blob.commit().await,
         }
     }
 }
@@ -528,10 +551,10 @@ impl<'a> Puller<'a> {
         (digest, size): &(Digest, u64),
         stats: &mut PullStats,
         on_bytes: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<PathBuf, PullError> {
+    ) -> Result<Fetched, PullError> {
         if let Some(path) = cache.get(digest, *size) {
             stats.blobs_cached += 1;
-            return Ok(path);
+            return Ok(Fetched::Cached(path));
         }
         tracing::debug!(%digest, size, "downloading blob");
         let mut stream = self
@@ -564,9 +587,9 @@ impl<'a> Puller<'a> {
             }
         }
         stats.bytes_downloaded += writer.written();
-        let path = writer.commit().await?;
+        let blob = writer.finish().await?;
         stats.blobs_downloaded += 1;
-        Ok(path)
+        Ok(Fetched::New(blob))
     }
 }
 
