@@ -417,8 +417,7 @@ struct Puller<'a> {
 impl<'a> Puller<'a> {
     fn new(reference: &'a ImageReference, options: &'a PullOptions) -> Self {
         let oci_ref = reference.to_oci();
-        // Docker's rule: plain HTTP for loopback registries or when asked.
-        let protocol = if options.insecure || reference.is_loopback_registry() {
+        let protocol = if plain_http(reference, options.insecure) {
             ClientProtocol::HttpsExcept(vec![oci_ref.resolve_registry().to_owned()])
         } else {
             ClientProtocol::Https
@@ -591,6 +590,12 @@ impl<'a> Puller<'a> {
         stats.blobs_downloaded += 1;
         Ok(Fetched::New(blob))
     }
+}
+
+/// Docker's rule: plain HTTP for loopback registries (`localhost`,
+/// 127.0.0.0/8, ::1) or when asked; TLS otherwise.
+fn plain_http(reference: &ImageReference, insecure: bool) -> bool {
+    insecure || reference.is_loopback_registry()
 }
 
 fn entry_platform(entry: &ImageIndexEntry) -> Option<Platform> {
@@ -784,6 +789,16 @@ mod tests {
         let empty = parse_config(br#"{"config":{"Entrypoint":null,"WorkingDir":""}}"#).unwrap();
         assert_eq!(empty, ImageConfig::default());
         assert_eq!(parse_config(b"{}").unwrap(), ImageConfig::default());
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_or_insecure() {
+        let r = |s: &str| s.parse::<ImageReference>().unwrap();
+        assert!(plain_http(&r("localhost:5000/a"), false));
+        assert!(plain_http(&r("127.0.0.2:5000/a"), false));
+        assert!(!plain_http(&r("registry.example:5000/a"), false));
+        assert!(!plain_http(&r("python"), false));
+        assert!(plain_http(&r("registry.example:5000/a"), true));
     }
 
     #[test]

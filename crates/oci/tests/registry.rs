@@ -2,6 +2,8 @@
 //! with images built by `umoci` and pushed by `skopeo`: nothing comes from
 //! the internet. Each test prints why and returns when a tool is missing.
 
+#![allow(clippy::unwrap_used)] // test code
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
