@@ -64,11 +64,14 @@ ensure_rust() {
 # the test that uninstall restores the firewall), passt (its pasta connects
 # a user-mode VM's namespace to the outside), python3 (the bridged test's "outside" server),
 # ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
-# (the man pages and completions quickstart installs).
+# (the man pages and completions quickstart installs), docker-registry,
+# skopeo, umoci and apache2-utils' htpasswd (crates/oci's tests: a loopback
+# registry, images built and pushed to it, a password file).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
     binutils qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
-    iproute2 nftables iptables passt python3 shellcheck man-db bash-completion
+    iproute2 nftables iptables passt python3 shellcheck man-db bash-completion \
+    docker-registry skopeo umoci apache2-utils
   check_tools
   ensure_rust
 }
@@ -83,7 +86,9 @@ BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
   python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
   git:git readelf:binutils apt-get:apt setsid:util-linux unshare:util-linux
   mount:mount pasta:passt
-  shellcheck:shellcheck man:man-db"
+  shellcheck:shellcheck man:man-db
+  docker-registry:docker-registry skopeo:skopeo umoci:umoci
+  htpasswd:apache2-utils"
 
 # Finds TOOL on PATH or in the sbin directories (ip and nft live there,
 # and a user's PATH may not have them).
