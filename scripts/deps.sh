@@ -56,7 +56,7 @@ ensure_rust() {
   rust_ok || { echo "error: no Rust >= $BANGER_MIN_RUST available" >&2; return 1; }
 }
 
-# Everything the build, the VMs and the test suite use: QEMU and qemu-img
+# Everything the build and the VMs use (and most tests): QEMU and qemu-img
 # (the VMM and copy-on-write disks), mmdebstrap and e2fsprogs (images),
 # the OpenSSH client (guest access), iproute2 and nftables (banger-helper's
 # bridge, TAPs and NAT; nft also filters a user-mode VM's namespace),
@@ -64,19 +64,36 @@ ensure_rust() {
 # the test that uninstall restores the firewall), passt (its pasta connects
 # a user-mode VM's namespace to the outside), python3 (the bridged test's "outside" server),
 # ShellCheck (the lint gate of scripts/test.sh), man-db and bash-completion
-# (the man pages and completions quickstart installs), docker-registry,
-# skopeo, umoci and apache2-utils' htpasswd (crates/oci's tests: a loopback
-# registry, images built and pushed to it, a password file).
+# (the man pages and completions quickstart installs).
 ensure_deps() {
   apt_ensure build-essential pkg-config git sqlite3 util-linux procps ca-certificates \
     binutils qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client \
-    iproute2 nftables iptables passt python3 shellcheck man-db bash-completion \
-    docker-registry skopeo umoci apache2-utils
-  check_tools
+    iproute2 nftables iptables passt python3 shellcheck man-db bash-completion
+  check_tools "$BANGER_TOOLS"
   ensure_rust
 }
 
-# TOOL:PACKAGE for every program banger, its tests and its scripts run.
+# What only the test suite uses, besides ensure_deps: docker-registry,
+# skopeo, umoci and apache2-utils' htpasswd (crates/oci's tests: a registry
+# on loopback, images built and pushed to it, a password file). Debian's
+# docker-registry package starts a registry on every interface (port 5000)
+# where systemd runs; the tests start their own, so when this installs the
+# package it also stops and disables that service.
+ensure_test_deps() {
+  ensure_deps
+  local had_registry=0
+  if dpkg-query -W -f='${Status}' docker-registry 2>/dev/null | grep -q 'install ok installed'; then
+    had_registry=1
+  fi
+  apt_ensure docker-registry skopeo umoci apache2-utils
+  if [ "$had_registry" -eq 0 ] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-enabled --quiet docker-registry 2>/dev/null; then
+    as_root systemctl disable --now docker-registry
+  fi
+  check_tools "$BANGER_TEST_TOOLS"
+}
+
+# TOOL:PACKAGE for every program banger, most tests and its scripts run.
 # An installed package does not prove its programs are there: installing
 # qemu-system-x86 from backports can remove a stock qemu-utils' qemu-img.
 BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
@@ -86,8 +103,10 @@ BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
   python3:python3 sqlite3:sqlite3 cc:build-essential pkg-config:pkg-config
   git:git readelf:binutils apt-get:apt setsid:util-linux unshare:util-linux
   mount:mount pasta:passt
-  shellcheck:shellcheck man:man-db
-  docker-registry:docker-registry skopeo:skopeo umoci:umoci
+  shellcheck:shellcheck man:man-db"
+
+# TOOL:PACKAGE for the programs only tests run (ensure_test_deps).
+BANGER_TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci
   htpasswd:apache2-utils"
 
 # Finds TOOL on PATH or in the sbin directories (ip and nft live there,
@@ -96,12 +115,12 @@ have_tool() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
 
-# Fails, naming each missing program and its package, when a program of
-# BANGER_TOOLS is not there (exits: deps.sh is sourced by scripts that
-# cannot go on without them).
+# check_tools LIST: fails, naming each missing program and its package,
+# when a program of LIST (TOOL:PACKAGE words) is not there (exits: deps.sh
+# is sourced by scripts that cannot go on without them).
 check_tools() {
   local entry tool pkg absent=0
-  for entry in $BANGER_TOOLS; do
+  for entry in $1; do
     tool=${entry%%:*}
     pkg=${entry#*:}
     if ! have_tool "$tool"; then

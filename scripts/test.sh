@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
 
-ensure_deps
+ensure_test_deps
 use_cached_target_dir
 echo "==> $(cargo --version), target dir $CARGO_TARGET_DIR"
 
