@@ -470,3 +470,525 @@ fn run_debugfs(script: &Path, image: &Path) -> Result<(), RootDiskError> {
     }
     Err(RootDiskError::Debugfs { errors: shown })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{ExtraSource, LayerCompression};
+    use std::io::Write as _;
+    use std::process::Command;
+
+    /// A layer tar built entry by entry; names and link targets are
+    /// written into the header as given (the tar crate's own setters
+    /// refuse `..`, which the tests need).
+    struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        fn new() -> Self {
+            Self(tar::Builder::new(Vec::new()))
+        }
+
+        fn entry(
+            &mut self,
+            ty: tar::EntryType,
+            name: &[u8],
+            link: &[u8],
+            mode: u32,
+            owner: (u64, u64),
+            data: &[u8],
+        ) -> &mut Self {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(ty);
+            h.set_mode(mode);
+            h.set_uid(owner.0);
+            h.set_gid(owner.1);
+            h.set_mtime(1_600_000_000);
+            h.set_size(data.len() as u64);
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name);
+            gnu.linkname[..link.len()].copy_from_slice(link);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        fn file(&mut self, name: &str, data: &str, mode: u32, owner: (u64, u64)) -> &mut Self {
+            let e = tar::EntryType::Regular;
+            self.entry(e, name.as_bytes(), b"", mode, owner, data.as_bytes())
+        }
+
+        fn dir(&mut self, name: &str, mode: u32, owner: (u64, u64)) -> &mut Self {
+            let e = tar::EntryType::Directory;
+            self.entry(e, name.as_bytes(), b"", mode, owner, b"")
+        }
+
+        fn link(&mut self, ty: tar::EntryType, name: &str, target: &str) -> &mut Self {
+            self.entry(ty, name.as_bytes(), target.as_bytes(), 0o777, (0, 0), b"")
+        }
+
+        fn dev(&mut self, ty: tar::EntryType, name: &str, mode: u32, gid: u64, dev: (u32, u32)) {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(ty);
+            h.set_path(name).unwrap();
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(gid);
+            h.set_size(0);
+            h.set_device_major(dev.0).unwrap();
+            h.set_device_minor(dev.1).unwrap();
+            h.set_cksum();
+            self.0.append(&h, &b""[..]).unwrap();
+        }
+
+        fn pax_file(&mut self, name: &str, data: &str, pax: &[(&str, &[u8])]) -> &mut Self {
+            self.0.append_pax_extensions(pax.iter().copied()).unwrap();
+            self.file(name, data, 0o755, (0, 0))
+        }
+
+        fn finish(&mut self) -> Vec<u8> {
+            let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
+            b.into_inner().unwrap()
+        }
+    }
+
+    fn write_layer(dir: &Path, name: &str, tar: Vec<u8>, c: LayerCompression) -> Layer {
+        let path = dir.join(name);
+        let bytes = match c {
+            LayerCompression::None => tar,
+            LayerCompression::Gzip => {
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(&tar).unwrap();
+                gz.finish().unwrap()
+            }
+            LayerCompression::Zstd => {
+                let mut child = Command::new("zstd")
+                    .args(["-q", "-c"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(&tar).unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success());
+                out.stdout
+            }
+        };
+        fs::write(&path, bytes).unwrap();
+        Layer {
+            path,
+            compression: c,
+        }
+    }
+
+    fn have_zstd() -> bool {
+        Command::new("zstd").arg("--version").output().is_ok()
+    }
+
+    /// `debugfs -R REQUEST image` output (stdout).
+    fn debugfs(image: &Path, request: &str) -> String {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(request)
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// uid, gid, mode (octal string as debugfs prints it), links, type.
+    fn stat(image: &Path, path: &str) -> (u32, u32, String, u32, String) {
+        let s = debugfs(image, &format!("stat \"{}\"", path.replace('"', "\"\"")));
+        let field = |key: &str| -> String {
+            let i = s
+                .find(key)
+                .unwrap_or_else(|| panic!("{path}: no {key} in {s}"));
+            s[i + key.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        (
+            field("User:").parse().unwrap(),
+            field("Group:").parse().unwrap(),
+            field("Mode:"),
+            field("Links:").parse().unwrap(),
+            field("Type:"),
+        )
+    }
+
+    fn inode_number(image: &Path, path: &str) -> String {
+        let s = debugfs(image, &format!("stat \"{path}\""));
+        s.split_whitespace().nth(1).unwrap().to_owned()
+    }
+
+    fn opts() -> RootDiskOptions {
+        RootDiskOptions {
+            size: DiskSize::Auto {
+                min_bytes: 64 * MIB,
+                headroom_bytes: 16 * MIB,
+            },
+            ..RootDiskOptions::default()
+        }
+    }
+
+    /// Runs `f` on a thread that dropped root to nobody (65534) when the
+    /// test runs as root, so the build proves it needs no privilege.
+    /// Linux credentials are per thread at the syscall level, and the
+    /// programs the build starts inherit the thread's.
+    fn as_nobody<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if crate::cmd::is_root() {
+                    use rustix::thread::{
+                        set_thread_groups, set_thread_res_gid, set_thread_res_uid,
+                    };
+                    let nobody_g = rustix::process::Gid::from_raw(65534);
+                    let nobody_u = rustix::process::Uid::from_raw(65534);
+                    set_thread_groups(&[]).unwrap();
+                    set_thread_res_gid(nobody_g, nobody_g, nobody_g).unwrap();
+                    set_thread_res_uid(nobody_u, nobody_u, nobody_u).unwrap();
+                }
+                if crate::cmd::is_root() {
+                    assert_eq!(rustix::process::geteuid().as_raw(), 65534);
+                }
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// A temp dir nobody can write to (the test may drop root).
+    fn open_tempdir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        layers::set_perm(dir.path(), 0o777).unwrap();
+        dir
+    }
+
+    fn base_layers(dir: &Path, canary: &Path) -> Vec<Layer> {
+        use tar::EntryType as E;
+        let root = (0, 0);
+        let user = (1000, 1000);
+        let mut l0 = Tar::new();
+        l0.dir("./", 0o755, root)
+            .dir("etc/", 0o755, root)
+            .file("etc/passwd", "root:x:0:0\n", 0o644, root)
+            .file("etc/gone", "bye", 0o644, root)
+            .dir("opq/", 0o755, root)
+            .file("opq/old1", "old", 0o644, root)
+            .file("opq/sub/old2", "old", 0o644, root)
+            .file("usr/bin/tool", "suid", 0o4755, root)
+            .file("usr/bin/sgid", "sgid", 0o2755, (0, 42))
+            .dir("home/u/", 0o700, user)
+            .file("home/u/f", "mine", 0o640, user)
+            .file("home/u/we\"ird name\t$x", "odd", 0o600, user)
+            .file("data/a", "shared", 0o644, root)
+            .link(E::Link, "data/b", "data/a")
+            .link(E::Link, "other/c", "./data/a")
+            .file("replaced/x", "v1", 0o644, root)
+            .link(E::Link, "replaced/y", "replaced/x")
+            .link(E::Symlink, "lnk", "/etc/passwd")
+            .link(E::Symlink, "evil", "../../../../tmp")
+            .link(E::Symlink, "hostlink", canary.to_str().unwrap())
+            .dir("tmp/", 0o1777, root)
+            .file("noperm", "locked", 0o000, (5, 5))
+            .pax_file(
+                "usr/bin/ping",
+                "ping",
+                &[("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")],
+            );
+        l0.dev(E::Char, "dev/null", 0o666, 0, (1, 3));
+        l0.dev(E::Block, "dev/sda", 0o660, 6, (8, 0));
+        l0.dev(E::Block, "dev/big", 0o600, 0, (259, 300));
+        l0.link(E::Link, "dev/null2", "dev/null");
+        l0.dev(E::Fifo, "run/fifo", 0o620, 0, (0, 0));
+        let l0 = write_layer(dir, "l0.tar.gz", l0.finish(), LayerCompression::Gzip);
+
+        let mut l1 = Tar::new();
+        l1.file("etc/.wh.gone", "", 0o644, root)
+            .file("opq/new", "new", 0o644, root)
+            .file("opq/.wh..wh..opq", "", 0o644, root)
+            .file("replaced/x", "v2", 0o644, root)
+            .file("evil/pwned", "inside", 0o644, root)
+            .file("hostlink/pwned2", "inside", 0o644, root)
+            .file("/abs", "abs", 0o644, root);
+        let c = if have_zstd() {
+            LayerCompression::Zstd
+        } else {
+            eprintln!("zstd not installed: second layer left uncompressed");
+            LayerCompression::None
+        };
+        let l1 = write_layer(dir, "l1.tar.zst", l1.finish(), c);
+        vec![l0, l1]
+    }
+
+    fn build(
+        layers: &[Layer],
+        dir: &Path,
+        o: &RootDiskOptions,
+    ) -> Result<(RootDiskReport, PathBuf), RootDiskError> {
+        let out = dir.join("root.ext4");
+        let mut stages = Vec::new();
+        let report = build_root_disk(layers, &dir.join("staging"), &out, o, &mut |s| {
+            stages.push(format!("{s:?}"));
+        })?;
+        assert!(stages.iter().any(|s| s.starts_with("Mkfs")), "{stages:?}");
+        Ok((report, out))
+    }
+
+    fn check_image(img: &Path) {
+        // Root.
+        let (uid, _, mode, _, _) = stat(img, "/");
+        assert_eq!((uid, mode.as_str()), (0, "0755"));
+        // Whiteout and opaque directory.
+        let passwd = stat(img, "/etc/passwd");
+        assert_eq!((passwd.0, passwd.1, passwd.2.as_str()), (0, 0, "0644"));
+        assert!(!debugfs(img, "ls /etc").contains("gone"));
+        let opq = debugfs(img, "ls /opq");
+        assert!(
+            opq.contains("new") && !opq.contains("old1") && !opq.contains("sub"),
+            "{opq}"
+        );
+        // Modes and owners.
+        assert_eq!(stat(img, "/usr/bin/tool").2, "04755");
+        let sgid = stat(img, "/usr/bin/sgid");
+        assert_eq!((sgid.1, sgid.2.as_str()), (42, "02755"));
+        assert_eq!(stat(img, "/tmp").2, "01777");
+        let home = stat(img, "/home/u");
+        assert_eq!((home.0, home.1, home.2.as_str()), (1000, 1000, "0700"));
+        let f = stat(img, "/home/u/f");
+        assert_eq!((f.0, f.1, f.2.as_str()), (1000, 1000, "0640"));
+        let odd = stat(img, "/home/u/we\"ird name\t$x");
+        assert_eq!((odd.0, odd.2.as_str()), (1000, "0600"));
+        let locked = stat(img, "/noperm");
+        assert_eq!((locked.0, locked.1, locked.2.as_str()), (5, 5, "0000"));
+        // Hard links, across directories, and one broken by a later layer.
+        let a = stat(img, "/data/a");
+        assert_eq!(a.3, 3);
+        assert_eq!(inode_number(img, "/data/a"), inode_number(img, "/other/c"));
+        assert_eq!(inode_number(img, "/data/a"), inode_number(img, "/data/b"));
+        assert_eq!(debugfs(img, "cat /replaced/x"), "v2");
+        assert_eq!(debugfs(img, "cat /replaced/y"), "v1");
+        assert_eq!(stat(img, "/replaced/y").3, 1);
+        // Symlinks kept as they are.
+        assert_eq!(stat(img, "/lnk").4, "symlink");
+        assert!(debugfs(img, "stat /lnk").contains("Fast link dest: \"/etc/passwd\""));
+        // Device nodes and FIFOs.
+        let null = stat(img, "/dev/null");
+        assert_eq!(
+            (null.2.as_str(), null.3, null.4.as_str()),
+            ("0666", 2, "character")
+        );
+        assert!(debugfs(img, "stat /dev/null").contains("Device major/minor number: 01:03"));
+        assert_eq!(
+            inode_number(img, "/dev/null"),
+            inode_number(img, "/dev/null2")
+        );
+        let sda = stat(img, "/dev/sda");
+        assert_eq!(
+            (sda.1, sda.2.as_str(), sda.4.as_str()),
+            (6, "0660", "block")
+        );
+        assert!(debugfs(img, "stat /dev/big").contains("Device major/minor number: 259:300"));
+        let fifo = stat(img, "/run/fifo");
+        assert_eq!((fifo.2.as_str(), fifo.4.as_str()), ("0620", "FIFO"));
+        // xattr from a PAX header.
+        assert!(debugfs(img, "ea_list /usr/bin/ping").contains("security.capability"));
+        // Writes through symlinks stayed in the image.
+        assert_eq!(debugfs(img, "cat /tmp/pwned"), "inside");
+        assert_eq!(debugfs(img, "cat /abs"), "abs");
+        // mtimes from the headers.
+        assert!(debugfs(img, "stat /etc/passwd").contains("mtime: 0x5f5e1000"));
+    }
+
+    #[test]
+    fn layers_become_an_ext4_image() {
+        for _ in 0..3 {
+            let dir = open_tempdir();
+            let canary = open_tempdir();
+            let layers = base_layers(dir.path(), canary.path());
+            let (report, img) = as_nobody(|| build(&layers, dir.path(), &opts())).unwrap();
+            eprintln!("{report:?}");
+            check_image(&img);
+            let hostlink = debugfs(&img, &format!("cat \"{}/pwned2\"", canary.path().display()));
+            assert_eq!(hostlink, "inside");
+            assert_eq!(
+                fs::read_dir(canary.path()).unwrap().count(),
+                0,
+                "wrote outside"
+            );
+            // The staging dir is gone.
+            assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn build_as_current_user_too() {
+        let dir = open_tempdir();
+        let canary = open_tempdir();
+        let layers = base_layers(dir.path(), canary.path());
+        let (_, img) = build(&layers, dir.path(), &opts()).unwrap();
+        check_image(&img);
+    }
+
+    fn one_layer(dir: &Path, t: &mut Tar) -> Vec<Layer> {
+        vec![write_layer(
+            dir,
+            "bad.tar",
+            t.finish(),
+            LayerCompression::None,
+        )]
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        use tar::EntryType as E;
+        let cases: Vec<(&str, Box<dyn Fn(&mut Tar)>)> = vec![
+            (
+                "../x",
+                Box::new(|t: &mut Tar| {
+                    t.file("a/../../x", "x", 0o644, (0, 0));
+                }),
+            ),
+            (
+                "hard link out",
+                Box::new(|t: &mut Tar| {
+                    t.link(E::Link, "h", "../../etc/passwd");
+                }),
+            ),
+            (
+                "hard link to a dir",
+                Box::new(|t: &mut Tar| {
+                    t.dir("d/", 0o755, (0, 0)).link(E::Link, "h", "d");
+                }),
+            ),
+            (
+                "symlink loop",
+                Box::new(|t: &mut Tar| {
+                    t.link(E::Symlink, "l", "l").file("l/x", "x", 0o644, (0, 0));
+                }),
+            ),
+            (
+                "file as a parent",
+                Box::new(|t: &mut Tar| {
+                    t.file("f", "x", 0o644, (0, 0))
+                        .file("f/x", "x", 0o644, (0, 0));
+                }),
+            ),
+        ];
+        for (what, make) in cases {
+            for _ in 0..2 {
+                let dir = open_tempdir();
+                let mut t = Tar::new();
+                make(&mut t);
+                let layers = one_layer(dir.path(), &mut t);
+                let err = as_nobody(|| build(&layers, dir.path(), &opts())).unwrap_err();
+                assert!(
+                    matches!(err, RootDiskError::BadEntry { index: 0, .. }),
+                    "{what}: {err}"
+                );
+                let msg = err.to_string();
+                assert!(msg.starts_with("layer 0 ("), "{msg}");
+                assert!(!dir.path().join("x").exists() && !dir.path().join("root.ext4").exists());
+                assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn unscriptable_names_are_refused() {
+        let dir = open_tempdir();
+        let mut t = Tar::new();
+        t.file("bad\nname", "x", 0o644, (1000, 1000));
+        let layers = one_layer(dir.path(), &mut t);
+        let err = as_nobody(|| build(&layers, dir.path(), &opts())).unwrap_err();
+        assert!(matches!(err, RootDiskError::NotScriptable { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_extension_headers_are_refused() {
+        let dir = open_tempdir();
+        let mut t = Tar::new();
+        let long = vec![b'a'; (MAX_META_BYTES_TEST) as usize];
+        t.0.append_pax_extensions([("path", &long[..])]).unwrap();
+        t.file("x", "x", 0o644, (0, 0));
+        let layers = one_layer(dir.path(), &mut t);
+        let err = build(&layers, dir.path(), &opts()).unwrap_err();
+        assert!(err.to_string().contains("extension header"), "{err}");
+    }
+
+    const MAX_META_BYTES_TEST: u64 = crate::layers::MAX_META_BYTES + 1;
+
+    #[test]
+    fn extra_files_and_sizes() {
+        let dir = open_tempdir();
+        let mut t = Tar::new();
+        t.dir("usr/local/bin/", 0o755, (0, 0)).link(
+            tar::EntryType::Symlink,
+            "bin",
+            "usr/local/bin",
+        );
+        let layers = one_layer(dir.path(), &mut t);
+        let src = dir.path().join("agent");
+        fs::write(&src, b"#!agent").unwrap();
+        let o = RootDiskOptions {
+            extra_files: vec![
+                ExtraFile {
+                    guest_path: "/bin/banger-agent".into(),
+                    source: ExtraSource::Path(src),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                },
+                ExtraFile {
+                    guest_path: "/etc/banger/config.toml".into(),
+                    source: ExtraSource::Bytes(b"x = 1\n".to_vec()),
+                    mode: 0o600,
+                    uid: 1000,
+                    gid: 1000,
+                },
+            ],
+            size: DiskSize::Exact(80 * MIB),
+            ..RootDiskOptions::default()
+        };
+        let (report, img) = as_nobody(|| build(&layers, dir.path(), &o)).unwrap();
+        assert_eq!(report.size_bytes, 80 * MIB);
+        assert_eq!(fs::metadata(&img).unwrap().len(), 80 * MIB);
+        assert_eq!(debugfs(&img, "cat /usr/local/bin/banger-agent"), "#!agent");
+        let c = stat(&img, "/etc/banger/config.toml");
+        assert_eq!((c.0, c.1, c.2.as_str()), (1000, 1000, "0600"));
+        let tiny = RootDiskOptions {
+            size: DiskSize::Exact(MIB),
+            ..o
+        };
+        let err = build(&layers, dir.path(), &tiny).unwrap_err();
+        assert!(matches!(err, RootDiskError::SizeTooSmall { .. }), "{err}");
+    }
+
+    /// Timing of a Debian-sized image: 10k files in 100 directories.
+    #[test]
+    fn ten_thousand_files() {
+        let dir = open_tempdir();
+        let mut t = Tar::new();
+        for d in 0..100 {
+            t.dir(&format!("d{d}/"), 0o755, (0, 0));
+            for f in 0..100 {
+                t.file(&format!("d{d}/f{f}"), "some content\n", 0o644, (0, 0));
+            }
+        }
+        let layers = vec![write_layer(
+            dir.path(),
+            "big.tar.gz",
+            t.finish(),
+            LayerCompression::Gzip,
+        )];
+        let started = Instant::now();
+        let (report, img) = as_nobody(|| build(&layers, dir.path(), &opts())).unwrap();
+        eprintln!("10100 entries: {:?} total, {report:?}", started.elapsed());
+        assert_eq!(report.entries, 10_100);
+        let s = stat(&img, "/d99/f99");
+        assert_eq!((s.0, s.2.as_str()), (0, "0644"));
+    }
+}
