@@ -845,7 +845,8 @@ mod tests {
     #[test]
     fn escapes_are_refused() {
         use tar::EntryType as E;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Tar)>)> = vec![
+        type MakeLayer = Box<dyn Fn(&mut Tar)>;
+        let cases: Vec<(&str, MakeLayer)> = vec![
             (
                 "../x",
                 Box::new(|t: &mut Tar| {

@@ -990,3 +990,97 @@ pub(crate) fn apply_extra(
         Refusal::Io(source) => io_err(source),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(p: &str) -> Result<Vec<String>, String> {
+        match clean_path(p.as_bytes()) {
+            Ok(c) => Ok(c
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect()),
+            Err(Refusal::Bad(r)) => Err(r),
+            Err(Refusal::Io(e)) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_kept_inside() {
+        assert_eq!(clean("./etc//passwd").unwrap(), ["etc", "passwd"]);
+        assert_eq!(clean("/abs/x").unwrap(), ["abs", "x"]);
+        assert_eq!(clean("a/../b").unwrap(), ["b"]);
+        assert!(clean("./").unwrap().is_empty());
+        assert!(clean("../x").unwrap_err().contains("leaves the image root"));
+        assert!(clean("a/../../x").is_err());
+        assert!(clean("a\0b").unwrap_err().contains("NUL"));
+    }
+
+    #[test]
+    fn media_types() {
+        use LayerCompression as C;
+        let m = LayerCompression::from_media_type;
+        assert_eq!(m("application/vnd.oci.image.layer.v1.tar"), Some(C::None));
+        assert_eq!(
+            m("application/vnd.oci.image.layer.v1.tar+gzip"),
+            Some(C::Gzip)
+        );
+        assert_eq!(
+            m("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some(C::Gzip)
+        );
+        assert_eq!(
+            m("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Some(C::Zstd)
+        );
+        assert_eq!(m("application/vnd.oci.image.config.v1+json"), None);
+    }
+
+    #[test]
+    fn symlinks_in_parents_are_followed_inside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(dir.path());
+        let comps = |p: &str| clean_path(p.as_bytes()).unwrap();
+        let meta = Meta::implicit_dir();
+        tree.apply(&comps("usr/lib"), NewEntry::Dir, meta.clone(), 0)
+            .unwrap();
+        tree.apply(
+            &comps("lib"),
+            NewEntry::Symlink(b"/usr/lib".to_vec()),
+            meta.clone(),
+            0,
+        )
+        .unwrap();
+        tree.apply(
+            &comps("up"),
+            NewEntry::Symlink(b"../../../../usr".to_vec()),
+            meta.clone(),
+            0,
+        )
+        .unwrap();
+        let mut data: &[u8] = b"so";
+        tree.apply(
+            &comps("lib/x.so"),
+            NewEntry::File(&mut data),
+            meta.clone(),
+            1,
+        )
+        .unwrap();
+        let mut data: &[u8] = b"up";
+        tree.apply(&comps("up/y"), NewEntry::File(&mut data), meta.clone(), 1)
+            .unwrap();
+        assert_eq!(fs::read(dir.path().join("usr/lib/x.so")).unwrap(), b"so");
+        assert_eq!(fs::read(dir.path().join("usr/y")).unwrap(), b"up");
+        // The symlinks themselves are untouched, and a whiteout through
+        // one removes the target's entry.
+        assert!(
+            fs::symlink_metadata(dir.path().join("lib"))
+                .unwrap()
+                .is_symlink()
+        );
+        tree.apply(&comps("lib/.wh.x.so"), NewEntry::Fifo, meta, 2)
+            .unwrap();
+        assert!(!dir.path().join("usr/lib/x.so").exists());
+    }
+}
