@@ -246,8 +246,8 @@ fn staged_perm(kind: &Kind, perm: u32) -> u32 {
 fn finish_staging(tree: &Tree) -> Result<(), RootDiskError> {
     use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
     let mut seen = HashSet::new();
-    // Children before parents would not matter for chmod; mtimes of
-    // directories are set after everything in them exists.
+    // Runs after the last write: neither chmod nor utimensat on an entry
+    // changes its directory's mtime, so the order does not matter.
     for (p, ino) in tree.paths() {
         let Some(inode) = tree.inode(ino) else {
             continue;
