@@ -12,6 +12,11 @@
 //! - [`rootfs`]: Debian minbase via mmdebstrap, customised from the host
 //!   (no chroot, no udev in the guest: banger's own unit configures the NIC
 //!   and mounts the work disk), turned into ext4 with `mkfs.ext4 -d`.
+//! - [`build_root_disk`]: any OCI image's layers flattened into an ext4
+//!   root disk without root: layers applied onto a staging tree
+//!   (`layers.rs`: whiteouts, hard links, untrusted names), `mkfs.ext4 -d`,
+//!   then one debugfs script for owners, modes, device nodes and xattrs
+//!   (`ext4.rs`).
 //!
 //! Design choices:
 //!
@@ -36,18 +41,23 @@ pub mod agent;
 mod apt;
 mod cmd;
 mod error;
+mod ext4;
 mod fsutil;
 mod guest;
 pub mod initramfs;
 pub mod kernel;
+mod layers;
 mod modules;
 pub mod rootfs;
 mod sources;
+mod zstd;
 
 pub use agent::AgentBinary;
 pub use apt::BytesProgress;
 pub use error::{ImageError, Result};
+pub use ext4::{DiskSize, RootDiskOptions, RootDiskReport, RootDiskStage, build_root_disk};
 pub use guest::CUSTOMIZE_VERSION;
 pub use initramfs::build_initramfs;
 pub use kernel::{CatalogEntry, KernelArtifacts, catalog, pull_debian_kernel};
+pub use layers::{ExtraFile, ExtraSource, Layer, LayerCompression, MAX_META_BYTES, RootDiskError};
 pub use rootfs::{ImageRecipe, RECIPE_PARTS, RootfsArtifacts, build_rootfs, stale_reasons};

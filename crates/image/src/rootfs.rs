@@ -410,7 +410,7 @@ fn prune_old_bases(dir: &Path) {
 
 /// Bytes the tree will take in ext4: data in 4 KiB blocks, one inode each
 /// (hard links counted once), directories at least a block.
-fn tree_usage(root: &Path) -> Result<u64> {
+pub(crate) fn tree_usage(root: &Path) -> Result<u64> {
     let mut total = 0u64;
     let mut seen = BTreeSet::new();
     let mut stack = vec![root.to_path_buf()];
