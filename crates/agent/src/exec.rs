@@ -25,6 +25,7 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use rustix::termios::Winsize;
 
 use crate::dispatch::{Out, Session, Sessions, id_in_use, send_error};
+use crate::image_config::{self, ImageConfig, read_db, resolve_user};
 use crate::log;
 
 /// `PATH` when neither the request nor the agent has one.
@@ -228,7 +229,7 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
         id_in_use(out, id);
         return;
     }
-    let prepared = match prepare(&req) {
+    let prepared = match prepare(&req, image_config::installed()) {
         Ok(p) => p,
         Err((code, msg)) => {
             log!("exec {id}: {msg}");
@@ -236,8 +237,12 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
             return;
         }
     };
-    let Prepared { mut cmd, master } = prepared;
-    let argv0 = req.argv.first().map_or("", String::as_str);
+    let Prepared {
+        mut cmd,
+        master,
+        argv0,
+    } = prepared;
+    let argv0 = argv0.as_str();
     let child = cmd.spawn();
     // The command holds the pty slave (or nothing): close it now, so the
     // master sees end of file when the process and its children are gone.
@@ -266,8 +271,13 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
     };
     // The arguments are not logged: they may hold secrets.
     log!(
-        "exec {id}: pid {raw_pid}: {argv0} ({} arguments{})",
+        "exec {id}: pid {raw_pid}: {argv0} ({} arguments{}{})",
         req.argv.len().saturating_sub(1),
+        if req.argv.is_empty() {
+            ", the image's command"
+        } else {
+            ""
+        },
         if req.tty { ", tty" } else { "" }
     );
 
@@ -368,17 +378,31 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
 struct Prepared {
     cmd: Command,
     master: Option<OwnedFd>,
+    /// The program as asked for (the request's, or the image's default).
+    argv0: String,
 }
 
-/// Validates the request and builds the command (and the pty).
-fn prepare(req: &Request) -> Result<Prepared, Refusal> {
-    let Some(argv0) = req.argv.first() else {
-        return Err(bad("argv is empty".into()));
+/// Validates the request and builds the command (and the pty), with the
+/// image's exec defaults (`image`: see [`crate::image_config`]) under
+/// the request's own choices.
+fn prepare(req: &Request, image: &ImageConfig) -> Result<Prepared, Refusal> {
+    let image_argv;
+    let argv: &[String] = if req.argv.is_empty() {
+        image_argv = image.default_argv();
+        if image_argv.is_empty() {
+            return Err(bad(
+                "argv is empty (and the image names no Entrypoint or Cmd)".into(),
+            ));
+        }
+        &image_argv
+    } else {
+        &req.argv
     };
+    let argv0 = &argv[0];
     if argv0.is_empty() {
         return Err(bad("argv[0] is empty".into()));
     }
-    if let Some(a) = req.argv.iter().find(|a| a.contains('\0')) {
+    if let Some(a) = argv.iter().find(|a| a.contains('\0')) {
         return Err(bad(format!("argument {a:?} contains a NUL byte")));
     }
     for (k, v) in &req.env {
@@ -401,12 +425,28 @@ fn prepare(req: &Request) -> Result<Prepared, Refusal> {
             env.push((k.into(), v.into()));
         }
     };
+    let creds = match image.user() {
+        Some(spec) => Some(
+            resolve_user(
+                spec,
+                &read_db(Path::new("/etc/passwd")),
+                &read_db(Path::new("/etc/group")),
+            )
+            .map_err(|e| (AgentErrorCode::Failed, format!("the image's User: {e}")))?,
+        ),
+        None => None,
+    };
+    let image_env = image.env_pairs();
     set("PATH", DEFAULT_PATH, true);
-    set("HOME", "/root", true);
+    match creds.as_ref().and_then(|c| c.home.as_deref()) {
+        // The image's user's home, unless the image sets HOME itself.
+        Some(home) if !image_env.iter().any(|(k, _)| k == "HOME") => set("HOME", home, false),
+        _ => set("HOME", "/root", true),
+    }
     if req.tty {
         set("TERM", "xterm-256color", true);
     }
-    for (k, v) in &req.env {
+    for (k, v) in image_env.iter().chain(&req.env) {
         set(k, v, false);
     }
 
@@ -424,8 +464,21 @@ fn prepare(req: &Request) -> Result<Prepared, Refusal> {
             }
             p
         }
-        None if Path::new("/root").is_dir() => PathBuf::from("/root"),
-        None => PathBuf::from("/"),
+        None => match image.working_dir() {
+            // Container runtimes create a missing WorkingDir.
+            Some(dir) => {
+                let p = PathBuf::from(dir);
+                if let Err(e) = std::fs::create_dir_all(&p) {
+                    return Err((
+                        AgentErrorCode::Failed,
+                        format!("create the image's WorkingDir {dir}: {e}"),
+                    ));
+                }
+                p
+            }
+            None if Path::new("/root").is_dir() => PathBuf::from("/root"),
+            None => PathBuf::from("/"),
+        },
     };
 
     let path_var = env
@@ -442,16 +495,26 @@ fn prepare(req: &Request) -> Result<Prepared, Refusal> {
 
     let mut cmd = Command::new(&program);
     cmd.arg0(argv0)
-        .args(&req.argv[1..])
+        .args(&argv[1..])
         .current_dir(&cwd)
         .env_clear()
         .envs(env);
+    if let Some(c) = &creds {
+        // std drops the supplementary groups too (setgroups(0)) when a
+        // root parent changes the uid.
+        cmd.uid(c.uid).gid(c.gid);
+    }
+    let argv0 = argv0.clone();
 
     if !req.tty {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        return Ok(Prepared { cmd, master: None });
+        return Ok(Prepared {
+            cmd,
+            master: None,
+            argv0,
+        });
     }
 
     let (master, slave) = open_pty(req.rows, req.cols).map_err(|e| {
@@ -460,6 +523,15 @@ fn prepare(req: &Request) -> Result<Prepared, Refusal> {
             format!("open a pseudo-terminal: {e}"),
         )
     })?;
+    if let Some(c) = &creds {
+        // The terminal belongs to the user the process runs as (as login
+        // and sshd do), so it can reopen /dev/tty and change its modes.
+        let uid = rustix::process::Uid::from_raw(c.uid);
+        let gid = rustix::process::Gid::from_raw(c.gid);
+        if let Err(e) = rustix::fs::fchown(&slave, Some(uid), Some(gid)) {
+            log!("chown the terminal to {}:{}: {e}", c.uid, c.gid);
+        }
+    }
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| (AgentErrorCode::Failed, format!("dup the terminal: {e}")))
@@ -484,6 +556,7 @@ fn prepare(req: &Request) -> Result<Prepared, Refusal> {
     Ok(Prepared {
         cmd,
         master: Some(master),
+        argv0,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod fake;
 mod files;
 mod guest_ops;
 pub mod host;
+pub mod image_config;
 mod outbox;
 pub mod procfs;
 pub mod sysinfo;
@@ -44,4 +45,17 @@ where
         .name(name.to_owned())
         .stack_size(THREAD_STACK)
         .spawn(f)
+}
+
+/// `error: cause: cause…`: an error and its sources, each once (the
+/// crate's error types leave their sources out of their messages).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -90,6 +90,7 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         banger_proto::agent::AGENT_PROTOCOL_VERSION
     );
+    banger_agent::image_config::load();
     match transport::run(transport) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
