@@ -23,6 +23,7 @@ mod files;
 mod guest_ops;
 pub mod host;
 pub mod image_config;
+pub mod init;
 mod outbox;
 pub mod procfs;
 pub mod sysinfo;

@@ -4,7 +4,11 @@
 //! banger-agent                 the virtio-serial port named banger.agent
 //! banger-agent --device PATH   any read-write byte stream (tests, serial)
 //! banger-agent --stdio         frames on stdin, replies on stdout
+//! banger-agent --init          PID 1 of an image without an init
 //! ```
+//!
+//! Run as PID 1 (the kernel's `init=`), it is the init whatever its
+//! arguments: see `banger_agent::init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +27,9 @@ it to appear and never exiting.
                   a byte stream) instead
   --stdio         read frames from stdin, write to stdout; exit at end
                   of input
+  --init          be the guest's init (PID 1 of an image without one):
+                  mount, hostname, network, reaping, power-off, and the
+                  agent as a child; implied when running as PID 1
   --version       print the version
   --help          print this help
 ";
@@ -77,6 +84,9 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if rustix::process::getpid().is_init() || args.iter().any(|a| a == "--init") {
+        banger_agent::init::run();
+    }
     let transport = match parse(&args) {
         Ok(Some(t)) => t,
         Ok(None) => return ExitCode::SUCCESS,
