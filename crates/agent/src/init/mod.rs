@@ -122,14 +122,25 @@ fn supervise_forever() -> ! {
 
 /// Spawns the agent proper: this binary, without options.
 fn start_agent(sup: &mut Supervisor) -> Option<Pid> {
-    let spawned = Command::new("/proc/self/exe")
-        .arg0("banger-agent")
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("banger-agent")
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", "/root")
         .current_dir("/")
-        .stdin(Stdio::null())
-        .spawn();
+        .stdin(Stdio::null());
+    // SAFETY: runs in the child between fork and exec and makes only
+    // async-signal-safe calls (sigemptyset, pthread_sigmask) on a local.
+    // The mask PID 1 blocks (`signals::block`) is inherited across fork
+    // and exec, and std does not reset it: without this the agent, and
+    // every command it runs, would ignore SIGTERM and SIGINT.
+    unsafe {
+        cmd.pre_exec(|| {
+            signals::unblock_all();
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
     match spawned {
         Ok(child) => {
             let raw = child.id();
@@ -173,7 +184,7 @@ mod signals {
     /// starts afterwards. Called first thing in PID 1's main thread: the
     /// kernel drops a signal sent to PID 1 that has no handler unless it
     /// is blocked (then it stays pending for [`watch`]'s `sigwait`).
-    /// Children get an empty mask (std's `Command` resets it).
+    /// The agent is started with an empty mask (`unblock_all`).
     pub(super) fn block() {
         let set = set();
         // SAFETY: valid pointers to a local initialised set; changes the
@@ -181,6 +192,19 @@ mod signals {
         let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if r != 0 {
             log!("init: cannot block SIGTERM and SIGINT (error {r})");
+        }
+    }
+
+    /// Unblocks every signal in the calling thread (async-signal-safe:
+    /// used between fork and exec).
+    pub(super) fn unblock_all() {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset; both
+        // calls are async-signal-safe and touch only this local and the
+        // calling thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         }
     }
 
@@ -322,18 +346,23 @@ pub mod power {
         }
     }
 
-    /// Whether any process other than PID 1 and kernel threads remains.
-    fn others_remain() -> bool {
+    /// The processes other than PID 1 and kernel threads (pid, name).
+    fn others() -> Vec<(u32, String)> {
         let Ok(entries) = fs::read_dir("/proc") else {
-            return false;
+            return Vec::new();
         };
-        entries.flatten().any(|e| {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                return false;
-            };
-            // Kernel threads have an empty command line.
-            pid != 1 && fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
-        })
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                // Kernel threads have an empty command line (zombies too:
+                // they are the reaping loop's).
+                let user =
+                    pid != 1 && fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty());
+                let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                user.then(|| (pid, comm.trim_end().to_owned()))
+            })
+            .collect()
     }
 
     /// Stops every process, syncs and powers off. Never returns.
@@ -345,7 +374,18 @@ pub mod power {
         unsafe { libc::kill(-1, libc::SIGTERM) };
         // The reaping loop (another thread) collects them meanwhile.
         let deadline = Instant::now() + GRACE;
-        while others_remain() && Instant::now() < deadline {
+        loop {
+            let left = others();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log!(
+                    "init: still running after {} s, killed: {left:?}",
+                    GRACE.as_secs()
+                );
+                break;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         // SAFETY: as above.
