@@ -29,7 +29,8 @@ it to appear and never exiting.
                   of input
   --init          be the guest's init (PID 1 of an image without one):
                   mount, hostname, network, reaping, power-off, and the
-                  agent as a child; implied when running as PID 1
+                  agent as a child; implied when running as PID 1, and
+                  refused otherwise
   --version       print the version
   --help          print this help
 ";
@@ -84,8 +85,14 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if rustix::process::getpid().is_init() || args.iter().any(|a| a == "--init") {
+    if rustix::process::getpid().is_init() {
         banger_agent::init::run();
+    }
+    if args.iter().any(|a| a == "--init") {
+        // The init mounts, reconfigures the network and powers the
+        // machine off: never on a machine it is not the init of.
+        eprintln!("banger-agent: --init: not running as PID 1; refusing");
+        return ExitCode::from(2);
     }
     let transport = match parse(&args) {
         Ok(Some(t)) => t,

@@ -3,8 +3,8 @@
 //! without an init".
 //!
 //! The kernel command line names it (`init=/.banger/init`, the agent's
-//! binary); banger's initramfs `switch_root`s to it. Running as PID 1 (or
-//! with `--init`) it:
+//! binary); banger's initramfs `switch_root`s to it. Running as PID 1 it
+//! (`--init` anywhere else is refused: this powers the machine off):
 //!
 //! 1. mounts what is not mounted yet: `/proc`, `/sys`, `/dev` (devtmpfs),
 //!    `/dev/pts`, `/dev/shm`, `/run` (the initramfs moved its `/proc`,
