@@ -17,9 +17,9 @@ use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageCachePruneParams,
     ImageCachePruneResult, ImageConfig, ImageOrigin, ImagePort, ImagePromoteParams,
-    ImagePullParams, ImageView, KernelPullParams,
-    KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView,
-    VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    ImagePullParams, ImageView, KernelPullParams, KernelView, NameParams, OpRef, OpStatusParams,
+    OpView, SshInfo, StageProgress, StageView, VmCreateParams, VmDeleteParams, VmDeleted,
+    VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
@@ -243,7 +243,10 @@ fn pulled_image() -> ImageView {
         config: Some(ImageConfig {
             entrypoint: None,
             cmd: Some(vec!["python3".into()]),
-            env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into(), "LANG=C.UTF-8".into()],
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                "LANG=C.UTF-8".into(),
+            ],
             working_dir: Some("/app".into()),
             user: Some("1000:1000".into()),
             exposed_ports: vec![ImagePort {

@@ -270,11 +270,20 @@ fn image_origins_and_configs_round_trip() {
     assert_eq!(origin, None);
     store
         .conn
-        .execute("UPDATE images SET origin = 'nope' WHERE name = 'pulled'", [])
+        .execute(
+            "UPDATE images SET origin = 'nope' WHERE name = 'pulled'",
+            [],
+        )
         .unwrap();
     let err = store.image("pulled").unwrap_err();
     assert!(
-        matches!(err, StoreError::Corrupt { field: "origin", .. }),
+        matches!(
+            err,
+            StoreError::Corrupt {
+                field: "origin",
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
