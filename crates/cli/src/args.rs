@@ -469,6 +469,66 @@ pub enum ImageCommand {
     Delete(VmNameJson),
     /// Make the image's warm template now, so new VMs of it start from it.
     Warm(VmNameJson),
+    /// Pull an OCI image from a registry and make it an image (docs/images.md).
+    Pull(ImagePullArgs),
+    /// The blob cache of image pulls.
+    #[command(subcommand)]
+    Cache(ImageCacheCommand),
+    /// Make a stopped VM's root disk (and with --with-work its work disk) a new image.
+    Promote {
+        /// The stopped VM.
+        vm: String,
+        /// The new image's name.
+        #[arg(long)]
+        name: String,
+        /// The VM's work disk becomes the new image's work seed (default:
+        /// the seed of the VM's image).
+        #[arg(long)]
+        with_work: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// The image, as Docker writes it: python:3.12-slim, HOST:PORT/REPO:TAG,
+    /// REPO@sha256:HEX.
+    pub reference: String,
+    /// Image name (default: derived from the reference, e.g. python-3-12-slim).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The platform to pick from a multi-platform image (default: the host's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Plain HTTP to a registry that is not on loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry user name, with the password read from stdin (default:
+    /// ~/.docker/config.json, else anonymous).
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from stdin (with --username).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCacheCommand {
+    /// Empty the blob cache (pulled images keep working; a later pull
+    /// downloads again).
+    Prune {
+        /// Only say what a prune would free.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,9 @@ use crate::op::{Cancelled, OpCtx};
 use crate::ops::now_ms;
 use crate::ssh::{SshError, SshPaths};
 
+mod oci;
+pub use oci::{PromoteFrom, PullRequest, derived_name};
+
 /// Why a kernel or image could not be found, pulled, built or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -89,6 +92,29 @@ pub enum ArtifactError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// An OCI pull failed (its message names the reference or registry).
+    #[error(transparent)]
+    Oci(#[from] banger_oci::PullError),
+    #[error("find credentials for registry {registry}")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: banger_oci::AuthError,
+    },
+    #[error("flatten image {name}")]
+    Flatten {
+        name: String,
+        #[source]
+        source: banger_image::RootDiskError,
+    },
+    #[error("prune the blob cache")]
+    CachePrune(#[source] banger_oci::CacheError),
+    #[error("promote to image {name}")]
+    Promote {
+        name: String,
+        #[source]
+        source: crate::disks::DiskError,
+    },
     /// banger's SSH key, baked into managed images.
     #[error(transparent)]
     Ssh(#[from] SshError),
@@ -137,6 +163,8 @@ pub struct Artifacts {
     /// `BANGER_AGENT_BIN`; `None`: looked for next to the daemon.
     agent_bin: Option<PathBuf>,
     locks: ArtifactLocks,
+    /// Pulls hold it shared (download to flatten), a cache prune alone.
+    cache_use: tokio::sync::RwLock<()>,
 }
 
 fn new_id(prefix: &str) -> String {
@@ -210,6 +238,7 @@ impl Artifacts {
             ssh,
             agent_bin: config.agent_bin.clone(),
             locks: ArtifactLocks::default(),
+            cache_use: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -531,6 +560,8 @@ impl Artifacts {
             // Plain data of strings and numbers: serialising cannot fail.
             recipe: serde_json::to_string(&from).ok(),
             replaced_by: None,
+            origin: banger_proto::vm::ImageOrigin::Built,
+            config: None,
         })
     }
 
@@ -627,6 +658,8 @@ impl Artifacts {
             stale_reason,
             replaced_by: i.replaced_by.clone(),
             created_at_ms: i.created_at_ms,
+            origin: i.origin.clone(),
+            config: i.config.clone(),
         })
     }
 
@@ -781,6 +814,8 @@ mod tests {
             has_agent: false,
             recipe: None,
             replaced_by: None,
+            origin: Default::default(),
+            config: None,
         }
     }
 
@@ -906,6 +941,7 @@ mod tests {
             ssh: a.ssh.clone(),
             agent_bin,
             locks: ArtifactLocks::default(),
+            cache_use: tokio::sync::RwLock::new(()),
         }
     }
 

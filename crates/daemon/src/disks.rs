@@ -263,6 +263,22 @@ pub fn copy_layer(src: &Path, dest: &Path) -> Result<(), DiskError> {
     )
 }
 
+/// Writes the disk `src` (a qcow2 chain when `qcow2`, else raw) to `dest`
+/// as one raw, sparse file: `qemu-img convert` for a chain, a copy
+/// (reflinked where the filesystem can) for a raw disk.
+pub fn flatten_disk(src: &Path, qcow2: bool, dest: &Path) -> Result<(), DiskError> {
+    if !qcow2 {
+        return copy_layer(src, dest);
+    }
+    run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(src)
+            .arg(dest),
+        "qemu-img convert",
+    )
+}
+
 /// Makes `dest` a qcow2 layer over `backing` (by absolute path).
 pub fn make_overlay(
     backing: &Path,

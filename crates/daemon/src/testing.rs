@@ -158,6 +158,8 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         has_agent: false,
         recipe: None,
         replaced_by: None,
+        origin: Default::default(),
+        config: None,
     };
     let store = state.lock_store_for_tests();
     let _ = store.insert_kernel(&kernel);

@@ -73,6 +73,36 @@ pub fn image_size(v: u64) -> Result<(), Invalid> {
     }
 }
 
+/// An image reference as Docker reads it (`python:3.12-slim`).
+pub fn image_reference(value: &str) -> Result<banger_oci::ImageReference, Invalid> {
+    value
+        .parse()
+        .map_err(|e: banger_oci::ReferenceError| Invalid(e.to_string()))
+}
+
+/// A platform, `OS/ARCH[/VARIANT]`.
+pub fn platform(value: &str) -> Result<banger_oci::Platform, Invalid> {
+    value
+        .parse()
+        .map_err(|e: banger_oci::PlatformParseError| Invalid(e.to_string()))
+}
+
+/// Registry credentials: a user name and a password together, or neither.
+pub fn credentials(
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Option<banger_oci::Credentials>, Invalid> {
+    match (username, password) {
+        (Some(username), Some(password)) if !username.is_empty() => {
+            Ok(Some(banger_oci::Credentials::Basic { username, password }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(Invalid(
+            "a registry user name and password go together (--username U --password-stdin)".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

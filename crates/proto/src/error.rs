@@ -23,7 +23,8 @@ pub enum ErrorCode {
     NotRunning,
     /// The request clashes with current state (duplicate name, busy VM).
     Conflict,
-    /// The caller is not allowed to talk to this daemon.
+    /// The caller is not allowed to talk to this daemon, or a registry
+    /// refused access to an image (the message says how to log in).
     PermissionDenied,
     /// The method ran and failed; the message says why.
     OperationFailed,

@@ -122,6 +122,13 @@ macro_rules! for_each_method {
             ImageShow = "image.show": $crate::vm::NameParams => $crate::vm::ImageView,
             /// Delete an image no VM uses.
             ImageDelete = "image.delete": $crate::vm::NameParams => $crate::vm::Deleted,
+            /// Pull an OCI image from a registry and make it an image,
+            /// asynchronously.
+            ImagePullBegin = "image.pull.begin": $crate::vm::ImagePullParams => $crate::vm::OpView,
+            /// Empty the blob cache of image pulls (or say what that frees).
+            ImageCachePrune = "image.cache.prune": $crate::vm::ImageCachePruneParams => $crate::vm::ImageCachePruneResult,
+            /// A stopped VM's disks become a new image.
+            ImagePromote = "image.promote": $crate::vm::ImagePromoteParams => $crate::vm::ImageView,
             /// Make (or remake) an image's warm template asynchronously.
             ImageWarmBegin = "image.warm.begin": $crate::vm::NameParams => $crate::vm::OpView,
             /// Every snapshot, templates included.

@@ -161,6 +161,7 @@ wire_enum! {
         VmFork = "vm.fork",
         ImageBuild = "image.build",
         ImageWarm = "image.warm",
+        ImagePull = "image.pull",
         KernelPull = "kernel.pull",
     }
 }

@@ -214,6 +214,147 @@ pub struct ImageView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<String>,
     pub created_at_ms: i64,
+    /// Where the image came from (built, pulled, promoted).
+    #[serde(default)]
+    pub origin: ImageOrigin,
+    /// A pulled image's config: how its image says to run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ImageConfig>,
+}
+
+/// Where an image came from. On the wire an object tagged by `kind`:
+/// `{"kind":"built"}`, `{"kind":"pulled","reference":"...","digest":"sha256:..."}`,
+/// `{"kind":"promoted","vm":"dev"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageOrigin {
+    /// Built by banger (`image build`, or the default image on first use).
+    #[default]
+    Built,
+    /// Pulled from a registry (`image pull`).
+    Pulled {
+        /// The reference as normalised (`docker.io/library/python:3.12-slim`).
+        reference: String,
+        /// The digest of the platform's image manifest (`sha256:...`).
+        digest: String,
+    },
+    /// Made from a stopped VM's disks (`image promote`).
+    Promoted {
+        /// The VM's name at the time.
+        vm: String,
+    },
+}
+
+impl ImageOrigin {
+    /// `built`, `pulled` or `promoted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Built => "built",
+            Self::Pulled { .. } => "pulled",
+            Self::Promoted { .. } => "promoted",
+        }
+    }
+}
+
+/// What a pulled image's config says about running it (the OCI image
+/// config's `Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`,
+/// `ExposedPorts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `USER`, `UID`, `USER:GROUP` or `UID:GID`, as the image says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<ImagePort>,
+}
+
+/// A port an image exposes (`8080/tcp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImagePort {
+    pub port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+}
+
+/// `image.pull.begin` params.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePullParams {
+    /// As Docker writes it: `python:3.12-slim`, `host:port/repo:tag`,
+    /// `repo@sha256:HEX`.
+    pub reference: String,
+    /// The image's name; default: one derived from the reference
+    /// (`python-3-12-slim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `OS/ARCH[/VARIANT]` to pick from an image index; default: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Plain HTTP to a registry that is not on loopback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// With `password`: these credentials instead of Docker's config.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ImagePullParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImagePullParams")
+            .field("reference", &self.reference)
+            .field("name", &self.name)
+            .field("platform", &self.platform)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `image.cache.prune` params.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCachePruneParams {
+    /// Only report what a prune would free.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// What `image.cache.prune` freed (or, with `dry_run`, would free).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageCachePruneResult {
+    /// The blob cache directory.
+    pub dir: String,
+    /// Complete blobs.
+    pub blobs: u64,
+    /// Bytes of every file (blobs and leftovers of interrupted downloads).
+    pub bytes: u64,
+    pub dry_run: bool,
+}
+
+/// `image.promote` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePromoteParams {
+    /// The stopped VM whose root disk becomes the image.
+    pub vm: String,
+    /// The new image's name.
+    pub name: String,
+    /// The VM's work disk becomes the image's work seed (default: the
+    /// VM's image's seed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_work: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -296,7 +437,8 @@ pub struct OpView {
     pub error: Option<ErrorBody>,
     /// Once succeeded: a VM for `vm.create` and `vm.restore`, a snapshot
     /// for `vm.snapshot` and `image.warm`, the forks (`VmForked`) for
-    /// `vm.fork`, an image for `image.build`, a kernel for `kernel.pull`.
+    /// `vm.fork`, an image for `image.build` and `image.pull`, a kernel for
+    /// `kernel.pull`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     pub started_at_ms: i64,

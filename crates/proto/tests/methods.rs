@@ -15,9 +15,11 @@ use banger_proto::methods::{self as m, Method, NoParams};
 use banger_proto::snapshot::{SnapshotView, VmForkParams, VmRestoreParams, VmSnapshotParams};
 use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
-    ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageView, KernelPullParams,
-    KernelView, NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView,
-    VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageCachePruneParams,
+    ImageCachePruneResult, ImageConfig, ImageOrigin, ImagePort, ImagePromoteParams,
+    ImagePullParams, ImageView, KernelPullParams, KernelView, NameParams, OpRef, OpStatusParams,
+    OpView, SshInfo, StageProgress, StageView, VmCreateParams, VmDeleteParams, VmDeleted,
+    VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
@@ -213,6 +215,45 @@ fn image() -> ImageView {
         stale_reason: Some("package set changed, new agent".into()),
         replaced_by: None,
         created_at_ms: 1_700_000_000_000,
+        origin: ImageOrigin::Built,
+        config: None,
+    }
+}
+
+fn pulled_image() -> ImageView {
+    ImageView {
+        id: "i-0a1b2c3d4e".into(),
+        name: "python-3-12-slim".into(),
+        source: "docker.io/library/python:3.12-slim".into(),
+        rootfs: "/home/u/.local/share/banger/images/python-3-12-slim/rootfs.ext4".into(),
+        work_seed: Some(
+            "/home/u/.local/share/banger/images/python-3-12-slim/work-seed.ext4".into(),
+        ),
+        size_bytes: 1 << 30,
+        managed: false,
+        fingerprint: None,
+        stale: false,
+        stale_reason: None,
+        replaced_by: None,
+        created_at_ms: 1_700_000_000_000,
+        origin: ImageOrigin::Pulled {
+            reference: "docker.io/library/python:3.12-slim".into(),
+            digest: "sha256:4f1c0d2e".into(),
+        },
+        config: Some(ImageConfig {
+            entrypoint: None,
+            cmd: Some(vec!["python3".into()]),
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                "LANG=C.UTF-8".into(),
+            ],
+            working_dir: Some("/app".into()),
+            user: Some("1000:1000".into()),
+            exposed_ports: vec![ImagePort {
+                port: 8000,
+                protocol: "tcp".into(),
+            }],
+        }),
     }
 }
 
@@ -452,7 +493,7 @@ fn examples() -> Vec<Example> {
                 ..create_op()
             },
         ),
-        example::<m::ImageList>(NoParams, vec![image()]),
+        example::<m::ImageList>(NoParams, vec![image(), pulled_image()]),
         example::<m::ImageShow>(
             NameParams {
                 name: "debian-bookworm".into(),
@@ -465,6 +506,73 @@ fn examples() -> Vec<Example> {
             },
             Deleted {
                 deleted: "debian-bookworm".into(),
+            },
+        ),
+        example::<m::ImagePullBegin>(
+            ImagePullParams {
+                reference: "python:3.12-slim".into(),
+                name: None,
+                platform: Some("linux/amd64".into()),
+                insecure: false,
+                username: Some("ci".into()),
+                password: Some("s3cret".into()),
+            },
+            OpView {
+                kind: OpKind::ImagePull,
+                target: "python-3-12-slim".into(),
+                state: OpState::Succeeded,
+                stages: vec![
+                    StageView {
+                        name: "resolve".into(),
+                        duration_ms: Some(40),
+                        depth: 0,
+                        progress: None,
+                    },
+                    StageView {
+                        name: "download".into(),
+                        duration_ms: Some(2300),
+                        depth: 0,
+                        progress: None,
+                    },
+                    StageView {
+                        name: "layer 1/2".into(),
+                        duration_ms: Some(2000),
+                        depth: 1,
+                        progress: Some(StageProgress {
+                            done_bytes: 30 << 20,
+                            total_bytes: Some(40 << 20),
+                        }),
+                    },
+                ],
+                result: Some(serde_json::to_value(pulled_image()).unwrap()),
+                ended_at_ms: Some(1_700_000_003_000),
+                ..create_op()
+            },
+        ),
+        example::<m::ImageCachePrune>(
+            ImageCachePruneParams { dry_run: true },
+            ImageCachePruneResult {
+                dir: "/home/u/.cache/banger/oci".into(),
+                blobs: 7,
+                bytes: 52 << 20,
+                dry_run: true,
+            },
+        ),
+        example::<m::ImagePromote>(
+            ImagePromoteParams {
+                vm: "dev".into(),
+                name: "dev-base".into(),
+                with_work: true,
+            },
+            ImageView {
+                name: "dev-base".into(),
+                source: "vm:dev".into(),
+                managed: false,
+                fingerprint: None,
+                stale: false,
+                stale_reason: None,
+                origin: ImageOrigin::Promoted { vm: "dev".into() },
+                ..image()
             },
         ),
         example::<m::ImageWarmBegin>(

@@ -301,8 +301,8 @@ impl Store {
         conn.execute(
             "INSERT INTO images (id, name, source, rootfs_path, work_seed_path, fingerprint,
                                      size_bytes, managed, created_at_ms, has_agent, recipe,
-                                     replaced_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                     replaced_by, origin, config)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 i.id,
                 i.name,
@@ -316,6 +316,8 @@ impl Store {
                 i.has_agent,
                 i.recipe,
                 i.replaced_by,
+                origin_json(&i.origin),
+                i.config.as_ref().map(config_json),
             ],
         )
         .map_err(|e| classify(e, "image", &i.name))?;
@@ -342,14 +344,16 @@ impl Store {
     }
 
     pub fn image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
-        self.find(IMAGE_SELECT, "image", name_or_id, ImageRecord::from_row)
+        self.find(IMAGE_SELECT, "image", name_or_id, ImageRecord::from_row)?
     }
 
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
         self.list(
             &format!("{IMAGE_SELECT} ORDER BY name"),
             ImageRecord::from_row,
-        )
+        )?
+        .into_iter()
+        .collect()
     }
 
     pub fn delete_image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
@@ -693,13 +697,28 @@ impl Store {
 const KERNEL_SELECT: &str = "SELECT id, name, source, kernel_path, initrd_path, modules_dir,
     version, sha256, created_at_ms FROM kernels";
 const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path, fingerprint,
-    size_bytes, managed, created_at_ms, has_agent, recipe, replaced_by FROM images";
+    size_bytes, managed, created_at_ms, has_agent, recipe, replaced_by, origin, config FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
     created_at_ms, updated_at_ms, base_snapshot_id, egress FROM vms";
 const SNAPSHOT_SELECT: &str = "SELECT id, name, kind, vm_id, vm_name, parent_id, image_id,
     kernel_id, vcpus, memory_mib, disk_size_bytes, network_mode, has_agent, dir, vmm_backend,
     vmm_version, machine, accel, template_key, size_bytes, created_at_ms FROM snapshots";
+
+/// An image's origin as stored: NULL for `built` (what rows made before
+/// origins were recorded read as), else its JSON.
+fn origin_json(o: &banger_proto::vm::ImageOrigin) -> Option<String> {
+    match o {
+        banger_proto::vm::ImageOrigin::Built => None,
+        // Plain strings in a tagged enum: serialising cannot fail.
+        other => serde_json::to_string(other).ok(),
+    }
+}
+
+fn config_json(c: &banger_proto::vm::ImageConfig) -> String {
+    // Strings, numbers and lists of them: serialising cannot fail.
+    serde_json::to_string(c).unwrap_or_default()
+}
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()

@@ -107,6 +107,14 @@ const STEPS: &[M<'static>] = &[
     // `allow=LIST`: proto's Egress in its text form); VMs made before it
     // get the default.
     M::up("ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT 'internet';"),
+    // 7: where an image came from (proto's ImageOrigin as JSON; NULL:
+    // built, as every image before it was) and a pulled image's config
+    // (proto's ImageConfig as JSON: entrypoint, cmd, env, workdir, user,
+    // exposed ports).
+    M::up(
+        "ALTER TABLE images ADD COLUMN origin TEXT;
+        ALTER TABLE images ADD COLUMN config TEXT;",
+    ),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use banger_proto::vm::{ImageConfig, ImageOrigin};
 use banger_proto::{Accel, Backend, DiskStrategy, Egress, NetworkMode, PublishSpec, SnapshotKind};
 use rusqlite::Row;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,14 @@ pub struct ImageRecord {
     /// name then ends in `@ID`); kept only while VMs or snapshots use it.
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// Where it came from: built, pulled (reference and digest), promoted
+    /// from a VM.
+    #[serde(default)]
+    pub origin: ImageOrigin,
+    /// A pulled image's config (entrypoint, cmd, env, workdir, user,
+    /// exposed ports).
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
 }
 
 /// The lifecycle state last recorded for a VM (the wire enum, stored as
@@ -133,10 +142,33 @@ impl KernelRecord {
 }
 
 impl ImageRecord {
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
+    /// Reads a row; an origin or config that is not the JSON this binary
+    /// writes is reported as [`StoreError::Corrupt`].
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let name: String = r.get(1)?;
+        let corrupt = |field: &'static str, value: String| StoreError::Corrupt {
+            kind: "image",
+            name: name.clone(),
+            field,
+            value,
+        };
+        let origin = match r.get::<_, Option<String>>(12)? {
+            None => ImageOrigin::Built,
+            Some(text) => match serde_json::from_str(&text) {
+                Ok(o) => o,
+                Err(_) => return Ok(Err(corrupt("origin", text))),
+            },
+        };
+        let config = match r.get::<_, Option<String>>(13)? {
+            None => None,
+            Some(text) => match serde_json::from_str(&text) {
+                Ok(c) => Some(c),
+                Err(_) => return Ok(Err(corrupt("config", text))),
+            },
+        };
+        Ok(Ok(Self {
             id: r.get(0)?,
-            name: r.get(1)?,
+            name: name.clone(),
             source: r.get(2)?,
             rootfs_path: r.get::<_, String>(3)?.into(),
             work_seed_path: r.get::<_, Option<String>>(4)?.map(Into::into),
@@ -147,7 +179,9 @@ impl ImageRecord {
             has_agent: r.get(9)?,
             recipe: r.get(10)?,
             replaced_by: r.get(11)?,
-        })
+            origin,
+            config,
+        }))
     }
 }
 

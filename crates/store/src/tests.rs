@@ -35,6 +35,8 @@ fn image(name: &str) -> ImageRecord {
         has_agent: true,
         recipe: None,
         replaced_by: None,
+        origin: Default::default(),
+        config: None,
     }
 }
 
@@ -225,6 +227,63 @@ fn unknown_state_reads_as_corrupt_not_as_a_guess() {
     let err = store.vm("dev").unwrap_err();
     assert!(
         matches!(err, StoreError::Corrupt { field: "state", .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn image_origins_and_configs_round_trip() {
+    use banger_proto::vm::{ImageConfig, ImageOrigin, ImagePort};
+    let (_dir, store) = open();
+    let pulled = ImageRecord {
+        origin: ImageOrigin::Pulled {
+            reference: "127.0.0.1:5000/busybox:1".into(),
+            digest: "sha256:00ff".into(),
+        },
+        config: Some(ImageConfig {
+            cmd: Some(vec!["sh".into()]),
+            env: vec!["FOO=bar".into()],
+            working_dir: Some("/srv".into()),
+            exposed_ports: vec![ImagePort {
+                port: 80,
+                protocol: "tcp".into(),
+            }],
+            ..ImageConfig::default()
+        }),
+        ..image("pulled")
+    };
+    let promoted = ImageRecord {
+        origin: ImageOrigin::Promoted { vm: "dev".into() },
+        ..image("promoted")
+    };
+    for i in [&image("built"), &pulled, &promoted] {
+        store.insert_image(i).unwrap();
+        assert_eq!(&store.image(&i.name).unwrap(), i);
+    }
+    // Rows made before origins were recorded read as built.
+    let origin: Option<String> = store
+        .conn
+        .query_row("SELECT origin FROM images WHERE name = 'built'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(origin, None);
+    store
+        .conn
+        .execute(
+            "UPDATE images SET origin = 'nope' WHERE name = 'pulled'",
+            [],
+        )
+        .unwrap();
+    let err = store.image("pulled").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                field: "origin",
+                ..
+            }
+        ),
         "{err:?}"
     );
 }

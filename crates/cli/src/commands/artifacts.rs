@@ -3,7 +3,8 @@
 
 use banger_proto::methods::{self, Method, NoParams};
 use banger_proto::vm::{
-    Deleted, DoctorParams, ImageBuildParams, ImageView, KernelPullParams, KernelView, NameParams,
+    Deleted, DoctorParams, ImageBuildParams, ImageCachePruneParams, ImageOrigin,
+    ImagePromoteParams, ImagePullParams, ImageView, KernelPullParams, KernelView, NameParams,
 };
 use banger_proto::{CheckStatus, OpState};
 
@@ -13,7 +14,7 @@ use banger_paths::Layout;
 use super::format::{escape_control, human_bytes, key_values, table};
 use super::print_json;
 use crate::CliError;
-use crate::args::{DoctorArgs, ImageCommand, KernelCommand};
+use crate::args::{DoctorArgs, ImageCacheCommand, ImageCommand, ImagePullArgs, KernelCommand};
 use crate::client::Client;
 use crate::daemon_ctl::{DaemonTarget, ensure_daemon};
 use crate::output::note;
@@ -88,6 +89,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                 .map(|i| {
                     vec![
                         i.name.clone(),
+                        origin_short(&i.origin),
                         i.source.clone(),
                         human_bytes(i.size_bytes),
                         match (&i.stale_reason, i.stale) {
@@ -98,7 +100,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                     ]
                 })
                 .collect();
-            table(&["NAME", "SOURCE", "SIZE", ""], &rows);
+            table(&["NAME", "ORIGIN", "SOURCE", "SIZE", ""], &rows);
             Ok(())
         }
         ImageCommand::Show(a) => {
@@ -108,16 +110,139 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             delete_named::<methods::ImageDelete>(&mut client, "image", &a.name, a.json)
         }
         ImageCommand::Warm(a) => super::snapshot::warm(&mut client, &a.name, a.json),
+        ImageCommand::Pull(a) => pull(&mut client, a),
+        ImageCommand::Cache(ImageCacheCommand::Prune { dry_run, json }) => {
+            let r = client
+                .call::<methods::ImageCachePrune>(&ImageCachePruneParams { dry_run: *dry_run })?;
+            if *json {
+                return print_json(&r);
+            }
+            let verb = if r.dry_run { "would free" } else { "freed" };
+            println!(
+                "{verb} {} in {} blob{} ({})",
+                human_bytes(r.bytes),
+                r.blobs,
+                if r.blobs == 1 { "" } else { "s" },
+                r.dir
+            );
+            Ok(())
+        }
+        ImageCommand::Promote {
+            vm,
+            name,
+            with_work,
+            json,
+        } => {
+            let image = client.call::<methods::ImagePromote>(&ImagePromoteParams {
+                vm: vm.clone(),
+                name: name.clone(),
+                with_work: *with_work,
+            })?;
+            if *json {
+                print_json(&image)
+            } else {
+                print_image(&image);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `image pull`: the password, if any, from stdin; then the operation,
+/// followed like other long ones.
+fn pull(client: &mut Client, a: &ImagePullArgs) -> Result<(), CliError> {
+    let password = if a.password_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(CliError::Io)?;
+        Some(text.trim_end_matches(['\n', '\r']).to_owned())
+    } else {
+        None
+    };
+    let begun = client.call::<methods::ImagePullBegin>(&ImagePullParams {
+        reference: a.reference.clone(),
+        name: a.name.clone(),
+        platform: a.platform.clone(),
+        insecure: a.insecure,
+        username: a.username.clone(),
+        password,
+    })?;
+    if !a.json {
+        note!(
+            "pulling {} as image {} ({})",
+            a.reference,
+            begun.target,
+            begun.op_id
+        );
+    }
+    let image: ImageView = super::follow::follow_result(client, begun, a.json)?;
+    if a.json {
+        print_json(&image)
+    } else {
+        print_image(&image);
+        Ok(())
+    }
+}
+
+/// `built`, `pulled`, `promoted from VM`: the origin column of `image list`.
+fn origin_short(o: &ImageOrigin) -> String {
+    match o {
+        ImageOrigin::Built => "built".into(),
+        ImageOrigin::Pulled { digest, .. } => {
+            let short: String = digest
+                .strip_prefix("sha256:")
+                .unwrap_or(digest)
+                .chars()
+                .take(12)
+                .collect();
+            format!("pulled @{short}")
+        }
+        ImageOrigin::Promoted { vm } => format!("promoted from {vm}"),
     }
 }
 
 fn print_image(i: &ImageView) {
-    let mut rows = vec![
-        ("name", i.name.clone()),
+    let mut rows = vec![("name", i.name.clone())];
+    match &i.origin {
+        ImageOrigin::Built => rows.push(("origin", "built".into())),
+        ImageOrigin::Pulled { reference, digest } => {
+            rows.push(("origin", "pulled".into()));
+            rows.push(("reference", reference.clone()));
+            rows.push(("digest", digest.clone()));
+        }
+        ImageOrigin::Promoted { vm } => rows.push(("origin", format!("promoted from vm {vm}"))),
+    }
+    rows.extend([
         ("source", i.source.clone()),
         ("size", human_bytes(i.size_bytes)),
         ("rootfs", i.rootfs.clone()),
-    ];
+    ]);
+    if let Some(c) = &i.config {
+        // key_values escapes control characters.
+        let words = |v: &[String]| v.join(" ");
+        if let Some(e) = &c.entrypoint {
+            rows.push(("entrypoint", words(e)));
+        }
+        if let Some(cmd) = &c.cmd {
+            rows.push(("cmd", words(cmd)));
+        }
+        for e in &c.env {
+            rows.push(("env", e.clone()));
+        }
+        if let Some(w) = &c.working_dir {
+            rows.push(("workdir", w.clone()));
+        }
+        if let Some(u) = &c.user {
+            rows.push(("user", u.clone()));
+        }
+        if !c.exposed_ports.is_empty() {
+            let ports: Vec<String> = c
+                .exposed_ports
+                .iter()
+                .map(|p| format!("{}/{}", p.port, p.protocol))
+                .collect();
+            rows.push(("ports", ports.join(", ")));
+        }
+    }
     if let Some(seed) = &i.work_seed {
         rows.push(("work seed", seed.clone()));
     }

@@ -112,6 +112,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::Paused(_)
         | E::NoAgentForTemplate(_)
         | E::NoAgentForIdentity(_)
+        | E::PromoteNotStopped(_)
         | E::LayeredWorkDisk(_) => ErrorCode::Conflict,
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::MissingFile { .. } => ErrorCode::NotFound,
@@ -218,6 +219,32 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         }
         E::Cancelled(_) => ErrorCode::Cancelled,
         E::Store(e) => store_code(e),
+        E::Oci(e) => pull_code(e),
+        E::Credentials { .. } | E::Flatten { .. } | E::CachePrune(_) | E::Promote { .. } => {
+            ErrorCode::OperationFailed
+        }
+    }
+}
+
+/// A registry that refuses access is `permission_denied` (the message
+/// says how to log in); an image or platform it does not have is
+/// `not_found`; a blob that does not match its digest, and the rest,
+/// a failed operation.
+pub(crate) fn pull_code(e: &banger_oci::PullError) -> ErrorCode {
+    use banger_oci::PullError as E;
+    match e {
+        E::AuthRequired { .. } | E::AuthRejected { .. } => ErrorCode::PermissionDenied,
+        E::NotFound { .. } | E::NoMatchingPlatform { .. } => ErrorCode::NotFound,
+        E::Registry { .. }
+        | E::NestedIndex { .. }
+        | E::BadDigest { .. }
+        | E::BadSize { .. }
+        | E::UnsupportedLayer { .. }
+        | E::BadConfig { .. }
+        | E::ReadConfig { .. }
+        | E::Download { .. }
+        | E::Cache(_)
+        | E::CacheKeptVanishing { .. } => ErrorCode::OperationFailed,
     }
 }
 
@@ -268,6 +295,8 @@ mod tests {
                 has_agent: false,
                 recipe: None,
                 replaced_by: None,
+                origin: Default::default(),
+                config: None,
             })
             .unwrap();
         let dup = state

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use banger_proto::OpKind;
 use banger_proto::methods::{self, NoParams};
 use banger_proto::vm::{
-    Deleted, DoctorParams, DoctorReport, ImageBuildParams, ImageView, KernelPullParams, KernelView,
-    NameParams, OpRef, OpStatusParams, OpView,
+    Deleted, DoctorParams, DoctorReport, ImageBuildParams, ImageCachePruneParams,
+    ImageCachePruneResult, ImagePromoteParams, ImagePullParams, ImageView, KernelPullParams,
+    KernelView, NameParams, OpRef, OpStatusParams, OpView,
 };
 
 use super::to_value;
@@ -41,6 +42,68 @@ impl Handler for methods::ImageBuildBegin {
             },
         );
         Ok(op.view())
+    }
+}
+
+impl Handler for methods::ImagePullBegin {
+    async fn handle(ctx: RequestCtx, p: ImagePullParams) -> Result<OpView, RpcError> {
+        let req = pull_request(p)?;
+        let artifacts = Arc::clone(&ctx.state.artifacts);
+        let target = req.name.clone();
+        let op = ctx.state.ops.begin(
+            &ctx.op_id,
+            OpKind::ImagePull,
+            &target,
+            move |op| async move {
+                let pulled = async {
+                    let image = artifacts.pull_image(req, &op).await?;
+                    to_value(artifacts.image_view(&image).await?)
+                };
+                pulled.await.map_err(RpcError::into_body)
+            },
+        );
+        Ok(op.view())
+    }
+}
+
+/// Checks `image.pull.begin`'s params: the reference, the platform, the
+/// name (given, or derived from the reference), the credentials.
+fn pull_request(p: ImagePullParams) -> Result<artifacts::PullRequest, RpcError> {
+    let reference = validate::image_reference(&p.reference)?;
+    let platform = p.platform.as_deref().map(validate::platform).transpose()?;
+    let name = p
+        .name
+        .unwrap_or_else(|| artifacts::derived_name(&reference));
+    validate::name("image", &name)?;
+    Ok(artifacts::PullRequest {
+        reference,
+        name,
+        platform,
+        insecure: p.insecure,
+        credentials: validate::credentials(p.username, p.password)?,
+    })
+}
+
+impl Handler for methods::ImageCachePrune {
+    async fn handle(
+        ctx: RequestCtx,
+        ImageCachePruneParams { dry_run }: ImageCachePruneParams,
+    ) -> Result<ImageCachePruneResult, RpcError> {
+        let report = ctx.state.artifacts.prune_cache(dry_run).await?;
+        Ok(ImageCachePruneResult {
+            dir: report.dir.display().to_string(),
+            blobs: report.blobs,
+            bytes: report.bytes,
+            dry_run: report.dry_run,
+        })
+    }
+}
+
+impl Handler for methods::ImagePromote {
+    async fn handle(ctx: RequestCtx, p: ImagePromoteParams) -> Result<ImageView, RpcError> {
+        let op = crate::op::OpCtx::new(ctx.op_id.clone(), Default::default());
+        let image = ctx.state.vms.promote(&p, &op).await?;
+        Ok(ctx.state.artifacts.image_view(&image).await?)
     }
 }
 

@@ -41,6 +41,8 @@ pub enum VmError {
     NotRunning { name: String },
     #[error("{what} file {} is missing", path.display())]
     MissingFile { what: &'static str, path: PathBuf },
+    #[error("vm {0} is not stopped; stop it before promoting its disks to an image")]
+    PromoteNotStopped(String),
     #[error("vm {0} has no usable root disk strategy")]
     NoRootStrategy(String),
     #[error("image {0} has no work seed")]

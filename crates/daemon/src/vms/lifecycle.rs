@@ -979,3 +979,55 @@ pub(super) async fn detach_network(vms: &Vms, ctx: &OpCtx, vm_id: &str, handles:
         vms.network.release_tap(ctx.id(), &b.tap).await;
     }
 }
+
+/// `image.promote`: the stopped VM `p.vm`'s root disk (and with
+/// `with_work` its work disk, else its image's work seed) becomes the
+/// image `p.name`, origin `promoted`. The VM's lock is held throughout,
+/// so it cannot start while its disks are copied.
+pub async fn promote(
+    vms: &Vms,
+    p: &banger_proto::vm::ImagePromoteParams,
+    ctx: &OpCtx,
+) -> Result<banger_store::ImageRecord, VmError> {
+    validate::name("image", &p.name)?;
+    let (_guard, vm) = locked(vms, &p.vm).await?;
+    if vm.state != VmState::Stopped || is_alive(vms, &vm).await {
+        return Err(VmError::PromoteNotStopped(vm.name));
+    }
+    let dir = vm_dir(vms, &vm.id);
+    let strategy = vm
+        .disk_strategy
+        .and_then(disks::RootStrategy::from_disk_strategy)
+        .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?;
+    let root = dir.join(strategy.file_name());
+    let image_id = vm.image_id.clone();
+    let image = vms.db.call(move |s| s.image(&image_id)).await?;
+    let (seed, seed_qcow2) = if p.with_work {
+        let (work, format) = work_drive(&dir);
+        (work, format == DiskFormat::Qcow2)
+    } else {
+        let seed = image
+            .work_seed_path
+            .clone()
+            .ok_or_else(|| VmError::NoWorkSeed(image.name.clone()))?;
+        (seed, false)
+    };
+    for (what, path) in [("vm root disk", &root), ("work disk", &seed)] {
+        if !path.exists() {
+            return Err(VmError::MissingFile {
+                what,
+                path: path.clone(),
+            });
+        }
+    }
+    let from = crate::artifacts::PromoteFrom {
+        vm: vm.name.clone(),
+        root,
+        root_qcow2: strategy == disks::RootStrategy::Qcow2,
+        seed,
+        seed_qcow2,
+        has_agent: image.has_agent,
+        config: image.config.clone(),
+    };
+    Ok(vms.artifacts.promote_image(&p.name, &from, ctx).await?)
+}

@@ -332,6 +332,15 @@ impl Vms {
         lifecycle::edit(self, p, op).await
     }
 
+    /// `image.promote`: a stopped VM's disks become a new image.
+    pub async fn promote(
+        &self,
+        p: &banger_proto::vm::ImagePromoteParams,
+        ctx: &crate::op::OpCtx,
+    ) -> Result<banger_store::ImageRecord, VmError> {
+        lifecycle::promote(self, p, ctx).await
+    }
+
     /// Checks a create's input and conflicts, and reserves its name and
     /// ports; nothing is made yet.
     pub async fn plan_create(

@@ -307,3 +307,95 @@ async fn edit_changes_the_egress_policy_and_show_reports_it() {
     let found = state.vms.find("quiet").await.unwrap();
     assert_eq!(state.vms.view(&found).await.unwrap().egress, policy);
 }
+
+/// `image.promote`: a stopped VM's qcow2 root disk becomes a raw root
+/// disk of a new image (origin promoted), its work disk the seed with
+/// `with_work`; a running VM, a taken name and a failed copy are refused
+/// and leave nothing.
+#[tokio::test]
+async fn promote_copies_a_stopped_vms_disks_into_a_new_image() {
+    if !crate::disks::has_qemu_img() {
+        eprintln!("skipping: qemu-img is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    let vm = seed(&state, "dev", VmState::Stopped);
+    let dir = vm_dir(&state.vms, &vm.id);
+    // A real qcow2 over a raw base holding a marker; a work disk with another.
+    let base = tmp.path().join("base.raw");
+    let mut raw = vec![0u8; 1 << 20];
+    raw[..12].copy_from_slice(b"root-marker\n");
+    std::fs::write(&base, &raw).unwrap();
+    let root = dir.join("root.qcow2");
+    std::fs::remove_file(&root).unwrap();
+    crate::disks::make_overlay(&base, banger_vmm::DiskFormat::Raw, &root).unwrap();
+    std::fs::write(work_disk(&dir), b"work-marker\n").unwrap();
+
+    let ctx = OpCtx::background();
+    let params = |name: &str, with_work: bool| banger_proto::vm::ImagePromoteParams {
+        vm: "dev".into(),
+        name: name.into(),
+        with_work,
+    };
+    let image = state
+        .vms
+        .promote(&params("dev-base", true), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        image.origin,
+        banger_proto::vm::ImageOrigin::Promoted { vm: "dev".into() }
+    );
+    assert_eq!(image.source, "vm:dev");
+    assert_eq!(std::fs::read(&image.rootfs_path).unwrap(), raw);
+    assert_eq!(
+        std::fs::read(image.work_seed_path.as_ref().unwrap()).unwrap(),
+        b"work-marker\n"
+    );
+    let view = state.artifacts.image("dev-base").await.unwrap();
+    assert_eq!(view.origin.kind(), "promoted");
+
+    // Without --with-work: the VM's image's seed (the seeded "x").
+    let plain = state
+        .vms
+        .promote(&params("plain", false), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(plain.work_seed_path.unwrap()).unwrap(), b"x");
+
+    // A taken name: a conflict, nothing new.
+    let err = state
+        .vms
+        .promote(&params("dev-base", false), &ctx)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    // A VM that is not stopped is refused.
+    seed(&state, "busy", VmState::Running);
+    let busy = banger_proto::vm::ImagePromoteParams {
+        vm: "busy".into(),
+        name: "nope".into(),
+        with_work: false,
+    };
+    let err = state.vms.promote(&busy, &ctx).await.unwrap_err();
+    assert!(matches!(err, VmError::PromoteNotStopped(_)), "{err:?}");
+
+    // A copy that fails leaves no row and no directory.
+    std::fs::remove_file(&base).unwrap();
+    let err = state
+        .vms
+        .promote(&params("broken", false), &ctx)
+        .await
+        .unwrap_err();
+    let text = crate::error::chain(&err);
+    assert!(
+        text.starts_with("promote to image broken: qemu-img convert failed: "),
+        "{text}"
+    );
+    assert!(state.artifacts.image("broken").await.is_err());
+    let images = state.config.layout.data_dir.join("images");
+    assert!(!images.join("broken").exists());
+}
