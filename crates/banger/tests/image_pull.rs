@@ -98,12 +98,12 @@ fn a_pulled_image_is_listed_with_its_origin_and_has_the_images_files() {
     assert_eq!(debugfs(&rootfs, "cat /hello"), "hello from layer one\n");
     assert_eq!(debugfs(&rootfs, "cat /srv/app/data"), "layer two\n");
     let banger = debugfs(&rootfs, "ls -l /.banger");
-    for f in ["banger-agent", "authorized_keys", "image.json"] {
+    for f in ["init", "authorized_keys", "image-config.json"] {
         assert!(banger.contains(f), "{f} not in /.banger:\n{banger}");
     }
     let config: serde_json::Value =
-        serde_json::from_str(&debugfs(&rootfs, "cat /.banger/image.json")).unwrap();
-    assert_eq!(config["working_dir"], "/srv");
+        serde_json::from_str(&debugfs(&rootfs, "cat /.banger/image-config.json")).unwrap();
+    assert_eq!(config["WorkingDir"], "/srv", "{config}");
     assert!(Path::new(image["work_seed"].as_str().unwrap()).is_file());
 
     // The operation's stages, as `op list` keeps them.

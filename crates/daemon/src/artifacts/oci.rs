@@ -106,8 +106,27 @@ fn layer_compression(c: Compression) -> LayerCompression {
     }
 }
 
-/// The files banger adds to a pulled image: its agent, the public key
-/// that may log in as root, and the image config (for the boot path).
+/// The image config as the agent reads it (docs/guest-contract.md,
+/// "Images without an init"): the OCI `config` object's own keys.
+fn oci_config_json(config: &ImageConfig) -> serde_json::Value {
+    let ports: serde_json::Map<String, serde_json::Value> = config
+        .exposed_ports
+        .iter()
+        .map(|p| (format!("{}/{}", p.port, p.protocol), serde_json::json!({})))
+        .collect();
+    serde_json::json!({
+        "Entrypoint": config.entrypoint,
+        "Cmd": config.cmd,
+        "Env": config.env,
+        "WorkingDir": config.working_dir,
+        "User": config.user,
+        "ExposedPorts": ports,
+    })
+}
+
+/// The files banger adds to a pulled image: its agent as the image's init
+/// (`/.banger/init`), the public key that may log in as root, and the
+/// image config the agent takes exec defaults from.
 fn banger_files(agent: &Path, ssh_public_key: &str, config: &ImageConfig) -> Vec<ExtraFile> {
     let file = |name: &str, source: ExtraSource, mode: u32| ExtraFile {
         guest_path: format!("{BANGER_DIR}/{name}"),
@@ -116,16 +135,16 @@ fn banger_files(agent: &Path, ssh_public_key: &str, config: &ImageConfig) -> Vec
         uid: 0,
         gid: 0,
     };
-    // Strings and numbers: serialising cannot fail.
-    let config = serde_json::to_vec_pretty(config).unwrap_or_default();
+    // A JSON value: serialising cannot fail.
+    let config = serde_json::to_vec_pretty(&oci_config_json(config)).unwrap_or_default();
     vec![
-        file("banger-agent", ExtraSource::Path(agent.to_owned()), 0o755),
+        file("init", ExtraSource::Path(agent.to_owned()), 0o755),
         file(
             "authorized_keys",
             ExtraSource::Bytes(format!("{}\n", ssh_public_key.trim()).into_bytes()),
             0o600,
         ),
-        file("image.json", ExtraSource::Bytes(config), 0o644),
+        file("image-config.json", ExtraSource::Bytes(config), 0o644),
     ]
 }
 

@@ -131,6 +131,11 @@ pub enum VmError {
     )]
     NoAgentForTemplate(String),
     #[error(
+        "image {0} was pulled from a registry: booting pulled images (no init, no sshd) is not wired \
+         into vm create yet; the image and its root disk are kept"
+    )]
+    PulledImageBoot(String),
+    #[error(
         "snapshot {0} is of a bridged vm without a guest agent: a new vm from it would keep the source's address"
     )]
     NoAgentForIdentity(String),

@@ -166,6 +166,7 @@ async fn boot(
         .db
         .call(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
         .await?;
+    super::create::refuse_pulled(&image)?;
     let strategy = vm
         .disk_strategy
         .and_then(disks::RootStrategy::from_disk_strategy)

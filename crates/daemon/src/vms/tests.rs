@@ -107,6 +107,32 @@ async fn a_missing_kernel_file_fails_before_launch() {
 }
 
 #[tokio::test]
+async fn a_pulled_image_is_refused_until_its_boot_is_wired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
+    let vm = seed(&state, "pulled", VmState::Stopped);
+    let image_id = vm.image_id.clone();
+    let mut image = state
+        .vms
+        .db
+        .call(move |s| s.image(&image_id))
+        .await
+        .unwrap();
+    assert!(
+        crate::vms::create::refuse_pulled(&image).is_ok(),
+        "a built image boots"
+    );
+    image.origin = banger_proto::vm::ImageOrigin::Pulled {
+        reference: "127.0.0.1:5000/busybox:latest".into(),
+        digest: format!("sha256:{}", "0".repeat(64)),
+    };
+    let err = crate::vms::create::refuse_pulled(&image)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pulled from a registry"), "{err}");
+}
+
+#[tokio::test]
 async fn stop_by_id_and_start_by_name_take_one_lock() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeVmm {
