@@ -63,7 +63,7 @@ fn a_pulled_image_is_listed_with_its_origin_and_has_the_images_files() {
     let registry = Registry::start(None);
     let layout = Layout::new();
     demo_image(&layout, "1");
-    registry.push(&layout, "1", "demo:1", None);
+    registry.push(&layout, "1", "demo:1", None, false);
     let digest = layout.manifest_digest("1");
     let reference = format!("{}/demo:1", registry.host());
     let w = world();
@@ -144,7 +144,7 @@ fn a_tampered_blob_fails_the_pull_and_leaves_nothing() {
     let registry = Registry::start(None);
     let layout = Layout::new();
     demo_image(&layout, "1");
-    registry.push(&layout, "1", "demo:1", None);
+    registry.push(&layout, "1", "demo:1", None, false);
     // The second layer's stored bytes change, its size does not.
     let layer = layout.layer_digests("1")[1].clone();
     let data = registry.blob_data(&layer);
@@ -178,7 +178,7 @@ fn prune_reports_then_frees_the_blob_cache() {
     let registry = Registry::start(None);
     let layout = Layout::new();
     demo_image(&layout, "1");
-    registry.push(&layout, "1", "demo:1", None);
+    registry.push(&layout, "1", "demo:1", None, false);
     let w = world();
     // A missing cache counts as empty.
     let empty = w.banger_json(&["image", "cache", "prune", "--dry-run"]);
@@ -226,7 +226,7 @@ fn a_registry_that_wants_a_password_says_how_to_log_in() {
     let registry = Registry::start(Some(("ci", "s3cret")));
     let layout = Layout::new();
     demo_image(&layout, "1");
-    registry.push(&layout, "1", "private/demo:1", Some("ci:s3cret"));
+    registry.push(&layout, "1", "private/demo:1", Some("ci:s3cret"), false);
     let reference = format!("{}/private/demo:1", registry.host());
     let w = world();
 

@@ -4,230 +4,24 @@
 
 #![allow(clippy::unwrap_used)] // test code
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use banger_oci::{
     AuthSources, BlobCache, CacheError, Compression, Credentials, Digest, ImageReference, Platform,
     Progress, PullError, PullOptions, PulledImage, pull, resolve_credentials,
 };
 
-const TOOLS: [&str; 4] = ["docker-registry", "skopeo", "umoci", "htpasswd"];
+#[path = "support/registry.rs"]
+mod support;
 
-fn have_tools(test: &str) -> bool {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|tool| {
-            !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .any(|dir| dir.join(tool).is_file())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    eprintln!(
-        "skipping {test}: {} not installed (apt-get install docker-registry skopeo umoci apache2-utils)",
-        missing.join(", ")
-    );
-    false
-}
+use support::{Layout, Registry, have_tools};
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A registry process on a free loopback port, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(htpasswd: Option<(&str, &str)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("storage").display()
-        );
-        if let Some((user, pass)) = htpasswd {
-            let line = run(Command::new("htpasswd").args(["-Bbn", user, pass]));
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, line).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: banger-test\n    path: {}\n",
-                file.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut registry = Self { child, port, dir };
-        registry.wait_ready();
-        registry
-    }
-
-    /// Waits until `GET /v2/` answers (200, or 401 with auth).
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("registry exited ({status}): {}", self.log());
-            }
-            if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = conn.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut answer = String::new();
-                let _ = conn.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.") {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "registry not ready: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn reference(&self, name: &str) -> ImageReference {
-        format!("{}/{name}", self.host()).parse().unwrap()
-    }
-
-    /// Pushes `layout:tag` as `name` (`--all` copies a whole index).
-    fn push(&self, layout: &Layout, tag: &str, name: &str, creds: Option<&str>, all: bool) {
-        let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false"]);
-        if all {
-            cmd.arg("--all");
-        }
-        if let Some(creds) = creds {
-            cmd.args(["--dest-creds", creds]);
-        }
-        cmd.arg(format!("oci:{}:{tag}", layout.path().display()))
-            .arg(format!("docker://{}/{name}", self.host()));
-        run(&mut cmd);
-    }
-
-    /// The registry's stored file for a blob.
-    fn blob_data(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.dir
-            .path()
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An OCI image layout built with umoci.
-struct Layout {
-    dir: tempfile::TempDir,
-}
-
-impl Layout {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(dir.path().join("layout")));
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("layout")
-    }
-
-    fn image(&self, tag: &str) -> String {
-        format!("{}:{tag}", self.path().display())
-    }
-
-    fn umoci(&self, args: &[&str]) {
-        run(Command::new("umoci").args(args));
-    }
-
-    fn new_image(&self, tag: &str) {
-        self.umoci(&["new", "--image", &self.image(tag)]);
-    }
-
-    /// Adds a layer holding `/name` with `content`.
-    fn insert(&self, tag: &str, name: &str, content: &[u8]) {
-        let src = self.dir.path().join(format!("src-{name}"));
-        std::fs::write(&src, content).unwrap();
-        run(Command::new("umoci")
-            .args(["insert", "--image", &self.image(tag)])
-            .arg(&src)
-            .arg(format!("/{name}")));
-    }
-
-    fn index(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.path().join("index.json")).unwrap()).unwrap()
-    }
-
-    /// The descriptor of the manifest tagged `tag`.
-    fn manifest_desc(&self, tag: &str) -> serde_json::Value {
-        self.index()["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-            .unwrap()
-            .clone()
-    }
-
-    fn manifest_digest(&self, tag: &str) -> Digest {
-        self.manifest_desc(tag)["digest"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
+/// `127.0.0.1:PORT/name` as a reference.
+fn reference_in(registry: &Registry, name: &str) -> ImageReference {
+    format!("{}/{name}", registry.host()).parse().unwrap()
 }
 
 /// Runs a pull, recording its progress reports.
@@ -299,11 +93,14 @@ async fn pulls_a_two_layer_image() {
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path().join("oci"));
-    let reference = registry.reference("team/app:v1");
+    let reference = reference_in(&registry, "team/app:v1");
     let (result, progress) = pull_recorded(&reference, &cache, &PullOptions::default()).await;
     let image = result.unwrap();
 
-    assert_eq!(image.manifest_digest, layout.manifest_digest("v1"));
+    assert_eq!(
+        image.manifest_digest,
+        layout.manifest_digest("v1").parse().unwrap()
+    );
     assert_eq!(image.index_digest, None);
     assert_eq!(image.layers.len(), 2);
     for layer in &image.layers {
@@ -360,14 +157,14 @@ async fn pulls_a_two_layer_image() {
     assert_eq!(again.layers, image.layers);
 
     // By digest, too.
-    let by_digest = registry.reference(&format!("team/app@{}", image.manifest_digest));
+    let by_digest = reference_in(&registry, &format!("team/app@{}", image.manifest_digest));
     let pinned = pull(&by_digest, &cache, &PullOptions::default(), &mut |_| {})
         .await
         .unwrap();
     assert_eq!(pinned.layers, image.layers);
 
     // A tag the registry does not have.
-    let missing = registry.reference("team/app:nope");
+    let missing = reference_in(&registry, "team/app:nope");
     let err = pull(&missing, &cache, &PullOptions::default(), &mut |_| {})
         .await
         .unwrap_err();
@@ -393,7 +190,7 @@ async fn a_shared_base_layer_is_downloaded_once() {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path().join("oci"));
     let (one, _) = pull_recorded(
-        &registry.reference("app:one"),
+        &reference_in(&registry, "app:one"),
         &cache,
         &PullOptions::default(),
     )
@@ -402,7 +199,7 @@ async fn a_shared_base_layer_is_downloaded_once() {
     assert_eq!(one.stats.blobs_downloaded, 3);
 
     let (two, progress) = pull_recorded(
-        &registry.reference("app:two"),
+        &reference_in(&registry, "app:two"),
         &cache,
         &PullOptions::default(),
     )
@@ -486,7 +283,7 @@ async fn a_multi_platform_index_resolves_to_the_wanted_platform() {
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path().join("oci"));
-    let reference = registry.reference("multi");
+    let reference = reference_in(&registry, "multi");
     let content = |image: &PulledImage| -> Vec<u8> {
         // The layer is a gzipped tar holding `/arch`: its text is in the tar.
         let gz = std::fs::read(&image.layers[0].path).unwrap();
@@ -508,7 +305,10 @@ async fn a_multi_platform_index_resolves_to_the_wanted_platform() {
         .await
         .unwrap();
     if Platform::host().architecture == "amd64" {
-        assert_eq!(host.manifest_digest, layout.manifest_digest("amd64"));
+        assert_eq!(
+            host.manifest_digest,
+            layout.manifest_digest("amd64").parse().unwrap()
+        );
         assert!(contains(&content(&host), b"built for amd64\n"));
         assert_eq!(host.config.architecture.as_deref(), Some("amd64"));
     }
@@ -521,7 +321,10 @@ async fn a_multi_platform_index_resolves_to_the_wanted_platform() {
     let arm = pull(&reference, &cache, &arm_options, &mut |_| {})
         .await
         .unwrap();
-    assert_eq!(arm.manifest_digest, layout.manifest_digest("arm64"));
+    assert_eq!(
+        arm.manifest_digest,
+        layout.manifest_digest("arm64").parse().unwrap()
+    );
     assert!(contains(&content(&arm), b"built for arm64\n"));
     assert_eq!(arm.config.architecture.as_deref(), Some("arm64"));
 
@@ -557,7 +360,7 @@ async fn a_registry_with_passwords_wants_credentials() {
     let layout = Layout::new();
     two_layer_image(&layout, "v1");
     registry.push(&layout, "v1", "private/app:v1", Some("user:pass"), false);
-    let reference = registry.reference("private/app:v1");
+    let reference = reference_in(&registry, "private/app:v1");
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path().join("oci"));
 
@@ -624,7 +427,7 @@ async fn a_corrupted_blob_is_refused_and_leaves_nothing() {
     let layout = Layout::new();
     two_layer_image(&layout, "v1");
     registry.push(&layout, "v1", "app:v1", None, false);
-    let reference = registry.reference("app:v1");
+    let reference = reference_in(&registry, "app:v1");
 
     // Find the second layer through a first pull, elsewhere.
     let scratch = tempfile::tempdir().unwrap();
@@ -639,7 +442,7 @@ async fn a_corrupted_blob_is_refused_and_leaves_nothing() {
     let target = &good.layers[1].digest;
 
     // Flip one byte of the stored blob: same size, other content.
-    let data = registry.blob_data(target);
+    let data = registry.blob_data(&target.to_string());
     let mut bytes = std::fs::read(&data).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -694,7 +497,7 @@ async fn prune_and_pulls_during_a_prune() {
 
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = BlobCache::new(cache_dir.path().join("oci"));
-    let one = registry.reference("app:one");
+    let one = reference_in(&registry, "app:one");
     let image = pull(&one, &cache, &PullOptions::default(), &mut |_| {})
         .await
         .unwrap();
@@ -737,7 +540,7 @@ async fn prune_and_pulls_during_a_prune() {
 
     // A prune that removes a layer found in the cache before the pull ends:
     // the pull fetches it again.
-    let two = registry.reference("app:two");
+    let two = reference_in(&registry, "app:two");
     let cache3 = cache.clone();
     let mut pruned_once = false;
     let image_two = pull(

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test code
 
 pub mod netns;
+#[path = "../../../oci/tests/support/registry.rs"]
 pub mod registry;
 
 use std::io::{BufRead, BufReader, Write};
