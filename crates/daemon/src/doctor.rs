@@ -92,8 +92,9 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
     let usernet = match (
         banger_vmm::usernet::missing_tool(),
         banger_vmm::usernet::userns_disabled(),
+        banger_vmm::usernet::tun_unusable(),
     ) {
-        (Some(tool), _) => check(
+        (Some(tool), _, _) => check(
             "user-mode isolation",
             Warn,
             format!(
@@ -102,7 +103,7 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
             ),
             Some("apt-get install passt nftables util-linux iproute2"),
         ),
-        (None, Some(why)) => check(
+        (None, Some(why), _) => check(
             "user-mode isolation",
             Warn,
             format!(
@@ -111,10 +112,19 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
             ),
             Some("sysctl kernel.unprivileged_userns_clone=1 (or use bridged mode)"),
         ),
-        (None, None) => check(
+        (None, None, Some(why)) => check(
+            "user-mode isolation",
+            Warn,
+            format!(
+                "/dev/net/tun cannot be opened by this user ({why}): user-mode vms with egress \
+                 internet (the default) cannot start"
+            ),
+            Some("chmod 0666 /dev/net/tun (Debian's default), or use bridged mode"),
+        ),
+        (None, None, None) => check(
             "user-mode isolation",
             Pass,
-            "pasta, unshare, nft, mount and ip found; user namespaces on",
+            "pasta, unshare, nft, mount and ip found; user namespaces on; /dev/net/tun usable",
             None,
         ),
     };

@@ -144,6 +144,13 @@ pub enum UsernetError {
          the host) or --network bridged; see docs/security.md"
     )]
     NoUserNamespaces { why: &'static str },
+    #[error(
+        "user-mode networking with egress `internet` needs /dev/net/tun, which this user \
+         cannot open ({why}); pasta makes the namespace's interface with it (Debian's \
+         default is mode 0666); or choose --egress open (no isolation from the host) or \
+         --network bridged; see docs/security.md"
+    )]
+    NoTun { why: String },
     #[error("could not {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -174,6 +181,21 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Why this user cannot open `/dev/net/tun` (pasta opens it inside the
+/// namespace, with this user's credentials on the device file), if it
+/// cannot.
+pub fn tun_unusable() -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    match rustix::fs::open(
+        "/dev/net/tun",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(_) => None,
+        Err(e) => Some(io::Error::from(e).to_string()),
+    }
 }
 
 /// Why unprivileged user namespaces are off, if they are (Debian's
@@ -418,6 +440,9 @@ pub fn launch(spec: &UsernetSpec, timeout: Duration) -> Result<UsernetHandle, Us
     }
     if let Some(why) = userns_disabled() {
         return Err(UsernetError::NoUserNamespaces { why });
+    }
+    if let Some(why) = tun_unusable() {
+        return Err(UsernetError::NoTun { why });
     }
     let files = UsernetFiles::in_dir(&spec.vm_dir);
     let io_err = |what: &'static str, path: &Path| {
@@ -693,6 +718,10 @@ mod tests {
         }
         if let Some(why) = userns_disabled() {
             eprintln!("skipped: {why}");
+            return;
+        }
+        if let Some(why) = tun_unusable() {
+            eprintln!("skipped: /dev/net/tun cannot be opened: {why}");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

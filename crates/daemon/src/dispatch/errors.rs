@@ -100,7 +100,8 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::EgressNeedsBridged { .. }
         | E::Usernet(
             banger_vmm::usernet::UsernetError::Missing { .. }
-            | banger_vmm::usernet::UsernetError::NoUserNamespaces { .. },
+            | banger_vmm::usernet::UsernetError::NoUserNamespaces { .. }
+            | banger_vmm::usernet::UsernetError::NoTun { .. },
         )
         | E::Config(_) => ErrorCode::BadParams,
         E::NameTaken(_)
