@@ -25,6 +25,8 @@ pub enum Call {
     AddRandomness(Vec<u8>),
     SetHostname(String),
     Run(Vec<String>),
+    /// `dev`, MAC, `ADDRESS/PREFIX`, gateway.
+    SetNic(String, String, String, Option<std::net::Ipv4Addr>),
     Hangup(u32),
     Write {
         path: PathBuf,
@@ -43,7 +45,7 @@ pub enum Call {
 impl Call {
     /// What [`FakeHost::fail`] matches: `set_clock`, `sync`,
     /// `fsync:/path`, `freeze:/root`, `thaw:/`, `add_randomness`,
-    /// `set_hostname`, `run:ip`, `hangup`, `write:/etc/hostname`,
+    /// `set_hostname`, `run:ssh-keygen`, `set_nic:eth0`, `hangup`, `write:/etc/hostname`,
     /// `create:/path`, `rename:/from`, `remove:/path`.
     fn key(&self) -> String {
         match self {
@@ -55,6 +57,7 @@ impl Call {
             Self::AddRandomness(_) => "add_randomness".into(),
             Self::SetHostname(_) => "set_hostname".into(),
             Self::Run(argv) => format!("run:{}", argv.first().map_or("", String::as_str)),
+            Self::SetNic(dev, ..) => format!("set_nic:{dev}"),
             Self::Hangup(_) => "hangup".into(),
             Self::Write { path, .. } => format!("write:{}", path.display()),
             Self::Create { path, .. } => format!("create:{}", path.display()),
@@ -285,6 +288,21 @@ impl Host for FakeHost {
             }
             Ok(())
         })
+    }
+
+    fn set_nic(
+        &self,
+        dev: &str,
+        mac: [u8; 6],
+        net: &crate::init::cmdline::NetParams,
+    ) -> io::Result<()> {
+        let mac = mac
+            .iter()
+            .map(|o| format!("{o:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let cidr = format!("{}/{}", net.address, net.prefix);
+        self.record(Call::SetNic(dev.into(), mac, cidr, net.gateway), |_| Ok(()))
     }
 
     fn hangup(&self, pid: u32) -> io::Result<()> {

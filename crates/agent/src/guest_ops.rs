@@ -253,7 +253,7 @@ impl GuestOps {
         if req.new_host_key {
             new_host_key(host, req.host_key.as_ref(), then_fsync)?;
         }
-        let key = read_host_key(host, HOST_KEY_PUB).map_err(|e| failed("read the host key", e))?;
+        let key = kept_host_key(host, req.new_host_key)?;
         log!(
             "identity applied in {} ms (thaw {} ms): hostname {}{}{}",
             started.elapsed().as_millis(),
@@ -552,6 +552,17 @@ pub(crate) struct Net {
     pub dns: Vec<IpAddr>,
 }
 
+impl Net {
+    /// [`Net::mac`]'s six octets (checked by [`check_mac`]).
+    fn mac_octets(&self) -> [u8; 6] {
+        let mut out = [0u8; 6];
+        for (o, hex) in out.iter_mut().zip(self.mac.split(':')) {
+            *o = u8::from_str_radix(hex, 16).unwrap_or(0);
+        }
+        out
+    }
+}
+
 pub(crate) fn check_net(n: &GuestNet) -> Result<Net, String> {
     let mac = check_mac(&n.mac)?;
     let (address, prefix) = n
@@ -669,26 +680,17 @@ pub(crate) fn hosts_with_name(hosts: &str, name: &str) -> Option<String> {
     found.then_some(out)
 }
 
-/// `eth0`: down, the new MAC, up, its IPv4 addresses flushed, the new
-/// address and default route; then `/etc/resolv.conf`.
+/// `eth0`: down, the new MAC, the new address (replacing the old), up,
+/// the default route (on-link, as banger-guest-setup does: the gateway
+/// need not be inside the prefix); then `/etc/resolv.conf`.
 fn set_net(host: &dyn Host, net: &Net, then_fsync: &mut Vec<PathBuf>) -> Result<(), Failure> {
-    let cidr = format!("{}/{}", net.address, net.prefix);
-    let gateway = net.gateway.to_string();
-    let steps: [&[&str]; 6] = [
-        &["ip", "link", "set", "dev", NIC, "down"],
-        &["ip", "link", "set", "dev", NIC, "address", &net.mac],
-        &["ip", "link", "set", "dev", NIC, "up"],
-        &["ip", "-4", "address", "flush", "dev", NIC],
-        &["ip", "address", "add", &cidr, "dev", NIC],
-        // `onlink`, as banger-guest-setup does: the gateway need not be
-        // inside the prefix (user-mode networking's is, bridges' may not).
-        &[
-            "ip", "route", "replace", "default", "via", &gateway, "dev", NIC, "onlink",
-        ],
-    ];
-    for argv in steps {
-        host.run(argv).map_err(|e| failed(&argv.join(" "), e))?;
-    }
+    let params = crate::init::cmdline::NetParams {
+        address: net.address,
+        prefix: net.prefix,
+        gateway: Some(net.gateway),
+    };
+    host.set_nic(NIC, net.mac_octets(), &params)
+        .map_err(|e| failed(&format!("configure {NIC}"), e))?;
     if !net.dns.is_empty() {
         let text: String = net
             .dns
@@ -818,6 +820,19 @@ fn reload_sshd(host: &dyn Host) -> Result<(), String> {
         return Ok(());
     }
     host.hangup(pid).map_err(|e| format!("SIGHUP {pid}: {e}"))
+}
+
+/// The guest's SSH host public key line; empty when it has none and was
+/// not asked for a new one (an image without an SSH server).
+fn kept_host_key(host: &dyn Host, new_host_key: bool) -> Result<String, Failure> {
+    if !new_host_key {
+        if let Err(e) = host.read(Path::new(HOST_KEY_PUB)) {
+            if e.kind() == io::ErrorKind::NotFound {
+                return Ok(String::new());
+            }
+        }
+    }
+    read_host_key(host, HOST_KEY_PUB).map_err(|e| failed("read the host key", e))
 }
 
 /// The public key line in `path`: `ssh-ed25519 BASE64[ COMMENT]`.

@@ -16,6 +16,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::init::cmdline::NetParams;
+
 /// `PATH` for the programs the agent runs (`ip`, `ssh-keygen`).
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -48,6 +50,10 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn run(&self, argv: &[&str]) -> io::Result<()>;
     /// `SIGHUP` to process `pid`.
     fn hangup(&self, pid: u32) -> io::Result<()>;
+    /// Gives the configured NIC `dev` a new MAC, address and default
+    /// route, in-process (crates/agent/src/init/net.rs: images pulled from
+    /// a registry may have no `ip`).
+    fn set_nic(&self, dev: &str, mac: [u8; 6], net: &NetParams) -> io::Result<()>;
     /// A file's contents (files the decisions are made from: mount
     /// table, `/etc/hosts`, pid files, public keys).
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
@@ -180,6 +186,10 @@ impl Host for RealHost {
         } else {
             format!("{}: {stderr}", out.status)
         }))
+    }
+
+    fn set_nic(&self, dev: &str, mac: [u8; 6], net: &NetParams) -> io::Result<()> {
+        crate::init::net::reconfigure(dev, mac, net).map_err(io::Error::other)
     }
 
     fn hangup(&self, pid: u32) -> io::Result<()> {

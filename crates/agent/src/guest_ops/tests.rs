@@ -398,22 +398,12 @@ fn identity_applies_everything_in_order() {
             Call::SetHostname("fork-2".into()),
             write("/etc/hostname", "fork-2\n"),
             write("/etc/hosts", hosts),
-            run(&["ip", "link", "set", "dev", "eth0", "down"]),
-            run(&[
-                "ip",
-                "link",
-                "set",
-                "dev",
-                "eth0",
-                "address",
-                "52:54:00:ab:cd:01"
-            ]),
-            run(&["ip", "link", "set", "dev", "eth0", "up"]),
-            run(&["ip", "-4", "address", "flush", "dev", "eth0"]),
-            run(&["ip", "address", "add", "10.0.3.7/24", "dev", "eth0"]),
-            run(&[
-                "ip", "route", "replace", "default", "via", "10.0.3.1", "dev", "eth0", "onlink"
-            ]),
+            Call::SetNic(
+                "eth0".into(),
+                "52:54:00:ab:cd:01".into(),
+                "10.0.3.7/24".into(),
+                Some("10.0.3.1".parse().unwrap())
+            ),
             write(
                 "/etc/resolv.conf",
                 "nameserver 10.0.3.1\nnameserver 2001:db8::53\n"
@@ -812,7 +802,7 @@ fn a_failed_identity_step_is_named() {
         ("add_randomness", "mix in randomness: boom"),
         ("set_hostname", "set the hostname: boom"),
         ("write:/etc/hosts", "write /etc/hosts: boom"),
-        ("run:ip", "ip link set dev eth0 down: boom"),
+        ("set_nic:eth0", "configure eth0: boom"),
         ("write:/etc/resolv.conf", "write /etc/resolv.conf: boom"),
         ("run:ssh-keygen", "new host key: ssh-keygen: boom"),
         ("hangup", "signal sshd: SIGHUP 321: boom"),
@@ -830,6 +820,27 @@ fn a_failed_identity_step_is_named() {
     assert!(matches!(r, Message::IdentityDone { .. }), "{r:?}");
     h.settle();
     assert!(h.host.calls().contains(&Call::Fsync(p("/etc"))));
+}
+
+#[test]
+fn a_guest_without_an_ssh_server_keeps_no_host_key() {
+    let mut h = Harness::new();
+    h.host.unput("/etc/ssh/ssh_host_ed25519_key.pub");
+    let r = h.ask_with(identity(1, Some(guest_net()), false), vec![0; 32]);
+    assert_eq!(
+        r,
+        Message::IdentityDone {
+            id: 1,
+            host_key: String::new()
+        }
+    );
+    // Asked for a new key it still needs one (or ssh-keygen) to answer.
+    drop(h);
+    let mut h = Harness::new();
+    h.host.unput("/etc/ssh/ssh_host_ed25519_key.pub");
+    h.host.fail("run:ssh-keygen", "not found");
+    let r = h.ask_with(identity(2, None, true), vec![0; 32]);
+    assert!(matches!(r, Message::Error { .. }), "{r:?}");
 }
 
 #[test]

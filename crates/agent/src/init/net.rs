@@ -26,6 +26,9 @@ const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
 const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
 const SIOCSIFADDR: libc::c_ulong = 0x8916;
 const SIOCSIFNETMASK: libc::c_ulong = 0x891C;
+const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
+// <linux/if_arp.h>
+const ARPHRD_ETHER: u16 = 1;
 // <net/if.h>, <net/route.h>
 const IFF_UP: i16 = 0x1;
 const RTF_UP: u16 = 0x1;
@@ -148,6 +151,28 @@ fn up(sock: &OwnedFd, dev: &str) -> io::Result<()> {
     unsafe { ioctl(sock, SIOCSIFFLAGS, &mut r) }
 }
 
+/// Clears `IFF_UP` on `dev` (its IPv4 routes go with it).
+fn down(sock: &OwnedFd, dev: &str) -> io::Result<()> {
+    let mut r = Ifreq::new(dev)?;
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS take a `struct ifreq`.
+    unsafe { ioctl(sock, SIOCGIFFLAGS, &mut r) }?;
+    let f = r.flags() & !IFF_UP;
+    r.set_flags(f);
+    // SAFETY: as above.
+    unsafe { ioctl(sock, SIOCSIFFLAGS, &mut r) }
+}
+
+/// Sets `dev`'s Ethernet address (the device must be down).
+fn set_mac(sock: &OwnedFd, dev: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut r = Ifreq::new(dev)?;
+    // `ifr_hwaddr`: a `struct sockaddr` whose family is the hardware type
+    // and whose data starts with the address.
+    r.data[0..2].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+    r.data[2..8].copy_from_slice(&mac);
+    // SAFETY: SIOCSIFHWADDR takes a `struct ifreq` holding `ifr_hwaddr`.
+    unsafe { ioctl(sock, SIOCSIFHWADDR, &mut r) }
+}
+
 /// Adds a route to `dst`/`mask` (through `gateway` if given) on `dev`;
 /// one that exists already is fine.
 fn add_route(
@@ -230,6 +255,18 @@ pub fn configure(dev: &str, p: &NetParams) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// A configured `dev` given a new identity (a VM restored from a
+/// snapshot): down (its routes go), the new MAC, then as [`configure`].
+/// Setting the address replaces the one the snapshot had (the classic
+/// ioctl changes the interface's primary address).
+pub fn reconfigure(dev: &str, mac: [u8; 6], p: &NetParams) -> Result<(), String> {
+    let sock = socket().map_err(|e| format!("open a socket: {e}"))?;
+    down(&sock, dev).map_err(|e| format!("bring {dev} down: {e}"))?;
+    set_mac(&sock, dev, mac).map_err(|e| format!("set {dev}'s MAC address: {e}"))?;
+    drop(sock);
+    configure(dev, p)
 }
 
 #[cfg(test)]
