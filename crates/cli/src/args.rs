@@ -312,8 +312,9 @@ pub enum VmCommand {
         rm: bool,
         #[command(flatten)]
         spec: VmSpecArgs,
-        /// The command to run.
-        #[arg(last = true, required = true)]
+        /// The command to run (for an image pulled from a registry, its
+        /// entrypoint and cmd when none is given).
+        #[arg(last = true)]
         command: Vec<String>,
     },
     /// Resource use inside a VM, from its guest agent.

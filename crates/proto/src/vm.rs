@@ -149,6 +149,11 @@ pub struct VmView {
     /// A running VM whose guest agent is reachable (`vm exec`, `vm cp`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent: bool,
+    /// The guest runs no SSH server (its image, pulled from a registry,
+    /// boots with banger's init): `vm ssh` opens its shell through the
+    /// agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_shell: bool,
 }
 
 /// How to reach a VM over SSH; the CLI runs the `ssh` client with it.
@@ -307,6 +312,11 @@ pub struct ImagePullParams {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Pull only if no image of this name was pulled from this reference;
+    /// if one was, the operation ends at once with it (`vm run --image
+    /// REF`). An image of the name from elsewhere is still a conflict.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_missing: bool,
 }
 
 impl std::fmt::Debug for ImagePullParams {
@@ -318,6 +328,7 @@ impl std::fmt::Debug for ImagePullParams {
             .field("insecure", &self.insecure)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("if_missing", &self.if_missing)
             .finish()
     }
 }
@@ -524,6 +535,8 @@ pub struct VmStats {
 #[serde(deny_unknown_fields)]
 pub struct ExecBeginParams {
     pub name: String,
+    /// The program and its arguments; empty: the image's entrypoint and
+    /// cmd (images pulled from a registry only).
     pub argv: Vec<String>,
     #[serde(default)]
     pub tty: bool,

@@ -82,6 +82,7 @@ fn running_vm() -> VmView {
         console_log: "/home/u/.local/share/banger/vms/0a1b2c3d4e5f/console.log".into(),
         created_at_ms: 1_700_000_000_000,
         agent: true,
+        agent_shell: false,
     }
 }
 
@@ -516,6 +517,7 @@ fn examples() -> Vec<Example> {
                 insecure: false,
                 username: Some("ci".into()),
                 password: Some("s3cret".into()),
+                if_missing: false,
             },
             OpView {
                 kind: OpKind::ImagePull,

@@ -142,6 +142,14 @@ impl KernelRecord {
 }
 
 impl ImageRecord {
+    /// Whether the image boots with banger's agent as its init
+    /// (docs/guest-contract.md, "Images without an init"): images pulled
+    /// from a registry, and those promoted from their VMs, which carry the
+    /// image's config. Their guests run no SSH server.
+    pub fn boots_banger_init(&self) -> bool {
+        self.config.is_some()
+    }
+
     /// Reads a row; an origin or config that is not the JSON this binary
     /// writes is reported as [`StoreError::Corrupt`].
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {

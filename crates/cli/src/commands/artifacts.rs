@@ -165,6 +165,7 @@ fn pull(client: &mut Client, a: &ImagePullArgs) -> Result<(), CliError> {
         insecure: a.insecure,
         username: a.username.clone(),
         password,
+        if_missing: false,
     })?;
     if !a.json {
         note!(

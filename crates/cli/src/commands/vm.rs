@@ -6,9 +6,10 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use banger_proto::methods::{self, Method, NoParams};
+use banger_proto::vm::NameParams;
 use banger_proto::vm::{
-    OpView, SshInfo, VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef,
-    VmView,
+    ImagePullParams, OpView, SshInfo, VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams,
+    VmKillParams, VmRef, VmView,
 };
 use banger_proto::{ErrorCode, NetworkMode, VmState};
 
@@ -142,6 +143,10 @@ pub(crate) fn run(target: &DaemonTarget, cmd: &VmCommand) -> Result<(), CliError
             )
         }
         VmCommand::Ssh { name, command } => {
+            let vm = client.call::<methods::VmShow>(&VmRef { name: name.clone() })?;
+            if vm.agent_shell {
+                return agent_shell(&mut client, &vm, command);
+            }
             let info = client.call::<methods::VmSshInfo>(&VmRef { name: name.clone() })?;
             drop(client);
             let err = ssh_command(&info, command, Remote::CommandLine).exec();
@@ -393,6 +398,40 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
     })
 }
 
+/// Whether `--image` names a registry image (`busybox:1.36`,
+/// `host:port/repo`, `repo@sha256:...`) rather than a local image: image
+/// names have none of `:`, `/` and `@`.
+fn is_reference(image: &str) -> bool {
+    image.contains([':', '/', '@'])
+}
+
+/// `--image REF`: pulls the image unless it was pulled from that
+/// reference already (as `docker run` does), and returns the spec naming
+/// the local image.
+fn with_pulled_image(
+    client: &mut Client,
+    spec: &VmSpecArgs,
+    quiet: bool,
+) -> Result<VmSpecArgs, CliError> {
+    let Some(reference) = spec.image.as_deref().filter(|i| is_reference(i)) else {
+        return Ok(spec.clone());
+    };
+    let begun = client.call::<methods::ImagePullBegin>(&ImagePullParams {
+        reference: reference.to_owned(),
+        if_missing: true,
+        ..Default::default()
+    })?;
+    let target = begun.target.clone();
+    if !quiet {
+        note!("image {reference} is image {target} ({})", begun.op_id);
+    }
+    follow(client, begun, quiet)?;
+    Ok(VmSpecArgs {
+        image: Some(target),
+        ..spec.clone()
+    })
+}
+
 /// Begins `vm.create` and follows it to the end.
 fn create(
     client: &mut Client,
@@ -401,6 +440,7 @@ fn create(
     start: bool,
     quiet: bool,
 ) -> Result<VmView, CliError> {
+    let spec = &with_pulled_image(client, spec, quiet)?;
     let params = create_params(name, spec, start)?;
     let begun = client.call::<methods::VmCreateBegin>(&params)?;
     if !quiet {
@@ -485,10 +525,25 @@ fn vm_run(
             followed::<methods::VmStartBegin>(client, "starting", &name, false)?;
         }
         None => {
+            if command.is_empty() {
+                check_entrypoint(client, spec)?;
+            }
             create(client, &name, spec, true, false)?;
         }
     }
     let vm = client.call::<methods::VmShow>(&VmRef { name: name.clone() })?;
+    if vm.agent_shell {
+        // The image's own env, working directory and user (and with no
+        // command, its entrypoint and cmd), which the agent applies.
+        use std::io::IsTerminal;
+        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        let result = super::guest::exec_in(client, &name, tty, command, None, Vec::new());
+        after_run(client, &name, rm);
+        return result;
+    }
+    if command.is_empty() {
+        return Err(no_entrypoint(&vm.image));
+    }
     if vm.agent {
         // Through the guest agent: no SSH handshake (about half a second
         // of guest CPU under TCG), same argv, root's home and a terminal
@@ -525,6 +580,53 @@ fn vm_run(
     } else {
         Err(CliError::ChildExit(code))
     }
+}
+
+/// `vm run` without a command, before a VM is made for it: the image
+/// must say what to run (a registry reference is checked once pulled).
+fn check_entrypoint(client: &mut Client, spec: &VmSpecArgs) -> Result<(), CliError> {
+    let name = match spec.image.as_deref() {
+        Some(i) if is_reference(i) => return Ok(()),
+        Some(i) => i.to_owned(),
+        None => return Err(no_entrypoint("default")),
+    };
+    let image = client.call::<methods::ImageShow>(&NameParams { name: name.clone() })?;
+    let runs_something = image.config.is_some_and(|c| {
+        c.entrypoint.is_some_and(|e| !e.is_empty()) || c.cmd.is_some_and(|c| !c.is_empty())
+    });
+    if runs_something {
+        Ok(())
+    } else {
+        Err(no_entrypoint(&name))
+    }
+}
+
+fn no_entrypoint(image: &str) -> CliError {
+    CliError::BadParams(format!(
+        "image {image} has no entrypoint or cmd: give the command to run after `--`"
+    ))
+}
+
+/// `vm ssh` to a guest without an SSH server: a shell (or `sh -c` of the
+/// command line, as sshd would run it) through the agent, with a
+/// terminal when this is one and no command was given (as ssh decides).
+fn agent_shell(client: &mut Client, vm: &VmView, command: &[String]) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    note!(
+        "vm {} runs no SSH server (image {}): this shell runs through its agent",
+        vm.name,
+        vm.image
+    );
+    let (argv, tty) = if command.is_empty() {
+        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        (vec!["/bin/sh".to_owned()], tty)
+    } else {
+        (
+            vec!["/bin/sh".to_owned(), "-c".to_owned(), command.join(" ")],
+            false,
+        )
+    };
+    super::guest::exec_in(client, &vm.name, tty, &argv, None, Vec::new())
 }
 
 /// Deletes the VM with `--rm`, or says that a VM `vm run` made keeps

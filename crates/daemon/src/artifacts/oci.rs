@@ -47,6 +47,8 @@ pub struct PullRequest {
     pub insecure: bool,
     /// Given with the request; `None`: Docker's config.json, else anonymous.
     pub credentials: Option<Credentials>,
+    /// An image of this name pulled from this reference is the answer.
+    pub if_missing: bool,
 }
 
 /// The image name a reference gives when none is asked for: the last
@@ -195,7 +197,15 @@ impl Artifacts {
     ) -> Result<ImageRecord, ArtifactError> {
         let lock = self.locks.get(format!("image:{}", req.name));
         let _guard = lock.lock().await;
-        self.refuse_existing(&req.name).await?;
+        if let Some(existing) = self.stored_image(&req.name).await? {
+            let same = matches!(&existing.origin,
+                ImageOrigin::Pulled { reference, .. } if *reference == req.reference.to_string());
+            if req.if_missing && same {
+                ctx.stage("already pulled");
+                return Ok(existing);
+            }
+            return Err(ArtifactError::ImageExists { name: req.name });
+        }
         let agent = self.agent_binary().await?;
         let ssh = self.ssh.clone();
         let key = tokio::task::spawn_blocking(move || ssh.public_key())

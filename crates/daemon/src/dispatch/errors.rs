@@ -112,7 +112,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::SnapshotOfOtherVm { .. }
         | E::Paused(_)
         | E::NoAgentForTemplate(_)
-        | E::PulledImageBoot(_)
+        | E::NoSshServer { .. }
         | E::NoAgentForIdentity(_)
         | E::PromoteNotStopped(_)
         | E::LayeredWorkDisk(_) => ErrorCode::Conflict,

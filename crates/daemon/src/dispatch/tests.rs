@@ -234,7 +234,7 @@ async fn guest_and_network_methods_refuse_bad_input_clearly() {
             "ghost",
         ),
         (
-            r#"{"version":1,"method":"vm.exec.begin","params":{"name":"ghost","argv":[]}}"#,
+            r#"{"version":1,"method":"vm.exec.begin","params":{"name":"ghost","argv":[""]}}"#,
             ErrorCode::BadParams,
             "nothing to run",
         ),

@@ -81,6 +81,7 @@ fn pull_request(p: ImagePullParams) -> Result<artifacts::PullRequest, RpcError> 
         platform,
         insecure: p.insecure,
         credentials: validate::credentials(p.username, p.password)?,
+        if_missing: p.if_missing,
     })
 }
 

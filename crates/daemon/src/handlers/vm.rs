@@ -223,6 +223,14 @@ impl Handler for methods::VmEdit {
 impl Handler for methods::VmSshInfo {
     async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<SshInfo, RpcError> {
         let vm = ctx.state.vms.find(&name).await?;
+        let view = ctx.state.vms.view(&vm).await?;
+        if view.agent_shell {
+            return Err(VmError::NoSshServer {
+                vm: vm.name,
+                image: view.image,
+            }
+            .into());
+        }
         let Some(h) = ctx.state.vms.handles(&vm.id) else {
             return Err(VmError::NotRunning { name: vm.name }.into());
         };

@@ -429,7 +429,6 @@ pub async fn create(
     let kernel = vms.artifacts.ensure_kernel(&plan.kernel, ctx).await?;
     ctx.check_cancelled()?;
     let image = vms.artifacts.ensure_image(&plan.image, ctx).await?;
-    refuse_pulled(&image)?;
     // A rebuild of a stale image may have left the old one unused.
     super::snapshot::template::prune_replaced_images(vms).await;
     ctx.check_cancelled()?;
@@ -568,19 +567,6 @@ fn templates_fit(
         && (shape.vcpus, shape.memory_mib, shape.disk_size_bytes) == default_shape
 }
 
-/// A pulled image boots with banger's agent as its init
-/// (docs/guest-contract.md, "Images without an init"), which vm create
-/// does not do yet: refused before anything is made.
-pub(crate) fn refuse_pulled(image: &ImageRecord) -> Result<(), VmError> {
-    match image.origin {
-        banger_proto::vm::ImageOrigin::Pulled { .. } => {
-            Err(VmError::PulledImageBoot(image.name.clone()))
-        }
-        _ if image.config.is_some() => Err(VmError::PulledImageBoot(image.name.clone())),
-        _ => Ok(()),
-    }
-}
-
 /// Runs a [`WarmJob`] (the background template build after a cold create).
 pub async fn run_warm_job(vms: &Vms, ctx: &OpCtx, job: WarmJob) -> Result<SnapshotRecord, VmError> {
     super::snapshot::warm(vms, ctx, &job.image, &job.kernel, job.shape, job.key).await
@@ -592,7 +578,6 @@ pub async fn warm_image(vms: &Vms, ctx: &OpCtx, name: &str) -> Result<SnapshotRe
     let d = vms.defaults().await?;
     let kernel = vms.artifacts.ensure_kernel(&d.kernel, ctx).await?;
     let image = vms.artifacts.ensure_image(name, ctx).await?;
-    refuse_pulled(&image)?;
     if !image.has_agent {
         return Err(VmError::NoAgentForTemplate(image.name));
     }

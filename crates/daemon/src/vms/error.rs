@@ -131,10 +131,10 @@ pub enum VmError {
     )]
     NoAgentForTemplate(String),
     #[error(
-        "image {0} was pulled from a registry: booting pulled images (no init, no sshd) is not wired \
-         into vm create yet; the image and its root disk are kept"
+        "vm {vm} runs no SSH server: image {image} boots with banger's init; \
+         `banger vm ssh {vm}` and `banger vm exec {vm}` reach it through its agent"
     )]
-    PulledImageBoot(String),
+    NoSshServer { vm: String, image: String },
     #[error(
         "snapshot {0} is of a bridged vm without a guest agent: a new vm from it would keep the source's address"
     )]

@@ -33,12 +33,24 @@ use crate::{disks, validate};
 /// waited forever for a timer tick; the TSC rate added under TCG
 /// (`banger_vmm::tcg_clock_args`) removes the cause. The value only scales
 /// `udelay`; too high merely makes short busy-waits longer.
-fn cmdline(vm_name: &str, net: &str) -> String {
+///
+/// `banger_init`: the image has no init of its own (pulled images):
+/// banger's initramfs hands over to the agent baked in at `BANGER_INIT`.
+pub(super) fn cmdline(vm_name: &str, net: &str, banger_init: bool) -> String {
+    let init = if banger_init {
+        format!(" init={BANGER_INIT}")
+    } else {
+        String::new()
+    };
     format!(
         "console=ttyS0 root=/dev/vda rw panic=-1 quiet lpj={LOOPS_PER_JIFFY} \
-         banger.hostname={vm_name} {net}"
+         banger.hostname={vm_name} {net}{init}"
     )
 }
+
+/// Where a pulled image's root disk has banger's agent, run as PID 1
+/// (crates/daemon/src/artifacts/oci.rs puts it there).
+const BANGER_INIT: &str = "/.banger/init";
 
 /// The guest's side of QEMU's user-mode network.
 const USER_NET_ARGS: &str = "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3";
@@ -166,7 +178,7 @@ async fn boot(
         .db
         .call(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
         .await?;
-    super::create::refuse_pulled(&image)?;
+    let banger_init = image.boots_banger_init();
     let strategy = vm
         .disk_strategy
         .and_then(disks::RootStrategy::from_disk_strategy)
@@ -220,7 +232,7 @@ async fn boot(
     if let Boot::Restore { snapshot, .. } = from {
         snapshot::check_compatible(vms, snapshot, accel).await?;
     }
-    let mut kernel_args = cmdline(&vm.name, &net.cmdline);
+    let mut kernel_args = cmdline(&vm.name, &net.cmdline, banger_init);
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
         // guest can hang calibrating its timers (see banger_vmm::clock).
@@ -377,20 +389,31 @@ async fn boot(
             // for every connection) and, done alongside, slowed the
             // identity by more than that.
             ctx.stage("set identity");
-            host_key = Some(
-                snapshot::apply_identity(vms, vm, &handles, identity, net.guest_net.as_ref())
-                    .await?,
-            );
+            host_key = snapshot::apply_identity(
+                vms,
+                vm,
+                &handles,
+                identity,
+                net.guest_net.as_ref(),
+                !banger_init,
+            )
+            .await?;
         }
         Boot::Restore { .. } => {
             tracing::warn!(vm = %vm.name, "restored without an agent: hostname, clock and host key are the snapshot's");
             ctx.stage("wait for ssh");
             wait_for_ssh(vms, vm, &handles, ctx).await?;
         }
+        // banger's init runs no sshd: the agent answering is the guest
+        // being ready.
+        Boot::Cold if banger_init => {}
         Boot::Cold => {
             ctx.stage("wait for ssh");
             wait_for_ssh(vms, vm, &handles, ctx).await?;
         }
+    }
+    if banger_init {
+        return Ok(handles);
     }
 
     ctx.stage("pin host key");

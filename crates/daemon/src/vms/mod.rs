@@ -650,12 +650,14 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         .db
         .call(move |s| {
             Ok((
-                s.image(&image_id)?.name,
+                s.image(&image_id)?,
                 s.kernel(&kernel_id)?.name,
                 s.lease_of(&vm_id)?,
             ))
         })
         .await?;
+    let agent_shell = image.boots_banger_init();
+    let image = image.name;
     let dir = vm_dir(vms, &vm.id);
     let handles = vms.table.handles(&vm.id);
     Ok(VmView {
@@ -687,5 +689,6 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         console_log: console_log(&dir).display().to_string(),
         created_at_ms: vm.created_at_ms,
         agent: handles.as_ref().is_some_and(|h| h.agent.is_some()),
+        agent_shell,
     })
 }

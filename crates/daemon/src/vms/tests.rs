@@ -106,30 +106,13 @@ async fn a_missing_kernel_file_fails_before_launch() {
     assert!(fake.launched.lock().unwrap().is_empty(), "nothing launched");
 }
 
-#[tokio::test]
-async fn a_pulled_image_is_refused_until_its_boot_is_wired() {
-    let tmp = tempfile::tempdir().unwrap();
-    let state = test_state_with(tmp.path(), Arc::new(FakeVmm::default()));
-    let vm = seed(&state, "pulled", VmState::Stopped);
-    let image_id = vm.image_id.clone();
-    let mut image = state
-        .vms
-        .db
-        .call(move |s| s.image(&image_id))
-        .await
-        .unwrap();
-    assert!(
-        crate::vms::create::refuse_pulled(&image).is_ok(),
-        "a built image boots"
-    );
-    image.origin = banger_proto::vm::ImageOrigin::Pulled {
-        reference: "127.0.0.1:5000/busybox:latest".into(),
-        digest: format!("sha256:{}", "0".repeat(64)),
-    };
-    let err = crate::vms::create::refuse_pulled(&image)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("pulled from a registry"), "{err}");
+#[test]
+fn images_without_an_init_boot_with_the_agent_as_init() {
+    let own = lifecycle::cmdline("dev", "banger.ip=10.0.2.15/24", false);
+    assert!(!own.contains("init="), "{own}");
+    let pulled = lifecycle::cmdline("dev", "banger.ip=10.0.2.15/24", true);
+    assert!(pulled.ends_with(" init=/.banger/init"), "{pulled}");
+    assert!(pulled.contains("banger.hostname=dev banger.ip=10.0.2.15/24"));
 }
 
 #[tokio::test]

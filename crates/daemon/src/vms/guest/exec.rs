@@ -80,7 +80,7 @@ impl Guest {
     /// Starts `p.argv` in the VM `p.name` (name or id): a session the
     /// client then drives with [`Guest::exec_io`].
     pub async fn exec_begin(&self, p: ExecBeginParams) -> Result<ExecBegun, GuestError> {
-        if p.argv.is_empty() || p.argv[0].is_empty() {
+        if p.argv.first().is_some_and(String::is_empty) {
             return Err(GuestError::NothingToRun);
         }
         for (key, value) in &p.env {
@@ -94,6 +94,15 @@ impl Guest {
         }
         self.reap_idle_execs();
         let (vm, conn) = self.agent_for(&p.name).await?;
+        if p.argv.is_empty() {
+            // No argv: the image's entrypoint and cmd, which only images
+            // with banger's init have (the agent applies them).
+            let image_id = vm.image_id.clone();
+            let image = self.db.call(move |s| s.image(&image_id)).await?;
+            if !image.boots_banger_init() {
+                return Err(GuestError::NothingToRun);
+            }
+        }
         let (id, mut rx) = conn
             .start(
                 |id| Message::Exec {

@@ -176,14 +176,17 @@ pub(crate) fn to_proto_backend(b: banger_vmm::BackendKind) -> banger_proto::Back
 }
 
 /// Gives a restored guest its identity (see [`Identity`]) through its
-/// agent; returns its SSH host public key line.
+/// agent; returns its SSH host public key line (`None` when `ssh` is
+/// false: a guest without an SSH server gets no new key and may have
+/// none).
 pub(super) async fn apply_identity(
     vms: &Vms,
     vm: &VmRecord,
     handles: &Handles,
     identity: Identity,
     net: Option<&GuestNetPlan>,
-) -> Result<String, VmError> {
+    ssh: bool,
+) -> Result<Option<String>, VmError> {
     let request = super::guest::identity::Identity {
         hostname: vm.name.clone(),
         net: match identity {
@@ -195,9 +198,10 @@ pub(super) async fn apply_identity(
             }),
             Identity::Same => None,
         },
-        new_host_key: identity == Identity::New,
+        new_host_key: ssh && identity == Identity::New,
     };
-    Ok(vms.guest.apply_identity(vm, handles, &request).await?)
+    let key = vms.guest.apply_identity(vm, handles, &request).await?;
+    Ok(ssh.then_some(key))
 }
 
 /// Bytes the files under `dir` take on disk.
