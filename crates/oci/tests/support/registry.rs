@@ -219,6 +219,27 @@ impl Layout {
             .arg(&tar));
     }
 
+    /// Adds a layer of everything under `dir` as it is there: owners
+    /// (numeric), modes, links and device nodes kept, so whiteout files
+    /// (`.wh.NAME`, `.wh..wh..opq`) made there become whiteouts.
+    pub fn add_layer_dir(&self, tag: &str, dir: &Path) {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let tar = self.dir.path().join("layer.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .args(["--numeric-owner", "-cf"])
+            .arg(&tar)
+            .args(&names));
+        run(Command::new("umoci")
+            .args(["raw", "add-layer", "--image", &self.image(tag)])
+            .arg(&tar));
+    }
+
     /// Adds a layer holding `/name` with `content` through `umoci insert`
     /// (fine for pulls; see [`Layout::add_layer`] for layers that get
     /// flattened).
