@@ -294,6 +294,83 @@ impl Layout {
     }
 }
 
+/// Where fixtures too slow to make per test are kept between runs:
+/// `$XDG_CACHE_HOME/banger/test-fixtures`, else `~/.cache/banger/test-fixtures`.
+pub fn fixture_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
+        .join("banger/test-fixtures")
+}
+
+/// A Debian bookworm root filesystem as a tar:
+/// `mmdebstrap --variant=minbase bookworm OUT.tar`, made once and kept in
+/// [`fixture_cache_dir`] (written under a temp name, then renamed, so a
+/// run that stops half-way leaves nothing that looks finished). Needs
+/// root and mmdebstrap (with apt sources to fetch from); `Err` says why
+/// it cannot be made here, for the caller to skip with.
+pub fn debian_rootfs_tar() -> Result<PathBuf, String> {
+    let dir = fixture_cache_dir();
+    let tar = dir.join("debian-bookworm-minbase.tar");
+    if tar.is_file() {
+        return Ok(tar);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|d| d.join("mmdebstrap").is_file()) {
+        return Err("mmdebstrap not installed (apt-get install mmdebstrap)".into());
+    }
+    let uid = run(Command::new("id").arg("-u"));
+    if uid.trim() != "0" {
+        return Err(format!(
+            "making {} needs root (mmdebstrap --mode=root)",
+            tar.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix(".debian-")
+        .tempdir_in(&dir)
+        .unwrap();
+    let out = tmp.path().join("rootfs.tar");
+    eprintln!("making {} with mmdebstrap (once)", tar.display());
+    run(Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=minbase",
+            "--mode=root",
+            "--format=tar",
+        ])
+        .arg("bookworm")
+        .arg(&out));
+    std::fs::rename(&out, &tar).unwrap();
+    Ok(tar)
+}
+
+/// Puts a Debian bookworm image tagged `tag` into `layout`: the
+/// [`debian_rootfs_tar`] as one layer (`umoci raw add-layer`, gzip), with
+/// the config `FOO=debian`, `/bin/bash`, working dir `/root`. `Err` says
+/// why it cannot be made here (see [`debian_rootfs_tar`]).
+pub fn debian_rootfs(layout: &Layout, tag: &str) -> Result<(), String> {
+    let tar = debian_rootfs_tar()?;
+    layout.new_image(tag);
+    run(Command::new("umoci")
+        .args(["raw", "add-layer", "--image", &layout.image(tag)])
+        .arg(&tar));
+    layout.umoci(&[
+        "config",
+        "--image",
+        &layout.image(tag),
+        "--config.env",
+        "FOO=debian",
+        "--config.cmd",
+        "/bin/bash",
+        "--config.workingdir",
+        "/root",
+    ]);
+    Ok(())
+}
+
 /// Runs `debugfs -R REQUEST IMAGE` and returns what it printed.
 pub fn debugfs(image: &Path, request: &str) -> String {
     let program = ["/sbin/debugfs", "/usr/sbin/debugfs"]
