@@ -13,7 +13,9 @@
 //! - `vm ssh` (no SSH server) runs through the agent and says so once;
 //!   `vm exec`, `vm cp`, `vm stats`, `vm ports` and `vm fork` work;
 //! - `image promote` of the stopped VM: a new VM from it has the file
-//!   written in the first.
+//!   written in the first;
+//! - a Debian root filesystem image (mmdebstrap minbase, no init) boots
+//!   the same way.
 //!
 //! Needs root (device nodes and owners in the layer), QEMU, the registry
 //! tools and busybox-static (`scripts/deps.sh`, `ensure_test_deps`).
@@ -325,6 +327,32 @@ fn pulled_images_boot_with_banger_init() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(lines(&out), ["kept"]);
+
+    let t = step("a Debian root filesystem image: booted, its config applied");
+    let debian = Layout::new();
+    match common::registry::debian_rootfs(&debian, "bookworm") {
+        Err(why) => eprintln!("    skipped: {why}"),
+        Ok(()) => {
+            registry.push(&debian, "bookworm", "test/debian:bookworm", None, false);
+            let reference = format!("{}/test/debian:bookworm", registry.host());
+            let out = w.banger(&[
+                "vm",
+                "run",
+                "--rm",
+                "--image",
+                &reference,
+                "--",
+                "sh",
+                "-c",
+                "cat /etc/debian_version; echo $FOO; pwd; test -x /sbin/init || echo no-init",
+            ]);
+            assert!(out.status.success(), "{}", text(&out));
+            let got = lines(&out);
+            assert!(got[0].starts_with("12."), "{}", text(&out));
+            assert_eq!(got[1..], ["debian", "/root", "no-init"], "{}", text(&out));
+        }
+    }
+    eprintln!("    {:.1} s", t.elapsed().as_secs_f64());
 
     step("clean up");
     let out = w.banger(&["vm", "delete", "bb"]);
