@@ -368,6 +368,9 @@ pub async fn pull(
                     digest: config_desc.0.clone(),
                     source,
                 })?;
+                if index_digest.is_none() {
+                    check_single_platform(reference, options, &config)?;
+                }
                 return Ok(PulledImage {
                     reference: reference.clone(),
                     manifest_digest,
@@ -590,6 +593,34 @@ impl<'a> Puller<'a> {
         stats.blobs_downloaded += 1;
         Ok(Fetched::New(blob))
     }
+}
+
+/// An image without an index serves the platform its config names: a
+/// `--platform` that is not it is refused, as Docker does (without one,
+/// any is taken).
+fn check_single_platform(
+    reference: &ImageReference,
+    options: &PullOptions,
+    config: &ImageConfig,
+) -> Result<(), PullError> {
+    let (Some(wanted), Some(os), Some(architecture)) =
+        (&options.platform, &config.os, &config.architecture)
+    else {
+        return Ok(());
+    };
+    let has = Platform {
+        os: os.clone(),
+        architecture: architecture.clone(),
+        variant: None,
+    };
+    if wanted.accepts(&has) {
+        return Ok(());
+    }
+    Err(PullError::NoMatchingPlatform {
+        reference: reference.to_string(),
+        wanted: wanted.clone(),
+        offered: vec![has.to_string()],
+    })
 }
 
 /// Docker's rule: plain HTTP for loopback registries (`localhost`,
