@@ -274,3 +274,59 @@ fn a_registry_that_wants_a_password_says_how_to_log_in() {
     assert_eq!(image["origin"]["kind"], "pulled");
     assert_eq!(w.names(&["image", "list"]), ["demo-1", "from-config"]);
 }
+
+#[test]
+fn bad_input_to_pull_and_promote_is_refused_by_name() {
+    if !have_tools("bad_input_to_pull_and_promote_is_refused_by_name") {
+        return;
+    }
+    let registry = Registry::start(None);
+    let layout = Layout::new();
+    demo_image(&layout, "1");
+    registry.push(&layout, "1", "demo:1", None, false);
+    let reference = format!("{}/demo:1", registry.host());
+    let w = world();
+    let refused = |args: &[&str], code: i32, wants: &[&str]| {
+        let out = w.banger(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in wants {
+            assert!(err.contains(want), "{args:?}: {want} not in {err}");
+        }
+        assert!(err.contains("(op-"), "{args:?}: no op id in {err}");
+    };
+    refused(
+        &["image", "pull", "Not A/Reference"],
+        2,
+        &["Not A/Reference"],
+    );
+    refused(&["image", "pull", "demo@sha256:abc"], 2, &["sha256:abc"]);
+    refused(
+        &["image", "pull", &reference, "--platform", "linux"],
+        2,
+        &["linux"],
+    );
+    refused(
+        &["image", "pull", &reference, "--platform", "windows/amd64"],
+        4,
+        &["windows/amd64", "linux/amd64"],
+    );
+    refused(
+        &["image", "pull", &reference, "--name", "Bad_Name"],
+        2,
+        &["Bad_Name"],
+    );
+    refused(
+        &["image", "promote", "ghost", "--name", "new"],
+        4,
+        &["ghost"],
+    );
+    w.banger_json(&["image", "pull", &reference, "--name", "taken"]);
+    refused(
+        &["image", "pull", &reference, "--name", "taken"],
+        5,
+        &["taken"],
+    );
+    // Nothing half-made is left by any of them.
+    assert_eq!(w.names(&["image", "list"]), ["taken"]);
+}

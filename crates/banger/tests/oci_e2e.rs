@@ -40,6 +40,9 @@ fn world() -> World {
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
     w.extra_env
         .push(("BANGER_AGENT_BIN", common::static_agent()));
+    // Warm templates on: pulled images get them too.
+    w.extra_env
+        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
     w
 }
 
@@ -309,12 +312,45 @@ fn pulled_images_boot_with_banger_init() {
     assert!(out.status.success(), "{}", text(&out));
     eprintln!("    {:.1} s", t.elapsed().as_secs_f64());
 
+    let t = step("a warm template of the pulled image: restored, its own name");
+    w.banger_json(&["image", "warm", "busybox-layered"]);
+    let out = w.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--name",
+        "warm1",
+        "--image",
+        "busybox-layered",
+        "--",
+        "sh",
+        "-c",
+        "hostname; echo $FOO",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lines(&out), ["warm1", "from-image"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restore from template"),
+        "{}",
+        text(&out)
+    );
+    eprintln!("    {:.1} s", t.elapsed().as_secs_f64());
+
     step("image promote: a new VM from it has the file written in the first");
     exec(&w, "bb", "echo kept > /srv/work/promoted.txt");
+    let out = w.banger(&["image", "promote", "bb", "--name", "bbp"]);
+    assert_eq!(out.status.code(), Some(5), "running: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bb"),
+        "{}",
+        text(&out)
+    );
     let out = w.banger(&["vm", "stop", "bb"]);
     assert!(out.status.success(), "{}", text(&out));
     let promoted = w.banger_json(&["image", "promote", "bb", "--name", "bbp"]);
     assert_eq!(promoted["origin"]["kind"], "promoted", "{promoted}");
+    let out = w.banger(&["image", "promote", "bb", "--name", "bbp"]);
+    assert_eq!(out.status.code(), Some(5), "name taken: {}", text(&out));
     let out = w.banger(&[
         "vm",
         "run",
@@ -357,6 +393,24 @@ fn pulled_images_boot_with_banger_init() {
     step("clean up");
     let out = w.banger(&["vm", "delete", "bb"]);
     assert!(out.status.success(), "{}", text(&out));
+    // Cold creates made templates in the background (image.warm
+    // operations): each must end, and well.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let ops = loop {
+        let ops = w.banger_json(&["ops"]);
+        let running = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["state"] == "running");
+        if !running || std::time::Instant::now() > deadline {
+            break ops;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    for op in ops.as_array().unwrap() {
+        assert_eq!(op["state"], "succeeded", "{op}");
+    }
     let vms: Value = w.banger_json(&["vm", "list"]);
     assert_eq!(vms.as_array().unwrap().len(), 0, "{vms}");
     assert!(
