@@ -293,4 +293,61 @@ mod tests {
         assert!(Ifreq::new("a-name-far-too-long").is_err());
         assert!(Ifreq::new("").is_err());
     }
+
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The real ioctls on a TAP NIC, in a network namespace of this
+    /// test's thread (namespaces are per thread; `ip` runs in it too), so
+    /// the machine's own network is never touched.
+    #[test]
+    fn configure_then_reconfigure_a_real_nic() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: a network namespace needs root (CI runs as root)");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare changes only this thread's network namespace;
+            // nothing else runs on this thread.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", io::Error::last_os_error());
+            // A TAP device: the kernels here have no dummy driver.
+            ip(&["tuntap", "add", "d0", "mode", "tap"]);
+            let first = NetParams {
+                address: Ipv4Addr::new(10, 9, 0, 5),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
+            };
+            configure("d0", &first).unwrap();
+            assert!(ip(&["-4", "-o", "addr", "show", "d0"]).contains("10.9.0.5/24"));
+            assert!(ip(&["route", "show", "default"]).contains("via 10.9.0.1 dev d0"));
+
+            // A fork's identity: new MAC, a /32 whose gateway is off-link.
+            let second = NetParams {
+                address: Ipv4Addr::new(10, 9, 1, 7),
+                prefix: 32,
+                gateway: Some(Ipv4Addr::new(10, 9, 1, 1)),
+            };
+            reconfigure("d0", [0x52, 0x54, 0, 0xab, 0xcd, 0x01], &second).unwrap();
+            let addrs = ip(&["-4", "-o", "addr", "show", "d0"]);
+            assert!(addrs.contains("10.9.1.7/32"), "{addrs}");
+            assert!(!addrs.contains("10.9.0.5"), "the old address went: {addrs}");
+            let link = ip(&["link", "show", "d0"]);
+            assert!(link.contains("link/ether 52:54:00:ab:cd:01"), "{link}");
+            assert!(link.contains(",UP"), "{link}");
+            let routes = ip(&["route", "show"]);
+            assert!(routes.contains("default via 10.9.1.1 dev d0"), "{routes}");
+            assert!(routes.contains("10.9.1.1 dev d0"), "{routes}");
+            assert!(!routes.contains("10.9.0.1"), "{routes}");
+        })
+        .join()
+        .unwrap();
+    }
 }
