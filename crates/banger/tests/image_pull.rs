@@ -330,3 +330,59 @@ fn bad_input_to_pull_and_promote_is_refused_by_name() {
     // Nothing half-made is left by any of them.
     assert_eq!(w.names(&["image", "list"]), ["taken"]);
 }
+
+#[test]
+fn a_second_pull_downloads_only_the_new_layer_and_survives_a_prune() {
+    if !have_tools("a_second_pull_downloads_only_the_new_layer_and_survives_a_prune") {
+        return;
+    }
+    let registry = Registry::start(None);
+    let layout = Layout::new();
+    demo_image(&layout, "1");
+    layout.umoci(&["tag", "--image", &layout.image("1"), "2"]);
+    layout.add_layer("2", &[("srv/app/extra", b"only in two\n")]);
+    registry.push(&layout, "1", "demo:1", None, false);
+    registry.push(&layout, "2", "demo:2", None, false);
+    let w = world();
+    let gets = |digest: &str| {
+        registry
+            .log()
+            .lines()
+            .filter(|l| l.contains("method=GET") && l.contains(&format!("/blobs/{digest}")))
+            .count()
+    };
+
+    w.banger_json(&["image", "pull", &format!("{}/demo:1", registry.host())]);
+    w.banger_json(&["image", "pull", &format!("{}/demo:2", registry.host())]);
+    let layers = layout.layer_digests("2");
+    assert_eq!(layers.len(), 3);
+    for shared in &layers[..2] {
+        assert_eq!(
+            gets(shared),
+            1,
+            "{shared} fetched once:\n{}",
+            registry.log()
+        );
+    }
+    assert_eq!(gets(&layers[2]), 1, "the new layer fetched");
+
+    // A pull while prunes run: it succeeds (a prune waits for it, or the
+    // pull fetches again what a prune took), and its image is whole.
+    let reference = format!("{}/demo:2", registry.host());
+    let pull = w
+        .command(common::BANGER)
+        .args(["image", "pull", &reference, "--name", "during", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..3 {
+        w.banger_json(&["image", "cache", "prune"]);
+    }
+    let out = pull.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let image: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rootfs = PathBuf::from(image["rootfs"].as_str().unwrap());
+    assert_eq!(debugfs(&rootfs, "cat /srv/app/extra"), "only in two\n");
+    assert_eq!(debugfs(&rootfs, "cat /hello"), "hello from layer one\n");
+}
