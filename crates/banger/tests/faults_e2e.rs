@@ -18,23 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, cache_home, is_root, signal, step, text, wait_gone};
+use common::{World, is_root, signal, step, text, wait_gone};
 use serde_json::Value;
 
 /// The store's busy timeout (crates/store/src/lib.rs, BUSY_TIMEOUT).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn world() -> World {
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    // User-mode networking even where a banger-helper is installed.
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
-    w
-}
 
 fn data_dir(w: &World) -> PathBuf {
     w.root().join("data/banger")
@@ -134,7 +122,7 @@ fn vm_faults_end_to_end() {
         );
         return;
     }
-    let mut w = world();
+    let mut w = common::vm_world();
 
     let t = step("a running vm with a published port (builds the image on first use)");
     let publish = TcpListener::bind("127.0.0.1:0").unwrap();

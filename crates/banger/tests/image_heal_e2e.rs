@@ -18,20 +18,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{World, cache_home, is_root, step, text};
+use common::{World, is_root, step, text};
 use serde_json::Value;
-
-fn world() -> World {
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    // User-mode networking even where a banger-helper is installed.
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
-    w
-}
 
 fn images(w: &World) -> Vec<Value> {
     w.banger_json(&["image", "list"])
@@ -61,7 +49,7 @@ fn a_stale_default_image_heals_on_the_next_create() {
         );
         return;
     }
-    let w = world();
+    let w = common::vm_world();
 
     let t = step("an old VM, on a default image built before the everyday tools");
     w.banger_ok(&["vm", "create", "--name", "old", "--no-start"]);

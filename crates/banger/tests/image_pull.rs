@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::registry::{Layout, Registry, debugfs, have_tools};
+use common::registry::{Layout, Registry, debugfs, files_under, have_tools};
 use common::{World, text};
 
 /// A world whose daemon bakes the static agent into images.
@@ -39,20 +39,6 @@ fn demo_image(layout: &Layout, tag: &str) {
         "--config.exposedports",
         "8080/tcp",
     ]);
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                out.extend(files_under(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]

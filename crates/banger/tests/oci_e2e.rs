@@ -25,26 +25,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::registry::{Layout, Registry, have_tools, run};
-use common::{World, cache_home, is_root, step, text};
+use common::{World, is_root, step, text};
 use serde_json::Value;
-
-fn world() -> World {
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
-    // Warm templates on: pulled images get them too.
-    w.extra_env
-        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
-    w
-}
 
 /// The host's busybox (Debian's busybox-static: one static binary).
 const BUSYBOX: &str = "/bin/busybox";
@@ -167,7 +153,7 @@ fn pulled_images_boot_with_banger_init() {
     layered_busybox(&layout, "layered");
     registry.push(&layout, "layered", "test/busybox:layered", None, false);
     let reference = format!("{}/test/busybox:layered", registry.host());
-    let w = world();
+    let w = common::template_world();
 
     let t = step("vm run --name bb --image REF: pulled, its cmd runs");
     let out = w.banger(&["vm", "run", "--name", "bb", "--image", &reference]);

@@ -21,12 +21,11 @@ mod common;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{World, cache_home, is_root, step, text};
+use common::{World, is_root, step, text};
 
 /// A listener that counts the connections it accepts.
 struct Server {
@@ -176,13 +175,7 @@ fn user_mode_egress_end_to_end() {
         eprintln!("skipped: {tool} is not installed (scripts/deps.sh installs it)");
         return;
     }
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
+    let w = common::vm_world();
 
     let loopback = serve(Ipv4Addr::LOCALHOST);
     let everywhere = serve(Ipv4Addr::UNSPECIFIED);

@@ -15,21 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{World, alive, cache_home, is_root, signal, step, text, wait_gone};
+use common::{World, alive, is_root, signal, step, text, wait_gone};
 use serde_json::Value;
-
-fn world() -> World {
-    let mut w = World::new();
-    w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
-    w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
-    // User-mode networking even where a banger-helper is installed.
-    w.extra_env
-        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    // Images are never built without the guest agent.
-    w.extra_env
-        .push(("BANGER_AGENT_BIN", common::static_agent()));
-    w
-}
 
 fn show(w: &World, name: &str) -> Value {
     w.banger_json(&["vm", "show", name])
@@ -96,7 +83,7 @@ fn vm_lifecycle_end_to_end() {
         );
         return;
     }
-    let w = world();
+    let w = common::vm_world();
     let t = step("create a (pulls the kernel and builds the image on first use)");
     let out = w.banger(&["vm", "create", "--name", "e2e-a"]);
     assert!(out.status.success(), "{}", text(&out));

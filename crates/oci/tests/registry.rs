@@ -17,7 +17,7 @@ use banger_oci::{
 #[path = "support/registry.rs"]
 mod support;
 
-use support::{Layout, Registry, have_tools};
+use support::{Layout, Registry, files_under, have_tools};
 
 /// `127.0.0.1:PORT/name` as a reference.
 fn reference_in(registry: &Registry, name: &str) -> ImageReference {
@@ -41,20 +41,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn sha256_file(path: &Path) -> Digest {
     Digest::of(&std::fs::read(path).unwrap())
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                out.extend(files_under(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// A 2-layer image with a full run config, tagged `tag`.

@@ -443,13 +443,21 @@ pub fn text(out: &Output) -> String {
 /// even where a banger-helper is installed, warm templates on, and the
 /// static agent baked into the images it builds.
 pub fn template_world() -> World {
+    let mut w = vm_world();
+    w.extra_env
+        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
+    w
+}
+
+/// A world for tests that boot VMs: TCG, the shared cache (kernels, image
+/// bases), user-mode networking even where a banger-helper is installed,
+/// and the static agent baked into the images it builds.
+pub fn vm_world() -> World {
     let mut w = World::new();
     w.extra_env.push(("XDG_CACHE_HOME", cache_home()));
     w.extra_env.push(("BANGER_ACCEL", PathBuf::from("tcg")));
     w.extra_env
         .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
-    w.extra_env
-        .push(("BANGER_TEMPLATES", PathBuf::from("auto")));
     w.extra_env.push(("BANGER_AGENT_BIN", static_agent()));
     w
 }

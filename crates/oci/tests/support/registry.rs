@@ -371,6 +371,21 @@ pub fn debian_rootfs(layout: &Layout, tag: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every file under `dir` (none when it is missing).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// Runs `debugfs -R REQUEST IMAGE` and returns what it printed.
 pub fn debugfs(image: &Path, request: &str) -> String {
     let program = ["/sbin/debugfs", "/usr/sbin/debugfs"]
