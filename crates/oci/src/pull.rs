@@ -595,19 +595,19 @@ impl<'a> Puller<'a> {
     }
 }
 
-/// An image without an index serves the platform its config names: a
-/// `--platform` that is not it is refused, as Docker does (without one,
-/// any is taken).
+/// An image without an index serves the platform its config names: one
+/// that is not the wanted platform (`--platform`, else the host's: an
+/// image of another architecture cannot boot here) is refused, naming
+/// the one it has. A config that names none is taken.
 fn check_single_platform(
     reference: &ImageReference,
     options: &PullOptions,
     config: &ImageConfig,
 ) -> Result<(), PullError> {
-    let (Some(wanted), Some(os), Some(architecture)) =
-        (&options.platform, &config.os, &config.architecture)
-    else {
+    let (Some(os), Some(architecture)) = (&config.os, &config.architecture) else {
         return Ok(());
     };
+    let wanted = &options.platform.clone().unwrap_or_else(Platform::host);
     let has = Platform {
         os: os.clone(),
         architecture: architecture.clone(),
@@ -793,6 +793,34 @@ mod tests {
             offered(&entries),
             vec!["linux/arm/v7", "linux/arm64/v8", "linux/amd64"]
         );
+    }
+
+    #[test]
+    fn a_single_platform_image_must_be_the_wanted_platform() {
+        let r: ImageReference = "127.0.0.1:5000/app:1".parse().unwrap();
+        let config = |os: Option<&str>, arch: Option<&str>| ImageConfig {
+            os: os.map(Into::into),
+            architecture: arch.map(Into::into),
+            ..Default::default()
+        };
+        let host = Platform::host();
+        let any = PullOptions::default();
+        let native = config(Some(&host.os), Some(&host.architecture));
+        assert!(check_single_platform(&r, &any, &native).is_ok());
+        assert!(check_single_platform(&r, &any, &config(None, None)).is_ok());
+        let foreign = config(Some("linux"), Some("s390x"));
+        let err = check_single_platform(&r, &any, &foreign)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/s390x") && err.contains(&host.to_string()),
+            "{err}"
+        );
+        let asked = PullOptions {
+            platform: Some("linux/s390x".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(check_single_platform(&r, &asked, &foreign).is_ok());
     }
 
     #[test]
