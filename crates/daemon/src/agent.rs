@@ -64,6 +64,13 @@ pub enum AgentError {
     },
     #[error("the guest agent did not answer within {0} s")]
     Timeout(u64),
+    #[error("reach guest vsock port {port} through {socket}")]
+    Vsock {
+        socket: PathBuf,
+        port: u32,
+        #[source]
+        source: VsockError,
+    },
     #[error("the guest agent speaks protocol {theirs}, this daemon {ours}: rebuild the image")]
     Version { theirs: u32, ours: u32 },
     #[error("the connection to the guest agent was lost")]
@@ -83,6 +90,65 @@ pub enum AgentError {
         version: String,
         request: &'static str,
     },
+}
+
+/// Why Firecracker's hybrid vsock did not connect to a guest port.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("write the CONNECT request")]
+    Write(#[source] std::io::Error),
+    #[error("read the answer")]
+    Read(#[source] std::io::Error),
+    /// Firecracker closes the connection when nothing in the guest
+    /// listens on the port (yet: the agent may still be starting).
+    #[error("closed without an answer: nothing listens on the port in the guest")]
+    Refused,
+    #[error("answered {0:?}, not OK")]
+    Answer(String),
+}
+
+/// Longest answer line read: `OK ` and a host-side port number.
+const VSOCK_ANSWER_MAX: usize = 32;
+
+/// Firecracker's host-initiated hybrid vsock connection
+/// (`../shared/reference/firecracker-api.yaml`, `Vsock`): on a stream
+/// connected to the device's `uds_path`, `CONNECT PORT\n`, answered
+/// `OK HOST_PORT\n`; after that the stream is the guest's connection.
+/// The answer is read a byte at a time so nothing past its newline (the
+/// guest's first bytes) is consumed; a line longer than
+/// [`VSOCK_ANSWER_MAX`] is refused. Hand-written: it is one line each way.
+pub async fn hybrid_vsock_handshake(stream: &mut UnixStream, port: u32) -> Result<(), VsockError> {
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(VsockError::Write)?;
+    let mut line = Vec::with_capacity(VSOCK_ANSWER_MAX);
+    loop {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Ok(0) if line.is_empty() => return Err(VsockError::Refused),
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            // Firecracker resets the connection when the port is closed.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(VsockError::Refused);
+            }
+            Err(e) => return Err(VsockError::Read(e)),
+        }
+        if line.len() > VSOCK_ANSWER_MAX {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    let ok = text
+        .strip_prefix("OK ")
+        .is_some_and(|p| p.parse::<u32>().is_ok());
+    if ok && line.len() <= VSOCK_ANSWER_MAX {
+        Ok(())
+    } else {
+        Err(VsockError::Answer(text))
+    }
 }
 
 /// Frames queued per request before the reader waits (see the module
@@ -129,6 +195,40 @@ impl AgentConn {
                 socket: socket.to_owned(),
                 source,
             })?;
+        Self::establish(stream, timeout).await
+    }
+
+    /// [`AgentConn::connect`] through Firecracker's hybrid vsock: its Unix
+    /// socket, then `CONNECT PORT` to the guest port the agent listens on
+    /// (see [`hybrid_vsock_handshake`]).
+    pub async fn connect_vsock(
+        socket: &Path,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, AgentError> {
+        let mut stream =
+            UnixStream::connect(socket)
+                .await
+                .map_err(|source| AgentError::Connect {
+                    socket: socket.to_owned(),
+                    source,
+                })?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, hybrid_vsock_handshake(&mut stream, port))
+            .await
+            .map_err(|_| AgentError::Timeout(timeout.as_secs()))?
+            .map_err(|source| AgentError::Vsock {
+                socket: socket.to_owned(),
+                port,
+                source,
+            })?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Self::establish(stream, left).await
+    }
+
+    /// The frame reader and writer on a connected stream, then the
+    /// `Hello` exchange (up to `timeout`).
+    async fn establish(stream: UnixStream, timeout: Duration) -> Result<Arc<Self>, AgentError> {
         let (mut read, mut write) = stream.into_split();
         let closed = CancellationToken::new();
         let routes: Routes = Arc::default();
@@ -391,8 +491,18 @@ pub(crate) mod tests {
         capabilities: Vec<String>,
         seen: Arc<Mutex<Vec<Frame>>>,
     ) {
+        let (s, _) = listener.accept().await.unwrap();
+        fake_agent_on(s, protocol, capabilities, seen).await;
+    }
+
+    /// [`fake_agent_with`] on a connected stream.
+    pub(crate) async fn fake_agent_on(
+        mut s: UnixStream,
+        protocol: u32,
+        capabilities: Vec<String>,
+        seen: Arc<Mutex<Vec<Frame>>>,
+    ) {
         use banger_proto::agent::capability;
-        let (mut s, _) = listener.accept().await.unwrap();
         let mut d = FrameDecoder::new();
         let mut buf = vec![0u8; 4096];
         let has = |c: &str| capabilities.iter().any(|x| x == c);
@@ -677,5 +787,72 @@ pub(crate) mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, AgentError::Timeout(1)), "{err}");
+    }
+
+    /// Firecracker's side of a hybrid vsock socket: reads the `CONNECT`
+    /// line, checks it, then answers `answer` (none: closes).
+    async fn vsock_peer(listener: UnixListener, answer: Option<&'static [u8]>) -> UnixStream {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).await.unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        assert_eq!(line, b"CONNECT 1024");
+        if let Some(a) = answer {
+            s.write_all(a).await.unwrap();
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn vsock_connects_with_firecrackers_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            // The answer and the guest's first frame in one write: the
+            // handshake must not read past its line.
+            let mut first = b"OK 1073741824\n".to_vec();
+            first.extend(encode(&Frame::new(Message::Hello {
+                protocol: AGENT_PROTOCOL_VERSION,
+                version: "0.1.0".into(),
+                capabilities: Vec::new(),
+            })));
+            let s = vsock_peer(listener, Some(Box::leak(first.into_boxed_slice()))).await;
+            fake_agent_on(s, AGENT_PROTOCOL_VERSION, Vec::new(), Arc::default()).await;
+        });
+        let conn = AgentConn::connect_vsock(&path, 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(conn.agent_version, "0.1.0");
+    }
+
+    #[tokio::test]
+    async fn vsock_refusals_are_named() {
+        for (answer, wanted) in [
+            (None, "nothing listens on the port in the guest"),
+            (Some(&b"NOPE\n"[..]), "answered \"NOPE\", not OK"),
+            (Some(&b"OK port\n"[..]), "answered \"OK port\", not OK"),
+            (Some(&[b'A'; 100][..]), "not OK"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("v.sock");
+            let listener = UnixListener::bind(&path).unwrap();
+            let peer = tokio::spawn(async move {
+                let s = vsock_peer(listener, answer).await;
+                drop(s);
+            });
+            let err = AgentConn::connect_vsock(&path, 1024, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            let text = crate::error::chain(&err);
+            assert!(
+                text.starts_with("reach guest vsock port 1024 through "),
+                "{text}"
+            );
+            assert!(text.contains(wanted), "{wanted} not in {text}");
+            peer.await.unwrap();
+        }
     }
 }
