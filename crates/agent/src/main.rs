@@ -4,6 +4,7 @@
 //! banger-agent                 the virtio-serial port named banger.agent
 //! banger-agent --device PATH   any read-write byte stream (tests, serial)
 //! banger-agent --stdio         frames on stdin, replies on stdout
+//! banger-agent --vsock PORT    connections to vsock PORT
 //! banger-agent --init          PID 1 of an image without an init
 //! ```
 //!
@@ -17,7 +18,7 @@ use banger_agent::log;
 use banger_agent::transport::{self, Transport};
 
 const USAGE: &str = "\
-usage: banger-agent [--device PATH | --stdio]
+usage: banger-agent [--device PATH | --stdio | --vsock PORT]
 
 The banger guest agent. Without options it talks on the virtio-serial
 port named banger.agent (found in /sys/class/virtio-ports), waiting for
@@ -27,6 +28,8 @@ it to appear and never exiting.
                   a byte stream) instead
   --stdio         read frames from stdin, write to stdout; exit at end
                   of input
+  --vsock PORT    serve connections to vsock PORT of the guest (one at a
+                  time), for hosts that reach the agent over vsock
   --init          be the guest's init (PID 1 of an image without one):
                   mount, hostname, network, reaping, power-off, and the
                   agent as a child; implied when running as PID 1, and
@@ -34,6 +37,14 @@ it to appear and never exiting.
   --version       print the version
   --help          print this help
 ";
+
+/// A vsock port: a number the guest can listen on (not `VMADDR_PORT_ANY`).
+fn vsock_port(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|p| *p != u32::MAX)
+        .ok_or_else(|| format!("bad vsock port {text:?}: want a number below 4294967295"))
+}
 
 fn parse(args: &[String]) -> Result<Option<Transport>, String> {
     let mut transport = Transport::Discover;
@@ -57,10 +68,15 @@ fn parse(args: &[String]) -> Result<Option<Transport>, String> {
             s if s.starts_with("--device=") => {
                 Transport::Device(PathBuf::from(&s["--device=".len()..]))
             }
+            "--vsock" => {
+                let p = it.next().ok_or("--vsock needs a port")?;
+                Transport::Vsock(vsock_port(p)?)
+            }
+            s if s.starts_with("--vsock=") => Transport::Vsock(vsock_port(&s["--vsock=".len()..])?),
             other => return Err(format!("unknown argument {other:?}")),
         };
         if chosen {
-            return Err("give at most one of --device and --stdio".into());
+            return Err("give at most one of --device, --stdio and --vsock".into());
         }
         chosen = true;
         transport = next;
@@ -114,5 +130,36 @@ fn main() -> ExitCode {
             log!("banger-agent: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn transports_parse() {
+        assert_eq!(parse(&args(&[])), Ok(Some(Transport::Discover)));
+        assert_eq!(
+            parse(&args(&["--vsock", "1024"])),
+            Ok(Some(Transport::Vsock(1024)))
+        );
+        assert_eq!(
+            parse(&args(&["--vsock=52"])),
+            Ok(Some(Transport::Vsock(52)))
+        );
+        for bad in [
+            &["--vsock"][..],
+            &["--vsock", "x"],
+            &["--vsock", "4294967295"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
+        let both = parse(&args(&["--stdio", "--vsock", "1"])).unwrap_err();
+        assert!(both.contains("at most one"), "{both}");
     }
 }

@@ -1,6 +1,8 @@
 //! The byte stream the agent talks on: the virtio-serial port named
 //! [`AGENT_PORT_NAME`] (found in sysfs: the guest has no udev, so there
-//! are no `/dev/virtio-ports/` links), a device path, or stdin/stdout.
+//! are no `/dev/virtio-ports/` links), a device path, stdin/stdout, or
+//! connections to a vsock port (Firecracker's vsock device, QEMU's
+//! vhost-vsock).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -37,6 +39,9 @@ pub enum Transport {
     Device(PathBuf),
     /// Frames on stdin, replies on stdout; ends at end of input.
     Stdio,
+    /// Connections to this `AF_VSOCK` port of the guest, one at a time
+    /// (the host keeps one per VM; a new one replaces a lost one).
+    Vsock(u32),
 }
 
 /// The entry of `sysfs` (a directory like [`SYSFS_PORTS`]) whose `name`
@@ -141,7 +146,83 @@ fn open_port(t: &Transport) -> File {
 pub fn run(t: Transport) -> io::Result<()> {
     match t {
         Transport::Stdio => serve_stdio(),
+        Transport::Vsock(port) => serve_vsock(port),
         t => serve_port(&t),
+    }
+}
+
+/// A listening `AF_VSOCK` stream socket on `port` of any of the guest's
+/// addresses (`VMADDR_CID_ANY`). rustix names the family but has no vsock
+/// address, so the bind is libc's.
+pub fn vsock_listener(port: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let sock = rustix::net::socket_with(
+        rustix::net::AddressFamily::VSOCK,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // SAFETY: sockaddr_vm is plain data; all zeros is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes, alive for the
+    // call; `sock` is an open socket of the same family.
+    let r = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    rustix::net::listen(&sock, 1)?;
+    Ok(sock)
+}
+
+/// Serves connections to vsock `port`, one at a time: frames from the
+/// current one, replies to it; when it ends, the next.
+fn serve_vsock(port: u32) -> io::Result<()> {
+    let listener = vsock_listener(port)?;
+    log!("listening on vsock port {port}");
+    let current: Arc<Current> = Arc::new(Mutex::new(None));
+    let w = Arc::clone(&current);
+    let outbox = Outbox::start(move |bytes| match current_file(&w) {
+        Some(f) => (&*f).write_all(bytes),
+        None => Err(io::Error::other("no host connected")),
+    })?;
+    let mut agent = Agent::new(Arc::new(outbox), Arc::new(RealHost));
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let conn = match rustix::net::accept_with(&listener, rustix::net::SocketFlags::CLOEXEC) {
+            Ok(c) => Arc::new(File::from(c)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                log!("accept on vsock port {port}: {e}");
+                std::thread::sleep(RETRY);
+                continue;
+            }
+        };
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));
+        agent.reset_stream();
+        agent.hello();
+        loop {
+            match (&*conn).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => agent.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log!("read from vsock: {e}");
+                    break;
+                }
+            }
+        }
+        log!("host disconnected; waiting for the next connection");
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -245,6 +326,26 @@ fn serve_stdio() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Binding is what a host without vsock loopback can check (a local
+    /// connect needs a hypervisor's transport): the port is taken, and a
+    /// second listener on it is refused. Skipped where the kernel has no
+    /// `AF_VSOCK`.
+    #[test]
+    fn a_vsock_port_is_listened_on_once() {
+        let port = 40_000 + std::process::id() % 20_000;
+        let first = match vsock_listener(port) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("skipping: no AF_VSOCK here ({e})");
+                return;
+            }
+        };
+        let again = vsock_listener(port).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AddrInUse, "{again}");
+        drop(first);
+        vsock_listener(port).unwrap();
+    }
 
     #[test]
     fn the_port_is_found_by_name() {
