@@ -9,19 +9,23 @@ as_root() {
 }
 
 # apt_ensure PKG...: installs the packages that are not installed yet.
+# Twice at most: installing one package can remove another of the list
+# (qemu-system-x86 7.2 removes a newer qemu-utils from backports), which
+# the second pass puts back in a version that fits.
 apt_ensure() {
-  local missing=()
-  local pkg
-  for pkg in "$@"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-      missing+=("$pkg")
-    fi
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
+  local pass pkg missing
+  for pass in 1 2; do
+    missing=()
+    for pkg in "$@"; do
+      if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+      fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
     echo "==> installing ${missing[*]}"
-    as_root apt-get update -qq
+    [ "$pass" -eq 1 ] && as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
+  done
 }
 
 # The oldest Rust banger builds with (rust-version in Cargo.toml).
