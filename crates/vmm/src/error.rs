@@ -93,6 +93,15 @@ pub enum VmmError {
         message: String,
     },
 
+    /// A call on Firecracker's API failed or was refused (the source has
+    /// its `fault_message`).
+    #[error("firecracker api (vmm log: {log})")]
+    FirecrackerApi {
+        log: PathBuf,
+        #[source]
+        source: crate::firecracker::client::ApiError,
+    },
+
     /// The pid is gone, or is no longer the VMM the handle describes.
     #[error("pid {pid} is not a running vmm of this vm")]
     NotRunning { pid: u32 },

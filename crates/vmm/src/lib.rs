@@ -27,10 +27,12 @@
 
 pub mod clock;
 mod error;
+pub mod firecracker;
 pub mod probe;
 mod proc;
 pub mod qemu;
 mod qmp;
+mod spawn;
 mod spec;
 pub mod testkit;
 pub mod usernet;

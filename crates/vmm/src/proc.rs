@@ -69,6 +69,61 @@ pub(crate) fn exe_is_qemu(pid: u32) -> bool {
     }
 }
 
+/// `/proc/PID/exe`'s file name contains `needle` (Firecracker's release
+/// binaries are named `firecracker-vX.Y.Z-ARCH`).
+pub(crate) fn exe_name_contains(pid: u32, needle: &str) -> bool {
+    match fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().contains(needle)),
+        Err(_) => false,
+    }
+}
+
+/// Sends `signal` to the VMM `pid` (already checked to be ours).
+pub(crate) fn signal_vmm(pid: u32, signal: crate::Signal) -> Result<(), crate::VmmError> {
+    use crate::VmmError;
+    self::signal(pid, signal.to_rustix()).map_err(|source| {
+        if source.raw_os_error() == Some(esrch()) {
+            VmmError::NotRunning { pid }
+        } else {
+            VmmError::Signal {
+                pid,
+                signal,
+                source,
+            }
+        }
+    })
+}
+
+/// Waits up to `timeout` for the VMM `pid` to be gone; `owned` says
+/// whether it was recognisably ours when asked. Ownership is checked once,
+/// up front: a dying VMM stops looking like one (its `/proc/PID/exe` goes
+/// away when its memory is released) before it has closed its files, so the
+/// loop then waits for the pid itself to be gone or a zombie, which happens
+/// only after every file (disk locks, sockets) is closed. Pids are handed
+/// out cyclically, so the pid cannot be reused within one 25 ms poll.
+pub(crate) fn wait_gone(pid: u32, owned: bool, timeout: std::time::Duration) -> bool {
+    use std::time::{Duration, Instant};
+    // Called right after a kill, the VMM may already be dying (no exe any
+    // more, so not recognisably ours) with its disks still locked: wait
+    // for it too.
+    if !owned && !is_exiting(pid) {
+        return true;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !is_alive(pid) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(25)));
+    }
+}
+
 /// The process is alive but its `/proc/PID/exe` is gone: it was killed
 /// and is releasing its memory, its files (disk locks) still open. A pid
 /// seen this way right after a kill is still the process killed (pids are

@@ -182,13 +182,19 @@ pub enum AgentChannel {
     /// socket QEMU listens on (`agent.sock` in the VM directory). Works
     /// where the host has no `/dev/vhost-vsock`.
     VirtioSerial,
+    /// Firecracker's vsock device, its host end a Unix socket Firecracker
+    /// listens on (`vsock.sock` in the VM directory): the host connects,
+    /// sends `CONNECT PORT\n` and reads `OK ...`, then talks to the agent
+    /// listening on vsock port `port` in the guest.
+    HybridVsock { port: u32 },
 }
 
 impl AgentChannel {
-    /// The name recorded for the VM (`virtio-serial`).
+    /// The name recorded for the VM (`virtio-serial`, `hybrid-vsock`).
     pub fn as_str(&self) -> &'static str {
         match self {
             AgentChannel::VirtioSerial => "virtio-serial",
+            AgentChannel::HybridVsock { .. } => "hybrid-vsock",
         }
     }
 }
@@ -250,7 +256,6 @@ impl Accel {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Qemu,
-    /// Reserved: the Firecracker backend is not written yet.
     Firecracker,
 }
 
@@ -312,7 +317,7 @@ pub struct VmmBuild {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmHandle {
     pub pid: u32,
-    /// The QMP socket (for QEMU); Firecracker's API socket later.
+    /// The QMP socket (QEMU) or the API socket (Firecracker).
     pub control_socket: PathBuf,
     pub backend: BackendKind,
 }

@@ -9,7 +9,7 @@ use crate::proc;
 use crate::spec::{MemoryBacking, NetBackend, VmSpec};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH: usize = 107;
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
 /// Kernel, initrd and drives must exist before QEMU is started, so that
 /// the error names the file rather than QEMU's phrasing of it; so must a
@@ -58,7 +58,7 @@ pub(super) fn check_files(spec: &VmSpec) -> Result<(), VmmError> {
     Ok(())
 }
 
-pub(super) fn check_id(what: &str, id: &str) -> Result<(), VmmError> {
+pub(crate) fn check_id(what: &str, id: &str) -> Result<(), VmmError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -100,7 +100,7 @@ fn check_mac(mac: &str) -> Result<(), VmmError> {
     }
 }
 
-pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
+pub(crate) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
     let invalid = |m: String| Err(VmmError::InvalidSpec(m));
     check_id("vm id", &spec.vm_id)?;
     if spec.machine.vcpus == 0 || spec.machine.vcpus > 64 {
@@ -111,6 +111,11 @@ pub(super) fn check_spec(spec: &VmSpec) -> Result<(), VmmError> {
             "memory must be at least 16 MiB, got {}",
             spec.machine.memory_mib
         ));
+    }
+    if let Some(crate::AgentChannel::HybridVsock { .. }) = &spec.agent {
+        return invalid(
+            "hybrid vsock is firecracker's; qemu reaches the agent over virtio-serial".into(),
+        );
     }
     let socket = VmFiles::in_dir(&spec.vm_dir).control_socket;
     if socket.as_os_str().len() > MAX_SOCKET_PATH {

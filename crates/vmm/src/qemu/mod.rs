@@ -70,7 +70,7 @@ mod test_spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qapi::qmp;
 
@@ -84,6 +84,7 @@ use crate::{Vmm, probe};
 
 pub(crate) use args::{boot_args, machine_args};
 pub use args::{name_arg, qemu_args};
+pub(crate) use check::{MAX_SOCKET_PATH, check_id};
 pub(crate) use diagnose::{log_tail, tail_lines};
 #[cfg(test)]
 pub(crate) use test_spec::sample as test_spec_sample;
@@ -187,47 +188,20 @@ impl Vmm for QemuVmm {
 
     fn kill(&self, handle: &VmHandle, signal: Signal) -> Result<(), VmmError> {
         self.require_ours(handle)?;
-        proc::signal(handle.pid, signal.to_rustix()).map_err(|source| {
-            if source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) {
-                VmmError::NotRunning { pid: handle.pid }
-            } else {
-                VmmError::Signal {
-                    pid: handle.pid,
-                    signal,
-                    source,
-                }
-            }
-        })
+        proc::signal_vmm(handle.pid, signal)
     }
 
     fn is_running(&self, handle: &VmHandle, vm_id: &str) -> bool {
         self.owns(handle, Some(vm_id))
     }
 
-    /// Ownership is checked once, up front: a dying QEMU stops looking like
-    /// one (its `/proc/PID/exe` goes away when its memory is released) before
-    /// it has closed its files, so the loop then waits for the pid itself to
-    /// be gone or a zombie, which happens only after every file (disk
-    /// locks, sockets) is closed. Pids are handed out cyclically, so the pid
-    /// cannot be reused within one 25 ms poll.
+    /// See [`proc::wait_gone`].
     fn wait_exit(&self, handle: &VmHandle, timeout: Duration) -> Result<bool, VmmError> {
-        // Called right after a kill, the QEMU may already be dying (no
-        // exe any more, so not recognisably ours) with its disks still
-        // locked: wait for it too.
-        if !self.owns(handle, None) && !proc::is_exiting(handle.pid) {
-            return Ok(true);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if !proc::is_alive(handle.pid) {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep((deadline - now).min(Duration::from_millis(25)));
-        }
+        Ok(proc::wait_gone(
+            handle.pid,
+            self.owns(handle, None),
+            timeout,
+        ))
     }
 
     /// The reaper thread of a QEMU this process launched recorded its
@@ -237,7 +211,7 @@ impl Vmm for QemuVmm {
         if proc::is_alive(handle.pid) && self.owns(handle, None) {
             return None;
         }
-        launch::exits::take(handle.pid, Duration::from_secs(1))
+        crate::spawn::exits::take(handle.pid, Duration::from_secs(1))
     }
 
     fn status(&self, handle: &VmHandle) -> Result<VmRunState, VmmError> {
