@@ -151,3 +151,15 @@ pub enum VmmError {
         log: PathBuf,
     },
 }
+
+/// `e` and each of its causes, once each, joined by `: `.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    text
+}

@@ -147,16 +147,8 @@ pub(crate) fn probe_kvm_boot_with(
     initrd: Option<&Path>,
     timeout: Duration,
 ) -> KvmProbe {
-    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        return match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
-            Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV | rustix::io::Errno::NXIO) => {
-                KvmProbe::Absent
-            }
-            Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
-                KvmProbe::Failed("no permission to open /dev/kvm (join the kvm group)".into())
-            }
-            _ => KvmProbe::Failed(format!("open /dev/kvm: {e}")),
-        };
+    if let Some(unusable) = kvm_unopenable() {
+        return unusable;
     }
     match probe_boot(binary, Accel::Kvm, kernel, initrd, timeout) {
         BootOutcome::Reached(_) => KvmProbe::Usable,
@@ -164,6 +156,34 @@ pub(crate) fn probe_kvm_boot_with(
         BootOutcome::Exited(why) => KvmProbe::Failed(format!("under kvm, {why}")),
         BootOutcome::Error(why) => KvmProbe::Failed(why),
     }
+}
+
+/// Why `/dev/kvm` cannot be used, if it cannot be opened read-write.
+pub(crate) fn kvm_unopenable() -> Option<KvmProbe> {
+    let e = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .err()?;
+    Some(
+        match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+            Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV | rustix::io::Errno::NXIO) => {
+                KvmProbe::Absent
+            }
+            Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+                KvmProbe::Failed("no permission to open /dev/kvm (join the kvm group)".into())
+            }
+            _ => KvmProbe::Failed(format!("open /dev/kvm: {e}")),
+        },
+    )
+}
+
+/// The first console line that shows a late boot milestone.
+pub(crate) fn late_milestone(console: &str) -> Option<String> {
+    console
+        .lines()
+        .find(|line| LATE_MILESTONES.iter().any(|m| line.contains(m)))
+        .map(|line| line.trim().to_owned())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,11 +245,8 @@ pub(crate) fn probe_boot(
         };
         let output = fs::read(&console).unwrap_or_default();
         let output = String::from_utf8_lossy(&output);
-        if let Some(line) = output
-            .lines()
-            .find(|line| LATE_MILESTONES.iter().any(|m| line.contains(m)))
-        {
-            return BootOutcome::Reached(line.trim().to_owned());
+        if let Some(line) = late_milestone(&output) {
+            return BootOutcome::Reached(line);
         }
         if let Some(status) = exited {
             let why = log_tail(&qemu_log, 0);

@@ -27,5 +27,28 @@ fn the_backend_drives_a_real_firecracker() {
         eprintln!("skipped: /dev/kvm cannot be opened, and firecracker needs it");
         return;
     }
-    flow::whole_backend(&binary);
+    let _vms = flow::whole_backend(&binary);
+}
+
+/// On these machines KVM is a nested PVM hypervisor: tiny guests run, Linux
+/// does not. The probe must tell which: a stub ELF guest never reaches a
+/// Linux boot milestone, so it is reported as hanging, not usable.
+#[test]
+fn the_kvm_probe_does_not_take_a_stub_for_linux() {
+    let Some(binary) = std::env::var_os("BANGER_FIRECRACKER_BIN").map(PathBuf::from) else {
+        eprintln!("skipped: BANGER_FIRECRACKER_BIN does not name a firecracker binary");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = tmp.path().join("stub.elf");
+    banger_vmm::testkit::write_stub_elf_guest(&kernel).unwrap();
+    let vmm = banger_vmm::firecracker::FirecrackerVmm::new(binary);
+    let verdict = vmm.probe_kvm_boot(&kernel, None, std::time::Duration::from_secs(2));
+    assert!(
+        matches!(
+            verdict,
+            banger_vmm::KvmProbe::Hangs | banger_vmm::KvmProbe::Absent
+        ),
+        "{verdict:?}"
+    );
 }

@@ -42,6 +42,7 @@
 
 pub mod api;
 pub mod client;
+mod probe;
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};

@@ -102,7 +102,8 @@ fn nothing_left(spec: &VmSpec) {
     assert!(!files.api_socket.exists(), "the api socket was left behind");
 }
 
-pub fn whole_backend(binary: &Path) {
+/// Returns the directory the VMs were made in (their logs are there).
+pub fn whole_backend(binary: &Path) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let kernel = dir.join("stub.elf");
@@ -208,4 +209,5 @@ pub fn whole_backend(binary: &Path) {
         vmm.save_state(&handle, &state, RamSave::KeptInSharedFile),
         Err(VmmError::NotSupported { .. })
     ));
+    tmp
 }
