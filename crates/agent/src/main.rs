@@ -22,7 +22,8 @@ usage: banger-agent [--device PATH | --stdio | --vsock PORT]
 
 The banger guest agent. Without options it talks on the virtio-serial
 port named banger.agent (found in /sys/class/virtio-ports), waiting for
-it to appear and never exiting.
+it to appear and never exiting; or, when the kernel command line has
+banger.agent=vsock:PORT (Firecracker guests), serves vsock PORT.
 
   --device PATH   talk on PATH (a device or a file that reads and writes
                   a byte stream) instead

@@ -147,8 +147,20 @@ pub fn run(t: Transport) -> io::Result<()> {
     match t {
         Transport::Stdio => serve_stdio(),
         Transport::Vsock(port) => serve_vsock(port),
+        Transport::Discover => match vsock_port_asked() {
+            Some(port) => serve_vsock(port),
+            None => serve_port(&Transport::Discover),
+        },
         t => serve_port(&t),
     }
+}
+
+/// The vsock port the kernel command line asks for
+/// (`banger.agent=vsock:PORT`, what the host sets for guests without
+/// virtio-serial, such as Firecracker's), if any.
+fn vsock_port_asked() -> Option<u32> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    banger_proto::agent::agent_vsock_from_cmdline(&cmdline)
 }
 
 /// A listening `AF_VSOCK` stream socket on `port` of any of the guest's

@@ -26,7 +26,8 @@ use crate::modules::{self, ModuleSet, Node};
 
 /// The modules `/init` loads (with their dependencies), where they exist
 /// as modules: virtio transports, the root and work disks, the NIC, the
-/// console/agent channel, ext4, and the ACPI power button with `evdev`
+/// console/agent channel (virtio-serial, or vsock for Firecracker guests),
+/// ext4, and the ACPI power button with `evdev`
 /// (without both an ACPI powerdown request is ignored: the image's
 /// power-button unit reads the button's `/dev/input/event*`).
 pub const WANTED_MODULES: &[&str] = &[
@@ -35,6 +36,7 @@ pub const WANTED_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    "vmw_vsock_virtio_transport",
     "ext4",
     "button",
     "evdev",

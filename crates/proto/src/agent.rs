@@ -41,6 +41,35 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Name of the virtio-serial port the agent talks on.
 pub const AGENT_PORT_NAME: &str = "banger.agent";
 
+/// The kernel command line parameter that tells an agent started without
+/// options to listen on vsock instead of waiting for its virtio-serial
+/// port: `banger.agent=vsock:PORT` (Firecracker guests, which have no
+/// virtio-serial).
+pub const AGENT_CMDLINE_KEY: &str = "banger.agent";
+
+/// The guest vsock port the agent listens on when told to by
+/// [`AGENT_CMDLINE_KEY`].
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// `banger.agent=vsock:PORT`, for the kernel command line.
+pub fn agent_vsock_cmdline(port: u32) -> String {
+    format!("{AGENT_CMDLINE_KEY}=vsock:{port}")
+}
+
+/// The vsock port a kernel command line asks the agent to listen on
+/// (see [`AGENT_CMDLINE_KEY`]); the last such parameter counts.
+pub fn agent_vsock_from_cmdline(cmdline: &str) -> Option<u32> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|word| {
+            word.strip_prefix(AGENT_CMDLINE_KEY)?
+                .strip_prefix("=vsock:")
+        })
+        .next_back()?
+        .parse()
+        .ok()
+}
+
 /// Fewest bytes of host randomness an [`Message::Identity`] body carries.
 pub const IDENTITY_RANDOM_MIN: usize = 32;
 
@@ -775,6 +804,19 @@ fn read_u32(buf: &[u8], at: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vsock_port_is_read_off_the_kernel_command_line() {
+        let line = format!("console=ttyS0 {} quiet", agent_vsock_cmdline(1024));
+        assert_eq!(agent_vsock_from_cmdline(&line), Some(1024));
+        assert_eq!(agent_vsock_from_cmdline("console=ttyS0"), None);
+        assert_eq!(agent_vsock_from_cmdline("banger.agent=vsock:x"), None);
+        assert_eq!(agent_vsock_from_cmdline("banger.agentx=vsock:5"), None);
+        assert_eq!(
+            agent_vsock_from_cmdline("banger.agent=vsock:5 banger.agent=vsock:6"),
+            Some(6)
+        );
+    }
 
     fn all(d: &mut FrameDecoder) -> Vec<Result<Frame, FrameError>> {
         std::iter::from_fn(|| d.next_frame()).collect()
