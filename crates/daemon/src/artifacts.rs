@@ -72,6 +72,10 @@ pub enum ArtifactError {
         from: String,
         path: PathBuf,
     },
+    #[error(
+        "kernel {name:?} was imported, not pulled: there is nothing to pull (the catalog has: {catalog})"
+    )]
+    NotPullable { name: String, catalog: String },
     #[error("import kernel {name}")]
     Import {
         name: String,
@@ -302,6 +306,25 @@ impl Artifacts {
             name: name.to_owned(),
             catalog: known.join(", "),
         })
+    }
+
+    /// Ok when `name` is a catalog entry (`kernel pull`); an imported
+    /// kernel has nothing to pull.
+    pub async fn check_kernel_pullable(&self, name: &str) -> Result<(), ArtifactError> {
+        if catalog_entry(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = catalog().iter().map(|e| e.name).collect();
+        match self.stored_kernel(name).await? {
+            Some(_) => Err(ArtifactError::NotPullable {
+                name: name.to_owned(),
+                catalog: known.join(", "),
+            }),
+            None => Err(ArtifactError::UnknownKernel {
+                name: name.to_owned(),
+                catalog: known.join(", "),
+            }),
+        }
     }
 
     /// The kernel `name`, pulled first if it is a catalog entry not pulled
@@ -1395,6 +1418,14 @@ mod tests {
         assert_eq!(names, ["stub"], "refused imports left files");
         let rows = artifacts.db.call(|s| s.kernels()).await.unwrap();
         assert_eq!(rows, vec![k.clone()]);
+
+        let err = artifacts.check_kernel_pullable("stub").await.unwrap_err();
+        assert!(chain(&err).contains("was imported, not pulled"), "{err}");
+        assert_eq!(artifact_code(&err), ErrorCode::BadParams);
+        artifacts
+            .check_kernel_pullable("debian-cloud")
+            .await
+            .unwrap();
 
         // Its files gone: an error saying so, never a catalog pull.
         std::fs::remove_file(&k.kernel_path).unwrap();

@@ -226,7 +226,7 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         E::Import { source, .. } if source.is_missing() => ErrorCode::NotFound,
         E::Import { source, .. } if source.is_bad_input() => ErrorCode::BadParams,
         E::Import { .. } => ErrorCode::OperationFailed,
-        E::InvalidPackage { .. } => ErrorCode::BadParams,
+        E::InvalidPackage { .. } | E::NotPullable { .. } => ErrorCode::BadParams,
         E::NoAgent { .. } => ErrorCode::OperationFailed,
         E::Pull { .. } | E::Build { .. } | E::NoSpace { .. } | E::Task { .. } | E::Ssh(_) => {
             ErrorCode::OperationFailed

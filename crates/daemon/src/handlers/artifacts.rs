@@ -140,7 +140,7 @@ impl Handler for methods::KernelPullBegin {
             .name
             .unwrap_or_else(|| artifacts.default_kernel().to_owned());
         validate::name("kernel", &name)?;
-        artifacts.check_kernel_known(&name).await?;
+        artifacts.check_kernel_pullable(&name).await?;
         let target = name.clone();
         let op = ctx.state.ops.begin(
             &ctx.op_id,
