@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use banger_proto::helper::DEFAULT_HELPER_CONFIG;
-use banger_proto::{Egress, PublishSpec};
+use banger_proto::{Egress, PublishSpec, WaitFor};
 
 use crate::exit::EXIT_CODES_HELP;
 
@@ -60,7 +60,7 @@ pub enum Command {
     /// Build and manage root filesystem images.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Pull and manage guest kernels.
+    /// Pull, import and manage guest kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
     /// List, show and delete saved VM states (snapshots, fork bases, warm
@@ -129,7 +129,8 @@ pub struct VmSpecArgs {
     /// Image to boot (default: the managed default image, built on first use).
     #[arg(long)]
     pub image: Option<String>,
-    /// Kernel to boot (default: debian-cloud, pulled on first use).
+    /// Kernel to boot: a catalog kernel (default: debian-cloud, pulled on
+    /// first use) or one added with `banger kernel import`.
     #[arg(long)]
     pub kernel: Option<String>,
     /// Virtual CPUs (default 1: under TCG more is slower).
@@ -162,6 +163,13 @@ pub struct VmSpecArgs {
     /// Boot cold even when the image has a warm template.
     #[arg(long)]
     pub cold: bool,
+    /// What this start and later ones wait for once the VMM runs: none
+    /// (return at once: for kernels or guests without banger's agent),
+    /// agent (the guest agent) or ssh (the agent if the image has one,
+    /// then sshd). Default: agent for images that boot banger's init,
+    /// else ssh. Not for `vm run` (none) or with --from-snapshot.
+    #[arg(long, value_name = "WHAT", conflicts_with = "from_snapshot")]
+    pub wait: Option<WaitFor>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -546,7 +554,7 @@ pub enum SnapshotCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {
-    /// List the kernel catalog and what is pulled.
+    /// List the kernel catalog, what is pulled and what is imported.
     #[command(alias = "ls")]
     List(JsonFlag),
     /// Pull a kernel from the catalog (default: debian-cloud).
@@ -557,9 +565,34 @@ pub enum KernelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a kernel you have, copied into banger's kernel store.
+    ///
+    /// For a Firecracker or PVM guest build, or a test kernel. The files
+    /// are checked (a bzImage or an ELF vmlinux; an initrd file; a
+    /// modules directory), then copied, so the originals may go. Boot it
+    /// with `vm create --kernel NAME`, with `--wait none` if its guest
+    /// runs no banger agent. Catalog pulls never touch it; `kernel delete`
+    /// removes it.
+    Import {
+        /// The new kernel's name (lowercase letters, digits and '-'; not a
+        /// catalog entry's).
+        name: String,
+        /// The kernel: a bzImage, or an uncompressed ELF vmlinux.
+        #[arg(long, value_name = "PATH")]
+        kernel: PathBuf,
+        /// An initramfs to boot it with.
+        #[arg(long, value_name = "PATH")]
+        initrd: Option<PathBuf>,
+        /// Its modules directory (/lib/modules/VERSION), kept beside it.
+        #[arg(long, value_name = "DIR")]
+        modules: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one kernel.
     Show(VmNameJson),
-    /// Delete a pulled kernel no VM uses.
+    /// Delete a pulled or imported kernel no VM uses.
     #[command(alias = "rm")]
     Delete(VmNameJson),
 }

@@ -3,7 +3,7 @@
 //!
 //! | what | files |
 //! |---|---|
-//! | kernel NAME | `DATA/kernels/NAME/{vmlinuz, initrd.img, modules/}` |
+//! | kernel NAME | `DATA/kernels/NAME/{vmlinuz, initrd.img, modules/}` (pulled, or imported: `import.rs`) |
 //! | image NAME | `DATA/images/NAME/{rootfs.ext4, work-seed.ext4}` (a rebuild: `DATA/images/NAME.ID/`) |
 //!
 //! One build or pull per name at a time: concurrent creates that both need
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use banger_image::kernel::catalog_entry;
 use banger_image::{ImageError, ImageRecipe, catalog};
-use banger_proto::vm::{ImageView, KernelView};
+use banger_proto::vm::{ImageView, KernelOrigin, KernelView};
 use banger_store::{ImageRecord, KernelRecord, StoreError};
 use rand::Rng;
 
@@ -36,7 +36,9 @@ use crate::op::{Cancelled, OpCtx};
 use crate::ops::now_ms;
 use crate::ssh::{SshError, SshPaths};
 
+mod import;
 mod oci;
+pub use import::{ImportError, ImportFiles};
 pub use oci::{PromoteFrom, PullRequest, derived_name};
 
 /// Why a kernel or image could not be found, pulled, built or deleted.
@@ -54,6 +56,32 @@ pub enum ArtifactError {
     },
     #[error("image {name:?} already exists; delete it first")]
     ImageExists { name: String },
+    #[error("kernel {name:?} already exists; delete it first or import under another name")]
+    KernelExists { name: String },
+    #[error(
+        "kernel {name:?} is a catalog entry's name (banger kernel pull {name}); import under another name"
+    )]
+    CatalogName { name: String },
+    /// An imported kernel's files went missing: catalog pulls never
+    /// replace an imported kernel.
+    #[error(
+        "kernel {name:?} was imported from {from}; its file {} is missing: delete it and import it again", path.display()
+    )]
+    ImportedMissing {
+        name: String,
+        from: String,
+        path: PathBuf,
+    },
+    #[error(
+        "kernel {name:?} was imported, not pulled: there is nothing to pull (the catalog has: {catalog})"
+    )]
+    NotPullable { name: String, catalog: String },
+    #[error("import kernel {name}")]
+    Import {
+        name: String,
+        #[source]
+        source: ImportError,
+    },
     #[error("invalid package name {package:?}")]
     InvalidPackage { package: String },
     /// No static guest agent to bake in: an image without one would boot
@@ -280,6 +308,25 @@ impl Artifacts {
         })
     }
 
+    /// Ok when `name` is a catalog entry (`kernel pull`); an imported
+    /// kernel has nothing to pull.
+    pub async fn check_kernel_pullable(&self, name: &str) -> Result<(), ArtifactError> {
+        if catalog_entry(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = catalog().iter().map(|e| e.name).collect();
+        match self.stored_kernel(name).await? {
+            Some(_) => Err(ArtifactError::NotPullable {
+                name: name.to_owned(),
+                catalog: known.join(", "),
+            }),
+            None => Err(ArtifactError::UnknownKernel {
+                name: name.to_owned(),
+                catalog: known.join(", "),
+            }),
+        }
+    }
+
     /// The kernel `name`, pulled first if it is a catalog entry not pulled
     /// yet (or whose files went missing).
     pub async fn ensure_kernel(
@@ -291,10 +338,19 @@ impl Artifacts {
         let _guard = lock.lock().await;
         let existing = self.stored_kernel(name).await?;
         if let Some(k) = &existing {
-            let files_ok =
-                k.kernel_path.exists() && k.initrd_path.as_ref().is_none_or(|p| p.exists());
-            if files_ok {
+            let missing = std::iter::once(&k.kernel_path)
+                .chain(&k.initrd_path)
+                .find(|p| !p.exists());
+            let Some(missing) = missing else {
                 return Ok(k.clone());
+            };
+            // Never pulled over: the catalog does not have what was imported.
+            if let KernelOrigin::Imported { path } = &k.origin {
+                return Err(ArtifactError::ImportedMissing {
+                    name: name.to_owned(),
+                    from: path.clone(),
+                    path: missing.clone(),
+                });
             }
             tracing::warn!(kernel = name, "kernel files are missing; pulling again");
         }
@@ -322,7 +378,9 @@ impl Artifacts {
         let record = KernelRecord {
             id: new_id("k-"),
             name: name.to_owned(),
-            source: format!("catalog:{}", entry.package),
+            origin: KernelOrigin::Catalog {
+                package: entry.package.to_owned(),
+            },
             kernel_path: pulled.kernel,
             initrd_path: Some(pulled.initrd),
             modules_dir: Some(pulled.modules_dir),
@@ -672,10 +730,67 @@ impl Artifacts {
         Ok(record)
     }
 
-    /// The catalog's kernels (pulled or not) and every other pulled one.
+    /// `kernel.import`: checks `files` and copies them into the kernel
+    /// store under `name` (validated by the caller), then records it.
+    /// Refused for a catalog entry's name (a pull must never meet an
+    /// imported kernel) and a name taken; a failure leaves no row and no
+    /// files (`import.rs`).
+    pub async fn import_kernel(
+        &self,
+        name: &str,
+        files: ImportFiles,
+    ) -> Result<KernelRecord, ArtifactError> {
+        if catalog_entry(name).is_some() {
+            return Err(ArtifactError::CatalogName {
+                name: name.to_owned(),
+            });
+        }
+        let lock = self.locks.get(format!("kernel:{name}"));
+        let _guard = lock.lock().await;
+        if self.stored_kernel(name).await?.is_some() {
+            return Err(ArtifactError::KernelExists {
+                name: name.to_owned(),
+            });
+        }
+        let kernels = self.data_dir.join("kernels");
+        let (n, f) = (name.to_owned(), files.clone());
+        let imported = tokio::task::spawn_blocking(move || import::import(&kernels, &n, &f))
+            .await
+            .map_err(|source| ArtifactError::Task {
+                what: format!("import kernel {name}"),
+                source,
+            })?
+            .map_err(|source| ArtifactError::Import {
+                name: name.to_owned(),
+                source,
+            })?;
+        let record = KernelRecord {
+            id: new_id("k-"),
+            name: name.to_owned(),
+            origin: KernelOrigin::Imported {
+                path: files.kernel.display().to_string(),
+            },
+            kernel_path: imported.kernel,
+            initrd_path: imported.initrd,
+            modules_dir: imported.modules_dir,
+            version: imported.version,
+            sha256: None,
+            created_at_ms: now_ms(),
+        };
+        let r = record.clone();
+        if let Err(e) = self.db.call(move |s| s.insert_kernel(&r)).await {
+            remove_dir(self.kernel_dir(name)).await;
+            return Err(e.into());
+        }
+        tracing::info!(kernel = name, from = %files.kernel.display(), "kernel imported");
+        Ok(record)
+    }
+
+    /// The catalog's kernels (pulled or not) and every other pulled or
+    /// imported one.
     pub async fn kernel_views(&self) -> Result<Vec<KernelView>, ArtifactError> {
         let records = self.db.call(|s| s.kernels()).await?;
-        Ok(kernel_views(&records))
+        Ok(kernel_views(&records, &self.default_kernel))
     }
 
     /// The kernel `name` as `kernel_views` shows it.
@@ -690,9 +805,16 @@ impl Artifacts {
             })
     }
 
-    /// A kernel just pulled, as shown to users.
+    /// A kernel just pulled or imported, as shown to users.
     pub fn pulled_kernel_view(&self, k: &KernelRecord) -> KernelView {
-        kernel_view(&k.name, "", k.name == self.default_kernel, Some(k))
+        let description = catalog_entry(&k.name).map_or("", |e| e.description);
+        kernel_view(
+            &k.name,
+            description,
+            k.name == self.default_kernel,
+            k.origin.clone(),
+            Some(k),
+        )
     }
 
     pub async fn delete_kernel(&self, name: &str) -> Result<KernelRecord, ArtifactError> {
@@ -752,17 +874,27 @@ async fn remove_dir(dir: PathBuf) {
     }
 }
 
-fn kernel_views(records: &[KernelRecord]) -> Vec<KernelView> {
+/// The catalog first (pulled or not; the catalog's own default marked),
+/// then the other kernels (imported ones; `default_kernel`, the configured
+/// default, marked).
+fn kernel_views(records: &[KernelRecord], default_kernel: &str) -> Vec<KernelView> {
     let mut views: Vec<KernelView> = catalog()
         .iter()
         .map(|e| {
             let pulled = records.iter().find(|k| k.name == e.name);
-            kernel_view(e.name, e.description, e.default, pulled)
+            let origin = pulled.map_or_else(
+                || KernelOrigin::Catalog {
+                    package: e.package.to_owned(),
+                },
+                |k| k.origin.clone(),
+            );
+            kernel_view(e.name, e.description, e.default, origin, pulled)
         })
         .collect();
     for k in records {
         if catalog_entry(&k.name).is_none() {
-            views.push(kernel_view(&k.name, "", false, Some(k)));
+            let default = k.name == default_kernel;
+            views.push(kernel_view(&k.name, "", default, k.origin.clone(), Some(k)));
         }
     }
     views
@@ -772,16 +904,20 @@ fn kernel_view(
     name: &str,
     description: &str,
     default: bool,
+    origin: KernelOrigin,
     k: Option<&KernelRecord>,
 ) -> KernelView {
+    let shown = |p: &PathBuf| p.display().to_string();
     KernelView {
         name: name.to_owned(),
         description: description.to_owned(),
         present: k.is_some_and(|k| k.kernel_path.exists()),
         default,
+        origin,
         version: k.and_then(|k| k.version.clone()),
-        kernel: k.map(|k| k.kernel_path.display().to_string()),
-        initrd: k.and_then(|k| k.initrd_path.as_ref().map(|p| p.display().to_string())),
+        kernel: k.map(|k| shown(&k.kernel_path)),
+        initrd: k.and_then(|k| k.initrd_path.as_ref().map(shown)),
+        modules: k.and_then(|k| k.modules_dir.as_ref().map(shown)),
     }
 }
 
@@ -1091,7 +1227,9 @@ mod tests {
         let kernel = KernelRecord {
             id: "k-1".into(),
             name: "k".into(),
-            source: "test".into(),
+            origin: KernelOrigin::Imported {
+                path: "/test/vmlinuz".into(),
+            },
             kernel_path: tmp.path().join("vmlinuz"),
             initrd_path: None,
             modules_dir: None,
@@ -1117,6 +1255,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             base_snapshot_id: None,
+            wait_for: None,
         };
         artifacts
             .db
@@ -1188,6 +1327,121 @@ mod tests {
         assert_eq!(err.to_string(), "kernel \"nope\" not found");
         let views = artifacts.kernel_views().await.unwrap();
         assert!(views.iter().any(|k| k.name == "debian-cloud" && !k.present));
+    }
+
+    #[tokio::test]
+    async fn an_imported_kernel_is_listed_never_pulled_over_and_deleted() {
+        use crate::dispatch::errors::artifact_code;
+        use banger_proto::ErrorCode;
+        let tmp = tempfile::tempdir().unwrap();
+        let artifacts = service(tmp.path());
+        let src = tmp.path().join("build/vmlinuz");
+        std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+        banger_vmm::testkit::write_stub_kernel(&src).unwrap();
+        let files = |kernel: &std::path::Path| ImportFiles {
+            kernel: kernel.to_owned(),
+            initrd: None,
+            modules: None,
+        };
+        let kernels_dir = tmp.path().join("data/kernels");
+
+        let k = artifacts.import_kernel("stub", files(&src)).await.unwrap();
+        let origin = KernelOrigin::Imported {
+            path: src.display().to_string(),
+        };
+        assert_eq!(k.origin, origin);
+        assert_eq!(k.kernel_path, kernels_dir.join("stub/vmlinuz"));
+        assert_eq!(
+            std::fs::read(&k.kernel_path).unwrap(),
+            banger_vmm::testkit::stub_kernel()
+        );
+        let view = artifacts.kernel_view_named("stub").await.unwrap();
+        assert_eq!(view.origin, origin);
+        assert!(view.present && !view.default, "{view:?}");
+        assert_eq!(
+            view.origin.to_string(),
+            format!("imported from {}", src.display())
+        );
+        let listed = artifacts.kernel_views().await.unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|k| k.name == "debian-cloud" && k.origin.kind() == "catalog"),
+            "{listed:?}"
+        );
+        // The user's file may go: the store has its own copy.
+        std::fs::remove_file(&src).unwrap();
+        assert_eq!(
+            artifacts
+                .ensure_kernel("stub", &OpCtx::background())
+                .await
+                .unwrap(),
+            k
+        );
+
+        // Refused, leaving the store as it was: a name taken, a catalog
+        // entry's name, files that are not there or no kernel.
+        banger_vmm::testkit::write_stub_kernel(&src).unwrap();
+        let err = artifacts
+            .import_kernel("stub", files(&src))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::KernelExists { .. }), "{err:?}");
+        assert_eq!(artifact_code(&err), ErrorCode::Conflict);
+        let err = artifacts
+            .import_kernel("debian-cloud", files(&src))
+            .await
+            .unwrap_err();
+        assert_eq!(artifact_code(&err), ErrorCode::Conflict);
+        assert!(chain(&err).contains("catalog entry"), "{err}");
+        let err = artifacts
+            .import_kernel("gone", files(&tmp.path().join("nope")))
+            .await
+            .unwrap_err();
+        assert_eq!(artifact_code(&err), ErrorCode::NotFound);
+        assert!(
+            chain(&err).starts_with("import kernel gone: kernel ") && chain(&err).contains("nope"),
+            "{err}"
+        );
+        let text = tmp.path().join("notes.txt");
+        std::fs::write(&text, b"not a kernel at all").unwrap();
+        let err = artifacts
+            .import_kernel("text", files(&text))
+            .await
+            .unwrap_err();
+        assert_eq!(artifact_code(&err), ErrorCode::BadParams);
+        assert_each_cause_once(&chain(&err));
+        let names: Vec<String> = std::fs::read_dir(&kernels_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["stub"], "refused imports left files");
+        let rows = artifacts.db.call(|s| s.kernels()).await.unwrap();
+        assert_eq!(rows, vec![k.clone()]);
+
+        let err = artifacts.check_kernel_pullable("stub").await.unwrap_err();
+        assert!(chain(&err).contains("was imported, not pulled"), "{err}");
+        assert_eq!(artifact_code(&err), ErrorCode::BadParams);
+        artifacts
+            .check_kernel_pullable("debian-cloud")
+            .await
+            .unwrap();
+
+        // Its files gone: an error saying so, never a catalog pull.
+        std::fs::remove_file(&k.kernel_path).unwrap();
+        let err = artifacts
+            .ensure_kernel("stub", &OpCtx::background())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::ImportedMissing { .. }),
+            "{err:?}"
+        );
+        assert!(chain(&err).contains("import it again"), "{err}");
+
+        artifacts.delete_kernel("stub").await.unwrap();
+        assert!(!kernels_dir.join("stub").exists());
+        assert!(artifacts.db.call(|s| s.kernels()).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -137,7 +137,9 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
     let kernel = KernelRecord {
         id: "k1".into(),
         name: "debian-cloud".into(),
-        source: "test".into(),
+        origin: banger_proto::vm::KernelOrigin::Catalog {
+            package: "linux-image-cloud-amd64".into(),
+        },
         kernel_path: file(root.join("kernels/k/vmlinuz")),
         initrd_path: Some(file(root.join("kernels/k/initrd.img"))),
         modules_dir: None,
@@ -182,6 +184,7 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         created_at_ms: 0,
         updated_at_ms: 0,
         base_snapshot_id: None,
+        wait_for: None,
     };
     store.insert_vm(&vm).unwrap();
     let dir = vm_dir(&state.vms, &vm.id);

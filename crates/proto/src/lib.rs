@@ -23,7 +23,7 @@ pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode, error_chain};
 pub use types::{
     Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
-    PortProto, PublishSpec, SnapshotKind, UnknownValue, VmState,
+    PortProto, PublishSpec, SnapshotKind, UnknownValue, VmState, WaitFor,
 };
 
 /// Protocol version carried in every request. A daemon answers any other

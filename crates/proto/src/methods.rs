@@ -139,7 +139,10 @@ macro_rules! for_each_method {
             SnapshotDelete = "snapshot.delete": $crate::vm::NameParams => $crate::vm::Deleted,
             /// Pull a catalog kernel asynchronously.
             KernelPullBegin = "kernel.pull.begin": $crate::vm::KernelPullParams => $crate::vm::OpView,
-            /// The catalog and what is pulled.
+            /// Register a kernel the user has: its files are checked, then
+            /// copied into banger's kernel store.
+            KernelImport = "kernel.import": $crate::vm::KernelImportParams => $crate::vm::KernelView,
+            /// The catalog, what is pulled and what is imported.
             KernelList = "kernel.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::KernelView>,
             /// One kernel.
             KernelShow = "kernel.show": $crate::vm::NameParams => $crate::vm::KernelView,

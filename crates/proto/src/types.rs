@@ -231,6 +231,21 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// What a VM's start waits for once its VMM runs (docs/vms.md,
+    /// "What a start waits for"); recorded per VM, so every later start
+    /// waits for the same.
+    WaitFor, "wait" {
+        /// Nothing: the start returns once the VMM process is up. For
+        /// kernels and guests that run neither banger's agent nor sshd.
+        None = "none",
+        /// The guest agent's hello and health check.
+        Agent = "agent",
+        /// The guest agent (when the image has one), then sshd's banner.
+        Ssh = "ssh",
+    }
+}
+
+wire_enum! {
     /// The outcome of one `doctor` check.
     CheckStatus, "check status" {
         Ok = "ok",

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Accel, Backend, CheckStatus, DiskStrategy, Egress, ErrorBody, NetworkMode, OpKind, OpState,
-    PlannedAccel, PublishSpec, VmState,
+    PlannedAccel, PublishSpec, VmState, WaitFor,
 };
 
 /// `vm.create.begin` params. Absent fields take the daemon's defaults.
@@ -44,6 +44,12 @@ pub struct VmCreateParams {
     /// Boot cold even when the image has a warm template.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cold: bool,
+    /// What this start and every later one waits for (docs/vms.md);
+    /// default: what the image supports (its agent for an image that
+    /// boots banger's init, else the agent if any and SSH). `none` boots
+    /// cold (no warm template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<WaitFor>,
 }
 
 /// Params naming one VM (by name or id).
@@ -118,6 +124,8 @@ pub struct VmView {
     pub disk_size_bytes: u64,
     pub network: NetworkMode,
     pub egress: Egress,
+    /// What its starts wait for once the VMM runs.
+    pub wait_for: WaitFor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
     /// Only while running.
@@ -384,15 +392,76 @@ pub struct ImageBuildParams {
 pub struct KernelView {
     pub name: String,
     pub description: String,
-    /// Pulled and usable.
+    /// Pulled (or imported) and its kernel file is there.
     pub present: bool,
     pub default: bool,
+    /// Where it comes from: the catalog (pulled, or to be pulled) or an
+    /// import.
+    pub origin: KernelOrigin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
+    /// The kernel's modules tree, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<String>,
+}
+
+/// Where a kernel came from. On the wire an object tagged by `kind`:
+/// `{"kind":"catalog","package":"linux-image-cloud-amd64"}`,
+/// `{"kind":"imported","path":"/home/u/vmlinux"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KernelOrigin {
+    /// banger's catalog (`kernel pull`, or the default kernel on first
+    /// use): the Debian package it is pulled from.
+    Catalog { package: String },
+    /// Copied into banger's kernel store by `kernel import`; catalog
+    /// pulls never touch it.
+    Imported {
+        /// The kernel file it was copied from (absolute).
+        path: String,
+    },
+}
+
+impl KernelOrigin {
+    /// `catalog` or `imported`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Catalog { .. } => "catalog",
+            Self::Imported { .. } => "imported",
+        }
+    }
+}
+
+impl std::fmt::Display for KernelOrigin {
+    /// `catalog (linux-image-cloud-amd64)`, `imported from /home/u/vmlinux`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Catalog { package } => write!(f, "catalog ({package})"),
+            Self::Imported { path } => write!(f, "imported from {path}"),
+        }
+    }
+}
+
+/// `kernel.import` params: files on the daemon's host, as absolute paths
+/// (the CLI makes relative ones absolute). They are copied, so the
+/// originals may go afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelImportParams {
+    /// The new kernel's name (as other kernel names: `[a-z0-9-]`, 1 to 63).
+    pub name: String,
+    /// The kernel: a bzImage, or an uncompressed ELF `vmlinux`.
+    pub kernel: String,
+    /// An initramfs to boot it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// A directory of its modules (`/lib/modules/VERSION`), kept beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<String>,
 }
 
 /// Params naming one kernel or image.

@@ -17,13 +17,13 @@ use banger_proto::vm::{
     CpParams, CpResult, Deleted, DoctorCheck, DoctorParams, DoctorReport, ExecBeginParams,
     ExecBegun, ExecIoParams, ExecIoResult, ImageBuildParams, ImageCachePruneParams,
     ImageCachePruneResult, ImageConfig, ImageOrigin, ImagePort, ImagePromoteParams,
-    ImagePullParams, ImageView, KernelPullParams, KernelView, NameParams, OpRef, OpStatusParams,
-    OpView, SshInfo, StageProgress, StageView, VmCreateParams, VmDeleteParams, VmDeleted,
-    VmEditParams, VmKillParams, VmRef, VmStats, VmView,
+    ImagePullParams, ImageView, KernelImportParams, KernelOrigin, KernelPullParams, KernelView,
+    NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView, VmCreateParams,
+    VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
-    PlannedAccel, SnapshotKind, VmState,
+    PlannedAccel, SnapshotKind, VmState, WaitFor,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,6 +69,7 @@ fn running_vm() -> VmView {
         egress: "allow=pypi.example,10.20.0.0/16,api.example:443"
             .parse()
             .unwrap(),
+        wait_for: WaitFor::Ssh,
         backend: Some(Backend::Qemu),
         accel: Some(Accel::Kvm),
         disk_strategy: Some(DiskStrategy::DmSnapshot),
@@ -264,9 +265,31 @@ fn kernel() -> KernelView {
         description: "Debian's cloud kernel".into(),
         present: true,
         default: true,
+        origin: KernelOrigin::Catalog {
+            package: "linux-image-cloud-amd64".into(),
+        },
         version: Some("6.1.0-28-cloud-amd64".into()),
         kernel: Some("/home/u/.local/share/banger/kernels/debian-cloud/vmlinuz".into()),
         initrd: Some("/home/u/.local/share/banger/kernels/debian-cloud/initrd.img".into()),
+        modules: Some(
+            "/home/u/.local/share/banger/kernels/debian-cloud/modules/6.1.0-28-cloud-amd64".into(),
+        ),
+    }
+}
+
+fn imported_kernel() -> KernelView {
+    KernelView {
+        name: "fc-guest".into(),
+        description: String::new(),
+        present: true,
+        default: false,
+        origin: KernelOrigin::Imported {
+            path: "/home/u/build/vmlinux".into(),
+        },
+        version: None,
+        kernel: Some("/home/u/.local/share/banger/kernels/fc-guest/vmlinuz".into()),
+        initrd: None,
+        modules: None,
     }
 }
 
@@ -314,6 +337,7 @@ fn examples() -> Vec<Example> {
                 start: Some(true),
                 from_snapshot: None,
                 cold: true,
+                wait_for: Some(WaitFor::Agent),
             },
             create_op(),
         ),
@@ -618,6 +642,21 @@ fn examples() -> Vec<Example> {
                 ..create_op()
             },
         ),
+        example::<m::KernelImport>(
+            KernelImportParams {
+                name: "fc-guest".into(),
+                kernel: "/home/u/build/vmlinux".into(),
+                initrd: Some("/home/u/build/initrd.img".into()),
+                modules: Some("/home/u/build/modules/6.1.102".into()),
+            },
+            KernelView {
+                initrd: Some("/home/u/.local/share/banger/kernels/fc-guest/initrd.img".into()),
+                modules: Some(
+                    "/home/u/.local/share/banger/kernels/fc-guest/modules/6.1.102".into(),
+                ),
+                ..imported_kernel()
+            },
+        ),
         example::<m::KernelList>(
             NoParams,
             vec![
@@ -627,10 +666,15 @@ fn examples() -> Vec<Example> {
                     description: "another catalog kernel".into(),
                     present: false,
                     default: false,
+                    origin: KernelOrigin::Catalog {
+                        package: "linux-image-other".into(),
+                    },
                     version: None,
                     kernel: None,
                     initrd: None,
+                    modules: None,
                 },
+                imported_kernel(),
             ],
         ),
         example::<m::KernelShow>(

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use records::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 
-use banger_proto::{Backend, DiskStrategy, PublishSpec};
+use banger_proto::{Backend, DiskStrategy, PublishSpec, WaitFor};
 
 fn join_ports(ports: &[PublishSpec]) -> String {
     ports
@@ -260,7 +260,7 @@ impl Store {
                 params![
                     k.id,
                     k.name,
-                    k.source,
+                    records::kernel_source(&k.origin),
                     path_str(&k.kernel_path),
                     k.initrd_path.as_deref().map(path_str),
                     k.modules_dir.as_deref().map(path_str),
@@ -275,14 +275,16 @@ impl Store {
 
     /// Looks a kernel up by name or id.
     pub fn kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
-        self.find(KERNEL_SELECT, "kernel", name_or_id, KernelRecord::from_row)
+        self.find(KERNEL_SELECT, "kernel", name_or_id, KernelRecord::from_row)?
     }
 
     pub fn kernels(&self) -> Result<Vec<KernelRecord>, StoreError> {
         self.list(
             &format!("{KERNEL_SELECT} ORDER BY name"),
             KernelRecord::from_row,
-        )
+        )?
+        .into_iter()
+        .collect()
     }
 
     pub fn delete_kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
@@ -370,9 +372,9 @@ impl Store {
                 "INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib,
                                   disk_size_bytes, network_mode, backend, disk_strategy,
                                   published_ports, state, last_error, created_at_ms, updated_at_ms,
-                                  base_snapshot_id, egress)
+                                  base_snapshot_id, egress, wait_for)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                         ?17)",
+                         ?17, ?18)",
                 params![
                     vm.id,
                     vm.name,
@@ -391,6 +393,7 @@ impl Store {
                     vm.updated_at_ms,
                     vm.base_snapshot_id,
                     vm.egress.to_string(),
+                    vm.wait_for.map(WaitFor::as_str),
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -405,7 +408,7 @@ impl Store {
                 "UPDATE vms SET name = ?2, image_id = ?3, kernel_id = ?4, vcpus = ?5,
                         memory_mib = ?6, disk_size_bytes = ?7, network_mode = ?8, backend = ?9,
                         disk_strategy = ?10, published_ports = ?11, state = ?12, last_error = ?13,
-                        updated_at_ms = ?14, base_snapshot_id = ?15, egress = ?16
+                        updated_at_ms = ?14, base_snapshot_id = ?15, egress = ?16, wait_for = ?17
                  WHERE id = ?1",
                 params![
                     vm.id,
@@ -424,6 +427,7 @@ impl Store {
                     vm.updated_at_ms,
                     vm.base_snapshot_id,
                     vm.egress.to_string(),
+                    vm.wait_for.map(WaitFor::as_str),
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -700,7 +704,7 @@ const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path
     size_bytes, managed, created_at_ms, has_agent, recipe, replaced_by, origin, config FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
-    created_at_ms, updated_at_ms, base_snapshot_id, egress FROM vms";
+    created_at_ms, updated_at_ms, base_snapshot_id, egress, wait_for FROM vms";
 const SNAPSHOT_SELECT: &str = "SELECT id, name, kind, vm_id, vm_name, parent_id, image_id,
     kernel_id, vcpus, memory_mib, disk_size_bytes, network_mode, has_agent, dir, vmm_backend,
     vmm_version, machine, accel, template_key, size_bytes, created_at_ms FROM snapshots";

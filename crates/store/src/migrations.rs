@@ -115,6 +115,12 @@ const STEPS: &[M<'static>] = &[
         "ALTER TABLE images ADD COLUMN origin TEXT;
         ALTER TABLE images ADD COLUMN config TEXT;",
     ),
+    // 8: what a VM's starts wait for once its VMM runs (proto's WaitFor:
+    // `none`, `agent`, `ssh`); NULL, for VMs made before it: what the
+    // image supports, as they always waited. Kernels' `source` column now
+    // also holds `imported:PATH` (kernel import) beside `catalog:PACKAGE`:
+    // no schema change.
+    M::up("ALTER TABLE vms ADD COLUMN wait_for TEXT;"),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

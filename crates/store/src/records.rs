@@ -1,20 +1,23 @@
 use std::path::PathBuf;
 
-use banger_proto::vm::{ImageConfig, ImageOrigin};
-use banger_proto::{Accel, Backend, DiskStrategy, Egress, NetworkMode, PublishSpec, SnapshotKind};
+use banger_proto::vm::{ImageConfig, ImageOrigin, KernelOrigin};
+use banger_proto::{
+    Accel, Backend, DiskStrategy, Egress, NetworkMode, PublishSpec, SnapshotKind, WaitFor,
+};
 use rusqlite::Row;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
-/// A kernel the user pulled: the image file plus, for distribution kernels,
-/// an initramfs and a modules tree.
+/// A kernel the user pulled or imported: the image file plus, for
+/// distribution kernels, an initramfs and a modules tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelRecord {
     pub id: String,
     pub name: String,
-    /// Where it came from: a catalog entry name or a URL.
-    pub source: String,
+    /// Where it came from; stored in the `source` column as
+    /// `catalog:PACKAGE` or `imported:PATH`.
+    pub origin: KernelOrigin,
     pub kernel_path: PathBuf,
     pub initrd_path: Option<PathBuf>,
     pub modules_dir: Option<PathBuf>,
@@ -91,6 +94,10 @@ pub struct VmRecord {
     /// The snapshot whose disk layers this VM's sit on (restored, forked
     /// or started from a template), which cannot be deleted before it.
     pub base_snapshot_id: Option<String>,
+    /// What its starts wait for; `None` (VMs made before it was
+    /// recorded): what the image supports.
+    #[serde(default)]
+    pub wait_for: Option<WaitFor>,
 }
 
 /// A snapshot: device state, memory and frozen disk layers in `dir`
@@ -125,19 +132,52 @@ pub struct SnapshotRecord {
     pub created_at_ms: i64,
 }
 
+/// A kernel's origin in its `source` column's text form.
+pub(crate) fn kernel_source(origin: &KernelOrigin) -> String {
+    match origin {
+        KernelOrigin::Catalog { package } => format!("catalog:{package}"),
+        KernelOrigin::Imported { path } => format!("imported:{path}"),
+    }
+}
+
+/// The origin a `source` column says, if it is one this binary writes.
+fn parse_kernel_source(text: &str) -> Option<KernelOrigin> {
+    if let Some(package) = text.strip_prefix("catalog:") {
+        return Some(KernelOrigin::Catalog {
+            package: package.to_owned(),
+        });
+    }
+    text.strip_prefix("imported:")
+        .map(|path| KernelOrigin::Imported {
+            path: path.to_owned(),
+        })
+}
+
 impl KernelRecord {
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
+    /// Reads a row; a `source` this binary does not write is reported as
+    /// [`StoreError::Corrupt`].
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Result<Self, StoreError>> {
+        let name: String = r.get(1)?;
+        let source: String = r.get(2)?;
+        let Some(origin) = parse_kernel_source(&source) else {
+            return Ok(Err(StoreError::Corrupt {
+                kind: "kernel",
+                name,
+                field: "source",
+                value: source,
+            }));
+        };
+        Ok(Ok(Self {
             id: r.get(0)?,
-            name: r.get(1)?,
-            source: r.get(2)?,
+            name,
+            origin,
             kernel_path: r.get::<_, String>(3)?.into(),
             initrd_path: r.get::<_, Option<String>>(4)?.map(Into::into),
             modules_dir: r.get::<_, Option<String>>(5)?.map(Into::into),
             version: r.get(6)?,
             sha256: r.get(7)?,
             created_at_ms: r.get(8)?,
-        })
+        }))
     }
 }
 
@@ -225,6 +265,14 @@ impl VmRecord {
         let Ok(egress) = egress.parse::<Egress>() else {
             return Ok(Err(corrupt("egress", egress)));
         };
+        let wait_for: Option<String> = r.get(17)?;
+        let wait_for = match wait_for
+            .map(|w| w.parse::<WaitFor>().map_err(|_| w))
+            .transpose()
+        {
+            Ok(w) => w,
+            Err(w) => return Ok(Err(corrupt("wait_for", w))),
+        };
         let strategy: Option<String> = r.get(9)?;
         let disk_strategy = match strategy
             .map(|d| d.parse::<DiskStrategy>().map_err(|_| d))
@@ -261,6 +309,7 @@ impl VmRecord {
             created_at_ms: r.get(13)?,
             updated_at_ms: r.get(14)?,
             base_snapshot_id: r.get(15)?,
+            wait_for,
         }))
     }
 }

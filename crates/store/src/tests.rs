@@ -11,7 +11,9 @@ fn kernel(name: &str) -> KernelRecord {
     KernelRecord {
         id: format!("k-{name}"),
         name: name.into(),
-        source: "catalog:debian-cloud".into(),
+        origin: banger_proto::vm::KernelOrigin::Catalog {
+            package: "linux-image-cloud-amd64".into(),
+        },
         kernel_path: format!("/data/kernels/{name}/vmlinuz").into(),
         initrd_path: Some(format!("/data/kernels/{name}/initrd").into()),
         modules_dir: None,
@@ -61,6 +63,7 @@ fn vm(name: &str, image: &str, kernel: &str) -> VmRecord {
         created_at_ms: 3,
         updated_at_ms: 3,
         base_snapshot_id: None,
+        wait_for: Some(banger_proto::WaitFor::Agent),
     }
 }
 
@@ -285,6 +288,112 @@ fn image_origins_and_configs_round_trip() {
             }
         ),
         "{err:?}"
+    );
+}
+
+#[test]
+fn kernel_origins_round_trip_and_an_unknown_source_is_corrupt() {
+    use banger_proto::vm::KernelOrigin;
+    let (_dir, store) = open();
+    let imported = KernelRecord {
+        origin: KernelOrigin::Imported {
+            path: "/home/u/vmlinux".into(),
+        },
+        initrd_path: None,
+        version: None,
+        ..kernel("mine")
+    };
+    for k in [&kernel("k1"), &imported] {
+        store.insert_kernel(k).unwrap();
+        assert_eq!(&store.kernel(&k.name).unwrap(), k);
+    }
+    let source: String = store
+        .conn
+        .query_row("SELECT source FROM kernels WHERE name = 'mine'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(source, "imported:/home/u/vmlinux");
+    store
+        .conn
+        .execute(
+            "UPDATE kernels SET source = 'ftp://x' WHERE name = 'k1'",
+            [],
+        )
+        .unwrap();
+    let err = store.kernels().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                kind: "kernel",
+                field: "source",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_vm_without_a_recorded_wait_reads_as_none_and_a_bad_one_as_corrupt() {
+    let (_dir, store) = open();
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    let old = VmRecord {
+        wait_for: None,
+        ..vm("old", "base", "k1")
+    };
+    store.insert_vm(&old).unwrap();
+    assert_eq!(store.vm("old").unwrap().wait_for, None);
+    let mut none = vm("quiet", "base", "k1");
+    none.wait_for = Some(banger_proto::WaitFor::None);
+    store.insert_vm(&none).unwrap();
+    assert_eq!(store.vm("quiet").unwrap(), none);
+    store
+        .conn
+        .execute("UPDATE vms SET wait_for = 'forever' WHERE name = 'old'", [])
+        .unwrap();
+    let err = store.vm("old").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Corrupt {
+                field: "wait_for",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_version_7_database_gains_wait_for_and_keeps_its_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        migrations::MIGRATIONS.to_version(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO kernels (id, name, source, kernel_path, created_at_ms)
+                 VALUES ('k-1', 'debian-cloud', 'catalog:linux-image-cloud-amd64', '/k', 1);
+             INSERT INTO images (id, name, source, rootfs_path, size_bytes, created_at_ms)
+                 VALUES ('i-1', 'default', 'debian:bookworm', '/r', 1, 1);
+             INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes,
+                              network_mode, state, created_at_ms, updated_at_ms)
+                 VALUES ('v-1', 'dev', 'i-1', 'k-1', 1, 512, 1073741824, 'user', 'stopped', 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 8);
+    let vm = store.vm("dev").unwrap();
+    assert_eq!(vm.wait_for, None);
+    assert_eq!(
+        store.kernel("debian-cloud").unwrap().origin,
+        banger_proto::vm::KernelOrigin::Catalog {
+            package: "linux-image-cloud-amd64".into()
+        }
     );
 }
 

@@ -4,7 +4,8 @@
 use banger_proto::methods::{self, Method, NoParams};
 use banger_proto::vm::{
     Deleted, DoctorParams, ImageBuildParams, ImageCachePruneParams, ImageOrigin,
-    ImagePromoteParams, ImagePullParams, ImageView, KernelPullParams, KernelView, NameParams,
+    ImagePromoteParams, ImagePullParams, ImageView, KernelImportParams, KernelOrigin,
+    KernelPullParams, KernelView, NameParams,
 };
 use banger_proto::{CheckStatus, OpState};
 
@@ -268,18 +269,44 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
                 .map(|k| {
                     vec![
                         format!("{}{}", k.name, if k.default { " (default)" } else { "" }),
-                        if k.present {
-                            "pulled".into()
-                        } else {
-                            "-".into()
-                        },
+                        kernel_state(k).into(),
                         k.version.clone().unwrap_or_default(),
+                        k.origin.to_string(),
                         k.description.clone(),
                     ]
                 })
                 .collect();
-            table(&["NAME", "STATE", "VERSION", "DESCRIPTION"], &rows);
+            table(
+                &["NAME", "STATE", "VERSION", "SOURCE", "DESCRIPTION"],
+                &rows,
+            );
             Ok(())
+        }
+        KernelCommand::Import {
+            name,
+            kernel,
+            initrd,
+            modules,
+            json,
+        } => {
+            let k = client.call::<methods::KernelImport>(&KernelImportParams {
+                name: name.clone(),
+                kernel: absolute("--kernel", kernel)?,
+                initrd: initrd
+                    .as_deref()
+                    .map(|p| absolute("--initrd", p))
+                    .transpose()?,
+                modules: modules
+                    .as_deref()
+                    .map(|p| absolute("--modules", p))
+                    .transpose()?,
+            })?;
+            if *json {
+                print_json(&k)
+            } else {
+                print_kernel(&k);
+                Ok(())
+            }
         }
         KernelCommand::Pull { name, json } => {
             let begun = client
@@ -306,10 +333,31 @@ pub(crate) fn kernel(target: &DaemonTarget, cmd: &KernelCommand) -> Result<(), C
     }
 }
 
+/// `pulled`, `imported`, or `-` for a catalog kernel not pulled (or one
+/// whose file went missing).
+fn kernel_state(k: &KernelView) -> &'static str {
+    match (&k.origin, k.present) {
+        (_, false) => "-",
+        (KernelOrigin::Catalog { .. }, true) => "pulled",
+        (KernelOrigin::Imported { .. }, true) => "imported",
+    }
+}
+
+/// `path` made absolute against the current directory (the daemon runs
+/// elsewhere), not resolved further: the daemon checks what it names.
+fn absolute(option: &str, path: &std::path::Path) -> Result<String, CliError> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| CliError::BadParams(format!("{option} {}: {e}", path.display())))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|p| CliError::BadParams(format!("{option} {p:?}: not UTF-8")))
+}
+
 fn print_kernel(k: &KernelView) {
     let mut rows = vec![
         ("name", k.name.clone()),
-        ("pulled", if k.present { "yes" } else { "no" }.to_owned()),
+        ("state", kernel_state(k).to_owned()),
+        ("source", k.origin.to_string()),
     ];
     if let Some(v) = &k.version {
         rows.push(("version", v.clone()));
@@ -319,6 +367,9 @@ fn print_kernel(k: &KernelView) {
     }
     if let Some(p) = &k.initrd {
         rows.push(("initrd", p.clone()));
+    }
+    if let Some(p) = &k.modules {
+        rows.push(("modules", p.clone()));
     }
     key_values(&rows);
 }

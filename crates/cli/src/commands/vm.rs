@@ -11,7 +11,7 @@ use banger_proto::vm::{
     ImagePullParams, OpView, SshInfo, VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams,
     VmKillParams, VmRef, VmView,
 };
-use banger_proto::{ErrorCode, NetworkMode, VmState};
+use banger_proto::{ErrorCode, NetworkMode, VmState, WaitFor};
 
 use super::follow::follow;
 use super::format::{human_bytes, key_values, mib, parse_size, table};
@@ -335,6 +335,7 @@ fn print_vm(v: &VmView) {
         ("disk", human_bytes(v.disk_size_bytes)),
         ("network", v.network.to_string()),
         ("egress", v.egress.to_string()),
+        ("wait", v.wait_for.to_string()),
     ];
     fn opt<T: std::fmt::Display>(o: Option<T>) -> String {
         o.map_or_else(|| "-".into(), |v| v.to_string())
@@ -395,6 +396,7 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
         start: Some(start),
         from_snapshot: spec.from_snapshot.clone(),
         cold: spec.cold,
+        wait_for: spec.wait,
     })
 }
 
@@ -507,6 +509,12 @@ fn vm_run(
     spec: &VmSpecArgs,
     command: &[String],
 ) -> Result<(), CliError> {
+    if spec.wait == Some(WaitFor::None) {
+        return Err(CliError::BadParams(
+            "vm run needs the guest's agent or SSH to run its command: use --wait agent or ssh (or vm create --wait none)"
+                .into(),
+        ));
+    }
     let name = match name {
         Some(n) => n.to_owned(),
         None => format!("run-{}", random_suffix()),

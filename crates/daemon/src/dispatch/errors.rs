@@ -98,6 +98,9 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::ForkCount(_)
         | E::ShapeFixed { .. }
         | E::EgressNeedsBridged { .. }
+        | E::WaitNoAgent { .. }
+        | E::WaitNoSsh { .. }
+        | E::WaitFromSnapshot
         | E::Usernet(
             banger_vmm::usernet::UsernetError::Missing { .. }
             | banger_vmm::usernet::UsernetError::NoUserNamespaces { .. }
@@ -170,6 +173,7 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::HostIsDirectory(_) => ErrorCode::BadParams,
         E::NoExecSession(_) | E::NoHostFile { .. } => ErrorCode::NotFound,
         E::NoAgent { .. }
+        | E::AgentNotWaitedFor { .. }
         | E::BootTimeout { .. }
         | E::VmmExited
         | E::ExecLost { .. }
@@ -212,9 +216,17 @@ impl From<crate::artifacts::ArtifactError> for RpcError {
 pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
     use crate::artifacts::ArtifactError as E;
     match e {
-        E::NotFound { .. } | E::UnknownKernel { .. } | E::Broken { .. } => ErrorCode::NotFound,
-        E::ImageExists { .. } => ErrorCode::Conflict,
-        E::InvalidPackage { .. } => ErrorCode::BadParams,
+        E::NotFound { .. }
+        | E::UnknownKernel { .. }
+        | E::Broken { .. }
+        | E::ImportedMissing { .. } => ErrorCode::NotFound,
+        E::ImageExists { .. } | E::KernelExists { .. } | E::CatalogName { .. } => {
+            ErrorCode::Conflict
+        }
+        E::Import { source, .. } if source.is_missing() => ErrorCode::NotFound,
+        E::Import { source, .. } if source.is_bad_input() => ErrorCode::BadParams,
+        E::Import { .. } => ErrorCode::OperationFailed,
+        E::InvalidPackage { .. } | E::NotPullable { .. } => ErrorCode::BadParams,
         E::NoAgent { .. } => ErrorCode::OperationFailed,
         E::Pull { .. } | E::Build { .. } | E::NoSpace { .. } | E::Task { .. } | E::Ssh(_) => {
             ErrorCode::OperationFailed

@@ -6,9 +6,10 @@ use banger_proto::OpKind;
 use banger_proto::methods::{self, NoParams};
 use banger_proto::vm::{
     Deleted, DoctorParams, DoctorReport, ImageBuildParams, ImageCachePruneParams,
-    ImageCachePruneResult, ImagePromoteParams, ImagePullParams, ImageView, KernelPullParams,
-    KernelView, NameParams, OpRef, OpStatusParams, OpView,
+    ImageCachePruneResult, ImagePromoteParams, ImagePullParams, ImageView, KernelImportParams,
+    KernelPullParams, KernelView, NameParams, OpRef, OpStatusParams, OpView,
 };
+use tracing::Instrument;
 
 use super::to_value;
 use crate::artifacts;
@@ -139,7 +140,7 @@ impl Handler for methods::KernelPullBegin {
             .name
             .unwrap_or_else(|| artifacts.default_kernel().to_owned());
         validate::name("kernel", &name)?;
-        artifacts.check_kernel_known(&name).await?;
+        artifacts.check_kernel_pullable(&name).await?;
         let target = name.clone();
         let op = ctx.state.ops.begin(
             &ctx.op_id,
@@ -154,6 +155,37 @@ impl Handler for methods::KernelPullBegin {
             },
         );
         Ok(op.view())
+    }
+}
+
+impl Handler for methods::KernelImport {
+    async fn handle(ctx: RequestCtx, p: KernelImportParams) -> Result<KernelView, RpcError> {
+        validate::name("kernel", &p.name)?;
+        let artifacts = Arc::clone(&ctx.state.artifacts);
+        let files = artifacts::ImportFiles {
+            kernel: p.kernel.into(),
+            initrd: p.initrd.map(Into::into),
+            modules: p.modules.map(Into::into),
+        };
+        // A task of its own: a client that hangs up mid-copy does not cut
+        // the import short between its files and its row (it completes,
+        // or fails leaving nothing).
+        let name = p.name;
+        let import = tokio::spawn(
+            async move {
+                let k = artifacts.import_kernel(&name, files).await?;
+                Ok::<_, artifacts::ArtifactError>(artifacts.pulled_kernel_view(&k))
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match import.await {
+            Ok(view) => Ok(view?),
+            Err(source) => Err(artifacts::ArtifactError::Task {
+                what: "import kernel".into(),
+                source,
+            }
+            .into()),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use banger_proto::vm::{VmCreateParams, VmView};
-use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec};
+use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec, WaitFor};
 use banger_store::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 use rand::Rng;
 
@@ -151,6 +151,8 @@ pub struct CreatePlan {
     network: NetworkMode,
     egress: Egress,
     start: bool,
+    /// `--wait`; `None`: the image's default (known once it is there).
+    wait_for: Option<WaitFor>,
     /// The defaults' vcpus, memory and disk size when planned: the shape
     /// warm templates are made in.
     default_shape: (u32, u32, u64),
@@ -167,6 +169,7 @@ pub async fn plan_create(
 ) -> Result<CreatePlan, VmError> {
     validate::name("vm", &p.name)?;
     let snapshot = match &p.from_snapshot {
+        Some(_) if p.wait_for.is_some() => return Err(VmError::WaitFromSnapshot),
         Some(name) => {
             let n = name.clone();
             let s = vms.db.call(move |st| st.snapshot(&n)).await?;
@@ -229,6 +232,7 @@ pub async fn plan_create(
         network,
         egress,
         start: p.start.unwrap_or(true),
+        wait_for: p.wait_for,
         default_shape: (
             defaults.vcpus,
             defaults.memory_mib,
@@ -417,6 +421,7 @@ pub async fn create(
                     name: &plan.name,
                     publish: &plan.publish,
                     egress: &plan.egress,
+                    wait_for: None,
                 },
                 "restore from snapshot",
                 super::ram::RestoredRam::Own,
@@ -432,6 +437,7 @@ pub async fn create(
     // A rebuild of a stale image may have left the old one unused.
     super::snapshot::template::prune_replaced_images(vms).await;
     ctx.check_cancelled()?;
+    let wait = check_wait(plan.wait_for, &image)?;
     let shape = TemplateShape {
         vcpus: plan.vcpus,
         memory_mib: plan.memory_mib,
@@ -439,7 +445,9 @@ pub async fn create(
         network: plan.network,
     };
     let mut warm_job = None;
-    if templates_fit(vms, &image, shape, plan.default_shape, plan.start) {
+    // A VM that does not wait for its guest boots cold: a template is
+    // restored through the guest's agent.
+    if wait != WaitFor::None && templates_fit(vms, &image, shape, plan.default_shape, plan.start) {
         let key = template_key(vms, &image, &kernel, shape, ctx).await?;
         let k = key.0.clone();
         match vms.db.call(move |s| s.template(&k)).await? {
@@ -452,6 +460,7 @@ pub async fn create(
                         name: &plan.name,
                         publish: &plan.publish,
                         egress: &plan.egress,
+                        wait_for: Some(wait),
                     },
                     "restore from template",
                     super::ram::RestoredRam::MapSnapshot,
@@ -533,6 +542,7 @@ pub async fn create(
         created_at_ms: now,
         updated_at_ms: now,
         base_snapshot_id: None,
+        wait_for: Some(wait),
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");
@@ -549,6 +559,22 @@ pub async fn create(
             Err(VmError::CreateCancelled)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What a VM made from `image` waits for: `asked`, if the image has what
+/// it waits for (an agent; an SSH server, which an image booting banger's
+/// init lacks), else the image's default.
+pub(crate) fn check_wait(asked: Option<WaitFor>, image: &ImageRecord) -> Result<WaitFor, VmError> {
+    match asked {
+        None => Ok(super::default_wait(image)),
+        Some(WaitFor::Agent) if !image.has_agent => Err(VmError::WaitNoAgent {
+            image: image.name.clone(),
+        }),
+        Some(WaitFor::Ssh) if image.boots_banger_init() => Err(VmError::WaitNoSsh {
+            image: image.name.clone(),
+        }),
+        Some(w) => Ok(w),
     }
 }
 

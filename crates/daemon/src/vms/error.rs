@@ -155,6 +155,16 @@ pub enum VmError {
     EgressNeedsBridged { egress: String },
     #[error(transparent)]
     Usernet(#[from] banger_vmm::usernet::UsernetError),
+    #[error("image {image} has no guest agent to wait for: use --wait ssh or --wait none")]
+    WaitNoAgent { image: String },
+    #[error(
+        "image {image} boots with banger's init and runs no SSH server to wait for: use --wait agent or --wait none"
+    )]
+    WaitNoSsh { image: String },
+    #[error(
+        "--wait does not apply to a vm made from a snapshot: it continues a guest that was ready when the snapshot was taken"
+    )]
+    WaitFromSnapshot,
     #[error("{what} differs from the snapshot's ({snapshot}: {recorded}); a restored vm keeps it")]
     ShapeFixed {
         what: &'static str,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_proto::vm::VmEditParams;
-use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec};
+use banger_proto::{Egress, NetworkMode, PortProto, PublishSpec, WaitFor};
 use banger_store::SnapshotRecord;
 use banger_store::{VmRecord, VmState};
 use banger_vmm::{
@@ -375,6 +375,16 @@ async fn boot(
         rollback.push("record handles", move || remove_handles(&dir));
     }
 
+    let wait = match from {
+        Boot::Cold => super::wait_for(vm, &image),
+        // A restored guest was ready when its snapshot was taken; its agent
+        // gives it its identity (below), whatever its cold starts wait for.
+        Boot::Restore { .. } => WaitFor::Ssh,
+    };
+    if wait == WaitFor::None {
+        tracing::info!(vm = %vm.name, "not waiting for the guest (wait none)");
+        return Ok(handles);
+    }
     if handles.agent.is_some() {
         ctx.stage("wait for agent");
         vms.guest.wait_for_agent(vm, &handles, ctx).await?;
@@ -407,6 +417,9 @@ async fn boot(
         // banger's init runs no sshd: the agent answering is the guest
         // being ready.
         Boot::Cold if banger_init => {}
+        // Its agent only: neither sshd nor its host key (`vm ssh` pins
+        // that on first use).
+        Boot::Cold if wait == WaitFor::Agent => return Ok(handles),
         Boot::Cold => {
             ctx.stage("wait for ssh");
             wait_for_ssh(vms, vm, &handles, ctx).await?;

@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use banger_proto::WaitFor;
 use banger_proto::vm::VmView;
 use banger_store::VmRecord;
 use banger_vmm::VmHandle;
@@ -642,6 +643,23 @@ async fn find(vms: &Vms, name: &str) -> Result<VmRecord, banger_store::StoreErro
     vms.db.call(move |s| s.vm(&name)).await
 }
 
+/// What a VM made from `image` waits for unless told: its agent when it
+/// boots banger's init (no sshd), else its agent (if any) and SSH.
+pub(crate) fn default_wait(image: &banger_store::ImageRecord) -> WaitFor {
+    if image.boots_banger_init() {
+        WaitFor::Agent
+    } else {
+        WaitFor::Ssh
+    }
+}
+
+/// What a cold start of `vm` (made from `image`) waits for: what its
+/// create recorded, else (VMs made before that was recorded) the image's
+/// default.
+pub(crate) fn wait_for(vm: &VmRecord, image: &banger_store::ImageRecord) -> WaitFor {
+    vm.wait_for.unwrap_or_else(|| default_wait(image))
+}
+
 /// The view `vm.show` and `vm.list` return.
 async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreError> {
     let (image_id, kernel_id) = (vm.image_id.clone(), vm.kernel_id.clone());
@@ -657,6 +675,7 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         })
         .await?;
     let agent_shell = image.boots_banger_init();
+    let wait = wait_for(vm, &image);
     let image = image.name;
     let dir = vm_dir(vms, &vm.id);
     let handles = vms.table.handles(&vm.id);
@@ -671,6 +690,7 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         disk_size_bytes: vm.disk_size_bytes,
         network: vm.network_mode,
         egress: vm.egress.clone(),
+        wait_for: wait,
         backend: vm.backend,
         accel: handles.as_ref().map(|h| h.accel),
         disk_strategy: vm.disk_strategy,
@@ -688,7 +708,9 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         vm_dir: dir.display().to_string(),
         console_log: console_log(&dir).display().to_string(),
         created_at_ms: vm.created_at_ms,
-        agent: handles.as_ref().is_some_and(|h| h.agent.is_some()),
+        // A guest not waited for may run no agent: only one that answered.
+        agent: handles.as_ref().is_some_and(|h| h.agent.is_some())
+            && (wait != WaitFor::None || vms.table.agent(&vm.id).is_some()),
         agent_shell,
     })
 }

@@ -106,6 +106,86 @@ async fn a_missing_kernel_file_fails_before_launch() {
     assert!(fake.launched.lock().unwrap().is_empty(), "nothing launched");
 }
 
+#[tokio::test]
+async fn a_start_waits_for_what_the_vm_recorded() {
+    use banger_proto::WaitFor;
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeVmm::default());
+    let state = test_state_with(tmp.path(), fake.clone());
+    // The seeded image has no agent and boots its own init: by default a
+    // start waits for SSH (which never answers here, up to the boot
+    // timeout). A VM that waits for nothing, or for an agent it lacks,
+    // is running as soon as its VMM is.
+    for (name, wait) in [("quiet", WaitFor::None), ("agentless", WaitFor::Agent)] {
+        let mut vm = seed(&state, name, VmState::Stopped);
+        vm.wait_for = Some(wait);
+        let record = vm.clone();
+        state.lock_store_for_tests().update_vm(&record).unwrap();
+        let started = tokio::time::timeout(
+            Duration::from_secs(20),
+            state.vms.start(name, &OpCtx::background()),
+        )
+        .await
+        .expect("the start waited for the guest")
+        .unwrap();
+        assert_eq!(started.state, VmState::Running);
+        let view = state.vms.view(&started).await.unwrap();
+        assert_eq!(view.wait_for, wait);
+        assert!(!view.agent, "no agent to reach");
+        assert!(view.pid.is_some());
+    }
+    assert_eq!(fake.launched.lock().unwrap().len(), 2);
+    // A VM made before waits were recorded shows its image's default.
+    let old = seed(&state, "old", VmState::Stopped);
+    assert_eq!(old.wait_for, None);
+    let view = state.vms.view(&old).await.unwrap();
+    assert_eq!(view.wait_for, WaitFor::Ssh);
+}
+
+#[test]
+fn a_wait_the_image_cannot_give_is_refused() {
+    use banger_proto::WaitFor;
+    let image = |has_agent: bool, pulled: bool| banger_store::ImageRecord {
+        id: "i".into(),
+        name: "img".into(),
+        source: "test".into(),
+        rootfs_path: "/r".into(),
+        work_seed_path: None,
+        fingerprint: None,
+        size_bytes: 1,
+        managed: false,
+        created_at_ms: 0,
+        has_agent,
+        recipe: None,
+        replaced_by: None,
+        origin: Default::default(),
+        config: pulled.then(Default::default),
+    };
+    let check = create::check_wait;
+    // Defaults: the agent for an image booting banger's init, else SSH.
+    assert_eq!(check(None, &image(true, true)).unwrap(), WaitFor::Agent);
+    assert_eq!(check(None, &image(true, false)).unwrap(), WaitFor::Ssh);
+    assert_eq!(check(None, &image(false, false)).unwrap(), WaitFor::Ssh);
+    for img in [image(true, true), image(true, false), image(false, false)] {
+        assert_eq!(check(Some(WaitFor::None), &img).unwrap(), WaitFor::None);
+    }
+    let e = check(Some(WaitFor::Agent), &image(false, false)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "image img has no guest agent to wait for: use --wait ssh or --wait none"
+    );
+    assert_eq!(
+        crate::dispatch::errors::vm_code(&e),
+        banger_proto::ErrorCode::BadParams
+    );
+    let e = check(Some(WaitFor::Ssh), &image(true, true)).unwrap_err();
+    assert!(e.to_string().contains("runs no SSH server"), "{e}");
+    assert_eq!(
+        check(Some(WaitFor::Agent), &image(true, false)).unwrap(),
+        WaitFor::Agent
+    );
+}
+
 #[test]
 fn images_without_an_init_boot_with_the_agent_as_init() {
     let own = lifecycle::cmdline("dev", "banger.ip=10.0.2.15/24", false);

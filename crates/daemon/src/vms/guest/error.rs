@@ -43,6 +43,13 @@ pub enum GuestError {
         #[source]
         source: super::identity::HostKeyError,
     },
+    /// A VM created with `--wait none` whose agent never answered: its
+    /// guest may run none (an imported kernel, a stub) or still boot.
+    #[error(
+        "vm {vm}: the guest agent did not answer within {secs} s; the vm was created with --wait none, \
+         so nothing checked that its guest runs banger's agent (it may have none, or still be booting: see banger vm logs {vm})"
+    )]
+    AgentNotWaitedFor { vm: String, secs: u64 },
     #[error("the guest agent did not answer within {secs} s")]
     BootTimeout { secs: u64 },
     #[error("the vmm exited during boot")]

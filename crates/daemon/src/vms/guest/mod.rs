@@ -38,6 +38,10 @@ use crate::db::Db;
 /// How long one agent request may take (exec and copies excepted).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request waits for a running VM's agent to say hello when
+/// no connection is open (after a daemon restart, or a VM not waited for).
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Guest access: everything done through a running VM's agent.
 #[derive(Debug)]
 pub struct Guest {
@@ -103,9 +107,19 @@ impl Guest {
             return Err(GuestError::NoAgent { vm: vm.name });
         }
         let conn = self
-            .open_agent(&vm.id, Duration::from_secs(10))
+            .open_agent(&vm.id, AGENT_CONNECT_TIMEOUT)
             .await
-            .map_err(|e| GuestError::agent(&vm.name, e))?;
+            .map_err(|e| match e {
+                crate::agent::AgentError::Timeout(secs)
+                    if vm.wait_for == Some(banger_proto::WaitFor::None) =>
+                {
+                    GuestError::AgentNotWaitedFor {
+                        vm: vm.name.clone(),
+                        secs,
+                    }
+                }
+                e => GuestError::agent(&vm.name, e),
+            })?;
         Ok((vm, conn))
     }
 

@@ -200,7 +200,13 @@ pub(crate) async fn sample_all(guest: &Arc<Guest>, per_vm: Duration) -> usize {
     let mut samples = tokio::task::JoinSet::new();
     for vm in vms {
         let has_agent = guest.vms.handles(&vm.id).is_some_and(|h| h.agent.is_some());
-        if !has_agent {
+        // A VM not waited for whose agent never answered may run none:
+        // trying every interval would hold its agent-connect lock (and
+        // a user's `vm exec`) for the whole timeout. `vm stats` samples it
+        // itself once it answers.
+        let unproven =
+            vm.wait_for == Some(banger_proto::WaitFor::None) && guest.vms.agent(&vm.id).is_none();
+        if !has_agent || unproven {
             continue;
         }
         let guest = Arc::clone(guest);

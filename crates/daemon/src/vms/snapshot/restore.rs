@@ -181,9 +181,12 @@ pub async fn plan_fork(vms: &Vms, p: VmForkParams) -> Result<ForkPlan, VmError> 
 pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmForked, VmError> {
     // Forks may reach what their source may reach, no more.
     let egress;
+    // And their later cold starts wait for what its do.
+    let wait_for;
     let base = {
         let (_guard, source) = locked(vms, &plan.source).await?;
         egress = source.egress.clone();
+        wait_for = source.wait_for;
         if source.state == VmState::Paused {
             return Err(VmError::Paused(source.name));
         }
@@ -238,6 +241,7 @@ pub(crate) async fn fork(vms: &Vms, ctx: &OpCtx, plan: ForkPlan) -> Result<VmFor
                 name,
                 publish: &[],
                 egress: &egress,
+                wait_for,
             },
             "restore from snapshot",
             RestoredRam::MapSnapshot,
@@ -277,6 +281,9 @@ pub(crate) struct OwnPart<'a> {
     pub name: &'a str,
     pub publish: &'a [banger_proto::PublishSpec],
     pub egress: &'a banger_proto::Egress,
+    /// What its cold starts wait for (its own restore waits for the
+    /// agent to give it its identity, whatever this says).
+    pub wait_for: Option<banger_proto::WaitFor>,
 }
 
 /// Makes VM `own.name` from `snapshot` and starts it from the snapshot's
@@ -319,6 +326,7 @@ pub(crate) async fn create_from(
         created_at_ms: now,
         updated_at_ms: now,
         base_snapshot_id: Some(snapshot.id.clone()),
+        wait_for: own.wait_for,
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, snapshot = %snapshot.name, "vm created from a snapshot");

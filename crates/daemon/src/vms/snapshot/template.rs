@@ -124,6 +124,8 @@ pub(crate) async fn warm(
         created_at_ms: now,
         updated_at_ms: now,
         base_snapshot_id: None,
+        // The image's default: a template is taken of a ready guest.
+        wait_for: None,
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     let made = async {
