@@ -170,6 +170,11 @@ pub struct VmSpecArgs {
     /// else ssh. Not for `vm run` (none) or with --from-snapshot.
     #[arg(long, value_name = "WHAT", conflicts_with = "from_snapshot")]
     pub wait: Option<WaitFor>,
+    /// The VMM: firecracker or qemu. Default: firecracker when it is
+    /// installed, the vm is bridged and kvm boots the kernel under it,
+    /// else qemu (the create's stages say which and why).
+    #[arg(long, value_name = "VMM")]
+    pub vmm: Option<banger_proto::Backend>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     /// The static guest agent baked into images (`BANGER_AGENT_BIN`);
     /// `None`: looked for next to the daemon (see `artifacts::agent_binary`).
     pub agent_bin: Option<std::path::PathBuf>,
+    /// The Firecracker binary (`BANGER_FIRECRACKER_BIN`, `--firecracker`);
+    /// `None`: `firecracker` on `PATH`, if any (see `vmms.rs`).
+    pub firecracker_bin: Option<std::path::PathBuf>,
     /// How often running VMs' agents are asked for stats.
     pub stats_interval: Duration,
     /// Make warm templates and restore creates from them (`BANGER_TEMPLATES`).
@@ -96,6 +99,7 @@ impl DaemonConfig {
             console_log_max: banger_config::DEFAULT_CONSOLE_LOG_MAX,
             cp_reserve: banger_config::DEFAULT_CP_RESERVE,
             agent_bin: None,
+            firecracker_bin: None,
             stats_interval: Duration::from_secs(10),
             templates: true,
             ram_dir: None,

@@ -136,6 +136,16 @@ pub fn choose_root_strategy(dir: &Path) -> RootStrategy {
     }
 }
 
+/// Picks the root strategy for a raw-only backend (Firecracker): reflink
+/// when `dir`'s filesystem supports it, else a copy.
+pub fn choose_raw_root_strategy(dir: &Path) -> RootStrategy {
+    if reflink_supported(dir) {
+        RootStrategy::Reflink
+    } else {
+        RootStrategy::Copy
+    }
+}
+
 /// Makes the VM's root disk from the image's rootfs; returns its path.
 pub fn make_root_disk(
     strategy: RootStrategy,

@@ -6,7 +6,6 @@ use banger_proto::CheckStatus::{self, Fail, Ok as Pass, Warn};
 use banger_proto::vm::{DoctorCheck, DoctorReport};
 use banger_proto::{Backend, PlannedAccel};
 use banger_store::StoreError;
-use banger_vmm::BackendKind;
 
 use crate::accel::AccelChooser;
 use crate::config::AccelChoice;
@@ -20,8 +19,8 @@ pub struct Inputs<'a> {
     pub db: &'a Db,
     pub accel: &'a AccelChooser,
     pub helper: &'a HelperClient,
-    /// The backend `vm create` uses.
-    pub backend: BackendKind,
+    /// The VMM backends (QEMU; Firecracker when installed).
+    pub vmms: &'a crate::vmms::Vmms,
     /// The kernel `vm create` uses unless told otherwise.
     pub default_kernel: &'a str,
     pub data_dir: &'a Path,
@@ -187,6 +186,69 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
             ),
         },
     };
+    // Firecracker: the binary, its version, and with --probe whether KVM
+    // boots the default kernel under it.
+    let mut firecracker_boots = None;
+    match inputs.vmms.firecracker_bin() {
+        None => checks.push(check(
+            "firecracker",
+            Warn,
+            "not installed: vms run on qemu",
+            Some(
+                "set BANGER_FIRECRACKER_BIN (or bangerd --firecracker) or put firecracker on PATH",
+            ),
+        )),
+        Some(bin) => {
+            let fc = banger_vmm::firecracker::FirecrackerVmm::new(bin);
+            let version = tokio::task::spawn_blocking(move || fc.version()).await;
+            checks.push(match version {
+                Ok(Ok(v)) => check("firecracker", Pass, format!("{} {v}", bin.display()), None),
+                Ok(Err(e)) => check("firecracker", Fail, crate::error::chain(&e), None),
+                Err(e) => check("firecracker", Fail, e.to_string(), None),
+            });
+            match (probe, default_kernel) {
+                (true, Some(k)) => {
+                    let (vmms, path, initrd) = (
+                        inputs.vmms.clone(),
+                        k.kernel_path.clone(),
+                        k.initrd_path.clone(),
+                    );
+                    let verdict = tokio::task::spawn_blocking(move || {
+                        vmms.probe_firecracker(
+                            &path,
+                            initrd.as_deref(),
+                            std::time::Duration::from_secs(10),
+                        )
+                    })
+                    .await
+                    .unwrap_or_else(|e| banger_vmm::KvmProbe::Failed(e.to_string()));
+                    let usable = verdict == banger_vmm::KvmProbe::Usable;
+                    firecracker_boots = Some(usable);
+                    checks.push(check(
+                        "firecracker kvm probe",
+                        if usable { Pass } else { Warn },
+                        match &verdict {
+                            banger_vmm::KvmProbe::Usable => format!("kernel {} boots under firecracker", k.name),
+                            banger_vmm::KvmProbe::Absent => "no /dev/kvm".to_owned(),
+                            banger_vmm::KvmProbe::Hangs => format!(
+                                "kernel {} printed no boot milestone under firecracker within 10 s (a nested hypervisor that hangs linux?)",
+                                k.name
+                            ),
+                            banger_vmm::KvmProbe::Failed(why) => why.clone(),
+                        },
+                        (!usable).then_some("vms run on qemu; --vmm firecracker still runs guests that boot (e.g. a kernel of your own: banger kernel import)"),
+                    ));
+                }
+                (true, None) => checks.push(check(
+                    "firecracker kvm probe",
+                    Warn,
+                    "skipped: no kernel pulled yet",
+                    Some("banger kernel pull"),
+                )),
+                (false, _) => {}
+            }
+        }
+    }
     if let Some(r) = inputs.accel.recorded() {
         checks.push(check(
             "kvm probe",
@@ -275,9 +337,11 @@ pub async fn run(inputs: Inputs<'_>, probe: bool) -> Result<DoctorReport, StoreE
     checks.push(helper_check(inputs.helper, inputs.op).await);
     Ok(DoctorReport {
         checks,
-        backend: match inputs.backend {
-            BackendKind::Qemu => Backend::Qemu,
-            BackendKind::Firecracker => Backend::Firecracker,
+        // Bridged vms with the default kernel; user-mode ones run on qemu.
+        backend: if firecracker_boots == Some(true) {
+            Backend::Firecracker
+        } else {
+            Backend::Qemu
         },
         accel: accel_name,
         accel_reason,
@@ -357,7 +421,7 @@ mod tests {
             db: &state.db,
             accel: &state.accel,
             helper: state.network.helper(),
-            backend: BackendKind::Qemu,
+            vmms: &state.vmms,
             default_kernel: &state.config.defaults.kernel,
             data_dir: &state.config.layout.data_dir,
             op: &crate::op::mint(),

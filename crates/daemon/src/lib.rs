@@ -29,6 +29,7 @@ mod state;
 #[cfg(test)]
 mod testing;
 mod validate;
+mod vmms;
 mod vms;
 
 pub use config::DaemonConfig;
@@ -63,11 +64,12 @@ pub fn run_until_signalled(config: DaemonConfig) -> Result<(), DaemonError> {
             }
         })?;
         let shutdown = CancellationToken::new();
-        let vmm: Arc<dyn banger_vmm::Vmm> = Arc::new(
+        let qemu: Arc<dyn banger_vmm::Vmm> = Arc::new(
             banger_vmm::QemuVmm::detect()
                 .unwrap_or_else(|_| banger_vmm::QemuVmm::new("qemu-system-x86_64")),
         );
-        let state = Arc::new(DaemonState::new(config, store, vmm, shutdown.clone()));
+        let vmms = vmms::Vmms::detect(qemu, config.firecracker_bin.as_deref());
+        let state = Arc::new(DaemonState::new(config, store, vmms, shutdown.clone()));
         // Adopt VMs that survived a daemon restart, clean up after dead ones.
         if let Err(e) = state.vms.reconcile().await {
             tracing::error!(error = %e, "reconcile failed; continuing");

@@ -38,7 +38,7 @@ pub struct DaemonState {
     pub artifacts: Arc<Artifacts>,
     /// KVM or TCG for each boot.
     pub accel: Arc<AccelChooser>,
-    pub vmm: Arc<dyn banger_vmm::Vmm>,
+    pub vmms: crate::vmms::Vmms,
     pub ssh: SshPaths,
     pub network: Arc<Network>,
     /// Guest access: readiness, stats, ports, exec, cp.
@@ -51,16 +51,17 @@ impl DaemonState {
     pub fn new(
         config: DaemonConfig,
         store: Store,
-        vmm: Arc<dyn banger_vmm::Vmm>,
+        vmms: impl Into<crate::vmms::Vmms>,
         shutdown: CancellationToken,
     ) -> Self {
+        let vmms: crate::vmms::Vmms = vmms.into();
         let db = Db::new(store);
         let table: Arc<VmTable> = Arc::default();
         let ssh = SshPaths::new(&config.layout);
         let guest = Arc::new(Guest::new(
             db.clone(),
             Arc::clone(&table),
-            Arc::clone(&vmm),
+            vmms.clone(),
             &config.layout.data_dir,
             config.boot_timeout,
             config.cp_reserve,
@@ -79,7 +80,7 @@ impl DaemonState {
         let vms = Vms::new_shared(
             VmDeps {
                 db: db.clone(),
-                vmm: Arc::clone(&vmm),
+                vmms: vmms.clone(),
                 network: Arc::clone(&network),
                 artifacts: Arc::clone(&artifacts),
                 accel: Arc::clone(&accel),
@@ -98,7 +99,7 @@ impl DaemonState {
             vms,
             artifacts,
             accel,
-            vmm,
+            vmms,
             ssh,
             network,
             guest,

@@ -50,6 +50,11 @@ pub struct VmCreateParams {
     /// cold (no warm template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for: Option<WaitFor>,
+    /// The VMM (`--vmm`); default: Firecracker when it is installed, the
+    /// network is bridged and its KVM probe boots the VM's kernel, else
+    /// QEMU. The create's stages say which and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<Backend>,
 }
 
 /// Params naming one VM (by name or id).

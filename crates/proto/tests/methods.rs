@@ -338,6 +338,7 @@ fn examples() -> Vec<Example> {
                 from_snapshot: None,
                 cold: true,
                 wait_for: Some(WaitFor::Agent),
+                vmm: Some(banger_proto::Backend::Qemu),
             },
             create_op(),
         ),

@@ -39,6 +39,9 @@ struct Args {
     /// (default: found next to bangerd, or in cargo's static build dir).
     #[arg(long, env = "BANGER_AGENT_BIN", value_name = "PATH")]
     agent_bin: Option<std::path::PathBuf>,
+    /// The Firecracker binary (default: `firecracker` on PATH, if any).
+    #[arg(long, env = "BANGER_FIRECRACKER_BIN", value_name = "PATH")]
+    firecracker: Option<std::path::PathBuf>,
     /// Seconds between stats samples of running VMs' guest agents.
     #[arg(
         long,
@@ -128,6 +131,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     config.config_file = Some(config_file);
     config.agent_bin = args.agent_bin;
+    config.firecracker_bin = args.firecracker;
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
     config.templates = args.templates == "auto";
     config.ram_dir = args.ram_dir;

@@ -397,6 +397,7 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
         from_snapshot: spec.from_snapshot.clone(),
         cold: spec.cold,
         wait_for: spec.wait,
+        vmm: spec.vmm,
     })
 }
 

@@ -121,6 +121,10 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::LayeredWorkDisk(_) => ErrorCode::Conflict,
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::MissingFile { .. } => ErrorCode::NotFound,
+        E::FirecrackerCannot(_)
+        | E::NoFirecracker
+        | E::FirecrackerNeedsKvm(_)
+        | E::FirecrackerNoSsh { .. } => ErrorCode::Conflict,
         E::Cancelled(_) | E::CreateCancelled => ErrorCode::Cancelled,
         E::StartFailed { cause, .. } => vm_code(cause),
         E::Network(e) => network_code(e),

@@ -253,7 +253,7 @@ impl Handler for methods::Doctor {
             db: &state.db,
             accel: &state.accel,
             helper: state.network.helper(),
-            backend: state.vmm.kind(),
+            vmms: &state.vmms,
             default_kernel: &state.config.defaults.kernel,
             data_dir: &state.config.layout.data_dir,
             op: &ctx.op_id,

@@ -153,6 +153,8 @@ pub struct CreatePlan {
     start: bool,
     /// `--wait`; `None`: the image's default (known once it is there).
     wait_for: Option<WaitFor>,
+    /// `--vmm`; `None`: chosen once the kernel is there (`choose_vmm`).
+    vmm: Option<banger_vmm::BackendKind>,
     /// The defaults' vcpus, memory and disk size when planned: the shape
     /// warm templates are made in.
     default_shape: (u32, u32, u64),
@@ -170,6 +172,9 @@ pub async fn plan_create(
     validate::name("vm", &p.name)?;
     let snapshot = match &p.from_snapshot {
         Some(_) if p.wait_for.is_some() => return Err(VmError::WaitFromSnapshot),
+        Some(_) if p.vmm == Some(banger_proto::Backend::Firecracker) => {
+            return Err(VmError::FirecrackerCannot("restore a snapshot"));
+        }
         Some(name) => {
             let n = name.clone();
             let s = vms.db.call(move |st| st.snapshot(&n)).await?;
@@ -192,6 +197,10 @@ pub async fn plan_create(
     }
     if let Some(kernel) = &p.kernel {
         validate::name("kernel", kernel)?;
+    }
+    let vmm = p.vmm.map(|b| crate::vmms::from_proto(Some(b)));
+    if vmm == Some(banger_vmm::BackendKind::Firecracker) {
+        check_firecracker_usable(vms)?;
     }
     let network = choose_network(vms, op, p.network.or(defaults.network)).await?;
     check_publish_network(&publish, network)?;
@@ -233,6 +242,7 @@ pub async fn plan_create(
         egress,
         start: p.start.unwrap_or(true),
         wait_for: p.wait_for,
+        vmm,
         default_shape: (
             defaults.vcpus,
             defaults.memory_mib,
@@ -438,6 +448,14 @@ pub async fn create(
     super::snapshot::template::prune_replaced_images(vms).await;
     ctx.check_cancelled()?;
     let wait = check_wait(plan.wait_for, &image)?;
+    let (backend, why) = choose_vmm(vms, &plan, &kernel).await;
+    ctx.stage(&format!("vmm {backend} ({why})"));
+    let firecracker = backend == banger_vmm::BackendKind::Firecracker;
+    if firecracker && plan.network == NetworkMode::User && wait == WaitFor::Ssh {
+        return Err(VmError::FirecrackerNoSsh {
+            image: image.name.clone(),
+        });
+    }
     let shape = TemplateShape {
         vcpus: plan.vcpus,
         memory_mib: plan.memory_mib,
@@ -447,7 +465,10 @@ pub async fn create(
     let mut warm_job = None;
     // A VM that does not wait for its guest boots cold: a template is
     // restored through the guest's agent.
-    if wait != WaitFor::None && templates_fit(vms, &image, shape, plan.default_shape, plan.start) {
+    if wait != WaitFor::None
+        && !firecracker
+        && templates_fit(vms, &image, shape, plan.default_shape, plan.start)
+    {
         let key = template_key(vms, &image, &kernel, shape, ctx).await?;
         let k = key.0.clone();
         match vms.db.call(move |s| s.template(&k)).await? {
@@ -492,7 +513,12 @@ pub async fn create(
                 path: dir.clone(),
                 source,
             })?;
-            let strategy = disks::choose_root_strategy(&dir);
+            // Firecracker takes raw disks only: no qcow2 overlay.
+            let strategy = if firecracker {
+                disks::choose_raw_root_strategy(&dir)
+            } else {
+                disks::choose_root_strategy(&dir)
+            };
             ctx.stage(&format!("prepare root disk ({})", strategy.as_str()));
             disks::make_root_disk(strategy, &image.rootfs_path, &dir)?;
             ctx.stage("prepare work disk");
@@ -527,10 +553,7 @@ pub async fn create(
         disk_size_bytes: plan.disk_size_bytes,
         network_mode: plan.network,
         egress: plan.egress.clone(),
-        backend: Some(match vms.vmm.kind() {
-            banger_vmm::BackendKind::Qemu => banger_proto::Backend::Qemu,
-            banger_vmm::BackendKind::Firecracker => banger_proto::Backend::Firecracker,
-        }),
+        backend: Some(crate::vmms::to_proto(backend)),
         disk_strategy: Some(strategy.disk_strategy()),
         published_ports: plan.publish.clone(),
         state: if plan.start {
@@ -575,6 +598,71 @@ pub(crate) fn check_wait(asked: Option<WaitFor>, image: &ImageRecord) -> Result<
             image: image.name.clone(),
         }),
         Some(w) => Ok(w),
+    }
+}
+
+/// `--vmm firecracker` needs the binary and KVM (it runs nothing else).
+fn check_firecracker_usable(vms: &Vms) -> Result<(), VmError> {
+    if vms.vmms.firecracker_bin().is_none() {
+        return Err(VmError::NoFirecracker);
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return Err(VmError::FirecrackerNeedsKvm(format!(
+            "/dev/kvm cannot be opened: {e}"
+        )));
+    }
+    Ok(())
+}
+
+/// The VMM of a new VM, and why: as asked; else Firecracker when it is
+/// installed, the VM is bridged (Firecracker has no user-mode network) and
+/// its KVM probe boots `kernel` (a nested hypervisor can expose /dev/kvm
+/// and hang Linux); else QEMU.
+async fn choose_vmm(
+    vms: &Vms,
+    plan: &CreatePlan,
+    kernel: &KernelRecord,
+) -> (banger_vmm::BackendKind, String) {
+    use banger_vmm::BackendKind::{Firecracker, Qemu};
+    match plan.vmm {
+        Some(kind) => return (kind, format!("--vmm {kind}")),
+        None if vms.vmms.firecracker_bin().is_none() => {
+            return (Qemu, "firecracker is not installed".into());
+        }
+        None if plan.network != NetworkMode::Bridged => {
+            return (
+                Qemu,
+                "user-mode network, which firecracker does not have".into(),
+            );
+        }
+        None => {}
+    }
+    match vms.firecracker_probe(kernel).await {
+        banger_vmm::KvmProbe::Usable => (
+            Firecracker,
+            "installed, and kvm boots this kernel under it".into(),
+        ),
+        other => (
+            Qemu,
+            format!(
+                "firecracker's kvm probe of kernel {}: {}",
+                kernel.name,
+                probe_words(&other)
+            ),
+        ),
+    }
+}
+
+fn probe_words(probe: &banger_vmm::KvmProbe) -> String {
+    match probe {
+        banger_vmm::KvmProbe::Usable => "boots".into(),
+        banger_vmm::KvmProbe::Absent => "no /dev/kvm".into(),
+        banger_vmm::KvmProbe::Hangs => "the kernel hangs".into(),
+        banger_vmm::KvmProbe::Failed(why) => why.clone(),
     }
 }
 

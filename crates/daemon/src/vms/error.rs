@@ -49,6 +49,22 @@ pub enum VmError {
     NoWorkSeed(String),
     #[error("the vmm exited during boot")]
     VmmExited,
+    /// What the Firecracker backend does not do yet.
+    #[error("firecracker vms cannot {0} yet; use --vmm qemu for that")]
+    FirecrackerCannot(&'static str),
+    /// `--vmm firecracker` where there is no Firecracker binary.
+    #[error(
+        "no firecracker binary: set BANGER_FIRECRACKER_BIN (or bangerd --firecracker), put firecracker on PATH, or use --vmm qemu"
+    )]
+    NoFirecracker,
+    /// `--vmm firecracker` where KVM cannot be opened.
+    #[error("firecracker needs kvm, and {0}; use --vmm qemu")]
+    FirecrackerNeedsKvm(String),
+    /// A Firecracker VM without network cannot be reached over SSH.
+    #[error(
+        "image {image} is reached over ssh, and a firecracker vm in user mode has no network (firecracker has no user-mode network): use bridged networking (sudo banger system install), --vmm qemu, or an image with banger's agent"
+    )]
+    FirecrackerNoSsh { image: String },
     #[error("ssh did not answer within {0} s")]
     SshTimeout(u64),
     #[error("bad ssh host {0:?}")]

@@ -179,6 +179,11 @@ async fn boot(
         .call(move |s| Ok((s.kernel(&kernel_id)?, s.image(&image_id)?)))
         .await?;
     let banger_init = image.boots_banger_init();
+    let backend = crate::vmms::from_proto(vm.backend);
+    let firecracker = backend == banger_vmm::BackendKind::Firecracker;
+    if firecracker && matches!(from, Boot::Restore { .. }) {
+        return Err(VmError::FirecrackerCannot("restore a snapshot"));
+    }
     let strategy = vm
         .disk_strategy
         .and_then(disks::RootStrategy::from_disk_strategy)
@@ -209,6 +214,14 @@ async fn boot(
             ctx.stage("attach network");
             attach_bridged(vms, vm, ctx, rollback).await?
         }
+        // Firecracker has no user-mode network: the VM runs without a
+        // NIC (its agent works over vsock).
+        NetworkMode::User if firecracker => {
+            ctx.stage(
+                "no network (firecracker has no user-mode network; bridged needs banger-helper)",
+            );
+            NetPlan::none()
+        }
         NetworkMode::User => {
             ctx.stage("allocate ports");
             user_network(&vm.published_ports, &vm.egress, &vm.id, &dir)?
@@ -217,22 +230,48 @@ async fn boot(
     let usernet = match &net.usernet {
         Some(spec) => {
             ctx.stage("start user network");
-            let (spec, vmm) = (spec.clone(), Arc::clone(&vms.vmm));
+            let (spec, vmm) = (spec.clone(), vms.vmms.get(banger_vmm::BackendKind::Qemu));
             let handle = tokio::task::spawn_blocking(move || vmm.launch_usernet(&spec))
                 .await
                 .map_err(task_failed("user network"))??;
-            let (h, id, vmm) = (handle.clone(), vm.id.clone(), Arc::clone(&vms.vmm));
+            let (h, id, vmm) = (
+                handle.clone(),
+                vm.id.clone(),
+                vms.vmms.get(banger_vmm::BackendKind::Qemu),
+            );
             rollback.push("start user network", move || vmm.kill_usernet(&h, &id));
             Some(handle)
         }
         None => None,
     };
-    let (accel, reason) = vms.accel.choose(&kernel, ctx).await;
-    tracing::info!(vm = %vm.name, accel = accel.as_str(), reason = %reason, "accelerator chosen");
+    // Firecracker runs guests under KVM only; whether KVM boots them was
+    // asked when the backend was chosen (`vms/create.rs`).
+    let (accel, reason) = if firecracker {
+        (
+            banger_vmm::Accel::Kvm,
+            "firecracker runs under kvm".to_owned(),
+        )
+    } else {
+        vms.accel.choose(&kernel, ctx).await
+    };
+    tracing::info!(vm = %vm.name, vmm = %backend, accel = accel.as_str(), reason = %reason, "accelerator chosen");
     if let Boot::Restore { snapshot, .. } = from {
         snapshot::check_compatible(vms, snapshot, accel).await?;
     }
     let mut kernel_args = cmdline(&vm.name, &net.cmdline, banger_init);
+    let agent_channel = image.has_agent.then(|| {
+        if firecracker {
+            banger_vmm::AgentChannel::HybridVsock {
+                port: banger_proto::agent::AGENT_VSOCK_PORT,
+            }
+        } else {
+            banger_vmm::AgentChannel::VirtioSerial
+        }
+    });
+    if let Some(banger_vmm::AgentChannel::HybridVsock { port }) = &agent_channel {
+        kernel_args.push(' ');
+        kernel_args.push_str(&banger_proto::agent::agent_vsock_cmdline(*port));
+    }
     if accel == banger_vmm::Accel::Tcg {
         // The TSC rate (measured once per host boot): without it a TCG
         // guest can hang calibrating its timers (see banger_vmm::clock).
@@ -266,10 +305,8 @@ async fn boot(
             ),
             (work, work_format),
         ),
-        net: vec![net.nic],
-        agent: image
-            .has_agent
-            .then_some(banger_vmm::AgentChannel::VirtioSerial),
+        net: net.nic.clone().into_iter().collect(),
+        agent: agent_channel.clone(),
         accel,
         console_log: console_log(&dir),
         memory: MemoryBacking::Anonymous,
@@ -280,6 +317,8 @@ async fn boot(
     // The RAM file of the VM's own, if it gets one: removed again if the
     // boot fails (and by `mark_stopped` once the VMM is gone).
     let ram_file = match from {
+        // Firecracker's guest memory is anonymous.
+        Boot::Cold if firecracker => None,
         Boot::Cold
         | Boot::Restore {
             ram: RestoredRam::Own,
@@ -294,7 +333,7 @@ async fn boot(
         let (ram, path) = (vms.ram.clone(), path.clone());
         rollback.push("ram file", move || ram.remove(&path));
     }
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.get(backend);
     let handle = match from {
         Boot::Cold => {
             ctx.stage("launch vmm");
@@ -341,7 +380,7 @@ async fn boot(
         }
     };
     {
-        let vmm = Arc::clone(&vms.vmm);
+        let vmm = vms.vmms.get(backend);
         let handle = handle.clone();
         rollback.push("launch vmm", move || {
             let _ = vmm.kill(&handle, banger_vmm::Signal::Kill);
@@ -357,9 +396,7 @@ async fn boot(
             banger_vmm::Accel::Tcg => banger_proto::Accel::Tcg,
         },
         bridged: net.bridged,
-        agent: image
-            .has_agent
-            .then(|| banger_vmm::AgentChannel::VirtioSerial.as_str().to_owned()),
+        agent: agent_channel.as_ref().map(|c| c.as_str().to_owned()),
         ram_file,
         usernet,
     };
@@ -485,7 +522,7 @@ async fn wait_for_ssh(
 }
 
 pub(crate) async fn vmm_running(vms: &Vms, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(handle);
     let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
     tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
         .await
@@ -523,7 +560,10 @@ pub(super) async fn release_runtime(
 ) {
     detach_network(vms, ctx, vm_id, handles).await;
     if let Some(h) = handles.and_then(|h| h.usernet.clone()) {
-        let (id, vmm) = (vm_id.to_owned(), Arc::clone(&vms.vmm));
+        let (id, vmm) = (
+            vm_id.to_owned(),
+            vms.vmms.get(banger_vmm::BackendKind::Qemu),
+        );
         let _ = tokio::task::spawn_blocking(move || vmm.kill_usernet(&h, &id)).await;
     }
     if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
@@ -545,7 +585,7 @@ pub(super) async fn stop_locked(vms: &Vms, ctx: &OpCtx, vm: VmRecord) -> Result<
     if !vmm_running(vms, &handles.vmm, &vm.id).await {
         return mark_stopped(vms, ctx, vm).await;
     }
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let timeout = vms.settings.stop_timeout;
     let handle = handles.vmm.clone();
     let paused = vm.state == VmState::Paused;
@@ -591,7 +631,7 @@ pub async fn kill(
     let Some(handles) = vms.table.handles(&vm.id) else {
         return Err(VmError::NotRunning { name: vm.name });
     };
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let handle = handles.vmm.clone();
     let vm_id = vm.id.clone();
     let exited = tokio::task::spawn_blocking(move || {
@@ -616,7 +656,7 @@ pub async fn kill(
 /// being discarded) and records the VM stopped; the caller holds its lock.
 pub(crate) async fn kill_locked(vms: &Vms, ctx: &OpCtx, vm: VmRecord) -> Result<VmRecord, VmError> {
     if let Some(handles) = vms.table.handles(&vm.id) {
-        let vmm = Arc::clone(&vms.vmm);
+        let vmm = vms.vmms.of(&handles.vmm);
         let vm_id = vm.id.clone();
         let handle = handles.vmm.clone();
         let exited = tokio::task::spawn_blocking(move || {
@@ -647,7 +687,7 @@ pub async fn pause(vms: &Vms, name: &str) -> Result<VmRecord, VmError> {
     if vm.state == VmState::Paused {
         return Ok(vm);
     }
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let handle = handles.vmm.clone();
     tokio::task::spawn_blocking(move || vmm.pause(&handle))
         .await
@@ -668,7 +708,7 @@ pub async fn resume(vms: &Vms, name: &str) -> Result<VmRecord, VmError> {
         Some(h) if vmm_running(vms, &h.vmm, &vm.id).await => h,
         _ => return Err(VmError::NotRunning { name: vm.name }),
     };
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let handle = handles.vmm.clone();
     tokio::task::spawn_blocking(move || vmm.resume(&handle))
         .await
@@ -712,7 +752,7 @@ pub(crate) async fn delete_locked(
 ) -> Result<VmRecord, VmError> {
     let handles = vms.table.handles(&vm.id);
     if let Some(handles) = handles.clone() {
-        let vmm = Arc::clone(&vms.vmm);
+        let vmm = vms.vmms.of(&handles.vmm);
         let vm_id = vm.id.clone();
         tokio::task::spawn_blocking(move || {
             if vmm.is_running(&handles.vmm, &vm_id) {
@@ -865,7 +905,8 @@ pub async fn edit(vms: &Vms, p: &VmEditParams, op: &OpId) -> Result<VmRecord, Vm
 
 /// How a VM about to boot is wired.
 struct NetPlan {
-    nic: NetInterface,
+    /// None: a VM without a network (Firecracker in user mode).
+    nic: Option<NetInterface>,
     /// `banger.ip=... banger.gw=... banger.dns=...`
     cmdline: String,
     ssh_host: String,
@@ -875,6 +916,21 @@ struct NetPlan {
     guest_net: Option<snapshot::GuestNetPlan>,
     /// The isolated user-mode network to start before the VMM.
     usernet: Option<banger_vmm::usernet::UsernetSpec>,
+}
+
+impl NetPlan {
+    /// No NIC at all.
+    fn none() -> Self {
+        NetPlan {
+            nic: None,
+            cmdline: String::new(),
+            ssh_host: String::new(),
+            ssh_port: 0,
+            bridged: None,
+            guest_net: None,
+            usernet: None,
+        }
+    }
 }
 
 /// User mode: SSH and published ports forwarded from loopback by QEMU's
@@ -939,11 +995,11 @@ fn user_network(
         }
     };
     Ok(NetPlan {
-        nic: NetInterface {
+        nic: Some(NetInterface {
             id: "net0".into(),
             mac: None,
             backend,
-        },
+        }),
         cmdline: USER_NET_ARGS.to_owned(),
         ssh_host: Ipv4Addr::LOCALHOST.to_string(),
         ssh_port,
@@ -984,13 +1040,13 @@ async fn attach_bridged(
     }
     tracing::info!(vm = %vm.name, tap = %tap, ip = %ip, "network attached");
     Ok(NetPlan {
-        nic: NetInterface {
+        nic: Some(NetInterface {
             id: "net0".into(),
             mac: Some(crate::network::mac_for(ip)),
             backend: NetBackend::Tap {
                 tap_name: tap.clone(),
             },
-        },
+        }),
         cmdline: format!(
             "banger.ip={ip}/{} banger.gw={gw} banger.dns={gw}",
             bridge.subnet.prefix(),

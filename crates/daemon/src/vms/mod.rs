@@ -61,7 +61,7 @@ use guest::Guest;
 #[derive(Debug)]
 pub struct Vms {
     db: Db,
-    vmm: Arc<dyn banger_vmm::Vmm>,
+    vmms: crate::vmms::Vmms,
     network: Arc<Network>,
     artifacts: Arc<Artifacts>,
     accel: Arc<AccelChooser>,
@@ -75,6 +75,8 @@ pub struct Vms {
     /// VMs' own guest RAM files (see `ram.rs`).
     ram: ram::RamFiles,
     settings: VmSettings,
+    /// Firecracker's KVM probe verdicts, by kernel (see `create::choose_vmm`).
+    firecracker_probes: Mutex<HashMap<String, banger_vmm::KvmProbe>>,
     /// This service itself, for the tasks that watch VMMs exit (see
     /// `watch.rs`): they outlive the call that started them.
     me: Weak<Vms>,
@@ -113,7 +115,7 @@ struct VmSettings {
 #[derive(Debug)]
 pub struct VmDeps {
     pub db: Db,
-    pub vmm: Arc<dyn banger_vmm::Vmm>,
+    pub vmms: crate::vmms::Vmms,
     pub network: Arc<Network>,
     pub artifacts: Arc<Artifacts>,
     pub accel: Arc<AccelChooser>,
@@ -137,6 +139,31 @@ impl Vms {
         Ok(file.vm_defaults())
     }
 
+    /// Whether Firecracker's KVM boots `kernel` (probed once per kernel
+    /// and daemon: up to 10 s when it hangs).
+    pub(crate) async fn firecracker_probe(
+        &self,
+        kernel: &banger_store::KernelRecord,
+    ) -> banger_vmm::KvmProbe {
+        let key = format!("{}:{}", kernel.id, kernel.kernel_path.display());
+        if let Some(known) = lock(&self.firecracker_probes).get(&key) {
+            return known.clone();
+        }
+        let (vmms, path, initrd) = (
+            self.vmms.clone(),
+            kernel.kernel_path.clone(),
+            kernel.initrd_path.clone(),
+        );
+        let verdict = tokio::task::spawn_blocking(move || {
+            vmms.probe_firecracker(&path, initrd.as_deref(), Duration::from_secs(10))
+        })
+        .await
+        .unwrap_or_else(|e| banger_vmm::KvmProbe::Failed(format!("probe task: {e}")));
+        tracing::info!(kernel = %kernel.name, ?verdict, "firecracker kvm probe");
+        lock(&self.firecracker_probes).insert(key, verdict.clone());
+        verdict
+    }
+
     /// The service, shared: VMM watchers hold it weakly.
     pub fn new_shared(deps: VmDeps, config: &DaemonConfig) -> Arc<Self> {
         Arc::new_cyclic(|me| {
@@ -149,7 +176,7 @@ impl Vms {
     fn new(deps: VmDeps, config: &DaemonConfig) -> Self {
         let VmDeps {
             db,
-            vmm,
+            vmms,
             network,
             artifacts,
             accel,
@@ -159,7 +186,7 @@ impl Vms {
         } = deps;
         Self {
             db,
-            vmm,
+            vmms,
             network,
             artifacts,
             accel,
@@ -168,6 +195,7 @@ impl Vms {
             table,
             reservations: Arc::default(),
             templates: KeyedLocks::default(),
+            firecracker_probes: Mutex::default(),
             ram: match &config.ram_dir {
                 Some(dir) => ram::RamFiles::at(dir),
                 None => ram::RamFiles::for_data_dir(&config.layout.data_dir),

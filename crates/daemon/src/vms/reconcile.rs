@@ -30,7 +30,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
         let handles = load_handles(&dir);
         let alive = match &handles {
             Some(h) => {
-                let vmm = Arc::clone(&vms.vmm);
+                let vmm = vms.vmms.of(&h.vmm);
                 let (h, id) = (h.vmm.clone(), vm.id.clone());
                 tokio::task::spawn_blocking(move || vmm.is_running(&h, &id))
                     .await
@@ -74,7 +74,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                     vms.ram.remove(ram);
                 }
                 if let Some(net) = h.usernet.clone() {
-                    let (id, vmm) = (vm.id.clone(), Arc::clone(&vms.vmm));
+                    let (id, vmm) = (vm.id.clone(), vms.vmms.get(banger_vmm::BackendKind::Qemu));
                     let _ = tokio::task::spawn_blocking(move || vmm.kill_usernet(&net, &id)).await;
                 }
             }
@@ -163,7 +163,7 @@ async fn resume_if_left_paused(vms: &Vms, vm: &banger_store::VmRecord) {
     let Some(h) = vms.table.handles(&vm.id) else {
         return;
     };
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&h.vmm);
     let handle = h.vmm.clone();
     let name = vm.name.clone();
     let resumed = tokio::task::spawn_blocking(move || match vmm.status(&handle) {

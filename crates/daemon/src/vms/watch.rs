@@ -35,7 +35,7 @@ pub(super) fn watch(vms: &Vms, vm_id: &str, handle: &VmHandle) {
         return;
     };
     let me = vms.me.clone();
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(handle);
     let (vm_id, handle) = (vm_id.to_owned(), handle.clone());
     runtime.spawn(async move {
         wait_gone(&vmm, &handle, &vm_id).await;
@@ -101,7 +101,7 @@ pub(super) async fn exited(vms: &Vms, vm_id: &str, handle: &VmHandle) {
     }
     // Every thread gone, so its TAP and disks are free to reuse.
     let status = {
-        let (vmm, handle) = (Arc::clone(&vms.vmm), handle.clone());
+        let (vmm, handle) = (vms.vmms.of(handle), handle.clone());
         tokio::task::spawn_blocking(move || {
             let _ = vmm.wait_exit(&handle, Duration::from_secs(10));
             vmm.take_exit(&handle)

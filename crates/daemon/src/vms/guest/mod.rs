@@ -50,7 +50,7 @@ pub struct Guest {
     /// VM lifecycle).
     vms: Arc<VmTable>,
     /// To tell, while waiting for the agent, whether the VMM still runs.
-    vmm: Arc<dyn banger_vmm::Vmm>,
+    vmms: crate::vmms::Vmms,
     /// `DATA/vms`: each VM's directory (agent socket) is `vm_root/ID`, as
     /// in `vms::vm_dir`.
     vm_root: PathBuf,
@@ -68,7 +68,7 @@ impl Guest {
     pub fn new(
         db: Db,
         vms: Arc<VmTable>,
-        vmm: Arc<dyn banger_vmm::Vmm>,
+        vmms: crate::vmms::Vmms,
         data_dir: &Path,
         boot_timeout: Duration,
         cp_reserve: u64,
@@ -76,7 +76,7 @@ impl Guest {
         Self {
             db,
             vms,
-            vmm,
+            vmms,
             vm_root: data_dir.join("vms"),
             boot_timeout,
             execs: Default::default(),
@@ -85,9 +85,29 @@ impl Guest {
         }
     }
 
-    /// The host end of the VM's agent channel.
+    /// The host end of the VM's agent channel over virtio-serial.
     fn agent_socket(&self, vm_id: &str) -> PathBuf {
         banger_vmm::VmFiles::in_dir(&self.vm_root.join(vm_id)).agent_socket
+    }
+
+    /// Connects to the agent of a running VM the way its handles say:
+    /// Firecracker's hybrid vsock (its Unix socket, then `CONNECT PORT`),
+    /// or QEMU's virtio-serial socket.
+    pub(crate) async fn connect_agent(
+        &self,
+        vm_id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<AgentConn>, crate::agent::AgentError> {
+        let channel = self.vms.handles(vm_id).and_then(|h| h.agent);
+        let hybrid = banger_vmm::AgentChannel::HybridVsock { port: 0 }.as_str();
+        if channel.as_deref() == Some(hybrid) {
+            let socket =
+                banger_vmm::firecracker::FirecrackerFiles::in_dir(&self.vm_root.join(vm_id))
+                    .vsock_socket;
+            AgentConn::connect_vsock(&socket, banger_proto::agent::AGENT_VSOCK_PORT, timeout).await
+        } else {
+            AgentConn::connect(&self.agent_socket(vm_id), timeout).await
+        }
     }
 
     /// Looks a VM up by name or id.
@@ -137,7 +157,7 @@ impl Guest {
         if let Some(conn) = self.vms.agent(vm_id) {
             return Ok(conn);
         }
-        let conn = AgentConn::connect(&self.agent_socket(vm_id), timeout).await?;
+        let conn = self.connect_agent(vm_id, timeout).await?;
         self.vms.set_agent(vm_id, Arc::clone(&conn));
         Ok(conn)
     }

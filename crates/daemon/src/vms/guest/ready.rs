@@ -7,7 +7,7 @@ use banger_store::VmRecord;
 
 use super::super::Handles;
 use super::{Guest, GuestError};
-use crate::agent::{AgentConn, AgentError};
+use crate::agent::AgentError;
 use crate::op::{Cancelled, OpCtx};
 
 impl Guest {
@@ -29,7 +29,6 @@ impl Guest {
         ctx: &OpCtx,
     ) -> Result<(), GuestError> {
         let deadline = Instant::now() + self.boot_timeout;
-        let socket = self.agent_socket(&vm.id);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -42,7 +41,7 @@ impl Guest {
                 // The agent's Hello, which connect waits for, is the
                 // answer: no further round trip (a restored guest's
                 // first ones are slow under TCG).
-                let conn = AgentConn::connect(&socket, remaining).await?;
+                let conn = self.connect_agent(&vm.id, remaining).await?;
                 self.vms.set_agent(&vm.id, Arc::clone(&conn));
                 Ok::<_, AgentError>(conn)
             };
@@ -78,7 +77,7 @@ impl Guest {
 
     /// Whether the VMM behind `handle` still runs (asked off the runtime).
     async fn vmm_running(&self, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
-        let vmm = Arc::clone(&self.vmm);
+        let vmm = self.vmms.of(handle);
         let (handle, vm_id) = (handle.clone(), vm_id.to_owned());
         tokio::task::spawn_blocking(move || vmm.is_running(&handle, &vm_id))
             .await

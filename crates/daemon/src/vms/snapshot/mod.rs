@@ -28,7 +28,6 @@ pub(crate) use take::{snapshot, take_locked};
 pub(crate) use template::{TemplateKey, template_key, warm};
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use banger_proto::SnapshotKind;
@@ -118,7 +117,10 @@ pub async fn check_compatible(
     snapshot: &SnapshotRecord,
     accel: banger_vmm::Accel,
 ) -> Result<(), VmError> {
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.get(match snapshot.vmm_backend {
+        banger_proto::Backend::Firecracker => banger_vmm::BackendKind::Firecracker,
+        banger_proto::Backend::Qemu => banger_vmm::BackendKind::Qemu,
+    });
     let build = tokio::task::spawn_blocking(move || vmm.build())
         .await
         .map_err(|e| VmError::Task("vmm build", e))??;
@@ -411,6 +413,7 @@ pub async fn collect_garbage(vms: &Vms) -> Result<(), VmError> {
 mod tests {
     use super::*;
     use crate::testing::{FakeVmm, test_state_with};
+    use std::sync::Arc;
 
     fn state(root: &Path) -> Arc<crate::state::DaemonState> {
         test_state_with(root, Arc::new(FakeVmm::default()))

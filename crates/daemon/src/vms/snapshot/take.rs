@@ -15,7 +15,6 @@
 //! slower here.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use banger_proto::SnapshotKind;
 use banger_proto::snapshot::VmSnapshotParams;
@@ -128,6 +127,9 @@ pub(crate) async fn take_locked(
     after: AfterSave,
 ) -> Result<SnapshotRecord, VmError> {
     check_name_free(vms, name).await?;
+    if crate::vmms::from_proto(vm.backend) == banger_vmm::BackendKind::Firecracker {
+        return Err(VmError::FirecrackerCannot("be snapshotted or forked"));
+    }
     let handles = match vms.table.handles(&vm.id) {
         Some(h) if crate::vms::lifecycle::vmm_running(vms, &h.vmm, &vm.id).await => h,
         _ => {
@@ -158,7 +160,7 @@ pub(crate) async fn take_locked(
     let record = match result {
         Ok(()) => {
             let build = {
-                let vmm = Arc::clone(&vms.vmm);
+                let vmm = vms.vmms.of(&handles.vmm);
                 tokio::task::spawn_blocking(move || vmm.build())
                     .await
                     .map_err(|e| VmError::Task("vmm build", e))??
@@ -276,7 +278,7 @@ async fn build(
     ctx.stage("prepare fast restore");
     let (vm2, kernel_id) = (vm.clone(), vm.kernel_id.clone());
     let kernel = vms.db.call(move |s| s.kernel(&kernel_id)).await?;
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let (tmp, id) = (tmp.to_path_buf(), id.to_owned());
     let agent = handles.agent.is_some();
     let accel = handles.accel;
@@ -326,7 +328,7 @@ pub(crate) async fn resume_best_effort(
     vm: &VmRecord,
     handles: &Handles,
 ) -> Result<(), VmError> {
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let handle = handles.vmm.clone();
     let resumed = tokio::task::spawn_blocking(move || vmm.resume(&handle))
         .await
@@ -360,7 +362,7 @@ async fn save_and_copy(
     if !was_paused {
         ctx.stage("pause vm");
     }
-    let vmm = Arc::clone(&vms.vmm);
+    let vmm = vms.vmms.of(&handles.vmm);
     let handle = handles.vmm.clone();
     let ram_file = handles.ram_file.clone();
     let (stream, tmp) = (stream.to_path_buf(), tmp.to_path_buf());

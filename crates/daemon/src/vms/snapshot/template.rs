@@ -40,7 +40,8 @@ pub(crate) async fn template_key(
     ctx: &OpCtx,
 ) -> Result<TemplateKey, VmError> {
     let (accel, _) = vms.accel.choose(kernel, ctx).await;
-    let vmm = std::sync::Arc::clone(&vms.vmm);
+    // Templates are QEMU VMs (see `templates_fit` in vms/create.rs).
+    let vmm = vms.vmms.get(banger_vmm::BackendKind::Qemu);
     let build = tokio::task::spawn_blocking(move || vmm.build())
         .await
         .map_err(|e| VmError::Task("vmm build", e))??;
@@ -116,7 +117,7 @@ pub(crate) async fn warm(
         // The template's VM is never used as itself: VMs made from it get
         // their own policy.
         egress: banger_proto::Egress::default(),
-        backend: Some(super::to_proto_backend(vms.vmm.kind())),
+        backend: Some(banger_proto::Backend::Qemu),
         disk_strategy: Some(banger_proto::DiskStrategy::Qcow2),
         published_ports: Vec::new(),
         state: VmState::Creating,
