@@ -1,11 +1,15 @@
 //! Per-VM disks (docs/vms.md, "Disks"): a copy-on-write view of the image's root disk
 //! and a work disk cloned from the image's seed.
 //!
-//! Root disk strategies, best first: a qcow2 overlay backed by the image
-//! (QEMU only; constant cost whatever the image size), a reflink clone
-//! (btrfs, XFS), and a sparse copy as the last resort, with a warning. The
-//! work disk is a reflink-or-sparse copy of the small seed, grown with
-//! `resize2fs`. Device-mapper snapshots come with the helper (issue 4).
+//! Root disk strategies for QEMU, best first: a qcow2 overlay backed by the
+//! image (constant cost whatever the image size), a reflink clone (btrfs,
+//! XFS), and a sparse copy as the last resort, with a warning. A VMM that
+//! takes only raw disks (Firecracker) gets a reflink clone, else a
+//! device-mapper snapshot made through the helper at each start ([`dm`]),
+//! else the copy. The work disk is a reflink-or-sparse copy of the small
+//! seed, grown with `resize2fs`.
+
+pub mod dm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -82,6 +86,10 @@ pub enum DiskError {
 pub enum RootStrategy {
     Qcow2,
     Reflink,
+    /// A device-mapper snapshot of the image over loop devices, made at
+    /// each start ([`dm::attach`]); the VM dir keeps only its
+    /// copy-on-write store.
+    DmSnapshot,
     Copy,
 }
 
@@ -90,6 +98,7 @@ impl RootStrategy {
         match self {
             Self::Qcow2 => "qcow2",
             Self::Reflink => "reflink",
+            Self::DmSnapshot => "dm-snapshot",
             Self::Copy => "copy",
         }
     }
@@ -101,7 +110,7 @@ impl RootStrategy {
             D::Qcow2 => Some(Self::Qcow2),
             D::Reflink => Some(Self::Reflink),
             D::Copy => Some(Self::Copy),
-            D::DmSnapshot => None,
+            D::DmSnapshot => Some(Self::DmSnapshot),
         }
     }
 
@@ -111,15 +120,19 @@ impl RootStrategy {
         match self {
             Self::Qcow2 => D::Qcow2,
             Self::Reflink => D::Reflink,
+            Self::DmSnapshot => D::DmSnapshot,
             Self::Copy => D::Copy,
         }
     }
 
-    /// The root disk's file name in the VM dir.
+    /// The root disk's file name in the VM dir; for a device-mapper
+    /// snapshot, its copy-on-write store (the device itself is made at
+    /// each start).
     pub fn file_name(self) -> &'static str {
         match self {
             Self::Qcow2 => "root.qcow2",
             Self::Reflink | Self::Copy => "root.ext4",
+            Self::DmSnapshot => dm::COW_FILE,
         }
     }
 }
@@ -136,17 +149,23 @@ pub fn choose_root_strategy(dir: &Path) -> RootStrategy {
     }
 }
 
-/// Picks the root strategy for a raw-only backend (Firecracker): reflink
-/// when `dir`'s filesystem supports it, else a copy.
-pub fn choose_raw_root_strategy(dir: &Path) -> RootStrategy {
+/// Picks the root strategy for a VMM that takes only raw disks
+/// (Firecracker): reflink when `dir`'s filesystem supports it, else a
+/// device-mapper snapshot when the caller found it usable through the
+/// helper ([`dm::available`]), else a copy (which warns).
+pub fn choose_raw_root_strategy(dir: &Path, dm_available: bool) -> RootStrategy {
     if reflink_supported(dir) {
         RootStrategy::Reflink
+    } else if dm_available {
+        RootStrategy::DmSnapshot
     } else {
         RootStrategy::Copy
     }
 }
 
 /// Makes the VM's root disk from the image's rootfs; returns its path.
+/// For [`RootStrategy::DmSnapshot`] that is the empty copy-on-write store
+/// ([`dm::make_cow_file`]); the device comes at start ([`dm::attach`]).
 pub fn make_root_disk(
     strategy: RootStrategy,
     image_rootfs: &Path,
@@ -177,6 +196,15 @@ pub fn make_root_disk(
                     .arg(&dest),
                 "reflink copy",
             )?;
+        }
+        RootStrategy::DmSnapshot => {
+            let image_bytes = std::fs::metadata(image_rootfs)
+                .map_err(|source| DiskError::Io {
+                    path: image_rootfs.to_owned(),
+                    source,
+                })?
+                .len();
+            return dm::make_cow_file(vm_dir, image_bytes);
         }
         RootStrategy::Copy => {
             tracing::warn!(
@@ -355,6 +383,9 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), DiskError> {
         })
     }
 }
+
+#[cfg(test)]
+mod raw_tests;
 
 #[cfg(test)]
 mod tests {

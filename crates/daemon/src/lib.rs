@@ -12,7 +12,7 @@ pub mod agent;
 mod artifacts;
 pub mod config;
 mod db;
-mod disks;
+pub mod disks;
 pub mod dispatch;
 pub mod dns;
 mod doctor;

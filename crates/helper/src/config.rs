@@ -163,6 +163,8 @@ impl Settings {
             bridge: self.bridge.clone(),
             subnet: self.subnet.to_string(),
             gateway: self.subnet.gateway().to_string(),
+            // Only the dispatcher, which sees the host, can tell.
+            device_mapper: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use banger_proto::helper::{HelperCall, HelperReply, NFT_TABLE, TapInfo};
+use banger_proto::helper::{DmSupport, HelperCall, HelperFeature, HelperReply, NFT_TABLE, TapInfo};
 use rustix::fs::{FileType, OFlags};
 
 use crate::Error;
@@ -36,6 +36,10 @@ impl Outcome {
         Self::Reply(HelperReply::Done)
     }
 }
+
+/// Why device-mapper calls fail on a host without it: what is missing
+/// and how to get it.
+pub const DM_MISSING: &str = "device-mapper is not available on this host: no /dev/mapper/control (kernel module dm_mod not loaded or not built)";
 
 /// The nftables script [`HelperCall::NatEnsure`] applies in one
 /// transaction: masquerade, and the base chains of banger's `ip` and
@@ -77,7 +81,11 @@ impl<H: Host> Dispatcher<H> {
         let s = &self.settings;
         features::check(s, call)?;
         match call {
-            HelperCall::Ping => Ok(Outcome::Reply(HelperReply::Pong(s.info()))),
+            HelperCall::Ping => {
+                let mut info = s.info();
+                info.device_mapper = Some(self.dm_support());
+                Ok(Outcome::Reply(HelperReply::Pong(info)))
+            }
             HelperCall::BridgeEnsure { name } => {
                 validate::bridge_arg(name, s)?;
                 self.bridge_ensure()?;
@@ -420,14 +428,22 @@ impl<H: Host> Dispatcher<H> {
         Ok(())
     }
 
+    /// What `ping` says about device-mapper snapshots.
+    fn dm_support(&self) -> DmSupport {
+        if !self.settings.enables(HelperFeature::Devices) {
+            DmSupport::Disabled
+        } else if self.host.dm_available() {
+            DmSupport::Available
+        } else {
+            DmSupport::Missing
+        }
+    }
+
     fn require_dm(&self) -> Result<(), Error> {
         if self.host.dm_available() {
             Ok(())
         } else {
-            Err(Error::OperationFailed(
-                "device-mapper is not available on this host (no /dev/mapper/control: dm_mod not loaded or not built)"
-                    .to_owned(),
-            ))
+            Err(Error::Unsupported(DM_MISSING.to_owned()))
         }
     }
 
@@ -457,6 +473,14 @@ impl<H: Host> Dispatcher<H> {
         let sectors = self.host.block_sectors(&origin_name)?;
         let table = format!("0 {sectors} snapshot {origin} {cow} P 8");
         self.host.dm_create(name, &table)?;
+        // The caller's VMM opens the device as the caller: it maps only
+        // the caller's own files, so it may be the caller's.
+        if let Err(e) = self.host.dm_chown(name, caller.uid, caller.gid) {
+            if let Err(undo) = self.host.dm_remove(name) {
+                tracing::warn!(name, error = %undo.message(), "remove the device-mapper device after a failed chown");
+            }
+            return Err(e);
+        }
         Ok(format!("/dev/mapper/{name}"))
     }
 
@@ -602,10 +626,25 @@ mod tests {
                 assert_eq!(info.bridge, "bgunit0");
                 assert_eq!(info.subnet, "10.231.9.0/24");
                 assert_eq!(info.gateway, "10.231.9.1");
+                assert_eq!(info.device_mapper, Some(DmSupport::Missing));
             }
             other => panic!("{other:?}"),
         }
         assert!(f.d.host().actions().is_empty());
+    }
+
+    #[test]
+    fn ping_tells_whether_device_mapper_snapshots_can_be_made() {
+        let dm = |f: &Fixture| match reply(f.d.call(f.me, &HelperCall::Ping)) {
+            HelperReply::Pong(info) => info.device_mapper,
+            other => panic!("{other:?}"),
+        };
+        let f = fixture();
+        f.d.host().with(|s| s.dm_available = true);
+        assert_eq!(dm(&f), Some(DmSupport::Available));
+        let off = fixture_with(vec![HelperFeature::Signals]);
+        off.d.host().with(|s| s.dm_available = true);
+        assert_eq!(dm(&off), Some(DmSupport::Disabled));
     }
 
     #[test]
@@ -979,11 +1018,14 @@ mod tests {
             origin: o.into(),
             cow: c.into(),
         };
-        assert_eq!(
-            code(f.d.call(f.me, &snap("banger-x", "/dev/loop0", "/dev/loop1"))),
-            HelperErrorCode::OperationFailed,
-            "no device-mapper"
-        );
+        let missing =
+            f.d.call(f.me, &snap("banger-x", "/dev/loop0", "/dev/loop1"))
+                .unwrap_err();
+        assert_eq!(missing.code(), HelperErrorCode::Unsupported);
+        let text = missing.message();
+        for word in ["device-mapper", "/dev/mapper/control", "dm_mod"] {
+            assert!(text.contains(word), "{text}");
+        }
         f.d.host().with(|s| s.dm_available = true);
         match reply(f.d.call(f.me, &snap("banger-x", "/dev/loop0", "/dev/loop1"))) {
             HelperReply::Device { path } => assert_eq!(path, "/dev/mapper/banger-x"),
@@ -992,6 +1034,12 @@ mod tests {
         assert_eq!(
             f.d.host().with(|s| s.dm.get("banger-x").cloned()).unwrap(),
             "0 2048 snapshot /dev/loop0 /dev/loop1 P 8"
+        );
+        let me = format!("dm_chown banger-x {}:{}", f.me.uid, f.me.gid);
+        assert!(
+            f.d.host().actions().contains(&me),
+            "the device is the caller's: {:?}",
+            f.d.host().actions()
         );
         assert_eq!(
             code(f.d.call(f.me, &snap("banger-y", "/dev/loop0", "/dev/loop2"))),
@@ -1048,6 +1096,18 @@ mod tests {
                 }
             )),
             HelperErrorCode::NotFound
+        );
+        // A device that cannot be given to the caller is removed again.
+        f.d.host().with(|s| s.fail_dm_chown = true);
+        assert_eq!(
+            code(f.d.call(f.me, &snap("banger-v", "/dev/loop0", "/dev/loop1"))),
+            HelperErrorCode::OperationFailed
+        );
+        assert!(!f.d.host().with(|s| s.dm.contains_key("banger-v")));
+        assert!(
+            f.d.host()
+                .actions()
+                .contains(&"dm_remove banger-v".to_owned())
         );
         reply(f.d.call(f.me, &detach("/dev/loop0")));
         assert!(

@@ -30,6 +30,10 @@ pub enum Error {
     /// The host refused the change; carries the tool's own error text.
     #[error("{0}")]
     OperationFailed(String),
+    /// The host lacks what the call needs (a kernel module); the message
+    /// names it and how to get it.
+    #[error("{0}")]
+    Unsupported(String),
     /// The helper's config file is missing, unreadable or invalid.
     #[error("config {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
@@ -54,6 +58,7 @@ impl Error {
             Self::InvalidArgument(_) => HelperErrorCode::InvalidArgument,
             Self::NotAllowed(_) => HelperErrorCode::NotAllowed,
             Self::NotFound(_) => HelperErrorCode::NotFound,
+            Self::Unsupported(_) => HelperErrorCode::Unsupported,
             Self::OperationFailed(_) | Self::Config { .. } | Self::Io { .. } => {
                 HelperErrorCode::OperationFailed
             }

@@ -144,6 +144,8 @@ pub trait Host: Send + Sync {
     /// `dmsetup create NAME --table TABLE`.
     fn dm_create(&self, name: &str, table: &str) -> Result<(), Error>;
     fn dm_remove(&self, name: &str) -> Result<(), Error>;
+    /// Gives the device node of `name` (`/dev/mapper/NAME`) to `uid:gid`.
+    fn dm_chown(&self, name: &str, uid: u32, gid: u32) -> Result<(), Error>;
     /// Finds `pid`, runs `check` on what it reads about it and sends
     /// `signal` only if the check passes, to that same process even if the
     /// pid is reused meanwhile. [`Error::NotFound`] when there is no such

@@ -253,6 +253,26 @@ pub struct HelperInfo {
     /// The bridge's own address in the subnet (`10.77.0.1`): the guests'
     /// gateway and DNS server.
     pub gateway: String,
+    /// Whether `dm_snapshot_create` can work now; absent from a helper
+    /// too old to tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_mapper: Option<DmSupport>,
+}
+
+/// Whether the helper can make device-mapper snapshots (root disks of a
+/// raw-only VMM; docs/vms.md, "Disks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmSupport {
+    /// The `devices` feature is on and the kernel has device-mapper.
+    Available,
+    /// The helper's config does not turn on the `devices` feature.
+    Disabled,
+    /// The kernel has no device-mapper (no `/dev/mapper/control`: the
+    /// `dm_mod` module is not loaded, or not built).
+    Missing,
+    #[serde(other)]
+    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +314,9 @@ pub enum HelperErrorCode {
     NotFound,
     /// The host refused the change; the message carries the tool's error.
     OperationFailed,
+    /// The host lacks what the call needs: device-mapper or loop devices
+    /// (a kernel module not loaded or not built); the message names it.
+    Unsupported,
     #[serde(other)]
     Unknown,
 }
@@ -310,6 +333,7 @@ impl HelperErrorCode {
             Self::NotAllowed => "not_allowed",
             Self::NotFound => "not_found",
             Self::OperationFailed => "operation_failed",
+            Self::Unsupported => "unsupported",
             Self::Unknown => "unknown",
         }
     }

@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 
 use banger_proto::helper::{
-    EgressEntry, EgressNet, EgressPort, EgressRuleMode, EgressRules, HELPER_PROTOCOL_VERSION,
-    HelperCall, HelperConfig, HelperError, HelperErrorCode, HelperInfo, HelperReply, HelperRequest,
-    HelperResponse, TapInfo,
+    DmSupport, EgressEntry, EgressNet, EgressPort, EgressRuleMode, EgressRules,
+    HELPER_PROTOCOL_VERSION, HelperCall, HelperConfig, HelperError, HelperErrorCode, HelperInfo,
+    HelperReply, HelperRequest, HelperResponse, TapInfo,
 };
 
 fn request(call: HelperCall) -> HelperRequest {
@@ -133,6 +133,7 @@ fn replies_and_errors_are_pinned() {
             bridge: "banger0".into(),
             subnet: "10.77.0.0/24".into(),
             gateway: "10.77.0.1".into(),
+            device_mapper: Some(DmSupport::Missing),
         })),
         HelperResponse::Result(HelperReply::Done),
         HelperResponse::Result(HelperReply::Taps {
@@ -151,6 +152,11 @@ fn replies_and_errors_are_pinned() {
             message: "tap name \"eth0\" must be bgtap plus digits".into(),
             op_id: Some("op-a1b2c3".into()),
         }),
+        HelperResponse::Error(HelperError {
+            code: HelperErrorCode::Unsupported,
+            message: "device-mapper is not available on this host".into(),
+            op_id: Some("op-a1b2c3".into()),
+        }),
     ];
     let lines: Vec<String> = replies
         .iter()
@@ -161,6 +167,22 @@ fn replies_and_errors_are_pinned() {
         })
         .collect();
     insta::assert_snapshot!("helper_responses", lines.join("\n"));
+}
+
+#[test]
+fn a_pong_from_an_older_helper_says_nothing_of_device_mapper() {
+    let line = r#"{"result":{"kind":"pong","version":"0.1.0","protocol":1,"pid":7,"bridge":"banger0","subnet":"10.77.0.0/24","gateway":"10.77.0.1"}}"#;
+    match serde_json::from_str::<HelperResponse>(line).unwrap() {
+        HelperResponse::Result(HelperReply::Pong(info)) => assert_eq!(info.device_mapper, None),
+        other => panic!("{other:?}"),
+    }
+    let later = r#"{"result":{"kind":"pong","version":"9","protocol":1,"pid":7,"bridge":"b","subnet":"s","gateway":"g","device_mapper":"from_the_future"}}"#;
+    match serde_json::from_str::<HelperResponse>(later).unwrap() {
+        HelperResponse::Result(HelperReply::Pong(info)) => {
+            assert_eq!(info.device_mapper, Some(DmSupport::Unknown))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

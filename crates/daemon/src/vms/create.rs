@@ -513,9 +513,11 @@ pub async fn create(
                 path: dir.clone(),
                 source,
             })?;
-            // Firecracker takes raw disks only: no qcow2 overlay.
+            // Firecracker takes raw disks only: no qcow2 overlay. A
+            // device-mapper snapshot is not attached at start yet, so it
+            // is not offered (reflink, else a copy).
             let strategy = if firecracker {
-                disks::choose_raw_root_strategy(&dir)
+                disks::choose_raw_root_strategy(&dir, false)
             } else {
                 disks::choose_root_strategy(&dir)
             };

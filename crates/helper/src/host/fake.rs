@@ -32,6 +32,7 @@ pub struct State {
     /// Every mutating action, in order.
     pub actions: Vec<String>,
     pub fail_tap_attach: bool,
+    pub fail_dm_chown: bool,
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +252,16 @@ impl Host for FakeHost {
     fn dm_remove(&self, name: &str) -> Result<(), Error> {
         self.act(format!("dm_remove {name}"));
         self.with(|s| s.dm.remove(name));
+        Ok(())
+    }
+
+    fn dm_chown(&self, name: &str, uid: u32, gid: u32) -> Result<(), Error> {
+        if self.with(|s| s.fail_dm_chown) {
+            return Err(Error::OperationFailed(format!(
+                "chown /dev/mapper/{name}: failed"
+            )));
+        }
+        self.act(format!("dm_chown {name} {uid}:{gid}"));
         Ok(())
     }
 

@@ -15,11 +15,11 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rustix::fs::AtFlags;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Pid, PidfdFlags, Signal, Uid};
 use serde_json::Value;
@@ -375,8 +375,8 @@ impl Host for SystemHost {
     /// file.
     fn loop_attach(&self, file: BorrowedFd<'_>, read_only: bool) -> Result<String, Error> {
         if !Path::new("/dev/loop-control").exists() {
-            return Err(Error::OperationFailed(
-                "loop devices are not available on this host (no /dev/loop-control)".to_owned(),
+            return Err(Error::Unsupported(
+                "loop devices are not available on this host: no /dev/loop-control (the kernel module loop is not loaded or not built; load it as root with `modprobe loop`)".to_owned(),
             ));
         }
         let fd_path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
@@ -453,6 +453,22 @@ impl Host for SystemHost {
 
     fn dm_remove(&self, name: &str) -> Result<(), Error> {
         run("dmsetup", &["remove", name], None).map(drop)
+    }
+
+    /// `/dev/mapper/NAME` is udev's symlink to `../dm-N` (or the node
+    /// itself without udev); only root writes there, so it is followed.
+    fn dm_chown(&self, name: &str, uid: u32, gid: u32) -> Result<(), Error> {
+        let path = format!("/dev/mapper/{name}");
+        let fd = rustix::fs::open(path.as_str(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::OperationFailed(format!("open {path}: {e}")))?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::OperationFailed(format!("stat {path}: {e}")))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::BlockDevice {
+            return Err(Error::OperationFailed(format!(
+                "{path} is not a block device"
+            )));
+        }
+        self.chown_fd(fd.as_fd(), uid, gid)
     }
 
     fn signal_process(
