@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use banger_vmm::testkit::{STUB_KERNEL_BANNER, write_stub_kernel};
-use common::registry::{Layout, Registry, have_tools};
+use common::registry::have_tools;
 use common::{World, step, text};
 
 fn have_qemu() -> bool {
@@ -69,26 +69,6 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A one-layer image whose config runs `sh`, pulled as `tiny`.
-fn pull_tiny_image(w: &World) -> Registry {
-    let registry = Registry::start(None);
-    let layout = Layout::new();
-    layout.new_image("1");
-    layout.add_layer("1", &[("hello", b"tiny\n")]);
-    layout.umoci(&[
-        "config",
-        "--image",
-        &layout.image("1"),
-        "--config.cmd",
-        "sh",
-    ]);
-    registry.push(&layout, "1", "tiny:1", None, false);
-    let reference = format!("{}/tiny:1", registry.host());
-    let image = w.banger_json(&["image", "pull", &reference, "--name", "tiny"]);
-    assert_eq!(image["name"], "tiny", "{image}");
-    registry
 }
 
 #[test]
@@ -258,7 +238,7 @@ fn an_imported_stub_kernel_boots_a_vm_that_waits_for_nothing() {
     );
 
     step("pull a tiny image to boot with it");
-    let _registry = pull_tiny_image(&w);
+    let _registry = common::pull_tiny_image(&w);
 
     step("waits the image cannot give, and vm run --wait none, are refused");
     refused(

@@ -179,6 +179,12 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         usernet::kill(handle, vm_id)
     }
 
+    /// Removes what the VMM left in the VM directory once it is gone (a
+    /// killed Firecracker leaves its sockets). Nothing by default.
+    fn cleanup(&self, handle: &VmHandle) {
+        let _ = handle;
+    }
+
     /// The VMM build states are saved by; the daemon records it with each
     /// snapshot and refuses to restore one under another build.
     fn build(&self) -> Result<VmmBuild, VmmError> {

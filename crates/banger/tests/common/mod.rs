@@ -494,3 +494,25 @@ pub fn static_agent() -> PathBuf {
     assert!(status.success(), "building the static banger-agent failed");
     target.join("x86_64-unknown-linux-gnu/release/banger-agent")
 }
+
+/// A one-layer image whose config runs `sh`, pulled as `tiny` from a
+/// registry on loopback (kept running while the result lives): an image
+/// for VMs whose kernel never reads it (stub kernels), in seconds.
+pub fn pull_tiny_image(w: &World) -> registry::Registry {
+    let registry = registry::Registry::start(None);
+    let layout = registry::Layout::new();
+    layout.new_image("1");
+    layout.add_layer("1", &[("hello", b"tiny\n")]);
+    layout.umoci(&[
+        "config",
+        "--image",
+        &layout.image("1"),
+        "--config.cmd",
+        "sh",
+    ]);
+    registry.push(&layout, "1", "tiny:1", None, false);
+    let reference = format!("{}/tiny:1", registry.host());
+    let image = w.banger_json(&["image", "pull", &reference, "--name", "tiny"]);
+    assert_eq!(image["name"], "tiny", "{image}");
+    registry
+}

@@ -259,14 +259,12 @@ async fn boot(
         snapshot::check_compatible(vms, snapshot, accel).await?;
     }
     let mut kernel_args = cmdline(&vm.name, &net.cmdline, banger_init);
-    let agent_channel = image.has_agent.then(|| {
-        if firecracker {
-            banger_vmm::AgentChannel::HybridVsock {
-                port: banger_proto::agent::AGENT_VSOCK_PORT,
-            }
-        } else {
-            banger_vmm::AgentChannel::VirtioSerial
+    let agent_channel = image.has_agent.then_some(if firecracker {
+        banger_vmm::AgentChannel::HybridVsock {
+            port: banger_proto::agent::AGENT_VSOCK_PORT,
         }
+    } else {
+        banger_vmm::AgentChannel::VirtioSerial
     });
     if let Some(banger_vmm::AgentChannel::HybridVsock { port }) = &agent_channel {
         kernel_args.push(' ');
@@ -568,6 +566,10 @@ pub(super) async fn release_runtime(
     }
     if let Some(path) = handles.and_then(|h| h.ram_file.as_ref()) {
         vms.ram.remove(path);
+    }
+    if let Some(h) = handles {
+        let (vmm, handle) = (vms.vmms.of(&h.vmm), h.vmm.clone());
+        let _ = tokio::task::spawn_blocking(move || vmm.cleanup(&handle)).await;
     }
     vms.table.clear_handles(vm_id);
 }

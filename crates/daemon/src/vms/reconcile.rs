@@ -70,6 +70,7 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
             remove_handles(&dir);
             if let Some(h) = &handles {
                 let _ = std::fs::remove_file(&h.vmm.control_socket);
+                vms.vmms.of(&h.vmm).cleanup(&h.vmm);
                 if let Some(ram) = &h.ram_file {
                     vms.ram.remove(ram);
                 }

@@ -128,7 +128,11 @@ pub(super) async fn exited(vms: &Vms, vm_id: &str, handle: &VmHandle) {
             false => (VmState::Error, "exit status unknown".to_owned()),
         },
     };
-    let message = format!("qemu exited on its own ({cause}); see {}", log.display());
+    let message = format!(
+        "{} exited on its own ({cause}); see {}",
+        handle.backend,
+        log.display()
+    );
     tracing::warn!(vm = %vm.name, pid = handle.pid, now = state.as_str(), "{message}");
     // Work with no request behind it gets an op id of its own.
     let ctx = OpCtx::new(mint(), tokio_util::sync::CancellationToken::new());

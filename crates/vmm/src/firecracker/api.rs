@@ -39,8 +39,6 @@ pub enum Request {
     DescribeInstance,
     /// `GET /version`: [`FirecrackerVersion`].
     Version,
-    /// `PUT /logger`. Pre-boot only.
-    PutLogger(Logger),
     /// `PUT /machine-config`. Pre-boot only.
     PutMachineConfig(MachineConfiguration),
     /// `PUT /boot-source`. Pre-boot only.
@@ -76,7 +74,6 @@ impl Request {
         match self {
             Request::DescribeInstance => "/".into(),
             Request::Version => "/version".into(),
-            Request::PutLogger(_) => "/logger".into(),
             Request::PutMachineConfig(_) => "/machine-config".into(),
             Request::PutBootSource(_) => "/boot-source".into(),
             Request::PutDrive(d) => format!("/drives/{}", d.drive_id),
@@ -98,7 +95,6 @@ impl Request {
         }
         match self {
             Request::DescribeInstance | Request::Version => None,
-            Request::PutLogger(b) => Some(json(b)),
             Request::PutMachineConfig(b) => Some(json(b)),
             Request::PutBootSource(b) => Some(json(b)),
             Request::PutDrive(b) => Some(json(b)),
@@ -122,12 +118,6 @@ impl Request {
         vec![
             Request::DescribeInstance,
             Request::Version,
-            Request::PutLogger(Logger {
-                log_path: "firecracker.log".into(),
-                level: Some(LogLevel::Info),
-                show_level: Some(true),
-                show_log_origin: Some(false),
-            }),
             Request::PutMachineConfig(MachineConfiguration {
                 vcpu_count: 2,
                 mem_size_mib: 256,
@@ -188,29 +178,6 @@ impl Request {
             }),
         ]
     }
-}
-
-/// `Logger`: where Firecracker's own log goes (it creates the file, and
-/// writes it from its start: it does not append).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Logger {
-    pub log_path: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<LogLevel>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub show_level: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub show_log_origin: Option<bool>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogLevel {
-    Error,
-    Warning,
-    Info,
-    Debug,
-    Trace,
-    Off,
 }
 
 /// `MachineConfiguration`.

@@ -7,16 +7,17 @@
 //! daemon, like QEMU), in the VM directory, with stdin on `/dev/null`, its
 //! stdout (the guest's serial console) appended to the console log and its
 //! stderr to `vmm.log` after a header line naming the command. Once `GET /`
-//! answers, the VM is configured pre-boot (logger, machine config, boot
-//! source, drives with the root drive first, TAP network interfaces, the
+//! answers, the VM is configured pre-boot (machine config, boot source, drives with the root drive first, TAP network interfaces, the
 //! vsock device for the agent) and started with `InstanceStart`. Any
 //! refusal carries Firecracker's `fault_message`; on every failure the
 //! process is killed and reaped and its sockets removed.
 //!
 //! **Logs.** Firecracker's logger writes its file from the start rather
 //! than appending (it would overwrite `vmm.log`'s header lines), so its own
-//! log goes to `firecracker.log` in the VM directory, recreated per launch;
-//! errors quote both files' tails.
+//! log goes to `firecracker.log` in the VM directory (`--log-path`, so that
+//! its first lines do not land on stdout, the console), recreated per
+//! launch; errors quote both files' tails. Killed, Firecracker leaves its
+//! sockets behind: [`Vmm::cleanup`] removes them.
 //!
 //! **Paths.** Drives, the vsock socket and the log inside the VM directory
 //! are given relative to it (Firecracker's working directory). A snapshot
@@ -52,10 +53,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use self::api::{
-    ActionType, BootSource, Drive, InstanceActionInfo, InstanceInfo, InstanceState, LogLevel,
-    Logger, MachineConfiguration, MemoryBackend, MemoryBackendType, NetworkInterface,
-    NetworkOverride, Request, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState,
-    VmStateValue, Vsock, VsockOverride,
+    ActionType, BootSource, Drive, InstanceActionInfo, InstanceInfo, InstanceState,
+    MachineConfiguration, MemoryBackend, MemoryBackendType, NetworkInterface, NetworkOverride,
+    Request, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmState, VmStateValue, Vsock,
+    VsockOverride,
 };
 use self::client::ApiClient;
 use crate::error::VmmError;
@@ -235,11 +236,18 @@ impl FirecrackerVmm {
         ] {
             remove_if_there(stale)?;
         }
+        // The log from the first line on (a `PUT /logger` would leave the
+        // lines before it on stdout, the console).
         let args: Vec<OsString> = vec![
             "--api-sock".into(),
             files.api_socket.clone().into(),
             "--id".into(),
             instance_id(&spec.vm_id).into(),
+            "--log-path".into(),
+            "firecracker.log".into(),
+            "--level".into(),
+            "Info".into(),
+            "--show-level".into(),
         ];
         let mut log = OpenOptions::new()
             .create(true)
@@ -353,15 +361,6 @@ impl FirecrackerVmm {
         }
         Ok(())
     }
-
-    fn logger_request(&self) -> Request {
-        Request::PutLogger(Logger {
-            log_path: "firecracker.log".into(),
-            level: Some(LogLevel::Info),
-            show_level: Some(true),
-            show_log_origin: Some(false),
-        })
-    }
 }
 
 impl Vmm for FirecrackerVmm {
@@ -380,8 +379,7 @@ impl Vmm for FirecrackerVmm {
         }
         check_files(spec)?;
         let mut started = self.start(spec)?;
-        let mut requests = vec![self.logger_request()];
-        requests.extend(config_requests(spec));
+        let mut requests = config_requests(spec);
         requests.push(Request::Action(InstanceActionInfo {
             action_type: ActionType::InstanceStart,
         }));
@@ -568,13 +566,7 @@ impl Vmm for FirecrackerVmm {
                 uds_path: relative_to(&spec.vm_dir, &started.files.vsock_socket),
             }),
         });
-        self.configure(
-            &mut started,
-            &[
-                (self.logger_request(), self.api_timeout),
-                (load, self.snapshot_timeout),
-            ],
-        )?;
+        self.configure(&mut started, &[(load, self.snapshot_timeout)])?;
         let handle = started.into_handle();
         tracing::debug!(
             vm_id = %spec.vm_id,
@@ -584,6 +576,15 @@ impl Vmm for FirecrackerVmm {
             "firecracker loaded the snapshot"
         );
         Ok(handle)
+    }
+
+    /// Firecracker removes neither socket when it is killed.
+    fn cleanup(&self, handle: &VmHandle) {
+        if let Some(dir) = handle.control_socket.parent() {
+            let files = FirecrackerFiles::in_dir(dir);
+            let _ = fs::remove_file(&files.api_socket);
+            let _ = fs::remove_file(&files.vsock_socket);
+        }
     }
 
     fn build(&self) -> Result<VmmBuild, VmmError> {

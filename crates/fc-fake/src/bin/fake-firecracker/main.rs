@@ -55,6 +55,29 @@ struct Args {
     /// Print `Firecracker v<version>-fake` and exit.
     #[arg(long)]
     version: bool,
+    /// Firecracker's own log, from the start (created if missing), as
+    /// `PUT /logger`'s `log_path` would set it later.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+    /// The log level (accepted; the fake logs the same lines at any).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    level: Option<String>,
+    /// Accepted, as Firecracker's.
+    #[arg(long)]
+    show_level: bool,
+    /// Accepted, as Firecracker's.
+    #[arg(long)]
+    show_log_origin: bool,
+}
+
+/// Firecracker's log levels, case-insensitive.
+fn parse_level(level: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["error", "warning", "info", "debug", "trace", "off"];
+    if LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        Ok(level.to_owned())
+    } else {
+        Err(format!("Invalid log level: {level}"))
+    }
 }
 
 /// Firecracker's instance id rule.
@@ -104,7 +127,14 @@ fn main() -> ExitCode {
         }
     };
     let vsock_echo = std::env::var_os(VSOCK_ECHO_ENV).is_some_and(|v| v == "1");
-    let fake = Fake::new(description, args.id, vsock_echo, runtime.handle().clone());
+    let _ = (args.level, args.show_level, args.show_log_origin);
+    let mut fake = Fake::new(description, args.id, vsock_echo, runtime.handle().clone());
+    if let Some(path) = &args.log_path {
+        if let Err(e) = fake.log_to(path) {
+            eprintln!("fake-firecracker: Logger error: Failed to open target file: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     runtime.block_on(serve(&api_sock, fake))
 }
 

@@ -411,6 +411,13 @@ impl Fake {
         Ok(())
     }
 
+    /// `--log-path`: the log from the start.
+    pub fn log_to(&mut self, path: &Path) -> std::io::Result<()> {
+        self.logger = Some(open_output(&path.to_string_lossy())?);
+        self.log(&format!("Running Firecracker v{}", self.vmm_version));
+        Ok(())
+    }
+
     fn put_logger(&mut self, body: Option<Value>) -> Answer {
         self.pre_boot()?;
         let body = body.unwrap_or_else(|| json!({}));
