@@ -183,14 +183,43 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     w.banger_ok(&["vm", "resume", "fc"]);
     assert_eq!(show(&w, "fc")["state"], "running");
 
-    step("snapshots of firecracker vms are refused by name");
-    let out = w.banger(&["vm", "snapshot", "fc", "--name", "s1"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("firecracker vms cannot"),
-        "{}",
-        text(&out)
+    step("vm snapshot through the api; vm create --from-snapshot loads it");
+    let snap = w.banger_json(&["vm", "snapshot", "fc", "--name", "s1"]);
+    assert_eq!(
+        snap["vmm"].as_str().map(|v| v.starts_with("firecracker")),
+        Some(true),
+        "{snap}"
     );
+    assert_eq!(show(&w, "fc")["state"], "running", "the source runs on");
+    let out = w.banger(&[
+        "vm",
+        "create",
+        "--name",
+        "fc2",
+        "--from-snapshot",
+        "s1",
+        "--wait",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let fc2 = show(&w, "fc2");
+    assert_eq!(fc2["state"], "running", "{fc2}");
+    assert_eq!(fc2["backend"], "firecracker", "{fc2}");
+    let fc2_pid = fc2["pid"].as_i64().unwrap() as i32;
+    assert_ne!(i64::from(fc2_pid), vm["pid"].as_i64().unwrap());
+    w.banger_ok(&["vm", "pause", "fc2"]);
+    assert_eq!(show(&w, "fc2")["state"], "paused");
+    w.banger_ok(&["vm", "resume", "fc2"]);
+    let fc2_dir = w
+        .root()
+        .join("data/banger/vms")
+        .join(fc2["id"].as_str().unwrap());
+    if fake {
+        no_violation(&fc2_dir);
+    }
+    w.banger_ok(&["vm", "delete", "--force", "fc2"]);
+    assert!(common::wait_gone(fc2_pid));
+    w.banger_ok(&["snapshot", "delete", "s1"]);
 
     step("kill -9 of the daemon: the vm is adopted with the same pid");
     let daemon = w.daemon_pid().expect("a daemon runs");

@@ -167,8 +167,9 @@ pub struct VmSpecArgs {
     /// (return at once: for kernels or guests without banger's agent),
     /// agent (the guest agent) or ssh (the agent if the image has one,
     /// then sshd). Default: agent for images that boot banger's init,
-    /// else ssh. Not for `vm run` (none) or with --from-snapshot.
-    #[arg(long, value_name = "WHAT", conflicts_with = "from_snapshot")]
+    /// else ssh. Not for `vm run` (none); with --from-snapshot only none
+    /// (the restored guest keeps the snapshot's identity; user mode).
+    #[arg(long, value_name = "WHAT")]
     pub wait: Option<WaitFor>,
     /// The VMM: firecracker or qemu. Default: firecracker when it is
     /// installed, the vm is bridged and kvm boots the kernel under it,

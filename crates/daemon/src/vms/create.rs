@@ -171,9 +171,10 @@ pub async fn plan_create(
 ) -> Result<CreatePlan, VmError> {
     validate::name("vm", &p.name)?;
     let snapshot = match &p.from_snapshot {
-        Some(_) if p.wait_for.is_some() => return Err(VmError::WaitFromSnapshot),
-        Some(_) if p.vmm == Some(banger_proto::Backend::Firecracker) => {
-            return Err(VmError::FirecrackerCannot("restore a snapshot"));
+        // A restored guest is ready, but it waits for its agent to take
+        // its new identity; `none` keeps the snapshot's (user mode only).
+        Some(_) if p.wait_for.is_some_and(|w| w != WaitFor::None) => {
+            return Err(VmError::WaitFromSnapshot);
         }
         Some(name) => {
             let n = name.clone();
@@ -431,7 +432,7 @@ pub async fn create(
                     name: &plan.name,
                     publish: &plan.publish,
                     egress: &plan.egress,
-                    wait_for: None,
+                    wait_for: plan.wait_for,
                 },
                 "restore from snapshot",
                 super::ram::RestoredRam::Own,

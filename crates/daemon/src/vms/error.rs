@@ -178,7 +178,7 @@ pub enum VmError {
     )]
     WaitNoSsh { image: String },
     #[error(
-        "--wait does not apply to a vm made from a snapshot: it continues a guest that was ready when the snapshot was taken"
+        "--wait agent or ssh does not apply to a vm made from a snapshot: it continues a guest that was ready when the snapshot was taken (--wait none skips its new identity, in user mode)"
     )]
     WaitFromSnapshot,
     #[error("{what} differs from the snapshot's ({snapshot}: {recorded}); a restored vm keeps it")]

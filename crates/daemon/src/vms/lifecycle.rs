@@ -181,9 +181,6 @@ async fn boot(
     let banger_init = image.boots_banger_init();
     let backend = crate::vmms::from_proto(vm.backend);
     let firecracker = backend == banger_vmm::BackendKind::Firecracker;
-    if firecracker && matches!(from, Boot::Restore { .. }) {
-        return Err(VmError::FirecrackerCannot("restore a snapshot"));
-    }
     let strategy = vm
         .disk_strategy
         .and_then(disks::RootStrategy::from_disk_strategy)
@@ -315,8 +312,9 @@ async fn boot(
     // The RAM file of the VM's own, if it gets one: removed again if the
     // boot fails (and by `mark_stopped` once the VMM is gone).
     let ram_file = match from {
-        // Firecracker's guest memory is anonymous.
-        Boot::Cold if firecracker => None,
+        // Firecracker's guest memory is anonymous; a restore maps the
+        // snapshot's memory file privately.
+        _ if firecracker => None,
         Boot::Cold
         | Boot::Restore {
             ram: RestoredRam::Own,
@@ -370,11 +368,14 @@ async fn boot(
             };
             ctx.stage(stage);
             let state = snapshot::state_file(&snapshot.dir);
-            tokio::task::spawn_blocking(move || {
-                vmm.restore(&spec, &state, banger_vmm::RamSave::KeptInSharedFile, true)
-            })
-            .await
-            .map_err(task_failed("restore"))??
+            let saved = if firecracker {
+                banger_vmm::RamSave::IntoState
+            } else {
+                banger_vmm::RamSave::KeptInSharedFile
+            };
+            tokio::task::spawn_blocking(move || vmm.restore(&spec, &state, saved, true))
+                .await
+                .map_err(task_failed("restore"))??
         }
     };
     {
@@ -412,6 +413,9 @@ async fn boot(
 
     let wait = match from {
         Boot::Cold => super::wait_for(vm, &image),
+        // Asked not to wait (`--wait none`, user mode only): the guest
+        // keeps the snapshot's identity.
+        Boot::Restore { .. } if vm.wait_for == Some(WaitFor::None) => WaitFor::None,
         // A restored guest was ready when its snapshot was taken; its agent
         // gives it its identity (below), whatever its cold starts wait for.
         Boot::Restore { .. } => WaitFor::Ssh,

@@ -623,9 +623,10 @@ fn remove_handles(dir: &Path) {
 
 /// Makes a new VM's directory and, in a blocking task, its disks with
 /// `make`; if anything fails the directory is removed.
-pub(crate) async fn prepare_vm_dir<F>(dir: &Path, make: F) -> Result<(), VmError>
+pub(crate) async fn prepare_vm_dir<F, T>(dir: &Path, make: F) -> Result<T, VmError>
 where
-    F: FnOnce(&Path) -> Result<(), VmError> + Send + 'static,
+    F: FnOnce(&Path) -> Result<T, VmError> + Send + 'static,
+    T: Send + 'static,
 {
     let d = dir.to_path_buf();
     let made = tokio::task::spawn_blocking(move || {

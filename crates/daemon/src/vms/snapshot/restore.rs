@@ -17,6 +17,27 @@ use crate::vms::lifecycle::{Boot, delete_locked, kill_locked, locked, start_lock
 use crate::vms::ram::RestoredRam;
 use crate::vms::{Reservations, VmError, Vms, layered_work_disk, view, vm_dir, work_disk};
 
+/// Gives `vm_dir` raw copies of the snapshot's disks (reflinked where the
+/// filesystem can), under the names a Firecracker VM's disks have: its
+/// saved state names them relative to the VM directory
+/// (`banger_vmm::firecracker`, "Paths"). Returns the root strategy.
+pub fn copy_raw_disks(
+    snapshot_dir: &Path,
+    vm_dir: &Path,
+) -> Result<crate::disks::RootStrategy, VmError> {
+    let strategy = crate::disks::choose_raw_root_strategy(vm_dir, false);
+    let (root, root_format) = layer(snapshot_dir, "root");
+    let (work, work_format) = layer(snapshot_dir, "work");
+    if root_format != banger_vmm::DiskFormat::Raw || work_format != banger_vmm::DiskFormat::Raw {
+        return Err(VmError::FirecrackerCannot(
+            "restore a snapshot with qcow2 disks",
+        ));
+    }
+    crate::disks::copy_layer(&root, &vm_dir.join(strategy.file_name()))?;
+    crate::disks::copy_layer(&work, &work_disk(vm_dir))?;
+    Ok(strategy)
+}
+
 /// Makes `vm_dir`'s root and work disks qcow2 layers over the snapshot's
 /// frozen ones (removing whatever disks were there).
 pub fn layer_over(snapshot_dir: &Path, vm_dir: &Path) -> Result<(), VmError> {
@@ -91,16 +112,27 @@ async fn continue_from(
 ) -> Result<VmRecord, VmError> {
     ctx.stage("stop vm");
     let mut vm = kill_locked(vms, ctx, vm).await?;
-    ctx.stage("lay disks over the snapshot");
+    let firecracker = snapshot.vmm_backend == banger_proto::Backend::Firecracker;
+    ctx.stage(if firecracker {
+        "copy the snapshot's disks"
+    } else {
+        "lay disks over the snapshot"
+    });
     let dir = vm_dir(vms, &vm.id);
-    {
+    let strategy = {
         let (sdir, dir) = (snapshot.dir.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || layer_over(&sdir, &dir))
-            .await
-            .map_err(|e| VmError::Task("disk", e))??;
-    }
+        tokio::task::spawn_blocking(move || {
+            if firecracker {
+                Ok(copy_raw_disks(&sdir, &dir)?.disk_strategy())
+            } else {
+                layer_over(&sdir, &dir).map(|()| DiskStrategy::Qcow2)
+            }
+        })
+        .await
+        .map_err(|e| VmError::Task("disk", e))??
+    };
     let old_base = vm.base_snapshot_id.replace(snapshot.id.clone());
-    vm.disk_strategy = Some(DiskStrategy::Qcow2);
+    vm.disk_strategy = Some(strategy);
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
     vms.db.call(move |s| s.update_vm(&record)).await?;
@@ -296,7 +328,8 @@ pub(crate) async fn create_from(
     stage: &'static str,
     ram: RestoredRam,
 ) -> Result<VmRecord, VmError> {
-    if snapshot.network_mode == banger_proto::NetworkMode::Bridged && !snapshot.has_agent {
+    let bridged = snapshot.network_mode == banger_proto::NetworkMode::Bridged;
+    if bridged && (!snapshot.has_agent || own.wait_for == Some(banger_proto::WaitFor::None)) {
         // Without an agent the new VM would keep the source's MAC and
         // address on the bridge.
         return Err(VmError::NoAgentForIdentity(snapshot.name.clone()));
@@ -306,7 +339,15 @@ pub(crate) async fn create_from(
     let lock = vms.table.lock_for(&id);
     let _guard = lock.lock().await;
     let sdir = snapshot.dir.clone();
-    crate::vms::prepare_vm_dir(&dir, move |d| layer_over(&sdir, d)).await?;
+    let firecracker = snapshot.vmm_backend == banger_proto::Backend::Firecracker;
+    let disk_strategy = crate::vms::prepare_vm_dir(&dir, move |d| {
+        if firecracker {
+            Ok(copy_raw_disks(&sdir, d)?.disk_strategy())
+        } else {
+            layer_over(&sdir, d).map(|()| DiskStrategy::Qcow2)
+        }
+    })
+    .await?;
     let now = now_ms();
     let vm = VmRecord {
         id: id.clone(),
@@ -319,7 +360,7 @@ pub(crate) async fn create_from(
         network_mode: snapshot.network_mode,
         egress: own.egress.clone(),
         backend: Some(snapshot.vmm_backend),
-        disk_strategy: Some(DiskStrategy::Qcow2),
+        disk_strategy: Some(disk_strategy),
         published_ports: own.publish.to_vec(),
         state: VmState::Creating,
         last_error: None,

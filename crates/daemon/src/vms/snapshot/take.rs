@@ -127,8 +127,9 @@ pub(crate) async fn take_locked(
     after: AfterSave,
 ) -> Result<SnapshotRecord, VmError> {
     check_name_free(vms, name).await?;
-    if crate::vmms::from_proto(vm.backend) == banger_vmm::BackendKind::Firecracker {
-        return Err(VmError::FirecrackerCannot("be snapshotted or forked"));
+    let firecracker = crate::vmms::from_proto(vm.backend) == banger_vmm::BackendKind::Firecracker;
+    if firecracker && template_key.is_some() {
+        return Err(VmError::FirecrackerCannot("be warm templates"));
     }
     let handles = match vms.table.handles(&vm.id) {
         Some(h) if crate::vms::lifecycle::vmm_running(vms, &h.vmm, &vm.id).await => h,
@@ -138,7 +139,9 @@ pub(crate) async fn take_locked(
             });
         }
     };
-    if !crate::disks::has_qemu_img() {
+    // QEMU VMs made from a snapshot sit on qcow2 layers over its disks;
+    // Firecracker ones get raw copies (reflinked where the filesystem can).
+    if !firecracker && !crate::disks::has_qemu_img() {
         return Err(VmError::NoLayeredDisks(vm.name.clone()));
     }
     let id = crate::vms::create::new_id();
@@ -269,8 +272,10 @@ async fn build(
         resume_best_effort(vms, vm, handles).await?;
     }
     saved?;
-    if handles.ram_file.is_some() {
-        // The device state and the RAM file are in `tmp` already.
+    if handles.ram_file.is_some() || handles.vmm.backend == banger_vmm::BackendKind::Firecracker {
+        // The device state and the RAM file are in `tmp` already
+        // (Firecracker maps its memory file privately at load: no
+        // separate fast-restore form is needed).
         return Ok(());
     }
     ctx.check_cancelled()?;
@@ -382,6 +387,19 @@ async fn save_and_copy(
                 let report =
                     vmm.save_state(&handle, &state_file(&tmp), RamSave::KeptInSharedFile)?;
                 crate::disks::copy_layer(ram, &memory_file(&tmp))?;
+                report
+            }
+            // Firecracker writes the memory beside the state; it is the
+            // snapshot's memory file.
+            None if handle.backend == banger_vmm::BackendKind::Firecracker => {
+                let state = state_file(&tmp);
+                let report = vmm.save_state(&handle, &state, RamSave::IntoState)?;
+                let written = banger_vmm::firecracker::memory_file_of(&state);
+                std::fs::rename(&written, memory_file(&tmp)).map_err(|source| VmError::Io {
+                    what: "rename",
+                    path: written,
+                    source,
+                })?;
                 report
             }
             None => vmm.save_state(&handle, &stream, RamSave::IntoState)?,
