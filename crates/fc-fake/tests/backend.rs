@@ -38,4 +38,5 @@ fn the_backend_drives_the_fake_firecracker() {
         }
     }
     assert!(logs >= 4, "the flow's vms left their logs");
+    flow::nic_on_a_tap(Path::new(env!("CARGO_BIN_EXE_fake-firecracker")));
 }

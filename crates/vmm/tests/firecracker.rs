@@ -28,6 +28,7 @@ fn the_backend_drives_a_real_firecracker() {
         return;
     }
     let _vms = flow::whole_backend(&binary);
+    flow::nic_on_a_tap(&binary);
 }
 
 /// On these machines KVM is a nested PVM hypervisor: tiny guests run, Linux

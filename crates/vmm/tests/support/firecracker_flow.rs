@@ -211,3 +211,61 @@ pub fn whole_backend(binary: &Path) -> tempfile::TempDir {
     ));
     tmp
 }
+
+/// As root: two TAP devices in a network namespace of a thread of its own,
+/// a VM with a NIC on the first, saved and loaded onto the second
+/// (`network_overrides`). Firecracker, spawned from that thread, lives in
+/// that namespace; the namespace and its TAPs go when both VMs and the
+/// thread are gone. Prints why when not root.
+pub fn nic_on_a_tap(binary: &Path) {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: tap devices need root");
+        return;
+    }
+    let binary = binary.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: CLONE_NEWNET changes only this thread's network
+        // namespace; no file descriptor table or filesystem state is
+        // unshared, and nothing else runs on this thread.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .expect("unshare the network namespace");
+        for tap in ["fctap0", "fctap1"] {
+            let ok = std::process::Command::new("ip")
+                .args(["tuntap", "add", "dev", tap, "mode", "tap"])
+                .status()
+                .expect("run ip");
+            assert!(ok.success(), "ip tuntap add {tap}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let kernel = tmp.path().join("stub.elf");
+        write_stub_elf_guest(&kernel).unwrap();
+        let vmm = FirecrackerVmm::new(&binary);
+        let with_nic = |id: &str, tap: &str| {
+            let mut s = spec(tmp.path(), &kernel, id);
+            s.net = vec![banger_vmm::NetInterface {
+                id: "eth0".into(),
+                mac: Some("02:fc:00:00:00:01".into()),
+                backend: banger_vmm::NetBackend::Tap {
+                    tap_name: tap.into(),
+                },
+            }];
+            s
+        };
+        let a = with_nic("neta", "fctap0");
+        let handle = vmm.launch(&a).unwrap();
+        wait_for_console(&a, STUB_ELF_BANNER);
+        vmm.pause(&handle).unwrap();
+        let state = tmp.path().join("netstate");
+        vmm.save_state(&handle, &state, RamSave::IntoState).unwrap();
+        let b = with_nic("netb", "fctap1");
+        let restored = vmm.restore(&b, &state, RamSave::IntoState, true).unwrap();
+        assert_eq!(vmm.status(&restored).unwrap(), VmRunState::Running);
+        for h in [&handle, &restored] {
+            vmm.kill(h, Signal::Kill).unwrap();
+            assert!(vmm.wait_exit(h, Duration::from_secs(10)).unwrap());
+            vmm.cleanup(h);
+        }
+    })
+    .join()
+    .expect("the tap test thread");
+}
