@@ -35,7 +35,7 @@ fn ping_starts_the_daemon_once_and_reuses_it() {
     assert_eq!(status["pid"].as_i64(), Some(pid));
     assert_eq!(status["socket"], world.socket().display().to_string());
     assert_eq!(status["log_file"], world.log_file().display().to_string());
-    assert_eq!(status["store"]["schema_version"], 8);
+    assert_eq!(status["store"]["schema_version"], 9);
 
     // The daemon survives the CLI, in its own session.
     let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

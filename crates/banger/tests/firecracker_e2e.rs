@@ -164,6 +164,14 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     let vm = show(&w, "fc");
     assert_eq!(vm["state"], "running", "{vm}");
     assert_eq!(vm["backend"], "firecracker", "{vm}");
+    assert_eq!(vm["backend_reason"], "--vmm firecracker", "{vm}");
+    let shown = w.banger_ok(&["vm", "show", "fc"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("backend") && l.contains("firecracker (--vmm firecracker)")),
+        "{shown}"
+    );
     let pid = vm["pid"].as_i64().unwrap() as i32;
     let vm_dir = w
         .root()

@@ -135,7 +135,7 @@ fn two_hundred_concurrent_clients() {
                 let status = c
                     .request(r#"{"version":1,"method":"daemon.status"}"#)
                     .unwrap();
-                assert_eq!(status["result"]["store"]["schema_version"], 8);
+                assert_eq!(status["result"]["store"]["schema_version"], 9);
             })
         })
         .collect();

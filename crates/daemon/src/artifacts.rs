@@ -1256,6 +1256,7 @@ mod tests {
             updated_at_ms: 0,
             base_snapshot_id: None,
             wait_for: None,
+            backend_reason: None,
         };
         artifacts
             .db

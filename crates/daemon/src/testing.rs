@@ -185,6 +185,7 @@ pub(crate) fn seed(state: &Arc<DaemonState>, name: &str, vm_state: VmState) -> V
         updated_at_ms: 0,
         base_snapshot_id: None,
         wait_for: None,
+        backend_reason: None,
     };
     store.insert_vm(&vm).unwrap();
     let dir = vm_dir(&state.vms, &vm.id);

@@ -133,6 +133,10 @@ pub struct VmView {
     pub wait_for: WaitFor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
+    /// Why that backend: `--vmm firecracker`, `firecracker is not
+    /// installed`, ... (absent for VMs made before banger recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_reason: Option<String>,
     /// Only while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<Accel>,

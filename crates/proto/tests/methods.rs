@@ -71,6 +71,7 @@ fn running_vm() -> VmView {
             .unwrap(),
         wait_for: WaitFor::Ssh,
         backend: Some(Backend::Qemu),
+        backend_reason: Some("--vmm qemu".into()),
         accel: Some(Accel::Kvm),
         disk_strategy: Some(DiskStrategy::DmSnapshot),
         publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],

@@ -372,9 +372,9 @@ impl Store {
                 "INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib,
                                   disk_size_bytes, network_mode, backend, disk_strategy,
                                   published_ports, state, last_error, created_at_ms, updated_at_ms,
-                                  base_snapshot_id, egress, wait_for)
+                                  base_snapshot_id, egress, wait_for, backend_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                         ?17, ?18)",
+                         ?17, ?18, ?19)",
                 params![
                     vm.id,
                     vm.name,
@@ -394,6 +394,7 @@ impl Store {
                     vm.base_snapshot_id,
                     vm.egress.to_string(),
                     vm.wait_for.map(WaitFor::as_str),
+                    vm.backend_reason,
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -408,7 +409,8 @@ impl Store {
                 "UPDATE vms SET name = ?2, image_id = ?3, kernel_id = ?4, vcpus = ?5,
                         memory_mib = ?6, disk_size_bytes = ?7, network_mode = ?8, backend = ?9,
                         disk_strategy = ?10, published_ports = ?11, state = ?12, last_error = ?13,
-                        updated_at_ms = ?14, base_snapshot_id = ?15, egress = ?16, wait_for = ?17
+                        updated_at_ms = ?14, base_snapshot_id = ?15, egress = ?16, wait_for = ?17,
+                        backend_reason = ?18
                  WHERE id = ?1",
                 params![
                     vm.id,
@@ -428,6 +430,7 @@ impl Store {
                     vm.base_snapshot_id,
                     vm.egress.to_string(),
                     vm.wait_for.map(WaitFor::as_str),
+                    vm.backend_reason,
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
@@ -704,7 +707,7 @@ const IMAGE_SELECT: &str = "SELECT id, name, source, rootfs_path, work_seed_path
     size_bytes, managed, created_at_ms, has_agent, recipe, replaced_by, origin, config FROM images";
 const VM_SELECT: &str = "SELECT id, name, image_id, kernel_id, vcpus, memory_mib,
     disk_size_bytes, network_mode, backend, disk_strategy, published_ports, state, last_error,
-    created_at_ms, updated_at_ms, base_snapshot_id, egress, wait_for FROM vms";
+    created_at_ms, updated_at_ms, base_snapshot_id, egress, wait_for, backend_reason FROM vms";
 const SNAPSHOT_SELECT: &str = "SELECT id, name, kind, vm_id, vm_name, parent_id, image_id,
     kernel_id, vcpus, memory_mib, disk_size_bytes, network_mode, has_agent, dir, vmm_backend,
     vmm_version, machine, accel, template_key, size_bytes, created_at_ms FROM snapshots";

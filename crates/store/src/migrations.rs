@@ -121,6 +121,9 @@ const STEPS: &[M<'static>] = &[
     // also holds `imported:PATH` (kernel import) beside `catalog:PACKAGE`:
     // no schema change.
     M::up("ALTER TABLE vms ADD COLUMN wait_for TEXT;"),
+    // 9: why the VM's VMM was chosen (`--vmm firecracker`, `firecracker
+    // is not installed`, ...), for `vm show`; NULL for VMs made before it.
+    M::up("ALTER TABLE vms ADD COLUMN backend_reason TEXT;"),
 ];
 
 pub(crate) const MIGRATIONS: Migrations<'static> = Migrations::from_slice(STEPS);

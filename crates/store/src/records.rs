@@ -98,6 +98,8 @@ pub struct VmRecord {
     /// recorded): what the image supports.
     #[serde(default)]
     pub wait_for: Option<WaitFor>,
+    /// Why `backend` was chosen (for `vm show`); `None` before migration 9.
+    pub backend_reason: Option<String>,
 }
 
 /// A snapshot: device state, memory and frozen disk layers in `dir`
@@ -310,6 +312,7 @@ impl VmRecord {
             updated_at_ms: r.get(14)?,
             base_snapshot_id: r.get(15)?,
             wait_for,
+            backend_reason: r.get(18)?,
         }))
     }
 }

@@ -64,6 +64,7 @@ fn vm(name: &str, image: &str, kernel: &str) -> VmRecord {
         updated_at_ms: 3,
         base_snapshot_id: None,
         wait_for: Some(banger_proto::WaitFor::Agent),
+        backend_reason: Some("--vmm qemu".into()),
     }
 }
 
@@ -342,6 +343,7 @@ fn a_vm_without_a_recorded_wait_reads_as_none_and_a_bad_one_as_corrupt() {
     store.insert_image(&image("base")).unwrap();
     let old = VmRecord {
         wait_for: None,
+        backend_reason: None,
         ..vm("old", "base", "k1")
     };
     store.insert_vm(&old).unwrap();
@@ -386,7 +388,7 @@ fn a_version_7_database_gains_wait_for_and_keeps_its_vms() {
         .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 8);
+    assert_eq!(store.schema_version().unwrap(), 9);
     let vm = store.vm("dev").unwrap();
     assert_eq!(vm.wait_for, None);
     assert_eq!(

@@ -340,7 +340,13 @@ fn print_vm(v: &VmView) {
     fn opt<T: std::fmt::Display>(o: Option<T>) -> String {
         o.map_or_else(|| "-".into(), |v| v.to_string())
     }
-    rows.push(("backend", opt(v.backend)));
+    rows.push((
+        "backend",
+        match (&v.backend, &v.backend_reason) {
+            (Some(b), Some(why)) => format!("{b} ({why})"),
+            (b, _) => opt(b.as_ref()),
+        },
+    ));
     rows.push(("accel", opt(v.accel)));
     rows.push(("root disk", opt(v.disk_strategy)));
     if !v.publish.is_empty() {

@@ -112,7 +112,7 @@ async fn status_reports_the_store() {
     .await;
     let s: banger_proto::daemon::DaemonStatus =
         serde_json::from_value(r.into_result().unwrap()).unwrap();
-    assert_eq!(s.store.schema_version, 8);
+    assert_eq!(s.store.schema_version, 9);
     assert_eq!((s.store.vms, s.store.images, s.store.kernels), (0, 0, 0));
     assert!(s.socket.ends_with("bangerd.sock"));
 }

@@ -569,6 +569,7 @@ pub async fn create(
         updated_at_ms: now,
         base_snapshot_id: None,
         wait_for: Some(wait),
+        backend_reason: Some(why),
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, "vm created");

@@ -721,6 +721,7 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         egress: vm.egress.clone(),
         wait_for: wait,
         backend: vm.backend,
+        backend_reason: vm.backend_reason.clone(),
         accel: handles.as_ref().map(|h| h.accel),
         disk_strategy: vm.disk_strategy,
         publish: vm.published_ports.clone(),

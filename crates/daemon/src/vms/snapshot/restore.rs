@@ -368,6 +368,10 @@ pub(crate) async fn create_from(
         updated_at_ms: now,
         base_snapshot_id: Some(snapshot.id.clone()),
         wait_for: own.wait_for,
+        backend_reason: Some(format!(
+            "continues snapshot {} made under {}",
+            snapshot.name, snapshot.vmm_backend
+        )),
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     tracing::info!(vm = %vm.name, id = %vm.id, snapshot = %snapshot.name, "vm created from a snapshot");

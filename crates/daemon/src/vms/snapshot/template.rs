@@ -127,6 +127,7 @@ pub(crate) async fn warm(
         base_snapshot_id: None,
         // The image's default: a template is taken of a ready guest.
         wait_for: None,
+        backend_reason: Some("warm templates are qemu vms".into()),
     };
     crate::vms::insert_new_vm(vms, &vm, &dir).await?;
     let made = async {
