@@ -11,7 +11,9 @@
 //! Covered: create and the stage naming the VMM, the banner in `vm logs`,
 //! pause and resume, stop through Ctrl-Alt-Del then the bounded wait,
 //! adoption after `kill -9` of the daemon (same pid), `kill -9` of
-//! Firecracker noticed and cleaned up, a kernel Firecracker refuses
+//! Firecracker noticed and cleaned up (a crash under a running daemon:
+//! `error`, saying so; while the daemon is down: `stopped` at its
+//! restart, as for QEMU), a kernel Firecracker refuses
 //! (its `fault_message`, nothing left running), and what Firecracker VMs
 //! do not do yet (snapshots) refused by name.
 
@@ -266,6 +268,26 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     );
     assert!(running_with(&api_socket).is_empty());
     assert!(!api_socket.exists(), "the api socket outlived the vm");
+
+    step(
+        "kill -9 of firecracker while the daemon is down: the restart marks it stopped, cleaned up",
+    );
+    w.banger_ok(&["vm", "start", "fc"]);
+    let pid = show(&w, "fc")["pid"].as_i64().unwrap() as i32;
+    let daemon = w.daemon_pid().expect("a daemon runs");
+    common::signal(daemon, "KILL");
+    assert!(common::wait_gone(daemon));
+    common::signal(pid, "KILL");
+    assert!(common::wait_gone(pid));
+    let vm = show(&w, "fc"); // a new daemon, whose reconcile finds it gone
+    assert_eq!(vm["state"], "stopped", "{vm}");
+    assert!(vm["pid"].is_null(), "{vm}");
+    assert!(!api_socket.exists(), "the api socket outlived the vm");
+    assert!(
+        !vm_dir.join("vsock.sock").exists(),
+        "the vsock socket outlived the vm"
+    );
+    assert!(!vm_dir.join("handles.json").exists());
     if fake {
         no_violation(&vm_dir);
     }
