@@ -334,3 +334,57 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     w.banger_ok(&["kernel", "delete", "stub"]);
     w.banger_ok(&["kernel", "delete", "bad"]);
 }
+
+/// Bad input: an unknown `--vmm`, `--vmm firecracker` where there is no
+/// Firecracker, `--wait agent` with `--from-snapshot`: each refused by
+/// name before anything is made.
+#[test]
+fn firecracker_bad_input_is_refused_and_makes_nothing() {
+    let mut w = World::new();
+    w.extra_env.push((
+        "BANGER_FIRECRACKER_BIN",
+        w.root().join("no-such-firecracker"),
+    ));
+    w.extra_env
+        .push(("BANGER_HELPER_SOCKET", w.root().join("no-helper.sock")));
+
+    let out = w.banger(&["vm", "create", "--name", "a", "--vmm", "cloud-hypervisor"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cloud-hypervisor"),
+        "{}",
+        text(&out)
+    );
+
+    let out = w.banger(&["vm", "create", "--name", "b", "--vmm", "firecracker"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no firecracker binary") && err.contains("BANGER_FIRECRACKER_BIN"),
+        "{err}"
+    );
+
+    let out = w.banger(&[
+        "vm",
+        "create",
+        "--name",
+        "c",
+        "--from-snapshot",
+        "s",
+        "--wait",
+        "agent",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--wait agent or ssh does not apply"),
+        "{}",
+        text(&out)
+    );
+
+    assert!(w.names(&["vm", "list"]).is_empty(), "nothing was made");
+    let vms = w.root().join("data/banger/vms");
+    assert!(
+        std::fs::read_dir(&vms).map_or(true, |mut d| d.next().is_none()),
+        "no vm directory was left"
+    );
+}
