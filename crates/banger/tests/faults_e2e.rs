@@ -179,7 +179,7 @@ fn vm_faults_end_to_end() {
         killed.elapsed(),
         f1["last_error"]
     );
-    assert_eq!(f1["state"], "error", "{f1}");
+    assert_eq!(f1["state"], "stopped", "{f1}");
     let last_error = f1["last_error"].as_str().unwrap();
     assert!(
         last_error.contains("qemu exited on its own (signal 9)"),

@@ -67,7 +67,8 @@ async fn a_vmm_that_dies_on_its_own_is_noticed_and_cleaned_up() {
         v.state != VmState::Running
     })
     .await;
-    assert_eq!(after.state, VmState::Error);
+    // Stopped, as reconcile leaves a VMM found dead; the crash is named.
+    assert_eq!(after.state, VmState::Stopped);
     let err = after.last_error.unwrap();
     assert!(err.contains("qemu exited on its own (signal 9)"), "{err}");
     assert!(
@@ -131,7 +132,9 @@ async fn a_real_process_exit_is_seen_through_its_pidfd() {
         v.state != VmState::Running
     })
     .await;
-    assert_eq!(after.state, VmState::Error);
+    assert_eq!(after.state, VmState::Stopped);
+    let err = after.last_error.unwrap();
+    assert!(err.contains("exit status unknown"), "{err}");
     assert!(state.vms.handles(&vm.id).is_none());
 }
 
@@ -232,7 +235,7 @@ async fn a_bridged_vm_whose_vmm_dies_gives_back_its_tap_and_published_ports() {
         v.state != VmState::Running
     })
     .await;
-    assert_eq!(after.state, VmState::Error);
+    assert_eq!(after.state, VmState::Stopped);
     assert!(
         state.vms.held_taps().is_empty(),
         "the TAP is no longer held"

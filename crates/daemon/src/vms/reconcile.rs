@@ -84,7 +84,15 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 vm.state = VmState::Error;
                 vm.last_error = Some("the daemon stopped while the vm was being created".into());
             } else if matches!(was, VmState::Running | VmState::Paused) {
+                // As the watcher does for an exit it sees (`watch.rs`).
                 vm.state = VmState::Stopped;
+                let backend = handles
+                    .as_ref()
+                    .map_or("the vmm", |h| h.vmm.backend.as_str());
+                vm.last_error = Some(format!(
+                    "{backend} exited while no daemon was running; see {}",
+                    super::console_log(&dir).display()
+                ));
             }
             vm.updated_at_ms = now_ms();
             tracing::warn!(vm = %vm.name, was = was.as_str(), now = vm.state.as_str(), "vmm is gone; cleaned up");

@@ -12,8 +12,12 @@
 //! knows the daemon asked for the exit and does nothing. Otherwise it
 //! records why the VM ended in `last_error` (naming its console log),
 //! gives back what it held (TAP, proxies, RAM file, agent connection,
-//! handles) and sets it `stopped` (status 0: the guest powered off) or
-//! `error` (a signal or another status).
+//! handles) and sets it `stopped`, whatever the cause: as SPEC C2 has it
+//! for a VMM found dead at a daemon restart (`reconcile.rs`), so a VM
+//! reads the same whether the daemon was up when its VMM died or not.
+//! `error` stays what a failed operation leaves; the cause of an unasked
+//! exit (a power-off, or the signal or status of a crash) is kept in
+//! `last_error`.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Weak};
@@ -114,32 +118,24 @@ pub(super) async fn exited(vms: &Vms, vm_id: &str, handle: &VmHandle) {
     };
     let dir = vm_dir(vms, vm_id);
     let log = console_log(&dir);
-    let (state, cause) = match status {
-        Some(VmmExit::Code(0)) => (
-            VmState::Stopped,
-            "the guest powered off or rebooted (exit status 0)".to_owned(),
-        ),
-        Some(exit) => (VmState::Error, format!("{exit}")),
-        None => match powered_off(&log) {
-            true => (
-                VmState::Stopped,
-                "the guest powered off (exit status unknown)".to_owned(),
-            ),
-            false => (VmState::Error, "exit status unknown".to_owned()),
-        },
+    let cause = match status {
+        Some(VmmExit::Code(0)) => "the guest powered off or rebooted (exit status 0)".to_owned(),
+        Some(exit) => format!("{exit}"),
+        None if powered_off(&log) => "the guest powered off (exit status unknown)".to_owned(),
+        None => "exit status unknown".to_owned(),
     };
     let message = format!(
         "{} exited on its own ({cause}); see {}",
         handle.backend,
         log.display()
     );
-    tracing::warn!(vm = %vm.name, pid = handle.pid, now = state.as_str(), "{message}");
+    tracing::warn!(vm = %vm.name, pid = handle.pid, "{message}");
     // Work with no request behind it gets an op id of its own.
     let ctx = OpCtx::new(mint(), tokio_util::sync::CancellationToken::new());
     super::lifecycle::release_runtime(vms, &ctx, vm_id, Some(&handles)).await;
     remove_handles(&dir);
     let _ = std::fs::remove_file(&handle.control_socket);
-    vm.state = state;
+    vm.state = VmState::Stopped;
     vm.last_error = Some(message);
     vm.updated_at_ms = now_ms();
     let record = vm.clone();
