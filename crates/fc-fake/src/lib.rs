@@ -27,7 +27,9 @@
 //!
 //! What it does not do: run a guest (no KVM, no memory, no devices; a
 //! snapshot is a small JSON file of its own and a sparse memory file), open
-//! TAP devices (`host_dev_name` is not checked), the Uffd memory backend,
+//! TAP devices (`host_dev_name` must name a device in the fake's network
+//! namespace, else the request fails as Firecracker's does, but nothing is
+//! attached to it), the Uffd memory backend,
 //! balloon, MMDS contents, memory hotplug or metrics beyond a line per flush.
 //! Those operations are still checked against the description and accepted
 //! pre-boot where Firecracker accepts them, but have no effect.

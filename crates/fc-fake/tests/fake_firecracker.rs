@@ -386,6 +386,15 @@ async fn documented_errors() {
     )
     .await;
 
+    // A TAP that is not there: Firecracker opens it here, and so fails.
+    fc.fails(
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(json!({"iface_id": "eth0", "host_dev_name": "bgtap-none"})),
+        "Open tap device failed",
+    )
+    .await;
+
     // A field Firecracker does not know: 400 and the line tests grep.
     fc.fails(
         "PUT",

@@ -338,6 +338,16 @@ impl Fake {
                  address {mac:?}."
             ));
         }
+        // Firecracker opens the TAP here and fails the request when it
+        // cannot; the fake looks the device up in its network namespace.
+        if let Err(e) = tap_exists(&nic.host_dev_name) {
+            return fault(format!(
+                "Could not create the network device: Open tap device failed: Error while \
+                 creating ifreq structure: {e}. Invalid TUN/TAP Backend provided by {}. Check \
+                 our documentation on setting up the network devices.",
+                nic.host_dev_name
+            ));
+        }
         let taken = self
             .config
             .network_interfaces
@@ -772,6 +782,15 @@ fn checked_id(id: &str) -> Result<(), Fault> {
     if !id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
         return fault("API Resource IDs can only contain alphanumeric characters and underscores.");
     }
+    Ok(())
+}
+
+/// Whether a network device `name` exists in this process's network
+/// namespace (`/sys/class/net` may show another one's).
+fn tap_exists(name: &str) -> std::io::Result<()> {
+    use rustix::net::{AddressFamily, SocketType, netdevice::name_to_index, socket};
+    let probe = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    name_to_index(&probe, name)?;
     Ok(())
 }
 
