@@ -18,62 +18,13 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{Duration, Instant};
 
-use common::netns::{HOST_VETH_ADDR, Helper, OUTSIDE_ADDR, TestNet};
+use common::netns::{
+    HOST_VETH_ADDR, Helper, OUTSIDE_ADDR, TestNet, assert_no_orphans, strings, wait_pool_full,
+};
 use common::{World, alive, cache_home, is_root, step, text, wait_gone};
-use serde_json::Value;
 
 const POOL: usize = 2;
-
-fn network(w: &World) -> Value {
-    w.banger_json(&["network"])
-}
-
-/// Waits until the warm pool is back to its size (refills run in the
-/// background after a VM takes a TAP).
-fn wait_pool_full(w: &World) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = network(w);
-        if n["idle_taps"].as_array().unwrap().len() >= POOL || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    let mut s: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect();
-    s.sort();
-    s
-}
-
-/// Every banger TAP in the namespace is either held by a VM or idle in the
-/// pool, and no address is leased twice.
-fn assert_no_orphans(w: &World, net: &TestNet) -> Value {
-    let n = network(w);
-    let mut known = strings(&n["idle_taps"]);
-    known.extend(strings(&n["taps_in_use"]));
-    known.sort();
-    assert_eq!(net.taps(), known, "tap devices vs the daemon's view: {n}");
-    let mut addrs: Vec<&str> = n["leases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["address"].as_str().unwrap())
-        .collect();
-    let count = addrs.len();
-    addrs.sort();
-    addrs.dedup();
-    assert_eq!(addrs.len(), count, "an address is leased twice: {n}");
-    n
-}
 
 /// Runs the shell command line `cmd` in a guest over banger's SSH (as
 /// with ssh, the words after `--` are one command line for its shell).
@@ -165,7 +116,7 @@ fn bridged_networking_end_to_end() {
         .to_vec();
 
     let t = step("the helper answers: bridged is the default; the pool warms up");
-    let n = wait_pool_full(&w);
+    let n = wait_pool_full(&w, POOL);
     assert_eq!(n["helper"], true, "{n}");
     assert_eq!(n["bridge"], "banger0", "{n}");
     assert_eq!(n["gateway"], "10.77.0.1", "{n}");
@@ -207,7 +158,7 @@ fn bridged_networking_end_to_end() {
         a["ssh_port"].is_null(),
         "bridged vms have no loopback ssh port: {a}"
     );
-    let n = wait_pool_full(&w);
+    let n = wait_pool_full(&w, POOL);
     assert_eq!(strings(&n["taps_in_use"]).len(), 2, "{n}");
     assert_no_orphans(&w, &net);
     eprintln!("    {:?}", t.elapsed());
@@ -295,7 +246,7 @@ fn bridged_networking_end_to_end() {
     assert_eq!(vm_pid(&w, "a"), pid_a);
     assert_eq!(vm_pid(&w, "b"), pid_b);
     assert!(alive(pid_a as i32) && alive(pid_b as i32));
-    let n = wait_pool_full(&w);
+    let n = wait_pool_full(&w, POOL);
     assert_eq!(strings(&n["taps_in_use"]).len(), 2, "{n}");
     assert!(strings(&n["taps_in_use"]).contains(&tap_a), "{n}");
     assert_no_orphans(&w, &net);

@@ -233,3 +233,53 @@ impl Drop for Helper {
         }
     }
 }
+
+fn network(w: &World) -> Value {
+    w.banger_json(&["network"])
+}
+
+/// Waits until the warm pool is back to `pool` TAPs (refills run in the
+/// background after a VM takes a TAP); returns `banger network` then.
+pub fn wait_pool_full(w: &World, pool: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = network(w);
+        if n["idle_taps"].as_array().unwrap().len() >= pool || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A JSON array of strings, sorted.
+pub fn strings(v: &Value) -> Vec<String> {
+    let mut s: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    s.sort();
+    s
+}
+
+/// Every banger TAP in the namespace is either held by a VM or idle in the
+/// pool, and no address is leased twice; returns `banger network`.
+pub fn assert_no_orphans(w: &World, net: &TestNet) -> Value {
+    let n = network(w);
+    let mut known = strings(&n["idle_taps"]);
+    known.extend(strings(&n["taps_in_use"]));
+    known.sort();
+    assert_eq!(net.taps(), known, "tap devices vs the daemon's view: {n}");
+    let mut addrs: Vec<&str> = n["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["address"].as_str().unwrap())
+        .collect();
+    let count = addrs.len();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), count, "an address is leased twice: {n}");
+    n
+}
