@@ -54,6 +54,21 @@ impl DaemonState {
         vmms: impl Into<crate::vmms::Vmms>,
         shutdown: CancellationToken,
     ) -> Self {
+        let root_devices = Arc::new(crate::disks::dm::HelperRootDevices(HelperClient::new(
+            &config.helper_socket,
+        )));
+        Self::with_root_devices(config, store, vmms, shutdown, root_devices)
+    }
+
+    /// As [`Self::new`], with device-mapper root disks made by
+    /// `root_devices` (tests' doubles).
+    pub(crate) fn with_root_devices(
+        config: DaemonConfig,
+        store: Store,
+        vmms: impl Into<crate::vmms::Vmms>,
+        shutdown: CancellationToken,
+        root_devices: Arc<dyn crate::disks::dm::RootDevices>,
+    ) -> Self {
         let vmms: crate::vmms::Vmms = vmms.into();
         let db = Db::new(store);
         let table: Arc<VmTable> = Arc::default();
@@ -87,6 +102,7 @@ impl DaemonState {
                 guest: Arc::clone(&guest),
                 ssh: ssh.clone(),
                 table,
+                root_devices,
             },
             &config,
         );

@@ -31,6 +31,19 @@ pub(crate) fn test_state_with(
     root: &std::path::Path,
     vmm: Arc<dyn banger_vmm::Vmm>,
 ) -> Arc<DaemonState> {
+    let devices = Arc::new(crate::disks::dm::HelperRootDevices(
+        crate::helper_client::HelperClient::new(root.join("no-helper.sock")),
+    ));
+    test_state_full(root, vmm.into(), devices)
+}
+
+/// A state whose VMs of both backends run on `vmms`' doubles and whose
+/// device-mapper root disks `devices` makes.
+pub(crate) fn test_state_full(
+    root: &std::path::Path,
+    vmms: crate::vmms::Vmms,
+    devices: Arc<dyn crate::disks::dm::RootDevices>,
+) -> Arc<DaemonState> {
     let layout = Layout {
         config_dir: root.join("config"),
         data_dir: root.join("data"),
@@ -44,11 +57,12 @@ pub(crate) fn test_state_with(
     config.accel = crate::config::AccelChoice::Tcg;
     // VMs' RAM files with the test's other files, not in /dev/shm.
     config.ram_dir = Some(root.join("ram"));
-    Arc::new(DaemonState::new(
+    Arc::new(DaemonState::with_root_devices(
         config,
         store,
-        vmm,
+        vmms,
         CancellationToken::new(),
+        devices,
     ))
 }
 
@@ -58,6 +72,8 @@ pub(crate) struct FakeVmm {
     pub(crate) alive: Mutex<HashSet<u32>>,
     pub(crate) fail_launch: bool,
     pub(crate) launched: Mutex<Vec<String>>,
+    /// The root drive of each launch, in order.
+    pub(crate) launched_roots: Mutex<Vec<PathBuf>>,
     /// A powerdown takes this long (the guest shutting down).
     pub(crate) shutdown_takes: Duration,
     /// Notified when a powerdown request arrives.
@@ -89,6 +105,9 @@ impl Vmm for FakeVmm {
     fn kill_usernet(&self, _: &banger_vmm::usernet::UsernetHandle, _: &str) {}
     fn launch(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         self.launched.lock().unwrap().push(spec.vm_id.clone());
+        if let Some(root) = spec.drives.iter().find(|d| d.is_root) {
+            self.launched_roots.lock().unwrap().push(root.path.clone());
+        }
         // A real VMM opens its console log first thing.
         std::fs::write(&spec.console_log, b"").unwrap();
         if self.fail_launch {
@@ -208,6 +227,7 @@ pub(crate) fn handles(pid: u32, dir: &std::path::Path) -> Handles {
         agent: None,
         ram_file: None,
         usernet: None,
+        dm: None,
     }
 }
 

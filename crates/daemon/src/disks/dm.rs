@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use banger_helper::client::ClientError;
 use banger_proto::OpId;
 use banger_proto::helper::{DM_PREFIX, DmSupport, HelperCall, HelperErrorCode, HelperReply};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::DiskError;
@@ -102,6 +103,55 @@ pub struct DmAttachment {
     pub origin: LoopDevice,
     /// The VM's copy-on-write store.
     pub cow: LoopDevice,
+}
+
+/// What a VM's life asks of device-mapper root disks, behind a seam so
+/// the daemon's start, stop and crash paths are testable on hosts without
+/// device-mapper (`vms/dm_tests.rs`); [`HelperRootDevices`] is the real
+/// one, tested through the real helper in `crates/banger/tests/dm_root_disk.rs`.
+pub trait RootDevices: Send + Sync + std::fmt::Debug {
+    /// Whether new VMs can get a device-mapper root disk ([`available`]).
+    fn available<'a>(&'a self, op: &'a OpId) -> BoxFuture<'a, bool>;
+    /// Makes the snapshot device of VM `vm_id` ([`attach`]).
+    fn attach<'a>(
+        &'a self,
+        op: &'a OpId,
+        vm_id: &'a str,
+        image_rootfs: &'a Path,
+        cow_file: &'a Path,
+    ) -> BoxFuture<'a, Result<DmAttachment, DmError>>;
+    /// Removes what [`RootDevices::attach`] made ([`detach`]).
+    fn detach<'a>(
+        &'a self,
+        op: &'a OpId,
+        attachment: &'a DmAttachment,
+    ) -> BoxFuture<'a, Result<(), DmError>>;
+}
+
+/// [`RootDevices`] through banger-helper.
+#[derive(Debug, Clone)]
+pub struct HelperRootDevices(pub HelperClient);
+
+impl RootDevices for HelperRootDevices {
+    fn available<'a>(&'a self, op: &'a OpId) -> BoxFuture<'a, bool> {
+        Box::pin(available(&self.0, op))
+    }
+    fn attach<'a>(
+        &'a self,
+        op: &'a OpId,
+        vm_id: &'a str,
+        image_rootfs: &'a Path,
+        cow_file: &'a Path,
+    ) -> BoxFuture<'a, Result<DmAttachment, DmError>> {
+        Box::pin(attach(&self.0, op, vm_id, image_rootfs, cow_file))
+    }
+    fn detach<'a>(
+        &'a self,
+        op: &'a OpId,
+        attachment: &'a DmAttachment,
+    ) -> BoxFuture<'a, Result<(), DmError>> {
+        Box::pin(detach(&self.0, op, attachment))
+    }
 }
 
 /// The size of a copy-on-write store that holds a rewrite of every chunk

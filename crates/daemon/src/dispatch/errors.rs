@@ -118,7 +118,8 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::NoSshServer { .. }
         | E::NoAgentForIdentity(_)
         | E::PromoteNotStopped(_)
-        | E::LayeredWorkDisk(_) => ErrorCode::Conflict,
+        | E::LayeredWorkDisk(_)
+        | E::PromoteDmSnapshot(_) => ErrorCode::Conflict,
         E::NotRunning { .. } => ErrorCode::NotRunning,
         E::MissingFile { .. } => ErrorCode::NotFound,
         E::FirecrackerCannot(_)
@@ -145,6 +146,7 @@ pub(crate) fn vm_code(e: &crate::vms::VmError) -> ErrorCode {
         | E::Vmm(_)
         | E::Usernet(_)
         | E::Disk(_)
+        | E::RootDevice(_)
         | E::Ssh(_) => ErrorCode::OperationFailed,
     }
 }

@@ -505,6 +505,9 @@ pub async fn create(
     let dir = vm_dir(vms, &plan.id);
     let lock = vms.table.lock_for(&plan.id);
     let _guard = lock.lock().await;
+    // Firecracker takes raw disks only: without reflinks, a device-mapper
+    // snapshot where the helper can make one beats a full copy.
+    let dm_available = firecracker && vms.root_devices.available(ctx.id()).await;
     let prepared = {
         let (dir, image, ctx) = (dir.clone(), image.clone(), ctx.clone());
         let size = plan.disk_size_bytes;
@@ -514,11 +517,8 @@ pub async fn create(
                 path: dir.clone(),
                 source,
             })?;
-            // Firecracker takes raw disks only: no qcow2 overlay. A
-            // device-mapper snapshot is not attached at start yet, so it
-            // is not offered (reflink, else a copy).
             let strategy = if firecracker {
-                disks::choose_raw_root_strategy(&dir, false)
+                disks::choose_raw_root_strategy(&dir, dm_available)
             } else {
                 disks::choose_root_strategy(&dir)
             };

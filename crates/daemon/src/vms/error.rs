@@ -107,6 +107,9 @@ pub enum VmError {
     Vmm(#[from] banger_vmm::VmmError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Attaching a device-mapper snapshot root disk (`disks/dm.rs`).
+    #[error(transparent)]
+    RootDevice(#[from] crate::disks::dm::DmError),
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
@@ -159,6 +162,14 @@ pub enum VmError {
     Paused(String),
     #[error("fork count {0} is out of range: use 1 to {max}", max = super::snapshot::MAX_FORKS)]
     ForkCount(u32),
+    /// Promote reads a root disk file; a device-mapper snapshot's is
+    /// only its copy-on-write store.
+    #[error(
+        "vm {0}'s root disk is a device-mapper snapshot, which promote cannot read yet: \
+         snapshot the running vm and create from that, or create it on a filesystem with \
+         reflinks (btrfs, XFS)"
+    )]
+    PromoteDmSnapshot(String),
     #[error("vm {0}'s work disk is a copy-on-write layer over a snapshot and cannot grow yet")]
     LayeredWorkDisk(String),
     /// An egress policy the VM's network mode cannot enforce

@@ -276,6 +276,33 @@ async fn boot(
             kernel_args.push_str(&clock);
         }
     }
+    // A device-mapper root disk: the image under the VM's copy-on-write
+    // store, made anew at each start (`disks/dm.rs`).
+    let dm = if strategy == disks::RootStrategy::DmSnapshot {
+        ctx.stage("attach root disk (device-mapper snapshot)");
+        let attachment = vms
+            .root_devices
+            .attach(ctx.id(), &vm.id, &image.rootfs_path, &root)
+            .await?;
+        let (devices, op, undo) = (
+            Arc::clone(&vms.root_devices),
+            ctx.id().clone(),
+            attachment.clone(),
+        );
+        let runtime = tokio::runtime::Handle::current();
+        // Rollback runs on a blocking thread (`rollback.rs`).
+        rollback.push("attach root disk", move || {
+            if let Err(e) = runtime.block_on(devices.detach(&op, &undo)) {
+                tracing::warn!(device = %undo.name, error = %crate::error::chain(&e), "rollback: root disk snapshot left attached");
+            }
+        });
+        Some(attachment)
+    } else {
+        None
+    };
+    let root_drive = dm
+        .as_ref()
+        .map_or_else(|| root.clone(), |a| a.device.clone());
     let spec = VmSpec {
         vm_id: vm.id.clone(),
         name: vm.name.clone(),
@@ -291,7 +318,7 @@ async fn boot(
         },
         drives: snapshot::drives(
             (
-                root,
+                root_drive,
                 if strategy == disks::RootStrategy::Qcow2 {
                     DiskFormat::Qcow2
                 } else {
@@ -398,6 +425,7 @@ async fn boot(
         agent: agent_channel.as_ref().map(|c| c.as_str().to_owned()),
         ram_file,
         usernet,
+        dm,
     };
     save_handles(&dir, &handles).map_err(|source| VmError::Io {
         what: "write",
@@ -575,7 +603,26 @@ pub(super) async fn release_runtime(
         let (vmm, handle) = (vms.vmms.of(&h.vmm), h.vmm.clone());
         let _ = tokio::task::spawn_blocking(move || vmm.cleanup(&handle)).await;
     }
+    if let Some(dm) = handles.and_then(|h| h.dm.as_ref()) {
+        detach_root_device(vms, ctx.id(), dm).await;
+    }
     vms.table.clear_handles(vm_id);
+}
+
+/// Removes a device-mapper root disk once its VMM is gone; a failure is
+/// logged (the next start of the VM makes its own, under the same name,
+/// and fails clearly if this one is still there).
+pub(super) async fn detach_root_device(
+    vms: &Vms,
+    op: &banger_proto::OpId,
+    dm: &crate::disks::dm::DmAttachment,
+) {
+    match vms.root_devices.detach(op, dm).await {
+        Ok(()) => tracing::info!(device = %dm.name, "root disk snapshot detached"),
+        Err(e) => {
+            tracing::warn!(device = %dm.name, error = %crate::error::chain(&e), "could not detach the root disk snapshot")
+        }
+    }
 }
 
 /// Graceful stop: ACPI powerdown, a bounded wait, then SIGKILL.
@@ -1098,6 +1145,9 @@ pub async fn promote(
         .disk_strategy
         .and_then(disks::RootStrategy::from_disk_strategy)
         .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?;
+    if strategy == disks::RootStrategy::DmSnapshot {
+        return Err(VmError::PromoteDmSnapshot(vm.name));
+    }
     let root = dir.join(strategy.file_name());
     let image_id = vm.image_id.clone();
     let image = vms.db.call(move |s| s.image(&image_id)).await?;

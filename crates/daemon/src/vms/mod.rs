@@ -16,6 +16,8 @@
 
 pub mod console;
 pub(crate) mod create;
+#[cfg(test)]
+mod dm_tests;
 mod error;
 #[cfg(test)]
 mod fault_tests;
@@ -75,6 +77,9 @@ pub struct Vms {
     /// VMs' own guest RAM files (see `ram.rs`).
     ram: ram::RamFiles,
     settings: VmSettings,
+    /// Device-mapper snapshot root disks, attached at each start and
+    /// detached when the VMM is gone (`disks/dm.rs`).
+    root_devices: Arc<dyn crate::disks::dm::RootDevices>,
     /// Firecracker's KVM probe verdicts, by kernel (see `create::choose_vmm`).
     firecracker_probes: Mutex<HashMap<String, banger_vmm::KvmProbe>>,
     /// This service itself, for the tasks that watch VMMs exit (see
@@ -122,6 +127,8 @@ pub struct VmDeps {
     pub guest: Arc<Guest>,
     pub ssh: SshPaths,
     pub table: Arc<VmTable>,
+    /// Device-mapper root disks (`disks/dm.rs`).
+    pub root_devices: Arc<dyn crate::disks::dm::RootDevices>,
 }
 
 impl Vms {
@@ -183,6 +190,7 @@ impl Vms {
             guest,
             ssh,
             table,
+            root_devices,
         } = deps;
         Self {
             db,
@@ -193,6 +201,7 @@ impl Vms {
             guest,
             ssh,
             table,
+            root_devices,
             reservations: Arc::default(),
             templates: KeyedLocks::default(),
             firecracker_probes: Mutex::default(),
@@ -470,6 +479,10 @@ pub struct Handles {
     /// user-mode VM with egress `internet` (`banger_vmm::usernet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usernet: Option<banger_vmm::usernet::UsernetHandle>,
+    /// The device-mapper snapshot of a root disk made that way
+    /// (`disks/dm.rs`), detached once the VMM is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm: Option<crate::disks::dm::DmAttachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

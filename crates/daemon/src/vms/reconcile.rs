@@ -74,6 +74,11 @@ pub async fn reconcile(vms: &Vms) -> Result<(), banger_store::StoreError> {
                 if let Some(ram) = &h.ram_file {
                     vms.ram.remove(ram);
                 }
+                if let Some(dm) = &h.dm {
+                    // Work with no request behind it: an op id of its own.
+                    let op = crate::op::mint();
+                    super::lifecycle::detach_root_device(vms, &op, dm).await;
+                }
                 if let Some(net) = h.usernet.clone() {
                     let (id, vmm) = (vm.id.clone(), vms.vmms.get(banger_vmm::BackendKind::Qemu));
                     let _ = tokio::task::spawn_blocking(move || vmm.kill_usernet(&net, &id)).await;

@@ -103,6 +103,7 @@ fn handles(dir: &std::path::Path) -> Handles {
         agent: Some("virtio-serial".into()),
         ram_file: None,
         usernet: None,
+        dm: None,
     }
 }
 

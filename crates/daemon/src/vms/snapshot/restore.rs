@@ -35,6 +35,19 @@ pub fn copy_raw_disks(
     }
     crate::disks::copy_layer(&root, &vm_dir.join(strategy.file_name()))?;
     crate::disks::copy_layer(&work, &work_disk(vm_dir))?;
+    // A VM rolled back from a device-mapper root disk has a raw one now.
+    let cow = vm_dir.join(crate::disks::dm::COW_FILE);
+    match std::fs::remove_file(&cow) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(VmError::Io {
+                what: "remove",
+                path: cow,
+                source,
+            });
+        }
+    }
     Ok(strategy)
 }
 

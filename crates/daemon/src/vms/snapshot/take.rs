@@ -372,12 +372,16 @@ async fn save_and_copy(
     let ram_file = handles.ram_file.clone();
     let (stream, tmp) = (stream.to_path_buf(), tmp.to_path_buf());
     let dir = vm_dir(vms, &vm.id);
-    let root = dir.join(
-        vm.disk_strategy
-            .and_then(crate::disks::RootStrategy::from_disk_strategy)
-            .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?
-            .file_name(),
-    );
+    let strategy = vm
+        .disk_strategy
+        .and_then(crate::disks::RootStrategy::from_disk_strategy)
+        .ok_or_else(|| VmError::NoRootStrategy(vm.name.clone()))?;
+    // A device-mapper root disk is read through its device (the image
+    // with the VM's writes over it): the store alone is not a disk.
+    let root = match &handles.dm {
+        Some(dm) if strategy == crate::disks::RootStrategy::DmSnapshot => dm.device.clone(),
+        _ => dir.join(strategy.file_name()),
+    };
     let ctx2 = ctx.clone();
     tokio::task::spawn_blocking(move || -> Result<(), VmError> {
         vmm.pause(&handle)?;
