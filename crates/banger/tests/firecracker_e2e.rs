@@ -316,6 +316,7 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     ]);
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("    refused: {}", err.trim());
     assert!(
         err.contains("PUT /actions") && err.contains("firecracker answered 400"),
         "{err}"
