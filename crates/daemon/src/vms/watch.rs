@@ -12,9 +12,10 @@
 //! knows the daemon asked for the exit and does nothing. Otherwise it
 //! records why the VM ended in `last_error` (naming its console log),
 //! gives back what it held (TAP, proxies, RAM file, agent connection,
-//! handles) and sets it `stopped`, whatever the cause: as SPEC C2 has it
-//! for a VMM found dead at a daemon restart (`reconcile.rs`), so a VM
-//! reads the same whether the daemon was up when its VMM died or not.
+//! handles) and sets it `stopped`, whatever the cause, as a daemon
+//! restart does for a VMM it finds dead (`reconcile.rs`;
+//! docs/capabilities.md, "State"), so a VM reads the same whether the
+//! daemon was up when its VMM died or not.
 //! `error` stays what a failed operation leaves; the cause of an unasked
 //! exit (a power-off, or the signal or status of a crash) is kept in
 //! `last_error`.
