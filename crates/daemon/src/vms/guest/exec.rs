@@ -6,7 +6,9 @@
 //! client's next `vm.exec.io`; what comes while a buffer is full is
 //! dropped and counted, and the next answer says how many bytes
 //! (`stdout_dropped`, `stderr_dropped`), so a client that reads too
-//! slowly learns its output is incomplete.
+//! slowly learns its output is incomplete. An answer carries at most
+//! [`EXEC_IO_CHUNK`] of each stream, and says `done` only once all of it
+//! was delivered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,9 @@ use crate::agent::{AgentConn, AgentError};
 pub(super) const EXEC_IDLE: Duration = Duration::from_secs(120);
 /// Output held for a client that polls slowly, per stream.
 const EXEC_BUFFER_LIMIT: usize = 16 << 20;
+/// At most this much of a stream per `vm.exec.io` answer, so an answer
+/// (and a client reading it) stays small whatever the command prints.
+const EXEC_IO_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Default)]
 struct ExecOutput {
@@ -216,6 +221,15 @@ fn keep_output(buf: &mut Vec<u8>, dropped: &mut u64, data: &[u8]) {
     *dropped += (data.len() - kept) as u64;
 }
 
+/// The first [`EXEC_IO_CHUNK`] bytes of `buf`, taken out of it.
+fn take_chunk(buf: &mut Vec<u8>) -> Vec<u8> {
+    if buf.len() <= EXEC_IO_CHUNK {
+        return std::mem::take(buf);
+    }
+    let rest = buf.split_off(EXEC_IO_CHUNK);
+    std::mem::replace(buf, rest)
+}
+
 impl Guest {
     /// Feeds a session its input (stdin, resize, signal) and returns its
     /// output since the last call, waiting up to `p.wait_ms` for some.
@@ -279,8 +293,8 @@ impl Guest {
                     || out.lost.is_some();
                 if ready || tokio::time::Instant::now() >= deadline {
                     let mut result = ExecIoResult {
-                        stdout: B64.encode(std::mem::take(&mut out.stdout)),
-                        stderr: B64.encode(std::mem::take(&mut out.stderr)),
+                        stdout: B64.encode(take_chunk(&mut out.stdout)),
+                        stderr: B64.encode(take_chunk(&mut out.stderr)),
                         stdout_dropped: std::mem::take(&mut out.stdout_dropped),
                         stderr_dropped: std::mem::take(&mut out.stderr_dropped),
                         ..Default::default()
@@ -293,7 +307,8 @@ impl Guest {
                             reason: lost,
                         });
                     }
-                    if let Some((code, signal)) = out.exited.clone() {
+                    let delivered = out.stdout.is_empty() && out.stderr.is_empty();
+                    if let Some((code, signal)) = out.exited.clone().filter(|_| delivered) {
                         result.done = true;
                         result.exit_code = code;
                         result.signal = signal;
@@ -356,5 +371,16 @@ mod tests {
         let mut empty = Vec::new();
         keep_output(&mut empty, &mut dropped, b"abc");
         assert_eq!((empty.as_slice(), dropped), (&b"abc"[..], 20));
+    }
+
+    #[test]
+    fn an_answer_carries_at_most_a_chunk_of_a_stream() {
+        let mut buf: Vec<u8> = (0..EXEC_IO_CHUNK + 3).map(|i| i as u8).collect();
+        let first = take_chunk(&mut buf);
+        assert_eq!(first.len(), EXEC_IO_CHUNK);
+        assert_eq!(buf.len(), 3, "the rest waits for the next answer");
+        assert_eq!(buf[0], (EXEC_IO_CHUNK % 256) as u8, "in order");
+        assert_eq!(take_chunk(&mut buf).len(), 3);
+        assert!(buf.is_empty());
     }
 }
