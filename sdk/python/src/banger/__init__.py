@@ -1,0 +1,23 @@
+"""banger's Python SDK: disposable microVM sandboxes, driven over the
+daemon's socket (docs/agents.md).
+
+    from banger import Sandbox
+
+    with Sandbox() as sb:
+        print(sb.exec("uname -r").text)
+"""
+
+from .client import BangerError, Client, DaemonUnavailable
+from .sandbox import ExecResult, ExecTimeout, Files, Sandbox, list_sandboxes
+
+__all__ = [
+    "BangerError",
+    "Client",
+    "DaemonUnavailable",
+    "ExecResult",
+    "ExecTimeout",
+    "Files",
+    "Sandbox",
+    "list_sandboxes",
+]
+__version__ = "0.1.0"
