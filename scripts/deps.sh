@@ -101,6 +101,23 @@ ensure_test_deps() {
     as_root systemctl disable --now docker-registry
   fi
   check_tools "$BANGER_TEST_TOOLS"
+  ensure_mcp_client
+}
+
+# The MCP client of crates/banger/tests/mcp_e2e.rs: the `mcp` package,
+# with pip, in a virtual environment in the cache (made once; checked each
+# time). Needs a Python 3.10 or newer and its venv module.
+ensure_mcp_client() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/banger/mcp-venv"
+  if ! "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
+    python3 -m venv "$venv" 2>/dev/null || {
+      apt_ensure python3-venv
+      python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install -q 'mcp==2.3.0'
+  fi
+  "$venv/bin/python" -c 'import mcp' ||
+    { echo "error: no MCP client in $venv" >&2; return 1; }
 }
 
 # TOOL:PACKAGE for every program banger, most tests and its scripts run.

@@ -78,6 +78,10 @@ pub enum Command {
     Network(JsonFlag),
     /// Send one raw RPC request and print its result (for debugging).
     Rpc(RpcArgs),
+    /// Serve the Model Context Protocol on stdin/stdout, for coding
+    /// agents: tools to run commands in fresh VMs, create, exec, read and
+    /// write files, snapshot, fork and delete (docs/agents.md).
+    Mcp,
     /// Install, remove or inspect banger-helper, the root helper.
     #[command(subcommand)]
     System(SystemCommand),

@@ -93,6 +93,9 @@ pub enum CliError {
     /// banger exits with it too and prints nothing more.
     #[error("exit status {0}")]
     ChildExit(i32),
+    /// The MCP session (`banger mcp`) could not start or broke.
+    #[error("mcp: {0}")]
+    Mcp(String),
 }
 
 impl CliError {
@@ -116,7 +119,7 @@ impl CliError {
             Self::WriteFile { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Exit::PermissionDenied
             }
-            Self::WriteFile { .. } | Self::Systemd { .. } => Exit::Failed,
+            Self::WriteFile { .. } | Self::Systemd { .. } | Self::Mcp(_) => Exit::Failed,
         }
     }
 

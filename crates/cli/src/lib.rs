@@ -15,6 +15,7 @@ pub mod daemon_ctl;
 pub mod daemon_unit;
 mod error;
 mod exit;
+mod mcp;
 mod output;
 pub mod reference;
 

@@ -49,6 +49,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Daemon(DaemonCommand::Install(a)) => daemon::install_unit(&target()?, a.json),
         Command::Daemon(DaemonCommand::Uninstall(a)) => daemon::uninstall_unit(&layout, a.json),
         Command::Rpc(a) => rpc::run(&target()?, a),
+        Command::Mcp => crate::mcp::serve(target()?),
         Command::Vm(c) => vm::run(&target()?, c),
         Command::Image(c) => artifacts::image(&target()?, c),
         Command::Kernel(c) => artifacts::kernel(&target()?, c),

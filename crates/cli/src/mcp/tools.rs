@@ -1,0 +1,603 @@
+//! The MCP tools: one per daemon method a coding agent needs, plus
+//! `vm_run` (create, run, delete) and file transfer through `vm.cp`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use banger_proto::methods::{
+    VmCp, VmCreateBegin, VmDelete, VmExecBegin, VmExecIo, VmForkBegin, VmList, VmPorts, VmShow,
+    VmSnapshotBegin, VmStart, VmStop,
+};
+use banger_proto::snapshot::{SnapshotView, VmForkParams, VmForked, VmSnapshotParams};
+use banger_proto::vm::{
+    CpParams, ExecBeginParams, ExecIoParams, VmCreateParams, VmDeleteParams, VmRef, VmView,
+};
+use banger_proto::{Egress, ErrorBody, ErrorCode, NetworkMode};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{ToolError, call, finish, mint_op_id, wait_op};
+use crate::daemon_ctl::DaemonTarget;
+use banger_proto::methods::NoParams;
+
+/// At most this much of each output stream goes into a tool result; the
+/// rest is counted (`stdout_truncated_bytes`), so a result stays a size
+/// an agent can read.
+const MAX_OUTPUT: usize = 1 << 20;
+/// How long an exec waits, unless told.
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct BangerTools {
+    target: DaemonTarget,
+    tool_router: ToolRouter<Self>,
+}
+
+/// What to run: a shell command line, or a program and its arguments.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The VM (name or id).
+    pub name: String,
+    /// A shell command line, run with `/bin/sh -c`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A program and its arguments, run as is (instead of `command`).
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// The working directory (absolute).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Environment variables to set.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Text given to the command's standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Kill the command after this many seconds (default 600).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// `vm_run`: a fresh VM, one command in it, the VM deleted after.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// A shell command line, run with `/bin/sh -c`.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// A program and its arguments, run as is (instead of `command`).
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// The image (default: banger's default image).
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// What the VM may reach (default: the daemon's).
+    #[serde(default)]
+    pub egress: Option<Egress>,
+    #[serde(default)]
+    pub network: Option<NetworkMode>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Kill the command after this many seconds (default 600).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileParams {
+    /// The VM (name or id).
+    pub name: String,
+    /// Where in the guest (absolute).
+    pub path: String,
+    /// The file's contents: text, or base64 when `base64` is true.
+    pub content: String,
+    #[serde(default)]
+    pub base64: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileParams {
+    /// The VM (name or id).
+    pub name: String,
+    /// Which guest file (absolute).
+    pub path: String,
+}
+
+/// How a command ended, and what it printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecOutcome {
+    /// The exit status; absent when a signal ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Standard output as text (invalid UTF-8 replaced).
+    pub stdout: String,
+    pub stderr: String,
+    /// Bytes of output beyond what a result carries, or dropped by the
+    /// daemon for a slow reader.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stdout_truncated_bytes: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stderr_truncated_bytes: u64,
+    /// The command ran past its timeout and was killed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    /// The VM the command ran in (deleted since).
+    pub vm: String,
+    #[serde(flatten)]
+    pub exec: ExecOutcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileContent {
+    pub path: String,
+    pub bytes: u64,
+    /// `utf-8`, or `base64` for a file that is not text.
+    pub encoding: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmListResult {
+    pub vms: Vec<VmView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortsResult {
+    pub ports: Vec<banger_proto::agent::ListeningPort>,
+}
+
+fn bad_params(message: impl Into<String>, op_id: &str) -> ToolError {
+    let mut body = ErrorBody::new(ErrorCode::BadParams, message);
+    body.op_id = Some(op_id.to_owned());
+    ToolError(body)
+}
+
+fn argv_of(
+    command: Option<String>,
+    argv: Option<Vec<String>>,
+    op_id: &str,
+) -> Result<Vec<String>, ToolError> {
+    match (command, argv) {
+        (Some(c), None) => Ok(vec!["/bin/sh".into(), "-c".into(), c]),
+        (None, Some(a)) if !a.is_empty() => Ok(a),
+        _ => Err(bad_params(
+            "give exactly one of `command` (a shell command line) or `argv` (a program and its arguments)",
+            op_id,
+        )),
+    }
+}
+
+/// A command to run in a VM ([`BangerTools::exec_in`]).
+struct ExecRun {
+    name: String,
+    argv: Vec<String>,
+    cwd: Option<String>,
+    env: BTreeMap<String, String>,
+    stdin: Option<String>,
+    timeout: Duration,
+}
+
+/// A private directory for one file transfer, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(op_id: &str) -> Result<Self, ToolError> {
+        let dir = std::env::temp_dir().join(format!("banger-mcp-{}", mint_op_id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                ToolError::local(
+                    ErrorCode::OperationFailed,
+                    format!("make {}: {e}", dir.display()),
+                    op_id,
+                )
+            })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Keeps up to [`MAX_OUTPUT`] of a stream; counts the rest.
+fn keep(buf: &mut Vec<u8>, truncated: &mut u64, data: &[u8]) {
+    let room = MAX_OUTPUT.saturating_sub(buf.len());
+    let kept = data.len().min(room);
+    buf.extend_from_slice(&data[..kept]);
+    *truncated += (data.len() - kept) as u64;
+}
+
+#[tool_router]
+impl BangerTools {
+    pub fn new(target: DaemonTarget) -> Self {
+        Self {
+            target,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Runs a command in a VM through its agent, to the end.
+    async fn exec_in(&self, run: ExecRun, op_id: &str) -> Result<ExecOutcome, ToolError> {
+        let ExecRun {
+            name,
+            argv,
+            cwd,
+            env,
+            stdin,
+            timeout,
+        } = run;
+        let begun = call::<VmExecBegin>(
+            &self.target,
+            &ExecBeginParams {
+                name,
+                argv,
+                tty: false,
+                rows: None,
+                cols: None,
+                env: env.into_iter().collect(),
+                cwd,
+            },
+            op_id,
+        )
+        .await?;
+        let deadline = Instant::now() + timeout;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out_cut, mut err_cut) = (0u64, 0u64);
+        let mut first = true;
+        let mut timed_out = false;
+        loop {
+            let mut io = ExecIoParams {
+                exec_id: begun.exec_id.clone(),
+                wait_ms: Some(1000),
+                ..Default::default()
+            };
+            if first {
+                io.stdin = stdin.as_ref().map(|s| B64.encode(s.as_bytes()));
+                io.stdin_eof = true;
+                first = false;
+            }
+            if !timed_out && Instant::now() > deadline {
+                io.signal = Some("KILL".into());
+                timed_out = true;
+            }
+            let got = call::<VmExecIo>(&self.target, &io, &mint_op_id()).await?;
+            let decode = |s: &str| B64.decode(s).unwrap_or_default();
+            keep(&mut out, &mut out_cut, &decode(&got.stdout));
+            keep(&mut err, &mut err_cut, &decode(&got.stderr));
+            out_cut += got.stdout_dropped;
+            err_cut += got.stderr_dropped;
+            if got.done {
+                return Ok(ExecOutcome {
+                    exit_code: got.exit_code,
+                    signal: got.signal,
+                    stdout: String::from_utf8_lossy(&out).into_owned(),
+                    stderr: String::from_utf8_lossy(&err).into_owned(),
+                    stdout_truncated_bytes: out_cut,
+                    stderr_truncated_bytes: err_cut,
+                    timed_out,
+                });
+            }
+        }
+    }
+
+    /// Begins the asynchronous operation `M` and waits for its result,
+    /// its stages sent as progress.
+    async fn begin_and_wait<M, R>(
+        &self,
+        params: &M::Params,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<R, ToolError>
+    where
+        M: banger_proto::methods::Method,
+        M::Params: Serialize,
+        M::Result: serde::de::DeserializeOwned + Send + 'static,
+        R: serde::de::DeserializeOwned,
+    {
+        let op_id = mint_op_id();
+        call::<M>(&self.target, params, &op_id).await?;
+        wait_op(&self.target, &op_id, ctx).await
+    }
+
+    async fn create(
+        &self,
+        params: &VmCreateParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<VmView, ToolError> {
+        self.begin_and_wait::<VmCreateBegin, _>(params, ctx).await
+    }
+
+    #[tool(
+        description = "Create a VM and boot it (waits until its guest agent answers). Returns the VM. Long: reports each stage as progress."
+    )]
+    async fn vm_create(
+        &self,
+        Parameters(params): Parameters<VmCreateParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(self.create(&params, &ctx).await))
+    }
+
+    #[tool(
+        description = "Run one command in a fresh, disposable VM: create it, run the command (a shell `command` line or an `argv`), return its exit code, stdout and stderr, and delete the VM."
+    )]
+    async fn vm_run(
+        &self,
+        Parameters(p): Parameters<RunParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let op_id = mint_op_id();
+        let outcome = async {
+            let argv = argv_of(p.command, p.argv, &op_id)?;
+            let name = format!("mcp-run-{}", &mint_op_id()[4..]);
+            let params = VmCreateParams {
+                name: name.clone(),
+                image: p.image,
+                vcpus: p.vcpus,
+                memory_mib: p.memory_mib,
+                egress: p.egress,
+                network: p.network,
+                ..Default::default()
+            };
+            let created = self.create(&params, &ctx).await;
+            let ran = match created {
+                Ok(_) => {
+                    let timeout = p
+                        .timeout_s
+                        .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_secs);
+                    let run = ExecRun {
+                        name: name.clone(),
+                        argv,
+                        cwd: p.cwd,
+                        env: p.env,
+                        stdin: p.stdin,
+                        timeout,
+                    };
+                    self.exec_in(run, &op_id).await
+                }
+                Err(e) => Err(e),
+            };
+            // Whatever happened, the VM goes (a failed create rolled back
+            // already; gone is fine).
+            let delete = VmDeleteParams {
+                name: name.clone(),
+                force: true,
+            };
+            let _ = call::<VmDelete>(&self.target, &delete, &mint_op_id()).await;
+            ran.map(|exec| RunOutcome { vm: name, exec })
+        }
+        .await;
+        Ok(finish(outcome))
+    }
+
+    #[tool(
+        description = "Run a command in a running VM through its agent: a shell `command` line or an `argv`, with optional cwd, env, stdin and timeout_s. Returns exit_code (or signal), stdout and stderr (each up to 1 MiB; more is counted)."
+    )]
+    async fn vm_exec(
+        &self,
+        Parameters(p): Parameters<ExecParams>,
+    ) -> Result<CallToolResult, McpError> {
+        let op_id = mint_op_id();
+        let outcome = async {
+            let argv = argv_of(p.command, p.argv, &op_id)?;
+            let timeout = p
+                .timeout_s
+                .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_secs);
+            let run = ExecRun {
+                name: p.name,
+                argv,
+                cwd: p.cwd,
+                env: p.env,
+                stdin: p.stdin,
+                timeout,
+            };
+            self.exec_in(run, &op_id).await
+        }
+        .await;
+        Ok(finish(outcome))
+    }
+
+    #[tool(
+        description = "Write a file in a running VM (text, or base64 with `base64: true`). Returns what was written."
+    )]
+    async fn vm_write_file(
+        &self,
+        Parameters(p): Parameters<WriteFileParams>,
+    ) -> Result<CallToolResult, McpError> {
+        let op_id = mint_op_id();
+        let outcome = async {
+            let data = if p.base64 {
+                B64.decode(p.content.as_bytes())
+                    .map_err(|e| bad_params(format!("content is not base64: {e}"), &op_id))?
+            } else {
+                p.content.into_bytes()
+            };
+            let scratch = Scratch::new(&op_id)?;
+            let host = scratch.0.join("file");
+            std::fs::write(&host, &data).map_err(|e| {
+                ToolError::local(
+                    ErrorCode::OperationFailed,
+                    format!("write {}: {e}", host.display()),
+                    &op_id,
+                )
+            })?;
+            let params = CpParams {
+                name: p.name,
+                to_guest: true,
+                host_path: host.display().to_string(),
+                guest_path: p.path,
+                recursive: false,
+            };
+            call::<VmCp>(&self.target, &params, &op_id).await
+        }
+        .await;
+        Ok(finish(outcome))
+    }
+
+    #[tool(
+        description = "Read a file from a running VM. Returns its content as text, or as base64 (`encoding`) when it is not UTF-8."
+    )]
+    async fn vm_read_file(
+        &self,
+        Parameters(p): Parameters<ReadFileParams>,
+    ) -> Result<CallToolResult, McpError> {
+        let op_id = mint_op_id();
+        let outcome = async {
+            let scratch = Scratch::new(&op_id)?;
+            let host = scratch.0.join("file");
+            let params = CpParams {
+                name: p.name,
+                to_guest: false,
+                host_path: host.display().to_string(),
+                guest_path: p.path.clone(),
+                recursive: false,
+            };
+            call::<VmCp>(&self.target, &params, &op_id).await?;
+            let data = std::fs::read(&host).map_err(|e| {
+                ToolError::local(
+                    ErrorCode::OperationFailed,
+                    format!("read {}: {e}", host.display()),
+                    &op_id,
+                )
+            })?;
+            let bytes = data.len() as u64;
+            Ok(match String::from_utf8(data) {
+                Ok(text) => FileContent {
+                    path: p.path,
+                    bytes,
+                    encoding: "utf-8",
+                    content: text,
+                },
+                Err(e) => FileContent {
+                    path: p.path,
+                    bytes,
+                    encoding: "base64",
+                    content: B64.encode(e.into_bytes()),
+                },
+            })
+        }
+        .await;
+        Ok(finish(outcome))
+    }
+
+    #[tool(description = "Every VM, with its state, image, shape and address.")]
+    async fn vm_list(&self) -> Result<CallToolResult, McpError> {
+        let outcome = call::<VmList>(&self.target, &NoParams, &mint_op_id())
+            .await
+            .map(|vms| VmListResult { vms });
+        Ok(finish(outcome))
+    }
+
+    #[tool(description = "One VM: its state, image, shape, backend, address and last error.")]
+    async fn vm_show(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmShow>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(description = "Boot a stopped VM.")]
+    async fn vm_start(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmStart>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(description = "Stop a VM: a clean power-off, a bounded wait, then a kill.")]
+    async fn vm_stop(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmStop>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(
+        description = "Delete a VM, its disks and host-key pin; a running VM only with `force` (killed first)."
+    )]
+    async fn vm_delete(
+        &self,
+        Parameters(p): Parameters<VmDeleteParams>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmDelete>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(description = "Sockets listening in a running VM (protocol, address, port, process).")]
+    async fn vm_ports(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
+        let outcome = call::<VmPorts>(&self.target, &p, &mint_op_id())
+            .await
+            .map(|ports| PortsResult { ports });
+        Ok(finish(outcome))
+    }
+
+    #[tool(
+        description = "Snapshot a running VM (memory, devices and disks); it keeps running. Returns the snapshot. Long: reports each stage as progress."
+    )]
+    async fn vm_snapshot(
+        &self,
+        Parameters(p): Parameters<VmSnapshotParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let outcome = self
+            .begin_and_wait::<VmSnapshotBegin, SnapshotView>(&p, &ctx)
+            .await;
+        Ok(finish(outcome))
+    }
+
+    #[tool(
+        description = "Fork a running VM: `count` new VMs (default 1) continuing from its current state, named `new_name` (then `new_name-2`, ...); the source keeps running. Long: reports each stage as progress."
+    )]
+    async fn vm_fork(
+        &self,
+        Parameters(p): Parameters<VmForkParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let outcome = self.begin_and_wait::<VmForkBegin, VmForked>(&p, &ctx).await;
+        Ok(finish(outcome))
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for BangerTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("banger", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "banger: disposable Linux microVMs. vm_run runs one command in a fresh VM; \
+                 vm_create then vm_exec, vm_write_file and vm_read_file work in a VM you keep; \
+                 vm_delete removes it. Errors carry the daemon's code, message and op_id.",
+            )
+    }
+}
