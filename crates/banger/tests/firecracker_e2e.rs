@@ -85,6 +85,24 @@ fn no_violation(vm_dir: &Path) {
     assert!(!log.contains("schema violation"), "{log}");
 }
 
+/// `kill -9` of the Firecracker of `vm` (as `vm show` printed it): waits
+/// until the daemon has it `stopped`, saying why; returns `vm show` then.
+fn kill_firecracker(w: &World, vm: &serde_json::Value) -> serde_json::Value {
+    let name = vm["name"].as_str().unwrap();
+    common::signal(vm["pid"].as_i64().unwrap() as i32, "KILL");
+    wait_until(Duration::from_secs(20), "the vm marked stopped", || {
+        show(w, name)["state"] == "stopped"
+    });
+    let after = show(w, name);
+    assert!(
+        after["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("firecracker exited on its own (signal 9)")),
+        "{after}"
+    );
+    after
+}
+
 /// Processes whose command line mentions `path` (the VM's API socket).
 fn running_with(path: &Path) -> Vec<i32> {
     common::processes_mentioning(path)
@@ -254,19 +272,8 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     w.banger_ok(&["vm", "start", "fc"]);
     let vm = show(&w, "fc");
     assert_eq!(vm["state"], "running", "{vm}");
-    let pid = vm["pid"].as_i64().unwrap() as i32;
-    common::signal(pid, "KILL");
     // `stopped`, as a daemon restart finds it (below), the crash named.
-    wait_until(Duration::from_secs(20), "the vm marked stopped", || {
-        show(&w, "fc")["state"] == "stopped"
-    });
-    let vm = show(&w, "fc");
-    assert!(
-        vm["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("firecracker exited on its own (signal 9)")),
-        "{vm}"
-    );
+    kill_firecracker(&w, &vm);
     assert!(running_with(&api_socket).is_empty());
     assert!(!api_socket.exists(), "the api socket outlived the vm");
 
@@ -283,6 +290,12 @@ fn a_firecracker_vm_boots_pauses_stops_and_survives_a_daemon_restart() {
     let vm = show(&w, "fc"); // a new daemon, whose reconcile finds it gone
     assert_eq!(vm["state"], "stopped", "{vm}");
     assert!(vm["pid"].is_null(), "{vm}");
+    assert!(
+        vm["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited while no daemon was running")),
+        "{vm}"
+    );
     assert!(!api_socket.exists(), "the api socket outlived the vm");
     assert!(
         !vm_dir.join("vsock.sock").exists(),
@@ -522,18 +535,7 @@ fn a_firecracker_vm_on_a_tap_from_the_pool() {
     }
 
     step("kill -9 of firecracker: stopped, its tap back in the pool");
-    let pid = vm["pid"].as_i64().unwrap() as i32;
-    common::signal(pid, "KILL");
-    wait_until(Duration::from_secs(20), "the vm marked stopped", || {
-        show(&w, "fc")["state"] == "stopped"
-    });
-    let after = show(&w, "fc");
-    assert!(
-        after["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("firecracker exited on its own (signal 9)")),
-        "{after}"
-    );
+    let after = kill_firecracker(&w, &vm);
     assert!(after["tap"].is_null(), "{after}");
     let n = assert_no_orphans(&w, &net);
     assert!(strings(&n["taps_in_use"]).is_empty(), "{n}");
