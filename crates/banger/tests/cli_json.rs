@@ -27,6 +27,7 @@ const NO_STATE: &[(&str, &str)] = &[
     ("rpc", "prints the raw JSON result always"),
     ("completions", "a shell script"),
     ("man", "writes man pages into a directory"),
+    ("mcp", "speaks the MCP protocol (JSON-RPC) on stdin/stdout"),
 ];
 
 /// Leaf commands that take no argument but change the host or take long:
