@@ -87,6 +87,22 @@ async def main():
             err = structured(bad)
             check(bad.is_error and err.get("code") == "bad_params" and err.get("op_id", "").startswith("op-"),
                   "an exec with no command: bad_params with an op id", err)
+            # A vm_run the client gives up on (its read timeout passes
+            # mid-create, and it cancels the request): nothing is left.
+            try:
+                await session.call_tool("vm_run", {"command": "echo late"}, read_timeout_seconds=3)
+                check(False, "a vm_run with a 3 s read timeout should time out")
+            except Exception as e:  # noqa: BLE001 - the client's timeout error
+                print(f"ok   vm_run cancelled by the client ({type(e).__name__})", flush=True)
+            deadline = asyncio.get_running_loop().time() + 120
+            while True:
+                left = [v["name"] for v in structured(await session.call_tool("vm_list", {}))["vms"]]
+                if not left:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    check(False, "a cancelled vm_run leaves no vm", left)
+                await asyncio.sleep(0.5)
+            print("ok   a cancelled vm_run leaves no vm", flush=True)
     print("all mcp checks passed", flush=True)
 
 

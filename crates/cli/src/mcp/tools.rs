@@ -33,6 +33,8 @@ use banger_proto::methods::NoParams;
 /// rest is counted (`stdout_truncated_bytes`), so a result stays a size
 /// an agent can read.
 const MAX_OUTPUT: usize = 1 << 20;
+/// The largest file `vm_read_file` returns (a guest decides its size).
+const MAX_READ: u64 = 8 << 20;
 /// How long an exec waits, unless told.
 const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -207,6 +209,40 @@ struct ExecRun {
     timeout: Duration,
 }
 
+/// The VM of a `vm_run` whose call was dropped before it finished: on
+/// drop while armed, its create is cancelled (rolled back) and the VM
+/// deleted, on a task of its own.
+struct Disposable {
+    target: DaemonTarget,
+    name: String,
+    create_op: String,
+    armed: bool,
+}
+
+impl Drop for Disposable {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (target, name, create_op) = (
+            self.target.clone(),
+            self.name.clone(),
+            std::mem::take(&mut self.create_op),
+        );
+        runtime.spawn(async move {
+            let cancel = banger_proto::vm::OpRef { op_id: create_op };
+            let _ = call::<banger_proto::methods::OpCancel>(&target, &cancel, &mint_op_id()).await;
+            let delete = VmDeleteParams { name, force: true };
+            // A create rolling back holds the VM's lock; its delete then
+            // finds it gone or deletes what is left.
+            let _ = call::<VmDelete>(&target, &delete, &mint_op_id()).await;
+        });
+    }
+}
+
 /// A private directory for one file transfer, removed on drop.
 struct Scratch(PathBuf);
 
@@ -327,9 +363,25 @@ impl BangerTools {
         M::Result: serde::de::DeserializeOwned + Send + 'static,
         R: serde::de::DeserializeOwned,
     {
-        let op_id = mint_op_id();
-        call::<M>(&self.target, params, &op_id).await?;
-        wait_op(&self.target, &op_id, ctx).await
+        self.begin_and_wait_as::<M, R>(params, ctx, &mint_op_id())
+            .await
+    }
+
+    /// [`Self::begin_and_wait`] under the op id `op_id`.
+    async fn begin_and_wait_as<M, R>(
+        &self,
+        params: &M::Params,
+        ctx: &RequestContext<RoleServer>,
+        op_id: &str,
+    ) -> Result<R, ToolError>
+    where
+        M: banger_proto::methods::Method,
+        M::Params: Serialize,
+        M::Result: serde::de::DeserializeOwned + Send + 'static,
+        R: serde::de::DeserializeOwned,
+    {
+        call::<M>(&self.target, params, op_id).await?;
+        wait_op(&self.target, op_id, ctx).await
     }
 
     async fn create(
@@ -363,6 +415,16 @@ impl BangerTools {
         let outcome = async {
             let argv = argv_of(p.command, p.argv, &op_id)?;
             let name = format!("mcp-run-{}", &mint_op_id()[4..]);
+            let create_op = mint_op_id();
+            // Should this call's future be dropped mid-way (a request
+            // the client cancels, the server shutting down), the guard
+            // cancels the create and deletes the VM.
+            let mut guard = Disposable {
+                target: self.target.clone(),
+                name: name.clone(),
+                create_op: create_op.clone(),
+                armed: true,
+            };
             let params = VmCreateParams {
                 name: name.clone(),
                 image: p.image,
@@ -372,7 +434,9 @@ impl BangerTools {
                 network: p.network,
                 ..Default::default()
             };
-            let created = self.create(&params, &ctx).await;
+            let created = self
+                .begin_and_wait_as::<VmCreateBegin, VmView>(&params, &ctx, &create_op)
+                .await;
             let ran = match created {
                 Ok(_) => {
                     let timeout = p
@@ -397,6 +461,7 @@ impl BangerTools {
                 force: true,
             };
             let _ = call::<VmDelete>(&self.target, &delete, &mint_op_id()).await;
+            guard.armed = false;
             ran.map(|exec| RunOutcome { vm: name, exec })
         }
         .await;
@@ -468,7 +533,7 @@ impl BangerTools {
     }
 
     #[tool(
-        description = "Read a file from a running VM. Returns its content as text, or as base64 (`encoding`) when it is not UTF-8."
+        description = "Read a file (at most 8 MiB) from a running VM. Returns its content as text, or as base64 (`encoding`) when it is not UTF-8."
     )]
     async fn vm_read_file(
         &self,
@@ -485,7 +550,18 @@ impl BangerTools {
                 guest_path: p.path.clone(),
                 recursive: false,
             };
-            call::<VmCp>(&self.target, &params, &op_id).await?;
+            let copied = call::<VmCp>(&self.target, &params, &op_id).await?;
+            if copied.bytes > MAX_READ {
+                return Err(ToolError::local(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} is {} bytes; vm_read_file returns at most {MAX_READ} (use vm_exec \
+                         with head or tail, or `banger vm cp`)",
+                        p.path, copied.bytes
+                    ),
+                    &op_id,
+                ));
+            }
             let data = std::fs::read(&host).map_err(|e| {
                 ToolError::local(
                     ErrorCode::OperationFailed,
