@@ -53,6 +53,9 @@ def test_files_exec_ports_snapshot_fork_and_a_large_stream(client):
         cat = sb.exec(["cat", "/root/note.txt"])
         assert (cat.exit_code, cat.stdout) == (0, b"written by the sdk\n")
         assert sb.files.read("/root/note.txt") == b"written by the sdk\n"
+        with pytest.raises(BangerError) as too_big:
+            sb.files.read("/root/note.txt", max_bytes=4)
+        assert too_big.value.code == "too_large"
         assert sb.exec("cat", stdin=b"through stdin").stdout == b"through stdin"
         assert sb.exec("pwd", cwd="/tmp").text == "/tmp\n"
         assert sb.exec("echo $GREETING", env={"GREETING": "hello"}).text == "hello\n"

@@ -88,18 +88,24 @@ class Files:
                 {"name": self._sb.name, "to_guest": True, "host_path": str(host), "guest_path": path},
             )
 
-    def read(self, path: str) -> bytes:
-        """The bytes of the guest file ``path`` (absolute)."""
+    def read(self, path: str, *, max_bytes: int = 64 << 20) -> bytes:
+        """The bytes of the guest file ``path`` (absolute). A guest picks
+        a file's size: one larger than ``max_bytes`` raises
+        :class:`BangerError` (``too_large``) instead of filling memory."""
         with tempfile.TemporaryDirectory(prefix="banger-sdk-") as tmp:
             host = Path(tmp) / "file"
-            self._sb.client.call(
+            copied = self._sb.client.call(
                 "vm.cp",
                 {"name": self._sb.name, "to_guest": False, "host_path": str(host), "guest_path": path},
             )
+            if copied["bytes"] > max_bytes:
+                raise BangerError(
+                    "too_large", f"{path} is {copied['bytes']} bytes, more than max_bytes={max_bytes}"
+                )
             return host.read_bytes()
 
-    def read_text(self, path: str) -> str:
-        return self.read(path).decode("utf-8", "replace")
+    def read_text(self, path: str, *, max_bytes: int = 64 << 20) -> str:
+        return self.read(path, max_bytes=max_bytes).decode("utf-8", "replace")
 
 
 class Sandbox:
