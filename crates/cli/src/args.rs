@@ -78,6 +78,10 @@ pub enum Command {
     Network(JsonFlag),
     /// Send one raw RPC request and print its result (for debugging).
     Rpc(RpcArgs),
+    /// A VM's workspace: the guest's changes as a patch, applied to the
+    /// host project, or the host's changes pushed in (docs/agents.md).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
     /// Serve the Model Context Protocol on stdin/stdout, for coding
     /// agents: tools to run commands in fresh VMs, create, exec, read and
     /// write files, snapshot, fork and delete (docs/agents.md).
@@ -94,6 +98,41 @@ pub enum Command {
     /// Write a man page for every command and subcommand into a directory
     /// (banger.1, banger-vm.1, banger-vm-create.1, ...).
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Print the guest's changes to its workspace as a git patch
+    /// (binary-safe; `git apply` takes it).
+    Diff {
+        /// The VM's name.
+        name: String,
+        /// Print only the changed files and how they changed.
+        #[arg(long, conflicts_with = "json")]
+        stat: bool,
+        /// Print JSON (the files and the patch) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the guest's changes to the host project; refused, with
+    /// nothing changed, when a file they touch changed on the host since
+    /// it was put in.
+    Apply(VmNameJson),
+    /// Push the host's changes since the workspace was put in (or last
+    /// synced or applied) into the guest; refused, with nothing pushed,
+    /// when the guest changed one of the same files.
+    Sync(VmNameJson),
+    /// Put a host project into a running VM that has none yet.
+    Push {
+        /// The VM's name.
+        name: String,
+        /// The project: DIR or DIR:GUESTPATH (default /root/work).
+        #[arg(value_name = "DIR[:GUESTPATH]")]
+        dir: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +219,12 @@ pub struct VmSpecArgs {
     /// else qemu (the create's stages say which and why).
     #[arg(long, value_name = "VMM")]
     pub vmm: Option<banger_proto::Backend>,
+    /// Put a host project into the guest once it is up, at /root/work or
+    /// GUESTPATH: in git, the tracked files and the untracked ones it
+    /// does not ignore; elsewhere the directory minus .bangerignore. Get
+    /// the guest's changes back with `banger workspace diff|apply NAME`.
+    #[arg(long, value_name = "DIR[:GUESTPATH]")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,6 +31,7 @@ mod testing;
 mod validate;
 mod vmms;
 mod vms;
+mod workspaces;
 
 pub use config::DaemonConfig;
 pub use dispatch::server;

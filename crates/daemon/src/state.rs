@@ -22,7 +22,8 @@ use crate::vms::{VmDeps, VmTable, Vms};
 /// Lock order: a VM's lock (in `vms`), then an artifact lock (in
 /// `artifacts`), then the leaf std mutexes (handles map, operation
 /// registry, the store's), which are never held across an `.await`; the
-/// store's is only taken inside `spawn_blocking`.
+/// store's is only taken inside `spawn_blocking`. A VM's workspace lock
+/// (in `workspaces`) is never held with a VM's lock.
 #[derive(Debug)]
 pub struct DaemonState {
     pub config: DaemonConfig,
@@ -43,6 +44,8 @@ pub struct DaemonState {
     pub network: Arc<Network>,
     /// Guest access: readiness, stats, ports, exec, cp.
     pub guest: Arc<Guest>,
+    /// Host projects put into guests, and their changes back.
+    pub workspaces: Arc<crate::workspaces::Workspaces>,
     #[cfg(test)]
     pub probe: crate::testing::Probe,
 }
@@ -80,6 +83,11 @@ impl DaemonState {
             &config.layout.data_dir,
             config.boot_timeout,
             config.cp_reserve,
+        ));
+        let workspaces = Arc::new(crate::workspaces::Workspaces::new(
+            db.clone(),
+            Arc::clone(&guest),
+            &config.layout.data_dir,
         ));
         let artifacts = Arc::new(Artifacts::new(db.clone(), &config, ssh.clone()));
         let accel = Arc::new(AccelChooser::new(
@@ -119,6 +127,7 @@ impl DaemonState {
             ssh,
             network,
             guest,
+            workspaces,
             #[cfg(test)]
             probe: Default::default(),
         }

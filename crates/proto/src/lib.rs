@@ -17,6 +17,7 @@ pub mod snapshot;
 pub mod time;
 pub mod types;
 pub mod vm;
+pub mod workspace;
 
 pub use egress::{BadEgress, Egress, EgressHost, EgressTarget};
 pub use envelope::{OpId, Request, Response};

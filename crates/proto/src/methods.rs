@@ -114,6 +114,14 @@ macro_rules! for_each_method {
             VmExecIo = "vm.exec.io": $crate::vm::ExecIoParams => $crate::vm::ExecIoResult,
             /// Copy one file, or a directory tree, either way.
             VmCp = "vm.cp": $crate::vm::CpParams => $crate::vm::CpResult,
+            /// Put a host project into a running VM that has no workspace.
+            VmWorkspacePush = "vm.workspace.push": $crate::workspace::WorkspacePushParams => $crate::workspace::WorkspaceView,
+            /// The guest's changes to its workspace as a git patch.
+            VmWorkspaceDiff = "vm.workspace.diff": $crate::vm::VmRef => $crate::workspace::WorkspaceDiff,
+            /// Apply the guest's changes to the host project, only over files unchanged there.
+            VmWorkspaceApply = "vm.workspace.apply": $crate::vm::VmRef => $crate::workspace::WorkspaceApplied,
+            /// Push the host's changes since the base into the guest, only over files unchanged there.
+            VmWorkspaceSync = "vm.workspace.sync": $crate::vm::VmRef => $crate::workspace::WorkspaceSynced,
             /// Build a Debian image asynchronously.
             ImageBuildBegin = "image.build.begin": $crate::vm::ImageBuildParams => $crate::vm::OpView,
             /// Every image.

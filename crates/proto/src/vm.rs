@@ -55,6 +55,10 @@ pub struct VmCreateParams {
     /// QEMU. The create's stages say which and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<Backend>,
+    /// A host project to put into the guest once it is up (a stage of the
+    /// create; a failure deletes the VM). Needs `start` and the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::WorkspaceSpec>,
 }
 
 /// Params naming one VM (by name or id).

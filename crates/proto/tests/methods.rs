@@ -21,6 +21,10 @@ use banger_proto::vm::{
     NameParams, OpRef, OpStatusParams, OpView, SshInfo, StageProgress, StageView, VmCreateParams,
     VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
+use banger_proto::workspace::{
+    ChangeKind, WorkspaceApplied, WorkspaceChange, WorkspaceDiff, WorkspacePushParams,
+    WorkspaceSynced, WorkspaceView,
+};
 use banger_proto::{
     Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
     PlannedAccel, SnapshotKind, VmState, WaitFor,
@@ -294,6 +298,34 @@ fn imported_kernel() -> KernelView {
     }
 }
 
+fn workspace_view() -> WorkspaceView {
+    WorkspaceView {
+        vm: "dev".into(),
+        host_dir: "/home/u/project".into(),
+        guest_path: "/root/work".into(),
+        files: 1042,
+        bytes: 20_480_000,
+        base: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
+    }
+}
+
+fn workspace_changes() -> Vec<WorkspaceChange> {
+    vec![
+        WorkspaceChange {
+            path: "notes.txt".into(),
+            change: ChangeKind::Added,
+        },
+        WorkspaceChange {
+            path: "src/main.rs".into(),
+            change: ChangeKind::Modified,
+        },
+        WorkspaceChange {
+            path: "old.txt".into(),
+            change: ChangeKind::Deleted,
+        },
+    ]
+}
+
 fn examples() -> Vec<Example> {
     vec![
         example::<m::Ping>(
@@ -340,6 +372,10 @@ fn examples() -> Vec<Example> {
                 cold: true,
                 wait_for: Some(WaitFor::Agent),
                 vmm: Some(banger_proto::Backend::Qemu),
+                workspace: Some(banger_proto::workspace::WorkspaceSpec {
+                    host_dir: "/home/u/project".into(),
+                    guest_path: None,
+                }),
             },
             create_op(),
         ),
@@ -505,6 +541,43 @@ fn examples() -> Vec<Example> {
                 skipped: Some(0),
                 stripped: Some(1),
                 stripped_paths: vec!["/home/u/out/tools/su".into()],
+            },
+        ),
+        example::<m::VmWorkspacePush>(
+            WorkspacePushParams {
+                name: "dev".into(),
+                host_dir: "/home/u/project".into(),
+                guest_path: None,
+            },
+            workspace_view(),
+        ),
+        example::<m::VmWorkspaceDiff>(
+            vm_ref(),
+            WorkspaceDiff {
+                vm: "dev".into(),
+                host_dir: "/home/u/project".into(),
+                changes: workspace_changes(),
+                patch: Some("diff --git a/src/main.rs b/src/main.rs\n...".into()),
+                patch_base64: None,
+            },
+        ),
+        example::<m::VmWorkspaceApply>(
+            vm_ref(),
+            WorkspaceApplied {
+                vm: "dev".into(),
+                host_dir: "/home/u/project".into(),
+                changes: workspace_changes(),
+            },
+        ),
+        example::<m::VmWorkspaceSync>(
+            vm_ref(),
+            WorkspaceSynced {
+                vm: "dev".into(),
+                guest_path: "/root/work".into(),
+                changes: vec![WorkspaceChange {
+                    path: "README.md".into(),
+                    change: ChangeKind::Modified,
+                }],
             },
         ),
         example::<m::ImageBuildBegin>(

@@ -184,6 +184,28 @@ pub fn file_set(dir: &Path) -> Result<Vec<PathBuf>, WorkspaceError> {
     Ok(files)
 }
 
+/// How one file differs from the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One file that differs from the base (path relative to the project).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// A copy's changes against the base: the patch and its files.
+#[derive(Debug, Clone)]
+pub struct Diff {
+    pub patch: Vec<u8>,
+    pub changes: Vec<Change>,
+}
+
 /// What was put into a guest: a commit in a private git directory.
 #[derive(Debug, Clone)]
 pub struct Base {
@@ -271,44 +293,134 @@ impl Base {
             ],
             b"",
         )?;
+        self.head()
+    }
+
+    /// The base's commit id.
+    pub fn head(&self) -> Result<String, WorkspaceError> {
         let head = self.git("rev-parse", None, &["rev-parse", "HEAD"], b"")?;
         Ok(String::from_utf8_lossy(&head).trim().to_owned())
     }
 
-    /// The changes in `pulled` (the guest's copy of the project, fetched
-    /// whole) against the base, as a binary-safe git patch with paths
-    /// relative to the project (`a/PATH`, `b/PATH`). Files the project's
-    /// `.gitignore` files (or a top-level `.bangerignore`) exclude are
-    /// left out unless the base has them.
-    pub fn diff(&self, pulled: &Path) -> Result<Vec<u8>, WorkspaceError> {
-        let bangerignore = pulled.join(IGNORE_FILE);
+    /// Stages `tree` against the base in the private index, with the
+    /// project's `.gitignore` files (and a top-level `.bangerignore`) in
+    /// force, runs `then`, and puts the index back to the base whatever
+    /// `then` did.
+    fn staged<T>(
+        &self,
+        tree: &Path,
+        then: impl FnOnce(&Self) -> Result<T, WorkspaceError>,
+    ) -> Result<T, WorkspaceError> {
+        let bangerignore = tree.join(IGNORE_FILE);
         let excludes = format!("core.excludesFile={}", bangerignore.display());
-        let tree = Some(pulled);
         self.git("read-tree", None, &["read-tree", "HEAD"], b"")?;
-        self.git(
-            "add",
-            tree,
-            &["-c", "core.bare=false", "-c", &excludes, "add", "-A"],
-            b"",
-        )?;
-        let patch = self.git(
-            "diff",
-            tree,
+        let staged = self
+            .git(
+                "add",
+                Some(tree),
+                &["-c", "core.bare=false", "-c", &excludes, "add", "-A"],
+                b"",
+            )
+            .and_then(|_| then(self));
+        self.git("read-tree", None, &["read-tree", "HEAD"], b"")?;
+        staged
+    }
+
+    /// The staged changes against the base, one per path.
+    fn staged_changes(&self, tree: &Path) -> Result<Vec<Change>, WorkspaceError> {
+        let out = self.git(
+            "diff --name-status",
+            Some(tree),
             &[
                 "-c",
                 "core.bare=false",
                 "diff",
                 "--cached",
-                "--binary",
+                "--name-status",
+                "-z",
                 "--no-renames",
-                "--no-color",
                 "HEAD",
             ],
             b"",
-        );
-        // The index back to the base, whatever the diff did.
+        )?;
+        // `STATUS\0PATH\0` per file.
+        let fields = nul_separated(&out);
+        Ok(fields
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [status, path] => Some(Change {
+                    path: path.clone(),
+                    kind: match status.as_str() {
+                        "A" => ChangeKind::Added,
+                        "D" => ChangeKind::Deleted,
+                        _ => ChangeKind::Modified,
+                    },
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// What differs in `tree` (a copy of the project: the guest's, pulled
+    /// whole, or the host's own) from the base, file by file, sorted.
+    pub fn changes(&self, tree: &Path) -> Result<Vec<Change>, WorkspaceError> {
+        self.staged(tree, |base| base.staged_changes(tree))
+    }
+
+    /// The changes in `pulled` (the guest's copy of the project, fetched
+    /// whole) against the base, as a binary-safe git patch with paths
+    /// relative to the project (`a/PATH`, `b/PATH`), and file by file.
+    /// Files the project's `.gitignore` files (or a top-level
+    /// `.bangerignore`) exclude are left out unless the base has them.
+    pub fn diff(&self, pulled: &Path) -> Result<Diff, WorkspaceError> {
+        self.staged(pulled, |base| {
+            let patch = base.git(
+                "diff",
+                Some(pulled),
+                &[
+                    "-c",
+                    "core.bare=false",
+                    "diff",
+                    "--cached",
+                    "--binary",
+                    "--no-renames",
+                    "--no-color",
+                    "HEAD",
+                ],
+                b"",
+            )?;
+            Ok(Diff {
+                patch,
+                changes: base.staged_changes(pulled)?,
+            })
+        })
+    }
+
+    /// Moves the base on to hold `paths` as they are now in `work_tree`
+    /// (files pushed into the guest, or removed there, since the base
+    /// was recorded). Returns the new commit id.
+    pub fn advance(&self, work_tree: &Path, paths: &[String]) -> Result<String, WorkspaceError> {
         self.git("read-tree", None, &["read-tree", "HEAD"], b"")?;
-        patch
+        let mut list = Vec::new();
+        for p in paths {
+            list.extend_from_slice(p.as_bytes());
+            list.push(0);
+        }
+        self.git(
+            "add",
+            Some(work_tree),
+            &[
+                "-c",
+                "core.bare=false",
+                "add",
+                "-A",
+                "-f",
+                "--pathspec-from-file=-",
+                "--pathspec-file-nul",
+            ],
+            &list,
+        )?;
+        self.commit(work_tree, "pushed into the guest")
     }
 
     /// The paths `patch` touches.

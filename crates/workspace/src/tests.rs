@@ -112,7 +112,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
 
     // Nothing changed in the guest: an empty patch.
     copy_files(&host, &guest, &files);
-    assert!(base.diff(&guest).unwrap().is_empty());
+    assert!(base.diff(&guest).unwrap().patch.is_empty());
 
     // The guest edits a file, adds one, deletes one, rewrites the binary
     // file and makes a build output its .gitignore excludes.
@@ -121,7 +121,22 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
         "printf 'one\\nTWO\\n' > tracked.txt && echo added > added.txt && rm untracked.txt \
          && head -c 2000 /dev/urandom > blob.bin && mkdir -p build && echo o > build/new.o",
     );
-    let patch = base.diff(&guest).unwrap();
+    let diff = base.diff(&guest).unwrap();
+    let patch = diff.patch.clone();
+    let kinds: Vec<(&str, ChangeKind)> = diff
+        .changes
+        .iter()
+        .map(|c| (c.path.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("added.txt", ChangeKind::Added),
+            ("blob.bin", ChangeKind::Modified),
+            ("tracked.txt", ChangeKind::Modified),
+            ("untracked.txt", ChangeKind::Deleted),
+        ]
+    );
     assert_eq!(
         patched(&patch),
         ["added.txt", "blob.bin", "tracked.txt", "untracked.txt"],
@@ -130,7 +145,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     );
     assert!(String::from_utf8_lossy(&patch).contains("GIT binary patch"));
     // The same again: the diff leaves the record as it was.
-    assert_eq!(base.diff(&guest).unwrap(), patch);
+    assert_eq!(base.diff(&guest).unwrap().patch, patch);
 
     // An edit on the host to a file the patch touches: refused, nothing
     // changed.
@@ -167,5 +182,26 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     }
     assert!(!host.join("untracked.txt").exists());
     // The base moved on: the guest now differs from it in nothing.
-    assert!(base.diff(&guest).unwrap().is_empty());
+    assert!(base.diff(&guest).unwrap().patch.is_empty());
+}
+
+#[test]
+fn host_changes_pushed_in_move_the_base_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (host, record) = (tmp.path().join("host"), tmp.path().join("base.git"));
+    std::fs::create_dir_all(&host).unwrap();
+    project(&host);
+    let files = file_set(&host).unwrap();
+    let (base, first) = Base::record(&record, &host, &files).unwrap();
+    assert!(base.changes(&host).unwrap().is_empty());
+    sh(
+        &host,
+        "echo more >> tracked.txt && echo n > new.txt && rm untracked.txt && echo y > more.log",
+    );
+    let changes = base.changes(&host).unwrap();
+    let paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+    assert_eq!(paths, ["new.txt", "tracked.txt", "untracked.txt"]);
+    let second = base.advance(&host, &paths).unwrap();
+    assert_ne!(first, second);
+    assert!(base.changes(&host).unwrap().is_empty());
 }

@@ -11,6 +11,7 @@ mod snapshot;
 mod system;
 mod tail;
 mod vm;
+mod workspace;
 
 use banger_paths::Layout;
 
@@ -50,6 +51,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Daemon(DaemonCommand::Uninstall(a)) => daemon::uninstall_unit(&layout, a.json),
         Command::Rpc(a) => rpc::run(&target()?, a),
         Command::Mcp => crate::mcp::serve(target()?),
+        Command::Workspace(c) => workspace::run(&target()?, c),
         Command::Vm(c) => vm::run(&target()?, c),
         Command::Image(c) => artifacts::image(&target()?, c),
         Command::Kernel(c) => artifacts::kernel(&target()?, c),

@@ -404,6 +404,11 @@ fn create_params(name: &str, spec: &VmSpecArgs, start: bool) -> Result<VmCreateP
         cold: spec.cold,
         wait_for: spec.wait,
         vmm: spec.vmm,
+        workspace: spec
+            .workspace
+            .as_deref()
+            .map(super::workspace::parse_spec)
+            .transpose()?,
     })
 }
 
@@ -531,6 +536,12 @@ fn vm_run(
         Err(CliError::Daemon(e)) if e.code == ErrorCode::NotFound => None,
         Err(e) => return Err(e),
     };
+    let workspace = spec
+        .workspace
+        .as_deref()
+        .map(super::workspace::parse_spec)
+        .transpose()?;
+    let reused = existing.is_some();
     match existing {
         Some(vm) if vm.state == VmState::Running => {}
         Some(vm) if vm.state == VmState::Paused => {
@@ -546,13 +557,22 @@ fn vm_run(
             create(client, &name, spec, true, false)?;
         }
     }
+    if let (true, Some(ws)) = (reused, &workspace) {
+        reuse_workspace(client, &name, ws)?;
+    }
+    // The command runs in the workspace when there is one.
+    let cwd = workspace.as_ref().map(|w| {
+        w.guest_path
+            .clone()
+            .unwrap_or_else(|| banger_proto::workspace::DEFAULT_GUEST_PATH.to_owned())
+    });
     let vm = client.call::<methods::VmShow>(&VmRef { name: name.clone() })?;
     if vm.agent_shell {
         // The image's own env, working directory and user (and with no
         // command, its entrypoint and cmd), which the agent applies.
         use std::io::IsTerminal;
         let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-        let result = super::guest::exec_in(client, &name, tty, command, None, Vec::new());
+        let result = super::guest::exec_in(client, &name, tty, command, cwd, Vec::new());
         after_run(client, &name, rm);
         return result;
     }
@@ -570,7 +590,8 @@ fn vm_run(
             ("USER".to_owned(), "root".to_owned()),
             ("LOGNAME".to_owned(), "root".to_owned()),
         ];
-        let result = super::guest::exec_in(client, &name, tty, command, Some("/root".into()), env);
+        let cwd = cwd.unwrap_or_else(|| "/root".into());
+        let result = super::guest::exec_in(client, &name, tty, command, Some(cwd), env);
         after_run(client, &name, rm);
         return result;
     }
@@ -581,6 +602,18 @@ fn vm_run(
         let ignore = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sig = signal_hook::flag::register(signal_hook::consts::SIGINT, ignore)
             .map_err(CliError::Io)?;
+        let in_dir: Vec<String>;
+        let command = match &cwd {
+            Some(dir) => {
+                in_dir = ["sh", "-c", "cd \"$0\" && exec \"$@\"", dir]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .chain(command.iter().cloned())
+                    .collect();
+                &in_dir[..]
+            }
+            None => command,
+        };
         let status = ssh_command(&info, command, Remote::Argv).status();
         signal_hook::low_level::unregister(sig);
         status.map_err(|source| CliError::Spawn {
@@ -594,6 +627,41 @@ fn vm_run(
         Ok(())
     } else {
         Err(CliError::ChildExit(code))
+    }
+}
+
+/// `vm run --workspace` on a VM that exists: the project put in when it
+/// has no workspace yet, else the host's changes since pushed in.
+fn reuse_workspace(
+    client: &mut Client,
+    name: &str,
+    ws: &banger_proto::workspace::WorkspaceSpec,
+) -> Result<(), CliError> {
+    let pushed =
+        client.call::<methods::VmWorkspacePush>(&banger_proto::workspace::WorkspacePushParams {
+            name: name.to_owned(),
+            host_dir: ws.host_dir.clone(),
+            guest_path: ws.guest_path.clone(),
+        });
+    match pushed {
+        Ok(view) => {
+            super::workspace::print_view(&view);
+            Ok(())
+        }
+        Err(CliError::Daemon(e)) if e.code == ErrorCode::Conflict => {
+            let synced = client.call::<methods::VmWorkspaceSync>(&VmRef {
+                name: name.to_owned(),
+            })?;
+            if !synced.changes.is_empty() {
+                note!(
+                    "pushed {} host change(s) into vm {name}:{}",
+                    synced.changes.len(),
+                    synced.guest_path
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

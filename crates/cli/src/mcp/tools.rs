@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use banger_proto::methods::{
     VmCp, VmCreateBegin, VmDelete, VmExecBegin, VmExecIo, VmForkBegin, VmList, VmPorts, VmShow,
-    VmSnapshotBegin, VmStart, VmStop,
+    VmSnapshotBegin, VmStart, VmStop, VmWorkspaceApply, VmWorkspaceDiff, VmWorkspacePush,
+    VmWorkspaceSync,
 };
 use banger_proto::snapshot::{SnapshotView, VmForkParams, VmForked, VmSnapshotParams};
 use banger_proto::vm::{
     CpParams, ExecBeginParams, ExecIoParams, VmCreateParams, VmDeleteParams, VmRef, VmView,
 };
+use banger_proto::workspace::{DEFAULT_GUEST_PATH, WorkspacePushParams, WorkspaceSpec};
 use banger_proto::{Egress, ErrorBody, ErrorCode, NetworkMode};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -92,6 +94,10 @@ pub struct RunParams {
     pub egress: Option<Egress>,
     #[serde(default)]
     pub network: Option<NetworkMode>,
+    /// A host project (absolute directory) to put into the VM first; the
+    /// command then runs in it unless `cwd` says otherwise.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceSpec>,
     #[serde(default)]
     pub cwd: Option<String>,
     #[serde(default)]
@@ -432,8 +438,16 @@ impl BangerTools {
                 memory_mib: p.memory_mib,
                 egress: p.egress,
                 network: p.network,
+                workspace: p.workspace.clone(),
                 ..Default::default()
             };
+            let cwd = p.cwd.or_else(|| {
+                p.workspace.as_ref().map(|w| {
+                    w.guest_path
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_GUEST_PATH.to_owned())
+                })
+            });
             let created = self
                 .begin_and_wait_as::<VmCreateBegin, VmView>(&params, &ctx, &create_op)
                 .await;
@@ -445,7 +459,7 @@ impl BangerTools {
                     let run = ExecRun {
                         name: name.clone(),
                         argv,
-                        cwd: p.cwd,
+                        cwd,
                         env: p.env,
                         stdin: p.stdin,
                         timeout,
@@ -627,6 +641,54 @@ impl BangerTools {
     ) -> Result<CallToolResult, McpError> {
         Ok(finish(
             call::<VmDelete>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(
+        description = "Put a host project (an absolute directory) into a running VM that has none yet, at `guest_path` (default /root/work): in git, the tracked files and the untracked ones not ignored; elsewhere the directory minus .bangerignore."
+    )]
+    async fn vm_workspace_push(
+        &self,
+        Parameters(p): Parameters<WorkspacePushParams>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmWorkspacePush>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(
+        description = "The guest's changes to its workspace since it was put in: the changed files and a git patch (binary-safe)."
+    )]
+    async fn vm_workspace_diff(
+        &self,
+        Parameters(p): Parameters<VmRef>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmWorkspaceDiff>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(
+        description = "Apply the guest's workspace changes to the host project; refused (a conflict naming the files, nothing changed) when a file they touch changed on the host."
+    )]
+    async fn vm_workspace_apply(
+        &self,
+        Parameters(p): Parameters<VmRef>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmWorkspaceApply>(&self.target, &p, &mint_op_id()).await,
+        ))
+    }
+
+    #[tool(
+        description = "Push the host project's changes since the workspace was put in into the guest; refused (a conflict naming the files, nothing pushed) when the guest changed one of the same files."
+    )]
+    async fn vm_workspace_sync(
+        &self,
+        Parameters(p): Parameters<VmRef>,
+    ) -> Result<CallToolResult, McpError> {
+        Ok(finish(
+            call::<VmWorkspaceSync>(&self.target, &p, &mint_op_id()).await,
         ))
     }
 

@@ -182,6 +182,9 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::AgentNotWaitedFor { .. }
         | E::BootTimeout { .. }
         | E::VmmExited
+        | E::GuestNotDirectory(_)
+        | E::CommandFailed { .. }
+        | E::CommandTimeout { .. }
         | E::ExecLost { .. }
         | E::HostFile { .. }
         | E::HostWriterGone
@@ -192,6 +195,26 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::TreeName(_)
         | E::TreeStream(_)
         | E::Task(..) => ErrorCode::OperationFailed,
+    }
+}
+
+impl From<crate::workspaces::WorkspaceError> for RpcError {
+    fn from(e: crate::workspaces::WorkspaceError) -> Self {
+        use crate::workspaces::WorkspaceError as E;
+        let code = match &e {
+            E::Store(e) => store_code(e),
+            E::Guest(e) => guest_code(e),
+            E::HostNotAbsolute(_) | E::BadGuestPath(_) | E::NeedsStart => ErrorCode::BadParams,
+            E::HostNotDirectory(_) => ErrorCode::NotFound,
+            E::AlreadyHas { .. } | E::HostChanged { .. } | E::GuestChanged { .. } => {
+                ErrorCode::Conflict
+            }
+            E::NoWorkspace { .. } => ErrorCode::NotFound,
+            E::Project { .. } | E::Io { .. } | E::BadRecord { .. } | E::Task(_) => {
+                ErrorCode::OperationFailed
+            }
+        };
+        Self::from_domain(code, &e)
     }
 }
 

@@ -10,6 +10,9 @@ use banger_proto::vm::{
     CpParams, CpResult, ExecBeginParams, ExecBegun, ExecIoParams, ExecIoResult, OpView, SshInfo,
     VmCreateParams, VmDeleteParams, VmDeleted, VmEditParams, VmKillParams, VmRef, VmStats, VmView,
 };
+use banger_proto::workspace::{
+    WorkspaceApplied, WorkspaceDiff, WorkspacePushParams, WorkspaceSynced, WorkspaceView,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -68,7 +71,14 @@ where
 }
 
 impl Handler for methods::VmCreateBegin {
-    async fn handle(ctx: RequestCtx, p: VmCreateParams) -> Result<OpView, RpcError> {
+    async fn handle(ctx: RequestCtx, mut p: VmCreateParams) -> Result<OpView, RpcError> {
+        let workspace = match p.workspace.take() {
+            Some(_) if p.start == Some(false) => {
+                return Err(crate::workspaces::WorkspaceError::NeedsStart.into());
+            }
+            Some(spec) => Some(crate::workspaces::check(&spec)?),
+            None => None,
+        };
         let plan = ctx.state.vms.plan_create(&ctx.op_id, p).await?;
         let vms = Arc::clone(&ctx.state.vms);
         let target = plan.name.clone();
@@ -83,6 +93,11 @@ impl Handler for methods::VmCreateBegin {
                         if let Some(job) = warm {
                             begin_warm(&state.ops, &vms, job);
                         }
+                        if let Some(ws) = workspace {
+                            put_workspace(&state, &op, &view.name, ws)
+                                .await
+                                .map_err(RpcError::into_body)?;
+                        }
                         to_value(view).map_err(RpcError::into_body)
                     }
                     Err(e) => Err(RpcError::from(e).into_body()),
@@ -90,6 +105,41 @@ impl Handler for methods::VmCreateBegin {
             },
         );
         Ok(op.view())
+    }
+}
+
+/// A create's last stage: the project into the new VM; a failure (or a
+/// cancel) deletes the VM, so a create with a workspace leaves a VM with
+/// its workspace or nothing.
+async fn put_workspace(
+    state: &crate::state::DaemonState,
+    op: &OpCtx,
+    vm: &str,
+    ws: crate::workspaces::Checked,
+) -> Result<(), RpcError> {
+    op.stage(&format!("workspace {}", ws.describe()));
+    let pushed = tokio::select! {
+        pushed = state.workspaces.push(vm, ws) => pushed.map_err(RpcError::from),
+        () = op.cancel_token().cancelled() => Err(RpcError::from(crate::op::Cancelled)),
+    };
+    match pushed {
+        Ok(view) => {
+            tracing::info!(
+                vm,
+                files = view.files,
+                bytes = view.bytes,
+                "workspace in the guest"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            op.stage("roll back");
+            let rollback = OpCtx::new(op.id().clone(), CancellationToken::new());
+            if let Err(d) = state.vms.delete(vm, true, &rollback).await {
+                tracing::warn!(vm, error = %crate::error::chain(&d), "rollback: delete failed");
+            }
+            Err(e)
+        }
     }
 }
 
@@ -270,5 +320,29 @@ impl Handler for methods::VmExecIo {
 impl Handler for methods::VmCp {
     async fn handle(ctx: RequestCtx, p: CpParams) -> Result<CpResult, RpcError> {
         Ok(ctx.state.guest.cp(p).await?)
+    }
+}
+
+impl Handler for methods::VmWorkspacePush {
+    async fn handle(ctx: RequestCtx, p: WorkspacePushParams) -> Result<WorkspaceView, RpcError> {
+        Ok(ctx.state.workspaces.push_params(p).await?)
+    }
+}
+
+impl Handler for methods::VmWorkspaceDiff {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<WorkspaceDiff, RpcError> {
+        Ok(ctx.state.workspaces.diff(&name).await?)
+    }
+}
+
+impl Handler for methods::VmWorkspaceApply {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<WorkspaceApplied, RpcError> {
+        Ok(ctx.state.workspaces.apply(&name).await?)
+    }
+}
+
+impl Handler for methods::VmWorkspaceSync {
+    async fn handle(ctx: RequestCtx, VmRef { name }: VmRef) -> Result<WorkspaceSynced, RpcError> {
+        Ok(ctx.state.workspaces.sync(&name).await?)
     }
 }

@@ -8,7 +8,7 @@ daemon's socket (docs/agents.md).
 """
 
 from .client import BangerError, Client, DaemonUnavailable
-from .sandbox import ExecResult, ExecTimeout, Files, Sandbox, list_sandboxes
+from .sandbox import ExecResult, ExecTimeout, Files, Sandbox, Workspace, list_sandboxes
 
 __all__ = [
     "BangerError",
@@ -18,6 +18,7 @@ __all__ = [
     "ExecTimeout",
     "Files",
     "Sandbox",
+    "Workspace",
     "list_sandboxes",
 ]
 __version__ = "0.1.0"

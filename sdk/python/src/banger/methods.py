@@ -28,6 +28,7 @@ PARAMS: Dict[str, FrozenSet[str]] = {
             "vmm",
             "wait_for",
             "start",
+            "workspace",
         }
     ),
     "vm.show": frozenset({"name"}),
@@ -41,6 +42,10 @@ PARAMS: Dict[str, FrozenSet[str]] = {
     "vm.cp": frozenset({"name", "to_guest", "host_path", "guest_path", "recursive"}),
     "vm.snapshot.begin": frozenset({"name", "snapshot"}),
     "vm.fork.begin": frozenset({"name", "new_name", "count"}),
+    "vm.workspace.push": frozenset({"name", "host_dir", "guest_path"}),
+    "vm.workspace.diff": frozenset({"name"}),
+    "vm.workspace.apply": frozenset({"name"}),
+    "vm.workspace.sync": frozenset({"name"}),
     "snapshot.delete": frozenset({"name"}),
     "op.status": frozenset({"op_id", "wait_ms"}),
     "op.cancel": frozenset({"op_id"}),

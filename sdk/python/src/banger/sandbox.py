@@ -8,6 +8,7 @@ the block raises, unless ``keep=True``.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import tempfile
 import time
@@ -108,6 +109,56 @@ class Files:
         return self.read(path, max_bytes=max_bytes).decode("utf-8", "replace")
 
 
+def _workspace(
+    directory: Union[str, "os.PathLike[str]", None], guest_path: Optional[str]
+) -> Optional[Dict[str, Any]]:
+    if directory is None:
+        return None
+    return without_none(
+        {"host_dir": os.path.abspath(os.fspath(directory)), "guest_path": guest_path}
+    )
+
+
+class Workspace:
+    """A host project in the sandbox (``workspace=DIR`` at create, or
+    ``push``): the guest's changes back as a git patch, applied to the
+    host only over files unchanged there; the host's changes pushed in."""
+
+    def __init__(self, sandbox: "Sandbox"):
+        self._sb = sandbox
+
+    def push(
+        self, directory: Union[str, "os.PathLike[str]"], guest_path: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Puts ``directory`` into the guest (at /root/work unless told)."""
+        params = dict(_workspace(directory, guest_path) or {})
+        params["name"] = self._sb.name
+        return self._sb.client.call("vm.workspace.push", params)
+
+    def diff(self) -> Dict[str, Any]:
+        """The guest's changes: ``changes`` (``path``, ``change``) and the
+        git ``patch`` (``patch_base64`` when it is not UTF-8)."""
+        return self._sb.client.call("vm.workspace.diff", {"name": self._sb.name})
+
+    def patch(self) -> bytes:
+        """The guest's changes as the bytes of a git patch."""
+        d = self.diff()
+        if d.get("patch_base64"):
+            return base64.b64decode(d["patch_base64"])
+        return (d.get("patch") or "").encode()
+
+    def apply(self) -> Dict[str, Any]:
+        """Applies the guest's changes to the host project; a file they
+        touch that changed on the host makes it a ``conflict`` (nothing
+        changed)."""
+        return self._sb.client.call("vm.workspace.apply", {"name": self._sb.name})
+
+    def sync(self) -> Dict[str, Any]:
+        """Pushes the host's changes since into the guest; a file the
+        guest changed too makes it a ``conflict`` (nothing pushed)."""
+        return self._sb.client.call("vm.workspace.sync", {"name": self._sb.name})
+
+
 class Sandbox:
     """A banger VM. Made by ``Sandbox.create(...)`` or on entering
     ``with Sandbox(...)``; deleted on leaving the block unless ``keep``."""
@@ -127,6 +178,8 @@ class Sandbox:
         from_snapshot: Optional[str] = None,
         vmm: Optional[str] = None,
         wait_for: Optional[str] = None,
+        workspace: Union[str, "os.PathLike[str]", None] = None,
+        workspace_path: Optional[str] = None,
         keep: bool = False,
         client: Optional[Client] = None,
         on_stage: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -136,6 +189,7 @@ class Sandbox:
         self.keep = keep
         self.client = client if client is not None else Client()
         self.files = Files(self)
+        self.workspace = Workspace(self)
         self.info: Optional[Dict[str, Any]] = None
         self._on_stage = on_stage
         self._timeout = timeout
@@ -153,6 +207,7 @@ class Sandbox:
                 "from_snapshot": from_snapshot,
                 "vmm": vmm,
                 "wait_for": wait_for,
+                "workspace": _workspace(workspace, workspace_path),
             }
         )
 

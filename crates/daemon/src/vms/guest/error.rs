@@ -54,6 +54,22 @@ pub enum GuestError {
     BootTimeout { secs: u64 },
     #[error("the vmm exited during boot")]
     VmmExited,
+    #[error("{0} is not a directory in the guest")]
+    GuestNotDirectory(String),
+    /// A command the daemon ran in the guest for itself failed.
+    #[error("vm {vm}: {program} failed ({status}): {stderr}")]
+    CommandFailed {
+        vm: String,
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("vm {vm}: {program} did not finish within {secs} s")]
+    CommandTimeout {
+        vm: String,
+        program: String,
+        secs: u64,
+    },
 
     // Bad input.
     #[error("nothing to run: give a command after --")]

@@ -322,6 +322,79 @@ impl Guest {
         }
     }
 
+    /// Runs `argv` in the VM `name` to its end (at most `timeout`) for
+    /// the daemon's own needs (make a directory, remove files); a
+    /// non-zero exit is an error carrying the start of its stderr.
+    pub(crate) async fn run_checked(
+        &self,
+        name: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), GuestError> {
+        /// What of a failed command's stderr goes into the error.
+        const STDERR_KEPT: usize = 2048;
+        let program = argv.first().cloned().unwrap_or_default();
+        let begun = self
+            .exec_begin(ExecBeginParams {
+                name: name.to_owned(),
+                argv,
+                tty: false,
+                rows: None,
+                cols: None,
+                env: Vec::new(),
+                cwd: None,
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stderr = Vec::new();
+        loop {
+            let io = self
+                .exec_io(ExecIoParams {
+                    exec_id: begun.exec_id.clone(),
+                    stdin_eof: true,
+                    wait_ms: Some(5_000),
+                    ..Default::default()
+                })
+                .await?;
+            if stderr.len() < STDERR_KEPT {
+                if let Ok(bytes) = B64.decode(&io.stderr) {
+                    stderr.extend_from_slice(&bytes);
+                    stderr.truncate(STDERR_KEPT);
+                }
+            }
+            if io.done {
+                if io.exit_code == Some(0) {
+                    return Ok(());
+                }
+                return Err(GuestError::CommandFailed {
+                    vm: name.to_owned(),
+                    program,
+                    status: match (io.exit_code, io.signal) {
+                        (Some(code), _) => format!("exit code {code}"),
+                        (None, Some(signal)) => format!("signal {signal}"),
+                        (None, None) => "no exit status".to_owned(),
+                    },
+                    stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = self
+                    .exec_io(ExecIoParams {
+                        exec_id: begun.exec_id.clone(),
+                        signal: Some("KILL".to_owned()),
+                        wait_ms: Some(0),
+                        ..Default::default()
+                    })
+                    .await;
+                return Err(GuestError::CommandTimeout {
+                    vm: name.to_owned(),
+                    program,
+                    secs: timeout.as_secs(),
+                });
+            }
+        }
+    }
+
     /// Kills and forgets sessions whose client went away without finishing.
     fn reap_idle_execs(&self) {
         let idle: Vec<Arc<ExecSession>> = {

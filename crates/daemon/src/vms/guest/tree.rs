@@ -45,6 +45,62 @@ use super::{CALL_TIMEOUT, GuestError};
 pub(super) const MAX_STRIPPED_LISTED: usize = 16;
 use crate::agent::{AgentConn, AgentError};
 
+impl super::Guest {
+    /// Sends `files` of the host directory `host` (relative paths) into
+    /// the guest directory `guest_dir` of the running VM `name`, made
+    /// (with its parents) when missing, overwriting files already there.
+    pub(crate) async fn push_files(
+        &self,
+        name: &str,
+        host: &Path,
+        files: Vec<PathBuf>,
+        guest_dir: &str,
+    ) -> Result<CpResult, GuestError> {
+        let (vm, conn) = self.agent_for(name).await?;
+        let guest = Path::new(guest_dir);
+        let (Some(parent), Some(top)) = (guest.parent(), guest.file_name()) else {
+            return Err(GuestError::GuestNamesNoFile(guest_dir.to_owned()));
+        };
+        if parent != Path::new("/") {
+            self.run_checked(
+                &vm.id,
+                vec![
+                    "mkdir".into(),
+                    "-p".into(),
+                    "--".into(),
+                    parent.display().to_string(),
+                ],
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+        send_tree(
+            &vm.name,
+            &conn,
+            host,
+            Some(files),
+            &parent.display().to_string(),
+            top.to_string_lossy().into_owned(),
+        )
+        .await
+    }
+
+    /// Fetches the guest directory `guest_dir` of the running VM `name`
+    /// into the host path `dest` (which must not exist), unpacked as
+    /// untrusted (`unpack_untrusted`), within the free space reserve.
+    pub(crate) async fn pull_dir(
+        &self,
+        name: &str,
+        guest_dir: &str,
+        dest: &Path,
+    ) -> Result<CpResult, GuestError> {
+        let (vm, conn) = self.agent_for(name).await?;
+        from_guest(&vm.name, &conn, guest_dir, dest, self.cp_reserve)
+            .await?
+            .ok_or_else(|| GuestError::GuestNotDirectory(guest_dir.to_owned()))
+    }
+}
+
 /// Copies the host directory `host` into the guest: to `guest/NAME` when
 /// `guest` is a directory there, else to `guest` itself.
 pub(super) async fn to_guest(
@@ -53,12 +109,27 @@ pub(super) async fn to_guest(
     host: &Path,
     guest: &str,
 ) -> Result<CpResult, GuestError> {
-    conn.require(capability::TREE, "directory copy")
-        .map_err(|e| GuestError::agent(vm, e))?;
     let name = host
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| GuestError::HostNamesNoFile(host.to_owned()))?;
+    send_tree(vm, conn, host, None, guest, name).await
+}
+
+/// Sends the host directory `host` (or only `files` of it, relative
+/// paths, with the directories on their way) as the guest tree named
+/// `name` in the guest directory `guest` (or `guest` itself when it is
+/// not a directory there), overwriting what is there.
+pub(super) async fn send_tree(
+    vm: &str,
+    conn: &AgentConn,
+    host: &Path,
+    files: Option<Vec<PathBuf>>,
+    guest: &str,
+    name: String,
+) -> Result<CpResult, GuestError> {
+    conn.require(capability::TREE, "directory copy")
+        .map_err(|e| GuestError::agent(vm, e))?;
     let mode = fs::metadata(host)
         .map_err(|source| GuestError::NoHostFile {
             path: host.to_owned(),
@@ -83,7 +154,10 @@ pub(super) async fn to_guest(
         .map_err(|e| GuestError::agent(vm, e))?;
     let (tx, mut chunks) = mpsc::channel::<Vec<u8>>(4);
     let top = host.to_owned();
-    let packing = tokio::task::spawn_blocking(move || pack(&top, ChannelWriter::new(tx)));
+    let packing = tokio::task::spawn_blocking(move || match files {
+        None => pack(&top, ChannelWriter::new(tx)),
+        Some(files) => pack_files(&top, &files, ChannelWriter::new(tx)),
+    });
     let mut refused = None;
     while let Some(chunk) = chunks.recv().await {
         if let Ok(Some(Frame {
@@ -525,6 +599,70 @@ pub(super) fn pack(top: &Path, writer: impl Write) -> Result<u64, GuestError> {
         .map_err(read(top))?;
     let mut skipped = 0;
     walk(&mut b, top, Path::new(""), &mut skipped)?;
+    b.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(read(top))?;
+    Ok(skipped)
+}
+
+/// Packs `files` (relative to `top`, as a workspace's file set lists
+/// them) as a tar stream: `.` for the top, each directory on the way to
+/// a file once, before it; symlinks as symlinks; a listed file gone since
+/// the listing, or not a file or symlink, is left out and counted.
+pub(super) fn pack_files(
+    top: &Path,
+    files: &[PathBuf],
+    writer: impl Write,
+) -> Result<u64, GuestError> {
+    let read = |p: &Path| {
+        let p = p.to_owned();
+        move |e| GuestError::host_file("read", &p)(e)
+    };
+    let meta = fs::metadata(top).map_err(read(top))?;
+    let mut b = tar::Builder::new(writer);
+    b.follow_symlinks(false);
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata(&meta);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_size(0);
+    b.append_data(&mut header, ".", io::empty())
+        .map_err(read(top))?;
+    let mut skipped = 0;
+    let mut dirs = std::collections::HashSet::new();
+    for rel in files {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            skipped += 1;
+            continue;
+        }
+        let abs = top.join(rel);
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.is_file() || m.file_type().is_symlink() => {}
+            Ok(_) => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(GuestError::host_file("stat", &abs)(e)),
+        }
+        let mut parents: Vec<&Path> = rel.ancestors().skip(1).collect();
+        parents.retain(|p| !p.as_os_str().is_empty());
+        for dir in parents.into_iter().rev() {
+            if dirs.insert(dir.to_owned()) {
+                let d = top.join(dir);
+                b.append_path_with_name(&d, dir)
+                    .map_err(GuestError::host_file("read", &d))?;
+            }
+        }
+        b.append_path_with_name(&abs, rel)
+            .map_err(GuestError::host_file("read", &abs))?;
+    }
     b.into_inner()
         .and_then(|mut w| w.flush())
         .map_err(read(top))?;
