@@ -332,6 +332,7 @@ impl Agent {
             | Message::StatsReply { .. }
             | Message::PortsReply { .. }
             | Message::Started { .. }
+            | Message::StdinRead { .. }
             | Message::Stdout { .. }
             | Message::Stderr { .. }
             | Message::Exited { .. }

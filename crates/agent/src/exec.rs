@@ -335,7 +335,10 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
     drop(done_tx);
     if let (None, Some(sink)) = (&failed, stdin_sink) {
         let backlog = Arc::clone(&ctl.backlog);
-        if let Err(e) = crate::spawn("exec-stdin", move || feed_stdin(sink, stdin_rx, &backlog)) {
+        let out = Arc::clone(out);
+        if let Err(e) = crate::spawn("exec-stdin", move || {
+            feed_stdin(id, sink, stdin_rx, &backlog, &out)
+        }) {
             failed = Some(e);
         }
     }
@@ -651,9 +654,17 @@ fn pump(fd: OwnedFd, id: u64, is_stdout: bool, out: &Out, stop: &AtomicBool) {
 
 /// Writes stdin chunks to the process until the channel closes (stdin
 /// closed, or the process ended); a process that stopped reading makes
-/// the rest be dropped.
-fn feed_stdin(mut sink: File, rx: mpsc::Receiver<Vec<u8>>, backlog: &AtomicUsize) {
+/// the rest be dropped. After each chunk, says how much the process took
+/// in all (`StdinRead`), which the host's flow control waits for.
+fn feed_stdin(
+    id: u64,
+    mut sink: File,
+    rx: mpsc::Receiver<Vec<u8>>,
+    backlog: &AtomicUsize,
+    out: &Out,
+) {
     let mut broken = false;
+    let mut taken = 0u64;
     for chunk in rx {
         if !broken {
             if let Err(e) = sink.write_all(&chunk) {
@@ -664,6 +675,8 @@ fn feed_stdin(mut sink: File, rx: mpsc::Receiver<Vec<u8>>, backlog: &AtomicUsize
             }
         }
         backlog.fetch_sub(chunk.len(), Ordering::AcqRel);
+        taken += chunk.len() as u64;
+        out.send(Frame::new(Message::StdinRead { id, bytes: taken }));
     }
 }
 

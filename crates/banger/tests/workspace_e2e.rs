@@ -95,6 +95,45 @@ fn a_project_in_and_its_changes_back() {
     );
     eprintln!("    {:?}", t.elapsed());
 
+    let t = step("by hand, for comparison: tar c | vm exec tar x; 20 MiB into a slow reader");
+    // Flow control: stdin goes no faster than the guest process reads
+    // (before it, a reader that waited made the agent drop input).
+    let out = w
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "git ls-files -z | tar c --null -T - | {} vm exec ws -- sh -c 'mkdir -p /root/hand && tar x -C /root/hand && find /root/hand -type f | sort'",
+            common::BANGER
+        ))
+        .current_dir(&proj)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/root/hand/.gitignore\n/root/hand/blob.bin\n/root/hand/del.txt\n/root/hand/src/main.rs\n/root/hand/tracked.txt\n"
+    );
+    let random = w.root().join("random.bin");
+    sh(
+        w.root(),
+        &format!("head -c 20971520 /dev/urandom > {}", random.display()),
+    );
+    let want = sh(w.root(), "sha256sum random.bin | cut -d' ' -f1");
+    let out = w
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} vm exec ws -- sh -c 'sleep 3; sha256sum | cut -d\" \" -f1' < {}",
+            common::BANGER,
+            random.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    guest(&w, "rm -rf /root/hand");
+    eprintln!("    {:?}", t.elapsed());
+
     let t = step("the guest edits, adds and deletes; diff shows exactly that");
     guest(
         &w,

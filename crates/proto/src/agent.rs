@@ -101,9 +101,20 @@ pub mod capability {
     /// [`super::Message::WriteTree`] and [`super::Message::ReadTree`]:
     /// directory copies as tar streams.
     pub const TREE: &str = "tree";
+    /// [`super::Message::StdinRead`]: the agent says how much of an
+    /// exec's stdin the process took, so the host sends no more than a
+    /// window ahead (flow control for `tar c | banger vm exec ...`).
+    pub const STDIN_ACK: &str = "stdin_ack";
 
     /// Everything this crate's agent does.
-    pub const ALL: &[&str] = &[SET_TIME, FREEZE, IDENTITY, IDENTITY_HOST_KEY, TREE];
+    pub const ALL: &[&str] = &[
+        SET_TIME,
+        FREEZE,
+        IDENTITY,
+        IDENTITY_HOST_KEY,
+        TREE,
+        STDIN_ACK,
+    ];
 }
 
 /// One frame: a message and its raw body (empty for most messages).
@@ -310,6 +321,13 @@ pub enum Message {
         id: u64,
         pid: u32,
     },
+    /// How many bytes of the exec's stdin (in all) the process has taken
+    /// so far (or were dropped because it stopped reading): what the host
+    /// sent beyond that still waits in the agent.
+    StdinRead {
+        id: u64,
+        bytes: u64,
+    },
     /// Output of the process (the body).
     Stdout {
         id: u64,
@@ -386,6 +404,7 @@ impl Message {
             | M::StatsReply { id, .. }
             | M::PortsReply { id, .. }
             | M::Started { id, .. }
+            | M::StdinRead { id, .. }
             | M::Stdout { id }
             | M::Stderr { id }
             | M::Exited { id, .. }
@@ -422,6 +441,7 @@ impl Message {
             M::StatsReply { .. } => "stats_reply",
             M::PortsReply { .. } => "ports_reply",
             M::Started { .. } => "started",
+            M::StdinRead { .. } => "stdin_read",
             M::Stdout { .. } => "stdout",
             M::Stderr { .. } => "stderr",
             M::Exited { .. } => "exited",
@@ -457,6 +477,7 @@ impl Message {
         "stats_reply",
         "ports_reply",
         "started",
+        "stdin_read",
         "stdout",
         "stderr",
         "exited",

@@ -664,6 +664,12 @@ pub struct ExecIoParams {
 /// process ended and all its output was delivered (`done`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecIoResult {
+    /// With `stdin` in the call: how many of its bytes were taken. Less
+    /// than all when the process had not read what came before within
+    /// about 2 s (flow control): send the rest again, and `stdin_eof`
+    /// only with the last of it (it was ignored here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_accepted: Option<u64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stdout: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -149,6 +149,10 @@ fn messages() -> Vec<Message> {
             }],
         },
         Message::Started { id: 4, pid: 321 },
+        Message::StdinRead {
+            id: 4,
+            bytes: 65536,
+        },
         Message::Stdout { id: 4 },
         Message::Stderr { id: 4 },
         Message::Exited {

@@ -516,6 +516,7 @@ fn examples() -> Vec<Example> {
                 wait_ms: Some(500),
             },
             ExecIoResult {
+                stdin_accepted: Some(3),
                 stdout: "TGludXgK".into(),
                 stderr: String::new(),
                 done: true,

@@ -46,7 +46,7 @@ def test_a_command_in_a_fresh_vm_and_nothing_left_when_the_body_raises(client):
     assert vm_names(client) == before, "the sandbox was deleted"
 
 
-def test_files_exec_ports_snapshot_fork_and_a_large_stream(client):
+def test_files_exec_ports_workspace_snapshot_fork_and_a_large_stream(client, tmp_path):
     before = vm_names(client)
     with Sandbox(image=IMAGE, client=client) as sb:
         sb.files.write("/root/note.txt", "written by the sdk\n")
@@ -78,6 +78,23 @@ def test_files_exec_ports_snapshot_fork_and_a_large_stream(client):
         assert seen == 10 * MIB
         assert big.stdout == b"" and big.stdout_dropped == 0
         assert peak < 6 * MIB, f"peak {peak} bytes while streaming 10 MiB"
+
+        # A workspace: a project in, the guest's changes back onto it.
+        project = tmp_path / "proj"
+        project.mkdir()
+        (project / "a.txt").write_text("a\n")
+        pushed = sb.workspace.push(project)
+        assert (pushed["guest_path"], pushed["files"]) == ("/root/work", 1), pushed
+        assert sb.exec("echo b >> a.txt && echo new > b.txt", cwd="/root/work").ok
+        diff = sb.workspace.diff()
+        assert [(c["path"], c["change"]) for c in diff["changes"]] == [
+            ("a.txt", "modified"),
+            ("b.txt", "added"),
+        ], diff
+        assert b"+b\n" in sb.workspace.patch()
+        sb.workspace.apply()
+        assert (project / "a.txt").read_text() == "a\nb\n"
+        assert (project / "b.txt").read_text() == "new\n"
 
         snap = sb.snapshot()
         assert snap["vm"] == sb.name

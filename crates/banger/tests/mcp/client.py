@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -14,6 +15,7 @@ BANGER = os.environ["BANGER_BIN"]
 EXPECTED_TOOLS = {
     "vm_create", "vm_run", "vm_exec", "vm_write_file", "vm_read_file", "vm_list",
     "vm_show", "vm_start", "vm_stop", "vm_delete", "vm_ports", "vm_snapshot", "vm_fork",
+    "vm_workspace_push", "vm_workspace_diff", "vm_workspace_apply", "vm_workspace_sync",
 }
 
 
@@ -65,6 +67,25 @@ async def main():
             check(read["content"] == "from mcp\n" and read["encoding"] == "utf-8", "vm_read_file", read)
             ports = structured(await session.call_tool("vm_ports", {"name": "mcp1"}))
             check(any(p["port"] == 22 for p in ports["ports"]), "vm_ports sees sshd", ports)
+
+            # A workspace: a plain directory (no git) minus its .bangerignore.
+            project = tempfile.mkdtemp(prefix="mcp-ws-")
+            for rel, text in (("notes.txt", "one\n"), ("skip.tmp", "x\n"), (".bangerignore", "*.tmp\n")):
+                with open(os.path.join(project, rel), "w") as f:
+                    f.write(text)
+            pushed = await session.call_tool("vm_workspace_push", {"name": "mcp1", "host_dir": project})
+            check(not pushed.is_error and structured(pushed)["guest_path"] == "/root/work",
+                  "vm_workspace_push", structured(pushed))
+            listing = structured(await session.call_tool(
+                "vm_exec", {"name": "mcp1", "command": "cd /root/work && ls -A | sort && echo two >> notes.txt"}))
+            check(listing["stdout"] == ".bangerignore\nnotes.txt\n", "the workspace minus .bangerignore", listing)
+            diff = structured(await session.call_tool("vm_workspace_diff", {"name": "mcp1"}))
+            check(diff["changes"] == [{"path": "notes.txt", "change": "modified"}] and "+two" in diff.get("patch", ""),
+                  "vm_workspace_diff", diff)
+            applied = await session.call_tool("vm_workspace_apply", {"name": "mcp1"})
+            check(not applied.is_error, "vm_workspace_apply", structured(applied))
+            with open(os.path.join(project, "notes.txt")) as f:
+                check(f.read() == "one\ntwo\n", "the guest's change is on the host")
 
             forked = await session.call_tool("vm_fork", {"name": "mcp1", "new_name": "mcp2"})
             check(not forked.is_error, "vm_fork", structured(forked))

@@ -210,6 +210,8 @@ pub(crate) fn exec_in(
         .map_err(CliError::Io)?;
     let stdin = spawn_stdin_reader();
     let mut eof_sent = false;
+    let mut stdin_ended = false;
+    let mut pending: Vec<u8> = Vec::new();
     // A closed stdout is an error to handle here, not a SIGPIPE death:
     // the remote command is told to end first.
     crate::set_sigpipe(libc::SIG_IGN);
@@ -220,28 +222,22 @@ pub(crate) fn exec_in(
             wait_ms: Some(200),
             ..Default::default()
         };
-        let mut input = Vec::new();
-        loop {
+        // Input not yet taken stays in `pending` (the daemon takes what
+        // the guest's window allows: `stdin_accepted`); more is read
+        // from our stdin only while little is pending.
+        while pending.len() <= 256 * 1024 && !stdin_ended {
             match stdin.try_recv() {
-                Ok(Some(chunk)) => {
-                    input.extend_from_slice(&chunk);
-                    if input.len() > 256 * 1024 {
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    if !eof_sent {
-                        p.stdin_eof = true;
-                        eof_sent = true;
-                    }
-                    break;
-                }
+                Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+                Ok(None) => stdin_ended = true,
                 Err(_) => break,
             }
         }
-        if !input.is_empty() {
-            p.stdin = Some(B64.encode(&input));
+        if !pending.is_empty() {
+            p.stdin = Some(B64.encode(&pending));
             p.wait_ms = Some(0);
+        }
+        if stdin_ended && !eof_sent {
+            p.stdin_eof = true;
         }
         if interrupted.swap(false, Ordering::Relaxed) {
             p.signal = Some("INT".into());
@@ -250,6 +246,16 @@ pub(crate) fn exec_in(
             Ok(r) => r,
             Err(e) => break Err(e),
         };
+        if p.stdin.is_some() {
+            // A daemon without flow control takes everything.
+            let taken = r
+                .stdin_accepted
+                .map_or(pending.len(), |n| usize::try_from(n).unwrap_or(usize::MAX));
+            pending.drain(..taken.min(pending.len()));
+        }
+        if p.stdin_eof && pending.is_empty() {
+            eof_sent = true;
+        }
         if let Err(e) = write_out(&mut std::io::stdout(), &r.stdout) {
             if matches!(&e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
                 // What reads our output has gone, as `| head -1` does: the

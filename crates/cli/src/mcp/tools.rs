@@ -72,6 +72,10 @@ pub struct ExecParams {
     pub timeout_s: Option<u64>,
 }
 
+/// Stdin bytes per `vm.exec.io` call: base64 of it stays well inside the
+/// daemon's 1 MiB request line.
+const STDIN_CALL_BYTES: usize = 512 << 10;
+
 /// `vm_run`: a fresh VM, one command in it, the VM deleted after.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -319,7 +323,10 @@ impl BangerTools {
         let deadline = Instant::now() + timeout;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let (mut out_cut, mut err_cut) = (0u64, 0u64);
-        let mut first = true;
+        // Stdin not yet taken (the daemon takes what the guest's window
+        // allows, `stdin_accepted`), and whether its end was sent.
+        let mut pending: Vec<u8> = stdin.map(String::into_bytes).unwrap_or_default();
+        let mut eof_sent = false;
         let mut timed_out = false;
         loop {
             let mut io = ExecIoParams {
@@ -327,16 +334,23 @@ impl BangerTools {
                 wait_ms: Some(1000),
                 ..Default::default()
             };
-            if first {
-                io.stdin = stdin.as_ref().map(|s| B64.encode(s.as_bytes()));
-                io.stdin_eof = true;
-                first = false;
+            let this_call = pending.len().min(STDIN_CALL_BYTES);
+            if this_call > 0 {
+                io.stdin = Some(B64.encode(&pending[..this_call]));
             }
+            io.stdin_eof = !eof_sent && this_call == pending.len();
             if !timed_out && Instant::now() > deadline {
                 io.signal = Some("KILL".into());
                 timed_out = true;
             }
             let got = call::<VmExecIo>(&self.target, &io, &mint_op_id()).await?;
+            if io.stdin.is_some() {
+                let taken = got
+                    .stdin_accepted
+                    .map_or(this_call, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                pending.drain(..taken.min(this_call));
+            }
+            eof_sent |= io.stdin_eof && pending.is_empty();
             let decode = |s: &str| B64.decode(s).unwrap_or_default();
             keep(&mut out, &mut out_cut, &decode(&got.stdout));
             keep(&mut err, &mut err_cut, &decode(&got.stderr));

@@ -23,6 +23,9 @@ ChunkSink = Callable[[bytes], None]
 
 # How long one `vm.exec.io` call waits for output (ms).
 EXEC_POLL_MS = 1000
+# Stdin bytes per vm.exec.io call: base64 of it stays well inside the
+# daemon's 1 MiB request line.
+STDIN_CALL_BYTES = 512 << 10
 
 
 @dataclass
@@ -316,19 +319,25 @@ class Sandbox:
         data_in = stdin.encode() if isinstance(stdin, str) else stdin
         deadline = None if timeout is None else time.monotonic() + timeout
         killed = False
-        first = True
+        # Stdin not yet taken: the daemon takes what the guest's window
+        # allows (``stdin_accepted``); its end goes with the last of it.
+        pending = memoryview(data_in or b"")
+        eof_sent = False
         while True:
             io: Dict[str, Any] = {"exec_id": exec_id, "wait_ms": EXEC_POLL_MS}
-            if first:
-                # All of stdin, then its end, with the first call.
-                if data_in:
-                    io["stdin"] = base64.b64encode(data_in).decode()
+            if len(pending):
+                io["stdin"] = base64.b64encode(pending[:STDIN_CALL_BYTES]).decode()
+            if not eof_sent and len(pending) <= STDIN_CALL_BYTES:
                 io["stdin_eof"] = True
-                first = False
             if deadline is not None and not killed and time.monotonic() > deadline:
                 io["signal"] = "KILL"
                 killed = True
             got = self.client.call("vm.exec.io", io)
+            if "stdin" in io:
+                sent = min(len(pending), STDIN_CALL_BYTES)
+                pending = pending[got.get("stdin_accepted", sent):]
+            if io.get("stdin_eof") and not len(pending):
+                eof_sent = True
             for key, sink in zip(("stdout", "stderr"), sinks):
                 data = got.get(key)
                 if data:

@@ -31,6 +31,13 @@ const EXEC_BUFFER_LIMIT: usize = 16 << 20;
 /// At most this much of a stream per `vm.exec.io` answer, so an answer
 /// (and a client reading it) stays small whatever the command prints.
 const EXEC_IO_CHUNK: usize = 1 << 20;
+/// Stdin sent to an agent ahead of what the process took (the agent
+/// holds up to 2 MiB: `crates/agent/src/exec.rs`).
+const STDIN_WINDOW: u64 = 1 << 20;
+/// How long one `vm.exec.io` waits for the window to open before it
+/// answers with part of its stdin taken (`stdin_accepted`), so a client
+/// stays free to send a signal to a process that stopped reading.
+const STDIN_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct ExecOutput {
@@ -41,6 +48,8 @@ struct ExecOutput {
     stderr_dropped: u64,
     exited: Option<(Option<i32>, Option<String>)>,
     lost: Option<String>,
+    /// Stdin bytes the process has taken, as the agent last said.
+    stdin_read: u64,
 }
 
 #[derive(Debug)]
@@ -51,6 +60,11 @@ struct ExecSession {
     out: Mutex<ExecOutput>,
     changed: Notify,
     last_poll: Mutex<Instant>,
+    /// Stdin bytes sent to the agent; held while a call sends, so two
+    /// calls' input never interleaves.
+    stdin_sent: tokio::sync::Mutex<u64>,
+    /// The agent says how much stdin the process took (flow control).
+    stdin_acked: bool,
 }
 
 /// Running exec sessions by id.
@@ -161,6 +175,8 @@ impl Guest {
             out: Mutex::default(),
             changed: Notify::new(),
             last_poll: Mutex::new(Instant::now()),
+            stdin_sent: tokio::sync::Mutex::new(0),
+            stdin_acked: conn.supports(agent::capability::STDIN_ACK),
         });
         tokio::spawn(pump_exec(Arc::clone(&session), rx));
         let exec_id = format!("ex-{}", Alphanumeric.sample_string(&mut rand::rng(), 10));
@@ -189,6 +205,7 @@ async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::Receiver<Frame>) {
                     keep_output(&mut out.stderr, &mut out.stderr_dropped, &frame.body)
                 }
                 Message::Exited { code, signal, .. } => out.exited = Some((code, signal)),
+                Message::StdinRead { bytes, .. } => out.stdin_read = bytes,
                 // Input sent while the process was ending, answered by an
                 // agent that had already let go of it: its `Exited` is
                 // sent regardless (older agents send it just after).
@@ -208,6 +225,32 @@ async fn pump_exec(s: Arc<ExecSession>, mut rx: mpsc::Receiver<Frame>) {
         if done {
             s.conn.finish(s.id);
             return;
+        }
+    }
+}
+
+/// Waits until `len` more bytes of stdin fit in the window past what the
+/// process took (`sent` so far), or it ended; `false` when `deadline`
+/// passed first.
+async fn wait_for_window(
+    session: &ExecSession,
+    sent: u64,
+    len: usize,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        let notified = session.changed.notified();
+        {
+            let out = session.output();
+            if out.exited.is_some()
+                || out.lost.is_some()
+                || sent.saturating_sub(out.stdin_read) + len as u64 <= STDIN_WINDOW
+            {
+                return true;
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
         }
     }
 }
@@ -251,17 +294,37 @@ impl Guest {
                     .map_err(|e| GuestError::agent(&session.vm, e))
             }
         };
-        if let Some(data) = &p.stdin {
-            let bytes = B64.decode(data).map_err(GuestError::Stdin)?;
-            for chunk in agent::chunks(&bytes) {
+        let input = match &p.stdin {
+            Some(data) => Some(B64.decode(data).map_err(GuestError::Stdin)?),
+            None => None,
+        };
+        let mut stdin_accepted = None;
+        if let Some(bytes) = &input {
+            let mut sent = session.stdin_sent.lock().await;
+            let deadline = tokio::time::Instant::now() + STDIN_WAIT;
+            let mut accepted = 0u64;
+            for chunk in agent::chunks(bytes) {
+                if session.stdin_acked
+                    && !wait_for_window(&session, *sent, chunk.len(), deadline).await
+                {
+                    break;
+                }
                 send(Frame::with_body(
                     Message::Stdin { id: session.id },
                     chunk.to_vec(),
                 ))
                 .await?;
+                *sent += chunk.len() as u64;
+                accepted += chunk.len() as u64;
             }
+            stdin_accepted = Some(accepted);
         }
-        if p.stdin_eof {
+        // The end of stdin only once all of this call's input was taken.
+        let all_taken = match (&input, stdin_accepted) {
+            (Some(bytes), Some(accepted)) => accepted == bytes.len() as u64,
+            _ => true,
+        };
+        if p.stdin_eof && all_taken {
             send(Frame::new(Message::Stdin { id: session.id })).await?;
         }
         if let (Some(rows), Some(cols)) = (p.rows, p.cols) {
@@ -293,6 +356,7 @@ impl Guest {
                     || out.lost.is_some();
                 if ready || tokio::time::Instant::now() >= deadline {
                     let mut result = ExecIoResult {
+                        stdin_accepted,
                         stdout: B64.encode(take_chunk(&mut out.stdout)),
                         stderr: B64.encode(take_chunk(&mut out.stderr)),
                         stdout_dropped: std::mem::take(&mut out.stdout_dropped),
