@@ -314,33 +314,43 @@ impl Workspaces {
             });
         }
         let git_dir = self.git_dir(&vm);
-        let (host, dir) = (ws.host_dir.clone(), git_dir.clone());
+        let host = ws.host_dir.clone();
         let on_project = Self::project_error(&vm, &ws.host_dir);
-        let (files, bytes, base) = blocking(move || {
-            let files = banger_workspace::file_set(&host).map_err(&on_project)?;
+        let on = on_project.clone();
+        let (files, bytes) = blocking(move || {
+            let files = banger_workspace::file_set(&host).map_err(&on)?;
             let bytes = files
                 .iter()
                 .filter_map(|f| std::fs::symlink_metadata(host.join(f)).ok())
                 .filter(|m| m.is_file())
                 .map(|m| m.len())
                 .sum::<u64>();
-            // A push that failed before its record was saved may have
-            // left a git directory: start again.
-            remove_tree(&dir)?;
-            let (_, commit) = Base::record(&dir, &host, &files).map_err(&on_project)?;
-            Ok((files, bytes, commit))
+            Ok((files, bytes))
         })
         .await?;
         let count = files.len() as u64;
         tracing::info!(vm = %vm.name, files = count, bytes, guest = %ws.guest_path, "workspace push");
-        if let Err(e) = self
+        // The base is recorded while the files stream into the guest:
+        // git hashes and stores them on another core as the guest unpacks.
+        let (host, dir, listed) = (ws.host_dir.clone(), git_dir.clone(), files.clone());
+        let recording = blocking(move || {
+            // A push that failed before its record was saved may have
+            // left a git directory: start again.
+            remove_tree(&dir)?;
+            let (_, commit) = Base::record(&dir, &host, &listed).map_err(&on_project)?;
+            Ok(commit)
+        });
+        let sending = self
             .guest
-            .push_files(&vm.id, &ws.host_dir, files, &ws.guest_path)
-            .await
-        {
-            let _ = blocking(move || remove_tree(&git_dir)).await;
-            return Err(e.into());
-        }
+            .push_files(&vm.id, &ws.host_dir, files, &ws.guest_path);
+        let (recorded, sent) = tokio::join!(recording, sending);
+        let base = match sent.map_err(WorkspaceError::from).and(recorded) {
+            Ok(base) => base,
+            Err(e) => {
+                let _ = blocking(move || remove_tree(&git_dir)).await;
+                return Err(e);
+            }
+        };
         let record = Record {
             host_dir: ws.host_dir,
             guest_path: ws.guest_path,

@@ -251,6 +251,14 @@ impl Base {
             &[os("init"), os("-q"), os("--bare"), git_dir.as_os_str()],
             b"",
         )?;
+        // Fast zlib for the objects of a record nobody pushes anywhere:
+        // recording a large project costs hashing, not compressing.
+        base.git(
+            "config",
+            None,
+            &["config", "core.looseCompression", "1"],
+            b"",
+        )?;
         let mut list = Vec::new();
         for f in files {
             list.extend_from_slice(f.as_os_str().as_encoded_bytes());
