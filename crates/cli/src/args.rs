@@ -100,6 +100,12 @@ pub enum Command {
     Man(ManArgs),
 }
 
+/// `image build --preset` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    Opencode,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
     /// Print the guest's changes to its workspace as a git patch
@@ -519,6 +525,11 @@ pub enum ImageCommand {
         /// Root filesystem size, e.g. 2G (default: contents plus headroom).
         #[arg(long, value_name = "SIZE")]
         size: Option<String>,
+        /// A preset, whose packages, setup and services go in too:
+        /// opencode (a coding-agent server on guest port 4096, in
+        /// /root/work; every start waits for it).
+        #[arg(long, value_name = "PRESET")]
+        preset: Option<Preset>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use banger_image::kernel::catalog_entry;
+use banger_image::services::Preset;
 use banger_image::{ImageError, ImageRecipe, catalog};
 use banger_proto::vm::{ImageView, KernelOrigin, KernelView};
 use banger_store::{ImageRecord, KernelRecord, StoreError};
@@ -160,6 +161,21 @@ struct BuiltFrom {
     size_bytes: Option<u64>,
     /// A digest per part of the recipe (`ImageRecipe::parts`).
     parts: BTreeMap<String, String>,
+    /// The preset it was built with (`image build --preset`): its
+    /// packages, setup and services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preset: Option<Preset>,
+}
+
+/// The services an image declares (a managed image built with a preset);
+/// none for others.
+pub fn image_services(i: &ImageRecord) -> Vec<banger_image::services::Service> {
+    i.recipe
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<BuiltFrom>(r).ok())
+        .and_then(|b| b.preset)
+        .map(Preset::services)
+        .unwrap_or_default()
 }
 
 /// Why a legacy default image (built before images recorded their
@@ -401,6 +417,7 @@ impl Artifacts {
         &self,
         packages: Vec<String>,
         size_bytes: Option<u64>,
+        preset: Option<Preset>,
         need_agent: bool,
     ) -> Result<ImageRecipe, ArtifactError> {
         let agent = match self.agent_binary().await {
@@ -415,12 +432,16 @@ impl Artifacts {
                 what: "read ssh public key".into(),
                 source,
             })??;
+        let mut packages = packages;
+        packages.extend(preset.map(Preset::packages).unwrap_or_default());
         Ok(ImageRecipe {
             suite: "bookworm".into(),
             packages,
             ssh_public_key: key,
             size_bytes,
             agent,
+            setup: preset.map(Preset::setup).unwrap_or_default(),
+            services: preset.map(Preset::services).unwrap_or_default(),
         })
     }
 
@@ -475,7 +496,14 @@ impl Artifacts {
             });
         }
         let record = self
-            .build_new(name, Vec::new(), None, &format!("build image {name}"), ctx)
+            .build_new(
+                name,
+                Vec::new(),
+                None,
+                None,
+                &format!("build image {name}"),
+                ctx,
+            )
             .await?;
         let r = record.clone();
         self.db.call(move |s| s.insert_image(&r)).await?;
@@ -494,12 +522,16 @@ impl Artifacts {
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
         let name = old.name.clone();
-        let (packages, size) = match old.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) {
-            Some(Ok(b)) => (b.packages, b.size_bytes),
-            _ => (Vec::new(), None),
-        };
+        let (packages, size, preset) =
+            match old.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) {
+                Some(Ok(b)) => (b.packages, b.size_bytes, b.preset),
+                _ => (Vec::new(), None, None),
+            };
         let title = format!("rebuild image {name} (stale: {reason})");
-        let built = match self.build_new(&name, packages, size, &title, ctx).await {
+        let built = match self
+            .build_new(&name, packages, size, preset, &title, ctx)
+            .await
+        {
             Ok(b) => b,
             Err(ArtifactError::Cancelled(c)) => return Err(c.into()),
             Err(e) => {
@@ -522,6 +554,7 @@ impl Artifacts {
         name: &str,
         packages: Vec<String>,
         size_bytes: Option<u64>,
+        preset: Option<Preset>,
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
         let lock = self.locks.get(format!("image:{name}"));
@@ -536,6 +569,7 @@ impl Artifacts {
                 name,
                 packages,
                 size_bytes,
+                preset,
                 &format!("build image {name}"),
                 ctx,
             )
@@ -555,10 +589,12 @@ impl Artifacts {
         name: &str,
         packages: Vec<String>,
         size_bytes: Option<u64>,
+        preset: Option<Preset>,
         title: &str,
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
-        let recipe = self.recipe(packages, size_bytes, true).await?;
+        let user_packages = packages.clone();
+        let recipe = self.recipe(packages, size_bytes, preset, true).await?;
         ctx.check_cancelled()?;
         let id = new_id("i-");
         let mut dest = self.image_dir(name);
@@ -600,9 +636,10 @@ impl Artifacts {
             }
         };
         let from = BuiltFrom {
-            packages: recipe.packages.clone(),
+            packages: user_packages,
             size_bytes: recipe.size_bytes,
             parts: recipe.parts(),
+            preset,
         };
         Ok(ImageRecord {
             id,
@@ -637,7 +674,9 @@ impl Artifacts {
             let legacy_default = i.name == self.default_image && i.source == "debian:bookworm";
             return Ok(legacy_default.then(|| LEGACY_REASON.to_owned()));
         };
-        let recipe = self.recipe(from.packages, from.size_bytes, false).await?;
+        let recipe = self
+            .recipe(from.packages, from.size_bytes, from.preset, false)
+            .await?;
         let mut now = recipe.parts();
         if recipe.agent.is_none() {
             now.remove("agent");
@@ -718,6 +757,15 @@ impl Artifacts {
             created_at_ms: i.created_at_ms,
             origin: i.origin.clone(),
             config: i.config.clone(),
+            services: image_services(i)
+                .into_iter()
+                .map(|s| banger_proto::vm::ImageService {
+                    name: s.name,
+                    port: s.port,
+                    command: s.command,
+                    workdir: s.workdir,
+                })
+                .collect(),
         })
     }
 
@@ -1046,7 +1094,7 @@ mod tests {
             .unwrap();
         assert_eq!(artifacts.ensure_image("mine", &ctx).await.unwrap(), record);
         let err = artifacts
-            .build_image("mine", Vec::new(), None, &ctx)
+            .build_image("mine", Vec::new(), None, None, &ctx)
             .await
             .unwrap_err();
         assert!(matches!(err, ArtifactError::ImageExists { .. }), "{err:?}");
@@ -1122,7 +1170,7 @@ mod tests {
         let err = artifacts.ensure_image("default", &ctx).await.unwrap_err();
         assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
         let err = artifacts
-            .build_image("mine", Vec::new(), None, &ctx)
+            .build_image("mine", Vec::new(), None, None, &ctx)
             .await
             .unwrap_err();
         assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
@@ -1167,6 +1215,7 @@ mod tests {
             packages: Vec::new(),
             size_bytes: None,
             parts: old_recipe.parts(),
+            preset: None,
         };
         let mine = ImageRecord {
             recipe: Some(serde_json::to_string(&from).unwrap()),
@@ -1188,10 +1237,11 @@ mod tests {
         // The same recipe as now: not stale (the agent, unknown here, is
         // not compared).
         let current = BuiltFrom {
+            preset: None,
             packages: Vec::new(),
             size_bytes: None,
             parts: artifacts
-                .recipe(Vec::new(), None, false)
+                .recipe(Vec::new(), None, None, false)
                 .await
                 .unwrap()
                 .parts(),

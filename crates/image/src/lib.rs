@@ -49,6 +49,7 @@ pub mod kernel;
 mod layers;
 mod modules;
 pub mod rootfs;
+pub mod services;
 mod sources;
 mod zstd;
 

@@ -72,6 +72,12 @@ pub struct ImageRecipe {
     /// The guest agent to bake in (docs/agent.md); `None` builds an image
     /// without one.
     pub agent: Option<crate::agent::AgentBinary>,
+    /// Shell commands run inside the image (chroot, with the network)
+    /// once its packages are in, as part of the cached base (a preset's
+    /// install: `services.rs`).
+    pub setup: Vec<String>,
+    /// Services baked in as units (`services.rs`).
+    pub services: Vec<crate::services::Service>,
 }
 
 /// What [`build_rootfs`] wrote.
@@ -94,7 +100,37 @@ impl ImageRecipe {
             ssh_public_key: ssh_public_key.into(),
             size_bytes: None,
             agent: None,
+            setup: Vec::new(),
+            services: Vec::new(),
         }
+    }
+
+    /// Every change to the bootstrapped tree: the guest contract's, then
+    /// the services' units.
+    pub(crate) fn changes(&self) -> Vec<guest::Change> {
+        let mut all = guest::changes(&self.ssh_public_key, self.agent.as_ref());
+        all.extend(crate::services::changes(&self.services));
+        all
+    }
+
+    /// What the setup and services add to a recipe's identity; empty for
+    /// a recipe without them, so images made before they existed keep
+    /// their fingerprint.
+    fn services_text(&self) -> Option<String> {
+        if self.setup.is_empty() && self.services.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for s in &self.setup {
+            text.push_str(&format!("setup {}\n{s}\n", s.len()));
+        }
+        for s in &self.services {
+            text.push_str(&format!(
+                "service {} port {} in {} env {:?}: {}\n",
+                s.name, s.port, s.workdir, s.env, s.command
+            ));
+        }
+        Some(text)
     }
 
     /// Every package on `--include`, sorted and deduplicated.
@@ -140,6 +176,9 @@ impl ImageRecipe {
         for change in guest::changes(&self.ssh_public_key, self.agent.as_ref()) {
             put("change", &change.describe());
         }
+        if let Some(text) = self.services_text() {
+            put("services", &text);
+        }
         hex(&h.finalize())
     }
 
@@ -176,6 +215,14 @@ impl ImageRecipe {
         put("customize", &CUSTOMIZE_VERSION.to_string());
         for change in guest::changes(&self.ssh_public_key, self.agent.as_ref()) {
             put(change.part(), &change.describe());
+        }
+        match self.services_text() {
+            Some(text) => put("services", &text),
+            // Not a part of recipes without services, so images recorded
+            // before the part existed are not stale for it.
+            None => {
+                parts.remove("services");
+            }
         }
         parts
             .into_iter()
@@ -217,6 +264,9 @@ impl ImageRecipe {
         if key_lines.iter().any(|l| l.split_whitespace().count() < 2) {
             return bad("ssh public key is not in authorized_keys format".into());
         }
+        for s in &self.services {
+            crate::services::validate(s).or_else(bad)?;
+        }
         Ok(())
     }
 }
@@ -232,6 +282,7 @@ pub const RECIPE_PARTS: &[(&str, &str)] = &[
     ("agent", "new agent"),
     ("nic", "new guest setup (NIC, hostname, work disk)"),
     ("customize", "guest customisation changed"),
+    ("services", "services or their setup changed"),
 ];
 
 /// Why an image built with the `recorded` parts is stale against the
@@ -296,10 +347,7 @@ pub fn build_rootfs(
     )?;
 
     progress("customize");
-    guest::apply(
-        &tree,
-        &guest::changes(&recipe.ssh_public_key, recipe.agent.as_ref()),
-    )?;
+    guest::apply(&tree, &recipe.changes())?;
 
     progress("mkfs");
     let used = tree_usage(&tree)?;
@@ -352,6 +400,10 @@ fn base_tarball(recipe: &ImageRecipe, cache_dir: &Path) -> Result<PathBuf> {
     }
     h.update(b"\0sources\0");
     h.update(sources.as_deref().unwrap_or("").as_bytes());
+    for s in &recipe.setup {
+        h.update(b"\0setup\0");
+        h.update(s.as_bytes());
+    }
     let key = hex(&h.finalize());
     let dir = cache_dir.join("rootfs-base");
     let path = dir.join(format!("{}-{}.tar", recipe.suite, &key[..16]));
@@ -373,9 +425,11 @@ fn base_tarball(recipe: &ImageRecipe, cache_dir: &Path) -> Result<PathBuf> {
     let out = tmp.path().join("base.tar");
     let mut mm = cmd::command("mmdebstrap");
     mm.args(["--variant=minbase", "--mode=root", "--format=tar"])
-        .arg(format!("--include={}", packages.join(",")))
-        .arg(&recipe.suite)
-        .arg(&out);
+        .arg(format!("--include={}", packages.join(",")));
+    for setup in &recipe.setup {
+        mm.arg(format!("--customize-hook={}", setup_hook(setup)));
+    }
+    mm.arg(&recipe.suite).arg(&out);
     if let Some(text) = &sources {
         // mmdebstrap pastes an existing file given as MIRROR into the
         // image's sources; the .sources name marks it deb822.
@@ -387,6 +441,67 @@ fn base_tarball(recipe: &ImageRecipe, cache_dir: &Path) -> Result<PathBuf> {
     fs::rename(&out, &path).map_err(|e| ImageError::io("rename", &out, e))?;
     prune_old_bases(&dir);
     Ok(path)
+}
+
+/// Where the set-up inside the image finds the host's CA bundle (copied
+/// in for the set-up only, removed after).
+const SETUP_CA: &str = "/tmp/banger-host-ca.crt";
+
+/// The host's CA bundle, as its own tools use it: `SSL_CERT_FILE`, else
+/// Debian's system bundle. A host whose HTTPS goes through a proxy with
+/// its own CA trusts it there; the image's fresh CA store does not.
+fn host_ca_bundle() -> Option<PathBuf> {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/etc/ssl/certs/ca-certificates.crt")])
+        .find(|p| p.is_file())
+}
+
+/// Quotes `s` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The mmdebstrap hook that runs `setup` inside the image (chroot), with
+/// the network, once its packages are in; a failure fails the build. It
+/// runs as the host's own tools would: the host's CA bundle (for npm,
+/// curl, pip) and proxy settings, never left in the image.
+fn setup_hook(setup: &str) -> String {
+    let mut env = vec![
+        "HOME=/root".to_owned(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+    ];
+    for var in [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "NO_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "no_proxy",
+    ] {
+        if let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            env.push(format!("{var}={value}"));
+        }
+    }
+    let copy_ca = match host_ca_bundle() {
+        Some(ca) => {
+            for var in ["NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "CURL_CA_BUNDLE"] {
+                env.push(format!("{var}={SETUP_CA}"));
+            }
+            format!(
+                "cp -- {} \"$1{SETUP_CA}\" && ",
+                sh_quote(&ca.display().to_string())
+            )
+        }
+        None => String::new(),
+    };
+    let env: Vec<String> = env.iter().map(|e| sh_quote(e)).collect();
+    format!(
+        "{copy_ca}chroot \"$1\" /usr/bin/env -i {} /bin/sh -ec {}; status=$?; rm -f \"$1{SETUP_CA}\"; exit $status",
+        env.join(" "),
+        sh_quote(setup)
+    )
 }
 
 /// Removes base tarballs too old to be reused anyway (other package sets,
@@ -481,7 +596,28 @@ mod tests {
             ssh_public_key: KEY.into(),
             size_bytes: None,
             agent: None,
+            setup: Vec::new(),
+            services: Vec::new(),
         }
+    }
+
+    #[test]
+    fn services_change_a_recipe_only_when_it_has_some() {
+        let plain = recipe();
+        assert!(!plain.parts().contains_key("services"));
+        let mut oc = recipe();
+        let preset = crate::services::Preset::Opencode;
+        oc.setup = preset.setup();
+        oc.services = preset.services();
+        assert!(oc.parts().contains_key("services"));
+        assert_ne!(plain.fingerprint(), oc.fingerprint());
+        let units: Vec<String> = oc.changes().iter().map(|c| c.describe()).collect();
+        assert!(
+            units
+                .iter()
+                .any(|u| u.contains("multi-user.target.wants/banger-service-opencode.service")),
+            "{units:?}"
+        );
     }
 
     #[test]
@@ -545,8 +681,13 @@ mod tests {
     #[test]
     fn stale_reasons_name_the_parts_that_changed() {
         let base = recipe().parts();
+        // Every part but `services`, which only recipes with some have.
         assert_eq!(base.keys().map(String::as_str).collect::<Vec<_>>(), {
-            let mut names: Vec<&str> = RECIPE_PARTS.iter().map(|(n, _)| *n).collect();
+            let mut names: Vec<&str> = RECIPE_PARTS
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| *n != "services")
+                .collect();
             names.sort_unstable();
             names
         });

@@ -175,6 +175,41 @@ pub struct VmView {
     /// agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent_shell: bool,
+    /// The image's services (`image build --preset`) and where each is
+    /// reached from the host: a published loopback port in user mode,
+    /// `NAME.vm:PORT` when bridged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<VmService>,
+}
+
+/// A guest service of a VM and where the host reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmService {
+    pub name: String,
+    /// Its port in the guest.
+    pub port: u16,
+    /// `HOST:PORT` to reach it from the host (none while nothing forwards
+    /// it: a user-mode VM that does not publish the port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// A service an image declares: a program listening on `port`, started
+/// at boot and waited for by every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageService {
+    pub name: String,
+    pub port: u16,
+    pub command: String,
+    pub workdir: String,
+}
+
+/// A named image recipe with its own packages, setup and services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePreset {
+    /// opencode, a coding-agent server, on guest port 4096 in /root/work.
+    Opencode,
 }
 
 /// How to reach a VM over SSH; the CLI runs the `ssh` client with it.
@@ -246,6 +281,9 @@ pub struct ImageView {
     /// A pulled image's config: how its image says to run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ImageConfig>,
+    /// The services it declares (a preset's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ImageService>,
 }
 
 /// Where an image came from. On the wire an object tagged by `kind`:
@@ -399,6 +437,9 @@ pub struct ImageBuildParams {
     /// Root filesystem size; default: what the files need plus headroom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// A preset: its packages, setup and services go in too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ImagePreset>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -89,6 +89,11 @@ fn running_vm() -> VmView {
         created_at_ms: 1_700_000_000_000,
         agent: true,
         agent_shell: false,
+        services: vec![banger_proto::vm::VmService {
+            name: "opencode".into(),
+            port: 4096,
+            address: Some("dev.vm:4096".into()),
+        }],
     }
 }
 
@@ -224,6 +229,12 @@ fn image() -> ImageView {
         created_at_ms: 1_700_000_000_000,
         origin: ImageOrigin::Built,
         config: None,
+        services: vec![banger_proto::vm::ImageService {
+            name: "opencode".into(),
+            port: 4096,
+            command: "exec opencode serve --hostname 0.0.0.0 --port 4096".into(),
+            workdir: "/root/work".into(),
+        }],
     }
 }
 
@@ -261,6 +272,7 @@ fn pulled_image() -> ImageView {
                 protocol: "tcp".into(),
             }],
         }),
+        services: Vec::new(),
     }
 }
 
@@ -586,6 +598,7 @@ fn examples() -> Vec<Example> {
                 name: Some("debian-bookworm".into()),
                 packages: vec!["curl".into()],
                 size_bytes: None,
+                preset: Some(banger_proto::vm::ImagePreset::Opencode),
             },
             OpView {
                 kind: OpKind::ImageBuild,

@@ -57,6 +57,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             name,
             packages,
             size,
+            preset,
             json,
         } => {
             let begun = client.call::<methods::ImageBuildBegin>(&ImageBuildParams {
@@ -66,6 +67,8 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                     .as_deref()
                     .map(|s| super::format::parse_size("--size", s))
                     .transpose()?,
+                preset: preset
+                    .map(|crate::args::Preset::Opencode| banger_proto::vm::ImagePreset::Opencode),
             })?;
             if !json {
                 note!("building image {} ({})", begun.target, begun.op_id);
@@ -212,6 +215,15 @@ fn print_image(i: &ImageView) {
             rows.push(("digest", digest.clone()));
         }
         ImageOrigin::Promoted { vm } => rows.push(("origin", format!("promoted from vm {vm}"))),
+    }
+    for svc in &i.services {
+        rows.push((
+            "service",
+            format!(
+                "{} on port {} in {}: {}",
+                svc.name, svc.port, svc.workdir, svc.command
+            ),
+        ));
     }
     rows.extend([
         ("source", i.source.clone()),

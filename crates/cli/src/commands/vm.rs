@@ -368,6 +368,15 @@ fn print_vm(v: &VmView) {
             format!("127.0.0.1:{port} (banger vm ssh {})", v.name),
         ));
     }
+    for svc in &v.services {
+        rows.push((
+            "service",
+            match &svc.address {
+                Some(a) => format!("{} (guest port {}): http://{a}", svc.name, svc.port),
+                None => format!("{} (guest port {}; not published)", svc.name, svc.port),
+            },
+        ));
+    }
     rows.push(("console", v.console_log.clone()));
     if let Some(e) = &v.last_error {
         rows.push(("last error", e.clone()));

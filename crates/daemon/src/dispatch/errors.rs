@@ -183,6 +183,7 @@ pub(crate) fn guest_code(e: &crate::vms::guest::GuestError) -> ErrorCode {
         | E::BootTimeout { .. }
         | E::VmmExited
         | E::GuestNotDirectory(_)
+        | E::ServiceTimeout { .. }
         | E::CommandFailed { .. }
         | E::CommandTimeout { .. }
         | E::ExecLost { .. }
@@ -344,7 +345,7 @@ mod tests {
             .unwrap();
         let dup = state
             .artifacts
-            .build_image("mine", Vec::new(), None, &ctx)
+            .build_image("mine", Vec::new(), None, None, &ctx)
             .await
             .unwrap_err();
         let e = RpcError::from(dup);

@@ -35,7 +35,15 @@ impl Handler for methods::ImageBuildBegin {
             move |op| async move {
                 let built = async {
                     let image = artifacts
-                        .build_image(&name, p.packages, p.size_bytes, &op)
+                        .build_image(
+                            &name,
+                            p.packages,
+                            p.size_bytes,
+                            p.preset.map(|banger_proto::vm::ImagePreset::Opencode| {
+                                banger_image::services::Preset::Opencode
+                            }),
+                            &op,
+                        )
                         .await?;
                     to_value(artifacts.image_view(&image).await?)
                 };

@@ -449,6 +449,7 @@ pub async fn create(
     super::snapshot::template::prune_replaced_images(vms).await;
     ctx.check_cancelled()?;
     let wait = check_wait(plan.wait_for, &image)?;
+    let publish = with_service_ports(vms, &plan, &image)?;
     let (backend, why) = choose_vmm(vms, &plan, &kernel).await;
     ctx.stage(&format!("vmm {backend} ({why})"));
     let firecracker = backend == banger_vmm::BackendKind::Firecracker;
@@ -480,7 +481,7 @@ pub async fn create(
                     &template,
                     super::snapshot::restore::OwnPart {
                         name: &plan.name,
-                        publish: &plan.publish,
+                        publish: &publish,
                         egress: &plan.egress,
                         wait_for: Some(wait),
                     },
@@ -558,7 +559,7 @@ pub async fn create(
         egress: plan.egress.clone(),
         backend: Some(crate::vmms::to_proto(backend)),
         disk_strategy: Some(strategy.disk_strategy()),
-        published_ports: plan.publish.clone(),
+        published_ports: publish,
         state: if plan.start {
             VmState::Creating
         } else {
@@ -587,6 +588,43 @@ pub async fn create(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The ports a user-mode VM publishes: those asked for, plus a free
+/// loopback port for each service of its image whose port is not among
+/// them (so `vm show` can say where the service answers). Bridged VMs are
+/// reached at their own address.
+fn with_service_ports(
+    vms: &Vms,
+    plan: &CreatePlan,
+    image: &banger_store::ImageRecord,
+) -> Result<Vec<PublishSpec>, VmError> {
+    let mut publish = plan.publish.clone();
+    if plan.network != NetworkMode::User {
+        return Ok(publish);
+    }
+    for s in crate::artifacts::image_services(image) {
+        if publish.iter().any(|p| p.guest == s.port && !p.is_udp()) {
+            continue;
+        }
+        // The kernel's pick of a free port, released for QEMU to bind.
+        let host = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|source| VmError::Io {
+                what: "find a free loopback port for",
+                path: std::path::PathBuf::from(format!("service {}", s.name)),
+                source,
+            })?
+            .port();
+        let spec = PublishSpec {
+            host,
+            guest: s.port,
+            proto: banger_proto::PortProto::Tcp,
+        };
+        vms.reservations.check_ports(std::slice::from_ref(&spec))?;
+        publish.push(spec);
+    }
+    Ok(publish)
 }
 
 /// What a VM made from `image` waits for: `asked`, if the image has what

@@ -58,6 +58,11 @@ const USER_NET_ARGS: &str = "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dn
 /// About a 5000-BogoMIPS host at HZ=250, Debian's cloud kernel's.
 const LOOPS_PER_JIFFY: u64 = 10_000_000;
 
+/// How long a start waits for each of the image's services to listen (at
+/// least the boot timeout): a coding-agent server's first start under TCG
+/// takes a while.
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Resolves `name_or_id` to the VM's id, takes the lock of that id, then
 /// reads the record again by id (it may have changed, or gone, while
 /// waiting): `vm stop ID` and `vm start NAME` of one VM take one lock.
@@ -455,6 +460,17 @@ async fn boot(
     if handles.agent.is_some() {
         ctx.stage("wait for agent");
         vms.guest.wait_for_agent(vm, &handles, ctx).await?;
+        // The image's services (a restored guest's were up when its
+        // snapshot was taken).
+        if matches!(from, Boot::Cold) {
+            let timeout = SERVICE_TIMEOUT.max(vms.settings.boot_timeout);
+            for s in crate::artifacts::image_services(&image) {
+                ctx.stage(&format!("wait for service {} (port {})", s.name, s.port));
+                vms.guest
+                    .wait_for_port(vm, &handles, &s.name, s.port, timeout, ctx)
+                    .await?;
+            }
+        }
     }
     let mut host_key = None;
     match from {

@@ -718,6 +718,14 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         .await?;
     let agent_shell = image.boots_banger_init();
     let wait = wait_for(vm, &image);
+    let services = crate::artifacts::image_services(&image)
+        .into_iter()
+        .map(|s| banger_proto::vm::VmService {
+            address: service_address(vm, s.port),
+            name: s.name,
+            port: s.port,
+        })
+        .collect();
     let image = image.name;
     let dir = vm_dir(vms, &vm.id);
     let handles = vms.table.handles(&vm.id);
@@ -755,5 +763,19 @@ async fn view(vms: &Vms, vm: &VmRecord) -> Result<VmView, banger_store::StoreErr
         agent: handles.as_ref().is_some_and(|h| h.agent.is_some())
             && (wait != WaitFor::None || vms.table.agent(&vm.id).is_some()),
         agent_shell,
+        services,
     })
+}
+
+/// Where the host reaches a VM's guest port: its published loopback port
+/// in user mode, `NAME.vm:PORT` when bridged.
+fn service_address(vm: &VmRecord, port: u16) -> Option<String> {
+    match vm.network_mode {
+        banger_proto::NetworkMode::Bridged => Some(format!("{}.vm:{port}", vm.name)),
+        banger_proto::NetworkMode::User => vm
+            .published_ports
+            .iter()
+            .find(|p| p.guest == port && !p.is_udp())
+            .map(|p| format!("127.0.0.1:{}", p.host)),
+    }
 }

@@ -54,6 +54,16 @@ pub enum GuestError {
     BootTimeout { secs: u64 },
     #[error("the vmm exited during boot")]
     VmmExited,
+    #[error(
+        "vm {vm}: service {service} did not listen on port {port} within {secs} s \
+         (see its log: banger vm exec {vm} -- journalctl -u banger-service-{service})"
+    )]
+    ServiceTimeout {
+        vm: String,
+        service: String,
+        port: u16,
+        secs: u64,
+    },
     #[error("{0} is not a directory in the guest")]
     GuestNotDirectory(String),
     /// A command the daemon ran in the guest for itself failed.

@@ -75,6 +75,51 @@ impl Guest {
         }
     }
 
+    /// Waits until a TCP socket listens on `port` in the guest (as its
+    /// agent lists them), the VMM dies, `timeout` passes, or the work is
+    /// cancelled: the guest service `service` is ready.
+    pub async fn wait_for_port(
+        &self,
+        vm: &VmRecord,
+        handles: &Handles,
+        service: &str,
+        port: u16,
+        timeout: Duration,
+        ctx: &OpCtx,
+    ) -> Result<(), GuestError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            ctx.check_cancelled()?;
+            match self.ports(&vm.id).await {
+                Ok(ports)
+                    if ports
+                        .iter()
+                        .any(|p| p.port == port && p.proto.starts_with("tcp")) =>
+                {
+                    tracing::info!(vm = %vm.name, service, port, "guest service ready");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(vm = %vm.name, error = %e, "ports not read yet"),
+            }
+            if !self.vmm_running(&handles.vmm, &vm.id).await {
+                return Err(GuestError::VmmExited);
+            }
+            if Instant::now() >= deadline {
+                return Err(GuestError::ServiceTimeout {
+                    vm: vm.name.clone(),
+                    service: service.to_owned(),
+                    port,
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::select! {
+                _ = ctx.cancel_token().cancelled() => return Err(Cancelled.into()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
     /// Whether the VMM behind `handle` still runs (asked off the runtime).
     async fn vmm_running(&self, handle: &banger_vmm::VmHandle, vm_id: &str) -> bool {
         let vmm = self.vmms.of(handle);
