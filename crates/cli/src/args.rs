@@ -100,6 +100,24 @@ pub enum Command {
     Man(ManArgs),
 }
 
+/// `NAME:PORT:COMMAND` for `image build --service` (COMMAND may hold
+/// colons; the daemon checks the rest).
+fn parse_service(s: &str) -> Result<banger_proto::vm::ImageService, String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(name), Some(port), Some(command)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected NAME:PORT:COMMAND".into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port {port:?} in NAME:PORT:COMMAND"))?;
+    Ok(banger_proto::vm::ImageService {
+        name: name.to_owned(),
+        port,
+        command: command.to_owned(),
+        workdir: "/root".to_owned(),
+    })
+}
+
 /// `image build --preset` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -530,6 +548,11 @@ pub enum ImageCommand {
         /// /root/work; every start waits for it).
         #[arg(long, value_name = "PRESET")]
         preset: Option<Preset>,
+        /// A service of its own, NAME:PORT:COMMAND (repeatable): COMMAND
+        /// (one shell line) runs at boot in /root, and every start waits
+        /// for PORT to listen.
+        #[arg(long = "service", value_name = "NAME:PORT:COMMAND", value_parser = parse_service)]
+        services: Vec<banger_proto::vm::ImageService>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -820,6 +843,31 @@ mod tests {
         match Cli::try_parse_from(argv) {
             Ok(cli) => cli.command,
             Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn image_build_takes_a_preset_and_services() {
+        let Command::Image(ImageCommand::Build {
+            preset, services, ..
+        }) = parse(&[
+            "image",
+            "build",
+            "--preset",
+            "opencode",
+            "--service",
+            "web:8000:python3 -m http.server 8000 --bind ::",
+        ])
+        else {
+            panic!("not image build");
+        };
+        assert_eq!(preset, Some(Preset::Opencode));
+        assert_eq!(services.len(), 1);
+        assert_eq!((services[0].name.as_str(), services[0].port), ("web", 8000));
+        assert_eq!(services[0].command, "python3 -m http.server 8000 --bind ::");
+        for bad in ["web:http:cmd", "web:8000"] {
+            let argv = ["banger", "image", "build", "--service", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
         }
     }
 

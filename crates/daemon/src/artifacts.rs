@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use banger_image::kernel::catalog_entry;
-use banger_image::services::Preset;
+use banger_image::services::{Preset, Service};
 use banger_image::{ImageError, ImageRecipe, catalog};
 use banger_proto::vm::{ImageView, KernelOrigin, KernelView};
 use banger_store::{ImageRecord, KernelRecord, StoreError};
@@ -85,6 +85,8 @@ pub enum ArtifactError {
     },
     #[error("invalid package name {package:?}")]
     InvalidPackage { package: String },
+    #[error("bad service: {reason}")]
+    InvalidService { reason: String },
     /// No static guest agent to bake in: an image without one would boot
     /// VMs on which exec, cp, stats and ports never work.
     #[error(
@@ -165,16 +167,68 @@ struct BuiltFrom {
     /// packages, setup and services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     preset: Option<Preset>,
+    /// Services declared with `image build --service`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    services: Vec<Service>,
 }
 
-/// The services an image declares (a managed image built with a preset);
-/// none for others.
-pub fn image_services(i: &ImageRecord) -> Vec<banger_image::services::Service> {
+impl BuiltFrom {
+    /// What to build again (a rebuild of a stale image, or the recipe
+    /// to compare with).
+    fn spec(&self) -> BuildSpec {
+        BuildSpec {
+            packages: self.packages.clone(),
+            size_bytes: self.size_bytes,
+            preset: self.preset,
+            services: self.services.clone(),
+        }
+    }
+}
+
+/// What `image build` asks for: extra packages, a size, a preset and
+/// services of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildSpec {
+    pub packages: Vec<String>,
+    pub size_bytes: Option<u64>,
+    pub preset: Option<Preset>,
+    pub services: Vec<Service>,
+}
+
+impl BuildSpec {
+    /// Every service: the preset's, then the declared ones.
+    fn all_services(&self) -> Vec<Service> {
+        let mut all = self.preset.map(Preset::services).unwrap_or_default();
+        all.extend(self.services.iter().cloned());
+        all
+    }
+}
+
+/// Checks services to declare: each bakes into a unit (a name, a port,
+/// a working directory, one command line), names and ports used once.
+pub fn validate_services(services: &[Service]) -> Result<(), ArtifactError> {
+    for (i, s) in services.iter().enumerate() {
+        banger_image::services::validate(s)
+            .map_err(|reason| ArtifactError::InvalidService { reason })?;
+        if services[..i]
+            .iter()
+            .any(|o| o.name == s.name || o.port == s.port)
+        {
+            return Err(ArtifactError::InvalidService {
+                reason: format!("service {} or port {} given twice", s.name, s.port),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The services an image declares (a managed image built with a preset
+/// or `--service`); none for others.
+pub fn image_services(i: &ImageRecord) -> Vec<Service> {
     i.recipe
         .as_deref()
         .and_then(|r| serde_json::from_str::<BuiltFrom>(r).ok())
-        .and_then(|b| b.preset)
-        .map(Preset::services)
+        .map(|b| b.spec().all_services())
         .unwrap_or_default()
 }
 
@@ -415,9 +469,7 @@ impl Artifacts {
     /// compare with, never to build).
     async fn recipe(
         &self,
-        packages: Vec<String>,
-        size_bytes: Option<u64>,
-        preset: Option<Preset>,
+        spec: &BuildSpec,
         need_agent: bool,
     ) -> Result<ImageRecipe, ArtifactError> {
         let agent = match self.agent_binary().await {
@@ -432,16 +484,16 @@ impl Artifacts {
                 what: "read ssh public key".into(),
                 source,
             })??;
-        let mut packages = packages;
-        packages.extend(preset.map(Preset::packages).unwrap_or_default());
+        let mut packages = spec.packages.clone();
+        packages.extend(spec.preset.map(Preset::packages).unwrap_or_default());
         Ok(ImageRecipe {
             suite: "bookworm".into(),
             packages,
             ssh_public_key: key,
-            size_bytes,
+            size_bytes: spec.size_bytes,
             agent,
-            setup: preset.map(Preset::setup).unwrap_or_default(),
-            services: preset.map(Preset::services).unwrap_or_default(),
+            setup: spec.preset.map(Preset::setup).unwrap_or_default(),
+            services: spec.all_services(),
         })
     }
 
@@ -498,9 +550,7 @@ impl Artifacts {
         let record = self
             .build_new(
                 name,
-                Vec::new(),
-                None,
-                None,
+                BuildSpec::default(),
                 &format!("build image {name}"),
                 ctx,
             )
@@ -522,16 +572,12 @@ impl Artifacts {
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
         let name = old.name.clone();
-        let (packages, size, preset) =
-            match old.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) {
-                Some(Ok(b)) => (b.packages, b.size_bytes, b.preset),
-                _ => (Vec::new(), None, None),
-            };
+        let spec = match old.recipe.as_deref().map(serde_json::from_str::<BuiltFrom>) {
+            Some(Ok(b)) => b.spec(),
+            _ => BuildSpec::default(),
+        };
         let title = format!("rebuild image {name} (stale: {reason})");
-        let built = match self
-            .build_new(&name, packages, size, preset, &title, ctx)
-            .await
-        {
+        let built = match self.build_new(&name, spec, &title, ctx).await {
             Ok(b) => b,
             Err(ArtifactError::Cancelled(c)) => return Err(c.into()),
             Err(e) => {
@@ -552,9 +598,7 @@ impl Artifacts {
     pub async fn build_image(
         &self,
         name: &str,
-        packages: Vec<String>,
-        size_bytes: Option<u64>,
-        preset: Option<Preset>,
+        spec: BuildSpec,
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
         let lock = self.locks.get(format!("image:{name}"));
@@ -565,14 +609,7 @@ impl Artifacts {
             });
         }
         let record = self
-            .build_new(
-                name,
-                packages,
-                size_bytes,
-                preset,
-                &format!("build image {name}"),
-                ctx,
-            )
+            .build_new(name, spec, &format!("build image {name}"), ctx)
             .await?;
         let r = record.clone();
         self.db.call(move |s| s.insert_image(&r)).await?;
@@ -587,14 +624,11 @@ impl Artifacts {
     async fn build_new(
         &self,
         name: &str,
-        packages: Vec<String>,
-        size_bytes: Option<u64>,
-        preset: Option<Preset>,
+        spec: BuildSpec,
         title: &str,
         ctx: &OpCtx,
     ) -> Result<ImageRecord, ArtifactError> {
-        let user_packages = packages.clone();
-        let recipe = self.recipe(packages, size_bytes, preset, true).await?;
+        let recipe = self.recipe(&spec, true).await?;
         ctx.check_cancelled()?;
         let id = new_id("i-");
         let mut dest = self.image_dir(name);
@@ -636,10 +670,11 @@ impl Artifacts {
             }
         };
         let from = BuiltFrom {
-            packages: user_packages,
+            packages: spec.packages,
             size_bytes: recipe.size_bytes,
             parts: recipe.parts(),
-            preset,
+            preset: spec.preset,
+            services: spec.services,
         };
         Ok(ImageRecord {
             id,
@@ -674,9 +709,7 @@ impl Artifacts {
             let legacy_default = i.name == self.default_image && i.source == "debian:bookworm";
             return Ok(legacy_default.then(|| LEGACY_REASON.to_owned()));
         };
-        let recipe = self
-            .recipe(from.packages, from.size_bytes, from.preset, false)
-            .await?;
+        let recipe = self.recipe(&from.spec(), false).await?;
         let mut now = recipe.parts();
         if recipe.agent.is_none() {
             now.remove("agent");
@@ -1094,7 +1127,7 @@ mod tests {
             .unwrap();
         assert_eq!(artifacts.ensure_image("mine", &ctx).await.unwrap(), record);
         let err = artifacts
-            .build_image("mine", Vec::new(), None, None, &ctx)
+            .build_image("mine", BuildSpec::default(), &ctx)
             .await
             .unwrap_err();
         assert!(matches!(err, ArtifactError::ImageExists { .. }), "{err:?}");
@@ -1140,6 +1173,48 @@ mod tests {
     }
 
     #[test]
+    fn an_images_services_are_its_presets_then_its_own() {
+        let web = Service {
+            name: "web".into(),
+            command: "python3 -m http.server 8000".into(),
+            port: 8000,
+            workdir: "/root".into(),
+            env: Vec::new(),
+        };
+        let from = BuiltFrom {
+            packages: Vec::new(),
+            size_bytes: None,
+            parts: BTreeMap::new(),
+            preset: Some(Preset::Opencode),
+            services: vec![web.clone()],
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let image = ImageRecord {
+            recipe: Some(serde_json::to_string(&from).unwrap()),
+            ..image_record(tmp.path(), "oc")
+        };
+        let names: Vec<(String, u16)> = image_services(&image)
+            .into_iter()
+            .map(|s| (s.name, s.port))
+            .collect();
+        assert_eq!(names, [("opencode".into(), 4096), ("web".into(), 8000)]);
+        // An image without a recipe (pulled, older) declares none.
+        assert!(image_services(&image_record(tmp.path(), "plain")).is_empty());
+
+        assert!(validate_services(std::slice::from_ref(&web)).is_ok());
+        let twice = validate_services(&[web.clone(), web.clone()]).unwrap_err();
+        assert!(chain(&twice).contains("given twice"), "{}", chain(&twice));
+        let bad = Service {
+            command: "a\nb".into(),
+            ..web
+        };
+        assert!(matches!(
+            validate_services(&[bad]),
+            Err(ArtifactError::InvalidService { .. })
+        ));
+    }
+
+    #[test]
     fn without_a_static_agent_the_error_says_how_to_get_one() {
         let tmp = tempfile::tempdir().unwrap();
         // /bin/sh is dynamically linked on Debian.
@@ -1170,7 +1245,7 @@ mod tests {
         let err = artifacts.ensure_image("default", &ctx).await.unwrap_err();
         assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
         let err = artifacts
-            .build_image("mine", Vec::new(), None, None, &ctx)
+            .build_image("mine", BuildSpec::default(), &ctx)
             .await
             .unwrap_err();
         assert!(matches!(err, ArtifactError::NoAgent { .. }), "{err:?}");
@@ -1216,6 +1291,7 @@ mod tests {
             size_bytes: None,
             parts: old_recipe.parts(),
             preset: None,
+            services: Vec::new(),
         };
         let mine = ImageRecord {
             recipe: Some(serde_json::to_string(&from).unwrap()),
@@ -1238,10 +1314,11 @@ mod tests {
         // not compared).
         let current = BuiltFrom {
             preset: None,
+            services: Vec::new(),
             packages: Vec::new(),
             size_bytes: None,
             parts: artifacts
-                .recipe(Vec::new(), None, None, false)
+                .recipe(&BuildSpec::default(), false)
                 .await
                 .unwrap()
                 .parts(),

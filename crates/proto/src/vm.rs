@@ -440,6 +440,9 @@ pub struct ImageBuildParams {
     /// A preset: its packages, setup and services go in too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<ImagePreset>,
+    /// Services of its own, baked in as units (after the preset's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ImageService>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

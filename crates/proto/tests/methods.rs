@@ -599,6 +599,12 @@ fn examples() -> Vec<Example> {
                 packages: vec!["curl".into()],
                 size_bytes: None,
                 preset: Some(banger_proto::vm::ImagePreset::Opencode),
+                services: vec![banger_proto::vm::ImageService {
+                    name: "web".into(),
+                    port: 8000,
+                    command: "python3 -m http.server 8000".into(),
+                    workdir: "/root".into(),
+                }],
             },
             OpView {
                 kind: OpKind::ImageBuild,

@@ -58,6 +58,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
             packages,
             size,
             preset,
+            services,
             json,
         } => {
             let begun = client.call::<methods::ImageBuildBegin>(&ImageBuildParams {
@@ -69,6 +70,7 @@ pub(crate) fn image(target: &DaemonTarget, cmd: &ImageCommand) -> Result<(), Cli
                     .transpose()?,
                 preset: preset
                     .map(|crate::args::Preset::Opencode| banger_proto::vm::ImagePreset::Opencode),
+                services: services.clone(),
             })?;
             if !json {
                 note!("building image {} ({})", begun.target, begun.op_id);

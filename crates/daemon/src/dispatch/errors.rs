@@ -256,7 +256,9 @@ pub(crate) fn artifact_code(e: &crate::artifacts::ArtifactError) -> ErrorCode {
         E::Import { source, .. } if source.is_missing() => ErrorCode::NotFound,
         E::Import { source, .. } if source.is_bad_input() => ErrorCode::BadParams,
         E::Import { .. } => ErrorCode::OperationFailed,
-        E::InvalidPackage { .. } | E::NotPullable { .. } => ErrorCode::BadParams,
+        E::InvalidPackage { .. } | E::InvalidService { .. } | E::NotPullable { .. } => {
+            ErrorCode::BadParams
+        }
         E::NoAgent { .. } => ErrorCode::OperationFailed,
         E::Pull { .. } | E::Build { .. } | E::NoSpace { .. } | E::Task { .. } | E::Ssh(_) => {
             ErrorCode::OperationFailed
@@ -345,7 +347,7 @@ mod tests {
             .unwrap();
         let dup = state
             .artifacts
-            .build_image("mine", Vec::new(), None, None, &ctx)
+            .build_image("mine", crate::artifacts::BuildSpec::default(), &ctx)
             .await
             .unwrap_err();
         let e = RpcError::from(dup);

@@ -24,6 +24,25 @@ impl Handler for methods::ImageBuildBegin {
             .unwrap_or_else(|| artifacts.default_image().to_owned());
         validate::name("image", &name)?;
         artifacts::validate_packages(&p.packages)?;
+        let spec = artifacts::BuildSpec {
+            packages: p.packages,
+            size_bytes: p.size_bytes,
+            preset: p.preset.map(|banger_proto::vm::ImagePreset::Opencode| {
+                banger_image::services::Preset::Opencode
+            }),
+            services: p
+                .services
+                .into_iter()
+                .map(|s| banger_image::services::Service {
+                    name: s.name,
+                    command: s.command,
+                    port: s.port,
+                    workdir: s.workdir,
+                    env: Vec::new(),
+                })
+                .collect(),
+        };
+        artifacts::validate_services(&spec.services)?;
         if let Some(size) = p.size_bytes {
             validate::image_size(size)?;
         }
@@ -34,17 +53,7 @@ impl Handler for methods::ImageBuildBegin {
             &target,
             move |op| async move {
                 let built = async {
-                    let image = artifacts
-                        .build_image(
-                            &name,
-                            p.packages,
-                            p.size_bytes,
-                            p.preset.map(|banger_proto::vm::ImagePreset::Opencode| {
-                                banger_image::services::Preset::Opencode
-                            }),
-                            &op,
-                        )
-                        .await?;
+                    let image = artifacts.build_image(&name, spec, &op).await?;
                     to_value(artifacts.image_view(&image).await?)
                 };
                 built.await.map_err(RpcError::into_body)
