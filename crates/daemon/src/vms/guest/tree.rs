@@ -584,11 +584,17 @@ impl Read for ChunkReader {
 /// everything under it, names sorted; symlinks as symlinks; sockets,
 /// devices and FIFOs left out (their count is returned).
 pub(super) fn pack(top: &Path, writer: impl Write) -> Result<u64, GuestError> {
-    let read = |p: &Path| {
-        let p = p.to_owned();
-        move |e| GuestError::host_file("read", &p)(e)
-    };
-    let meta = fs::metadata(top).map_err(read(top))?;
+    let mut b = begin_tar(top, writer)?;
+    let mut skipped = 0;
+    walk(&mut b, top, Path::new(""), &mut skipped)?;
+    end_tar(b, top)?;
+    Ok(skipped)
+}
+
+/// A tar stream over `writer` that keeps symlinks as symlinks, begun
+/// with `.`: the directory `top` itself (its mode and times).
+fn begin_tar<W: Write>(top: &Path, writer: W) -> Result<tar::Builder<W>, GuestError> {
+    let meta = fs::metadata(top).map_err(GuestError::host_file("read", top))?;
     let mut b = tar::Builder::new(writer);
     b.follow_symlinks(false);
     let mut header = tar::Header::new_gnu();
@@ -596,13 +602,15 @@ pub(super) fn pack(top: &Path, writer: impl Write) -> Result<u64, GuestError> {
     header.set_entry_type(tar::EntryType::Directory);
     header.set_size(0);
     b.append_data(&mut header, ".", io::empty())
-        .map_err(read(top))?;
-    let mut skipped = 0;
-    walk(&mut b, top, Path::new(""), &mut skipped)?;
+        .map_err(GuestError::host_file("read", top))?;
+    Ok(b)
+}
+
+/// Ends the tar stream and flushes what is left of it.
+fn end_tar<W: Write>(b: tar::Builder<W>, top: &Path) -> Result<(), GuestError> {
     b.into_inner()
         .and_then(|mut w| w.flush())
-        .map_err(read(top))?;
-    Ok(skipped)
+        .map_err(GuestError::host_file("read", top))
 }
 
 /// Packs `files` (relative to `top`, as a workspace's file set lists
@@ -614,19 +622,7 @@ pub(super) fn pack_files(
     files: &[PathBuf],
     writer: impl Write,
 ) -> Result<u64, GuestError> {
-    let read = |p: &Path| {
-        let p = p.to_owned();
-        move |e| GuestError::host_file("read", &p)(e)
-    };
-    let meta = fs::metadata(top).map_err(read(top))?;
-    let mut b = tar::Builder::new(writer);
-    b.follow_symlinks(false);
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata(&meta);
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_size(0);
-    b.append_data(&mut header, ".", io::empty())
-        .map_err(read(top))?;
+    let mut b = begin_tar(top, writer)?;
     let mut skipped = 0;
     let mut dirs = std::collections::HashSet::new();
     for rel in files {
@@ -663,9 +659,7 @@ pub(super) fn pack_files(
         b.append_path_with_name(&abs, rel)
             .map_err(GuestError::host_file("read", &abs))?;
     }
-    b.into_inner()
-        .and_then(|mut w| w.flush())
-        .map_err(read(top))?;
+    end_tar(b, top)?;
     Ok(skipped)
 }
 
