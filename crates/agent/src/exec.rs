@@ -334,10 +334,10 @@ pub(crate) fn start(req: Request, out: &Out, sessions: &Arc<Sessions>) {
     }
     drop(done_tx);
     if let (None, Some(sink)) = (&failed, stdin_sink) {
-        let backlog = Arc::clone(&ctl.backlog);
+        let ctl = Arc::clone(&ctl);
         let out = Arc::clone(out);
         if let Err(e) = crate::spawn("exec-stdin", move || {
-            feed_stdin(id, sink, stdin_rx, &backlog, &out)
+            feed_stdin(id, sink, stdin_rx, &ctl, &out)
         }) {
             failed = Some(e);
         }
@@ -655,14 +655,9 @@ fn pump(fd: OwnedFd, id: u64, is_stdout: bool, out: &Out, stop: &AtomicBool) {
 /// Writes stdin chunks to the process until the channel closes (stdin
 /// closed, or the process ended); a process that stopped reading makes
 /// the rest be dropped. After each chunk, says how much the process took
-/// in all (`StdinRead`), which the host's flow control waits for.
-fn feed_stdin(
-    id: u64,
-    mut sink: File,
-    rx: mpsc::Receiver<Vec<u8>>,
-    backlog: &AtomicUsize,
-    out: &Out,
-) {
+/// in all (`StdinRead`), which the host's flow control waits for; never
+/// once the process has exited, so nothing about it follows `Exited`.
+fn feed_stdin(id: u64, mut sink: File, rx: mpsc::Receiver<Vec<u8>>, ctl: &Control, out: &Out) {
     let mut broken = false;
     let mut taken = 0u64;
     for chunk in rx {
@@ -674,9 +669,14 @@ fn feed_stdin(
                 broken = true;
             }
         }
-        backlog.fetch_sub(chunk.len(), Ordering::AcqRel);
+        ctl.backlog.fetch_sub(chunk.len(), Ordering::AcqRel);
         taken += chunk.len() as u64;
-        out.send(Frame::new(Message::StdinRead { id, bytes: taken }));
+        // Sent under the lock the waiter marks the exit with, before it
+        // sends `Exited`: this frame is queued first or not at all.
+        let exited = ctl.exited.lock().unwrap_or_else(|p| p.into_inner());
+        if !*exited {
+            out.send(Frame::new(Message::StdinRead { id, bytes: taken }));
+        }
     }
 }
 

@@ -112,7 +112,8 @@ impl Agent {
                     "freeze".into(),
                     "identity".into(),
                     "identity_host_key".into(),
-                    "tree".into()
+                    "tree".into(),
+                    "stdin_ack".into()
                 ],
             }
         );
@@ -191,6 +192,8 @@ impl Agent {
             match f.msg {
                 Message::Stdout { .. } => out.extend_from_slice(&f.body),
                 Message::Stderr { .. } => err.extend_from_slice(&f.body),
+                // Flow control: how much stdin the process took so far.
+                Message::StdinRead { .. } => {}
                 Message::Exited { code, signal, .. } => {
                     // Nothing about this id after Exited.
                     self.health(id + 1_000_000);
@@ -333,6 +336,33 @@ fn ports_name_the_listening_process() {
         assert_eq!(p.pid, Some(std::process::id()), "{p:?}");
         assert_eq!(p.process.as_deref(), Some(me.trim_end()), "{p:?}");
     }
+}
+
+#[test]
+fn stdin_read_says_how_much_the_process_took() {
+    let mut a = Agent::stdio();
+    // A reader that waits first: what it takes is said as it takes it.
+    a.send(Frame::new(exec(
+        40,
+        &["sh", "-c", "sleep 0.3; wc -c; sleep 0.2"],
+    )));
+    assert!(matches!(a.next_for(40).msg, Message::Started { .. }));
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..3 {
+        a.send(Frame::with_body(Message::Stdin { id: 40 }, chunk.clone()));
+    }
+    let mut read = Vec::new();
+    while read.last() != Some(&(3 * 64 * 1024)) {
+        match a.next_for(40).msg {
+            Message::StdinRead { bytes, .. } => read.push(bytes),
+            other => panic!("expected stdin_read, got {other:?}"),
+        }
+    }
+    assert_eq!(read, [64 * 1024, 2 * 64 * 1024, 3 * 64 * 1024]);
+    a.send(Frame::new(Message::Stdin { id: 40 }));
+    let (out, _, code, _) = a.collect_exec(40);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "196608");
+    assert_eq!(code, Some(0));
 }
 
 #[test]
@@ -487,6 +517,9 @@ fn exec_on_a_tty() {
     let mut wait_for = |a: &mut Agent, text: &str| {
         while !String::from_utf8_lossy(&out).contains(text) {
             let f = a.next_for(21);
+            if matches!(f.msg, Message::StdinRead { .. }) {
+                continue;
+            }
             assert!(matches!(f.msg, Message::Stdout { .. }), "{f:?}");
             out.extend_from_slice(&f.body);
         }
