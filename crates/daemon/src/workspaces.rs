@@ -14,7 +14,7 @@
 //! One workspace operation per VM at a time (a lock per VM id, taken
 //! before anything else and held across the guest calls).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,13 +131,12 @@ pub fn check(spec: &WorkspaceSpec) -> Result<Checked, WorkspaceError> {
         .guest_path
         .clone()
         .unwrap_or_else(|| DEFAULT_GUEST_PATH.to_owned());
-    let g = Path::new(&guest_path);
-    let clean = g.is_absolute()
-        && g.components().skip(1).count() > 0
-        && g.components()
-            .skip(1)
-            .all(|c| matches!(c, Component::Normal(_)));
-    if !clean || guest_path.ends_with('/') {
+    // Written out in full: `/a/b`, no empty, `.` or `..` part.
+    let clean = guest_path.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
+    });
+    if !clean {
         return Err(WorkspaceError::BadGuestPath(guest_path));
     }
     Ok(Checked {
@@ -507,5 +506,48 @@ impl Workspaces {
             guest_path: record.guest_path,
             changes: host_changes.iter().map(change).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    fn spec(host: &str, guest: Option<&str>) -> WorkspaceSpec {
+        WorkspaceSpec {
+            host_dir: host.to_owned(),
+            guest_path: guest.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_spec_is_an_absolute_host_directory_and_a_clean_guest_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().to_str().unwrap();
+        let ok = check(&spec(host, None)).unwrap();
+        assert_eq!(ok.guest_path, DEFAULT_GUEST_PATH);
+        assert_eq!(
+            check(&spec(host, Some("/srv/app"))).unwrap().guest_path,
+            "/srv/app"
+        );
+        assert!(matches!(
+            check(&spec("relative/dir", None)),
+            Err(WorkspaceError::HostNotAbsolute(_))
+        ));
+        assert!(matches!(
+            check(&spec("/no/such/dir", None)),
+            Err(WorkspaceError::HostNotDirectory(_))
+        ));
+        for bad in ["/", "work", "/root/../etc", "/root/./work", "/root/work/"] {
+            assert!(
+                matches!(
+                    check(&spec(host, Some(bad))),
+                    Err(WorkspaceError::BadGuestPath(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }
