@@ -34,6 +34,11 @@ use crate::vms::guest::{Guest, GuestError};
 /// Files removed in the guest per `rm` command (a sync's deletions).
 const RM_BATCH: usize = 200;
 
+/// The largest patch `vm.workspace.diff` returns: a guest chooses how
+/// large its changes are, and an answer is held whole. `apply` takes any
+/// size (git reads the patch from a file).
+pub const MAX_PATCH_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
     #[error(transparent)]
@@ -90,6 +95,12 @@ pub enum WorkspaceError {
     },
     #[error("workspace task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error(
+        "vm {vm}: the guest's changes make a patch of {bytes} bytes, more than the {max} a diff returns \
+         (see them with banger vm exec {vm} -- git -C GUESTPATH status, or apply them with banger workspace apply {vm})",
+        max = MAX_PATCH_BYTES
+    )]
+    PatchTooLarge { vm: String, bytes: u64 },
 }
 
 /// What `workspace.json` keeps of a VM's workspace.
@@ -207,6 +218,11 @@ impl Workspaces {
 
     fn git_dir(&self, vm: &VmRecord) -> PathBuf {
         self.dir(vm).join("workspace.git")
+    }
+
+    /// Where a diff's patch is written while it is read or applied.
+    fn patch_file(&self, vm: &VmRecord) -> PathBuf {
+        self.dir(vm).join("workspace.patch")
     }
 
     async fn find(&self, name: &str) -> Result<VmRecord, WorkspaceError> {
@@ -393,12 +409,29 @@ impl Workspaces {
         let record = self.need(&vm)?;
         let base = Base::at(&self.git_dir(&vm));
         let on_project = Self::project_error(&vm, &record.host_dir);
-        let diff = self
+        let patch_file = self.patch_file(&vm);
+        let vm_name = vm.name.clone();
+        let (diff, patch) = self
             .with_guest_copy(&vm, &record, move |pulled| {
-                base.diff(pulled).map_err(on_project)
+                let diff = base.diff(pulled, &patch_file).map_err(on_project);
+                let patch = diff.as_ref().ok().map(|d| {
+                    if d.patch_bytes > MAX_PATCH_BYTES {
+                        return Err(WorkspaceError::PatchTooLarge {
+                            vm: vm_name,
+                            bytes: d.patch_bytes,
+                        });
+                    }
+                    std::fs::read(&patch_file).map_err(|source| WorkspaceError::Io {
+                        what: "read",
+                        path: patch_file.clone(),
+                        source,
+                    })
+                });
+                let _ = std::fs::remove_file(&patch_file);
+                Ok((diff?, patch.transpose()?.unwrap_or_default()))
             })
             .await?;
-        let (patch, patch_base64) = match String::from_utf8(diff.patch) {
+        let (patch, patch_base64) = match String::from_utf8(patch) {
             Ok(p) if p.is_empty() => (None, None),
             Ok(p) => (Some(p), None),
             Err(e) => (
@@ -424,11 +457,18 @@ impl Workspaces {
         let base = Base::at(&self.git_dir(&vm));
         let on_project = Self::project_error(&vm, &record.host_dir);
         let host = record.host_dir.clone();
+        let patch_file = self.patch_file(&vm);
         let (changes, head) = self
             .with_guest_copy(&vm, &record, move |pulled| {
-                let diff = base.diff(pulled).map_err(&on_project)?;
-                base.apply(&host, &diff.patch).map_err(&on_project)?;
-                Ok((diff.changes, base.head().map_err(&on_project)?))
+                let applied = base
+                    .diff(pulled, &patch_file)
+                    .and_then(|diff| {
+                        base.apply(&host, &patch_file)?;
+                        Ok((diff.changes, base.head()?))
+                    })
+                    .map_err(&on_project);
+                let _ = std::fs::remove_file(&patch_file);
+                applied
             })
             .await?;
         let mut record = record;

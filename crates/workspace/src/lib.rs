@@ -199,11 +199,12 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
-/// A copy's changes against the base: the patch and its files.
+/// A copy's changes against the base: its files, and the size of the
+/// patch written (to a file: a guest chooses how large it is).
 #[derive(Debug, Clone)]
 pub struct Diff {
-    pub patch: Vec<u8>,
     pub changes: Vec<Change>,
+    pub patch_bytes: u64,
 }
 
 /// What was put into a guest: a commit in a private git directory.
@@ -376,13 +377,15 @@ impl Base {
     }
 
     /// The changes in `pulled` (the guest's copy of the project, fetched
-    /// whole) against the base, as a binary-safe git patch with paths
-    /// relative to the project (`a/PATH`, `b/PATH`), and file by file.
-    /// Files the project's `.gitignore` files (or a top-level
-    /// `.bangerignore`) exclude are left out unless the base has them.
-    pub fn diff(&self, pulled: &Path) -> Result<Diff, WorkspaceError> {
+    /// whole) against the base, file by file, and as a binary-safe git
+    /// patch written to `patch_file` (an absolute path), with paths
+    /// relative to the project (`a/PATH`, `b/PATH`). Files the project's
+    /// `.gitignore` files (or a top-level `.bangerignore`) exclude are
+    /// left out unless the base has them.
+    pub fn diff(&self, pulled: &Path, patch_file: &Path) -> Result<Diff, WorkspaceError> {
+        let output = format!("--output={}", patch_file.display());
         self.staged(pulled, |base| {
-            let patch = base.git(
+            base.git(
                 "diff",
                 Some(pulled),
                 &[
@@ -393,13 +396,15 @@ impl Base {
                     "--binary",
                     "--no-renames",
                     "--no-color",
+                    &output,
                     "HEAD",
                 ],
                 b"",
             )?;
+            let patch_bytes = std::fs::metadata(patch_file).map_or(0, |m| m.len());
             Ok(Diff {
-                patch,
                 changes: base.staged_changes(pulled)?,
+                patch_bytes,
             })
         })
     }
@@ -431,9 +436,9 @@ impl Base {
         self.commit(work_tree, "pushed into the guest")
     }
 
-    /// The paths `patch` touches.
-    fn touched(&self, patch: &[u8]) -> Result<Vec<String>, WorkspaceError> {
-        let out = self.git("apply", None, &["apply", "--numstat", "-z", "-"], patch)?;
+    /// The paths the patch in `patch` touches.
+    fn touched(&self, patch: &str) -> Result<Vec<String>, WorkspaceError> {
+        let out = self.git("apply", None, &["apply", "--numstat", "-z", patch], b"")?;
         // `ADDED\tDELETED\tPATH\0` per file (no renames: diff said so).
         Ok(nul_separated(&out)
             .into_iter()
@@ -441,11 +446,14 @@ impl Base {
             .collect())
     }
 
-    /// Applies `patch` (from [`Base::diff`]) to the project in `host`,
-    /// refusing, with nothing changed, when a file it touches differs on
-    /// the host from what was put into the guest; then the base moves on
-    /// to include the patch. Returns the paths it changed.
-    pub fn apply(&self, host: &Path, patch: &[u8]) -> Result<Vec<String>, WorkspaceError> {
+    /// Applies the patch in `patch_file` (from [`Base::diff`]; an
+    /// absolute path) to the project in `host`, refusing, with nothing
+    /// changed, when a file it touches differs on the host from what was
+    /// put into the guest; then the base moves on to include the patch.
+    /// Returns the paths it changed.
+    pub fn apply(&self, host: &Path, patch_file: &Path) -> Result<Vec<String>, WorkspaceError> {
+        let patch = patch_file.to_string_lossy();
+        let patch = patch.as_ref();
         let touched = self.touched(patch)?;
         if touched.is_empty() {
             return Ok(touched);
@@ -493,17 +501,17 @@ impl Base {
         self.git(
             "apply --check",
             tree,
-            &[&apply[..], &["--check", "-"]].concat(),
-            patch,
+            &[&apply[..], &["--check", patch]].concat(),
+            b"",
         )?;
-        self.git("apply", tree, &[&apply[..], &["-"]].concat(), patch)?;
+        self.git("apply", tree, &[&apply[..], &[patch]].concat(), b"")?;
         // The base now holds the patch too: what the host and guest share.
         self.git("read-tree", None, &["read-tree", "HEAD"], b"")?;
         self.git(
             "apply --cached",
             tree,
-            &[&apply[..], &["--cached", "-"]].concat(),
-            patch,
+            &[&apply[..], &["--cached", patch]].concat(),
+            b"",
         )?;
         self.commit(host, "applied on the host")?;
         Ok(touched)

@@ -110,9 +110,14 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     let (base, commit) = Base::record(&record, &host, &files).unwrap();
     assert_eq!(commit.len(), 40, "{commit}");
 
+    let patch_file = tmp.path().join("guest.patch");
+    let diff_text = |base: &Base| {
+        base.diff(&guest, &patch_file).unwrap();
+        std::fs::read(&patch_file).unwrap()
+    };
     // Nothing changed in the guest: an empty patch.
     copy_files(&host, &guest, &files);
-    assert!(base.diff(&guest).unwrap().patch.is_empty());
+    assert!(diff_text(&base).is_empty());
 
     // The guest edits a file, adds one, deletes one, rewrites the binary
     // file and makes a build output its .gitignore excludes.
@@ -121,8 +126,9 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
         "printf 'one\\nTWO\\n' > tracked.txt && echo added > added.txt && rm untracked.txt \
          && head -c 2000 /dev/urandom > blob.bin && mkdir -p build && echo o > build/new.o",
     );
-    let diff = base.diff(&guest).unwrap();
-    let patch = diff.patch.clone();
+    let diff = base.diff(&guest, &patch_file).unwrap();
+    let patch = std::fs::read(&patch_file).unwrap();
+    assert_eq!(diff.patch_bytes, patch.len() as u64);
     let kinds: Vec<(&str, ChangeKind)> = diff
         .changes
         .iter()
@@ -145,7 +151,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     );
     assert!(String::from_utf8_lossy(&patch).contains("GIT binary patch"));
     // The same again: the diff leaves the record as it was.
-    assert_eq!(base.diff(&guest).unwrap().patch, patch);
+    assert_eq!(diff_text(&base), patch);
 
     // An edit on the host to a file the patch touches: refused, nothing
     // changed.
@@ -154,7 +160,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
         .iter()
         .map(|f| std::fs::read(host.join(f)).unwrap())
         .collect();
-    match base.apply(&host, &patch) {
+    match base.apply(&host, &patch_file) {
         Err(WorkspaceError::HostChanged(paths)) => assert_eq!(paths, ["tracked.txt"]),
         other => panic!("{other:?}"),
     }
@@ -168,7 +174,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     // Put back as it was: the patch applies and the host has the guest's
     // files.
     std::fs::write(host.join("tracked.txt"), "one\ntwo\n").unwrap();
-    let applied = base.apply(&host, &patch).unwrap();
+    let applied = base.apply(&host, &patch_file).unwrap();
     assert_eq!(
         applied,
         ["added.txt", "blob.bin", "tracked.txt", "untracked.txt"]
@@ -182,7 +188,7 @@ fn the_guests_changes_come_back_as_a_patch_that_applies_only_over_unchanged_file
     }
     assert!(!host.join("untracked.txt").exists());
     // The base moved on: the guest now differs from it in nothing.
-    assert!(base.diff(&guest).unwrap().patch.is_empty());
+    assert!(diff_text(&base).is_empty());
 }
 
 #[test]

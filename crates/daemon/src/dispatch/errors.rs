@@ -211,9 +211,11 @@ impl From<crate::workspaces::WorkspaceError> for RpcError {
                 ErrorCode::Conflict
             }
             E::NoWorkspace { .. } => ErrorCode::NotFound,
-            E::Project { .. } | E::Io { .. } | E::BadRecord { .. } | E::Task(_) => {
-                ErrorCode::OperationFailed
-            }
+            E::Project { .. }
+            | E::Io { .. }
+            | E::BadRecord { .. }
+            | E::Task(_)
+            | E::PatchTooLarge { .. } => ErrorCode::OperationFailed,
         };
         Self::from_domain(code, &e)
     }
