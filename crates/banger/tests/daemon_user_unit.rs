@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,12 +40,10 @@ exit 0
     } else {
         "echo 'Failed to connect to bus: No medium found' >&2\nexit 1\n"
     };
-    std::fs::write(
+    common::install_script(
         &script,
-        format!("#!/bin/sh\necho \"$*\" >>'{}'\n{body}", calls.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\necho \"$*\" >>'{}'\n{body}", calls.display()),
+    );
     (script, calls)
 }
 

@@ -60,8 +60,7 @@ fn a_failing_cli_call_prints_the_op_id_found_in_the_daemon_log() {
 fn banger_as_nobody(world: &World, args: &[&str]) -> std::process::Output {
     let bin = world.root().join("banger-copy");
     if !bin.exists() {
-        std::fs::copy(BANGER, &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        common::install_executable(Path::new(BANGER), &bin);
     }
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])

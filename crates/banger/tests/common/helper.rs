@@ -338,8 +338,17 @@ pub fn fake_qemu(dir: &Path, args: &[&str], as_uid: Option<u32>) -> Proc {
     let exe = bin_dir.join("qemu-system-x86_64");
     if !exe.exists() {
         let tail = which("tail");
-        std::fs::copy(&tail, &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Through `install`, a child process: no descriptor of it open
+        // for writing here that a forking test thread could carry into
+        // its child (ETXTBSY; `install_executable` in common/mod.rs).
+        let ok = Command::new("install")
+            .args(["-m", "755"])
+            .arg(&tail)
+            .arg(&exe)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "install {} {}", tail.display(), exe.display());
     }
     let mut cmd = match as_uid {
         Some(uid) => {

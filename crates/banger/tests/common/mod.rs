@@ -410,6 +410,35 @@ pub fn cache_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/banger-test-cache"))
 }
 
+/// Puts an executable at `dest` (a copy of `source`, mode 0755) through a
+/// child process (`install`), so this process never holds a descriptor of
+/// it open for writing: another test thread forking meanwhile would carry
+/// one into its child until that child's exec, and running the file then
+/// fails with "Text file busy" (ETXTBSY).
+pub fn install_executable(source: &Path, dest: &Path) {
+    let status = Command::new("install")
+        .arg("-m")
+        .arg("755")
+        .arg(source)
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "install {} {}",
+        source.display(),
+        dest.display()
+    );
+}
+
+/// A script at `dest` with `contents`, made as [`install_executable`]
+/// makes a copy (the text is written beside it first, never run).
+pub fn install_script(dest: &Path, contents: &str) {
+    let text = dest.with_extension("src");
+    std::fs::write(&text, contents).unwrap();
+    install_executable(&text, dest);
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
