@@ -287,6 +287,19 @@ fn keep(buf: &mut Vec<u8>, truncated: &mut u64, data: &[u8]) {
     *truncated += (data.len() - kept) as u64;
 }
 
+impl BangerTools {
+    /// A tool that is one daemon method: `p` sent as its params with an op
+    /// id of its own, the result (or the daemon's error) as the tool's.
+    async fn forward<M>(&self, p: &M::Params) -> Result<CallToolResult, McpError>
+    where
+        M: banger_proto::methods::Method,
+        M::Params: Serialize,
+        M::Result: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        Ok(finish(call::<M>(&self.target, p, &mint_op_id()).await))
+    }
+}
+
 #[tool_router]
 impl BangerTools {
     pub fn new(target: DaemonTarget) -> Self {
@@ -627,23 +640,17 @@ impl BangerTools {
 
     #[tool(description = "One VM: its state, image, shape, backend, address and last error.")]
     async fn vm_show(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmShow>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmShow>(&p).await
     }
 
     #[tool(description = "Boot a stopped VM.")]
     async fn vm_start(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmStart>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmStart>(&p).await
     }
 
     #[tool(description = "Stop a VM: a clean power-off, a bounded wait, then a kill.")]
     async fn vm_stop(&self, Parameters(p): Parameters<VmRef>) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmStop>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmStop>(&p).await
     }
 
     #[tool(
@@ -653,9 +660,7 @@ impl BangerTools {
         &self,
         Parameters(p): Parameters<VmDeleteParams>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmDelete>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmDelete>(&p).await
     }
 
     #[tool(
@@ -665,9 +670,7 @@ impl BangerTools {
         &self,
         Parameters(p): Parameters<WorkspacePushParams>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmWorkspacePush>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmWorkspacePush>(&p).await
     }
 
     #[tool(
@@ -677,9 +680,7 @@ impl BangerTools {
         &self,
         Parameters(p): Parameters<VmRef>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmWorkspaceDiff>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmWorkspaceDiff>(&p).await
     }
 
     #[tool(
@@ -689,9 +690,7 @@ impl BangerTools {
         &self,
         Parameters(p): Parameters<VmRef>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmWorkspaceApply>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmWorkspaceApply>(&p).await
     }
 
     #[tool(
@@ -701,9 +700,7 @@ impl BangerTools {
         &self,
         Parameters(p): Parameters<VmRef>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(finish(
-            call::<VmWorkspaceSync>(&self.target, &p, &mint_op_id()).await,
-        ))
+        self.forward::<VmWorkspaceSync>(&p).await
     }
 
     #[tool(description = "Sockets listening in a running VM (protocol, address, port, process).")]
