@@ -54,6 +54,12 @@ pub struct DaemonConfig {
     /// Where VMs' own RAM files go (`BANGER_RAM_DIR`); `None`: a directory
     /// of this data directory's in `/dev/shm` (see `vms/ram.rs`).
     pub ram_dir: Option<std::path::PathBuf>,
+    /// Events held for subscribers that resume, and how far a live one
+    /// may fall behind (see `events.rs`).
+    pub event_capacity: usize,
+    /// How long an event subscriber may leave a line unread before it is
+    /// dropped (`BANGER_EVENT_STALL_MS`; see `dispatch/server.rs`).
+    pub event_stall: Duration,
 }
 
 /// How the accelerator is chosen.
@@ -103,6 +109,8 @@ impl DaemonConfig {
             stats_interval: Duration::from_secs(10),
             templates: true,
             ram_dir: None,
+            event_capacity: crate::events::DEFAULT_CAPACITY,
+            event_stall: Duration::from_secs(5),
         }
     }
 }

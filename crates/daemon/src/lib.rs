@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod dns;
 mod doctor;
 mod error;
+pub mod events;
 mod handlers;
 pub mod helper_client;
 mod instance;

@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::events::EventBus;
 use crate::op::{OpCtx, OpId};
+use banger_proto::events::EventKind;
 
 /// Finished operations are forgotten after this long.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
@@ -59,6 +61,9 @@ pub struct Operation {
     done: tokio::sync::Notify,
     /// Fired when a stage starts and when the operation ends.
     changed: tokio::sync::Notify,
+    /// Where its start, stages and end are published (none in tests that
+    /// make a registry of their own).
+    events: Option<Arc<EventBus>>,
 }
 
 impl Inner {
@@ -102,6 +107,11 @@ impl Operation {
         });
         drop(inner);
         self.changed.notify_waiters();
+        self.publish(|op_id| EventKind::OpStage {
+            op_id,
+            stage: name.to_owned(),
+            depth,
+        });
         tracing::info!(stage = name, depth, "stage started");
     }
 
@@ -179,9 +189,21 @@ impl Operation {
         }
         inner.ended_at_ms = Some(now_ms());
         inner.ended = Some(Instant::now());
+        let (state, error) = (inner.state, inner.error.clone());
         drop(inner);
+        self.publish(|op_id| EventKind::OpEnded {
+            op_id,
+            state,
+            error,
+        });
         self.done.notify_waiters();
         self.changed.notify_waiters();
+    }
+
+    fn publish(&self, event: impl FnOnce(String) -> EventKind) {
+        if let Some(events) = &self.events {
+            events.publish(event(self.id.to_string()));
+        }
     }
 
     pub fn state(&self) -> OpState {
@@ -228,6 +250,7 @@ impl Operation {
 #[derive(Debug, Default)]
 pub struct OpRegistry {
     ops: Mutex<HashMap<OpId, Arc<Operation>>>,
+    events: Option<Arc<EventBus>>,
 }
 
 /// No operation has this id (or it ended long ago and was pruned).
@@ -236,6 +259,14 @@ pub struct OpRegistry {
 pub struct UnknownOp(pub String);
 
 impl OpRegistry {
+    /// A registry whose operations publish their start, stages and end.
+    pub fn new(events: Arc<EventBus>) -> Self {
+        Self {
+            ops: Mutex::default(),
+            events: Some(events),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<OpId, Arc<Operation>>> {
         self.ops.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -266,8 +297,14 @@ impl OpRegistry {
             }),
             done: tokio::sync::Notify::new(),
             changed: tokio::sync::Notify::new(),
+            events: self.events.clone(),
         });
         self.lock().insert(op_id.clone(), Arc::clone(&op));
+        op.publish(|op_id| EventKind::OpStarted {
+            op_id,
+            kind,
+            target: target.to_owned(),
+        });
         let fut = work(OpCtx::for_operation(Arc::clone(&op)));
         let for_task = Arc::clone(&op);
         tokio::spawn(

@@ -8,6 +8,7 @@ use crate::DaemonConfig;
 use crate::accel::AccelChooser;
 use crate::artifacts::Artifacts;
 use crate::db::Db;
+use crate::events::EventBus;
 use crate::helper_client::HelperClient;
 use crate::network::Network;
 use crate::ops::OpRegistry;
@@ -21,8 +22,8 @@ use crate::vms::{VmDeps, VmTable, Vms};
 ///
 /// Lock order: a VM's lock (in `vms`), then an artifact lock (in
 /// `artifacts`), then the leaf std mutexes (handles map, operation
-/// registry, the store's), which are never held across an `.await`; the
-/// store's is only taken inside `spawn_blocking`. A VM's workspace lock
+/// registry, the store's, then the event bus's), which are never held
+/// across an `.await`; the store's is only taken inside `spawn_blocking`. A VM's workspace lock
 /// (in `workspaces`) is never held with a VM's lock.
 #[derive(Debug)]
 pub struct DaemonState {
@@ -33,6 +34,8 @@ pub struct DaemonState {
     /// idle connection watch it.
     pub shutdown: CancellationToken,
     pub ops: OpRegistry,
+    /// State changes and operation stages, for `events.subscribe`.
+    pub events: Arc<EventBus>,
     /// VMs: create, start, stop, edit, delete, reconcile.
     pub vms: Arc<Vms>,
     /// Kernels and images, pulled or built on demand.
@@ -67,12 +70,14 @@ impl DaemonState {
     /// `root_devices` (tests' doubles).
     pub(crate) fn with_root_devices(
         config: DaemonConfig,
-        store: Store,
+        mut store: Store,
         vmms: impl Into<crate::vmms::Vmms>,
         shutdown: CancellationToken,
         root_devices: Arc<dyn crate::disks::dm::RootDevices>,
     ) -> Self {
         let vmms: crate::vmms::Vmms = vmms.into();
+        let events = Arc::new(EventBus::new(config.event_capacity));
+        store.observe(events.store_observer());
         let db = Db::new(store);
         let table: Arc<VmTable> = Arc::default();
         let ssh = SshPaths::new(&config.layout);
@@ -119,7 +124,8 @@ impl DaemonState {
             started: Instant::now(),
             db,
             shutdown,
-            ops: OpRegistry::default(),
+            ops: OpRegistry::new(Arc::clone(&events)),
+            events,
             vms,
             artifacts,
             accel,

@@ -44,6 +44,16 @@ pub(crate) fn test_state_full(
     vmms: crate::vmms::Vmms,
     devices: Arc<dyn crate::disks::dm::RootDevices>,
 ) -> Arc<DaemonState> {
+    test_state_tuned(root, vmms, devices, |_| {})
+}
+
+/// As [`test_state_full`], with `tune` changing the config first.
+pub(crate) fn test_state_tuned(
+    root: &std::path::Path,
+    vmms: crate::vmms::Vmms,
+    devices: Arc<dyn crate::disks::dm::RootDevices>,
+    tune: impl FnOnce(&mut DaemonConfig),
+) -> Arc<DaemonState> {
     let layout = Layout {
         config_dir: root.join("config"),
         data_dir: root.join("data"),
@@ -57,6 +67,7 @@ pub(crate) fn test_state_full(
     config.accel = crate::config::AccelChoice::Tcg;
     // VMs' RAM files with the test's other files, not in /dev/shm.
     config.ram_dir = Some(root.join("ram"));
+    tune(&mut config);
     Arc::new(DaemonState::with_root_devices(
         config,
         store,
@@ -273,6 +284,8 @@ pub struct Probe {
     pub cancelled: AtomicU32,
     /// End-of-file seen on a connection while its handler ran.
     pub read_closed: AtomicU32,
+    /// Event subscribers dropped for not reading.
+    pub stalled_streams: AtomicU32,
     pub changed: Notify,
     pub(crate) release: Notify,
 }
@@ -286,6 +299,12 @@ impl Probe {
     /// Called by the connection loop (`dispatch/server.rs`).
     pub fn note_read_closed(&self) {
         self.read_closed.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Called by the event stream (`dispatch/server.rs`).
+    pub fn note_stalled_stream(&self) {
+        self.stalled_streams.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 }

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod egress;
 mod envelope;
 mod error;
+pub mod events;
 pub mod helper;
 pub mod methods;
 pub mod schema;
@@ -23,8 +24,9 @@ pub use egress::{BadEgress, Egress, EgressHost, EgressTarget};
 pub use envelope::{OpId, Request, Response};
 pub use error::{ErrorBody, ErrorCode, error_chain};
 pub use types::{
-    Accel, Backend, CheckStatus, DiskStrategy, NetworkMode, OpKind, OpState, PlannedAccel,
-    PortProto, PublishSpec, SnapshotKind, UnknownValue, VmState, WaitFor,
+    Accel, Backend, CheckStatus, DiskStrategy, EndReason, NetworkMode, ObjectAction, ObjectKind,
+    OpKind, OpState, PlannedAccel, PortProto, PublishSpec, SnapshotKind, UnknownValue, VmState,
+    WaitFor,
 };
 
 /// Protocol version carried in every request. A daemon answers any other

@@ -162,6 +162,10 @@ macro_rules! for_each_method {
             OpCancel = "op.cancel": $crate::vm::OpRef => $crate::vm::OpView,
             /// Operations of the last hour.
             OpList = "op.list": $crate::methods::NoParams => ::std::vec::Vec<$crate::vm::OpView>,
+            /// State changes and operation stages as they happen: after
+            /// this answer the connection carries only `EventFrame` lines
+            /// (`crate::events`).
+            EventsSubscribe = "events.subscribe": $crate::events::EventsSubscribeParams => $crate::events::EventsSubscribed,
             /// What works on this host.
             Doctor = "doctor": $crate::vm::DoctorParams => $crate::vm::DoctorReport,
             /// Bridged networking: helper, bridge, TAP pool, leases.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::methods::Method;
 
 /// `{"$schema", "title", "protocol_version", "methods": {NAME: {description,
-/// params, result}}, "$defs"}`: each method's params and result schema
+/// params, result}}, "streams": {NAME: {description, frame}}, "$defs"}`: each method's params and result schema
 /// (JSON Schema 2020-12, as a reader accepts them), with shared
 /// definitions under `$defs`.
 pub fn rpc_schema() -> Value {
@@ -27,12 +27,19 @@ pub fn rpc_schema() -> Value {
         };
     }
     crate::for_each_method!(add_all);
+    let event_frame = generator.subschema_for::<crate::events::EventFrame>();
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "banger RPC methods",
         "description": "Params and result of every bangerd method (docs/rpc.md). A request is {version, method, params, op_id?}; a response is {result} or {error: ErrorBody}.",
         "protocol_version": crate::PROTOCOL_VERSION,
         "methods": methods,
+        "streams": {
+            "events.subscribe": {
+                "description": "After the events.subscribe answer, each line of the connection is one of these.",
+                "frame": event_frame,
+            },
+        },
         "$defs": generator.take_definitions(true),
     })
 }

@@ -167,6 +167,39 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Why the daemon ended an event stream.
+    EndReason, "stream end reason" {
+        /// The subscriber fell further behind than the daemon holds
+        /// events for; resume with `since`, and re-read the lists if the
+        /// answer is not `complete`.
+        Lagged = "lagged",
+        /// The subscriber stopped reading; the daemon does not queue for it.
+        Stalled = "stalled",
+        /// The daemon is stopping.
+        Shutdown = "shutdown",
+    }
+}
+
+wire_enum! {
+    /// Which kind of record changed.
+    ObjectKind, "object kind" {
+        Vm = "vm",
+        Image = "image",
+        Kernel = "kernel",
+        Snapshot = "snapshot",
+    }
+}
+
+wire_enum! {
+    /// How a record changed.
+    ObjectAction, "object action" {
+        Created = "created",
+        Updated = "updated",
+        Deleted = "deleted",
+    }
+}
+
+wire_enum! {
     /// Why a snapshot exists (docs/snapshots.md).
     SnapshotKind, "snapshot kind" {
         /// Taken by `vm snapshot`; kept until deleted.

@@ -11,6 +11,9 @@ use banger_proto::agent::{DiskUsage, ListeningPort};
 use banger_proto::daemon::{
     DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
 };
+use banger_proto::events::{
+    Event, EventFrame, EventKind, EventsSubscribeParams, EventsSubscribed, ObjectChange, StreamEnd,
+};
 use banger_proto::methods::{self as m, Method, NoParams};
 use banger_proto::snapshot::{SnapshotView, VmForkParams, VmRestoreParams, VmSnapshotParams};
 use banger_proto::vm::{
@@ -26,8 +29,8 @@ use banger_proto::workspace::{
     WorkspaceSynced, WorkspaceView,
 };
 use banger_proto::{
-    Accel, Backend, CheckStatus, DiskStrategy, ErrorBody, ErrorCode, NetworkMode, OpKind, OpState,
-    PlannedAccel, SnapshotKind, VmState, WaitFor,
+    Accel, Backend, CheckStatus, DiskStrategy, EndReason, ErrorBody, ErrorCode, NetworkMode,
+    ObjectAction, ObjectKind, OpKind, OpState, PlannedAccel, SnapshotKind, VmState, WaitFor,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -807,6 +810,18 @@ fn examples() -> Vec<Example> {
             },
         ),
         example::<m::OpList>(NoParams, vec![create_op(), failed_op()]),
+        example::<m::EventsSubscribe>(
+            EventsSubscribeParams {
+                since: Some(41),
+                epoch: Some("e-5f3a9c".into()),
+            },
+            EventsSubscribed {
+                epoch: "e-5f3a9c".into(),
+                last_seq: 44,
+                replayed: 3,
+                complete: true,
+            },
+        ),
         example::<m::Doctor>(
             DoctorParams { probe: false },
             DoctorReport {
@@ -888,6 +903,62 @@ fn the_snapshot_file_covers_every_method() {
     let snap = std::fs::read_to_string(path).unwrap();
     let pinned: Vec<&str> = snap.lines().filter_map(|l| l.strip_prefix("== ")).collect();
     assert_eq!(pinned, m::ALL);
+}
+
+/// Every kind of line an `events.subscribe` stream carries after its
+/// answer, pinned like the methods' payloads.
+#[test]
+fn event_frames_are_pinned() {
+    let frames = [
+        EventFrame::Event(Event {
+            seq: 42,
+            at_ms: 1_764_000_000_000,
+            kind: EventKind::OpStarted {
+                op_id: "op-a1b2c3".into(),
+                kind: OpKind::VmCreate,
+                target: "dev".into(),
+            },
+        }),
+        EventFrame::Event(Event {
+            seq: 43,
+            at_ms: 1_764_000_000_010,
+            kind: EventKind::OpStage {
+                op_id: "op-a1b2c3".into(),
+                stage: "boot".into(),
+                depth: 0,
+            },
+        }),
+        EventFrame::Event(Event {
+            seq: 44,
+            at_ms: 1_764_000_000_020,
+            kind: EventKind::Object(ObjectChange {
+                object: ObjectKind::Vm,
+                action: ObjectAction::Updated,
+                id: "0f3c2a".into(),
+                name: "dev".into(),
+                vm_state: Some(VmState::Running),
+            }),
+        }),
+        EventFrame::Event(Event {
+            seq: 45,
+            at_ms: 1_764_000_000_030,
+            kind: EventKind::OpEnded {
+                op_id: "op-a1b2c3".into(),
+                state: OpState::Failed,
+                error: Some(
+                    ErrorBody::new(ErrorCode::OperationFailed, "boot: guest did not answer")
+                        .with_op_id("op-a1b2c3"),
+                ),
+            },
+        }),
+        EventFrame::End(StreamEnd {
+            reason: EndReason::Stalled,
+            message: "the subscriber read nothing for 5 s".into(),
+            last_seq: 45,
+        }),
+    ];
+    let text: String = frames.iter().map(|f| round_trip(f) + "\n").collect();
+    insta::assert_snapshot!("event_frames", text);
 }
 
 /// Methods without params accept `null`, no params and `{}`, nothing else.

@@ -18,7 +18,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use records::{ImageRecord, KernelRecord, SnapshotRecord, VmRecord, VmState};
 
-use banger_proto::{Backend, DiskStrategy, PublishSpec, WaitFor};
+use banger_proto::events::ObjectChange;
+use banger_proto::{Backend, DiskStrategy, ObjectAction, ObjectKind, PublishSpec, WaitFor};
 
 fn join_ports(ports: &[PublishSpec]) -> String {
     ports
@@ -161,6 +162,26 @@ impl StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    observer: ObserverSlot,
+}
+
+/// Told of every VM, image, kernel and snapshot row written, after the
+/// write succeeded (the daemon's event stream, crates/daemon/src/events.rs).
+/// It runs on the writer's thread with the store borrowed: it must not
+/// block or call back into the store.
+pub type Observer = Box<dyn Fn(ObjectChange) + Send>;
+
+#[derive(Default)]
+struct ObserverSlot(Option<Observer>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(observer)"
+        } else {
+            "None"
+        })
+    }
 }
 
 impl Store {
@@ -216,7 +237,32 @@ impl Store {
         Ok(Self {
             conn,
             path: path.to_owned(),
+            observer: ObserverSlot::default(),
         })
+    }
+
+    /// Sets the one observer of this store's writes (replacing any).
+    pub fn observe(&mut self, observer: Observer) {
+        self.observer = ObserverSlot(Some(observer));
+    }
+
+    fn changed(
+        &self,
+        object: ObjectKind,
+        action: ObjectAction,
+        id: &str,
+        name: &str,
+        vm_state: Option<VmState>,
+    ) {
+        if let Some(observer) = &self.observer.0 {
+            observer(ObjectChange {
+                object,
+                action,
+                id: id.to_owned(),
+                name: name.to_owned(),
+                vm_state,
+            });
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -270,6 +316,13 @@ impl Store {
                 ],
             )
             .map_err(|e| classify(e, "kernel", &k.name))?;
+        self.changed(
+            ObjectKind::Kernel,
+            ObjectAction::Created,
+            &k.id,
+            &k.name,
+            None,
+        );
         Ok(())
     }
 
@@ -290,13 +343,28 @@ impl Store {
     pub fn delete_kernel(&self, name_or_id: &str) -> Result<KernelRecord, StoreError> {
         let k = self.kernel(name_or_id)?;
         self.delete_row("kernels", "kernel", &k.id, &k.name)?;
+        self.changed(
+            ObjectKind::Kernel,
+            ObjectAction::Deleted,
+            &k.id,
+            &k.name,
+            None,
+        );
         Ok(k)
     }
 
     // ---- images --------------------------------------------------------
 
     pub fn insert_image(&self, i: &ImageRecord) -> Result<(), StoreError> {
-        Self::insert_image_on(&self.conn, i)
+        Self::insert_image_on(&self.conn, i)?;
+        self.changed(
+            ObjectKind::Image,
+            ObjectAction::Created,
+            &i.id,
+            &i.name,
+            None,
+        );
+        Ok(())
     }
 
     fn insert_image_on(conn: &Connection, i: &ImageRecord) -> Result<(), StoreError> {
@@ -342,6 +410,21 @@ impl Store {
         }
         Self::insert_image_on(&tx, new)?;
         tx.commit()?;
+        // The old row lives on, renamed, for the VMs that use it.
+        self.changed(
+            ObjectKind::Image,
+            ObjectAction::Updated,
+            old_id,
+            &new.name,
+            None,
+        );
+        self.changed(
+            ObjectKind::Image,
+            ObjectAction::Created,
+            &new.id,
+            &new.name,
+            None,
+        );
         Ok(())
     }
 
@@ -361,6 +444,13 @@ impl Store {
     pub fn delete_image(&self, name_or_id: &str) -> Result<ImageRecord, StoreError> {
         let i = self.image(name_or_id)?;
         self.delete_row("images", "image", &i.id, &i.name)?;
+        self.changed(
+            ObjectKind::Image,
+            ObjectAction::Deleted,
+            &i.id,
+            &i.name,
+            None,
+        );
         Ok(i)
     }
 
@@ -398,6 +488,13 @@ impl Store {
                 ],
             )
             .map_err(|e| classify(e, "vm", &vm.name))?;
+        self.changed(
+            ObjectKind::Vm,
+            ObjectAction::Created,
+            &vm.id,
+            &vm.name,
+            Some(vm.state),
+        );
         Ok(())
     }
 
@@ -437,6 +534,13 @@ impl Store {
         if changed == 0 {
             return Err(not_found("vm", &vm.name));
         }
+        self.changed(
+            ObjectKind::Vm,
+            ObjectAction::Updated,
+            &vm.id,
+            &vm.name,
+            Some(vm.state),
+        );
         Ok(())
     }
 
@@ -453,6 +557,13 @@ impl Store {
     pub fn delete_vm(&self, name_or_id: &str) -> Result<VmRecord, StoreError> {
         let vm = self.vm(name_or_id)?;
         self.delete_row("vms", "vm", &vm.id, &vm.name)?;
+        self.changed(
+            ObjectKind::Vm,
+            ObjectAction::Deleted,
+            &vm.id,
+            &vm.name,
+            None,
+        );
         Ok(vm)
     }
 
@@ -492,6 +603,13 @@ impl Store {
                 ],
             )
             .map_err(|e| classify(e, "snapshot", &s.name))?;
+        self.changed(
+            ObjectKind::Snapshot,
+            ObjectAction::Created,
+            &s.id,
+            &s.name,
+            None,
+        );
         Ok(())
     }
 
@@ -544,6 +662,13 @@ impl Store {
     pub fn delete_snapshot(&self, name_or_id: &str) -> Result<SnapshotRecord, StoreError> {
         let s = self.snapshot(name_or_id)?;
         self.delete_row("snapshots", "snapshot", &s.id, &s.name)?;
+        self.changed(
+            ObjectKind::Snapshot,
+            ObjectAction::Deleted,
+            &s.id,
+            &s.name,
+            None,
+        );
         Ok(s)
     }
 

@@ -672,3 +672,39 @@ fn integrity_check_finds_a_damaged_page() {
         Err(e) => assert!(matches!(e, StoreError::Damaged { .. }), "{e:?}"),
     }
 }
+
+/// The observer hears of every record written, after the write, and of
+/// nothing that failed.
+#[test]
+fn the_observer_hears_each_successful_write() {
+    use std::sync::{Arc, Mutex};
+    let (_dir, mut store) = open();
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&heard);
+    store.observe(Box::new(move |c: ObjectChange| {
+        let state = c.vm_state.map(|s| format!(" {s}")).unwrap_or_default();
+        sink.lock()
+            .unwrap()
+            .push(format!("{} {} {}{state}", c.object, c.name, c.action));
+    }));
+    store.insert_kernel(&kernel("k1")).unwrap();
+    store.insert_image(&image("base")).unwrap();
+    let mut dev = vm("dev", "base", "k1");
+    store.insert_vm(&dev).unwrap();
+    dev.state = VmState::Running;
+    store.update_vm(&dev).unwrap();
+    // Refused writes are not heard.
+    assert!(store.delete_image("base").is_err());
+    assert!(store.insert_vm(&vm("dev", "base", "k1")).is_err());
+    store.delete_vm("dev").unwrap();
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            "kernel k1 created",
+            "image base created",
+            "vm dev created stopped",
+            "vm dev updated running",
+            "vm dev deleted",
+        ]
+    );
+}

@@ -68,6 +68,25 @@ struct Args {
     /// (default: the config file's cp_reserve, else 1G).
     #[arg(long, env = "BANGER_CP_RESERVE", value_name = "SIZE")]
     cp_reserve: Option<String>,
+    /// Seconds an event subscriber (`events.subscribe`) may leave a line
+    /// unread before its stream is ended.
+    #[arg(
+        long,
+        env = "BANGER_EVENT_STALL",
+        default_value_t = 5.0,
+        value_name = "SECONDS"
+    )]
+    event_stall: f64,
+    /// Events kept for subscribers that resume, and how far behind a live
+    /// subscriber may fall before its stream ends as lagged.
+    #[arg(
+        long,
+        env = "BANGER_EVENT_CAPACITY",
+        default_value_t = banger_daemon::events::DEFAULT_CAPACITY,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
+    )]
+    event_capacity: usize,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +154,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.stats_interval = seconds(args.stats_interval, "--stats-interval")?;
     config.templates = args.templates == "auto";
     config.ram_dir = args.ram_dir;
+    config.event_stall = seconds(args.event_stall, "--event-stall")?;
+    config.event_capacity = args.event_capacity;
     banger_daemon::run_until_signalled(config)?;
     Ok(())
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::DaemonState;
+use crate::events::Subscription;
 #[cfg(test)]
 use crate::handlers;
 
@@ -52,6 +53,32 @@ impl RpcError {
 pub struct RequestCtx {
     pub op_id: OpId,
     pub state: Arc<DaemonState>,
+    /// Where `events.subscribe` leaves the stream that follows its answer.
+    pub follow: Follow,
+}
+
+/// A stream that follows a request's answer on its connection: set by the
+/// one handler that has one (`events.subscribe`), taken by the connection
+/// (`server.rs`) once the answer is written.
+#[derive(Debug, Clone, Default)]
+pub struct Follow(Arc<std::sync::Mutex<Option<Subscription>>>);
+
+impl Follow {
+    pub fn set(&self, sub: Subscription) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sub);
+    }
+
+    fn take(&self) -> Option<Subscription> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A request's outcome: the response line, and the stream to send after
+/// it, if the method has one and succeeded.
+#[derive(Debug)]
+pub struct Dispatched {
+    pub response: Response,
+    pub follow: Option<Subscription>,
 }
 
 /// What a method does: implemented once for each marker type of the
@@ -177,13 +204,22 @@ pub fn params<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, Rpc
 
 /// Handles one request line and returns the response to send.
 pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
+    dispatch_streaming(state, line).await.response
+}
+
+/// Handles one request line: the response to send, and the stream to
+/// send after it (`events.subscribe`).
+pub async fn dispatch_streaming(state: &Arc<DaemonState>, line: &[u8]) -> Dispatched {
     let started = Instant::now();
     let parsed = match parse_envelope(line) {
         Ok(parsed) => parsed,
         Err((op_id, err)) => {
             let span = tracing::warn_span!("rpc", op_id = %op_id);
             span.in_scope(|| tracing::warn!(code = %err.code, error = %err.message, "rpc refused"));
-            return error_response(&op_id, err);
+            return Dispatched {
+                response: error_response(&op_id, err),
+                follow: None,
+            };
         }
     };
     let Envelope {
@@ -192,9 +228,11 @@ pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
         params,
     } = parsed;
     let span = tracing::info_span!("rpc", op_id = %op_id, method = %method.name);
+    let follow = Follow::default();
     let ctx = RequestCtx {
         op_id: op_id.clone(),
         state: Arc::clone(state),
+        follow: follow.clone(),
     };
     let outcome = async {
         tracing::debug!("rpc started");
@@ -214,8 +252,14 @@ pub async fn dispatch(state: &Arc<DaemonState>, line: &[u8]) -> Response {
     .instrument(span)
     .await;
     match outcome {
-        Ok(result) => Response::Ok { result },
-        Err(err) => error_response(&op_id, err),
+        Ok(result) => Dispatched {
+            response: Response::Ok { result },
+            follow: follow.take(),
+        },
+        Err(err) => Dispatched {
+            response: error_response(&op_id, err),
+            follow: None,
+        },
     }
 }
 

@@ -32,9 +32,14 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch;
+use super::{Dispatched, dispatch_streaming};
+use crate::events::Subscription;
 use crate::op::mint as mint_op_id;
 use crate::{DaemonError, DaemonState};
+use banger_proto::EndReason;
+use banger_proto::events::{Event, EventFrame, StreamEnd};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::broadcast::error::RecvError;
 
 type Frames = FramedRead<OwnedReadHalf, AnyDelimiterCodec>;
 type Frame = Result<Bytes, AnyDelimiterCodecError>;
@@ -182,7 +187,7 @@ async fn serve_connection(
         // Serve the request while watching the connection: reading it while
         // nothing is pending, else waiting for a hang-up. A hang-up cancels
         // the handler by dropping its future; end-of-file alone does not.
-        let handler = dispatch(&state, line);
+        let handler = dispatch_streaming(&state, line);
         tokio::pin!(handler);
         let response = loop {
             let reading = pending.is_none() && !read_closed;
@@ -211,10 +216,128 @@ async fn serve_connection(
                 }
             }
         };
+        let Dispatched { response, follow } = response;
         if let Err(e) = write.write_all(&encode(&response)).await {
             tracing::debug!(error = %e, "client went away before the response");
             return;
         }
+        if let Some(sub) = follow {
+            // From here on the connection carries only the stream; a
+            // request read ahead is dropped with it.
+            let hang_up = hang_up.unwrap_or_else(|| HangUpWatch::new(frames.get_ref().as_ref()));
+            drop(frames);
+            stream_events(&mut write, sub, &hang_up, &state).await;
+            #[cfg(test)]
+            state.probe.changed.notify_waiters();
+            return;
+        }
+    }
+}
+
+/// Sends a subscription's events until the client hangs up or the stream
+/// ends: the daemon stops (`shutdown`), the subscriber fell further behind
+/// than the bus holds (`lagged`), or it left a line unread for `stall`
+/// (`stalled`). The last two are how a subscriber that does not read is
+/// dropped: what is queued for it is the bus's bounded ring, never more.
+/// After a stall the line cut short and the end frame are given twice
+/// `stall` more to go out, so a client that was only slow still reads why.
+async fn stream_events(
+    write: &mut OwnedWriteHalf,
+    sub: Subscription,
+    hang_up: &HangUpWatch,
+    state: &DaemonState,
+) {
+    let (shutdown, stall) = (&state.shutdown, state.config.event_stall);
+    let Subscription {
+        answer,
+        replay,
+        mut live,
+    } = sub;
+    let mut last_seq = replay.first().map_or(answer.last_seq, |e| e.seq - 1);
+    let mut replay = replay.into_iter();
+    let end = loop {
+        let event = match replay.next() {
+            Some(e) => e,
+            None => tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break (EndReason::Shutdown, "the daemon is stopping".to_owned()),
+                () = wait_hang_up(Some(hang_up)) => return,
+                r = live.recv() => match r {
+                    Ok(e) => e,
+                    Err(RecvError::Lagged(n)) => break (
+                        EndReason::Lagged,
+                        format!("the subscriber fell {n} events behind; resume with since={last_seq}"),
+                    ),
+                    Err(RecvError::Closed) => break (EndReason::Shutdown, "the daemon is stopping".to_owned()),
+                },
+            },
+        };
+        if event.seq <= last_seq {
+            continue;
+        }
+        let line = encode(&EventFrame::Event(Event::clone(&event)));
+        match send_within(write, &line, stall).await {
+            Sent::All => last_seq = event.seq,
+            Sent::Gone => return,
+            Sent::Part(written) => {
+                tracing::warn!(
+                    last_seq,
+                    stall_ms = stall.as_millis() as u64,
+                    "dropping an event subscriber that stopped reading"
+                );
+                let end = EventFrame::End(StreamEnd {
+                    reason: EndReason::Stalled,
+                    message: format!(
+                        "the subscriber read nothing for {} ms; resume with since={last_seq}",
+                        stall.as_millis()
+                    ),
+                    last_seq,
+                });
+                let mut rest = line[written..].to_vec();
+                rest.extend_from_slice(&encode(&end));
+                #[cfg(test)]
+                state.probe.note_stalled_stream();
+                let _ = tokio::time::timeout(2 * stall, write.write_all(&rest)).await;
+                return;
+            }
+        }
+    };
+    let (reason, message) = end;
+    tracing::info!(%reason, last_seq, "ending an event stream");
+    let end = EventFrame::End(StreamEnd {
+        reason,
+        message,
+        last_seq,
+    });
+    let _ = tokio::time::timeout(stall, write.write_all(&encode(&end))).await;
+}
+
+/// How far a write within its time limit got.
+enum Sent {
+    All,
+    /// The limit passed with this many bytes written.
+    Part(usize),
+    /// The client went away.
+    Gone,
+}
+
+/// Writes `line`, giving up after `limit` while remembering how much went
+/// out (a plain `write_all` under a timeout would not say).
+async fn send_within(write: &mut OwnedWriteHalf, line: &[u8], limit: Duration) -> Sent {
+    let mut written = 0;
+    let writing = async {
+        while written < line.len() {
+            match write.write(&line[written..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => written += n,
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(limit, writing).await {
+        Ok(true) => Sent::All,
+        Ok(false) => Sent::Gone,
+        Err(_) => Sent::Part(written),
     }
 }
 
@@ -318,9 +441,10 @@ async fn next_frame(
     }
 }
 
-fn encode(response: &Response) -> Vec<u8> {
-    // A Response holds only strings and JSON values: it always serialises.
-    let mut line = serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec());
+fn encode<T: serde::Serialize>(line: &T) -> Vec<u8> {
+    // Responses and event frames hold only strings, numbers and JSON
+    // values, and maps with string keys: they always serialise.
+    let mut line = serde_json::to_vec(line).unwrap_or_else(|_| b"{}".to_vec());
     line.push(b'\n');
     line
 }
@@ -532,5 +656,209 @@ mod tests {
             UnixStream::connect(&h.socket).await.is_err(),
             "listener closed"
         );
+    }
+
+    // ---- the event stream ------------------------------------------
+
+    async fn start_tuned(tune: impl FnOnce(&mut crate::DaemonConfig)) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let devices = Arc::new(crate::disks::dm::HelperRootDevices(
+            crate::helper_client::HelperClient::new(tmp.path().join("no-helper.sock")),
+        ));
+        let vmm: Arc<dyn banger_vmm::Vmm> =
+            Arc::new(banger_vmm::QemuVmm::new("qemu-system-x86_64"));
+        let state = crate::testing::test_state_tuned(tmp.path(), vmm.into(), devices, tune);
+        let socket = tmp.path().join("run/test.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(run(listener, Arc::clone(&state), state.shutdown.clone()));
+        Harness {
+            _tmp: tmp,
+            state,
+            socket,
+            server,
+        }
+    }
+
+    type EventLines = Lines<BufReader<OwnedReadHalf>>;
+
+    /// Subscribes; the answer and the connection's lines after it.
+    async fn subscribe(
+        socket: &std::path::Path,
+        params: Value,
+    ) -> (
+        banger_proto::events::EventsSubscribed,
+        EventLines,
+        tokio::net::unix::OwnedWriteHalf,
+    ) {
+        let conn = UnixStream::connect(socket).await.unwrap();
+        let (r, mut w) = conn.into_split();
+        let request =
+            serde_json::json!({"version": 1, "method": "events.subscribe", "params": params});
+        w.write_all(format!("{request}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(r).lines();
+        let answer = serde_json::from_value(result(&mut lines).await).unwrap();
+        (answer, lines, w)
+    }
+
+    async fn next_frame(lines: &mut EventLines) -> Option<EventFrame> {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap()?;
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    async fn next_event(lines: &mut EventLines) -> Event {
+        match next_frame(lines).await {
+            Some(EventFrame::Event(e)) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// An operation's start, stages and end, and record changes, arrive
+    /// in order with consecutive numbers; a subscriber that comes back
+    /// with its last number gets exactly what it missed.
+    #[tokio::test]
+    async fn events_arrive_in_order_and_a_resume_misses_and_repeats_nothing() {
+        use banger_proto::events::EventKind;
+        let h = start().await;
+        let (answer, mut lines, w) = subscribe(&h.socket, serde_json::json!({})).await;
+        assert!(answer.complete);
+        let first = answer.last_seq + 1;
+        let id = crate::op::mint();
+        let op = h.state.ops.begin(
+            &id,
+            banger_proto::OpKind::VmCreate,
+            "dev",
+            |op| async move {
+                op.stage("one");
+                op.stage("two");
+                Ok(Value::Null)
+            },
+        );
+        op.wait().await;
+        let kinds: Vec<(u64, EventKind)> = {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                let e = next_event(&mut lines).await;
+                v.push((e.seq, e.kind));
+            }
+            v
+        };
+        let seqs: Vec<u64> = kinds.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (first..first + 4).collect::<Vec<_>>());
+        assert!(matches!(&kinds[0].1, EventKind::OpStarted { target, .. } if target == "dev"));
+        assert!(matches!(&kinds[1].1, EventKind::OpStage { stage, .. } if stage == "one"));
+        assert!(matches!(&kinds[2].1, EventKind::OpStage { stage, .. } if stage == "two"));
+        assert!(matches!(
+            &kinds[3].1,
+            EventKind::OpEnded {
+                state: banger_proto::OpState::Succeeded,
+                ..
+            }
+        ));
+        let last_seen = first + 3;
+        // Gone, while three more happen.
+        drop((lines, w));
+        for n in 0..3 {
+            h.state.events.publish(EventKind::OpStage {
+                op_id: id.to_string(),
+                stage: format!("missed {n}"),
+                depth: 0,
+            });
+        }
+        let (again, mut lines, _w) = subscribe(
+            &h.socket,
+            serde_json::json!({"since": last_seen, "epoch": answer.epoch}),
+        )
+        .await;
+        assert_eq!((again.replayed, again.complete), (3, true));
+        h.state.events.publish(EventKind::OpStage {
+            op_id: id.to_string(),
+            stage: "live".into(),
+            depth: 0,
+        });
+        let mut seqs = Vec::new();
+        for _ in 0..4 {
+            seqs.push(next_event(&mut lines).await.seq);
+        }
+        assert_eq!(seqs, (last_seen + 1..last_seen + 5).collect::<Vec<_>>());
+        h.state.shutdown.cancel();
+        match next_frame(&mut lines).await {
+            Some(EventFrame::End(end)) => {
+                assert_eq!(end.reason, EndReason::Shutdown);
+                assert_eq!(end.last_seq, last_seen + 4);
+            }
+            other => panic!("expected the end, got {other:?}"),
+        }
+        h.server.await.unwrap();
+    }
+
+    /// A subscriber that never reads is dropped once a line waits for it
+    /// longer than the stall limit; what the daemon keeps for it is the
+    /// bus's bounded ring. Read late, the stream ends with the reason.
+    /// (bangerd's RSS under this is measured by crates/banger/tests/events.rs,
+    /// in a process of its own.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_does_not_read_is_dropped_and_memory_stays_flat() {
+        use banger_proto::events::EventKind;
+        let h = start_tuned(|c| {
+            c.event_stall = Duration::from_millis(500);
+            c.event_capacity = 256;
+        })
+        .await;
+        let (_, mut lines, _w) = subscribe(&h.socket, serde_json::json!({})).await;
+        // A reader next to it keeps up throughout.
+        let (_, mut keeping_up, _w2) = subscribe(&h.socket, serde_json::json!({})).await;
+        let reader = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(Ok(line)) = keeping_up.next_line().await.transpose() {
+                if line.contains("\"end\"") {
+                    return (n, line);
+                }
+                n += 1;
+            }
+            (n, String::new())
+        });
+        let stage = "x".repeat(200);
+        let publish = |n: usize| {
+            for _ in 0..n {
+                h.state.events.publish(EventKind::OpStage {
+                    op_id: "op-flood01".into(),
+                    stage: stage.clone(),
+                    depth: 0,
+                });
+            }
+        };
+        // Paced so that a subscriber that reads keeps up (this one is to
+        // be dropped for not reading, not for lagging), until the socket's
+        // buffers are full and its line has waited past the limit.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while count(&h.state, |p| &p.stalled_streams) == 0 {
+                publish(50);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the subscriber that does not read is dropped");
+        // Publishing on is not queued for it: the bus holds its ring only.
+        publish(5000);
+        assert_eq!(h.state.events.held(), 256);
+        // Read now: buffered lines, then the end naming the stall.
+        let mut last = None;
+        while let Some(frame) = next_frame(&mut lines).await {
+            last = Some(frame);
+        }
+        match last {
+            Some(EventFrame::End(end)) => assert_eq!(end.reason, EndReason::Stalled, "{end:?}"),
+            other => panic!("expected the end frame last, got {other:?}"),
+        }
+        h.state.shutdown.cancel();
+        let (seen, end) = reader.await.unwrap();
+        assert!(end.contains("shutdown") || end.contains("lagged"), "{end}");
+        assert!(seen > 0);
+        h.server.await.unwrap();
     }
 }

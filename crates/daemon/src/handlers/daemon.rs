@@ -1,11 +1,27 @@
-//! `ping`, `daemon.*` and `network.status` handlers.
+//! `ping`, `daemon.*`, `events.subscribe` and `network.status` handlers.
 
 use banger_proto::daemon::{
     DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
 };
+use banger_proto::events::{EventsSubscribeParams, EventsSubscribed};
 use banger_proto::methods::{self, NoParams};
 
 use crate::dispatch::{Handler, RequestCtx, RpcError};
+
+/// Answers with where the stream starts and hands the subscription to the
+/// connection, which sends the events after the answer
+/// (`dispatch/server.rs`).
+impl Handler for methods::EventsSubscribe {
+    async fn handle(
+        ctx: RequestCtx,
+        p: EventsSubscribeParams,
+    ) -> Result<EventsSubscribed, RpcError> {
+        let sub = ctx.state.events.subscribe(p.since, p.epoch.as_deref());
+        let answer = sub.answer.clone();
+        ctx.follow.set(sub);
+        Ok(answer)
+    }
+}
 
 impl Handler for methods::Ping {
     async fn handle(ctx: RequestCtx, _: NoParams) -> Result<PingResult, RpcError> {
