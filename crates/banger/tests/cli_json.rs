@@ -38,6 +38,8 @@ const NOT_RUN: &[&str] = &[
     "system install",
     "system uninstall",
     "daemon stop",
+    // Streams until the daemon ends it; tests/events.rs runs it with --count.
+    "events",
 ];
 
 /// Every leaf command: its path (`vm list`) and whether it needs an

@@ -70,6 +70,9 @@ pub enum Command {
     /// List asynchronous operations (creates, snapshots, restores, forks,
     /// builds, warm-ups, pulls).
     Ops(JsonFlag),
+    /// Follow the daemon's events as they happen: VMs, images, kernels and
+    /// snapshots made, changed or removed, operations' stages.
+    Events(EventsArgs),
     /// Check what works on this host and what to do about it.
     Doctor(DoctorArgs),
     /// Print a block for ~/.ssh/config so `ssh NAME.vm` reaches VMs.
@@ -731,6 +734,25 @@ pub struct LogsArgs {
     pub lines: usize,
     /// Print the log's JSON lines as they are (a line that is not JSON as
     /// `{"text": LINE}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Resume after this event number (from an earlier run of this
+    /// command in the same daemon run: pass --epoch too); the events the
+    /// daemon still holds come first.
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// The daemon run --since belongs to (printed when a stream starts).
+    #[arg(long, value_name = "EPOCH", requires = "since")]
+    pub epoch: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// One JSON object per line: the subscription first, then each frame
+    /// as the daemon sent it.
     #[arg(long)]
     pub json: bool,
 }

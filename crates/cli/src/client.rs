@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use banger_proto::methods::Method;
+use banger_proto::events::{EventFrame, EventsSubscribeParams, EventsSubscribed};
+use banger_proto::methods::{self, Method};
 use banger_proto::{Request, Response};
 use serde_json::Value;
 
@@ -102,6 +103,91 @@ impl Client {
         let response: Response =
             serde_json::from_str(&answer).map_err(|e| CliError::BadResponse(e.to_string()))?;
         response.into_result().map_err(CliError::Daemon)
+    }
+}
+
+impl Client {
+    /// Subscribes to the daemon's events (`events.subscribe`): the answer,
+    /// and the connection turned into the stream of frames after it.
+    pub fn subscribe(
+        mut self,
+        params: &EventsSubscribeParams,
+    ) -> Result<(EventsSubscribed, EventStream), CliError> {
+        let answer = self.call::<methods::EventsSubscribe>(params)?;
+        let last_seq = answer.last_seq;
+        Ok((
+            answer,
+            EventStream {
+                reader: self.reader,
+                _writer: self.writer,
+                last_seq: params.since.unwrap_or(last_seq),
+                ended: false,
+            },
+        ))
+    }
+}
+
+/// The frames of an event stream, in order; ends after the daemon's
+/// [`EventFrame::End`] or when the connection closes (a daemon that went
+/// away, or dropped this subscriber before it could say why).
+#[derive(Debug)]
+pub struct EventStream {
+    reader: BufReader<UnixStream>,
+    /// Kept open: closing it would end the subscription.
+    _writer: UnixStream,
+    last_seq: u64,
+    ended: bool,
+}
+
+impl EventStream {
+    /// The sequence number of the last event read (resume after it).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// A duplicate of the connection, to wake a blocked reader by
+    /// shutting it down from another thread.
+    pub fn try_clone_socket(&self) -> io::Result<UnixStream> {
+        self.reader.get_ref().try_clone()
+    }
+}
+
+impl Iterator for EventStream {
+    type Item = Result<EventFrame, CliError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => {
+                self.ended = true;
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.ended = true;
+                return Some(Err(CliError::Io(e)));
+            }
+        }
+        if !line.ends_with('\n') {
+            // Cut short: the daemon dropped the connection mid-line.
+            self.ended = true;
+            return None;
+        }
+        let frame: EventFrame = match serde_json::from_str(&line) {
+            Ok(f) => f,
+            Err(e) => {
+                self.ended = true;
+                return Some(Err(CliError::BadResponse(format!("event line: {e}"))));
+            }
+        };
+        match &frame {
+            EventFrame::Event(e) => self.last_seq = e.seq,
+            EventFrame::End(_) => self.ended = true,
+        }
+        Some(Ok(frame))
     }
 }
 

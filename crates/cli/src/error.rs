@@ -93,6 +93,17 @@ pub enum CliError {
     /// banger exits with it too and prints nothing more.
     #[error("exit status {0}")]
     ChildExit(i32),
+    /// The daemon ended an event stream for this subscriber.
+    #[error("bangerd ended the event stream ({reason}): {message}")]
+    StreamEnded {
+        reason: banger_proto::EndReason,
+        message: String,
+    },
+    /// The event stream's connection closed without an end frame.
+    #[error(
+        "the event stream was cut after #{last_seq} (bangerd went away or dropped this subscriber); resume with --since {last_seq} --epoch {epoch}"
+    )]
+    StreamCut { last_seq: u64, epoch: String },
     /// The MCP session (`banger mcp`) could not start or broke.
     #[error("mcp: {0}")]
     Mcp(String),
@@ -114,7 +125,8 @@ impl CliError {
             | Self::UnitFailed { .. } => Exit::DaemonUnavailable,
             Self::BadParams(_) | Self::Config(_) => Exit::BadInput,
             Self::SomeFailed { exit, .. } => *exit,
-            Self::ChildExit(_) => Exit::Failed,
+            Self::ChildExit(_) | Self::StreamEnded { .. } => Exit::Failed,
+            Self::StreamCut { .. } => Exit::DaemonUnavailable,
             Self::Paths(_) | Self::BadResponse(_) | Self::ReadLog { .. } => Exit::Failed,
             Self::WriteFile { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Exit::PermissionDenied

@@ -3,6 +3,7 @@
 mod artifacts;
 mod config;
 mod daemon;
+mod events;
 mod follow;
 pub(crate) mod format;
 mod guest;
@@ -57,6 +58,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Kernel(c) => artifacts::kernel(&target()?, c),
         Command::Snapshot(c) => snapshot::run(&target()?, c),
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
+        Command::Events(a) => events::run(&target()?, a),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
         Command::SshConfig(a) => artifacts::ssh_config(&layout, a.json),
         Command::Network(a) => artifacts::network(&target()?, a.json),
