@@ -38,6 +38,8 @@ const NOT_RUN: &[&str] = &[
     "system install",
     "system uninstall",
     "daemon stop",
+    // Replaces the installed binaries (tests/update.rs runs it).
+    "update",
 ];
 
 /// Every leaf command: its path (`vm list`) and whether it needs an
