@@ -416,3 +416,60 @@ fn a_running_vm_keeps_running_and_a_create_in_flight_refuses() {
     inst.banger(&w, &["vm", "delete", "--force", "keep"]);
     inst.banger(&w, &["daemon", "stop"]);
 }
+
+/// A fake `systemctl` acting as systemd would for bangerd.service (as in
+/// tests/daemon_user_unit.rs): `start` runs the unit's `ExecStart=`
+/// detached; every call is appended to the returned file.
+fn fake_systemctl(w: &World) -> (PathBuf, PathBuf) {
+    let script = w.root().join("systemctl");
+    let calls = w.root().join("systemctl.calls");
+    common::install_script(
+        &script,
+        &format!(
+            r#"#!/bin/sh
+echo "$*" >>'{}'
+unit="$XDG_CONFIG_HOME/systemd/user/bangerd.service"
+case "$*" in
+  "--user start bangerd.service" | "--user enable --now bangerd.service")
+    bin=$(sed -n 's/^ExecStart=//p' "$unit")
+    setsid "$bin" >>"$XDG_STATE_HOME/banger/bangerd.log" 2>&1 </dev/null &
+    ;;
+  "--user is-failed --quiet bangerd.service") exit 1 ;;
+esac
+exit 0
+"#,
+            calls.display()
+        ),
+    );
+    (script, calls)
+}
+
+#[test]
+fn a_daemon_run_by_its_systemd_user_unit_is_restarted_through_it() {
+    let mut w = World::new();
+    let inst = Installed::new(&mut w);
+    let (script, calls) = fake_systemctl(&w);
+    w.extra_env.push(("BANGER_SYSTEMCTL", script));
+    let old_id = build_id_of(&inst.bin.join("banger"));
+    let new_id = other_id(&old_id);
+    let report = inst.banger_json(&w, &["daemon", "install", "--user"]);
+    let old_pid = report["pid"].as_i64().unwrap();
+    let new = w.root().join("new");
+    install_new_build(&new, &old_id, &new_id);
+
+    let out = inst.update(&w, &new, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["daemon"]["old_pid"], old_pid, "{summary}");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        log.lines().last(),
+        Some("--user start bangerd.service"),
+        "the new daemon is started through the unit: {log}"
+    );
+    let (id, pid) = daemon_build(&inst, &w);
+    assert_eq!(id, new_id);
+    assert_eq!(summary["daemon"]["pid"], pid, "{summary}");
+    inst.banger(&w, &["daemon", "stop"]);
+    inst.banger(&w, &["daemon", "uninstall", "--user"]);
+}
