@@ -40,6 +40,8 @@ const NOT_RUN: &[&str] = &[
     "daemon stop",
     // Streams until the daemon ends it; tests/events.rs runs it with --count.
     "events",
+    // Replaces the installed binaries (tests/update.rs runs it).
+    "update",
 ];
 
 /// Every leaf command: its path (`vm list`) and whether it needs an

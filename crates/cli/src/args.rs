@@ -92,6 +92,14 @@ pub enum Command {
     /// Install, remove or inspect banger-helper, the root helper.
     #[command(subcommand)]
     System(SystemCommand),
+    /// Replace the installed binaries with a new build and restart the
+    /// daemon (docs/update.md).
+    ///
+    /// The installed binaries are banger, bangerd, banger-helper and
+    /// banger-agent beside this banger. Running VMs keep running. Refused
+    /// while an operation is in flight; rolled back when the new daemon
+    /// does not answer.
+    Update(UpdateArgs),
     /// Show banger's configuration (~/.config/banger/config.toml).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -766,6 +774,33 @@ pub struct RpcArgs {
     /// Use this op id instead of letting the daemon mint one.
     #[arg(long, value_name = "op-ID")]
     pub op_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new_build").required(true).args(["from", "source"])))]
+pub struct UpdateArgs {
+    /// Take the new binaries from DIR: a build output (target/release;
+    /// banger-agent there, or where scripts/build-agent.sh puts it) or
+    /// an unpacked release with all four side by side.
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Build the banger checkout in DIR first, as scripts/quickstart.sh
+    /// does (release build, then scripts/build-agent.sh), and take its
+    /// binaries.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+    /// Check the new binaries and say what would be replaced; change
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The root helper's config: when it exists, the helper is installed
+    /// and must be updated too (`sudo banger system install`, which
+    /// update runs itself when run as root).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_HELPER_CONFIG)]
+    pub helper_config: PathBuf,
+    /// Print a JSON summary (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

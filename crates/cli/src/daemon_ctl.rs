@@ -213,7 +213,7 @@ fn wait_exit(pid: Pid, timeout: Duration) -> bool {
 /// systemd user unit when one is installed for this `bangerd`
 /// ([`daemon_unit`]), else (or when systemd cannot) detached in its own
 /// session.
-fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
+pub(crate) fn start(target: &DaemonTarget) -> Result<(Client, PingResult), CliError> {
     let layout = &target.layout;
     // A config file the daemon would refuse is reported here, with its
     // line, rather than as a daemon that exited during start.

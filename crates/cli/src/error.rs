@@ -107,6 +107,9 @@ pub enum CliError {
     /// The MCP session (`banger mcp`) could not start or broke.
     #[error("mcp: {0}")]
     Mcp(String),
+    /// `banger update` refused or failed (its exit code is its own).
+    #[error(transparent)]
+    Update(#[from] crate::commands::UpdateError),
 }
 
 impl CliError {
@@ -132,6 +135,7 @@ impl CliError {
                 Exit::PermissionDenied
             }
             Self::WriteFile { .. } | Self::Systemd { .. } | Self::Mcp(_) => Exit::Failed,
+            Self::Update(e) => e.exit(),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod reference;
 use std::process::ExitCode;
 
 pub use args::Cli;
+pub use commands::UpdateError;
 pub use error::CliError;
 pub use exit::Exit;
 

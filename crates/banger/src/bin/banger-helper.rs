@@ -16,7 +16,13 @@ use banger_helper::{DEFAULT_HELPER_CONFIG, ServeOptions, logging};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "banger-helper", version, about = "banger's root helper")]
+// `--version` names the build id too, as `banger` and `bangerd` do
+// (`banger update` checks that the three are of one build).
+#[command(
+    name = "banger-helper",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (build ", env!("BANGER_BUILD_ID"), ")"),
+    about = "banger's root helper"
+)]
 struct Args {
     /// The helper's config file.
     #[arg(long, global = true, env = "BANGER_HELPER_CONFIG", default_value = DEFAULT_HELPER_CONFIG)]

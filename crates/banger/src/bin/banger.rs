@@ -4,12 +4,22 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     banger_cli::die_on_closed_pipe();
-    let cli = banger_cli::Cli::parse();
+    // `banger --version` names the build id, which only this crate's
+    // build script knows; `banger update` reads it from a new `banger`.
+    let matches = banger_cli::Cli::command()
+        .version(concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (build ",
+            env!("BANGER_BUILD_ID"),
+            ")"
+        ))
+        .get_matches();
+    let cli = banger_cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Quiet by default: the CLI's own diagnostics show with -v or
     // BANGER_CLI_LOG=debug (which wins); -q leaves errors only.
     let level = match (cli.verbose, cli.quiet) {

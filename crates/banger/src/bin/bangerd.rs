@@ -12,7 +12,13 @@ use banger_paths::Layout;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "bangerd", version, about = "The banger daemon")]
+// `bangerd --version`: the version and the build id (crates/banger/build.rs),
+// which `banger update` reads to know which daemon it is installing.
+#[command(
+    name = "bangerd",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (build ", env!("BANGER_BUILD_ID"), ")"),
+    about = "The banger daemon"
+)]
 struct Args {
     /// Log level or filter (error, warn, info, debug, trace; default: the
     /// config file's log_level, else info).

@@ -11,10 +11,13 @@ mod rpc;
 mod snapshot;
 mod system;
 mod tail;
+mod update;
 mod vm;
 mod workspace;
 
 use banger_paths::Layout;
+
+pub use update::UpdateError;
 
 use crate::args::{Command, DaemonCommand};
 use crate::daemon_ctl::{DaemonTarget, find_bangerd};
@@ -63,6 +66,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::SshConfig(a) => artifacts::ssh_config(&layout, a.json),
         Command::Network(a) => artifacts::network(&target()?, a.json),
         Command::System(c) => system::run(c),
+        Command::Update(a) => update::update(&layout, a, build, cli.bangerd.as_deref()),
         Command::Config(crate::args::ConfigCommand::Show(a)) => config::show(&layout, a.json),
         // Answered above, before the layout.
         Command::Completions(_) | Command::Man(_) => Ok(()),
