@@ -34,8 +34,11 @@ def client():
 def test_a_command_in_a_fresh_vm_and_nothing_left_when_the_body_raises(client):
     before = vm_names(client)
     stages = []
+    stream = client.events()
+    name = None
     with pytest.raises(RuntimeError, match="the body failed"):
         with Sandbox(image=IMAGE, client=client, on_stage=lambda s: stages.append(s["name"])) as sb:
+            name = sb.name
             assert sb.name in vm_names(client)
             assert any("boot" in s or "vmm" in s or "restore" in s for s in stages), stages
             result = sb.exec("echo hi; exit 3")
@@ -44,6 +47,27 @@ def test_a_command_in_a_fresh_vm_and_nothing_left_when_the_body_raises(client):
             assert not result.ok
             raise RuntimeError("the body failed")
     assert vm_names(client) == before, "the sandbox was deleted"
+
+    # The event stream saw the sandbox made, running and deleted, in
+    # order, and the create's stages as on_stage did.
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event["type"] == "object" and event.get("name") == name and event["action"] == "deleted":
+            break
+    stream.close()
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    states = [e.get("vm_state") for e in seen if e["type"] == "object" and e.get("name") == name]
+    assert states[0] == "creating" and "running" in states and states[-1] is None, states
+    streamed = [e["stage"] for e in seen if e["type"] == "op_stage" and e["op_id"] == seen[0]["op_id"]]
+    assert seen[0]["type"] == "op_started" and streamed == stages, (seen[0], streamed, stages)
+
+    # Resumed from before the first: exactly the same events again.
+    with client.events(since=seqs[0] - 1, epoch=stream.epoch) as again:
+        assert again.complete and again.replayed >= len(seen)
+        replay = [next(again) for _ in seen]
+    assert replay == seen
 
 
 def test_files_exec_ports_workspace_snapshot_fork_and_a_large_stream(client, tmp_path):

@@ -10,7 +10,8 @@
 //! `message` and `op_id` (every request carries an op id minted here, so
 //! even a call that never reached the daemon has one). Long calls (create,
 //! run, snapshot, fork) report each stage of their operation as an MCP
-//! progress notification when the client asked for progress.
+//! progress notification when the client asked for progress, following
+//! it on the daemon's event stream (`events.subscribe`).
 //!
 //! The daemon client is the CLI's blocking one (`crate::client`), run on
 //! tokio's blocking threads, one connection per call.
@@ -134,52 +135,141 @@ where
     }
 }
 
-/// Waits for the asynchronous operation `op_id` (begun by a `*.begin`
-/// call under that id) to end, sending each stage as it starts as a
-/// progress notification when the client gave a progress token; returns
-/// its result.
-pub(crate) async fn wait_op<T: DeserializeOwned>(
+/// Follows the operation `op_id` through the daemon's event stream,
+/// subscribed before the operation begins (`begin` runs once the
+/// subscription is in place, so none of its events is missed): each stage
+/// as it starts is sent as a progress notification when the client gave a
+/// progress token; once it ends, its result or error. Should the stream
+/// end first (the daemon dropped a subscriber that lagged), the rest is
+/// followed by polling `op.status`.
+pub(crate) async fn follow_op<T: DeserializeOwned>(
     target: &DaemonTarget,
     op_id: &str,
     ctx: &RequestContext<RoleServer>,
+    begin: impl Future<Output = Result<(), ToolError>>,
 ) -> Result<T, ToolError> {
-    use banger_proto::methods::OpStatus;
     let token = ctx.meta.get_progress_token();
+    let (mut stages, guard) = op_stages(target, op_id).await?;
+    begin.await?;
     let mut seen = 0usize;
+    let mut ended = false;
+    while let Some(step) = stages.recv().await {
+        match step {
+            OpStep::Stage(name) => {
+                seen += 1;
+                if let Some(token) = &token {
+                    let note = ProgressNotificationParam::new(token.clone(), seen as f64)
+                        .with_message(name);
+                    // A client that went away learns nothing; the work goes on.
+                    let _ = ctx.peer.notify_progress(note).await;
+                }
+            }
+            OpStep::Ended => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    drop(guard);
+    use banger_proto::methods::OpStatus;
+    let mut view: OpView;
     loop {
         let params = OpStatusParams {
             op_id: op_id.to_owned(),
-            wait_ms: Some(1000),
+            wait_ms: (!ended).then_some(1000),
         };
-        let view: OpView = call::<OpStatus>(target, &params, &mint_op_id()).await?;
+        view = call::<OpStatus>(target, &params, &mint_op_id()).await?;
         if let Some(token) = &token {
             for stage in view.stages.iter().skip(seen) {
                 seen += 1;
                 let note = ProgressNotificationParam::new(token.clone(), seen as f64)
                     .with_message(stage.name.clone());
-                // A client that went away learns nothing; the work goes on.
                 let _ = ctx.peer.notify_progress(note).await;
             }
         }
-        match view.state {
-            banger_proto::OpState::Running => continue,
-            banger_proto::OpState::Succeeded => {
-                let value = view.result.unwrap_or(serde_json::Value::Null);
-                return serde_json::from_value(value).map_err(|e| {
-                    ToolError::local(
-                        banger_proto::ErrorCode::OperationFailed,
-                        format!("operation result: {e}"),
-                        op_id,
-                    )
-                });
-            }
-            banger_proto::OpState::Failed | banger_proto::OpState::Cancelled => {
-                let mut body = view.error.unwrap_or_else(|| {
-                    ErrorBody::new(banger_proto::ErrorCode::OperationFailed, "operation ended")
-                });
-                body.op_id.get_or_insert_with(|| op_id.to_owned());
-                return Err(ToolError(body));
-            }
+        if view.state.is_done() {
+            break;
         }
     }
+    match view.state {
+        banger_proto::OpState::Succeeded => {
+            let value = view.result.unwrap_or(serde_json::Value::Null);
+            serde_json::from_value(value).map_err(|e| {
+                ToolError::local(
+                    banger_proto::ErrorCode::OperationFailed,
+                    format!("operation result: {e}"),
+                    op_id,
+                )
+            })
+        }
+        _ => {
+            let mut body = view.error.unwrap_or_else(|| {
+                ErrorBody::new(banger_proto::ErrorCode::OperationFailed, "operation ended")
+            });
+            body.op_id.get_or_insert_with(|| op_id.to_owned());
+            Err(ToolError(body))
+        }
+    }
+}
+
+/// What the stream says of one operation.
+enum OpStep {
+    Stage(String),
+    Ended,
+}
+
+/// Shuts the subscription's connection down when dropped, which ends the
+/// thread reading it (it may be blocked waiting for the next event).
+struct StreamGuard(Option<std::os::unix::net::UnixStream>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.0 {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Subscribes to the daemon's events and passes on those of `op_id`, from
+/// a blocking thread reading the stream, until it ends.
+async fn op_stages(
+    target: &DaemonTarget,
+    op_id: &str,
+) -> Result<(tokio::sync::mpsc::Receiver<OpStep>, StreamGuard), ToolError> {
+    use banger_proto::events::{EventFrame, EventKind, EventsSubscribeParams};
+    let fail = |message: String| {
+        ToolError::local(banger_proto::ErrorCode::OperationFailed, message, op_id)
+    };
+    let target = target.clone();
+    let stream = tokio::task::spawn_blocking(move || {
+        ensure_daemon(&target)?
+            .client
+            .subscribe(&EventsSubscribeParams::default())
+            .map(|(_, stream)| stream)
+    })
+    .await
+    .map_err(|e| fail(format!("daemon call: {e}")))?
+    .map_err(|e| fail(e.display_chain()))?;
+    let guard = StreamGuard(stream.try_clone_socket().ok());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let op_id = op_id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for frame in stream {
+            let Ok(EventFrame::Event(event)) = frame else {
+                return;
+            };
+            let step = match event.kind {
+                EventKind::OpStage {
+                    op_id: id, stage, ..
+                } if id == op_id => OpStep::Stage(stage),
+                EventKind::OpEnded { op_id: id, .. } if id == op_id => OpStep::Ended,
+                _ => continue,
+            };
+            let last = matches!(step, OpStep::Ended);
+            if tx.blocking_send(step).is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok((rx, guard))
 }

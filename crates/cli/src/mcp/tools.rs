@@ -27,7 +27,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler,
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ToolError, call, finish, mint_op_id, wait_op};
+use super::{ToolError, call, finish, follow_op, mint_op_id};
 use crate::daemon_ctl::DaemonTarget;
 use banger_proto::methods::NoParams;
 
@@ -413,8 +413,11 @@ impl BangerTools {
         M::Result: serde::de::DeserializeOwned + Send + 'static,
         R: serde::de::DeserializeOwned,
     {
-        call::<M>(&self.target, params, op_id).await?;
-        wait_op(&self.target, op_id, ctx).await
+        let begin = async {
+            call::<M>(&self.target, params, op_id).await?;
+            Ok(())
+        };
+        follow_op(&self.target, op_id, ctx, begin).await
     }
 
     async fn create(

@@ -7,17 +7,19 @@ daemon's socket (docs/agents.md).
         print(sb.exec("uname -r").text)
 """
 
-from .client import BangerError, Client, DaemonUnavailable
+from .client import BangerError, Client, DaemonUnavailable, EventStream, StreamEnded
 from .sandbox import ExecResult, ExecTimeout, Files, Sandbox, Workspace, list_sandboxes
 
 __all__ = [
     "BangerError",
     "Client",
     "DaemonUnavailable",
+    "EventStream",
     "ExecResult",
     "ExecTimeout",
     "Files",
     "Sandbox",
+    "StreamEnded",
     "Workspace",
     "list_sandboxes",
 ]

@@ -202,14 +202,16 @@ class Client:
         *,
         on_stage: Optional[Callable[[Dict[str, Any]], None]] = None,
         timeout: Optional[float] = None,
+        skip: int = 0,
     ) -> Dict[str, Any]:
         """Waits for an asynchronous operation (``vm.create.begin`` and the
-        like) to end, calling ``on_stage`` with each stage as it starts;
-        returns its result, or raises :class:`BangerError` with the error
-        it ended with (a ``cancelled`` one when ``timeout`` passes first:
-        the operation is cancelled and rolled back)."""
+        like) to end, calling ``on_stage`` with each stage as it starts
+        (after the first ``skip``, already reported); returns its result,
+        or raises :class:`BangerError` with the error it ended with (a
+        ``cancelled`` one when ``timeout`` passes first: the operation is
+        cancelled and rolled back)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen = 0
+        seen = skip
         while True:
             view = self.call("op.status", {"op_id": op_id, "wait_ms": 1000})
             stages = view.get("stages", [])
@@ -240,10 +242,120 @@ class Client:
         timeout: Optional[float] = None,
     ) -> Any:
         """Begins an asynchronous operation and waits for it (the op id of
-        the request is the operation's)."""
+        the request is the operation's), following it on the daemon's
+        event stream, subscribed before it begins so that no stage is
+        missed; should the stream end first, ``op.status`` is polled for
+        the rest."""
         op_id = new_op_id()
-        self.call(method, params, op_id=op_id)
-        return self.wait_op(op_id, on_stage=on_stage, timeout=timeout)
+        seen = 0
+        with self.events() as stream:
+            self.call(method, params, op_id=op_id)
+            # When the time is up, cancel: the operation rolls back and
+            # ends, which the stream then says.
+            timer = None
+            if timeout is not None:
+                timer = threading.Timer(timeout, self._cancel_quietly, (op_id,))
+                timer.daemon = True
+                timer.start()
+            try:
+                for event in stream:
+                    if event.get("op_id") != op_id:
+                        continue
+                    if event["type"] == "op_stage":
+                        seen += 1
+                        if on_stage is not None:
+                            on_stage({"name": event["stage"], "depth": event.get("depth", 0)})
+                    elif event["type"] == "op_ended":
+                        break
+            except StreamEnded:
+                pass  # dropped as a slow reader: poll the rest
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        # The result (or error), and any stage the stream did not bring.
+        return self.wait_op(op_id, on_stage=on_stage, skip=seen)
+
+    def _cancel_quietly(self, op_id: str) -> None:
+        try:
+            self.call("op.cancel", {"op_id": op_id})
+        except (BangerError, OSError):
+            pass  # already ended, or the daemon went away: the wait says
+
+    def events(
+        self, since: Optional[int] = None, epoch: Optional[str] = None
+    ) -> "EventStream":
+        """Subscribes to the daemon's events (``events.subscribe``, docs/rpc.md
+        "Events") on a connection of its own: VMs, images, kernels and
+        snapshots made, changed or removed, and operations' stages, as
+        dicts ``{"seq", "at_ms", "type", ...}``. With ``since`` (and the
+        ``epoch`` it was seen in) the held events after it come first."""
+        params: Dict[str, Any] = {}
+        if since is not None:
+            params["since"] = since
+        if epoch is not None:
+            params["epoch"] = epoch
+        sub = Client(self.path, start_daemon=False)
+        answer = sub.call("events.subscribe", params)
+        return EventStream(sub, answer)
+
+
+class StreamEnded(BangerError):
+    """The daemon ended an event stream for this subscriber (``lagged``:
+    it fell too far behind; ``stalled``: it did not read): resume with
+    ``client.events(since=e.last_seq, epoch=...)``."""
+
+    def __init__(self, reason: str, message: str, last_seq: int):
+        self.reason = reason
+        self.last_seq = last_seq
+        super().__init__(reason, message, None)
+
+
+class EventStream:
+    """The events of one subscription, in order (iterate it); its
+    ``epoch``, ``last_seq`` (the last event published before it began),
+    ``replayed`` and ``complete`` are the daemon's answer. Iteration ends
+    when the daemon stops (``end`` then holds why) or the connection
+    closes; it raises :class:`StreamEnded` when the daemon dropped this
+    subscriber. Close it (or use ``with``) to unsubscribe."""
+
+    def __init__(self, client: Client, answer: Dict[str, Any]):
+        self._client = client
+        self.epoch: str = answer["epoch"]
+        self.last_seq: int = answer["last_seq"]
+        self.replayed: int = answer["replayed"]
+        self.complete: bool = answer["complete"]
+        self.end: Optional[Dict[str, Any]] = None
+
+    def __iter__(self) -> "EventStream":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        reader = self._client._reader
+        if reader is None or self.end is not None:
+            raise StopIteration
+        line = reader.readline()
+        if not line or not line.endswith(b"\n"):
+            self.close()
+            raise StopIteration
+        frame = json.loads(line)
+        if "end" in frame:
+            self.end = frame["end"]
+            self.close()
+            if self.end["reason"] != "shutdown":
+                raise StreamEnded(self.end["reason"], self.end["message"], self.end["last_seq"])
+            raise StopIteration
+        event = frame["event"]
+        self.last_seq = event["seq"]
+        return event
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def without_none(params: Dict[str, Any]) -> Dict[str, Any]:

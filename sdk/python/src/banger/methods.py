@@ -49,6 +49,7 @@ PARAMS: Dict[str, FrozenSet[str]] = {
     "snapshot.delete": frozenset({"name"}),
     "op.status": frozenset({"op_id", "wait_ms"}),
     "op.cancel": frozenset({"op_id"}),
+    "events.subscribe": frozenset({"since", "epoch"}),
 }
 
 
