@@ -452,7 +452,6 @@ fn encode<T: serde::Serialize>(line: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::tests::test_state;
     use crate::testing::Probe;
     use serde_json::Value;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -466,17 +465,7 @@ mod tests {
     }
 
     async fn start() -> Harness {
-        let tmp = tempfile::tempdir().unwrap();
-        let state = test_state(tmp.path());
-        let socket = tmp.path().join("run/test.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let server = tokio::spawn(run(listener, Arc::clone(&state), state.shutdown.clone()));
-        Harness {
-            _tmp: tmp,
-            state,
-            socket,
-            server,
-        }
+        start_tuned(|_| {}).await
     }
 
     async fn wait_for(state: &DaemonState, what: impl Fn(&DaemonState) -> bool) {
@@ -658,8 +647,8 @@ mod tests {
         );
     }
 
-    // ---- the event stream ------------------------------------------
-
+    /// A server over a test state (as `test_state` makes it) whose config
+    /// `tune` changes first.
     async fn start_tuned(tune: impl FnOnce(&mut crate::DaemonConfig)) -> Harness {
         let tmp = tempfile::tempdir().unwrap();
         let devices = Arc::new(crate::disks::dm::HelperRootDevices(
