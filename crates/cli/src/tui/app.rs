@@ -137,7 +137,7 @@ pub(crate) enum Msg {
     /// A call ended: the operation it began, if it began one, or why it
     /// failed.
     ActionDone {
-        action: Action,
+        action: Box<Action>,
         outcome: Result<Option<String>, String>,
     },
     LogLines {
@@ -482,7 +482,7 @@ impl App {
             }
             Msg::Ops(list) => {
                 if let Ok(mut ops) = self.list_result("operations", list) {
-                    ops.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+                    ops.sort_by_key(|o| std::cmp::Reverse(o.started_at_ms));
                     ops.truncate(MAX_OPS);
                     self.ops = ops.into_iter().map(OpRow::from).collect();
                     if self.selected_op().is_none() {
@@ -506,7 +506,7 @@ impl App {
                     match op {
                         Some(op_id) => {
                             self.note(format!("{what}: {op_id} running"));
-                            if matches!(action, Action::Create(_) | Action::Fork { .. }) {
+                            if matches!(*action, Action::Create(_) | Action::Fork { .. }) {
                                 // Show its stages as they come.
                                 self.op_selected = Some(op_id);
                                 self.focus = Pane::Ops;
@@ -616,6 +616,18 @@ impl App {
                 Some(op) => {
                     op.state = state;
                     op.error = error.map(|e| e.message);
+                    // The status line said it was running: say how it ended.
+                    let said_running = self
+                        .status
+                        .as_ref()
+                        .is_some_and(|(text, _)| text.contains(&op_id));
+                    if said_running {
+                        let end = format!("{} {}: {state}", op.kind, op.target);
+                        match &op.error {
+                            Some(e) => self.status = Some((format!("{end}: {e}"), true)),
+                            None => self.status = Some((end, false)),
+                        }
+                    }
                 }
                 None => effects.extend(self.fetch(ListKind::Ops)),
             },
@@ -1133,7 +1145,7 @@ pub(crate) mod tests {
         assert_eq!(p.memory_mib, Some(1024));
         let action = Action::Create(p.clone());
         app.apply(Msg::ActionDone {
-            action,
+            action: Box::new(action),
             outcome: Ok(Some("op-9".into())),
         });
         assert_eq!(app.op_selected.as_deref(), Some("op-9"));
@@ -1155,7 +1167,7 @@ pub(crate) mod tests {
     fn failed_actions_land_in_the_status_line() {
         let mut app = app_with(vec![vm("dev", VmState::Running)]);
         app.apply(Msg::ActionDone {
-            action: Action::Stop("dev".into()),
+            action: Box::new(Action::Stop("dev".into())),
             outcome: Err("conflict".into()),
         });
         assert_eq!(app.status, Some(("stop dev: conflict".to_owned(), true)));

@@ -121,7 +121,10 @@ pub(crate) fn call(socket: PathBuf, action: Action, tx: Sender<Msg>) {
         let outcome = Client::connect(&socket)
             .and_then(|mut c| perform(&mut c, &action))
             .map_err(|e| text(&e));
-        let _ = tx.send(Msg::ActionDone { action, outcome });
+        let _ = tx.send(Msg::ActionDone {
+            action: Box::new(action),
+            outcome,
+        });
     });
 }
 

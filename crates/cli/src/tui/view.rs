@@ -116,9 +116,9 @@ fn draw_vms(frame: &mut Frame<'_>, app: &App, area: Rect) {
                     .map(|c| format!("{c:.0}%"))
                     .unwrap_or_default(),
                 format!(
-                    "{}/{}",
-                    human_bytes(s.memory_used_bytes),
-                    human_bytes(s.memory_total_bytes)
+                    "{}/{} MiB",
+                    s.memory_used_bytes >> 20,
+                    s.memory_total_bytes >> 20
                 ),
             ),
             None => (String::new(), format!("{} MiB", v.memory_mib)),
@@ -140,7 +140,7 @@ fn draw_vms(frame: &mut Frame<'_>, app: &App, area: Rect) {
             Constraint::Length(11),
             Constraint::Fill(3),
             Constraint::Length(5),
-            Constraint::Length(19),
+            Constraint::Length(14),
         ],
     )
     .header(header(&[
@@ -283,7 +283,7 @@ fn draw_ops(frame: &mut Frame<'_>, app: &App, area: Rect) {
             Constraint::Length(11),
             Constraint::Fill(1),
             Constraint::Length(9),
-            Constraint::Fill(2),
+            Constraint::Fill(1),
         ],
     )
     .header(header(&["KIND", "TARGET", "STATE", "STAGE"]))
