@@ -84,7 +84,8 @@ ensure_deps() {
 # busybox image the end-to-end OCI test pushes and boots), btrfs-progs
 # and xfsprogs (crates/daemon's reflink tests make a btrfs and an XFS in a
 # file and loop-mount them), python3-pytest (the Python SDK's tests,
-# sdk/python, run by crates/banger/tests/sdk_python.rs). Debian's
+# sdk/python, run by crates/banger/tests/sdk_python.rs), tmux (a terminal
+# for `banger tui` in crates/banger/tests/tui_e2e.rs). Debian's
 # docker-registry package starts a registry on every interface (port 5000)
 # where systemd runs; the tests start their own, so when this installs the
 # package it also stops and disables that service.
@@ -95,7 +96,7 @@ ensure_test_deps() {
     had_registry=1
   fi
   apt_ensure docker-registry skopeo umoci apache2-utils zstd busybox-static \
-    btrfs-progs xfsprogs python3-pytest
+    btrfs-progs xfsprogs python3-pytest tmux
   if [ "$had_registry" -eq 0 ] && command -v systemctl >/dev/null 2>&1 &&
     systemctl is-enabled --quiet docker-registry 2>/dev/null; then
     as_root systemctl disable --now docker-registry
@@ -135,7 +136,8 @@ BANGER_TOOLS="qemu-img:qemu-utils qemu-system-x86_64:qemu-system-x86
 # TOOL:PACKAGE for the programs only tests run (ensure_test_deps).
 BANGER_TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci
   htpasswd:apache2-utils zstd:zstd busybox:busybox-static
-  mkfs.btrfs:btrfs-progs mkfs.xfs:xfsprogs pytest-3:python3-pytest"
+  mkfs.btrfs:btrfs-progs mkfs.xfs:xfsprogs pytest-3:python3-pytest
+  tmux:tmux"
 
 # Finds TOOL on PATH or in the sbin directories (ip and nft live there,
 # and a user's PATH may not have them).

@@ -28,6 +28,7 @@ const NO_STATE: &[(&str, &str)] = &[
     ("completions", "a shell script"),
     ("man", "writes man pages into a directory"),
     ("mcp", "speaks the MCP protocol (JSON-RPC) on stdin/stdout"),
+    ("tui", "a terminal UI"),
 ];
 
 /// Leaf commands that take no argument but change the host or take long:
@@ -42,6 +43,8 @@ const NOT_RUN: &[&str] = &[
     "events",
     // Replaces the installed binaries (tests/update.rs runs it).
     "update",
+    // Needs a terminal (tests/tui_e2e.rs runs it in tmux).
+    "tui",
 ];
 
 /// Every leaf command: its path (`vm list`) and whether it needs an

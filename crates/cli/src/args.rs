@@ -73,6 +73,10 @@ pub enum Command {
     /// Follow the daemon's events as they happen: VMs, images, kernels and
     /// snapshots made, changed or removed, operations' stages.
     Events(EventsArgs),
+    /// A terminal UI: VMs, images, kernels, snapshots and operations,
+    /// refreshed live; start, stop, delete, ssh, logs, create
+    /// (docs/tui.md).
+    Tui,
     /// Check what works on this host and what to do about it.
     Doctor(DoctorArgs),
     /// Print a block for ~/.ssh/config so `ssh NAME.vm` reaches VMs.

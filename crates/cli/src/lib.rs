@@ -18,6 +18,7 @@ mod exit;
 mod mcp;
 mod output;
 pub mod reference;
+mod tui;
 
 use std::process::ExitCode;
 

@@ -62,6 +62,7 @@ pub(crate) fn run(cli: Cli, build: BuildInfo) -> Result<(), CliError> {
         Command::Snapshot(c) => snapshot::run(&target()?, c),
         Command::Ops(a) => artifacts::ops(&target()?, a.json),
         Command::Events(a) => events::run(&target()?, a),
+        Command::Tui => crate::tui::run(&target()?),
         Command::Doctor(a) => artifacts::doctor(&target()?, a),
         Command::SshConfig(a) => artifacts::ssh_config(&layout, a.json),
         Command::Network(a) => artifacts::network(&target()?, a.json),
