@@ -1,7 +1,8 @@
 //! `banger tui` end to end, in tmux, over the real bangerd with real
 //! guests under QEMU (TCG): it shows a VM created outside it within 2 s,
 //! stops and starts it by keys (the screen and `vm list --json` agree),
-//! creates a VM from its form with the stages live on screen, keeps every
+//! creates a VM from its form with the stages live on screen, steps aside
+//! for an ssh session into a VM (Enter) and comes back after it, keeps every
 //! pane's title readable at 80×24, and `q` leaves the terminal's modes
 //! as they were (`stty -a` before and after are equal).
 //!
@@ -226,6 +227,23 @@ fn the_tui_shows_live_state_drives_vms_and_gives_the_terminal_back() {
         vm_state_on_screen(s, "inside").as_deref() == Some("running") && s.contains("succeeded")
     });
     assert_eq!(state_in_list(&w, "inside"), "running");
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("Enter: ssh into the selected VM, the TUI steps aside, then comes back");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("a shell in the guest", Duration::from_secs(60), |s| {
+        s.contains("root@") && !s.contains("● live")
+    });
+    tmux.literal("echo ssh-$((6*7)) from $(hostname)");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the command's output", Duration::from_secs(30), |s| {
+        s.contains("ssh-42 from inside") || s.contains("ssh-42 from outside")
+    });
+    tmux.literal("exit");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the TUI again", Duration::from_secs(30), |s| {
+        s.contains("● live") && vm_line(s, "inside").is_some()
+    });
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("at 80x24 every pane's title is readable");
