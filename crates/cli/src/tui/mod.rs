@@ -1,4 +1,4 @@
-//! `banger tui`: a terminal UI over the daemon (SPEC C17, docs/tui.md).
+//! `banger tui`: a terminal UI over the daemon (docs/tui.md).
 //!
 //! Why threads and not the async runtime: the CLI's client is blocking,
 //! and the UI must never wait on the daemon, so each daemon conversation
