@@ -16,37 +16,6 @@ use std::process::Command;
 
 use common::{BANGERD, World, alive, text};
 
-/// A fake systemctl: appends its arguments to `calls`, and either fails
-/// as systemctl does without a user instance or acts as systemd would.
-fn fake_systemctl(world: &World, works: bool) -> (PathBuf, PathBuf) {
-    let script = world.root().join(if works {
-        "systemctl-ok"
-    } else {
-        "systemctl-no-bus"
-    });
-    let calls = world.root().join("systemctl.calls");
-    let body = if works {
-        r#"
-unit="$XDG_CONFIG_HOME/systemd/user/bangerd.service"
-case "$*" in
-  "--user start bangerd.service" | "--user enable --now bangerd.service")
-    bin=$(sed -n 's/^ExecStart=//p' "$unit")
-    setsid "$bin" >>"$XDG_STATE_HOME/banger/bangerd.log" 2>&1 </dev/null &
-    ;;
-  "--user is-failed --quiet bangerd.service") exit 1 ;;
-esac
-exit 0
-"#
-    } else {
-        "echo 'Failed to connect to bus: No medium found' >&2\nexit 1\n"
-    };
-    common::install_script(
-        &script,
-        &format!("#!/bin/sh\necho \"$*\" >>'{}'\n{body}", calls.display()),
-    );
-    (script, calls)
-}
-
 fn unit_file(world: &World) -> PathBuf {
     world.root().join("config/systemd/user/bangerd.service")
 }
@@ -62,7 +31,7 @@ fn calls(path: &Path) -> Vec<String> {
 #[test]
 fn install_writes_the_unit_and_falls_back_without_systemd() {
     let mut world = World::new();
-    let (script, log) = fake_systemctl(&world, false);
+    let (script, log) = common::fake_systemctl(&world, false);
     world.extra_env.push(("BANGER_SYSTEMCTL", script));
 
     // No user instance: the unit is written, the command fails saying so.
@@ -116,7 +85,7 @@ fn with_a_working_systemctl_the_cli_starts_the_unit() {
     let mut world = World::new();
     // A daemon banger started itself is handed over to systemd.
     let first = world.banger_json(&["ping"])["pid"].as_i64().unwrap();
-    let (script, log) = fake_systemctl(&world, true);
+    let (script, log) = common::fake_systemctl(&world, true);
     world.extra_env.push(("BANGER_SYSTEMCTL", script));
     let report = world.banger_json(&["daemon", "install", "--user"]);
     assert_eq!(report["replaced_pid"].as_i64(), Some(first), "{report}");
@@ -196,7 +165,7 @@ fn real_systemd_user_instance() {
     // own; installing would replace the real user's unit. Only the
     // unit's syntax is checked, with systemd-analyze.
     let mut world = World::new();
-    let (script, _) = fake_systemctl(&world, false);
+    let (script, _) = common::fake_systemctl(&world, false);
     world.extra_env.push(("BANGER_SYSTEMCTL", script));
     let _ = world.banger(&["daemon", "install", "--user"]);
     let verify = Command::new("systemd-analyze")

@@ -417,38 +417,11 @@ fn a_running_vm_keeps_running_and_a_create_in_flight_refuses() {
     inst.banger(&w, &["daemon", "stop"]);
 }
 
-/// A fake `systemctl` acting as systemd would for bangerd.service (as in
-/// tests/daemon_user_unit.rs): `start` runs the unit's `ExecStart=`
-/// detached; every call is appended to the returned file.
-fn fake_systemctl(w: &World) -> (PathBuf, PathBuf) {
-    let script = w.root().join("systemctl");
-    let calls = w.root().join("systemctl.calls");
-    common::install_script(
-        &script,
-        &format!(
-            r#"#!/bin/sh
-echo "$*" >>'{}'
-unit="$XDG_CONFIG_HOME/systemd/user/bangerd.service"
-case "$*" in
-  "--user start bangerd.service" | "--user enable --now bangerd.service")
-    bin=$(sed -n 's/^ExecStart=//p' "$unit")
-    setsid "$bin" >>"$XDG_STATE_HOME/banger/bangerd.log" 2>&1 </dev/null &
-    ;;
-  "--user is-failed --quiet bangerd.service") exit 1 ;;
-esac
-exit 0
-"#,
-            calls.display()
-        ),
-    );
-    (script, calls)
-}
-
 #[test]
 fn a_daemon_run_by_its_systemd_user_unit_is_restarted_through_it() {
     let mut w = World::new();
     let inst = Installed::new(&mut w);
-    let (script, calls) = fake_systemctl(&w);
+    let (script, calls) = common::fake_systemctl(&w, true);
     w.extra_env.push(("BANGER_SYSTEMCTL", script));
     let old_id = build_id_of(&inst.bin.join("banger"));
     let new_id = other_id(&old_id);

@@ -439,6 +439,39 @@ pub fn install_script(dest: &Path, contents: &str) {
     install_executable(&text, dest);
 }
 
+/// A fake `systemctl` (for `BANGER_SYSTEMCTL`): appends its arguments to
+/// the returned calls file, and either acts as systemd would for
+/// bangerd.service (`start` runs the unit's `ExecStart=` detached) or,
+/// not `works`, fails as systemctl does without a user instance.
+pub fn fake_systemctl(w: &World, works: bool) -> (PathBuf, PathBuf) {
+    let script = w.root().join(if works {
+        "systemctl-ok"
+    } else {
+        "systemctl-no-bus"
+    });
+    let calls = w.root().join("systemctl.calls");
+    let body = if works {
+        r#"
+unit="$XDG_CONFIG_HOME/systemd/user/bangerd.service"
+case "$*" in
+  "--user start bangerd.service" | "--user enable --now bangerd.service")
+    bin=$(sed -n 's/^ExecStart=//p' "$unit")
+    setsid "$bin" >>"$XDG_STATE_HOME/banger/bangerd.log" 2>&1 </dev/null &
+    ;;
+  "--user is-failed --quiet bangerd.service") exit 1 ;;
+esac
+exit 0
+"#
+    } else {
+        "echo 'Failed to connect to bus: No medium found' >&2\nexit 1\n"
+    };
+    install_script(
+        &script,
+        &format!("#!/bin/sh\necho \"$*\" >>'{}'\n{body}", calls.display()),
+    );
+    (script, calls)
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

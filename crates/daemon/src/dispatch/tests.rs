@@ -300,3 +300,38 @@ async fn guest_and_network_methods_refuse_bad_input_clearly() {
             .is_ok()
     );
 }
+
+/// Bad params to `events.subscribe` are refused by name, with no stream
+/// after the answer; good ones hand the connection a subscription.
+#[tokio::test]
+async fn events_subscribe_refuses_bad_params_and_starts_no_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    for (line, needle) in [
+        (
+            r#"{"version":1,"method":"events.subscribe","params":{"since":"ten"}}"#,
+            "expected u64",
+        ),
+        (
+            r#"{"version":1,"method":"events.subscribe","params":{"since":-1}}"#,
+            "expected u64",
+        ),
+        (
+            r#"{"version":1,"method":"events.subscribe","params":{"from":3}}"#,
+            "unknown field `from`",
+        ),
+    ] {
+        let d = dispatch_streaming(&state, line.as_bytes()).await;
+        assert!(d.follow.is_none(), "{line}");
+        let e = error_of(d.response);
+        assert_eq!(e.code, ErrorCode::BadParams, "{line}: {}", e.message);
+        assert!(e.message.contains(needle), "{line}: {}", e.message);
+    }
+    let d = dispatch_streaming(
+        &state,
+        br#"{"version":1,"method":"events.subscribe","params":{"since":0}}"#,
+    )
+    .await;
+    assert!(d.follow.is_some());
+    assert_eq!(d.response.into_result().unwrap()["complete"], true);
+}
