@@ -239,12 +239,16 @@ fn a_subscriber_sees_a_create_resumes_without_gaps_and_a_stalled_one_is_dropped(
     }
     // Read now (within the grace the daemon gives the end frame): what
     // was buffered, then the end, naming the stall.
-    let mut last = None;
+    let (mut last, mut last_event) = (None, 0);
     while let Some(frame) = next_frame(&mut stalled) {
+        if let Some(seq) = frame["event"]["seq"].as_u64() {
+            last_event = seq;
+        }
         last = Some(frame);
     }
     let last = last.unwrap();
     assert_eq!(last["end"]["reason"], "stalled", "{last}");
+    assert_eq!(last["end"]["last_seq"], last_event, "{last}");
     for _ in 0..5000 {
         edit(n);
         n += 1;

@@ -280,6 +280,9 @@ async fn stream_events(
             Sent::All => last_seq = event.seq,
             Sent::Gone => return,
             Sent::Part(written) => {
+                // The rest of this line goes out before the end: the end
+                // counts it as sent, so a resume does not repeat it.
+                last_seq = event.seq;
                 tracing::warn!(
                     last_seq,
                     stall_ms = stall.as_millis() as u64,
@@ -835,13 +838,20 @@ mod tests {
         // Publishing on is not queued for it: the bus holds its ring only.
         publish(5000);
         assert_eq!(h.state.events.held(), 256);
-        // Read now: buffered lines, then the end naming the stall.
-        let mut last = None;
+        // Read now: buffered lines, then the end naming the stall and the
+        // last event it sent (the one cut short, completed before it).
+        let (mut last, mut last_event) = (None, 0);
         while let Some(frame) = next_frame(&mut lines).await {
+            if let EventFrame::Event(e) = &frame {
+                last_event = e.seq;
+            }
             last = Some(frame);
         }
         match last {
-            Some(EventFrame::End(end)) => assert_eq!(end.reason, EndReason::Stalled, "{end:?}"),
+            Some(EventFrame::End(end)) => {
+                assert_eq!(end.reason, EndReason::Stalled, "{end:?}");
+                assert_eq!(end.last_seq, last_event, "resume right after what was read");
+            }
             other => panic!("expected the end frame last, got {other:?}"),
         }
         h.state.shutdown.cancel();
