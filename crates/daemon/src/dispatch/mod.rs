@@ -198,8 +198,17 @@ pub fn params<T: DeserializeOwned>(method: &str, params: Value) -> Result<T, Rpc
     } else {
         params
     };
-    serde_json::from_value(params)
-        .map_err(|e| RpcError::bad_params(format!("bad params for {method}: {e}")))
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        // serde's own message for a wrong type ("invalid type: string, expected
+        // u64") does not say which field; the path does ("resources.vcpus").
+        let path = e.path().to_string();
+        let cause = e.inner();
+        if path == "." {
+            RpcError::bad_params(format!("bad params for {method}: {cause}"))
+        } else {
+            RpcError::bad_params(format!("bad params for {method}: `{path}`: {cause}"))
+        }
+    })
 }
 
 /// Handles one request line and returns the response to send.

@@ -138,7 +138,35 @@ fn params_decode_null_as_empty() {
     assert_eq!(p.n, 0);
     let e = params::<P>("m", json!({"n": "x"})).unwrap_err();
     assert_eq!(e.code, ErrorCode::BadParams);
-    assert!(e.message.starts_with("bad params for m"), "{}", e.message);
+    assert!(
+        e.message.starts_with("bad params for m: `n`: invalid type"),
+        "{}",
+        e.message
+    );
+}
+
+/// A wrong type deep in the params names the path to it; an error about
+/// the object itself (a missing field) names no path, once.
+#[test]
+fn params_errors_name_the_field_path() {
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)] // only decoded
+    struct Shape {
+        vcpus: u32,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)] // only decoded
+    struct P {
+        name: String,
+        shape: Shape,
+    }
+    let e = params::<P>("vm.x", json!({"name": "a", "shape": {"vcpus": "two"}})).unwrap_err();
+    assert_eq!(
+        e.message,
+        "bad params for vm.x: `shape.vcpus`: invalid type: string \"two\", expected u32"
+    );
+    let e = params::<P>("vm.x", json!({"shape": {"vcpus": 1}})).unwrap_err();
+    assert_eq!(e.message, "bad params for vm.x: missing field `name`");
 }
 
 #[test]
@@ -194,11 +222,11 @@ async fn params_are_decoded_once_with_the_methods_name() {
         ),
         (
             r#"{"version":1,"method":"vm.create.begin","params":{"name":"dev","publish":["80"]}}"#,
-            "bad params for vm.create.begin: invalid publish \"80\": use HOST:GUEST",
+            "bad params for vm.create.begin: `publish[0]`: invalid publish \"80\": use HOST:GUEST",
         ),
         (
             r#"{"version":1,"method":"doctor","params":{"probe":"yes"}}"#,
-            "bad params for doctor: invalid type",
+            "bad params for doctor: `probe`: invalid type",
         ),
     ];
     for (line, needle) in cases {
