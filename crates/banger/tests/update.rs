@@ -375,6 +375,17 @@ fn a_running_vm_keeps_running_and_a_create_in_flight_refuses() {
         "{stderr}"
     );
     assert_eq!(hashes(&inst.bin), before);
+    // The stop update makes: refused by the daemon itself while the
+    // create runs (what closes the window after update's own check).
+    let (_, pid) = daemon_build(&inst, &w);
+    let out = inst.banger(&w, &["rpc", "daemon.shutdown", r#"{"if_idle":true}"#]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("in flight: vm.create second ({op_id})")),
+        "{stderr}"
+    );
+    assert_eq!(daemon_build(&inst, &w).1, pid, "the daemon still serves");
     inst.banger_json_plain(
         &w,
         &["rpc", "op.cancel", &format!(r#"{{"op_id":"{op_id}"}}"#)],

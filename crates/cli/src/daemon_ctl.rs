@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_paths::Layout;
-use banger_proto::daemon::PingResult;
+use banger_proto::ErrorCode;
+use banger_proto::daemon::{PingResult, ShutdownParams};
 use banger_proto::methods::{self, NoParams};
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
@@ -176,8 +177,43 @@ pub fn connect_running(layout: &Layout) -> Result<Option<(Client, PingResult)>, 
 /// escalating to SIGTERM and then SIGKILL if it does not.
 pub fn stop(mut client: Client, pid: u32) -> Result<(), CliError> {
     // The daemon may exit before answering; either way we wait on the pid.
-    let _ = client.call::<methods::DaemonShutdown>(&NoParams);
+    let _ = client.call::<methods::DaemonShutdown>(&ShutdownParams::default());
     drop(client);
+    wait_stopped(pid)
+}
+
+/// What [`stop_if_idle`] did.
+#[derive(Debug)]
+pub enum IdleStop {
+    /// The daemon was idle, refused new operations and exited.
+    Stopped,
+    /// The daemon is of a build before `if_idle` (it refused the param);
+    /// nothing was done and its connection is handed back.
+    Unsupported(Client),
+}
+
+/// Asks the daemon to shut down only if no operation is running or being
+/// started (one step in the daemon, so none can begin in between), and
+/// waits for it to exit. A busy daemon's refusal, naming the operations,
+/// is returned as its error and the daemon keeps running.
+pub fn stop_if_idle(mut client: Client, pid: u32) -> Result<IdleStop, CliError> {
+    match client.call::<methods::DaemonShutdown>(&ShutdownParams { if_idle: true }) {
+        Err(CliError::Daemon(body)) if body.code == ErrorCode::Conflict => {
+            return Err(CliError::Daemon(body));
+        }
+        Err(CliError::Daemon(body)) if body.code == ErrorCode::BadParams => {
+            return Ok(IdleStop::Unsupported(client));
+        }
+        // Answered, or exited before answering: either way we wait on the pid.
+        _ => {}
+    }
+    drop(client);
+    wait_stopped(pid).map(|()| IdleStop::Stopped)
+}
+
+/// Waits for a daemon asked to stop to exit, escalating to SIGTERM and
+/// then SIGKILL if it does not.
+fn wait_stopped(pid: u32) -> Result<(), CliError> {
     let Some(pid_t) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return Ok(());
     };

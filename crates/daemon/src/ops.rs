@@ -251,6 +251,61 @@ impl Operation {
 pub struct OpRegistry {
     ops: Mutex<HashMap<OpId, Arc<Operation>>>,
     events: Option<Arc<EventBus>>,
+    /// Lock order: `gate` before `ops` ([`OpRegistry::close_if_idle`]).
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// Whether new operations may begin, and how many `*.begin` requests are
+/// between being admitted and registering theirs. Counting those closes
+/// the window in which a begin has passed the gate but its operation is
+/// not yet in the registry.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: bool,
+    starting: usize,
+}
+
+/// A `*.begin` request admitted through the gate; dropped when its
+/// handler returns (its operation, if any, is registered by then).
+#[derive(Debug)]
+pub struct Admission(Arc<Mutex<Gate>>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut gate = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        gate.starting = gate.starting.saturating_sub(1);
+    }
+}
+
+/// The daemon is shutting down and begins no new operation.
+#[derive(Debug, thiserror::Error)]
+#[error("bangerd is shutting down: it begins no new operation")]
+pub struct ShuttingDown;
+
+/// `daemon.shutdown` with `if_idle` found work in flight.
+#[derive(Debug, thiserror::Error)]
+#[error("{} in flight: {}", describe_count(.running.len() + .starting), describe_busy(.running, *.starting))]
+pub struct Busy {
+    /// "KIND TARGET (OP_ID)" of each running operation.
+    pub running: Vec<String>,
+    /// Begin requests admitted whose operations are not registered yet.
+    pub starting: usize,
+}
+
+fn describe_count(n: usize) -> String {
+    if n == 1 {
+        "1 operation".to_owned()
+    } else {
+        format!("{n} operations")
+    }
+}
+
+fn describe_busy(running: &[String], starting: usize) -> String {
+    let mut parts = running.to_vec();
+    if starting > 0 {
+        parts.push(format!("{starting} being started"));
+    }
+    parts.join(", ")
 }
 
 /// No operation has this id (or it ended long ago and was pruned).
@@ -264,7 +319,53 @@ impl OpRegistry {
         Self {
             ops: Mutex::default(),
             events: Some(events),
+            gate: Arc::default(),
         }
+    }
+
+    fn lock_gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets a `*.begin` request through unless the daemon is shutting
+    /// down; hold the admission until the operation is registered.
+    pub fn admit(&self) -> Result<Admission, ShuttingDown> {
+        let mut gate = self.lock_gate();
+        if gate.closed {
+            return Err(ShuttingDown);
+        }
+        gate.starting += 1;
+        Ok(Admission(Arc::clone(&self.gate)))
+    }
+
+    /// Refuses new operations from now on.
+    pub fn close(&self) {
+        self.lock_gate().closed = true;
+    }
+
+    /// Refuses new operations from now on, but only if none is running or
+    /// being started; otherwise changes nothing and names them. One step,
+    /// so no operation can begin between the check and the closing.
+    pub fn close_if_idle(&self) -> Result<(), Busy> {
+        let mut gate = self.lock_gate();
+        let mut running: Vec<OpView> = self
+            .lock()
+            .values()
+            .filter(|o| o.state() == OpState::Running)
+            .map(|o| o.view())
+            .collect();
+        if running.is_empty() && gate.starting == 0 {
+            gate.closed = true;
+            return Ok(());
+        }
+        running.sort_by_key(|v| v.started_at_ms);
+        Err(Busy {
+            running: running
+                .iter()
+                .map(|o| format!("{} {} ({})", o.kind, o.target, o.op_id))
+                .collect(),
+            starting: gate.starting,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<OpId, Arc<Operation>>> {

@@ -31,6 +31,18 @@ pub struct StoreStatus {
     pub kernels: u64,
 }
 
+/// Params of `daemon.shutdown`; none are needed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownParams {
+    /// Shut down only if no operation is running or starting, and refuse
+    /// new ones from then on, in one step (`conflict` naming them
+    /// otherwise): `banger update` stops the daemon this way, so nothing
+    /// begun after its check is cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_idle: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShutdownResult {
     pub pid: u32,

@@ -64,8 +64,9 @@ macro_rules! for_each_method {
             Ping = "ping": $crate::methods::NoParams => $crate::daemon::PingResult,
             /// What the daemon is and where its files are.
             DaemonStatus = "daemon.status": $crate::methods::NoParams => $crate::daemon::DaemonStatus,
-            /// Stop accepting, let requests in flight finish and exit.
-            DaemonShutdown = "daemon.shutdown": $crate::methods::NoParams => $crate::daemon::ShutdownResult,
+            /// Refuse new operations, stop accepting, let requests in flight finish
+            /// and exit; with `if_idle`, only when no operation runs.
+            DaemonShutdown = "daemon.shutdown": $crate::daemon::ShutdownParams => $crate::daemon::ShutdownResult,
             /// Validate, then create (and boot) a VM asynchronously; the
             /// operation's id is this request's op id.
             VmCreateBegin = "vm.create.begin": $crate::vm::VmCreateParams => $crate::vm::OpView,

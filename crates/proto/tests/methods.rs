@@ -9,7 +9,7 @@
 
 use banger_proto::agent::{DiskUsage, ListeningPort};
 use banger_proto::daemon::{
-    DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
+    DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownParams, ShutdownResult, StoreStatus,
 };
 use banger_proto::events::{
     Event, EventFrame, EventKind, EventsSubscribeParams, EventsSubscribed, ObjectChange, StreamEnd,
@@ -370,7 +370,7 @@ fn examples() -> Vec<Example> {
                 },
             },
         ),
-        example::<m::DaemonShutdown>(NoParams, ShutdownResult { pid: 42 }),
+        example::<m::DaemonShutdown>(ShutdownParams { if_idle: true }, ShutdownResult { pid: 42 }),
         example::<m::VmCreateBegin>(
             VmCreateParams {
                 name: "dev".into(),

@@ -137,6 +137,18 @@ impl<M: Handler> Served for M {
 fn serve<M: Handler>(ctx: RequestCtx, params: Value) -> BoxFuture<'static, HandlerResult> {
     Box::pin(async move {
         let params = decode::<M>(params)?;
+        // A `*.begin` holds an admission until its operation is registered,
+        // so `daemon.shutdown` with `if_idle` sees it (crates/daemon/src/ops.rs).
+        let _admitted = if M::NAME.ends_with(".begin") {
+            Some(
+                ctx.state
+                    .ops
+                    .admit()
+                    .map_err(|e| RpcError::new(ErrorCode::Conflict, e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let result = M::handle(ctx, params).await?;
         serde_json::to_value(result).map_err(|e| RpcError::internal(format!("encode result: {e}")))
     })

@@ -169,6 +169,70 @@ fn params_errors_name_the_field_path() {
     assert_eq!(e.message, "bad params for vm.x: missing field `name`");
 }
 
+/// `if_idle` refuses while an operation runs, naming it, and changes
+/// nothing; once it has ended the daemon closes to new operations and
+/// shuts down in the same step.
+#[tokio::test]
+async fn shutdown_if_idle_refuses_while_an_operation_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let id = OpId::parse("op-holding").unwrap();
+    let held = Arc::clone(&release);
+    let op = state
+        .ops
+        .begin(&id, banger_proto::OpKind::VmCreate, "dev", |_| async move {
+            held.notified().await;
+            Ok(Value::Null)
+        });
+    let if_idle = r#"{"version":1,"method":"daemon.shutdown","params":{"if_idle":true}}"#;
+    let e = error_of(call(&state, if_idle).await);
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(
+        e.message,
+        "1 operation in flight: vm.create dev (op-holding)"
+    );
+    assert!(!state.shutdown.is_cancelled());
+    // Still open: a begin is admitted (and refused for its own reasons).
+    let begin = r#"{"version":1,"method":"vm.start.begin","params":{"name":"ghost"}}"#;
+    let e = error_of(call(&state, begin).await);
+    assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
+
+    release.notify_one();
+    op.wait().await;
+    assert!(call(&state, if_idle).await.into_result().is_ok());
+    assert!(state.shutdown.is_cancelled());
+    let e = error_of(call(&state, begin).await);
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(
+        e.message,
+        "bangerd is shutting down: it begins no new operation"
+    );
+}
+
+/// A begin request past the gate whose operation is not registered yet
+/// counts as in flight; a plain shutdown closes the gate too.
+#[tokio::test]
+async fn shutdown_if_idle_counts_a_begin_being_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = test_state(tmp.path());
+    let admitted = state.ops.admit().unwrap();
+    let if_idle = r#"{"version":1,"method":"daemon.shutdown","params":{"if_idle":true}}"#;
+    let e = error_of(call(&state, if_idle).await);
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(e.message, "1 operation in flight: 1 being started");
+    drop(admitted);
+    let bad = r#"{"version":1,"method":"daemon.shutdown","params":{"if_idle":"yes"}}"#;
+    let e = error_of(call(&state, bad).await);
+    assert_eq!(e.code, ErrorCode::BadParams);
+    assert!(!state.shutdown.is_cancelled());
+
+    let plain = r#"{"version":1,"method":"daemon.shutdown"}"#;
+    assert!(call(&state, plain).await.into_result().is_ok());
+    assert!(state.shutdown.is_cancelled());
+    assert!(state.ops.admit().is_err());
+}
+
 #[test]
 fn minted_op_ids_are_valid_and_distinct() {
     let a = mint_op_id();

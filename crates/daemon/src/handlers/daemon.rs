@@ -1,10 +1,12 @@
 //! `ping`, `daemon.*`, `events.subscribe` and `network.status` handlers.
 
 use banger_proto::daemon::{
-    DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownResult, StoreStatus,
+    DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownParams, ShutdownResult, StoreStatus,
 };
 use banger_proto::events::{EventsSubscribeParams, EventsSubscribed};
 use banger_proto::methods::{self, NoParams};
+
+use banger_proto::ErrorCode;
 
 use crate::dispatch::{Handler, RequestCtx, RpcError};
 
@@ -65,8 +67,16 @@ impl Handler for methods::DaemonStatus {
 }
 
 impl Handler for methods::DaemonShutdown {
-    async fn handle(ctx: RequestCtx, _: NoParams) -> Result<ShutdownResult, RpcError> {
-        tracing::info!("shutdown requested");
+    async fn handle(ctx: RequestCtx, p: ShutdownParams) -> Result<ShutdownResult, RpcError> {
+        if p.if_idle {
+            ctx.state
+                .ops
+                .close_if_idle()
+                .map_err(|busy| RpcError::new(ErrorCode::Conflict, busy.to_string()))?;
+        } else {
+            ctx.state.ops.close();
+        }
+        tracing::info!(if_idle = p.if_idle, "shutdown requested");
         ctx.state.shutdown.cancel();
         Ok(ShutdownResult {
             pid: std::process::id(),

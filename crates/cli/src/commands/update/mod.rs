@@ -10,7 +10,8 @@
 //!    banger-helper are of one build ([`binaries`]);
 //! 2. no operation is in flight (the daemon's `op.list`);
 //! 3. the new files are staged beside the old ones, the daemon is
-//!    stopped, each old file is kept as `NAME.old` and the new one is
+//!    stopped (`daemon.shutdown` with `if_idle`: it refuses if an
+//!    operation began since step 2, and begins none after), each old file is kept as `NAME.old` and the new one is
 //!    renamed over it ([`swap`]); the new daemon is started and must
 //!    answer `ping` with the new build id;
 //! 4. if it does not, the backups are renamed back and the old daemon
@@ -33,19 +34,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use banger_paths::Layout;
-use banger_proto::OpState;
 use banger_proto::helper::HelperConfig;
 use banger_proto::methods::{self, NoParams};
+use banger_proto::{ErrorCode, OpState};
 use serde::Serialize;
 
 use self::swap::{Planned, Staged};
 use super::print_json;
 use crate::args::UpdateArgs;
 use crate::client::Client;
-use crate::daemon_ctl::{self, DaemonTarget};
+use crate::daemon_ctl::{self, DaemonTarget, IdleStop};
 use crate::daemon_unit::{self, UNIT_NAME};
 use crate::output::note;
 use crate::{BuildInfo, CliError, Exit};
+
+/// How to get past operations in flight.
+const OPS_IN_FLIGHT_HINT: &str = "wait for them (banger ops) or cancel them \
+     (banger rpc op.cancel '{\"op_id\":\"ID\"}'), then update again";
 
 /// Why `banger update` stopped; each message names its cause once (the
 /// source, if any, is printed after it by the caller's chain).
@@ -82,11 +87,11 @@ pub enum UpdateError {
         other: &'static str,
         theirs: String,
     },
-    #[error(
-        "{count} operation(s) in flight: {list}; wait for them (banger ops) or cancel them \
-         (banger rpc op.cancel '{{\"op_id\":\"ID\"}}'), then update again"
-    )]
+    #[error("{count} operation(s) in flight: {list}; {OPS_IN_FLIGHT_HINT}")]
     OpsInFlight { count: usize, list: String },
+    /// The daemon refused to stop: operations began after the check.
+    #[error("bangerd did not stop: {0}; {OPS_IN_FLIGHT_HINT}")]
+    BusyAtStop(String),
     #[error("copy {from} to {to}")]
     Stage {
         from: PathBuf,
@@ -158,7 +163,7 @@ impl UpdateError {
             | Self::NotVersion { .. }
             | Self::NoBuildId { .. }
             | Self::MixedBuilds { .. } => Exit::BadInput,
-            Self::OpsInFlight { .. } => Exit::Conflict,
+            Self::OpsInFlight { .. } | Self::BusyAtStop(_) => Exit::Conflict,
             Self::Stage { source, .. }
             | Self::Swap { source, .. }
             | Self::Restore { source, .. }
@@ -367,13 +372,10 @@ pub(crate) fn update(
     // 3. Stage, stop, swap, start.
     let staged = Staged::prepare(plan)?;
     let old_daemon = running.as_ref().map(|(_, ping)| ping.clone());
-    if let Some((mut client, ping)) = running {
-        // An operation begun since the check above would be cut short.
-        if let Err(e) = refuse_ops_in_flight(&mut client) {
-            staged.discard();
-            return Err(e);
-        }
-        if let Err(e) = daemon_ctl::stop(client, ping.pid) {
+    if let Some((client, ping)) = running {
+        // An operation begun since the check above would be cut short:
+        // the daemon stops only if idle, refusing new operations from then.
+        if let Err(e) = stop_if_idle(client, ping.pid) {
             staged.discard();
             return Err(e);
         }
@@ -506,6 +508,23 @@ fn refuse_ops_in_flight(client: &mut Client) -> Result<(), CliError> {
         list: running.join(", "),
     }
     .into())
+}
+
+/// Stops the daemon only if no operation is running or starting (one
+/// step in the daemon); a daemon of a build before that is checked with
+/// `op.list` and stopped, which leaves a short window.
+fn stop_if_idle(client: Client, pid: u32) -> Result<(), CliError> {
+    match daemon_ctl::stop_if_idle(client, pid) {
+        Ok(IdleStop::Stopped) => Ok(()),
+        Ok(IdleStop::Unsupported(mut client)) => {
+            refuse_ops_in_flight(&mut client)?;
+            daemon_ctl::stop(client, pid)
+        }
+        Err(CliError::Daemon(body)) if body.code == ErrorCode::Conflict => {
+            Err(UpdateError::BusyAtStop(body.message).into())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn start_daemon(
