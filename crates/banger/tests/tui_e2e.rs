@@ -2,7 +2,8 @@
 //! guests under QEMU (TCG): it shows a VM created outside it within 2 s,
 //! stops and starts it by keys (the screen and `vm list --json` agree),
 //! creates a VM from its form with the stages live on screen, steps aside
-//! for an ssh session into a VM (Enter) and comes back after it, keeps every
+//! for an ssh session into a VM (Enter) and comes back after it, cancels a
+//! running create (`x`, then `y`) that then leaves no VM, keeps every
 //! pane's title readable at 80×24, and `q` leaves the terminal's modes
 //! as they were (`stty -a` before and after are equal).
 //!
@@ -244,6 +245,48 @@ fn the_tui_shows_live_state_drives_vms_and_gives_the_terminal_back() {
     tmux.wait_for("the TUI again", Duration::from_secs(30), |s| {
         s.contains("● live") && vm_line(s, "inside").is_some()
     });
+    eprintln!("    {:?}", t.elapsed());
+
+    let t = step("x cancels a running create (after y): it ends cancelled, no VM is left");
+    // Begun outside and cold, so it runs for seconds (a warm restore may
+    // end before a key could reach it).
+    w.banger_ok(&["rpc", "vm.create.begin", r#"{"name":"doomed","cold":true}"#]);
+    tmux.wait_for("the create in the ops pane", Duration::from_secs(10), |s| {
+        s.lines()
+            .any(|l| l.contains("vm.create") && l.contains("doomed") && l.contains("running"))
+    });
+    // The ops pane has the focus since the form's create; Up selects the
+    // newest operation, Down walks on if another began since.
+    tmux.keys(&["Up"]);
+    let mut selected = false;
+    for _ in 0..5 {
+        // Drawn once the key is read; a selection that is not it moves on.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !selected && Instant::now() < deadline {
+            selected = tmux.capture().contains("Stages vm.create doomed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if selected {
+            break;
+        }
+        tmux.keys(&["Down"]);
+    }
+    assert!(
+        selected,
+        "never selected doomed's create:\n{}",
+        tmux.capture()
+    );
+    tmux.keys(&["x"]);
+    tmux.wait_for("the question", Duration::from_secs(5), |s| {
+        s.contains("cancel vm.create doomed")
+    });
+    tmux.keys(&["y"]);
+    tmux.wait_for("the create cancelled", Duration::from_secs(120), |s| {
+        s.lines()
+            .any(|l| l.contains("vm.create") && l.contains("doomed") && l.contains("cancelled"))
+    });
+    let names = w.names(&["vm", "list"]);
+    assert!(!names.iter().any(|n| n == "doomed"), "{names:?}");
     eprintln!("    {:?}", t.elapsed());
 
     let t = step("at 80x24 every pane's title is readable");

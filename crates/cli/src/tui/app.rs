@@ -74,10 +74,21 @@ pub(crate) enum Action {
     Restart(String),
     Pause(String),
     Resume(String),
-    Delete { name: String, force: bool },
+    Delete {
+        name: String,
+        force: bool,
+    },
     Snapshot(String),
-    Fork { name: String, new_name: String },
+    Fork {
+        name: String,
+        new_name: String,
+    },
     Create(VmCreateParams),
+    /// Cancel an operation; `label` is its kind and target.
+    CancelOp {
+        op_id: String,
+        label: String,
+    },
 }
 
 impl Action {
@@ -93,6 +104,7 @@ impl Action {
             Action::Snapshot(n) => format!("snapshot {n}"),
             Action::Fork { name, new_name } => format!("fork {name} as {new_name}"),
             Action::Create(p) => format!("create {}", p.name),
+            Action::CancelOp { op_id, label } => format!("cancel {label} ({op_id})"),
         }
     }
 }
@@ -740,6 +752,7 @@ impl App {
                 let images = self.images.iter().map(|i| i.name.clone()).collect();
                 self.modal = Some(Modal::Create(CreateForm::new(images)));
             }
+            Command::CancelOp => self.ask_cancel_op(),
             vm_command => return self.on_vm_command(vm_command),
         }
         Vec::new()
@@ -768,6 +781,31 @@ impl App {
                 self.op_selected = self.ops.get(next).map(|o| o.op_id.clone());
             }
         }
+    }
+
+    /// Asks before cancelling the selected operation (the ops pane's
+    /// selection), which rolls its work back.
+    fn ask_cancel_op(&mut self) {
+        let Some(op) = self.selected_op() else {
+            self.error("no operation selected (Tab to the operations pane, then ↑ ↓)");
+            return;
+        };
+        if op.state != OpState::Running {
+            let text = format!("{} {} has ended ({})", op.kind, op.target, op.state);
+            self.error(text);
+            return;
+        }
+        let label = format!("{} {}", op.kind, op.target);
+        self.modal = Some(Modal::Confirm {
+            question: format!(
+                "cancel {label} ({})? its work is rolled back (y/n)",
+                op.op_id
+            ),
+            action: Action::CancelOp {
+                op_id: op.op_id.clone(),
+                label,
+            },
+        });
     }
 
     /// A command on the selected VM.
@@ -1062,6 +1100,48 @@ pub(crate) mod tests {
         assert_eq!(app.on_key(key('q')), vec![Effect::Quit]);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(app.on_key(ctrl_c), vec![Effect::Quit]);
+    }
+
+    #[test]
+    fn x_cancels_the_selected_running_operation_after_asking() {
+        let mut app = app_with(vec![vm("dev", VmState::Creating)]);
+        assert!(app.on_key(key('x')).is_empty(), "nothing selected");
+        assert!(app.status.as_ref().unwrap().1, "an error");
+        let op = |state| OpView {
+            op_id: "op-7".into(),
+            kind: OpKind::VmCreate,
+            target: "dev".into(),
+            state,
+            stages: Vec::new(),
+            error: None,
+            result: None,
+            started_at_ms: 0,
+            ended_at_ms: None,
+        };
+        app.apply(Msg::Ops(Ok(vec![op(OpState::Running)])));
+        app.op_selected = Some("op-7".into());
+        assert!(app.on_key(key('x')).is_empty());
+        let Some(Modal::Confirm { question, .. }) = &app.modal else {
+            panic!("{:?}", app.modal);
+        };
+        assert!(
+            question.starts_with("cancel vm.create dev (op-7)?"),
+            "{question}"
+        );
+        assert!(app.on_key(key('n')).is_empty(), "n keeps it");
+        app.on_key(key('x'));
+        assert_eq!(
+            app.on_key(key('y')),
+            vec![Effect::Call(Action::CancelOp {
+                op_id: "op-7".into(),
+                label: "vm.create dev".into(),
+            })]
+        );
+        // An operation that has ended is not asked about.
+        app.apply(Msg::Ops(Ok(vec![op(OpState::Succeeded)])));
+        assert!(app.on_key(key('x')).is_empty());
+        assert!(app.modal.is_none());
+        assert!(app.status.as_ref().unwrap().0.contains("has ended"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use banger_proto::events::{EventFrame, EventsSubscribeParams};
 use banger_proto::methods::{self, NoParams};
 use banger_proto::snapshot::{VmForkParams, VmSnapshotParams};
-use banger_proto::vm::{VmDeleteParams, VmRef};
+use banger_proto::vm::{OpRef, VmDeleteParams, VmRef};
 
 use super::app::{Action, ListKind, Msg};
 use crate::CliError;
@@ -170,6 +170,12 @@ fn perform(c: &mut Client, action: &Action) -> Result<Option<String>, CliError> 
             .op_id,
         ),
         Action::Create(p) => Some(c.call::<methods::VmCreateBegin>(p)?.op_id),
+        Action::CancelOp { op_id, .. } => {
+            c.call::<methods::OpCancel>(&OpRef {
+                op_id: op_id.clone(),
+            })?;
+            None
+        }
     })
 }
 

@@ -25,6 +25,7 @@ pub(crate) enum Command {
     Logs,
     Ssh,
     Create,
+    CancelOp,
 }
 
 /// The keys of the main view and what they do, as the help shows them.
@@ -42,6 +43,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
     ("l", "follow its console log (Esc closes)"),
     ("Enter", "ssh into it (the TUI steps aside until ssh ends)"),
     ("c", "create a VM: image, name, vCPUs, memory"),
+    ("x", "cancel the selected running operation (asks y/n)"),
     (
         "Operations pane",
         "the selected operation's stages, live, on the right",
@@ -74,6 +76,7 @@ pub(crate) fn command(key: KeyEvent) -> Option<Command> {
         KeyCode::Char('l') => Command::Logs,
         KeyCode::Enter => Command::Ssh,
         KeyCode::Char('c') => Command::Create,
+        KeyCode::Char('x') => Command::CancelOp,
         _ => return None,
     })
 }
@@ -92,7 +95,8 @@ mod tests {
     fn keys_map_to_commands() {
         let k = |c| KeyEvent::new(c, KeyModifiers::NONE);
         assert_eq!(command(k(KeyCode::Char('q'))), Some(Command::Quit));
-        assert_eq!(command(k(KeyCode::Char('x'))), None);
+        assert_eq!(command(k(KeyCode::Char('x'))), Some(Command::CancelOp));
+        assert_eq!(command(k(KeyCode::Char('z'))), None);
         assert_eq!(command(k(KeyCode::BackTab)), Some(Command::PreviousPane));
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(command(ctrl_c), Some(Command::Quit));
