@@ -348,22 +348,18 @@ impl OpRegistry {
     /// so no operation can begin between the check and the closing.
     pub fn close_if_idle(&self) -> Result<(), Busy> {
         let mut gate = self.lock_gate();
-        let mut running: Vec<OpView> = self
-            .lock()
-            .values()
-            .filter(|o| o.state() == OpState::Running)
-            .map(|o| o.view())
+        let running: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|o| o.state == OpState::Running)
+            .map(|o| format!("{} {} ({})", o.kind, o.target, o.op_id))
             .collect();
         if running.is_empty() && gate.starting == 0 {
             gate.closed = true;
             return Ok(());
         }
-        running.sort_by_key(|v| v.started_at_ms);
         Err(Busy {
-            running: running
-                .iter()
-                .map(|o| format!("{} {} ({})", o.kind, o.target, o.op_id))
-                .collect(),
+            running,
             starting: gate.starting,
         })
     }
@@ -447,7 +443,8 @@ impl OpRegistry {
         views
     }
 
-    /// Operations still running (`banger update` refuses while any is).
+    /// Operations still running.
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.lock()
             .values()

@@ -1,12 +1,11 @@
 //! `ping`, `daemon.*`, `events.subscribe` and `network.status` handlers.
 
+use banger_proto::ErrorCode;
 use banger_proto::daemon::{
     DaemonStatus, IpLease, NetworkStatus, PingResult, ShutdownParams, ShutdownResult, StoreStatus,
 };
 use banger_proto::events::{EventsSubscribeParams, EventsSubscribed};
 use banger_proto::methods::{self, NoParams};
-
-use banger_proto::ErrorCode;
 
 use crate::dispatch::{Handler, RequestCtx, RpcError};
 

@@ -11,9 +11,10 @@
 //! 2. no operation is in flight (the daemon's `op.list`);
 //! 3. the new files are staged beside the old ones, the daemon is
 //!    stopped (`daemon.shutdown` with `if_idle`: it refuses if an
-//!    operation began since step 2, and begins none after), each old file is kept as `NAME.old` and the new one is
-//!    renamed over it ([`swap`]); the new daemon is started and must
-//!    answer `ping` with the new build id;
+//!    operation began since step 2, and begins none after), each old
+//!    file is kept as `NAME.old` and the new one is renamed over it
+//!    ([`swap`]); the new daemon is started and must answer `ping` with
+//!    the new build id;
 //! 4. if it does not, the backups are renamed back and the old daemon
 //!    started again, and update fails saying so;
 //! 5. an installed root helper is updated through `banger system
